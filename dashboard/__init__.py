@@ -1,0 +1,1 @@
+"""embedguard dashboard."""

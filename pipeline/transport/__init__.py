@@ -1,0 +1,1 @@
+"""Event-log transports: one interface (base.EventLog), SQLite and Kafka implementations."""
