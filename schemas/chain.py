@@ -1,0 +1,173 @@
+"""The per-session hash chain and the stamping of envelopes.
+
+``hash_event(prev_hash, event)`` = sha256(prev_hash bytes || canonical bytes),
+where the canonical bytes are the event's Avro single-object encoding (magic,
+writer-schema fingerprint, body) *as written*. Hashing the bytes as written,
+not a re-encoding, keeps old events verifiable after the schema evolves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from uuid6 import uuid7
+
+from schemas.codec import DecodedEvent, EventCodec, default_codec
+from schemas.models import GENESIS_HASH, Envelope, Event
+
+__all__ = [
+    "GENESIS_HASH",
+    "ChainProblem",
+    "EventStamper",
+    "StampedEvent",
+    "hash_event",
+    "verify_chains",
+]
+
+E = TypeVar("E", bound=Event)
+
+
+def hash_event(prev_hash: str, event: Event | DecodedEvent | bytes, codec: EventCodec | None = None) -> str:
+    """The chain hash of ``event`` following ``prev_hash`` (both hex).
+
+    ``event`` may be a model (encoded with the current schema), a decoded event
+    (its bytes as written) or canonical single-object bytes. A model whose
+    envelope names another prev_hash is refused: it would break the chain.
+    """
+    if isinstance(event, DecodedEvent):
+        env, canonical = event.event.envelope, event.canonical
+    elif isinstance(event, Event):
+        env, canonical = event.envelope, (codec or default_codec()).canonical(event)
+    else:
+        env, canonical = None, bytes(event)
+    if env is not None and env.prev_hash != prev_hash:
+        raise ValueError(
+            f"event {env.event_id} says prev_hash={env.prev_hash[:12]}… but the chain is at "
+            f"{prev_hash[:12]}…"
+        )
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical).hexdigest()
+
+
+@dataclass(frozen=True)
+class StampedEvent:
+    event: Event
+    #: the bytes to put on the log (wire framing)
+    wire: bytes
+    #: this event's chain hash (the next event's prev_hash)
+    hash: str
+
+
+@dataclass
+class _SessionState:
+    seq: int = 0
+    last_hash: str = GENESIS_HASH
+
+
+class EventStamper:
+    """Builds envelopes for one gateway stream: event id, time, the session's
+    seq and prev_hash, and the stream's contiguous stream_seq.
+
+    Thread-safe; one instance per gateway process (per stream).
+    """
+
+    def __init__(self, gateway_id: str, codec: EventCodec | None = None, *, stream_seq: int = 0) -> None:
+        self.gateway_id = gateway_id
+        self.codec = codec or default_codec()
+        self._sessions: dict[str, _SessionState] = {}
+        self._stream_seq = stream_seq
+        self._lock = threading.Lock()
+
+    def resume_session(self, session_id: str, *, next_seq: int, last_hash: str) -> None:
+        """Continue a session whose earlier events are already in the log."""
+        with self._lock:
+            self._sessions[session_id] = _SessionState(next_seq, last_hash)
+
+    def end_session(self, session_id: str) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def stamp(
+        self,
+        cls: type[E],
+        *,
+        session_id: str,
+        request_id: str | None = None,
+        occurred_at: datetime | None = None,
+        **body: Any,
+    ) -> StampedEvent:
+        """Build, validate, encode and chain one event.
+
+        Validation errors raise before any state changes, so a rejected event
+        leaves no gap in the session or the stream.
+        """
+        with self._lock:
+            state = self._sessions.setdefault(session_id, _SessionState())
+            env = Envelope(
+                event_id=uuid7(),
+                type=cls.avro_name,
+                occurred_at=occurred_at or datetime.now(UTC),
+                gateway_id=self.gateway_id,
+                session_id=session_id,
+                seq=state.seq,
+                stream_seq=self._stream_seq,
+                prev_hash=state.last_hash,
+                request_id=request_id,
+            )
+            event = cls(envelope=env, **body)
+            canonical = self.codec.canonical(event)
+            wire = canonical if self.codec.registry is None else self.codec.encode(event)
+            digest = hash_event(state.last_hash, canonical)
+            state.seq += 1
+            state.last_hash = digest
+            self._stream_seq += 1
+        return StampedEvent(event, wire, digest)
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    session_id: str
+    event_id: str | None
+    seq: int | None
+    kind: str  # gap, altered, reordered, duplicate, start
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"event {self.event_id} (seq {self.seq})" if self.event_id else "session"
+        return f"session {self.session_id}: {where}: {self.kind}: {self.detail}"
+
+
+def verify_chains(events: Iterable[DecodedEvent]) -> list[ChainProblem]:
+    """Check every session's chain in the order given (the log's order).
+
+    Reports the first problem of each session, naming the event: a missing
+    event (gap), an altered one (hash mismatch), or one out of order.
+    """
+    state: dict[str, tuple[int, str]] = {}
+    broken: dict[str, ChainProblem] = {}
+    for dec in events:
+        env = dec.event.envelope
+        sid = env.session_id
+        if sid in broken:
+            continue
+        expected_seq, last_hash = state.get(sid, (0, GENESIS_HASH))
+        problem: ChainProblem | None = None
+        if env.seq < expected_seq:
+            problem = ChainProblem(sid, str(env.event_id), env.seq, "reordered",
+                                   f"seq {env.seq} arrives after seq {expected_seq - 1}")
+        elif env.seq > expected_seq:
+            problem = ChainProblem(sid, str(env.event_id), env.seq, "gap",
+                                   f"expected seq {expected_seq}; {env.seq - expected_seq} event(s) missing before it")
+        elif env.prev_hash != last_hash:
+            problem = ChainProblem(sid, str(env.event_id), env.seq, "altered",
+                                   "prev_hash does not match the hash of the previous event; "
+                                   "the previous event was changed or replaced")
+        if problem is not None:
+            broken[sid] = problem
+            continue
+        state[sid] = (expected_seq + 1, hash_event(last_hash, dec.canonical))
+    return list(broken.values())
