@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make up` and `make test`.
+# Everything installs into .venv (and, later, the separate peers venv).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: up test test-all lint bench-eventlog clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Reinstall when the dependency list changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+up: $(STAMP)
+	$(VENV)/bin/embedguard up
+
+# The test session itself starts every service it needs (Tansu broker, ...)
+# on 127.0.0.1 and free ports.
+test: $(STAMP)
+	$(VENV)/bin/embedguard schemas check
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench-eventlog: $(STAMP)
+	$(PY) bench/eventlog.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,335 @@
+"""The ``embedguard`` command. Subcommands are thin: they parse options, call
+the library, and print. Every command that prints data accepts ``--json``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from embedguard import __version__
+from embedguard.settings import Settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="embedguard",
+    help="Segregation-of-duties gateway for vector databases, with an event-sourced audit trail.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+schemas_app = typer.Typer(help="The Avro event contract.", no_args_is_help=True)
+events_app = typer.Typer(help="Append to and read the event log.", no_args_is_help=True)
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(events_app, name="events")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+LogOpt = Annotated[
+    str | None,
+    typer.Option("--log", help="Event log URL: sqlite:PATH or kafka://HOST:PORT (default: EMBEDGUARD_LOG, else sqlite:data/events.db)"),
+]
+WarehouseOpt = Annotated[
+    str | None,
+    typer.Option("--warehouse", help="Warehouse URL: lake:DIR or clickhouse://... (default: EMBEDGUARD_WAREHOUSE, else lake:data/lake)"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def settings() -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise fail(f"configuration: {first['msg']}") from None
+
+
+def log_url(log: str | None) -> str:
+    return log or settings().log_url
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run an async command; event-log errors become a clean message and exit 2."""
+    from pipeline.transport.errors import EventLogError
+
+    async def _main() -> T:
+        return await coro_fn()
+
+    try:
+        return asyncio.run(_main())
+    except EventLogError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def version(as_json: JsonOpt = False) -> None:
+    """Print the version."""
+    if as_json:
+        print(json.dumps({"version": __version__}))
+    else:
+        out.print(f"embedguard {__version__}")
+
+
+# -- schemas -----------------------------------------------------------------
+
+@schemas_app.command("check")
+def schemas_check(as_json: JsonOpt = False) -> None:
+    """Fail if a schema does not parse, a model disagrees with its schema, or a
+    change is not backward- and forward-compatible with every frozen version."""
+    from schemas.check import check_schemas
+
+    report = check_schemas()
+    if as_json:
+        print(json.dumps({"ok": report.ok, "errors": report.errors, "notes": report.notes}))
+    else:
+        for note in report.notes:
+            out.print(f"[yellow]note:[/] {note}", highlight=False)
+        for e in report.errors:
+            err.print(f"[red]✗[/] {e}", highlight=False)
+        if report.ok:
+            out.print("[green]✓[/] schemas, models and every frozen version agree")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@schemas_app.command("freeze")
+def schemas_freeze(version: Annotated[str, typer.Argument(help="Version name, e.g. v2")]) -> None:
+    """Freeze the current schemas and samples under schemas/fixtures/VERSION."""
+    from schemas.check import check_schemas, freeze
+
+    report = check_schemas()
+    if not report.ok:
+        for e in report.errors:
+            err.print(f"[red]✗[/] {e}", highlight=False)
+        raise fail("fix the errors above before freezing", 1)
+    try:
+        path = freeze(version)
+    except (FileExistsError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    out.print(f"froze the current schemas in {path}")
+
+
+# -- events ----------------------------------------------------------------
+
+def _read_jsonl(path: Path) -> list[Any]:
+    from schemas.codec import InvalidEvent, event_from_json
+
+    if str(path) == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise fail(f"cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise fail(f"{path} is not UTF-8 text; write one JSON event per line") from None
+    events, problems = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{n}: not JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if isinstance(obj, dict) and "event" in obj and "envelope" not in obj:
+            obj = obj["event"]  # a line printed by `events tail --json`
+        try:
+            events.append(event_from_json(obj))
+        except InvalidEvent as exc:
+            problems.append(f"{path}:{n}: {exc}")
+    if problems:
+        for p in problems[:20]:
+            err.print(f"[red]✗[/] {p}", highlight=False)
+        if len(problems) > 20:
+            err.print(f"… and {len(problems) - 20} more")
+        raise fail(f"{len(problems)} invalid event(s); nothing was appended. Fix them and run again.")
+    return events
+
+
+@events_app.command("append")
+def events_append(
+    file: Annotated[Path, typer.Option("--file", "-f", help="JSON lines, one event each ('-' for stdin)")],
+    log: LogOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate every event in FILE, then append them all durably (all or nothing)."""
+    from pipeline.events import EventPublisher
+    from pipeline.transport import open_log
+
+    events = _read_jsonl(file)
+    url = log_url(log)
+
+    async def go() -> list[Any]:
+        async with open_log(url) as lg:
+            return await EventPublisher(lg).publish(events)
+
+    positions = run(go) if events else []
+    if as_json:
+        print(json.dumps({"appended": len(positions),
+                          "positions": [{"partition": p.partition, "offset": p.offset} for p in positions]}))
+    else:
+        out.print(f"appended {len(positions)} event(s) to {url}", highlight=False)
+
+
+@events_app.command("tail")
+def events_tail(
+    log: LogOpt = None,
+    from_offset: Annotated[int | None, typer.Option("--from", help="Start at this offset (default: the oldest)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep waiting for new events")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", help="Stop after this many events")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print events from the log, oldest first: one JSON line each with --json."""
+    from pipeline.events import decode_records
+    from pipeline.transport import open_log
+    from schemas.codec import event_to_json
+
+    url = log_url(log)
+    if from_offset is not None and from_offset < 0:
+        raise fail("--from must be 0 or more")
+
+    async def go() -> int:
+        shown = 0
+        async with open_log(url) as lg:
+            reader = lg.tail_reader()
+            async with reader:
+                if from_offset is not None:
+                    for partition in (await reader.end_offsets()):
+                        reader.seek(partition, from_offset)
+                while True:
+                    end = await reader.end_offsets()
+                    batch = await reader.poll(max_records=1000, timeout=1.0 if follow else 0.2)
+                    for item in decode_records(batch):
+                        rec = item.record
+                        if item.decoded is None:
+                            line = {"partition": rec.partition, "offset": rec.offset,
+                                    "type": None, "error": str(item.error)}
+                        else:
+                            ev = item.decoded.event
+                            line = {"partition": rec.partition, "offset": rec.offset,
+                                    "type": ev.avro_name, "fingerprint": item.decoded.fingerprint,
+                                    "event": event_to_json(ev)}
+                        _print_event(line, as_json)
+                        shown += 1
+                        if limit is not None and shown >= limit:
+                            return shown
+                    if not follow and not batch:
+                        positions = await reader.positions()
+                        if all(positions.get(p, 0) >= o for p, o in end.items()):
+                            return shown
+        return shown
+
+    n = run(go)
+    if not as_json:
+        err.print(f"{n} event(s)")
+
+
+def _print_event(line: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(line, separators=(",", ":")), flush=True)
+        return
+    if line.get("event") is None:
+        out.print(f"{line['partition']}:{line['offset']} [red]undecodable[/] {line['error']}", highlight=False)
+        return
+    env = line["event"]["envelope"]
+    out.print(
+        f"{line['partition']}:{line['offset']:>8} {env['occurred_at']} [bold]{line['type']:<18}[/] "
+        f"session={env['session_id']} seq={env['seq']} request={env.get('request_id') or '-'}",
+        highlight=False,
+    )
+
+
+@app.command()
+def relay(
+    source: Annotated[str, typer.Option("--from", help="Source log URL (usually sqlite:...)")],
+    dest: Annotated[str, typer.Option("--to", help="Destination log URL (usually kafka://...)")],
+    group: Annotated[str, typer.Option(help="Reader group on the source; its position is committed after each acknowledged batch")] = "relay",
+    once: Annotated[bool, typer.Option("--once", help="Stop when the source is drained")] = False,
+) -> None:
+    """Move events from one log to another (SQLite → Kafka), at least once."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from pipeline.transport import open_log
+    from pipeline.transport.relay import relay as do_relay
+
+    async def go() -> int:
+        async with open_log(source) as src, open_log(dest) as dst:
+            with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err) as progress:
+                task = progress.add_task(f"relaying {source} → {dest}", total=None)
+
+                def on_batch(n: int) -> None:
+                    progress.update(task, advance=n, description=f"relayed {progress.tasks[0].completed + n:.0f} events")
+
+                return await do_relay(src, dst, group=group, stop_when_idle=once, progress=on_batch)
+
+    n = run(go)
+    err.print(f"relayed {n} event(s)")
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path | None, typer.Option("--data", help="Where embedded state lives (default ./data)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prepare the embedded stack under ./data and print where everything is."""
+    from pipeline.transport import open_log
+    from schemas.check import check_schemas
+
+    s = settings()
+    if data_dir is not None:
+        s = s.model_copy(update={"data_dir": data_dir})
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    report = check_schemas()
+    if not report.ok:
+        raise fail("the event schemas do not check: run `embedguard schemas check`")
+    url = s.log_url
+
+    async def go() -> dict[int, int]:
+        async with open_log(url) as lg:
+            reader = lg.tail_reader()
+            async with reader:
+                return await reader.end_offsets()
+
+    ends = run(go)
+    info = {
+        "data_dir": str(s.data_dir.resolve()),
+        "log": url,
+        "log_events": sum(ends.values()),
+        "warehouse": s.warehouse_url,
+        "schemas": "ok",
+        "services": {},
+        "not_yet": "gateway, loader and dashboard arrive with their issues; `make up` will start them",
+    }
+    if as_json:
+        print(json.dumps(info))
+    else:
+        out.print("[bold]embedguard embedded stack[/]")
+        for k in ("data_dir", "log", "log_events", "warehouse", "schemas"):
+            out.print(f"  {k:<11} {info[k]}", highlight=False)
+        out.print(f"  [dim]{info['not_yet']}[/]")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Events on a log: validate and encode before append, decode after poll.
+
+This is the only way events reach a transport, so a malformed event (unknown
+type, a field that does not fit its schema) is refused here with the field's
+name and never reaches the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pipeline.transport.base import AppendRecord, EventLog, LogRecord, Position
+from schemas.chain import StampedEvent
+from schemas.codec import DecodedEvent, DecodeError, EventCodec, default_codec
+from schemas.models import Event
+
+__all__ = ["DecodedRecord", "EventPublisher", "decode_records"]
+
+
+class EventPublisher:
+    """Appends events durably. ``publish`` returns only once they are durable."""
+
+    def __init__(self, log: EventLog, codec: EventCodec | None = None) -> None:
+        self.log = log
+        self.codec = codec or default_codec()
+
+    def to_record(self, item: Event | StampedEvent) -> AppendRecord:
+        if isinstance(item, StampedEvent):
+            return AppendRecord(item.event.envelope.session_id.encode(), item.wire)
+        return AppendRecord(item.envelope.session_id.encode(), self.codec.encode(item))
+
+    async def publish(self, items: Sequence[Event | StampedEvent]) -> list[Position]:
+        records = [self.to_record(item) for item in items]  # encode all first: all or nothing
+        return await self.log.append(records)
+
+
+@dataclass(frozen=True)
+class DecodedRecord:
+    record: LogRecord
+    decoded: DecodedEvent | None
+    error: DecodeError | None
+
+
+def decode_records(records: Sequence[LogRecord], codec: EventCodec | None = None) -> list[DecodedRecord]:
+    """Decode each record; a record that does not decode carries its error
+    instead of stopping the batch (poison messages go to a dead-letter path)."""
+    codec = codec or default_codec()
+    out: list[DecodedRecord] = []
+    for rec in records:
+        try:
+            out.append(DecodedRecord(rec, codec.decode(rec.value), None))
+        except DecodeError as exc:
+            out.append(DecodedRecord(rec, None, exc))
+    return out
