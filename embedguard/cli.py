@@ -203,6 +203,7 @@ def events_tail(
     from schemas.codec import event_to_json
 
     url = log_url(log)
+    _require_existing_log(url)
     if from_offset is not None and from_offset < 0:
         raise fail("--from must be 0 or more")
 
@@ -232,7 +233,7 @@ def events_tail(
                         if limit is not None and shown >= limit:
                             return shown
                     if not follow and not batch:
-                        positions = await reader.positions()
+                        positions = reader.positions()
                         if all(positions.get(p, 0) >= o for p, o in end.items()):
                             return shown
         return shown
@@ -240,6 +241,13 @@ def events_tail(
     n = run(go)
     if not as_json:
         err.print(f"{n} event(s)")
+
+
+def _require_existing_log(url: str) -> None:
+    if url.startswith("sqlite:"):
+        path = Path(url.removeprefix("sqlite:"))
+        if not path.exists():
+            raise fail(f"no event log at {path}; check --log / EMBEDGUARD_LOG (nothing was created)")
 
 
 def _print_event(line: dict[str, Any], as_json: bool) -> None:

@@ -74,6 +74,11 @@ class EventLog(abc.ABC):
         ``from_beginning`` is true, and at the end of the log otherwise.
         """
 
+    def tail_reader(self, *, from_beginning: bool = True) -> LogReader:
+        """A reader that belongs to no group: it commits nothing and registers
+        nothing, so it never holds back retention (``events tail``, dashboards)."""
+        raise NotImplementedError(f"{type(self).__name__} has no tail reader")
+
     async def __aenter__(self) -> EventLog:
         await self.start()
         return self
@@ -107,6 +112,10 @@ class LogReader(abc.ABC):
     @abc.abstractmethod
     async def committed(self) -> dict[int, int]:
         """The group's committed next offset per partition."""
+
+    @abc.abstractmethod
+    def positions(self) -> dict[int, int]:
+        """The offset the next poll starts at, per partition this reader reads."""
 
     @abc.abstractmethod
     async def end_offsets(self) -> dict[int, int]:

@@ -644,6 +644,9 @@ class SqliteEventLog(EventLog):
         self._submit(_CallJob(fn, doing, future))
         return await asyncio.wrap_future(future)
 
+    def tail_reader(self, *, from_beginning: bool = True) -> SqliteLogReader:
+        return SqliteLogReader(self, None, from_beginning=from_beginning)
+
     def reader(self, group: str, *, from_beginning: bool = True) -> SqliteLogReader:
         return SqliteLogReader(self, group, from_beginning=from_beginning)
 
@@ -686,8 +689,8 @@ class SqliteLogReader(LogReader):
     and retention can see it. Every query runs on a worker thread.
     """
 
-    def __init__(self, log: SqliteEventLog, group: str, *, from_beginning: bool = True) -> None:
-        if not group:
+    def __init__(self, log: SqliteEventLog, group: str | None, *, from_beginning: bool = True) -> None:
+        if group is not None and not group:
             raise ValueError("a reader group name must not be empty")
         self.group = group
         self._log = log
@@ -705,7 +708,12 @@ class SqliteLogReader(LogReader):
         self._conn = await asyncio.to_thread(
             _open_log, self._log.path, create=False, busy_timeout=self._log.busy_timeout
         )
-        self._position = await self._run(self._register, "register a reader group in")
+        if self.group is None:  # a tail reader: registers nothing, holds back nothing
+            self._position = await self._run(
+                lambda c: _oldest_offset(c) if self._from_beginning else _end_offset(c), "read from"
+            )
+        else:
+            self._position = await self._run(self._register, "register a reader group in")
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -731,6 +739,9 @@ class SqliteLogReader(LogReader):
                     raise _translate(exc, path, doing) from exc
 
         return await asyncio.to_thread(call)
+
+    def positions(self) -> dict[int, int]:
+        return {PARTITION: self._position}
 
     def _register(self, conn: sqlite3.Connection) -> int:
         def body(c: sqlite3.Connection) -> int:
@@ -810,6 +821,8 @@ class SqliteLogReader(LogReader):
         self._position = offset
 
     async def commit(self, positions: Mapping[int, int] | None = None) -> None:
+        if self.group is None:
+            raise RuntimeError("a tail reader belongs to no group and cannot commit")
         if positions is None:
             offset = self._position
         else:
@@ -843,6 +856,9 @@ class SqliteLogReader(LogReader):
         )
 
     async def committed(self) -> dict[int, int]:
+        if self.group is None:
+            return {}
+
         def query(c: sqlite3.Connection) -> dict[int, int]:
             row = c.execute(
                 "SELECT next_offset FROM reader_groups WHERE name = ?", (self.group,)

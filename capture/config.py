@@ -1,0 +1,111 @@
+"""Gateway configuration: one route per upstream, each with its own listener.
+
+The upstream credential is read from an environment variable or a file at
+start; it is held as a SecretStr and never appears in events, logs or errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.parse
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from capture.types import Product
+
+__all__ = ["CREDENTIAL_HEADERS", "ConfigError", "GatewayConfig", "Route"]
+
+
+class ConfigError(ValueError):
+    """Bad gateway configuration; the message says which option and what to do."""
+
+
+#: The header each product's server reads the API key from, and its format.
+CREDENTIAL_HEADERS: dict[str, tuple[str, str]] = {
+    "qdrant": ("api-key", "{secret}"),
+    "chroma": ("x-chroma-token", "{secret}"),
+    "pinecone": ("api-key", "{secret}"),
+    "weaviate": ("authorization", "Bearer {secret}"),
+    "milvus": ("authorization", "Bearer {secret}"),
+}
+
+
+class Route(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Product | Literal["auto"] = "auto"
+    upstream: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(ge=0, le=65535)
+    credential: SecretStr | None = None
+    credential_ref: str | None = Field(default=None, description="Where the credential came from (name, not value)")
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, v: str) -> str:
+        p = urllib.parse.urlsplit(v)
+        if p.scheme not in ("http", "https") or not p.hostname:
+            raise ValueError(f"upstream {v!r} must be http(s)://host[:port]")
+        if p.username or p.password:
+            raise ValueError("put the upstream credential in --credential-env or --credential-file, not in the URL")
+        return v.rstrip("/")
+
+    @property
+    def mode_spec(self) -> str:
+        return f"reverse:{self.upstream}@{self.listen_host}:{self.listen_port}"
+
+    @property
+    def upstream_hostport(self) -> str:
+        p = urllib.parse.urlsplit(self.upstream)
+        default = 443 if p.scheme == "https" else 80
+        return p.hostname if (p.port or default) == default else f"{p.hostname}:{p.port}"  # type: ignore[return-value]
+
+
+def load_credential(env: str | None, file: Path | None) -> tuple[SecretStr | None, str | None]:
+    if env and file:
+        raise ConfigError("give either --credential-env or --credential-file, not both")
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigError(f"environment variable {env} is empty or unset; export the upstream API key there")
+        return SecretStr(value.strip()), f"env:{env}"
+    if file:
+        try:
+            value = file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read credential file {file}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"credential file {file} is empty")
+        return SecretStr(value), f"file:{file}"
+    return None, None
+
+
+class GatewayConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    routes: list[Route]
+    policy_path: Path
+    log_url: str
+    issuer: str
+    audience: str
+    groups_claim: str = "groups"
+    gateway_id: str
+    session_idle_s: float = 900.0
+    record_body_limit: int = 64 * 1024
+    max_body_size: int = 32 * 1024 * 1024
+    mask_hmac_key: SecretStr | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    upstream_ca: Path | None = None
+    upstream_insecure: bool = False
+
+    def config_sha256(self) -> str:
+        """A hash of the configuration without secrets, for GatewayStarted."""
+        data = self.model_dump(mode="json", exclude={"mask_hmac_key"})
+        for r in data["routes"]:
+            r.pop("credential", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,40 @@
+"""Credentials: the client's token never goes upstream; the gateway's does.
+
+Strips every header that carries a client credential (and model-provider keys
+such as Weaviate's X-OpenAI-Api-Key), then injects the upstream API key in the
+header the product expects. The key lives only in memory as a SecretStr.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from capture.config import CREDENTIAL_HEADERS
+from capture.redact import is_secret_header
+from capture.state import state_of
+
+__all__ = ["Credentials", "strip_client_credentials"]
+
+
+def strip_client_credentials(headers: http.Headers) -> list[str]:
+    """Remove credential-bearing headers in place; return their names."""
+    names = sorted({k.lower() for k in headers if is_secret_header(k)})
+    for name in names:
+        del headers[name]
+    return names
+
+
+class Credentials:
+    def request(self, flow: http.HTTPFlow) -> None:
+        st = state_of(flow)
+        if st is None or flow.response is not None:
+            return
+        strip_client_credentials(flow.request.headers)
+        route = st.route
+        # Reverse mode keeps the client's Host header (Pinecone names the index
+        # there); upstream gets its own.
+        flow.request.host_header = route.upstream_hostport
+        if route.credential is not None:
+            kind = st.classification.product if st.classification else route.kind
+            header, fmt = CREDENTIAL_HEADERS.get(kind, ("authorization", "Bearer {secret}"))
+            flow.request.headers[header] = fmt.format(secret=route.credential.get_secret_value())

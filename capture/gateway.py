@@ -1,0 +1,92 @@
+"""Run mitmproxy in-process, in reverse mode, with embedguard's addons."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import master, options
+from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
+
+from capture.config import GatewayConfig
+
+__all__ = ["build_master", "run_gateway"]
+
+log = logging.getLogger("embedguard.gateway")
+
+
+def _proxy_options(config: GatewayConfig, confdir: Path) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "mode": [r.mode_spec for r in config.routes],
+        "keep_host_header": True,
+        "connection_strategy": "lazy",
+        "body_size_limit": str(config.max_body_size),
+        "confdir": str(confdir),
+        "http2": True,
+        "rawtcp": False,
+        "websocket": False,
+        "server_replay_kill_extra": False,
+    }
+    if config.tls_cert is not None:
+        if config.tls_key is None:
+            raise ValueError("--tls-cert needs --tls-key")
+        pem = confdir / "client-facing.pem"
+        pem.write_bytes(config.tls_key.read_bytes() + b"\n" + config.tls_cert.read_bytes())
+        pem.chmod(0o600)
+        opts["certs"] = [f"*={pem}"]
+    if config.upstream_ca is not None:
+        opts["ssl_verify_upstream_trusted_ca"] = str(config.upstream_ca)
+    if config.upstream_insecure:
+        opts["ssl_insecure"] = True
+    return opts
+
+
+def build_master(config: GatewayConfig, addons: Sequence[object], confdir: Path) -> master.Master:
+    opts = options.Options()
+    m = master.Master(opts, event_loop=asyncio.get_running_loop(), with_termlog=False)
+    m.addons.add(
+        core.Core(),
+        disable_h2c.DisableH2C(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+    )
+    m.addons.add(*addons)
+    known = set(opts.keys())
+    opts.update(**{k: v for k, v in _proxy_options(config, confdir).items() if k in known})
+    return m
+
+
+async def run_gateway(
+    config: GatewayConfig,
+    addons: Sequence[object],
+    *,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM. ``addons`` are the embedguard addons in order."""
+    with tempfile.TemporaryDirectory(prefix="embedguard-mitm-") as tmp:
+        m = build_master(config, addons, Path(tmp))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, m.shutdown)
+
+        async def _ready() -> None:
+            # Wait until every listener is bound, then announce.
+            ps = m.addons.get("proxyserver")
+            for _ in range(200):
+                if ps is not None and ps.servers and all(s.is_running for s in ps.servers):
+                    break
+                await asyncio.sleep(0.05)
+            if on_ready:
+                on_ready()
+
+        ready_task = asyncio.create_task(_ready())
+        try:
+            await m.run()
+        finally:
+            ready_task.cancel()

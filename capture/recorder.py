@@ -1,0 +1,259 @@
+"""Recorder: turns each flow into events and makes them durable *before* the
+request goes upstream and before the response goes back (invariant 1).
+
+It runs last among the request hooks, after identity, classification, policy
+and credentials have filled in the flow's state. If the log refuses the
+events, the client gets 503 and nothing is forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from mitmproxy import http
+
+from capture.config import GatewayConfig
+from capture.redact import redact_headers
+from capture.sessions import SESSION_HEADER, Session, SessionTracker
+from capture.state import FlowState, block, error_response, state_of
+from embedguard import __version__
+from pipeline.events import EventPublisher
+from pipeline.transport import EventLog, EventLogError, open_log
+from schemas.chain import EventStamper, StampedEvent
+from schemas.models import (
+    Event,
+    GatewayStarted,
+    IdentityResolved,
+    PolicyDecided,
+    RequestBlocked,
+    RequestForwarded,
+    RequestReceived,
+    ResponseRecorded,
+    SessionEnded,
+    SessionStarted,
+)
+
+__all__ = ["Recorder", "default_gateway_id"]
+
+log = logging.getLogger("embedguard.recorder")
+
+
+def default_gateway_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Recorder:
+    def __init__(self, config: GatewayConfig, *, log_: EventLog | None = None) -> None:
+        self.config = config
+        self._log = log_
+        self._epoch = 0
+        self.stamper = EventStamper(self._stream_id())
+        self.sessions = SessionTracker(config.session_idle_s)
+        self.publisher: EventPublisher | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.system_session = f"gateway:{config.gateway_id}"
+
+    def _stream_id(self) -> str:
+        return self.config.gateway_id if self._epoch == 0 else f"{self.config.gateway_id}#{self._epoch}"
+
+    # -- lifecycle ----------------------------------------------------------
+    async def running(self) -> None:
+        if self._log is None:
+            self._log = open_log(self.config.log_url)
+        await self._log.start()
+        self.publisher = EventPublisher(self._log)
+        await self.record_system(
+            GatewayStarted,
+            config_sha256=self.config.config_sha256(),
+            version=__version__,
+            listen=[f"{r.listen_host}:{r.listen_port}" for r in self.config.routes],
+            upstreams=[r.upstream for r in self.config.routes],
+            policy_sha256=None,
+            pid=os.getpid(),
+        )
+        self._sweeper = asyncio.create_task(self._sweep_idle())
+
+    async def done(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+        events = [self._session_ended(s, "shutdown") for s in self.sessions.close_all()]
+        if events and self.publisher:
+            try:
+                await self.publisher.publish(events)
+            except EventLogError as exc:
+                log.error("could not record %d session end(s) at shutdown: %s", len(events), exc)
+        if self._log is not None:
+            await self._log.close()
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, max(self.config.session_idle_s / 4, 0.05)))
+            ended = self.sessions.expire(datetime.now(UTC))
+            if ended:
+                try:
+                    await self.append([self._session_ended(s, "idle") for s in ended])
+                except EventLogError as exc:
+                    log.error("could not record %d idle session end(s): %s", len(ended), exc)
+
+    # -- appending -----------------------------------------------------------
+    async def append(self, events: Sequence[StampedEvent]) -> None:
+        assert self.publisher is not None, "recorder used before running()"
+        try:
+            await self.publisher.publish(events)
+        except EventLogError:
+            self._rotate_stream()
+            raise
+
+    def _rotate_stream(self) -> None:
+        """After a failed append, some stamped events never reached the log. Start
+        a new stream and new sessions so no chain continues over the hole."""
+        self._epoch += 1
+        self.stamper = EventStamper(self._stream_id())
+        self.sessions.close_all()
+        log.warning("event log refused an append; continuing on stream %s", self._stream_id())
+
+    async def record_system(self, cls: type[Event], **body: Any) -> None:
+        """Record a gateway-level event (GatewayStarted, PolicyChanged, ...)."""
+        await self.append([self.stamper.stamp(cls, session_id=self.system_session, **body)])
+
+    def _session_ended(self, s: Session, reason: str) -> StampedEvent:
+        ev = self.stamper.stamp(SessionEnded, session_id=s.session_id, reason=reason,
+                                request_count=s.request_count, started_at=s.started_at)
+        self.stamper.end_session(s.session_id)
+        return ev
+
+    # -- hooks ------------------------------------------------------------------
+    async def request(self, flow: http.HTTPFlow) -> None:
+        st = state_of(flow)
+        if st is None:
+            return
+        events = self._request_events(flow, st)
+        try:
+            await self.append(events)
+        except EventLogError as exc:
+            log.error("request %s refused: event log unavailable: %s", st.request_id, exc)
+            st.forwarded = False
+            block(flow, st, 503, "audit_log_unavailable",
+                  "the audit log cannot record this request, so it was not forwarded; retry later",
+                  "log")
+            return
+        st.forwarded = st.blocked is None
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        st = state_of(flow)
+        if st is None or not st.forwarded or flow.response is None:
+            return
+        try:
+            await self.append([self._response_event(flow, st)])
+        except EventLogError as exc:
+            log.error("response to %s withheld: event log unavailable: %s", st.request_id, exc)
+            flow.response = error_response(
+                503, "audit_log_unavailable",
+                "the upstream answered but the audit log cannot record the response, so it was "
+                "withheld; the operation may have completed upstream", st.request_id)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        st = state_of(flow)
+        if st is None or not st.forwarded or flow.response is not None:
+            return
+        message = flow.error.msg if flow.error else "unknown upstream error"
+        ev = self.stamper.stamp(
+            ResponseRecorded, session_id=st.session_id or self.system_session,
+            request_id=st.request_id, status=502, body=None, body_sha256=_sha256(b""), body_size=0,
+            original_body_sha256=_sha256(b""), upstream_error=message[:500],
+            latency_us=(_now_ns() - st.started_ns) // 1000)
+        try:
+            await self.append([ev])
+        except EventLogError as exc:
+            log.error("could not record upstream error of %s: %s", st.request_id, exc)
+
+    # -- event building ---------------------------------------------------------
+    def _request_events(self, flow: http.HTTPFlow, st: FlowState) -> list[StampedEvent]:
+        now = st.received_at
+        ident = st.identity
+        token_ref = (ident.dpop_jkt or ident.token_id) if ident else None
+        key = self.sessions.key(ident.subject if ident else None, token_ref, st.client_address,
+                                flow.request.headers.get(SESSION_HEADER))
+        session, started, ended = self.sessions.touch(key, now)
+        st.session_id = session.session_id
+        sid, rid = session.session_id, st.request_id
+        stamp = self.stamper.stamp
+        out: list[StampedEvent] = []
+        if ended is not None:
+            out.append(self._session_ended(ended, "idle"))
+        if started:
+            out.append(stamp(SessionStarted, session_id=sid, occurred_at=now,
+                             subject=ident.subject if ident else "anonymous",
+                             issuer=ident.issuer if ident else "",
+                             client_address=st.client_address,
+                             token_id=ident.token_id if ident else None,
+                             dpop_jkt=ident.dpop_jkt if ident else None,
+                             client_session_name=flow.request.headers.get(SESSION_HEADER),
+                             user_agent=flow.request.headers.get("user-agent")))
+            if ident is not None:
+                out.append(stamp(IdentityResolved, session_id=sid, request_id=rid, occurred_at=now,
+                                 subject=ident.subject, issuer=ident.issuer, groups=sorted(ident.groups),
+                                 token_id=ident.token_id, token_issued_at=ident.issued_at,
+                                 token_expires_at=ident.expires_at, auth_method=ident.auth_method,
+                                 dpop_jkt=ident.dpop_jkt, client_address=st.client_address,
+                                 client_id=ident.client_id))
+        body = st.client_body
+        limit = self.config.record_body_limit
+        cls = st.classification
+        out.append(stamp(
+            RequestReceived, session_id=sid, request_id=rid, occurred_at=now,
+            method=flow.request.method, scheme=flow.request.scheme, host=st.client_host,
+            path=flow.request.path.split("?", 1)[0], query=flow.request.path.partition("?")[2],
+            headers=redact_headers(st.extra.get("client_headers", [])),
+            body=body if len(body) <= limit else None,
+            body_sha256=_sha256(body), body_size=len(body),
+            content_type=flow.request.headers.get("content-type"),
+            product=cls.product if cls else (st.route.kind if st.route.kind != "auto" else "unknown"),
+            operations=list(cls.operations) if cls else []))
+        if st.decision is not None:
+            out.append(stamp(PolicyDecided, session_id=sid, request_id=rid,
+                             **st.decision.to_event_fields()))
+        if st.blocked is not None:
+            b = st.blocked
+            out.append(stamp(RequestBlocked, session_id=sid, request_id=rid,
+                             status=b.status, error=b.error, reason=b.reason, stage=b.stage))
+        else:
+            out.append(stamp(RequestForwarded, session_id=sid, request_id=rid,
+                             upstream=st.route.upstream, credential_ref=st.route.credential_ref,
+                             injected_filter=st.injected_filter))
+        return out
+
+    def _response_event(self, flow: http.HTTPFlow, st: FlowState) -> StampedEvent:
+        assert flow.response is not None
+        delivered = flow.response.raw_content or b""
+        if flow.response.headers.get("content-encoding"):
+            delivered = flow.response.get_content(strict=False) or b""
+        limit = self.config.record_body_limit
+        return self.stamper.stamp(
+            ResponseRecorded, session_id=st.session_id or self.system_session, request_id=st.request_id,
+            status=flow.response.status_code,
+            headers=redact_headers(flow.response.headers.items(multi=True)),
+            body=delivered if len(delivered) <= limit else None,
+            body_sha256=_sha256(delivered), body_size=len(delivered),
+            original_body_sha256=st.extra.get("original_body_sha256", _sha256(delivered)),
+            masked_fields=st.extra.get("masked_fields", []),
+            result_ids=st.extra.get("result_ids", [])[:10_000],
+            upstream_error=st.extra.get("upstream_error"),
+            latency_us=(_now_ns() - st.started_ns) // 1000)
+
+
+def _now_ns() -> int:
+    import time
+
+    return time.perf_counter_ns()

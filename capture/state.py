@@ -1,0 +1,77 @@
+"""Per-flow state that the addons share through ``flow.metadata``.
+
+Each addon fills in its part; the recorder turns the whole into events.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import http
+from uuid6 import uuid7
+
+from capture.types import Classification, Identity
+
+if TYPE_CHECKING:
+    from capture.config import Route
+    from capture.policy import Decision
+
+__all__ = ["Blocked", "FlowState", "block", "state_of"]
+
+KEY = "embedguard"
+REQUEST_ID_HEADER = "x-embedguard-request-id"
+
+
+@dataclass(frozen=True)
+class Blocked:
+    status: int
+    error: str
+    reason: str
+    stage: str  # identity, classify, policy, approval, log, upstream
+
+
+@dataclass
+class FlowState:
+    route: Route
+    request_id: str = field(default_factory=lambda: str(uuid7()))
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_ns: int = field(default_factory=time.perf_counter_ns)
+    client_address: str = ""
+    #: the Host header the client sent (reverse mode rewrites it later)
+    client_host: str = ""
+    #: the request body as the client sent it, before any filter injection
+    client_body: bytes = b""
+    identity: Identity | None = None
+    auth_error_code: str | None = None
+    classification: Classification | None = None
+    decision: Decision | None = None
+    blocked: Blocked | None = None
+    session_id: str | None = None
+    injected_filter: bool = False
+    forwarded: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def state_of(flow: http.HTTPFlow) -> FlowState | None:
+    st = flow.metadata.get(KEY)
+    return st if isinstance(st, FlowState) else None
+
+
+def error_response(status: int, error: str, reason: str, request_id: str) -> http.Response:
+    """The one shape of every error the gateway sends: JSON, no stack trace."""
+    body = json.dumps({"error": error, "reason": reason, "request_id": request_id}).encode()
+    return http.Response.make(
+        status,
+        body,
+        {"content-type": "application/json", REQUEST_ID_HEADER: request_id, "cache-control": "no-store"},
+    )
+
+
+def block(flow: http.HTTPFlow, st: FlowState, status: int, error: str, reason: str, stage: str) -> None:
+    """Refuse the flow: nothing goes upstream, the client gets a clear JSON error."""
+    st.blocked = Blocked(status, error, reason, stage)
+    flow.response = error_response(status, error, reason, st.request_id)

@@ -1,0 +1,89 @@
+"""Types shared by the gateway's pure functions (classification, identity,
+policy, masking) and the mitmproxy addons that adapt them.
+
+Pure functions take these, never mitmproxy objects, so they can be tested
+without a proxy and reused by ``policy explain`` and the dashboard simulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from schemas.models import ActionClass, Operation
+
+__all__ = [
+    "PRODUCTS",
+    "ActionClass",
+    "Classification",
+    "HttpRequest",
+    "Identity",
+    "Operation",
+    "Product",
+]
+
+Product = Literal["qdrant", "chroma", "pinecone", "weaviate", "milvus"]
+PRODUCTS: tuple[Product, ...] = ("qdrant", "chroma", "pinecone", "weaviate", "milvus")
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """A request as the classifier sees it.
+
+    ``path`` has no query string; ``query`` keeps repeated keys in order
+    (Pinecone's ``?ids=a&ids=b``). Header names are lower-case.
+    """
+
+    method: str
+    path: str
+    host: str = ""
+    query: Sequence[tuple[str, str]] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def query_values(self, key: str) -> list[str]:
+        return [v for k, v in self.query if k == key]
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What a request does: one operation per item of a batch.
+
+    ``error`` is set when the request could not be classified (unknown
+    endpoint, unparseable body); it is then denied by default and the error
+    says why. ``response_ids`` names where ids appear in the response (dotted
+    path, ``[]`` for each element), for lineage; ``user_data_paths`` names the
+    response fields that carry user data, for masking.
+    """
+
+    product: Product
+    operations: list[Operation]
+    error: str | None = None
+    response_ids: tuple[str, ...] = ()
+    user_data_paths: tuple[str, ...] = ()
+    vector_paths: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(op.action != ActionClass.UNKNOWN for op in self.operations) \
+            and bool(self.operations)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified caller."""
+
+    subject: str
+    issuer: str
+    groups: frozenset[str] = frozenset()
+    token_id: str | None = None
+    issued_at: datetime | None = None
+    expires_at: datetime | None = None
+    auth_method: Literal["bearer", "dpop"] = "bearer"
+    dpop_jkt: str | None = None
+    client_id: str | None = None
