@@ -181,7 +181,7 @@ def events_append(
         async with open_log(url) as lg:
             return await EventPublisher(lg).publish(events)
 
-    positions = run(go) if events else []
+    positions = run(go)
     if as_json:
         print(json.dumps({"appended": len(positions),
                           "positions": [{"partition": p.partition, "offset": p.offset} for p in positions]}))
