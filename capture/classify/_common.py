@@ -25,24 +25,32 @@ from capture.types import ActionClass, Classification, HttpRequest, Operation, P
 __all__ = [
     "MAX_JSON_DEPTH",
     "BadRequest",
+    "Handler",
     "Result",
     "Route",
+    "RouteMatch",
     "as_bool",
     "as_int_limit",
     "as_list",
     "as_obj",
     "as_str",
     "canonical_json",
+    "dedupe",
     "filter_digest",
+    "header_lookup",
     "id_str",
     "id_strs",
     "is_uuid",
+    "match_route",
     "normalize_path",
     "op",
     "parse_json",
+    "query_limit",
     "route",
     "run",
+    "static",
     "unknown",
+    "walk",
 ]
 
 #: Deepest JSON nesting accepted in a body. Real filters nest a handful of
@@ -109,20 +117,20 @@ def route(
 
 
 @dataclass
-class _Match(Generic[C]):
+class RouteMatch(Generic[C]):
     route: Route[C] | None = None
     params: dict[str, str] = field(default_factory=dict)
     allowed: set[str] = field(default_factory=set)
 
 
-def _match(routes: Sequence[Route[C]], method: str, path: str) -> _Match[C]:
-    found: _Match[C] = _Match()
+def match_route(routes: Sequence[Route[C]], method: str, path: str) -> RouteMatch[C]:
+    found: RouteMatch[C] = RouteMatch()
     for r in routes:
         m = r.pattern.fullmatch(path)
         if m is None:
             continue
         if method in r.methods:
-            return _Match(route=r, params=m.groupdict())
+            return RouteMatch(route=r, params=m.groupdict())
         found.allowed |= r.methods
     return found
 
@@ -208,7 +216,7 @@ def _run(product: Product, name: str, routes: Sequence[Route[C]], ctx: C,
         path = normalize_path(req.path)
     except BadRequest as exc:
         return unknown(product, f"{name}: {exc}")
-    m = _match(routes, method, path)
+    m = match_route(routes, method, path)
     if m.route is None:
         where = f"{_safe(method)} {_safe(req.path)}"
         if m.allowed:
@@ -307,8 +315,11 @@ def _check_depth(value: object, what: str) -> None:
 
 
 def canonical_json(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    except ValueError:
+        raise BadRequest("filter contains a number that is not finite") from None
 
 
 def filter_digest(filters: Sequence[object]) -> str | None:
@@ -432,15 +443,18 @@ def op(
     with_vectors: bool | None = None,
     bulk: bool = False,
     detail: str | None = None,
+    filter_is_id_list: bool = False,
 ) -> Operation:
-    """An Operation; a filter always makes the affected ids unknown."""
+    """An Operation. A filter makes the affected ids unknown, unless the
+    caller has proved the filter is exactly a primary-key list
+    (``filter_is_id_list``)."""
     id_list = list(ids)
     return Operation(
         action=action,
         collection=collection,
         database=database,
         ids=id_list,
-        ids_known=ids_known and not filters and not bulk,
+        ids_known=ids_known and (filter_is_id_list or not filters) and not bulk,
         vector_count=vector_count,
         filter_present=bool(filters),
         filter_sha256=filter_digest(filters),
@@ -479,9 +493,6 @@ def dedupe(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-__all__ += ["Handler", "dedupe", "query_limit", "static", "walk"]
-
-
 def header_lookup(headers: Mapping[str, str], name: str) -> str | None:
     """Case-insensitive header lookup (HttpRequest stores lower-case names,
     but be tolerant of callers that do not)."""
@@ -494,5 +505,3 @@ def header_lookup(headers: Mapping[str, str], name: str) -> str | None:
             return v
     return None
 
-
-__all__ += ["header_lookup"]
