@@ -5,6 +5,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# chromadb pins clash with mitmproxy 11, so the Chroma server and the official
+# chromadb client used by the end-to-end tests live in their own venv.
+PEERS  := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
 
 .PHONY: up test test-all lint bench-eventlog clean-venv
 
@@ -17,14 +21,20 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+$(PEERS_STAMP): requirements-peers.txt
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-peers.txt
+	touch $(PEERS_STAMP)
 
-up: $(STAMP)
+venv: $(STAMP) $(PEERS_STAMP)
+
+up: $(STAMP) $(PEERS_STAMP)
 	$(VENV)/bin/embedguard up
 
 # The test session itself starts every service it needs (Tansu broker, ...)
 # on 127.0.0.1 and free ports.
-test: $(STAMP)
+test: $(STAMP) $(PEERS_STAMP)
 	$(VENV)/bin/embedguard schemas check
 	$(PY) -m pytest -q -p no:cacheprovider
 

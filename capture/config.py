@@ -42,7 +42,9 @@ class Route(BaseModel):
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(ge=0, le=65535)
     credential: SecretStr | None = None
-    credential_ref: str | None = Field(default=None, description="Where the credential came from (name, not value)")
+    credential_ref: str | None = Field(
+        default=None, description="Where the credential came from (name, not value)"
+    )
 
     @field_validator("upstream")
     @classmethod
@@ -51,7 +53,10 @@ class Route(BaseModel):
         if p.scheme not in ("http", "https") or not p.hostname:
             raise ValueError(f"upstream {v!r} must be http(s)://host[:port]")
         if p.username or p.password:
-            raise ValueError("put the upstream credential in --credential-env or --credential-file, not in the URL")
+            raise ValueError(
+                "put the upstream credential in --credential-env or --credential-file, "
+                "not in the URL"
+            )
         return v.rstrip("/")
 
     @property
@@ -71,7 +76,9 @@ def load_credential(env: str | None, file: Path | None) -> tuple[SecretStr | Non
     if env:
         value = os.environ.get(env)
         if not value:
-            raise ConfigError(f"environment variable {env} is empty or unset; export the upstream API key there")
+            raise ConfigError(
+                f"environment variable {env} is empty or unset; export the upstream API key there"
+            )
         return SecretStr(value.strip()), f"env:{env}"
     if file:
         try:

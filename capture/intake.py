@@ -32,7 +32,9 @@ class Intake:
         route = self.route_for(flow)
         if route is None:  # a listener we did not configure: refuse, never guess
             flow.kill()
-            log.error("flow on unconfigured listener %s killed", flow.client_conn.proxy_mode.full_spec)
+            log.error(
+                "flow on unconfigured listener %s killed", flow.client_conn.proxy_mode.full_spec
+            )
             return
         st = FlowState(route=route)
         st.client_address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
@@ -48,15 +50,27 @@ class Intake:
         if flow.request.headers.get("content-encoding"):
             decoded = flow.request.get_content(strict=False)
             if decoded is None:
-                block(flow, st, 400, "bad_request",
-                      f"cannot decode content-encoding {flow.request.headers['content-encoding']!r}; "
-                      "send the body uncompressed or with gzip/deflate/br/zstd", "classify")
+                block(
+                    flow,
+                    st,
+                    400,
+                    "bad_request",
+                    f"cannot decode content-encoding {flow.request.headers['content-encoding']!r}; "
+                    "send the body uncompressed or with gzip/deflate/br/zstd",
+                    "classify",
+                )
                 return
             body = decoded
         if len(body) > self.config.max_body_size:
-            block(flow, st, 413, "body_too_large",
-                  f"request body is {len(body)} bytes; the gateway accepts at most "
-                  f"{self.config.max_body_size}", "classify")
+            block(
+                flow,
+                st,
+                413,
+                "body_too_large",
+                f"request body is {len(body)} bytes; the gateway accepts at most "
+                f"{self.config.max_body_size}",
+                "classify",
+            )
             return
         st.client_body = body
 

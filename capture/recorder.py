@@ -65,7 +65,11 @@ class Recorder:
         self.system_session = f"gateway:{config.gateway_id}"
 
     def _stream_id(self) -> str:
-        return self.config.gateway_id if self._epoch == 0 else f"{self.config.gateway_id}#{self._epoch}"
+        return (
+            self.config.gateway_id
+            if self._epoch == 0
+            else f"{self.config.gateway_id}#{self._epoch}"
+        )
 
     # -- lifecycle ----------------------------------------------------------
     async def running(self) -> None:
@@ -128,8 +132,13 @@ class Recorder:
         await self.append([self.stamper.stamp(cls, session_id=self.system_session, **body)])
 
     def _session_ended(self, s: Session, reason: str) -> StampedEvent:
-        ev = self.stamper.stamp(SessionEnded, session_id=s.session_id, reason=reason,
-                                request_count=s.request_count, started_at=s.started_at)
+        ev = self.stamper.stamp(
+            SessionEnded,
+            session_id=s.session_id,
+            reason=reason,
+            request_count=s.request_count,
+            started_at=s.started_at,
+        )
         self.stamper.end_session(s.session_id)
         return ev
 
@@ -144,9 +153,14 @@ class Recorder:
         except EventLogError as exc:
             log.error("request %s refused: event log unavailable: %s", st.request_id, exc)
             st.forwarded = False
-            block(flow, st, 503, "audit_log_unavailable",
-                  "the audit log cannot record this request, so it was not forwarded; retry later",
-                  "log")
+            block(
+                flow,
+                st,
+                503,
+                "audit_log_unavailable",
+                "the audit log cannot record this request, so it was not forwarded; retry later",
+                "log",
+            )
             return
         st.forwarded = st.blocked is None
 
@@ -159,9 +173,12 @@ class Recorder:
         except EventLogError as exc:
             log.error("response to %s withheld: event log unavailable: %s", st.request_id, exc)
             flow.response = error_response(
-                503, "audit_log_unavailable",
+                503,
+                "audit_log_unavailable",
                 "the upstream answered but the audit log cannot record the response, so it was "
-                "withheld; the operation may have completed upstream", st.request_id)
+                "withheld; the operation may have completed upstream",
+                st.request_id,
+            )
 
     async def error(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
@@ -169,10 +186,17 @@ class Recorder:
             return
         message = flow.error.msg if flow.error else "unknown upstream error"
         ev = self.stamper.stamp(
-            ResponseRecorded, session_id=st.session_id or self.system_session,
-            request_id=st.request_id, status=502, body=None, body_sha256=_sha256(b""), body_size=0,
-            original_body_sha256=_sha256(b""), upstream_error=message[:500],
-            latency_us=(_now_ns() - st.started_ns) // 1000)
+            ResponseRecorded,
+            session_id=st.session_id or self.system_session,
+            request_id=st.request_id,
+            status=502,
+            body=None,
+            body_sha256=_sha256(b""),
+            body_size=0,
+            original_body_sha256=_sha256(b""),
+            upstream_error=message[:500],
+            latency_us=(_now_ns() - st.started_ns) // 1000,
+        )
         try:
             await self.append([ev])
         except EventLogError as exc:
@@ -183,8 +207,12 @@ class Recorder:
         now = st.received_at
         ident = st.identity
         token_ref = (ident.dpop_jkt or ident.token_id) if ident else None
-        key = self.sessions.key(ident.subject if ident else None, token_ref, st.client_address,
-                                flow.request.headers.get(SESSION_HEADER))
+        key = self.sessions.key(
+            ident.subject if ident else None,
+            token_ref,
+            st.client_address,
+            flow.request.headers.get(SESSION_HEADER),
+        )
         session, started, ended = self.sessions.touch(key, now)
         st.session_id = session.session_id
         sid, rid = session.session_id, st.request_id
@@ -193,45 +221,94 @@ class Recorder:
         if ended is not None:
             out.append(self._session_ended(ended, "idle"))
         if started:
-            out.append(stamp(SessionStarted, session_id=sid, occurred_at=now,
-                             subject=ident.subject if ident else "anonymous",
-                             issuer=ident.issuer if ident else "",
-                             client_address=st.client_address,
-                             token_id=ident.token_id if ident else None,
-                             dpop_jkt=ident.dpop_jkt if ident else None,
-                             client_session_name=flow.request.headers.get(SESSION_HEADER),
-                             user_agent=flow.request.headers.get("user-agent")))
+            out.append(
+                stamp(
+                    SessionStarted,
+                    session_id=sid,
+                    occurred_at=now,
+                    subject=ident.subject if ident else "anonymous",
+                    issuer=ident.issuer if ident else "",
+                    client_address=st.client_address,
+                    token_id=ident.token_id if ident else None,
+                    dpop_jkt=ident.dpop_jkt if ident else None,
+                    client_session_name=flow.request.headers.get(SESSION_HEADER),
+                    user_agent=flow.request.headers.get("user-agent"),
+                )
+            )
             if ident is not None:
-                out.append(stamp(IdentityResolved, session_id=sid, request_id=rid, occurred_at=now,
-                                 subject=ident.subject, issuer=ident.issuer, groups=sorted(ident.groups),
-                                 token_id=ident.token_id, token_issued_at=ident.issued_at,
-                                 token_expires_at=ident.expires_at, auth_method=ident.auth_method,
-                                 dpop_jkt=ident.dpop_jkt, client_address=st.client_address,
-                                 client_id=ident.client_id))
+                out.append(
+                    stamp(
+                        IdentityResolved,
+                        session_id=sid,
+                        request_id=rid,
+                        occurred_at=now,
+                        subject=ident.subject,
+                        issuer=ident.issuer,
+                        groups=sorted(ident.groups),
+                        token_id=ident.token_id,
+                        token_issued_at=ident.issued_at,
+                        token_expires_at=ident.expires_at,
+                        auth_method=ident.auth_method,
+                        dpop_jkt=ident.dpop_jkt,
+                        client_address=st.client_address,
+                        client_id=ident.client_id,
+                    )
+                )
         body = st.client_body
         limit = self.config.record_body_limit
         cls = st.classification
-        out.append(stamp(
-            RequestReceived, session_id=sid, request_id=rid, occurred_at=now,
-            method=flow.request.method, scheme=flow.request.scheme, host=st.client_host,
-            path=flow.request.path.split("?", 1)[0], query=flow.request.path.partition("?")[2],
-            headers=redact_headers(st.extra.get("client_headers", [])),
-            body=body if len(body) <= limit else None,
-            body_sha256=_sha256(body), body_size=len(body),
-            content_type=flow.request.headers.get("content-type"),
-            product=cls.product if cls else (st.route.kind if st.route.kind != "auto" else "unknown"),
-            operations=list(cls.operations) if cls else []))
+        out.append(
+            stamp(
+                RequestReceived,
+                session_id=sid,
+                request_id=rid,
+                occurred_at=now,
+                method=flow.request.method,
+                scheme=flow.request.scheme,
+                host=st.client_host,
+                path=flow.request.path.split("?", 1)[0],
+                query=flow.request.path.partition("?")[2],
+                headers=redact_headers(st.extra.get("client_headers", [])),
+                body=body if len(body) <= limit else None,
+                body_sha256=_sha256(body),
+                body_size=len(body),
+                content_type=flow.request.headers.get("content-type"),
+                product=cls.product
+                if cls
+                else (st.route.kind if st.route.kind != "auto" else "unknown"),
+                operations=list(cls.operations) if cls else [],
+            )
+        )
         if st.decision is not None:
-            out.append(stamp(PolicyDecided, session_id=sid, request_id=rid,
-                             **st.decision.to_event_fields()))
+            out.append(
+                stamp(
+                    PolicyDecided, session_id=sid, request_id=rid, **st.decision.to_event_fields()
+                )
+            )
         if st.blocked is not None:
             b = st.blocked
-            out.append(stamp(RequestBlocked, session_id=sid, request_id=rid,
-                             status=b.status, error=b.error, reason=b.reason, stage=b.stage))
+            out.append(
+                stamp(
+                    RequestBlocked,
+                    session_id=sid,
+                    request_id=rid,
+                    status=b.status,
+                    error=b.error,
+                    reason=b.reason,
+                    stage=b.stage,
+                )
+            )
         else:
-            out.append(stamp(RequestForwarded, session_id=sid, request_id=rid,
-                             upstream=st.route.upstream, credential_ref=st.route.credential_ref,
-                             injected_filter=st.injected_filter))
+            out.append(
+                stamp(
+                    RequestForwarded,
+                    session_id=sid,
+                    request_id=rid,
+                    upstream=st.route.upstream,
+                    credential_ref=st.route.credential_ref,
+                    injected_filter=st.injected_filter,
+                )
+            )
         return out
 
     def _response_event(self, flow: http.HTTPFlow, st: FlowState) -> StampedEvent:
@@ -241,16 +318,20 @@ class Recorder:
             delivered = flow.response.get_content(strict=False) or b""
         limit = self.config.record_body_limit
         return self.stamper.stamp(
-            ResponseRecorded, session_id=st.session_id or self.system_session, request_id=st.request_id,
+            ResponseRecorded,
+            session_id=st.session_id or self.system_session,
+            request_id=st.request_id,
             status=flow.response.status_code,
             headers=redact_headers(flow.response.headers.items(multi=True)),
             body=delivered if len(delivered) <= limit else None,
-            body_sha256=_sha256(delivered), body_size=len(delivered),
+            body_sha256=_sha256(delivered),
+            body_size=len(delivered),
             original_body_sha256=st.extra.get("original_body_sha256", _sha256(delivered)),
             masked_fields=st.extra.get("masked_fields", []),
             result_ids=st.extra.get("result_ids", [])[:10_000],
             upstream_error=st.extra.get("upstream_error"),
-            latency_us=(_now_ns() - st.started_ns) // 1000)
+            latency_us=(_now_ns() - st.started_ns) // 1000,
+        )
 
 
 def _now_ns() -> int:

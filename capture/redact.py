@@ -13,11 +13,21 @@ REDACTED = "[REDACTED]"
 
 #: Headers that carry a client's credential to some vector database or to a
 #: model provider (Weaviate modules read third-party keys from headers).
-CLIENT_CREDENTIAL_HEADERS = frozenset({
-    "authorization", "proxy-authorization", "api-key", "x-api-key", "x-chroma-token",
-    "dpop", "cookie", "set-cookie",
-})
-_SECRETISH = re.compile(r"(api[-_]?key|token|secret|password|auth|cookie|credential|signature)", re.I)
+CLIENT_CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "api-key",
+        "x-api-key",
+        "x-chroma-token",
+        "dpop",
+        "cookie",
+        "set-cookie",
+    }
+)
+_SECRETISH = re.compile(
+    r"(api[-_]?key|token|secret|password|auth|cookie|credential|signature)", re.I
+)
 
 
 def is_secret_header(name: str) -> bool:
@@ -26,4 +36,6 @@ def is_secret_header(name: str) -> bool:
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> list[Header]:
-    return [Header(name=k.lower(), value=REDACTED if is_secret_header(k) else v) for k, v in headers]
+    return [
+        Header(name=k.lower(), value=REDACTED if is_secret_header(k) else v) for k, v in headers
+    ]

@@ -34,7 +34,9 @@ class SessionTracker:
         self._by_key: dict[SessionKey, Session] = {}
 
     @staticmethod
-    def key(subject: str | None, token_ref: str | None, client_address: str, client_name: str | None) -> SessionKey:
+    def key(
+        subject: str | None, token_ref: str | None, client_address: str, client_name: str | None
+    ) -> SessionKey:
         return (subject or "-", token_ref or "-", client_address, (client_name or "")[:128])
 
     def touch(self, key: SessionKey, now: datetime) -> tuple[Session, bool, Session | None]:
@@ -54,7 +56,9 @@ class SessionTracker:
 
     def expire(self, now: datetime) -> list[Session]:
         """Remove and return every session idle for longer than ``idle_s``."""
-        idle = [k for k, s in self._by_key.items() if (now - s.last_seen).total_seconds() > self.idle_s]
+        idle = [
+            k for k, s in self._by_key.items() if (now - s.last_seen).total_seconds() > self.idle_s
+        ]
         return [self._by_key.pop(k) for k in idle]
 
     def close_all(self) -> list[Session]:

@@ -67,11 +67,17 @@ def error_response(status: int, error: str, reason: str, request_id: str) -> htt
     return http.Response.make(
         status,
         body,
-        {"content-type": "application/json", REQUEST_ID_HEADER: request_id, "cache-control": "no-store"},
+        {
+            "content-type": "application/json",
+            REQUEST_ID_HEADER: request_id,
+            "cache-control": "no-store",
+        },
     )
 
 
-def block(flow: http.HTTPFlow, st: FlowState, status: int, error: str, reason: str, stage: str) -> None:
+def block(
+    flow: http.HTTPFlow, st: FlowState, status: int, error: str, reason: str, stage: str
+) -> None:
     """Refuse the flow: nothing goes upstream, the client gets a clear JSON error."""
     st.blocked = Blocked(status, error, reason, stage)
     flow.response = error_response(status, error, reason, st.request_id)

@@ -70,8 +70,11 @@ class Classification:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and all(op.action != ActionClass.UNKNOWN for op in self.operations) \
+        return (
+            self.error is None
+            and all(op.action != ActionClass.UNKNOWN for op in self.operations)
             and bool(self.operations)
+        )
 
 
 @dataclass(frozen=True)

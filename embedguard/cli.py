@@ -35,11 +35,19 @@ err = Console(stderr=True)
 
 LogOpt = Annotated[
     str | None,
-    typer.Option("--log", help="Event log URL: sqlite:PATH or kafka://HOST:PORT (default: EMBEDGUARD_LOG, else sqlite:data/events.db)"),
+    typer.Option(
+        "--log",
+        help="Event log URL: sqlite:PATH or kafka://HOST:PORT "
+        "(default: EMBEDGUARD_LOG, else sqlite:data/events.db)",
+    ),
 ]
 WarehouseOpt = Annotated[
     str | None,
-    typer.Option("--warehouse", help="Warehouse URL: lake:DIR or clickhouse://... (default: EMBEDGUARD_WAREHOUSE, else lake:data/lake)"),
+    typer.Option(
+        "--warehouse",
+        help="Warehouse URL: lake:DIR or clickhouse://... "
+        "(default: EMBEDGUARD_WAREHOUSE, else lake:data/lake)",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 
@@ -89,6 +97,7 @@ def version(as_json: JsonOpt = False) -> None:
 
 # -- schemas -----------------------------------------------------------------
 
+
 @schemas_app.command("check")
 def schemas_check(as_json: JsonOpt = False) -> None:
     """Fail if a schema does not parse, a model disagrees with its schema, or a
@@ -128,6 +137,7 @@ def schemas_freeze(version: Annotated[str, typer.Argument(help="Version name, e.
 
 # -- events ----------------------------------------------------------------
 
+
 def _read_jsonl(path: Path) -> list[Any]:
     from schemas.codec import InvalidEvent, event_from_json
 
@@ -160,13 +170,17 @@ def _read_jsonl(path: Path) -> list[Any]:
             err.print(f"[red]✗[/] {p}", highlight=False)
         if len(problems) > 20:
             err.print(f"… and {len(problems) - 20} more")
-        raise fail(f"{len(problems)} invalid event(s); nothing was appended. Fix them and run again.")
+        raise fail(
+            f"{len(problems)} invalid event(s); nothing was appended. Fix them and run again."
+        )
     return events
 
 
 @events_app.command("append")
 def events_append(
-    file: Annotated[Path, typer.Option("--file", "-f", help="JSON lines, one event each ('-' for stdin)")],
+    file: Annotated[
+        Path, typer.Option("--file", "-f", help="JSON lines, one event each ('-' for stdin)")
+    ],
     log: LogOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -183,8 +197,16 @@ def events_append(
 
     positions = run(go)
     if as_json:
-        print(json.dumps({"appended": len(positions),
-                          "positions": [{"partition": p.partition, "offset": p.offset} for p in positions]}))
+        print(
+            json.dumps(
+                {
+                    "appended": len(positions),
+                    "positions": [
+                        {"partition": p.partition, "offset": p.offset} for p in positions
+                    ],
+                }
+            )
+        )
     else:
         out.print(f"appended {len(positions)} event(s) to {url}", highlight=False)
 
@@ -192,9 +214,15 @@ def events_append(
 @events_app.command("tail")
 def events_tail(
     log: LogOpt = None,
-    from_offset: Annotated[int | None, typer.Option("--from", help="Start at this offset (default: the oldest)")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-F", help="Keep waiting for new events")] = False,
-    limit: Annotated[int | None, typer.Option("--limit", help="Stop after this many events")] = None,
+    from_offset: Annotated[
+        int | None, typer.Option("--from", help="Start at this offset (default: the oldest)")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-F", help="Keep waiting for new events")
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Stop after this many events")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print events from the log, oldest first: one JSON line each with --json."""
@@ -213,21 +241,30 @@ def events_tail(
             reader = lg.tail_reader()
             async with reader:
                 if from_offset is not None:
-                    for partition in (await reader.end_offsets()):
+                    for partition in await reader.end_offsets():
                         reader.seek(partition, from_offset)
                 while True:
                     end = await reader.end_offsets()
                     batch = await reader.poll(max_records=1000, timeout=1.0 if follow else 0.2)
                     for item in decode_records(batch):
                         rec = item.record
+                        line: dict[str, Any]
                         if item.decoded is None:
-                            line = {"partition": rec.partition, "offset": rec.offset,
-                                    "type": None, "error": str(item.error)}
+                            line = {
+                                "partition": rec.partition,
+                                "offset": rec.offset,
+                                "type": None,
+                                "error": str(item.error),
+                            }
                         else:
                             ev = item.decoded.event
-                            line = {"partition": rec.partition, "offset": rec.offset,
-                                    "type": ev.avro_name, "fingerprint": item.decoded.fingerprint,
-                                    "event": event_to_json(ev)}
+                            line = {
+                                "partition": rec.partition,
+                                "offset": rec.offset,
+                                "type": ev.avro_name,
+                                "fingerprint": item.decoded.fingerprint,
+                                "event": event_to_json(ev),
+                            }
                         _print_event(line, as_json)
                         shown += 1
                         if limit is not None and shown >= limit:
@@ -247,7 +284,9 @@ def _require_existing_log(url: str) -> None:
     if url.startswith("sqlite:"):
         path = Path(url.removeprefix("sqlite:"))
         if not path.exists():
-            raise fail(f"no event log at {path}; check --log / EMBEDGUARD_LOG (nothing was created)")
+            raise fail(
+                f"no event log at {path}; check --log / EMBEDGUARD_LOG (nothing was created)"
+            )
 
 
 def _print_event(line: dict[str, Any], as_json: bool) -> None:
@@ -255,7 +294,10 @@ def _print_event(line: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(line, separators=(",", ":")), flush=True)
         return
     if line.get("event") is None:
-        out.print(f"{line['partition']}:{line['offset']} [red]undecodable[/] {line['error']}", highlight=False)
+        out.print(
+            f"{line['partition']}:{line['offset']} [red]undecodable[/] {line['error']}",
+            highlight=False,
+        )
         return
     env = line["event"]["envelope"]
     out.print(
@@ -269,7 +311,13 @@ def _print_event(line: dict[str, Any], as_json: bool) -> None:
 def relay(
     source: Annotated[str, typer.Option("--from", help="Source log URL (usually sqlite:...)")],
     dest: Annotated[str, typer.Option("--to", help="Destination log URL (usually kafka://...)")],
-    group: Annotated[str, typer.Option(help="Reader group on the source; its position is committed after each acknowledged batch")] = "relay",
+    group: Annotated[
+        str,
+        typer.Option(
+            help="Reader group on the source; its position is committed "
+            "after each acknowledged batch"
+        ),
+    ] = "relay",
     once: Annotated[bool, typer.Option("--once", help="Stop when the source is drained")] = False,
 ) -> None:
     """Move events from one log to another (SQLite → Kafka), at least once."""
@@ -280,11 +328,17 @@ def relay(
 
     async def go() -> int:
         async with open_log(source) as src, open_log(dest) as dst:
-            with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err) as progress:
+            with Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), console=err
+            ) as progress:
                 task = progress.add_task(f"relaying {source} → {dest}", total=None)
 
                 def on_batch(n: int) -> None:
-                    progress.update(task, advance=n, description=f"relayed {progress.tasks[0].completed + n:.0f} events")
+                    progress.update(
+                        task,
+                        advance=n,
+                        description=f"relayed {progress.tasks[0].completed + n:.0f} events",
+                    )
 
                 return await do_relay(src, dst, group=group, stop_when_idle=once, progress=on_batch)
 
@@ -294,7 +348,9 @@ def relay(
 
 @app.command()
 def up(
-    data_dir: Annotated[Path | None, typer.Option("--data", help="Where embedded state lives (default ./data)")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data", help="Where embedded state lives (default ./data)")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Prepare the embedded stack under ./data and print where everything is."""
@@ -324,7 +380,8 @@ def up(
         "warehouse": s.warehouse_url,
         "schemas": "ok",
         "services": {},
-        "not_yet": "gateway, loader and dashboard arrive with their issues; `make up` will start them",
+        "not_yet": "gateway, loader and dashboard arrive with their issues; "
+        "`make up` will start them",
     }
     if as_json:
         print(json.dumps(info))

@@ -29,10 +29,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMBEDGUARD_", extra="ignore")
 
     data_dir: Path = Field(default=Path("data"), description="Where embedded state lives")
-    log: str | None = Field(default=None, description="Event log URL: sqlite:PATH or kafka://HOST:PORT")
-    warehouse: str | None = Field(default=None, description="Warehouse URL: lake:DIR or clickhouse://...")
+    log: str | None = Field(
+        default=None, description="Event log URL: sqlite:PATH or kafka://HOST:PORT"
+    )
+    warehouse: str | None = Field(
+        default=None, description="Warehouse URL: lake:DIR or clickhouse://..."
+    )
     schema_registry: str | None = Field(
-        default=None, description="Confluent schema registry URL; without it events use single-object encoding"
+        default=None,
+        description="Confluent schema registry URL; without it events use single-object encoding",
     )
     gateway_id: str | None = None
     kafka_sasl_password: SecretStr | None = None
@@ -47,8 +52,9 @@ class Settings(BaseSettings):
     @field_validator("warehouse")
     @classmethod
     def _wh_url(cls, v: str | None) -> str | None:
-        if v is not None and not (v.startswith("lake:") or v.startswith("clickhouse://")
-                                  or v.startswith("clickhouses://")):
+        if v is not None and not (
+            v.startswith("lake:") or v.startswith("clickhouse://") or v.startswith("clickhouses://")
+        ):
             raise ValueError(f"EMBEDGUARD_WAREHOUSE={v!r} must be lake:DIR or clickhouse://...")
         return v
 

@@ -42,7 +42,9 @@ class DecodedRecord:
     error: DecodeError | None
 
 
-def decode_records(records: Sequence[LogRecord], codec: EventCodec | None = None) -> list[DecodedRecord]:
+def decode_records(
+    records: Sequence[LogRecord], codec: EventCodec | None = None
+) -> list[DecodedRecord]:
     """Decode each record; a record that does not decode carries its error
     instead of stopping the batch (poison messages go to a dead-letter path)."""
     codec = codec or default_codec()

@@ -32,7 +32,9 @@ __all__ = [
 E = TypeVar("E", bound=Event)
 
 
-def hash_event(prev_hash: str, event: Event | DecodedEvent | bytes, codec: EventCodec | None = None) -> str:
+def hash_event(
+    prev_hash: str, event: Event | DecodedEvent | bytes, codec: EventCodec | None = None
+) -> str:
     """The chain hash of ``event`` following ``prev_hash`` (both hex).
 
     ``event`` may be a model (encoded with the current schema), a decoded event
@@ -75,7 +77,9 @@ class EventStamper:
     Thread-safe; one instance per gateway process (per stream).
     """
 
-    def __init__(self, gateway_id: str, codec: EventCodec | None = None, *, stream_seq: int = 0) -> None:
+    def __init__(
+        self, gateway_id: str, codec: EventCodec | None = None, *, stream_seq: int = 0
+    ) -> None:
         self.gateway_id = gateway_id
         self.codec = codec or default_codec()
         self._sessions: dict[str, _SessionState] = {}
@@ -157,15 +161,30 @@ def verify_chains(events: Iterable[DecodedEvent]) -> list[ChainProblem]:
         expected_seq, last_hash = state.get(sid, (0, GENESIS_HASH))
         problem: ChainProblem | None = None
         if env.seq < expected_seq:
-            problem = ChainProblem(sid, str(env.event_id), env.seq, "reordered",
-                                   f"seq {env.seq} arrives after seq {expected_seq - 1}")
+            problem = ChainProblem(
+                sid,
+                str(env.event_id),
+                env.seq,
+                "reordered",
+                f"seq {env.seq} arrives after seq {expected_seq - 1}",
+            )
         elif env.seq > expected_seq:
-            problem = ChainProblem(sid, str(env.event_id), env.seq, "gap",
-                                   f"expected seq {expected_seq}; {env.seq - expected_seq} event(s) missing before it")
+            problem = ChainProblem(
+                sid,
+                str(env.event_id),
+                env.seq,
+                "gap",
+                f"expected seq {expected_seq}; {env.seq - expected_seq} event(s) missing before it",
+            )
         elif env.prev_hash != last_hash:
-            problem = ChainProblem(sid, str(env.event_id), env.seq, "altered",
-                                   "prev_hash does not match the hash of the previous event; "
-                                   "the previous event was changed or replaced")
+            problem = ChainProblem(
+                sid,
+                str(env.event_id),
+                env.seq,
+                "altered",
+                "prev_hash does not match the hash of the previous event; "
+                "the previous event was changed or replaced",
+            )
         if problem is not None:
             broken[sid] = problem
             continue

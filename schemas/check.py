@@ -59,6 +59,7 @@ class CheckReport:
 
 # -- model ↔ schema ---------------------------------------------------------
 
+
 def _strip(annotation: Any) -> tuple[Any, bool]:
     """(inner annotation, optional?) with Annotated and Optional removed."""
     optional = False
@@ -105,7 +106,9 @@ def _compare_type(where: str, annotation: Any, avro: Any, errors: list[str]) -> 
             return
         model_symbols = [str(m.value) for m in annotation]
         if model_symbols != list(avro["symbols"]):
-            errors.append(f"{where}: enum symbols differ: model {model_symbols}, schema {avro['symbols']}")
+            errors.append(
+                f"{where}: enum symbols differ: model {model_symbols}, schema {avro['symbols']}"
+            )
         return
     expected: dict[str, tuple[Any, ...]] = {
         "string": (str,),
@@ -124,16 +127,22 @@ def _compare_type(where: str, annotation: Any, avro: Any, errors: list[str]) -> 
         return
     if origin is Literal:
         if name != "string" or not all(isinstance(a, str) for a in get_args(annotation)):
-            errors.append(f"{where}: model Literal{list(get_args(annotation))} needs a string schema")
+            errors.append(
+                f"{where}: model Literal{list(get_args(annotation))} needs a string schema"
+            )
         return
     ok = isinstance(annotation, type) and issubclass(annotation, expected[name])
     if ok and name in ("long", "int") and annotation is bool:
         ok = False
     if not ok:
-        errors.append(f"{where}: schema type {name}, model type {getattr(annotation, '__name__', annotation)}")
+        errors.append(
+            f"{where}: schema type {name}, model type {getattr(annotation, '__name__', annotation)}"
+        )
 
 
-def _compare_record(where: str, model: type[BaseModel], avro: dict[str, Any], errors: list[str]) -> None:
+def _compare_record(
+    where: str, model: type[BaseModel], avro: dict[str, Any], errors: list[str]
+) -> None:
     schema_fields = [f["name"] for f in avro["fields"]]
     model_fields = list(model.model_fields)
     if schema_fields != model_fields:
@@ -141,7 +150,8 @@ def _compare_record(where: str, model: type[BaseModel], avro: dict[str, Any], er
         extra = [f for f in model_fields if f not in schema_fields]
         errors.append(
             f"{where}: fields differ (missing in model: {missing}, not in schema: {extra}"
-            + (", or order differs" if not missing and not extra else "") + ")"
+            + (", or order differs" if not missing and not extra else "")
+            + ")"
         )
         return
     for f in avro["fields"]:
@@ -153,14 +163,16 @@ def _compare_record(where: str, model: type[BaseModel], avro: dict[str, Any], er
         schema_optional = isinstance(ftype, list)
         if schema_optional:
             if len(ftype) != 2 or ftype[0] != "null":
-                errors.append(f"{fwhere}: optional fields must be [\"null\", T], got {ftype}")
+                errors.append(f'{fwhere}: optional fields must be ["null", T], got {ftype}')
                 continue
             if f.get("default", "<none>") is not None:
                 errors.append(f"{fwhere}: optional field must default to null")
             ftype = ftype[1]
         if schema_optional != optional:
-            errors.append(f"{fwhere}: schema {'is' if schema_optional else 'is not'} optional, "
-                          f"model {'is' if optional else 'is not'}")
+            errors.append(
+                f"{fwhere}: schema {'is' if schema_optional else 'is not'} optional, "
+                f"model {'is' if optional else 'is not'}"
+            )
             continue
         model_has_default = not mf.is_required()
         if "default" in f and not model_has_default:
@@ -183,16 +195,25 @@ def compare_model(model: type[BaseModel], es: EventSchema) -> list[str]:
 
 # -- compatibility --------------------------------------------------------------
 
-def _new_fields_have_defaults(old: dict[str, Any], new: dict[str, Any], where: str, errors: list[str]) -> None:
+
+def _new_fields_have_defaults(
+    old: dict[str, Any], new: dict[str, Any], where: str, errors: list[str]
+) -> None:
     old_fields = {f["name"]: f for f in old.get("fields", [])}
     for f in new.get("fields", []):
         if f["name"] not in old_fields:
             if "default" not in f:
-                errors.append(f"{where}.{f['name']}: new field has no default; "
-                              "readers of old events cannot fill it")
+                errors.append(
+                    f"{where}.{f['name']}: new field has no default; "
+                    "readers of old events cannot fill it"
+                )
             continue
         o, n = old_fields[f["name"]]["type"], f["type"]
-        if isinstance(o, dict) and isinstance(n, dict) and o.get("type") == n.get("type") == "record":
+        if (
+            isinstance(o, dict)
+            and isinstance(n, dict)
+            and o.get("type") == n.get("type") == "record"
+        ):
             _new_fields_have_defaults(o, n, f"{where}.{f['name']}", errors)
 
 
@@ -204,7 +225,7 @@ def check_schemas(avsc_dir: Path = AVSC_DIR, fixtures_dir: Path = FIXTURES_DIR) 
     report = CheckReport()
     for path in sorted(avsc_dir.glob("*.avsc")):
         try:
-            fastavro.schema.load_schema(path, _write_hint=False)
+            fastavro.schema.load_schema(str(path), _write_hint=False)
         except Exception as exc:  # noqa: BLE001 - report every failure, keep going
             report.errors.append(f"{path.name}: does not parse: {exc}")
     if report.errors:
@@ -222,9 +243,13 @@ def check_schemas(avsc_dir: Path = AVSC_DIR, fixtures_dir: Path = FIXTURES_DIR) 
         return report
 
     codec = EventCodec(schemas=SchemaSet(avsc_dir, fixtures_dir))
-    versions = sorted(p for p in fixtures_dir.iterdir() if p.is_dir()) if fixtures_dir.is_dir() else []
+    versions = (
+        sorted(p for p in fixtures_dir.iterdir() if p.is_dir()) if fixtures_dir.is_dir() else []
+    )
     if not versions:
-        report.notes.append("no frozen versions under schemas/fixtures/; run `embedguard schemas freeze v1`")
+        report.notes.append(
+            "no frozen versions under schemas/fixtures/; run `embedguard schemas freeze v1`"
+        )
     for vdir in versions:
         for avsc in sorted(vdir.glob("*.avsc")):
             name = avsc.stem
@@ -232,7 +257,9 @@ def check_schemas(avsc_dir: Path = AVSC_DIR, fixtures_dir: Path = FIXTURES_DIR) 
             old = EventSchema.from_schema(json.loads(avsc.read_text()), vdir.name)
             new = current.get(name)
             if new is None:
-                report.errors.append(f"{where}: event type was removed; old events could not be read")
+                report.errors.append(
+                    f"{where}: event type was removed; old events could not be read"
+                )
                 continue
             _new_fields_have_defaults(old.schema, new.schema, where, report.errors)
             sample = vdir / f"{name}.avro"
@@ -241,7 +268,9 @@ def check_schemas(avsc_dir: Path = AVSC_DIR, fixtures_dir: Path = FIXTURES_DIR) 
                 continue
             data = sample.read_bytes()
             if data[:2] != SINGLE_OBJECT_MAGIC or data[2:10] != old.fingerprint:
-                report.errors.append(f"{where}: fixture header does not carry the schema's fingerprint")
+                report.errors.append(
+                    f"{where}: fixture header does not carry the schema's fingerprint"
+                )
                 continue
             try:  # backward: new reader, old data
                 decoded = codec.decode(data)
@@ -251,21 +280,35 @@ def check_schemas(avsc_dir: Path = AVSC_DIR, fixtures_dir: Path = FIXTURES_DIR) 
                     got = event_to_json(decoded.event)
                     for key, value in want.items():
                         if key in got and got[key] != value and key != "envelope":
-                            report.errors.append(f"{where}: field {key} decodes as {got[key]!r}, "
-                                                 f"was written as {value!r}")
+                            report.errors.append(
+                                f"{where}: field {key} decodes as {got[key]!r}, "
+                                f"was written as {value!r}"
+                            )
             except Exception as exc:  # noqa: BLE001
-                report.errors.append(f"{where}: backward: current schema cannot read v{vdir.name} data: {exc}")
+                report.errors.append(
+                    f"{where}: backward: current schema cannot read v{vdir.name} data: {exc}"
+                )
             try:  # forward: old reader, new data
                 _read(codec.body(sample_event(EVENT_TYPES[name])), new, old)
             except Exception as exc:  # noqa: BLE001
-                report.errors.append(f"{where}: forward: {vdir.name} readers cannot read current data: {exc}")
+                report.errors.append(
+                    f"{where}: forward: {vdir.name} readers cannot read current data: {exc}"
+                )
         if versions and vdir == versions[-1]:
-            changed = [n for n, es in current.items()
-                       if not (vdir / f"{n}.avsc").exists()
-                       or EventSchema.from_schema(json.loads((vdir / f"{n}.avsc").read_text()), "x").fingerprint != es.fingerprint]
+            changed = [
+                n
+                for n, es in current.items()
+                if not (vdir / f"{n}.avsc").exists()
+                or EventSchema.from_schema(
+                    json.loads((vdir / f"{n}.avsc").read_text()), "x"
+                ).fingerprint
+                != es.fingerprint
+            ]
             if changed:
-                report.notes.append(f"changed since {vdir.name}: {', '.join(sorted(changed))}; "
-                                    "freeze a new version before release")
+                report.notes.append(
+                    f"changed since {vdir.name}: {', '.join(sorted(changed))}; "
+                    "freeze a new version before release"
+                )
     return report
 
 
@@ -282,5 +325,7 @@ def freeze(version: str, avsc_dir: Path = AVSC_DIR, fixtures_dir: Path = FIXTURE
         (out / f"{name}.avsc").write_text(json.dumps(es.schema, indent=1, sort_keys=True) + "\n")
         event = sample_event(EVENT_TYPES[name])
         (out / f"{name}.avro").write_bytes(codec.canonical(event))
-        (out / f"{name}.json").write_text(json.dumps(event_to_json(event), indent=1, sort_keys=True) + "\n")
+        (out / f"{name}.json").write_text(
+            json.dumps(event_to_json(event), indent=1, sort_keys=True) + "\n"
+        )
     return out

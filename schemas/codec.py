@@ -83,7 +83,7 @@ class EventSchema:
 
     @classmethod
     def from_schema(cls, schema: dict[str, Any], version: str) -> EventSchema:
-        parsed = fastavro.parse_schema(schema, named_schemas={})
+        parsed: dict[str, Any] = fastavro.parse_schema(schema, named_schemas={})  # type: ignore[assignment]
         canonical = fastavro.schema.to_parsing_canonical_form(parsed)
         fp = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
         full = str(parsed["name"])
@@ -103,8 +103,10 @@ def load_event_schemas(avsc_dir: Path = AVSC_DIR, version: str = CURRENT) -> dic
         raw = json.loads(path.read_text())
         if not _is_event_schema(raw):
             continue
-        expanded = fastavro.schema.load_schema(path, _write_hint=False)
+        expanded = fastavro.schema.load_schema(str(path), _write_hint=False)
         full = fastavro.schema.expand_schema(expanded)
+        if not isinstance(full, dict):
+            raise InvalidEvent(f"{path}: an event schema must be a record")
         es = EventSchema.from_schema(full, version)
         out[es.type_name] = es
     return out

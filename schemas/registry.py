@@ -63,7 +63,8 @@ class SchemaRegistryClient:
             with urllib.request.urlopen(req, timeout=self._timeout) as resp:  # noqa: S310
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
-            detail = exc.read()[:500].decode("utf-8", "replace")
+            with exc:
+                detail = exc.read()[:500].decode("utf-8", "replace")
             raise RegistryError(
                 f"schema registry {self.url} answered {exc.code} to {method} {path}: {detail}"
             ) from None

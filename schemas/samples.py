@@ -69,8 +69,14 @@ def _model_values(model: type[BaseModel]) -> dict[str, Any]:
 def sample_event(cls: type[Event], *, session_id: str = "sample-session") -> Event:
     values = _model_values(cls)
     env = dict(values["envelope"])
-    env.update(type=cls.avro_name, session_id=session_id, seq=0, stream_seq=0,
-               prev_hash="0" * 64, occurred_at=_WHEN)
+    env.update(
+        type=cls.avro_name,
+        session_id=session_id,
+        seq=0,
+        stream_seq=0,
+        prev_hash="0" * 64,
+        occurred_at=_WHEN,
+    )
     values["envelope"] = Envelope(**env)
     return cls(**values)
 

@@ -23,7 +23,9 @@ def compose() -> dict[str, Any]:
 
 
 def test_services_exist(compose: dict[str, Any]) -> None:
-    assert {"kafka", "clickhouse", "gateway", "loader", "dashboard", "qdrant"} <= set(compose["services"])
+    assert {"kafka", "clickhouse", "gateway", "loader", "dashboard", "qdrant"} <= set(
+        compose["services"]
+    )
 
 
 def test_kafka_runs_kraft(compose: dict[str, Any]) -> None:
@@ -66,7 +68,9 @@ def test_gateway_fronts_qdrant_and_holds_its_key(compose: dict[str, Any]) -> Non
 def test_loader_writes_clickhouse_from_kafka(compose: dict[str, Any]) -> None:
     cmd = compose["services"]["loader"]["command"]
     assert "--log kafka://kafka:9092" in cmd and "--warehouse clickhouse://" in cmd
-    assert compose["services"]["loader"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
+    assert (
+        compose["services"]["loader"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
+    )
 
 
 def test_no_plaintext_secrets(compose: dict[str, Any]) -> None:

@@ -41,7 +41,9 @@ def open_log(url: str, **options: Any) -> EventLog:
     if url.startswith("sqlite:"):
         path = url.removeprefix("sqlite:").removeprefix("//")
         if not path:
-            raise InvalidLogUrl("log URL 'sqlite:' names no file; use sqlite:PATH, e.g. sqlite:data/events.db")
+            raise InvalidLogUrl(
+                "log URL 'sqlite:' names no file; use sqlite:PATH, e.g. sqlite:data/events.db"
+            )
         from pipeline.transport.sqlite import SqliteEventLog
 
         return SqliteEventLog(path, **options)

@@ -689,7 +689,9 @@ class SqliteLogReader(LogReader):
     and retention can see it. Every query runs on a worker thread.
     """
 
-    def __init__(self, log: SqliteEventLog, group: str | None, *, from_beginning: bool = True) -> None:
+    def __init__(
+        self, log: SqliteEventLog, group: str | None, *, from_beginning: bool = True
+    ) -> None:
         if group is not None and not group:
             raise ValueError("a reader group name must not be empty")
         self.group = group

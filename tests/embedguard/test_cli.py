@@ -17,8 +17,12 @@ from schemas.models import RequestBlocked
 EMBEDGUARD = [sys.executable, "-m", "embedguard.cli"]
 
 
-def run(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*EMBEDGUARD, *args], capture_output=True, text=True, input=stdin, timeout=timeout)
+def run(
+    *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*EMBEDGUARD, *args], capture_output=True, text=True, input=stdin, timeout=timeout
+    )
 
 
 def write_events(path: Path, gateway: str, sessions: int, per_session: int) -> list[dict]:  # type: ignore[type-arg]
@@ -26,8 +30,15 @@ def write_events(path: Path, gateway: str, sessions: int, per_session: int) -> l
     events = []
     for i in range(per_session):
         for s in range(sessions):
-            ev = stamper.stamp(RequestBlocked, session_id=f"{gateway}-s{s}", request_id=f"r{i}",
-                               status=403, error="forbidden", reason=f"n{i}", stage="policy").event
+            ev = stamper.stamp(
+                RequestBlocked,
+                session_id=f"{gateway}-s{s}",
+                request_id=f"r{i}",
+                status=403,
+                error="forbidden",
+                reason=f"n{i}",
+                stage="policy",
+            ).event
             events.append(event_to_json(ev))
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
     return events
@@ -47,7 +58,10 @@ def test_append_then_tail_round_trip(tmp_path: Path) -> None:
     assert [line["offset"] for line in lines] == list(range(12))
     assert all(line["type"] == "RequestBlocked" for line in lines)
     assert [line["event"] for line in lines] == written
-    decoded = [default_codec().decode(default_codec().encode(event_from_json(line["event"]))) for line in lines]
+    decoded = [
+        default_codec().decode(default_codec().encode(event_from_json(line["event"])))
+        for line in lines
+    ]
     assert verify_chains(decoded) == []
 
     # tail lines can be appended again (e.g. to copy a log)
@@ -66,7 +80,10 @@ def test_bad_events_are_refused_with_line_and_field_and_nothing_is_appended(tmp_
     good = write_events(src, "gw-a", sessions=1, per_session=2)
     bad_type = dict(good[0], envelope=dict(good[0]["envelope"], type="Teleported"))
     bad_field = dict(good[1], status="four hundred")
-    src.write_text("\n".join([json.dumps(good[0]), json.dumps(bad_type), "{not json", json.dumps(bad_field)]) + "\n")
+    src.write_text(
+        "\n".join([json.dumps(good[0]), json.dumps(bad_type), "{not json", json.dumps(bad_field)])
+        + "\n"
+    )
     res = run("events", "append", "--log", log, "--file", str(src))
     assert res.returncode == 2
     err = " ".join(res.stderr.split())
@@ -83,7 +100,10 @@ def test_bad_events_are_refused_with_line_and_field_and_nothing_is_appended(tmp_
     [
         (["events", "tail", "--log", "mysql://x"], "is not sqlite:PATH or kafka://"),
         (["events", "tail", "--log", "sqlite:/nonexistent/events.db"], "no event log at"),
-        (["events", "append", "--log", "sqlite:/tmp/x.db", "--file", "/nonexistent.jsonl"], "cannot read"),
+        (
+            ["events", "append", "--log", "sqlite:/tmp/x.db", "--file", "/nonexistent.jsonl"],
+            "cannot read",
+        ),
     ],
 )
 def test_bad_arguments_give_clear_errors(args: list[str], needle: str) -> None:
@@ -113,12 +133,32 @@ def test_two_appenders_and_a_follower_see_every_event_once_in_session_order(tmp_
         files.append(f)
     # create the log first so the follower can open it
     assert run("events", "append", "--log", log, "--file", "/dev/null").returncode == 0
-    follower = subprocess.Popen([*EMBEDGUARD, "events", "tail", "--log", log, "--follow", "--json",
-                                 "--limit", str(expected)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+    follower = subprocess.Popen(
+        [
+            *EMBEDGUARD,
+            "events",
+            "tail",
+            "--log",
+            log,
+            "--follow",
+            "--json",
+            "--limit",
+            str(expected),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.5)
-    appenders = [subprocess.Popen([*EMBEDGUARD, "events", "append", "--log", log, "--file", str(f)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for f in files]
+    appenders = [
+        subprocess.Popen(
+            [*EMBEDGUARD, "events", "append", "--log", log, "--file", str(f)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for f in files
+    ]
     for p in appenders:
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err

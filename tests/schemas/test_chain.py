@@ -11,8 +11,15 @@ from schemas.models import GENESIS_HASH, RequestBlocked, SessionStarted
 
 
 def _blocked(stamper: EventStamper, session: str, n: int = 0):  # type: ignore[no-untyped-def]
-    return stamper.stamp(RequestBlocked, session_id=session, request_id=f"r{n}",
-                         status=403, error="forbidden", reason="no rule matched", stage="policy")
+    return stamper.stamp(
+        RequestBlocked,
+        session_id=session,
+        request_id=f"r{n}",
+        status=403,
+        error="forbidden",
+        reason="no rule matched",
+        stage="policy",
+    )
 
 
 def _decode(stamped) -> list[DecodedEvent]:  # type: ignore[no-untyped-def]
@@ -75,8 +82,15 @@ def test_verify_names_the_first_bad_event(kind: str) -> None:
     else:
         other = EventStamper("gw-1")
         other.resume_session("a", next_seq=2, last_hash="e" * 64)
-        forged = default_codec().decode(other.stamp(
-            SessionStarted, session_id="a", subject="mallory", issuer="x", client_address="1.2.3.4").wire)
+        forged = default_codec().decode(
+            other.stamp(
+                SessionStarted,
+                session_id="a",
+                subject="mallory",
+                issuer="x",
+                client_address="1.2.3.4",
+            ).wire
+        )
         bad = out[:2] + [forged] + out[3:]
         culprit = forged
     problems = verify_chains(bad)

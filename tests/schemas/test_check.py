@@ -63,13 +63,17 @@ def test_compatible_change_passes(contract: tuple[Path, Path]) -> None:
     [
         ("RequestBlocked", lambda s: s["fields"][1].update(type="string"), "RequestBlocked.status"),
         ("RequestBlocked", lambda s: s["fields"].pop(), "fields differ"),
-        ("Envelope", lambda s: s["fields"].__setitem__(-1, {"name": "request_id", "type": "string"}),
-         "request_id"),
+        (
+            "Envelope",
+            lambda s: s["fields"].__setitem__(-1, {"name": "request_id", "type": "string"}),
+            "request_id",
+        ),
         ("ActionClass", lambda s: s["symbols"].remove("admin"), "enum symbols differ"),
     ],
 )
-def test_model_schema_disagreement_fails(contract: tuple[Path, Path], name: str,
-                                         change: Callable[[dict[str, Any]], None], needle: str) -> None:
+def test_model_schema_disagreement_fails(
+    contract: tuple[Path, Path], name: str, change: Callable[[dict[str, Any]], None], needle: str
+) -> None:
     avsc, fixtures = contract
     edit(avsc, name, change)
     report = check_schemas(avsc, fixtures)
@@ -104,7 +108,9 @@ def _incompatible(fixtures: Path, name: str, change: Callable[[dict[str, Any]], 
         datum.setdefault(f["name"], "old")
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, es.parsed, datum)
-    (fixtures / "v1" / f"{name}.avro").write_bytes(SINGLE_OBJECT_MAGIC + es.fingerprint + buf.getvalue())
+    (fixtures / "v1" / f"{name}.avro").write_bytes(
+        SINGLE_OBJECT_MAGIC + es.fingerprint + buf.getvalue()
+    )
 
 
 def test_field_added_without_default_is_incompatible(contract: tuple[Path, Path]) -> None:
@@ -112,15 +118,20 @@ def test_field_added_without_default_is_incompatible(contract: tuple[Path, Path]
     # v1 lacked 'stage'; the current schema adds it with no default.
     _incompatible(fixtures, "RequestBlocked", lambda s: s["fields"].pop())
     report = check_schemas(avsc, fixtures)
-    assert any("v1/RequestBlocked.stage: new field has no default" in e for e in report.errors), report.errors
+    assert any("v1/RequestBlocked.stage: new field has no default" in e for e in report.errors), (
+        report.errors
+    )
     assert any("backward" in e for e in report.errors)
 
 
 def test_field_removed_without_default_is_incompatible(contract: tuple[Path, Path]) -> None:
     avsc, fixtures = contract
     # v1 had a required field the current schema no longer writes.
-    _incompatible(fixtures, "RequestBlocked",
-                  lambda s: s["fields"].append({"name": "severity", "type": "string"}))
+    _incompatible(
+        fixtures,
+        "RequestBlocked",
+        lambda s: s["fields"].append({"name": "severity", "type": "string"}),
+    )
     report = check_schemas(avsc, fixtures)
     assert any("forward" in e and "RequestBlocked" in e for e in report.errors), report.errors
 

@@ -79,14 +79,19 @@ def test_round_trip_independent_avro_byte_for_byte(codec: EventCodec, name: str)
     ids=st.lists(st.text(max_size=20), max_size=5),
     limit=st.one_of(st.none(), st.integers(min_value=-(2**63), max_value=2**63 - 1)),
 )
-def test_request_received_property_round_trip(method: str, path: str, body: bytes | None,
-                                              ids: list[str], limit: int | None) -> None:
+def test_request_received_property_round_trip(
+    method: str, path: str, body: bytes | None, ids: list[str], limit: int | None
+) -> None:
     base = sample_event(RequestReceived)
     assert isinstance(base, RequestReceived)
-    event = base.model_copy(update={
-        "method": method, "path": path, "body": body,
-        "operations": [Operation(action="write", collection="docs", ids=ids, limit=limit)],
-    })
+    event = base.model_copy(
+        update={
+            "method": method,
+            "path": path,
+            "body": body,
+            "operations": [Operation(action="write", collection="docs", ids=ids, limit=limit)],
+        }
+    )
     codec = default_codec()
     assert codec.decode(codec.encode(event)).event == event
 
@@ -103,7 +108,10 @@ def test_json_round_trip_keeps_bytes_and_times(codec: EventCodec) -> None:
         (lambda o: o.pop("envelope"), "field envelope"),
         (lambda o: o.update(body_sha256="short"), "field body_sha256"),
         (lambda o: o["envelope"].update(seq=-1), "field envelope.seq"),
-        (lambda o: o["envelope"].update(occurred_at="2026-01-01T00:00:00"), "field envelope.occurred_at"),
+        (
+            lambda o: o["envelope"].update(occurred_at="2026-01-01T00:00:00"),
+            "field envelope.occurred_at",
+        ),
         (lambda o: o.update(surprise=1), "field surprise"),
         (lambda o: o["operations"][0].update(action="teleport"), "field operations.0.action"),
         (lambda o: o.pop("method"), "field method"),
@@ -134,7 +142,7 @@ def test_out_of_range_long_is_refused_with_field_name(codec: EventCodec) -> None
     ("data", "needle"),
     [
         (b"", "neither"),
-        (b"{\"json\": true}", "neither"),
+        (b'{"json": true}', "neither"),
         (SINGLE_OBJECT_MAGIC + b"\x00" * 8 + b"\x02", "unknown schema fingerprint"),
         (CONFLUENT_MAGIC + struct.pack(">I", 7) + b"\x02", "no schema registry"),
     ],
@@ -156,6 +164,7 @@ def test_truncated_and_trailing_bodies_are_refused(codec: EventCodec) -> None:
 # No Confluent/Karapace registry installs here (Karapace needs its own Kafka
 # stack); this is a loopback HTTP server speaking the two REST calls the client
 # uses, so the framing and the client's HTTP are exercised for real.
+
 
 class _Registry(BaseHTTPRequestHandler):
     schemas: dict[int, str] = {}

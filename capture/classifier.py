@@ -1,0 +1,138 @@
+"""Classifier: what the request does, one operation per batch item.
+
+Thin adapter over ``capture.classify``. Chroma addresses records by collection
+UUID; policy globs match names, so UUIDs are resolved through the upstream
+with the gateway's credential (cached). An unresolved UUID stays a UUID, which
+no name glob matches: fail closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import parse_qsl
+
+import httpx
+from mitmproxy import http
+
+from capture.classify import chroma_collection_refs, classify, detect_product
+from capture.config import CREDENTIAL_HEADERS, GatewayConfig, Route
+from capture.state import block, state_of
+from capture.types import HttpRequest, Product
+
+__all__ = ["Classifier", "ChromaNames"]
+
+log = logging.getLogger("embedguard.classifier")
+
+
+class ChromaNames:
+    """UUID → collection name, resolved through the upstream and cached."""
+
+    def __init__(
+        self, ttl_s: float = 300.0, negative_ttl_s: float = 5.0, max_entries: int = 50_000
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.negative_ttl_s = negative_ttl_s
+        self.max_entries = max_entries
+        self._cache: dict[str, tuple[str | None, float]] = {}
+        self._http: httpx.AsyncClient | None = None
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def resolve(self, route: Route, path: str, uuids: list[str]) -> dict[str, str]:
+        now = time.monotonic()
+        out: dict[str, str] = {}
+        for uuid in uuids:
+            hit = self._cache.get(uuid)
+            if hit is not None and hit[1] > now:
+                if hit[0] is not None:
+                    out[uuid] = hit[0]
+                continue
+            name = await self._fetch(route, path, uuid)
+            if len(self._cache) >= self.max_entries:
+                self._cache.clear()
+            self._cache[uuid] = (name, now + (self.ttl_s if name else self.negative_ttl_s))
+            if name is not None:
+                out[uuid] = name
+        return out
+
+    async def _fetch(self, route: Route, path: str, uuid: str) -> str | None:
+        idx = path.find(uuid)
+        if idx < 0:
+            return None
+        url = route.upstream + path[: idx + len(uuid)]
+        headers = {}
+        if route.credential is not None:
+            name, fmt = CREDENTIAL_HEADERS["chroma"]
+            headers[name] = fmt.format(secret=route.credential.get_secret_value())
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=5.0)
+        try:
+            resp = await self._http.get(url, headers=headers)
+        except httpx.HTTPError as exc:
+            log.warning("could not resolve Chroma collection %s: %s", uuid, type(exc).__name__)
+            return None
+        if resp.status_code != 200:
+            return None
+        try:
+            name = resp.json().get("name")
+        except ValueError:
+            return None
+        return name if isinstance(name, str) and name else None
+
+
+def to_http_request(flow: http.HTTPFlow, host: str, body: bytes) -> HttpRequest:
+    path, _, query = flow.request.path.partition("?")
+    return HttpRequest(
+        method=flow.request.method.upper(),
+        path=path,
+        host=host,
+        query=tuple(parse_qsl(query, keep_blank_values=True)),
+        headers={k.lower(): v for k, v in flow.request.headers.items()},
+        body=body,
+    )
+
+
+class Classifier:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.chroma = ChromaNames()
+
+    async def done(self) -> None:
+        await self.chroma.close()
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        st = state_of(flow)
+        if st is None or flow.response is not None:
+            return
+        req = to_http_request(flow, st.client_host, st.client_body)
+        product: Product | None = st.route.kind if st.route.kind != "auto" else detect_product(req)
+        if product is None:
+            block(
+                flow,
+                st,
+                403,
+                "forbidden",
+                f"cannot tell which vector database {req.method} {req.path[:200]} is for; "
+                "configure the route's --kind",
+                "classify",
+            )
+            return
+        names: dict[str, str] = {}
+        if product == "chroma":
+            refs = chroma_collection_refs(req)
+            if refs:
+                names = await self.chroma.resolve(st.route, req.path, refs)
+        cls = classify(product, req, chroma_names=names)
+        st.classification = cls
+        if not cls.ok:
+            block(
+                flow,
+                st,
+                403,
+                "forbidden",
+                f"unclassifiable request, denied by default: {cls.error or 'unknown operation'}",
+                "classify",
+            )
