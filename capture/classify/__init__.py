@@ -63,18 +63,43 @@ def classify(
         return classify_weaviate(req)
     if product == "milvus":
         return classify_milvus(req)
-    return unknown(product, f"unsupported product {str(product)[:40]!r}; expected one of "
-                            f"{', '.join(PRODUCTS)}")
+    return unknown(
+        product, f"unsupported product {str(product)[:40]!r}; expected one of {', '.join(PRODUCTS)}"
+    )
 
 
 _QDRANT_ROOTS = (
-    "/collections", "/aliases", "/snapshots", "/cluster", "/telemetry", "/metrics",
-    "/healthz", "/livez", "/readyz", "/issues", "/quotas", "/audit", "/profiler", "/debugger",
-    "/logger", "/stacktrace",
+    "/collections",
+    "/aliases",
+    "/snapshots",
+    "/cluster",
+    "/telemetry",
+    "/metrics",
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/issues",
+    "/quotas",
+    "/audit",
+    "/profiler",
+    "/debugger",
+    "/logger",
+    "/stacktrace",
 )
 _PINECONE_ROOTS = (
-    "/vectors/", "/query", "/describe_index_stats", "/namespaces", "/records/", "/bulk/",
-    "/indexes", "/backups", "/restore-jobs", "/embed", "/rerank", "/models", "/admin/",
+    "/vectors/",
+    "/query",
+    "/describe_index_stats",
+    "/namespaces",
+    "/records/",
+    "/bulk/",
+    "/indexes",
+    "/backups",
+    "/restore-jobs",
+    "/embed",
+    "/rerank",
+    "/models",
+    "/admin/",
 )
 
 
@@ -97,7 +122,8 @@ def detect_product(req: HttpRequest) -> Product | None:
     path = req.path
     host = (req.host or header_lookup(req.headers, "host") or "").lower().split(":")[0]
     if header_lookup(req.headers, "x-pinecone-api-version") is not None or host.endswith(
-            ".pinecone.io"):
+        ".pinecone.io"
+    ):
         return "pinecone"
     if path == "/api/v2" or path.startswith(("/api/v2/", "/api/v1/")) or path == "/api/v1":
         return "chroma"

@@ -145,9 +145,9 @@ def normalize_path(raw: str) -> str:
     dropped.
     """
     if not raw.startswith("/"):
-        raise BadRequest(f"path {raw!r} does not start with '/'")
+        raise BadRequest(f"path {raw[:200]!r} does not start with '/'")
     if "?" in raw or "#" in raw:
-        raise BadRequest(f"path {raw!r} contains a query string or fragment")
+        raise BadRequest(f"path {raw[:200]!r} contains a query string or fragment")
     if raw == "/":
         return "/"
     segments = raw[1:].split("/")
@@ -156,28 +156,32 @@ def normalize_path(raw: str) -> str:
     out = []
     for seg in segments:
         if seg == "":
-            raise BadRequest(f"path {raw!r} has an empty segment")
+            raise BadRequest(f"path {raw[:200]!r} has an empty segment")
         try:
             dec = unquote(seg, errors="strict")
         except UnicodeDecodeError:
-            raise BadRequest(f"path segment {seg!r} is not valid percent-encoded UTF-8") from None
+            raise BadRequest(
+                f"path segment {seg[:80]!r} is not valid percent-encoded UTF-8"
+            ) from None
         if "/" in dec or "\\" in dec:
-            raise BadRequest(f"path segment {seg!r} encodes a slash")
+            raise BadRequest(f"path segment {seg[:80]!r} encodes a slash")
         if dec in (".", ".."):
-            raise BadRequest(f"path {raw!r} has a dot segment")
+            raise BadRequest(f"path {raw[:200]!r} has a dot segment")
         if _CONTROL.search(dec):
-            raise BadRequest(f"path segment {seg!r} contains a control character")
+            raise BadRequest(f"path segment {seg[:80]!r} contains a control character")
         out.append(dec)
     return "/" + "/".join(out)
 
 
-def unknown(product: Product, error: str, *, collection: str | None = None,
-            detail: str | None = None) -> Classification:
+def unknown(
+    product: Product, error: str, *, collection: str | None = None, detail: str | None = None
+) -> Classification:
     return Classification(
         product=product,
         operations=[
-            Operation(action=ActionClass.UNKNOWN, collection=collection, ids_known=False,
-                      detail=detail)
+            Operation(
+                action=ActionClass.UNKNOWN, collection=collection, ids_known=False, detail=detail
+            )
         ],
         error=error,
     )
@@ -200,8 +204,11 @@ def run(product: Product, routes: Sequence[Route[C]], ctx: C, req: HttpRequest) 
     except RecursionError:
         return unknown(product, f"{name}: request is nested too deeply to classify")
     except Exception as exc:  # noqa: BLE001 - the gateway must never crash on input
-        return unknown(product, f"{name}: internal classifier error ({type(exc).__name__}) "
-                                f"on {_safe(req.method)} {_safe(req.path)}")
+        return unknown(
+            product,
+            f"{name}: internal classifier error ({type(exc).__name__}) "
+            f"on {_safe(req.method)} {_safe(req.path)}",
+        )
 
 
 def _safe(text: str, limit: int = 200) -> str:
@@ -209,8 +216,9 @@ def _safe(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _run(product: Product, name: str, routes: Sequence[Route[C]], ctx: C,
-         req: HttpRequest) -> Classification:
+def _run(
+    product: Product, name: str, routes: Sequence[Route[C]], ctx: C, req: HttpRequest
+) -> Classification:
     method = req.method
     try:
         path = normalize_path(req.path)
@@ -221,19 +229,24 @@ def _run(product: Product, name: str, routes: Sequence[Route[C]], ctx: C,
         where = f"{_safe(method)} {_safe(req.path)}"
         if m.allowed:
             allowed = ", ".join(sorted(m.allowed))
-            return unknown(product, f"{name}: method {_safe(method)} is not recognised on "
-                                    f"{_safe(req.path)} (known methods: {allowed})")
+            return unknown(
+                product,
+                f"{name}: method {_safe(method)} is not recognised on "
+                f"{_safe(req.path)} (known methods: {allowed})",
+            )
         return unknown(product, f"{name}: unrecognised endpoint {where}")
     r = m.route
     try:
         result = r.handler(ctx, m.params)
     except BadRequest as exc:
         coll = m.params.get(r.collection_param) if r.collection_param else None
-        return unknown(product, f"{name}: {method} {r.template}: {exc}", collection=coll,
-                       detail=r.template)
+        return unknown(
+            product, f"{name}: {method} {r.template}: {exc}", collection=coll, detail=r.template
+        )
     if not result.operations:
-        return unknown(product, f"{name}: {method} {r.template} yielded no operation",
-                       detail=r.template)
+        return unknown(
+            product, f"{name}: {method} {r.template} yielded no operation", detail=r.template
+        )
     error = result.error
     if error is None and any(o.action == ActionClass.UNKNOWN for o in result.operations):
         error = f"{name}: {method} {r.template} is not a classified operation"
@@ -294,8 +307,9 @@ def parse_json(body: bytes, *, what: str = "body") -> object:
     except RecursionError:
         raise BadRequest(f"{what} JSON is nested too deeply") from None
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} "
-                         f"column {exc.colno}") from None
+        raise BadRequest(
+            f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     except ValueError as exc:
         raise BadRequest(f"{what} is not valid JSON: {str(exc)[:120]}") from None
     _check_depth(value, what)
@@ -316,8 +330,9 @@ def _check_depth(value: object, what: str) -> None:
 
 def canonical_json(value: object) -> str:
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
     except ValueError:
         raise BadRequest("filter contains a number that is not finite") from None
 
@@ -390,8 +405,9 @@ def id_str(value: object, where: str, *, allow_int: bool = True) -> str:
 
 
 def id_strs(value: object, where: str, *, allow_int: bool = True) -> list[str]:
-    return [id_str(v, f"{where}[{i}]", allow_int=allow_int)
-            for i, v in enumerate(as_list(value, where))]
+    return [
+        id_str(v, f"{where}[{i}]", allow_int=allow_int) for i, v in enumerate(as_list(value, where))
+    ]
 
 
 def is_uuid(text: str) -> bool:
@@ -483,8 +499,10 @@ def static(
         coll: str | None = None
         if collection is not None:
             coll = collection[1:] if collection.startswith("=") else params[collection]
-        return Result([op(action, collection=coll, ids_known=ids_known, detail=detail)],
-                      user_data_paths=user_data)
+        return Result(
+            [op(action, collection=coll, ids_known=ids_known, detail=detail)],
+            user_data_paths=user_data,
+        )
 
     return handler
 
@@ -504,4 +522,3 @@ def header_lookup(headers: Mapping[str, str], name: str) -> str | None:
         if k.lower() == lname:
             return v
     return None
-

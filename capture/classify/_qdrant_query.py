@@ -182,8 +182,9 @@ def _with_lookup(body: Mapping[str, object], where: str, acc: _Acc) -> None:
     if isinstance(wl, str):
         coll = wl
     else:
-        coll = as_str(as_obj(wl, f"{where}.with_lookup").get("collection"),
-                      f"{where}.with_lookup.collection")
+        coll = as_str(
+            as_obj(wl, f"{where}.with_lookup").get("collection"), f"{where}.with_lookup.collection"
+        )
     # The looked-up points are the group ids, known only from the response.
     acc.lookups.append((coll, [], False))
 
@@ -209,8 +210,9 @@ def _query_like(body: Mapping[str, object], where: str, acc: _Acc, depth: int) -
     _prefetch(body.get("prefetch"), f"{where}.prefetch", acc, depth)
 
 
-def _one(base: str, grouped: bool, body: Mapping[str, object], where: str,
-         collection: str, detail: str) -> list[Operation]:
+def _one(
+    base: str, grouped: bool, body: Mapping[str, object], where: str, collection: str, detail: str
+) -> list[Operation]:
     acc = _Acc()
     if base == "query":
         _query_like(body, where, acc, 0)
@@ -243,12 +245,29 @@ def _one(base: str, grouped: bool, body: Mapping[str, object], where: str,
         sample = limit_of(body, "sample", where)
         if limit is not None and sample is not None:
             limit = as_int_limit(limit * sample, f"{where}.limit")
-    ops = [op(ActionClass.SEARCH, collection=collection, ids=dedupe(acc.ids), ids_known=False,
-              vector_count=acc.vectors, filters=acc.filters, limit=limit,
-              with_vectors=with_vectors_of(body, where), detail=detail)]
+    ops = [
+        op(
+            ActionClass.SEARCH,
+            collection=collection,
+            ids=dedupe(acc.ids),
+            ids_known=False,
+            vector_count=acc.vectors,
+            filters=acc.filters,
+            limit=limit,
+            with_vectors=with_vectors_of(body, where),
+            detail=detail,
+        )
+    ]
     for coll, ids, known in acc.lookups:
-        ops.append(op(ActionClass.READ, collection=coll, ids=dedupe(ids), ids_known=known,
-                      detail="lookup_from" if known else "with_lookup"))
+        ops.append(
+            op(
+                ActionClass.READ,
+                collection=coll,
+                ids=dedupe(ids),
+                ids_known=known,
+                detail="lookup_from" if known else "with_lookup",
+            )
+        )
     return ops
 
 

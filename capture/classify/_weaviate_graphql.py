@@ -52,7 +52,8 @@ _MAX_TOKENS = 50_000
 _MAX_FRAGMENT_DEPTH = 16
 _PARSE_KW: dict[str, object] = (
     {"max_tokens": _MAX_TOKENS}
-    if "max_tokens" in inspect.signature(graphql.parse).parameters else {}
+    if "max_tokens" in inspect.signature(graphql.parse).parameters
+    else {}
 )
 _SEARCH_ARGS = frozenset({"hybrid", "bm25", "ask", "groupBy"})
 _ID_VALUE_KEYS = ("valueText", "valueString", "valueTextArray", "valueStringArray")
@@ -86,13 +87,12 @@ def beacon_id(beacon: object, where: str) -> tuple[str | None, str]:
     text = as_str(beacon, where)
     if not text.startswith("weaviate://"):
         raise BadRequest(f"{where} {text[:80]!r} is not a weaviate:// beacon")
-    parts = text[len("weaviate://"):].split("/")
+    parts = text[len("weaviate://") :].split("/")
     if len(parts) == 2:
         return None, parts[1]
     if len(parts) in (3, 4):
         return class_name(parts[1]), parts[2]
     raise BadRequest(f"{where} {text[:80]!r} is not a weaviate:// beacon")
-
 
 
 @dataclass
@@ -121,10 +121,13 @@ def graphql_batch_result(body: object, where: str) -> Result:
     return _result(out)
 
 
-
 def _result(out: _Out) -> Result:
-    return Result(out.ops, response_ids=dedupe(out.response_ids),
-                  user_data_paths=dedupe(out.user_data), vector_paths=dedupe(out.vectors))
+    return Result(
+        out.ops,
+        response_ids=dedupe(out.response_ids),
+        user_data_paths=dedupe(out.user_data),
+        vector_paths=dedupe(out.vectors),
+    )
 
 
 def _request(body: object, where: str, data_root: str, out: _Out) -> None:
@@ -141,15 +144,17 @@ def _request(body: object, where: str, data_root: str, out: _Out) -> None:
         raise BadRequest(f"{where}.query is not valid GraphQL: {exc.message[:160]}") from None
     operation, fragments = _select(doc, op_name, where)
     if operation.operation != OperationType.QUERY:
-        raise BadRequest(f"{where}.query is a GraphQL {operation.operation.value}; Weaviate "
-                         "only serves queries")
+        raise BadRequest(
+            f"{where}.query is a GraphQL {operation.operation.value}; Weaviate only serves queries"
+        )
     walker = _Walker(fragments, variables, where)
     for top in walker.fields(operation.selection_set):
         walker.top_level(top, data_root, out)
 
 
-def _select(doc: DocumentNode, op_name: str | None,
-            where: str) -> tuple[OperationDefinitionNode, dict[str, FragmentDefinitionNode]]:
+def _select(
+    doc: DocumentNode, op_name: str | None, where: str
+) -> tuple[OperationDefinitionNode, dict[str, FragmentDefinitionNode]]:
     operations: list[OperationDefinitionNode] = []
     fragments: dict[str, FragmentDefinitionNode] = {}
     for d in doc.definitions:
@@ -165,14 +170,17 @@ def _select(doc: DocumentNode, op_name: str | None,
                 return o, fragments
         raise BadRequest(f"{where}.operationName {op_name[:60]!r} names no operation")
     if len(operations) != 1:
-        raise BadRequest(f"{where}.query has {len(operations)} operations and no "
-                         "operationName")
+        raise BadRequest(f"{where}.query has {len(operations)} operations and no operationName")
     return operations[0], fragments
 
 
 class _Walker:
-    def __init__(self, fragments: Mapping[str, FragmentDefinitionNode],
-                 variables: Mapping[str, object], where: str) -> None:
+    def __init__(
+        self,
+        fragments: Mapping[str, FragmentDefinitionNode],
+        variables: Mapping[str, object],
+        where: str,
+    ) -> None:
         self.fragments = fragments
         self.variables = dict(variables)
         self.where = where
@@ -182,8 +190,9 @@ class _Walker:
         if sel is None:
             return
         if depth > _MAX_FRAGMENT_DEPTH:
-            raise BadRequest(f"{self.where}.query nests fragments deeper than "
-                             f"{_MAX_FRAGMENT_DEPTH} levels")
+            raise BadRequest(
+                f"{self.where}.query nests fragments deeper than {_MAX_FRAGMENT_DEPTH} levels"
+            )
         for s in sel.selections or ():
             if isinstance(s, FieldNode):
                 yield s
@@ -192,8 +201,9 @@ class _Walker:
             elif isinstance(s, FragmentSpreadNode):
                 frag = self.fragments.get(s.name.value)
                 if frag is None:
-                    raise BadRequest(f"{self.where}.query spreads unknown fragment "
-                                     f"{s.name.value[:60]!r}")
+                    raise BadRequest(
+                        f"{self.where}.query spreads unknown fragment {s.name.value[:60]!r}"
+                    )
                 yield from self.fields(frag.selection_set, depth + 1)
 
     def args(self, f: FieldNode) -> dict[str, object]:
@@ -202,8 +212,10 @@ class _Walker:
             value = value_from_ast_untyped(a.value, self.variables)
             for node in walk(value):
                 if node is Undefined:
-                    raise BadRequest(f"{self.where}: argument {a.name.value!r} of "
-                                     f"{f.name.value!r} uses a variable that is not provided")
+                    raise BadRequest(
+                        f"{self.where}: argument {a.name.value!r} of "
+                        f"{f.name.value!r} uses a variable that is not provided"
+                    )
             out[a.name.value] = value
         return out
 
@@ -219,16 +231,25 @@ class _Walker:
         elif name == "Explore":
             args = self.args(f)
             ids, vectors = _near_inputs(args)
-            out.ops.append(op(ActionClass.SEARCH, collection="*", ids=ids, ids_known=False,
-                              vector_count=vectors,
-                              limit=as_int_limit(args.get("limit"), "Explore.limit"),
-                              detail="graphql.Explore"))
+            out.ops.append(
+                op(
+                    ActionClass.SEARCH,
+                    collection="*",
+                    ids=ids,
+                    ids_known=False,
+                    vector_count=vectors,
+                    limit=as_int_limit(args.get("limit"), "Explore.limit"),
+                    detail="graphql.Explore",
+                )
+            )
             out.response_ids.append(f"{root}.{key}[].beacon")
         elif name in ("__schema", "__type", "__typename"):
             out.ops.append(op(ActionClass.SCHEMA, detail=f"graphql.{name}"))
         else:
-            raise BadRequest(f"{self.where}: unrecognised top-level GraphQL field "
-                             f"{name[:60]!r} (expected Get, Aggregate or Explore)")
+            raise BadRequest(
+                f"{self.where}: unrecognised top-level GraphQL field "
+                f"{name[:60]!r} (expected Get, Aggregate or Explore)"
+            )
 
     def class_field(self, kind: str, c: FieldNode, root: str, out: _Out) -> None:
         if c.name.value.startswith("__"):
@@ -278,9 +299,20 @@ class _Walker:
         else:
             action = ActionClass.READ
         detail = f"graphql.{kind}" + (".generate" if generate else "")
-        out.ops.append(op(action, collection=cls, database=database, ids=dedupe(ids),
-                          ids_known=False, vector_count=vectors, filters=filters, limit=limit,
-                          with_vectors=with_vectors, detail=detail))
+        out.ops.append(
+            op(
+                action,
+                collection=cls,
+                database=database,
+                ids=dedupe(ids),
+                ids_known=False,
+                vector_count=vectors,
+                filters=filters,
+                limit=limit,
+                with_vectors=with_vectors,
+                detail=detail,
+            )
+        )
 
 
 def _near_inputs(args: Mapping[str, object]) -> tuple[list[str], int]:
@@ -304,8 +336,9 @@ def _near_inputs(args: Mapping[str, object]) -> tuple[list[str], int]:
                         ids.append(o["id"])
                     elif isinstance(o, dict) and o.get("beacon") is not None:
                         ids.append(beacon_id(o["beacon"], f"nearText.{move}.beacon")[1])
-        if name == "nearVector" and (value.get("vector") is not None
-                                     or value.get("vectorPerTarget") is not None):
+        if name == "nearVector" and (
+            value.get("vector") is not None or value.get("vectorPerTarget") is not None
+        ):
             vectors += 1
         if name == "hybrid":
             if value.get("vector") is not None:

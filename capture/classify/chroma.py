@@ -160,21 +160,33 @@ def _include_vectors(body: Mapping[str, object], where: str) -> bool:
 # --------------------------------------------------------------------------- records
 
 
-
-def _record_op(kind: str, payload: Mapping[str, object], where: str, coll: str,
-               db: str) -> Operation:
+def _record_op(
+    kind: str, payload: Mapping[str, object], where: str, coll: str, db: str
+) -> Operation:
     """One add/upsert/update/delete, from an endpoint body or a commit payload."""
     ids = _ids(payload, where)
     if kind == "delete":
         filters = _where(payload, where)
-        return op(A.DELETE, collection=coll, database=db, ids=ids or [],
-                  ids_known=ids is not None, filters=filters,
-                  limit=as_int_limit(payload.get("limit"), f"{where}.limit"), detail="delete")
+        return op(
+            A.DELETE,
+            collection=coll,
+            database=db,
+            ids=ids or [],
+            ids_known=ids is not None,
+            filters=filters,
+            limit=as_int_limit(payload.get("limit"), f"{where}.limit"),
+            detail="delete",
+        )
     if ids is None:
         raise BadRequest(f"{where}.ids is required for {kind}")
-    return op(A.WRITE, collection=coll, database=db, ids=ids,
-              vector_count=_count_vectors(payload.get("embeddings"), f"{where}.embeddings"),
-              detail=kind)
+    return op(
+        A.WRITE,
+        collection=coll,
+        database=db,
+        ids=ids,
+        vector_count=_count_vectors(payload.get("embeddings"), f"{where}.embeddings"),
+        detail=kind,
+    )
 
 
 def _records(kind: str) -> _Handler:
@@ -194,10 +206,19 @@ def _get(detail: str) -> _Handler:
         body = _body(ctx)
         ids = _ids(body, "body")
         return Result(
-            [op(A.READ, collection=coll, database=_db(ctx, p), ids=ids or [],
-                ids_known=ids is not None, filters=_where(body, "body"),
-                limit=as_int_limit(body.get("limit"), "body.limit"),
-                with_vectors=_include_vectors(body, "body"), detail=detail)],
+            [
+                op(
+                    A.READ,
+                    collection=coll,
+                    database=_db(ctx, p),
+                    ids=ids or [],
+                    ids_known=ids is not None,
+                    filters=_where(body, "body"),
+                    limit=as_int_limit(body.get("limit"), "body.limit"),
+                    with_vectors=_include_vectors(body, "body"),
+                    detail=detail,
+                )
+            ],
             response_ids=("ids[]",),
             user_data_paths=_GET_DATA,
             vector_paths=("embeddings[]",),
@@ -210,11 +231,20 @@ def _query(ctx: _Ctx, p: Mapping[str, str]) -> Result:
     coll = _by_id(ctx, p["collection_id"])
     body = _body(ctx)
     return Result(
-        [op(A.SEARCH, collection=coll, database=_db(ctx, p), ids=_ids(body, "body") or [],
-            ids_known=False, filters=_where(body, "body"),
-            vector_count=_count_vectors(body.get("query_embeddings"), "body.query_embeddings"),
-            limit=as_int_limit(body.get("n_results"), "body.n_results"),
-            with_vectors=_include_vectors(body, "body"), detail="query")],
+        [
+            op(
+                A.SEARCH,
+                collection=coll,
+                database=_db(ctx, p),
+                ids=_ids(body, "body") or [],
+                ids_known=False,
+                filters=_where(body, "body"),
+                vector_count=_count_vectors(body.get("query_embeddings"), "body.query_embeddings"),
+                limit=as_int_limit(body.get("n_results"), "body.n_results"),
+                with_vectors=_include_vectors(body, "body"),
+                detail="query",
+            )
+        ],
         response_ids=("ids[][]",),
         user_data_paths=("documents[][]", "metadatas[][]", "uris[][]", "distances[][]"),
         vector_paths=("embeddings[][]",),
@@ -266,12 +296,20 @@ def _search_one(item: object, where: str, coll: str, db: str) -> Operation:
     with_vectors = False
     select = s.get("select")
     if select is not None:
-        keys = as_list(as_obj(select, f"{where}.select").get("keys") or [],
-                       f"{where}.select.keys")
+        keys = as_list(as_obj(select, f"{where}.select").get("keys") or [], f"{where}.select.keys")
         with_vectors = "#embedding" in keys
-    return op(A.SEARCH, collection=coll, database=db, ids=dedupe(ids), ids_known=False,
-              vector_count=vectors, filters=filters, limit=limit, with_vectors=with_vectors,
-              detail="search")
+    return op(
+        A.SEARCH,
+        collection=coll,
+        database=db,
+        ids=dedupe(ids),
+        ids_known=False,
+        vector_count=vectors,
+        filters=filters,
+        limit=limit,
+        with_vectors=with_vectors,
+        detail="search",
+    )
 
 
 def _search(ctx: _Ctx, p: Mapping[str, str]) -> Result:
@@ -301,23 +339,37 @@ def _commit(ctx: _Ctx, p: Mapping[str, str]) -> Result:
         entry = as_obj(item, where)
         kind = as_str(entry.get("operation"), f"{where}.operation")
         if kind not in ("add", "update", "upsert", "delete"):
-            raise BadRequest(f"{where}.operation {kind[:40]!r} is not add, update, upsert "
-                             "or delete")
+            raise BadRequest(
+                f"{where}.operation {kind[:40]!r} is not add, update, upsert or delete"
+            )
         payload = as_obj(entry.get("payload"), f"{where}.payload")
         ops.append(_record_op(kind, payload, f"{where}.payload", coll, db))
     read_ids = body.get("read_ids")
     if read_ids is not None and as_list(read_ids, "body.read_ids"):
-        ops.append(op(A.READ, collection=coll, database=db,
-                      ids=id_strs(read_ids, "body.read_ids", allow_int=False),
-                      detail="conditional_read"))
+        ops.append(
+            op(
+                A.READ,
+                collection=coll,
+                database=db,
+                ids=id_strs(read_ids, "body.read_ids", allow_int=False),
+                detail="conditional_read",
+            )
+        )
     return Result(ops)
 
 
 # --------------------------------------------------------------------------- collections
 
 
-def _fixed(action: ActionClass, detail: str, *, coll: str | None = None, db: bool = True,
-           user_data: tuple[str, ...] = (), ids_known: bool = True) -> _Handler:
+def _fixed(
+    action: ActionClass,
+    detail: str,
+    *,
+    coll: str | None = None,
+    db: bool = True,
+    user_data: tuple[str, ...] = (),
+    ids_known: bool = True,
+) -> _Handler:
     """``coll``: ``"id"`` (path UUID), ``"name"`` (path name), a literal
     ``"=x"``, or None."""
 
@@ -330,16 +382,28 @@ def _fixed(action: ActionClass, detail: str, *, coll: str | None = None, db: boo
         elif coll is not None:
             collection = coll[1:]
         database = _db(ctx, p) if db else None
-        return Result([op(action, collection=collection, database=database,
-                          ids_known=ids_known, detail=detail)], user_data_paths=user_data)
+        return Result(
+            [
+                op(
+                    action,
+                    collection=collection,
+                    database=database,
+                    ids_known=ids_known,
+                    detail=detail,
+                )
+            ],
+            user_data_paths=user_data,
+        )
 
     return handler
 
 
 def _create_collection(ctx: _Ctx, p: Mapping[str, str]) -> Result:
     name = as_str(_body(ctx).get("name"), "body.name")
-    return Result([op(A.ADMIN, collection=name, database=_db(ctx, p),
-                      detail="create_collection")], user_data_paths=("metadata",))
+    return Result(
+        [op(A.ADMIN, collection=name, database=_db(ctx, p), detail="create_collection")],
+        user_data_paths=("metadata",),
+    )
 
 
 def _with_new_name(detail: str, key: str) -> _Handler:
@@ -348,13 +412,18 @@ def _with_new_name(detail: str, key: str) -> _Handler:
 
     def handler(ctx: _Ctx, p: Mapping[str, str]) -> Result:
         db = _db(ctx, p)
-        ops = [op(A.ADMIN, collection=_by_id(ctx, p["collection_id"]), database=db,
-                  detail=detail)]
+        ops = [op(A.ADMIN, collection=_by_id(ctx, p["collection_id"]), database=db, detail=detail)]
         body = _body(ctx) if ctx.req.body.strip() else {}
         new = body.get(key)
         if new is not None:
-            ops.append(op(A.ADMIN, collection=as_str(new, f"body.{key}"), database=db,
-                          detail=f"{detail}:{key}"))
+            ops.append(
+                op(
+                    A.ADMIN,
+                    collection=as_str(new, f"body.{key}"),
+                    database=db,
+                    detail=f"{detail}:{key}",
+                )
+            )
         return Result(ops)
 
     return handler
@@ -365,8 +434,17 @@ def _by_crn(_ctx: _Ctx, p: Mapping[str, str]) -> Result:
     if len(parts) != 3 or not all(parts):
         raise BadRequest(f"collection CRN {p['crn'][:80]!r} is not tenant:database:name")
     tenant, database, name = parts
-    return Result([op(A.SCHEMA, collection=name, database=f"{tenant}/{database}",
-                      detail="get_collection_by_crn")], user_data_paths=("metadata",))
+    return Result(
+        [
+            op(
+                A.SCHEMA,
+                collection=name,
+                database=f"{tenant}/{database}",
+                detail="get_collection_by_crn",
+            )
+        ],
+        user_data_paths=("metadata",),
+    )
 
 
 # --------------------------------------------------------------------------- tables
@@ -394,17 +472,29 @@ ROUTES: list[Route[_Ctx]] = [
     route("POST", V2 + "/tenants/{tenant}/databases", _f(A.ADMIN, "create_database", db=False)),
     route("GET", T, _f(A.SCHEMA, "get_database")),
     route("DELETE", T, _f(A.ADMIN, "delete_database", coll="=*", ids_known=False)),
-    route("GET", T + "/collections", _f(A.SCHEMA, "list_collections", coll="=*",
-                                        user_data=("[].metadata",))),
+    route(
+        "GET",
+        T + "/collections",
+        _f(A.SCHEMA, "list_collections", coll="=*", user_data=("[].metadata",)),
+    ),
     route("GET", T + "/collections_count", _f(A.SCHEMA, "count_collections", coll="=*")),
     route("POST", T + "/collections", _create_collection),
-    route("GET", T + "/collections/by-id/{collection_id}",
-          _f(A.SCHEMA, "get_collection_by_id", coll="id", user_data=("metadata",))),
+    route(
+        "GET",
+        T + "/collections/by-id/{collection_id}",
+        _f(A.SCHEMA, "get_collection_by_id", coll="id", user_data=("metadata",)),
+    ),
     route("GET", V2 + "/collections/{crn}", _by_crn),
-    route("GET", T + "/collections/{collection_name}",
-          _f(A.SCHEMA, "get_collection", coll="name", user_data=("metadata", "id"))),
-    route("DELETE", T + "/collections/{collection_name}",
-          _f(A.ADMIN, "delete_collection", coll="name", ids_known=False)),
+    route(
+        "GET",
+        T + "/collections/{collection_name}",
+        _f(A.SCHEMA, "get_collection", coll="name", user_data=("metadata", "id")),
+    ),
+    route(
+        "DELETE",
+        T + "/collections/{collection_name}",
+        _f(A.ADMIN, "delete_collection", coll="name", ids_known=False),
+    ),
     route("PUT", CID, _with_new_name("modify_collection", "new_name")),
     route("POST", CID + "/fork", _with_new_name("fork_collection", "new_name")),
     route("GET", CID + "/fork_count", _f(A.SCHEMA, "fork_count", coll="id")),
@@ -419,13 +509,20 @@ ROUTES: list[Route[_Ctx]] = [
     route("POST", CID + "/query", _query),
     route("POST", CID + "/search", _search),
     route("POST", CID + "/conditional/commit", _commit),
-    route("POST", CID + "/functions/attach", _with_new_name("attach_function",
-                                                            "output_collection")),
+    route(
+        "POST", CID + "/functions/attach", _with_new_name("attach_function", "output_collection")
+    ),
     route("GET", CID + "/functions/{function_name}", _f(A.SCHEMA, "get_function", coll="id")),
-    route("POST", CID + "/attached_functions/{function_name}/add_input",
-          _f(A.ADMIN, "attached_function_add_input", coll="id")),
-    route("POST", CID + "/attached_functions/{function_name}/detach",
-          _f(A.ADMIN, "detach_function", coll="id")),
+    route(
+        "POST",
+        CID + "/attached_functions/{function_name}/add_input",
+        _f(A.ADMIN, "attached_function_add_input", coll="id"),
+    ),
+    route(
+        "POST",
+        CID + "/attached_functions/{function_name}/detach",
+        _f(A.ADMIN, "detach_function", coll="id"),
+    ),
 ]
 
 V1 = "/api/v1"
@@ -440,17 +537,22 @@ V1_ROUTES: list[Route[_Ctx]] = [
     route("GET", V1 + "/databases/{database_name}", _f(A.SCHEMA, "get_database", db=False)),
     route("GET", V1C, _f(A.SCHEMA, "list_collections", coll="=*", user_data=("[].metadata",))),
     route("POST", V1C, _create_collection),
-    route("GET", V1C + "/{collection_id}/count", _f(A.READ, "count", coll="id",
-                                                   ids_known=False)),
+    route("GET", V1C + "/{collection_id}/count", _f(A.READ, "count", coll="id", ids_known=False)),
     route("POST", V1C + "/{collection_id}/add", _records("add")),
     route("POST", V1C + "/{collection_id}/upsert", _records("upsert")),
     route("POST", V1C + "/{collection_id}/update", _records("update")),
     route("POST", V1C + "/{collection_id}/delete", _records("delete")),
     route("POST", V1C + "/{collection_id}/get", _get("get")),
     route("POST", V1C + "/{collection_id}/query", _query),
-    route("GET", V1C + "/{collection_name}",
-          _f(A.SCHEMA, "get_collection", coll="name", user_data=("metadata", "id"))),
-    route("DELETE", V1C + "/{collection_name}",
-          _f(A.ADMIN, "delete_collection", coll="name", ids_known=False)),
+    route(
+        "GET",
+        V1C + "/{collection_name}",
+        _f(A.SCHEMA, "get_collection", coll="name", user_data=("metadata", "id")),
+    ),
+    route(
+        "DELETE",
+        V1C + "/{collection_name}",
+        _f(A.ADMIN, "delete_collection", coll="name", ids_known=False),
+    ),
     route("PUT", V1C + "/{collection_id}", _with_new_name("modify_collection", "new_name")),
 ]

@@ -100,8 +100,10 @@ def _output_fields(body: Mapping[str, object]) -> list[str] | None:
     value = body.get("outputFields")
     if value is None:
         return None
-    return [as_str(v, f"body.outputFields[{i}]")
-            for i, v in enumerate(as_list(value, "body.outputFields"))]
+    return [
+        as_str(v, f"body.outputFields[{i}]")
+        for i, v in enumerate(as_list(value, "body.outputFields"))
+    ]
 
 
 def _row_paths(fields: list[str] | None, default_all: bool) -> tuple[str, ...]:
@@ -118,16 +120,31 @@ def _ids_param(value: object, where: str) -> list[str]:
     return [id_str(value, where)]
 
 
-def _filtered(action: ActionClass, body: Mapping[str, object], coll: str, db: str,
-              detail: str, *, limit: int | None = None,
-              with_vectors: bool | None = None) -> Operation:
+def _filtered(
+    action: ActionClass,
+    body: Mapping[str, object],
+    coll: str,
+    db: str,
+    detail: str,
+    *,
+    limit: int | None = None,
+    with_vectors: bool | None = None,
+) -> Operation:
     """An op selected by ``body:filter``; exact primary-key lists keep their ids."""
     flt = _filter(body, "body")
     ids = pk_ids(flt) if flt is not None else None
-    return op(action, collection=coll, database=db, ids=ids or [],
-              ids_known=ids is not None, filters=[flt] if flt else [],
-              filter_is_id_list=ids is not None, limit=limit, with_vectors=with_vectors,
-              detail=detail)
+    return op(
+        action,
+        collection=coll,
+        database=db,
+        ids=ids or [],
+        ids_known=ids is not None,
+        filters=[flt] if flt else [],
+        filter_is_id_list=ids is not None,
+        limit=limit,
+        with_vectors=with_vectors,
+        detail=detail,
+    )
 
 
 # --------------------------------------------------------------------------- entities
@@ -144,13 +161,24 @@ def _search(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     flt = _filter(body, "body")
     fields = _output_fields(body)
     anns = body.get("annsField")
-    with_vectors = fields is not None and ("*" in fields or (isinstance(anns, str)
-                                                             and anns in fields))
+    with_vectors = fields is not None and (
+        "*" in fields or (isinstance(anns, str) and anns in fields)
+    )
     return Result(
-        [op(A.SEARCH, collection=coll, database=db, ids=ids, ids_known=False,
-            vector_count=vectors, filters=[flt] if flt else [],
-            limit=as_int_limit(body.get("limit"), "body.limit"), with_vectors=with_vectors,
-            detail="search")],
+        [
+            op(
+                A.SEARCH,
+                collection=coll,
+                database=db,
+                ids=ids,
+                ids_known=False,
+                vector_count=vectors,
+                filters=[flt] if flt else [],
+                limit=as_int_limit(body.get("limit"), "body.limit"),
+                with_vectors=with_vectors,
+                detail="search",
+            )
+        ],
         response_ids=("data[].id",),
         user_data_paths=_row_paths(fields, False),
     )
@@ -169,12 +197,19 @@ def _hybrid_search(req: HttpRequest, _p: Mapping[str, str]) -> Result:
         s = as_obj(item, where)
         flt = _filter(s, where)
         data = s.get("data")
-        ops.append(op(A.SEARCH, collection=coll, database=db, ids_known=False,
-                      vector_count=0 if data is None else len(as_list(data, f"{where}.data")),
-                      filters=[flt] if flt else [],
-                      limit=as_int_limit(s.get("limit", body.get("limit")), f"{where}.limit"),
-                      with_vectors=fields is not None and "*" in fields,
-                      detail="hybrid_search"))
+        ops.append(
+            op(
+                A.SEARCH,
+                collection=coll,
+                database=db,
+                ids_known=False,
+                vector_count=0 if data is None else len(as_list(data, f"{where}.data")),
+                filters=[flt] if flt else [],
+                limit=as_int_limit(s.get("limit", body.get("limit")), f"{where}.limit"),
+                with_vectors=fields is not None and "*" in fields,
+                detail="hybrid_search",
+            )
+        )
     return Result(ops, response_ids=("data[].id",), user_data_paths=_row_paths(fields, False))
 
 
@@ -182,9 +217,17 @@ def _query(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     body = _body(req)
     fields = _output_fields(body)
     return Result(
-        [_filtered(A.READ, body, _coll(body), _db(req, body), "query",
-                   limit=as_int_limit(body.get("limit"), "body.limit"),
-                   with_vectors=fields is None or "*" in fields)],
+        [
+            _filtered(
+                A.READ,
+                body,
+                _coll(body),
+                _db(req, body),
+                "query",
+                limit=as_int_limit(body.get("limit"), "body.limit"),
+                with_vectors=fields is None or "*" in fields,
+            )
+        ],
         response_ids=(f"data[].{PK_FIELD}",),
         user_data_paths=_row_paths(fields, True),
     )
@@ -196,9 +239,16 @@ def _get(req: HttpRequest, _p: Mapping[str, str]) -> Result:
         raise BadRequest("body.id is required")
     fields = _output_fields(body)
     return Result(
-        [op(A.READ, collection=_coll(body), database=_db(req, body),
-            ids=_ids_param(body["id"], "body.id"), with_vectors=fields is None or "*" in fields,
-            detail="get")],
+        [
+            op(
+                A.READ,
+                collection=_coll(body),
+                database=_db(req, body),
+                ids=_ids_param(body["id"], "body.id"),
+                with_vectors=fields is None or "*" in fields,
+                detail="get",
+            )
+        ],
         response_ids=(f"data[].{PK_FIELD}",),
         user_data_paths=_row_paths(fields, True),
     )
@@ -217,9 +267,20 @@ def _rows(kind: str) -> _Handler:
             if row.get(PK_FIELD) is not None:
                 ids.append(id_str(row[PK_FIELD], f"body.data[{i}].{PK_FIELD}"))
         resp = "data.insertIds[]" if kind == "insert" else "data.upsertIds[]"
-        return Result([op(A.WRITE, collection=_coll(body), database=_db(req, body), ids=ids,
-                          ids_known=len(ids) == len(rows), vector_count=len(rows),
-                          detail=kind)], response_ids=(resp,))
+        return Result(
+            [
+                op(
+                    A.WRITE,
+                    collection=_coll(body),
+                    database=_db(req, body),
+                    ids=ids,
+                    ids_known=len(ids) == len(rows),
+                    vector_count=len(rows),
+                    detail=kind,
+                )
+            ],
+            response_ids=(resp,),
+        )
 
     return handler
 
@@ -230,17 +291,32 @@ def _delete(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     if _filter(body, "body") is None:
         if body.get("id") is None:
             raise BadRequest("delete has neither a filter nor an id")
-        return Result([op(A.DELETE, collection=coll, database=db,
-                          ids=_ids_param(body["id"], "body.id"), detail="delete")])
+        return Result(
+            [
+                op(
+                    A.DELETE,
+                    collection=coll,
+                    database=db,
+                    ids=_ids_param(body["id"], "body.id"),
+                    detail="delete",
+                )
+            ]
+        )
     return Result([_filtered(A.DELETE, body, coll, db, "delete")])
 
 
 # --------------------------------------------------------------------------- management
 
 
-def _managed(action: ActionClass, detail: str, *, coll: str | None = "required",
-             ids_known: bool = True, bulk: bool = False,
-             resp: tuple[str, ...] = ()) -> _Handler:
+def _managed(
+    action: ActionClass,
+    detail: str,
+    *,
+    coll: str | None = "required",
+    ids_known: bool = True,
+    bulk: bool = False,
+    resp: tuple[str, ...] = (),
+) -> _Handler:
     """``coll``: "required", "optional" or None (no collection)."""
 
     def handler(req: HttpRequest, _p: Mapping[str, str]) -> Result:
@@ -248,8 +324,19 @@ def _managed(action: ActionClass, detail: str, *, coll: str | None = "required",
         collection = None
         if coll == "required" or (coll == "optional" and body.get("collectionName")):
             collection = _coll(body)
-        return Result([op(action, collection=collection, database=_db(req, body),
-                          ids_known=ids_known, bulk=bulk, detail=detail)], response_ids=resp)
+        return Result(
+            [
+                op(
+                    action,
+                    collection=collection,
+                    database=_db(req, body),
+                    ids_known=ids_known,
+                    bulk=bulk,
+                    detail=detail,
+                )
+            ],
+            response_ids=resp,
+        )
 
     return handler
 
@@ -257,11 +344,18 @@ def _managed(action: ActionClass, detail: str, *, coll: str | None = "required",
 def _rename(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     body = _body(req)
     db = _db(req, body)
-    new_db = db if body.get("newDbName") is None else as_str(body["newDbName"],
-                                                             "body.newDbName")
-    return Result([op(A.ADMIN, collection=_coll(body), database=db, detail="rename"),
-                   op(A.ADMIN, collection=_coll(body, "newCollectionName"), database=new_db,
-                      detail="rename:newCollectionName")])
+    new_db = db if body.get("newDbName") is None else as_str(body["newDbName"], "body.newDbName")
+    return Result(
+        [
+            op(A.ADMIN, collection=_coll(body), database=db, detail="rename"),
+            op(
+                A.ADMIN,
+                collection=_coll(body, "newCollectionName"),
+                database=new_db,
+                detail="rename:newCollectionName",
+            ),
+        ]
+    )
 
 
 def _alias(detail: str) -> _Handler:
@@ -278,8 +372,9 @@ def _alias(detail: str) -> _Handler:
             names.append(_coll(body))
         if not names:
             return Result([op(action, database=db, detail=f"aliases/{detail}")])
-        return Result([op(action, collection=n, database=db, detail=f"aliases/{detail}")
-                       for n in names])
+        return Result(
+            [op(action, collection=n, database=db, detail=f"aliases/{detail}") for n in names]
+        )
 
     return handler
 
@@ -289,24 +384,41 @@ def _v1_describe(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     if not names or not names[0]:
         raise BadRequest("query parameter collectionName is required")
     db = (req.query_values("dbName") or [""])[0] or req.header("db-name") or "default"
-    return Result([op(A.SCHEMA, collection=names[0], database=db,
-                      detail="v1/collections/describe")])
+    return Result(
+        [op(A.SCHEMA, collection=names[0], database=db, detail="v1/collections/describe")]
+    )
 
 
 def _utility(req: HttpRequest, _p: Mapping[str, str]) -> Result:
-    return Result([op(A.UNKNOWN, ids_known=False, detail="run_analyzer")],
-                  error="POST /v2/vectordb/common/run_analyzer is a text utility; it is not "
-                        "classified (denied by default)")
+    return Result(
+        [op(A.UNKNOWN, ids_known=False, detail="run_analyzer")],
+        error="POST /v2/vectordb/common/run_analyzer is a text utility; it is not "
+        "classified (denied by default)",
+    )
 
 
 # --------------------------------------------------------------------------- table
 
 _COLLECTION_SCHEMA = ("has", "describe", "get_stats", "get_load_state", "get_compaction_state")
 _COLLECTION_ADMIN = (
-    "create", "drop", "load", "refresh_load", "release", "alter_properties",
-    "drop_properties", "compact", "flush", "add_function", "alter_function", "drop_function",
-    "add_function_field", "drop_function_field", "fields/add", "fields/drop",
-    "fields/alter_properties", "struct_fields/add",
+    "create",
+    "drop",
+    "load",
+    "refresh_load",
+    "release",
+    "alter_properties",
+    "drop_properties",
+    "compact",
+    "flush",
+    "add_function",
+    "alter_function",
+    "drop_function",
+    "add_function_field",
+    "drop_function_field",
+    "fields/add",
+    "fields/drop",
+    "fields/alter_properties",
+    "struct_fields/add",
 )
 _ADMIN_CATEGORIES = ("users", "roles", "privilege_groups", "resource_groups", "file_resources")
 V2 = "/v2/vectordb"
@@ -327,49 +439,79 @@ ROUTES: list[Route[HttpRequest]] = [
     route("POST", V2 + "/entities/delete", _delete),
     # collections
     route("POST", V2 + "/collections/list", _m(A.SCHEMA, "collections/list", coll=None)),
-    *[route("POST", f"{V2}/collections/{a}", _m(A.SCHEMA, f"collections/{a}"))
-      for a in _COLLECTION_SCHEMA],
-    *[route("POST", f"{V2}/collections/{a}", _m(A.ADMIN, f"collections/{a}"))
-      for a in _COLLECTION_ADMIN],
+    *[
+        route("POST", f"{V2}/collections/{a}", _m(A.SCHEMA, f"collections/{a}"))
+        for a in _COLLECTION_SCHEMA
+    ],
+    *[
+        route("POST", f"{V2}/collections/{a}", _m(A.ADMIN, f"collections/{a}"))
+        for a in _COLLECTION_ADMIN
+    ],
     route("POST", V2 + "/collections/rename", _rename),
-    route("POST", V2 + "/collections/truncate",
-          _m(A.DELETE, "collections/truncate", ids_known=False)),
+    route(
+        "POST", V2 + "/collections/truncate", _m(A.DELETE, "collections/truncate", ids_known=False)
+    ),
     # databases
-    *[route("POST", f"{V2}/databases/{a}", _m(A.SCHEMA, f"databases/{a}", coll=None))
-      for a in ("list", "describe")],
-    *[route("POST", f"{V2}/databases/{a}", _m(A.ADMIN, f"databases/{a}", coll=None))
-      for a in ("create", "drop", "alter", "alter_properties", "drop_properties")],
+    *[
+        route("POST", f"{V2}/databases/{a}", _m(A.SCHEMA, f"databases/{a}", coll=None))
+        for a in ("list", "describe")
+    ],
+    *[
+        route("POST", f"{V2}/databases/{a}", _m(A.ADMIN, f"databases/{a}", coll=None))
+        for a in ("create", "drop", "alter", "alter_properties", "drop_properties")
+    ],
     # partitions and indexes
-    *[route("POST", f"{V2}/partitions/{a}", _m(A.SCHEMA, f"partitions/{a}"))
-      for a in ("list", "has", "get_stats")],
-    *[route("POST", f"{V2}/partitions/{a}", _m(A.ADMIN, f"partitions/{a}",
-                                               ids_known=a != "drop"))
-      for a in ("create", "drop", "load", "release")],
-    *[route("POST", f"{V2}/indexes/{a}", _m(A.SCHEMA, f"indexes/{a}"))
-      for a in ("list", "describe")],
-    *[route("POST", f"{V2}/indexes/{a}", _m(A.ADMIN, f"indexes/{a}"))
-      for a in ("create", "drop", "alter_properties", "drop_properties")],
+    *[
+        route("POST", f"{V2}/partitions/{a}", _m(A.SCHEMA, f"partitions/{a}"))
+        for a in ("list", "has", "get_stats")
+    ],
+    *[
+        route("POST", f"{V2}/partitions/{a}", _m(A.ADMIN, f"partitions/{a}", ids_known=a != "drop"))
+        for a in ("create", "drop", "load", "release")
+    ],
+    *[
+        route("POST", f"{V2}/indexes/{a}", _m(A.SCHEMA, f"indexes/{a}"))
+        for a in ("list", "describe")
+    ],
+    *[
+        route("POST", f"{V2}/indexes/{a}", _m(A.ADMIN, f"indexes/{a}"))
+        for a in ("create", "drop", "alter_properties", "drop_properties")
+    ],
     # aliases
-    *[route("POST", f"{V2}/aliases/{a}", _alias(a))
-      for a in ("list", "describe", "create", "drop", "alter")],
+    *[
+        route("POST", f"{V2}/aliases/{a}", _alias(a))
+        for a in ("list", "describe", "create", "drop", "alter")
+    ],
     # jobs
-    route("POST", V2 + "/jobs/import/create",
-          _m(A.WRITE, "jobs/import/create", bulk=True, ids_known=False,
-             resp=("data.jobId",))),
-    *[route("POST", f"{V2}/jobs/import/{a}", _m(A.ADMIN, f"jobs/import/{a}", coll="optional"))
-      for a in ("list", "get_progress", "describe", "commit", "abort")],
-    *[route("POST", f"{V2}/jobs/snapshot/{a}", _m(A.ADMIN, f"jobs/snapshot/{a}",
-                                                  coll="optional", ids_known=a != "export"))
-      for a in ("export", "restore_external", "describe", "list")],
-    *[route("POST", f"{V2}/jobs/external_collection/{a}",
-            _m(A.ADMIN, f"jobs/external_collection/{a}", coll="optional"))
-      for a in ("refresh", "describe", "list")],
+    route(
+        "POST",
+        V2 + "/jobs/import/create",
+        _m(A.WRITE, "jobs/import/create", bulk=True, ids_known=False, resp=("data.jobId",)),
+    ),
+    *[
+        route("POST", f"{V2}/jobs/import/{a}", _m(A.ADMIN, f"jobs/import/{a}", coll="optional"))
+        for a in ("list", "get_progress", "describe", "commit", "abort")
+    ],
+    *[
+        route(
+            "POST",
+            f"{V2}/jobs/snapshot/{a}",
+            _m(A.ADMIN, f"jobs/snapshot/{a}", coll="optional", ids_known=a != "export"),
+        )
+        for a in ("export", "restore_external", "describe", "list")
+    ],
+    *[
+        route(
+            "POST",
+            f"{V2}/jobs/external_collection/{a}",
+            _m(A.ADMIN, f"jobs/external_collection/{a}", coll="optional"),
+        )
+        for a in ("refresh", "describe", "list")
+    ],
     # access control and cluster resources
-    *[route("POST", f"{V2}/{c}/{{action}}", _m(A.ADMIN, c, coll=None))
-      for c in _ADMIN_CATEGORIES],
+    *[route("POST", f"{V2}/{c}/{{action}}", _m(A.ADMIN, c, coll=None)) for c in _ADMIN_CATEGORIES],
     route("POST", V2 + "/segments/describe", _m(A.HEALTH, "segments/describe", coll=None)),
-    route("POST", V2 + "/quotacenter/describe", _m(A.HEALTH, "quotacenter/describe",
-                                                   coll=None)),
+    route("POST", V2 + "/quotacenter/describe", _m(A.HEALTH, "quotacenter/describe", coll=None)),
     route("POST", V2 + "/common/run_analyzer", _utility),
     # legacy v1 (Milvus 2.3+)
     route("GET", V1 + "/collections", static(A.SCHEMA, "v1/collections")),

@@ -77,8 +77,10 @@ def _index(ctx: _Ctx) -> str:
     host = ctx.req.host or ctx.req.header("host") or ""
     index = index_from_host(host, ctx.index_hosts)
     if index is None:
-        raise BadRequest(f"cannot tell the index from Host {host[:120]!r}; expected "
-                         "{index}-{project}.svc.<env>.pinecone.io or a configured index host")
+        raise BadRequest(
+            f"cannot tell the index from Host {host[:120]!r}; expected "
+            "{index}-{project}.svc.<env>.pinecone.io or a configured index host"
+        )
     return index
 
 
@@ -111,8 +113,18 @@ def _upsert(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
     for i, item in enumerate(vectors):
         v = as_obj(item, f"body.vectors[{i}]")
         ids.append(id_str(v.get("id"), f"body.vectors[{i}].id", allow_int=False))
-    return Result([op(A.WRITE, collection=_index(ctx), database=_ns(body.get("namespace"),
-                      "body.namespace"), ids=ids, vector_count=len(vectors), detail="upsert")])
+    return Result(
+        [
+            op(
+                A.WRITE,
+                collection=_index(ctx),
+                database=_ns(body.get("namespace"), "body.namespace"),
+                ids=ids,
+                vector_count=len(vectors),
+                detail="upsert",
+            )
+        ]
+    )
 
 
 def _update(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
@@ -122,29 +134,61 @@ def _update(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
     if not ids and not filters:
         raise BadRequest("body has neither 'id' nor 'filter'")
     carried = int(body.get("values") is not None or body.get("sparseValues") is not None)
-    return Result([op(A.WRITE, collection=_index(ctx), database=_ns(body.get("namespace"),
-                      "body.namespace"), ids=ids, vector_count=carried, filters=filters,
-                      detail="update_by_filter" if filters else "update")])
+    return Result(
+        [
+            op(
+                A.WRITE,
+                collection=_index(ctx),
+                database=_ns(body.get("namespace"), "body.namespace"),
+                ids=ids,
+                vector_count=carried,
+                filters=filters,
+                detail="update_by_filter" if filters else "update",
+            )
+        ]
+    )
 
 
-def _delete_op(index: str, ns: str, ids: list[str] | None, filters: list[object],
-               delete_all: bool) -> Operation:
+def _delete_op(
+    index: str, ns: str, ids: list[str] | None, filters: list[object], delete_all: bool
+) -> Operation:
     if delete_all:
-        return op(A.DELETE, collection=index, database=ns, ids_known=False, filters=filters,
-                  detail="delete_all")
+        return op(
+            A.DELETE,
+            collection=index,
+            database=ns,
+            ids_known=False,
+            filters=filters,
+            detail="delete_all",
+        )
     if ids is None and not filters:
         raise BadRequest("delete names no 'ids', 'filter' or 'deleteAll'")
-    return op(A.DELETE, collection=index, database=ns, ids=ids or [],
-              ids_known=ids is not None, filters=filters, detail="delete")
+    return op(
+        A.DELETE,
+        collection=index,
+        database=ns,
+        ids=ids or [],
+        ids_known=ids is not None,
+        filters=filters,
+        detail="delete",
+    )
 
 
 def _delete(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
     body = _body(ctx)
     ids = None if body.get("ids") is None else id_strs(body["ids"], "body.ids", allow_int=False)
-    delete_all = body.get("deleteAll") is not None and as_bool(body["deleteAll"],
-                                                               "body.deleteAll")
-    return Result([_delete_op(_index(ctx), _ns(body.get("namespace"), "body.namespace"), ids,
-                              _filters(body, "filter", "body"), delete_all)])
+    delete_all = body.get("deleteAll") is not None and as_bool(body["deleteAll"], "body.deleteAll")
+    return Result(
+        [
+            _delete_op(
+                _index(ctx),
+                _ns(body.get("namespace"), "body.namespace"),
+                ids,
+                _filters(body, "filter", "body"),
+                delete_all,
+            )
+        ]
+    )
 
 
 def _delete_legacy(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
@@ -156,45 +200,86 @@ def _delete_legacy(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
 
 
 def _fetched(operation: Operation) -> Result:
-    return Result([operation], response_ids=("vectors{*}.id",),
-                  user_data_paths=("vectors{*}.metadata",),
-                  vector_paths=("vectors{*}.values", "vectors{*}.sparseValues"))
+    return Result(
+        [operation],
+        response_ids=("vectors{*}.id",),
+        user_data_paths=("vectors{*}.metadata",),
+        vector_paths=("vectors{*}.values", "vectors{*}.sparseValues"),
+    )
 
 
 def _fetch(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
     ids = ctx.req.query_values("ids")
     if not ids:
         raise BadRequest("query parameter 'ids' is required")
-    return _fetched(op(A.READ, collection=_index(ctx), database=_query_ns(ctx), ids=ids,
-                       with_vectors=True, detail="fetch"))
+    return _fetched(
+        op(
+            A.READ,
+            collection=_index(ctx),
+            database=_query_ns(ctx),
+            ids=ids,
+            with_vectors=True,
+            detail="fetch",
+        )
+    )
 
 
 def _fetch_by_metadata(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
     body = _body(ctx)
-    return _fetched(op(A.READ, collection=_index(ctx), database=_ns(body.get("namespace"),
-                       "body.namespace"), ids_known=False, filters=_filters(body, "filter",
-                       "body"), limit=as_int_limit(body.get("limit"), "body.limit"),
-                       with_vectors=True, detail="fetch_by_metadata"))
+    return _fetched(
+        op(
+            A.READ,
+            collection=_index(ctx),
+            database=_ns(body.get("namespace"), "body.namespace"),
+            ids_known=False,
+            filters=_filters(body, "filter", "body"),
+            limit=as_int_limit(body.get("limit"), "body.limit"),
+            with_vectors=True,
+            detail="fetch_by_metadata",
+        )
+    )
 
 
 def _list(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
     values = ctx.req.query_values("limit")
     limit = query_limit(values[0] if values else None, "query limit")
-    return Result([op(A.READ, collection=_index(ctx), database=_query_ns(ctx), ids_known=False,
-                      limit=limit, detail="list")], response_ids=("vectors[].id",))
+    return Result(
+        [
+            op(
+                A.READ,
+                collection=_index(ctx),
+                database=_query_ns(ctx),
+                ids_known=False,
+                limit=limit,
+                detail="list",
+            )
+        ],
+        response_ids=("vectors[].id",),
+    )
 
 
-def _query_one(q: Mapping[str, object], where: str, index: str, ns: str,
-               top: Mapping[str, object]) -> Operation:
+def _query_one(
+    q: Mapping[str, object], where: str, index: str, ns: str, top: Mapping[str, object]
+) -> Operation:
     ids = [] if q.get("id") is None else [id_str(q["id"], f"{where}.id", allow_int=False)]
-    carried = sum(1 for k in ("vector", "values", "sparseVector", "sparseValues")
-                  if q.get(k) is not None)
+    carried = sum(
+        1 for k in ("vector", "values", "sparseVector", "sparseValues") if q.get(k) is not None
+    )
     filters = _filters(q, "filter", where) or _filters(top, "filter", "body")
     limit = as_int_limit(q.get("topK", top.get("topK")), f"{where}.topK")
     with_vectors = top.get("includeValues")
-    return op(A.SEARCH, collection=index, database=ns, ids=ids, ids_known=False,
-              vector_count=1 if carried else 0, filters=filters, limit=limit,
-              with_vectors=bool(with_vectors), detail="query")
+    return op(
+        A.SEARCH,
+        collection=index,
+        database=ns,
+        ids=ids,
+        ids_known=False,
+        vector_count=1 if carried else 0,
+        filters=filters,
+        limit=limit,
+        with_vectors=bool(with_vectors),
+        detail="query",
+    )
 
 
 def _query(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
@@ -229,8 +314,9 @@ def _describe_stats(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
     filters: list[object] = []
     if ctx.req.method == "POST" and ctx.req.body.strip():
         filters = _filters(_body(ctx), "filter", "body")
-    return Result([op(A.SCHEMA, collection=_index(ctx), filters=filters,
-                      detail="describe_index_stats")])
+    return Result(
+        [op(A.SCHEMA, collection=_index(ctx), filters=filters, detail="describe_index_stats")]
+    )
 
 
 def _namespace_op(action: ActionClass, detail: str, *, ids_known: bool = True) -> _Handler:
@@ -238,8 +324,9 @@ def _namespace_op(action: ActionClass, detail: str, *, ids_known: bool = True) -
         ns = p.get("namespace")
         if ns is None and ctx.req.method == "POST":
             ns = as_str(_body(ctx).get("name"), "body.name")
-        return Result([op(action, collection=_index(ctx), database=ns, ids_known=ids_known,
-                          detail=detail)])
+        return Result(
+            [op(action, collection=_index(ctx), database=ns, ids_known=ids_known, detail=detail)]
+        )
 
     return handler
 
@@ -257,21 +344,38 @@ def _records_upsert(ctx: _Ctx, p: Mapping[str, str]) -> Result:
         rec = as_obj(parse_json(line.encode("utf-8"), what=f"NDJSON line {n}"), f"line {n}")
         rid = rec.get("_id", rec.get("id"))
         ids.append(id_str(rid, f"line {n}._id", allow_int=False))
-    return Result([op(A.WRITE, collection=_index(ctx), database=p["namespace"], ids=ids,
-                      detail="upsert_records")])
+    return Result(
+        [
+            op(
+                A.WRITE,
+                collection=_index(ctx),
+                database=p["namespace"],
+                ids=ids,
+                detail="upsert_records",
+            )
+        ]
+    )
 
 
 def _records_search(ctx: _Ctx, p: Mapping[str, str]) -> Result:
     body = _body(ctx)
     query = as_obj(body.get("query"), "body.query")
-    ids = [] if query.get("id") is None else [id_str(query["id"], "body.query.id",
-                                                     allow_int=False)]
+    ids = [] if query.get("id") is None else [id_str(query["id"], "body.query.id", allow_int=False)]
     carried = 1 if query.get("vector") is not None else 0
     return Result(
-        [op(A.SEARCH, collection=_index(ctx), database=p["namespace"], ids=ids,
-            ids_known=False, vector_count=carried, filters=_filters(query, "filter",
-            "body.query"), limit=as_int_limit(query.get("top_k"), "body.query.top_k"),
-            detail="search_records")],
+        [
+            op(
+                A.SEARCH,
+                collection=_index(ctx),
+                database=p["namespace"],
+                ids=ids,
+                ids_known=False,
+                vector_count=carried,
+                filters=_filters(query, "filter", "body.query"),
+                limit=as_int_limit(query.get("top_k"), "body.query.top_k"),
+                detail="search_records",
+            )
+        ],
         response_ids=("result.hits[]._id",),
         user_data_paths=("result.hits[].fields",),
     )
@@ -281,14 +385,15 @@ def _bulk_import(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
     body = _body(ctx)
     as_str(body.get("uri"), "body.uri")
     # The job id in the response is the lineage handle for the whole import.
-    return Result([op(A.WRITE, collection=_index(ctx), bulk=True, ids_known=False,
-                      detail="start_import")], response_ids=("id",))
+    return Result(
+        [op(A.WRITE, collection=_index(ctx), bulk=True, ids_known=False, detail="start_import")],
+        response_ids=("id",),
+    )
 
 
 def _data(action: ActionClass, detail: str, *, ids_known: bool = True) -> _Handler:
     def handler(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
-        return Result([op(action, collection=_index(ctx), ids_known=ids_known,
-                          detail=detail)])
+        return Result([op(action, collection=_index(ctx), ids_known=ids_known, detail=detail)])
 
     return handler
 
@@ -306,8 +411,11 @@ DATA_ROUTES: list[Route[_Ctx]] = [
     route("GET", "/namespaces", _data(A.SCHEMA, "list_namespaces")),
     route("POST", "/namespaces", _namespace_op(A.ADMIN, "create_namespace")),
     route("GET", "/namespaces/{namespace}", _namespace_op(A.SCHEMA, "describe_namespace")),
-    route("DELETE", "/namespaces/{namespace}",
-          _namespace_op(A.ADMIN, "delete_namespace", ids_known=False)),
+    route(
+        "DELETE",
+        "/namespaces/{namespace}",
+        _namespace_op(A.ADMIN, "delete_namespace", ids_known=False),
+    ),
     route("POST", "/records/namespaces/{namespace}/upsert", _records_upsert),
     route("POST", "/records/namespaces/{namespace}/search", _records_search),
     route("POST", "/bulk/imports", _bulk_import),
@@ -326,8 +434,13 @@ def _named(action: ActionClass, detail: str, *, source: bool = False) -> _Handle
         body = _body(ctx)
         ops = [op(action, collection=as_str(body.get("name"), "body.name"), detail=detail)]
         if source:
-            ops.append(op(action, collection=as_str(body.get("source"), "body.source"),
-                          detail=f"{detail}:source"))
+            ops.append(
+                op(
+                    action,
+                    collection=as_str(body.get("source"), "body.source"),
+                    detail=f"{detail}:source",
+                )
+            )
         return Result(ops)
 
     return handler
@@ -335,10 +448,12 @@ def _named(action: ActionClass, detail: str, *, source: bool = False) -> _Handle
 
 def _inference(name: str) -> _Handler:
     def handler(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
-        return Result([op(A.UNKNOWN, ids_known=False, detail=name)],
-                      error=f"{ctx.req.method} /{name} is a Pinecone inference endpoint, not a "
-                            "vector-database operation; it is not classified (denied by "
-                            "default)")
+        return Result(
+            [op(A.UNKNOWN, ids_known=False, detail=name)],
+            error=f"{ctx.req.method} /{name} is a Pinecone inference endpoint, not a "
+            "vector-database operation; it is not classified (denied by "
+            "default)",
+        )
 
     return handler
 
@@ -350,29 +465,37 @@ CONTROL_ROUTES: list[Route[_Ctx]] = [
     route("POST", "/indexes/create-for-model", _named(A.ADMIN, "create_index_for_model")),
     route("GET", "/indexes/{index}", _h(A.SCHEMA, "describe_index", collection="index")),
     route("PATCH", "/indexes/{index}", _h(A.ADMIN, "configure_index", collection="index")),
-    route("DELETE", "/indexes/{index}",
-          _h(A.ADMIN, "delete_index", collection="index", ids_known=False)),
-    route("GET", "/indexes/{index}/backups",
-          _h(A.ADMIN, "list_index_backups", collection="index")),
+    route(
+        "DELETE",
+        "/indexes/{index}",
+        _h(A.ADMIN, "delete_index", collection="index", ids_known=False),
+    ),
+    route("GET", "/indexes/{index}/backups", _h(A.ADMIN, "list_index_backups", collection="index")),
     route("POST", "/indexes/{index}/backups", _h(A.ADMIN, "create_backup", collection="index")),
     route("GET", "/backups", _h(A.ADMIN, "list_backups")),
     route("GET", "/backups/{backup_id}", _h(A.ADMIN, "describe_backup")),
     route("DELETE", "/backups/{backup_id}", _h(A.ADMIN, "delete_backup")),
-    route("POST", "/backups/{backup_id}/create-index",
-          _named(A.ADMIN, "create_index_from_backup")),
+    route("POST", "/backups/{backup_id}/create-index", _named(A.ADMIN, "create_index_from_backup")),
     route("GET", "/restore-jobs", _h(A.ADMIN, "list_restore_jobs")),
     route("GET", "/restore-jobs/{job_id}", _h(A.ADMIN, "describe_restore_job")),
     route("GET", "/collections", _h(A.ADMIN, "list_collections")),
     route("POST", "/collections", _named(A.ADMIN, "create_collection", source=True)),
-    route("GET", "/collections/{collection}", _h(A.ADMIN, "describe_collection",
-                                                 collection="collection")),
-    route("DELETE", "/collections/{collection}", _h(A.ADMIN, "delete_collection",
-                                                    collection="collection")),
+    route(
+        "GET",
+        "/collections/{collection}",
+        _h(A.ADMIN, "describe_collection", collection="collection"),
+    ),
+    route(
+        "DELETE",
+        "/collections/{collection}",
+        _h(A.ADMIN, "delete_collection", collection="collection"),
+    ),
     route("POST", "/embed", _inference("embed")),
     route("POST", "/rerank", _inference("rerank")),
     route("GET", "/models", _h(A.HEALTH, "list_models")),
     route("GET", "/models/{model}", _h(A.HEALTH, "describe_model")),
 ]
+
 
 def _admin_api(_ctx: _Ctx, _p: Mapping[str, str]) -> Result:
     return Result([op(A.ADMIN, detail="admin_api")])
@@ -382,9 +505,11 @@ ADMIN_ROUTES: list[Route[_Ctx]] = [
     route(m, t, _admin_api)
     for m in ("GET|POST|PATCH|PUT|DELETE",)
     for t in (
-        "/admin/projects", "/admin/projects/{project_id}",
+        "/admin/projects",
+        "/admin/projects/{project_id}",
         "/admin/projects/{project_id}/{sub}",
-        "/admin/organizations", "/admin/organizations/{organization_id}",
+        "/admin/organizations",
+        "/admin/organizations/{organization_id}",
         "/admin/organizations/{organization_id}/{sub}",
         "/admin/api-keys/{api_key_id}",
     )

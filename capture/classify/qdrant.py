@@ -98,8 +98,16 @@ def _upsert(body: Mapping[str, object], where: str, collection: str) -> list[Ope
         count = len(ids) if batch.get("vectors") is not None else 0
     else:
         raise BadRequest(f"{where} has neither 'points' nor 'batch'")
-    return [op(A.WRITE, collection=collection, ids=ids, vector_count=count, filters=filters,
-               detail="upsert")]
+    return [
+        op(
+            A.WRITE,
+            collection=collection,
+            ids=ids,
+            vector_count=count,
+            filters=filters,
+            detail="upsert",
+        )
+    ]
 
 
 def _update_vectors(body: Mapping[str, object], where: str, collection: str) -> list[Operation]:
@@ -107,15 +115,31 @@ def _update_vectors(body: Mapping[str, object], where: str, collection: str) -> 
     if body.get("update_filter") is not None:
         filters.append(as_obj(body["update_filter"], f"{where}.update_filter"))
     ids, count = _point_list(body.get("points"), f"{where}.points")
-    return [op(A.WRITE, collection=collection, ids=ids, vector_count=count, filters=filters,
-               detail="update_vectors")]
+    return [
+        op(
+            A.WRITE,
+            collection=collection,
+            ids=ids,
+            vector_count=count,
+            filters=filters,
+            detail="update_vectors",
+        )
+    ]
 
 
 def _selected(action: ActionClass, detail: str) -> _Build:
     def build(body: Mapping[str, object], where: str, collection: str) -> list[Operation]:
         ids, filters, named = _selector(body, where)
-        return [op(action, collection=collection, ids=ids, ids_known=named, filters=filters,
-                   detail=detail)]
+        return [
+            op(
+                action,
+                collection=collection,
+                ids=ids,
+                ids_known=named,
+                filters=filters,
+                detail=detail,
+            )
+        ]
 
     return build
 
@@ -152,7 +176,7 @@ def _batch(req: HttpRequest, p: Mapping[str, str]) -> Result:
         entry = as_obj(item, where)
         if len(entry) != 1:
             raise BadRequest(f"{where} must have exactly one key, got {sorted(entry)[:5]}")
-        (kind, inner), = entry.items()
+        ((kind, inner),) = entry.items()
         build = _BATCH_OPS.get(kind)
         if build is None:
             raise BadRequest(f"{where} has unrecognised operation {kind[:60]!r}")
@@ -163,13 +187,19 @@ def _batch(req: HttpRequest, p: Mapping[str, str]) -> Result:
 # --------------------------------------------------------------------------- reads
 
 
-
 def _retrieve(req: HttpRequest, p: Mapping[str, str]) -> Result:
     body = _body(req)
     ids = id_strs(body.get("ids"), "body.ids")
     return Result(
-        [op(A.READ, collection=p["collection"], ids=ids, with_vectors=with_vectors_of(body),
-            detail="retrieve")],
+        [
+            op(
+                A.READ,
+                collection=p["collection"],
+                ids=ids,
+                with_vectors=with_vectors_of(body),
+                detail="retrieve",
+            )
+        ],
         response_ids=("result[].id",),
         user_data_paths=("result[].payload",),
         vector_paths=("result[].vector",),
@@ -178,16 +208,24 @@ def _retrieve(req: HttpRequest, p: Mapping[str, str]) -> Result:
 
 def _get_point(req: HttpRequest, p: Mapping[str, str]) -> Result:
     return Result(
-        [op(A.READ, collection=p["collection"], ids=[p["id"]], with_vectors=True,
-            detail="get_point")],
+        [
+            op(
+                A.READ,
+                collection=p["collection"],
+                ids=[p["id"]],
+                with_vectors=True,
+                detail="get_point",
+            )
+        ],
         response_ids=("result.id",),
         user_data_paths=("result.payload",),
         vector_paths=("result.vector",),
     )
 
 
-def _filtered_read(detail: str, resp: tuple[str, ...], data: tuple[str, ...],
-                   vectors: tuple[str, ...]) -> _Handler:
+def _filtered_read(
+    detail: str, resp: tuple[str, ...], data: tuple[str, ...], vectors: tuple[str, ...]
+) -> _Handler:
     def handler(req: HttpRequest, p: Mapping[str, str]) -> Result:
         body = _body(req)
         filters: list[object] = []
@@ -196,10 +234,22 @@ def _filtered_read(detail: str, resp: tuple[str, ...], data: tuple[str, ...],
             filters.append(as_obj(body["filter"], "body.filter"))
             ids = has_id_ids(body["filter"], "body.filter")
         return Result(
-            [op(A.READ, collection=p["collection"], ids=ids, ids_known=False, filters=filters,
-                limit=limit_of(body, "limit"),
-                with_vectors=with_vectors_of(body) if vectors else None, detail=detail)],
-            response_ids=resp, user_data_paths=data, vector_paths=vectors)
+            [
+                op(
+                    A.READ,
+                    collection=p["collection"],
+                    ids=ids,
+                    ids_known=False,
+                    filters=filters,
+                    limit=limit_of(body, "limit"),
+                    with_vectors=with_vectors_of(body) if vectors else None,
+                    detail=detail,
+                )
+            ],
+            response_ids=resp,
+            user_data_paths=data,
+            vector_paths=vectors,
+        )
 
     return handler
 
@@ -225,18 +275,22 @@ def _aliases(req: HttpRequest, _p: Mapping[str, str]) -> Result:
         entry = as_obj(item, where)
         if len(entry) != 1:
             raise BadRequest(f"{where} must have exactly one key")
-        (kind, inner), = entry.items()
+        ((kind, inner),) = entry.items()
         spec = as_obj(inner, f"{where}.{kind}")
         # An alias is a name clients query by, so creating or renaming one
         # acts on both names: each must be allowed separately.
         if kind == "create_alias":
-            names = [as_str(spec.get("collection_name"), f"{where}.{kind}.collection_name"),
-                     as_str(spec.get("alias_name"), f"{where}.{kind}.alias_name")]
+            names = [
+                as_str(spec.get("collection_name"), f"{where}.{kind}.collection_name"),
+                as_str(spec.get("alias_name"), f"{where}.{kind}.alias_name"),
+            ]
         elif kind == "delete_alias":
             names = [as_str(spec.get("alias_name"), f"{where}.{kind}.alias_name")]
         elif kind == "rename_alias":
-            names = [as_str(spec.get("old_alias_name"), f"{where}.{kind}.old_alias_name"),
-                     as_str(spec.get("new_alias_name"), f"{where}.{kind}.new_alias_name")]
+            names = [
+                as_str(spec.get("old_alias_name"), f"{where}.{kind}.old_alias_name"),
+                as_str(spec.get("new_alias_name"), f"{where}.{kind}.new_alias_name"),
+            ]
         else:
             raise BadRequest(f"{where} has unrecognised alias action {kind[:60]!r}")
         ops.extend(op(A.ADMIN, collection=n, detail=kind) for n in names)
@@ -275,77 +329,139 @@ ROUTES: list[Route[HttpRequest]] = [
     # full-storage snapshots cover every collection
     route("GET", "/snapshots", _h(A.ADMIN, "list_full_snapshots", collection="=*")),
     route("POST", "/snapshots", _h(A.ADMIN, "create_full_snapshot", collection="=*")),
-    route("GET", f"/snapshots/{_SNAP}",
-          _h(A.ADMIN, "download_full_snapshot", collection="=*", ids_known=False)),
+    route(
+        "GET",
+        f"/snapshots/{_SNAP}",
+        _h(A.ADMIN, "download_full_snapshot", collection="=*", ids_known=False),
+    ),
     route("DELETE", f"/snapshots/{_SNAP}", _h(A.ADMIN, "delete_full_snapshot", collection="=*")),
     # collections and aliases
     route("GET", "/collections", _h(A.SCHEMA, "list_collections")),
     route("GET", "/aliases", _h(A.SCHEMA, "list_aliases")),
     route("POST", "/collections/aliases", _aliases),
-    route("GET", C, _h(A.SCHEMA, "get_collection", collection="collection",
-                       user_data=("result.payload_schema",))),
+    route(
+        "GET",
+        C,
+        _h(
+            A.SCHEMA,
+            "get_collection",
+            collection="collection",
+            user_data=("result.payload_schema",),
+        ),
+    ),
     route("PUT", C, _h(A.ADMIN, "create_collection", collection="collection")),
     route("PATCH", C, _h(A.ADMIN, "update_collection", collection="collection")),
     route("DELETE", C, _h(A.ADMIN, "delete_collection", collection="collection")),
     route("GET", f"{C}/aliases", _h(A.SCHEMA, "collection_aliases", collection="collection")),
     route("GET", f"{C}/exists", _h(A.SCHEMA, "collection_exists", collection="collection")),
     route("GET", f"{C}/cluster", _h(A.SCHEMA, "collection_cluster", collection="collection")),
-    route("POST", f"{C}/cluster", _h(A.ADMIN, "update_collection_cluster",
-                                     collection="collection")),
+    route(
+        "POST", f"{C}/cluster", _h(A.ADMIN, "update_collection_cluster", collection="collection")
+    ),
     route("GET", f"{C}/optimizations", _h(A.SCHEMA, "optimizations", collection="collection")),
     route("GET", f"{C}/shards", _h(A.SCHEMA, "list_shard_keys", collection="collection")),
     route("PUT", f"{C}/shards", _h(A.ADMIN, "create_shard_key", collection="collection")),
     route("POST", f"{C}/shards/delete", _h(A.ADMIN, "delete_shard_key", collection="collection")),
     route("GET", f"{C}/memory", _h(A.SCHEMA, "collection_memory", collection="collection")),
     route("PUT", f"{C}/index", _h(A.ADMIN, "create_field_index", collection="collection")),
-    route("PUT|DELETE", f"{C}/index/{{field_name}}",
-          _h(A.ADMIN, "field_index", collection="collection")),
-    route("PUT|DELETE", f"{C}/vectors/{{vector_name}}",
-          _h(A.ADMIN, "vector_config", collection="collection")),
+    route(
+        "PUT|DELETE",
+        f"{C}/index/{{field_name}}",
+        _h(A.ADMIN, "field_index", collection="collection"),
+    ),
+    route(
+        "PUT|DELETE",
+        f"{C}/vectors/{{vector_name}}",
+        _h(A.ADMIN, "vector_config", collection="collection"),
+    ),
     route("GET|POST|PATCH", f"{C}/debug", _h(A.ADMIN, "debug", collection="collection")),
-    route("POST", f"{C}/truncate_unapplied_wal",
-          _h(A.ADMIN, "truncate_unapplied_wal", collection="collection")),
-    route("POST", f"{C}/shards/{{shard}}/cleanup",
-          _h(A.ADMIN, "shard_cleanup", collection="collection")),
+    route(
+        "POST",
+        f"{C}/truncate_unapplied_wal",
+        _h(A.ADMIN, "truncate_unapplied_wal", collection="collection"),
+    ),
+    route(
+        "POST",
+        f"{C}/shards/{{shard}}/cleanup",
+        _h(A.ADMIN, "shard_cleanup", collection="collection"),
+    ),
     # snapshots (GET of one snapshot downloads the whole collection)
     route("GET", f"{C}/snapshots", _h(A.ADMIN, "list_snapshots", collection="collection")),
     route("POST", f"{C}/snapshots", _h(A.ADMIN, "create_snapshot", collection="collection")),
-    route("PUT", f"{C}/snapshots/recover",
-          _h(A.ADMIN, "recover_snapshot", collection="collection")),
-    route("POST", f"{C}/snapshots/upload",
-          _h(A.ADMIN, "upload_snapshot", collection="collection")),
-    route("GET", f"{C}/snapshots/{_SNAP}",
-          _h(A.ADMIN, "download_snapshot", collection="collection", ids_known=False)),
-    route("DELETE", f"{C}/snapshots/{_SNAP}",
-          _h(A.ADMIN, "delete_snapshot", collection="collection")),
-    route("GET", f"{C}/shards/{{shard}}/snapshots",
-          _h(A.ADMIN, "list_shard_snapshots", collection="collection")),
-    route("POST", f"{C}/shards/{{shard}}/snapshots",
-          _h(A.ADMIN, "create_shard_snapshot", collection="collection")),
-    route("PUT", f"{C}/shards/{{shard}}/snapshots/recover",
-          _h(A.ADMIN, "recover_shard_snapshot", collection="collection")),
-    route("POST", f"{C}/shards/{{shard}}/snapshots/upload",
-          _h(A.ADMIN, "upload_shard_snapshot", collection="collection")),
-    route("GET", f"{C}/shards/{{shard}}/snapshots/{_SNAP}",
-          _h(A.ADMIN, "download_shard_snapshot", collection="collection", ids_known=False)),
-    route("DELETE", f"{C}/shards/{{shard}}/snapshots/{_SNAP}",
-          _h(A.ADMIN, "delete_shard_snapshot", collection="collection")),
-    route("GET", f"{C}/shards/{{shard}}/snapshot",
-          _h(A.ADMIN, "stream_shard_snapshot", collection="collection", ids_known=False)),
+    route(
+        "PUT", f"{C}/snapshots/recover", _h(A.ADMIN, "recover_snapshot", collection="collection")
+    ),
+    route("POST", f"{C}/snapshots/upload", _h(A.ADMIN, "upload_snapshot", collection="collection")),
+    route(
+        "GET",
+        f"{C}/snapshots/{_SNAP}",
+        _h(A.ADMIN, "download_snapshot", collection="collection", ids_known=False),
+    ),
+    route(
+        "DELETE", f"{C}/snapshots/{_SNAP}", _h(A.ADMIN, "delete_snapshot", collection="collection")
+    ),
+    route(
+        "GET",
+        f"{C}/shards/{{shard}}/snapshots",
+        _h(A.ADMIN, "list_shard_snapshots", collection="collection"),
+    ),
+    route(
+        "POST",
+        f"{C}/shards/{{shard}}/snapshots",
+        _h(A.ADMIN, "create_shard_snapshot", collection="collection"),
+    ),
+    route(
+        "PUT",
+        f"{C}/shards/{{shard}}/snapshots/recover",
+        _h(A.ADMIN, "recover_shard_snapshot", collection="collection"),
+    ),
+    route(
+        "POST",
+        f"{C}/shards/{{shard}}/snapshots/upload",
+        _h(A.ADMIN, "upload_shard_snapshot", collection="collection"),
+    ),
+    route(
+        "GET",
+        f"{C}/shards/{{shard}}/snapshots/{_SNAP}",
+        _h(A.ADMIN, "download_shard_snapshot", collection="collection", ids_known=False),
+    ),
+    route(
+        "DELETE",
+        f"{C}/shards/{{shard}}/snapshots/{_SNAP}",
+        _h(A.ADMIN, "delete_shard_snapshot", collection="collection"),
+    ),
+    route(
+        "GET",
+        f"{C}/shards/{{shard}}/snapshot",
+        _h(A.ADMIN, "stream_shard_snapshot", collection="collection", ids_known=False),
+    ),
     # points: reads
     route("GET", f"{C}/points/{{id}}", _get_point),
     route("POST", f"{C}/points", _retrieve),
-    route("POST", f"{C}/points/scroll", _filtered_read(
-        "scroll", ("result.points[].id", "result.next_page_offset"),
-        ("result.points[].payload",), ("result.points[].vector",))),
+    route(
+        "POST",
+        f"{C}/points/scroll",
+        _filtered_read(
+            "scroll",
+            ("result.points[].id", "result.next_page_offset"),
+            ("result.points[].payload",),
+            ("result.points[].vector",),
+        ),
+    ),
     route("POST", f"{C}/points/count", _filtered_read("count", (), (), ())),
     route("POST", f"{C}/facet", _filtered_read("facet", (), ("result.hits[].value",), ())),
     route("POST", f"{C}/shards/{{shard}}/points", _retrieve),
-    route("POST", f"{C}/shards/{{shard}}/points/scroll", _filtered_read(
-        "shard_scroll", ("result.points[].id", "result.next_page_offset"),
-        ("result.points[].payload",), ("result.points[].vector",))),
-    route("POST", f"{C}/shards/{{shard}}/points/count",
-          _filtered_read("shard_count", (), (), ())),
+    route(
+        "POST",
+        f"{C}/shards/{{shard}}/points/scroll",
+        _filtered_read(
+            "shard_scroll",
+            ("result.points[].id", "result.next_page_offset"),
+            ("result.points[].payload",),
+            ("result.points[].vector",),
+        ),
+    ),
+    route("POST", f"{C}/shards/{{shard}}/points/count", _filtered_read("shard_count", (), (), ())),
     # points: search
     *[route("POST", f"{C}/points/{kind}", _search(kind)) for kind in SEARCH_KINDS],
     # points: writes and deletes

@@ -86,18 +86,31 @@ def _class_of(obj: Mapping[str, object], where: str) -> str:
 
 # --------------------------------------------------------------------------- objects
 
+
 def _object_result(operation: Operation) -> Result:
-    return Result([operation], response_ids=("id",), user_data_paths=("properties",),
-                  vector_paths=("vector", "vectors{*}"))
+    return Result(
+        [operation],
+        response_ids=("id",),
+        user_data_paths=("properties",),
+        vector_paths=("vector", "vectors{*}"),
+    )
 
 
 def _list_objects(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     cls = _q(req, "class")
     include = (_q(req, "include") or "").split(",")
     return Result(
-        [op(A.READ, collection=class_name(cls) if cls else "*", database=_tenant(req),
-            ids_known=False, limit=query_limit(_q(req, "limit"), "query limit"),
-            with_vectors="vector" in include, detail="list_objects")],
+        [
+            op(
+                A.READ,
+                collection=class_name(cls) if cls else "*",
+                database=_tenant(req),
+                ids_known=False,
+                limit=query_limit(_q(req, "limit"), "query limit"),
+                with_vectors="vector" in include,
+                detail="list_objects",
+            )
+        ],
         response_ids=("objects[].id",),
         user_data_paths=("objects[].properties",),
         vector_paths=("objects[].vector", "objects[].vectors{*}"),
@@ -107,9 +120,17 @@ def _list_objects(req: HttpRequest, _p: Mapping[str, str]) -> Result:
 def _create_object(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     body = _body(req)
     ids = [] if body.get("id") is None else [id_str(body["id"], "body.id", allow_int=False)]
-    return _object_result(op(A.WRITE, collection=_class_of(body, "body"),
-                             database=_tenant(req, body), ids=ids, ids_known=bool(ids),
-                             vector_count=_vectors(body, "body"), detail="create_object"))
+    return _object_result(
+        op(
+            A.WRITE,
+            collection=_class_of(body, "body"),
+            database=_tenant(req, body),
+            ids=ids,
+            ids_known=bool(ids),
+            vector_count=_vectors(body, "body"),
+            detail="create_object",
+        )
+    )
 
 
 _BY_METHOD = {
@@ -138,30 +159,44 @@ def _object(req: HttpRequest, p: Mapping[str, str]) -> Result:
         named = body.get("class") if body is not None else _q(req, "class")
         cls = class_name(as_str(named, "class")) if named is not None else "*"
         detail += "_deprecated"
-    with_vectors = "vector" in (_q(req, "include") or "").split(",") if action == A.READ \
-        else None
-    return _object_result(op(action, collection=cls, database=_tenant(req, body), ids=[oid],
-                             vector_count=vectors, with_vectors=with_vectors, detail=detail))
+    with_vectors = "vector" in (_q(req, "include") or "").split(",") if action == A.READ else None
+    return _object_result(
+        op(
+            action,
+            collection=cls,
+            database=_tenant(req, body),
+            ids=[oid],
+            vector_count=vectors,
+            with_vectors=with_vectors,
+            detail=detail,
+        )
+    )
 
 
 def _reference(req: HttpRequest, p: Mapping[str, str]) -> Result:
     oid = _uuid(p["id"], "path id")
-    cls = class_name(p["className"]) if "className" in p else (
-        class_name(q) if (q := _q(req, "class")) else "*")
+    cls = (
+        class_name(p["className"])
+        if "className" in p
+        else (class_name(q) if (q := _q(req, "class")) else "*")
+    )
     parsed = parse_json(req.body)
     refs = parsed if isinstance(parsed, list) else [parsed]
     ids = [oid]
     for i, ref in enumerate(refs):
         ids.append(beacon_id(as_obj(ref, f"body[{i}]").get("beacon"), f"body[{i}].beacon")[1])
-    detail = {"POST": "add_reference", "PUT": "replace_references",
-              "DELETE": "delete_reference"}[req.method]
+    detail = {"POST": "add_reference", "PUT": "replace_references", "DELETE": "delete_reference"}[
+        req.method
+    ]
     return Result([op(A.WRITE, collection=cls, database=_tenant(req), ids=ids, detail=detail)])
 
 
 def _validate(req: HttpRequest, _p: Mapping[str, str]) -> Result:
-    return Result([op(A.UNKNOWN, ids_known=False, detail="validate_object")],
-                  error="POST /v1/objects/validate only validates an object; it is not "
-                        "classified (denied by default)")
+    return Result(
+        [op(A.UNKNOWN, ids_known=False, detail="validate_object")],
+        error="POST /v1/objects/validate only validates an object; it is not "
+        "classified (denied by default)",
+    )
 
 
 # --------------------------------------------------------------------------- batches
@@ -177,18 +212,28 @@ def _batch_objects(req: HttpRequest, _p: Mapping[str, str]) -> Result:
         where = f"body.objects[{i}]"
         obj = as_obj(item, where)
         tenant = None if obj.get("tenant") is None else as_str(obj["tenant"], f"{where}.tenant")
-        oid = None if obj.get("id") is None else id_str(obj["id"], f"{where}.id",
-                                                        allow_int=False)
-        groups.setdefault((_class_of(obj, where), tenant), []).append(
-            (oid, _vectors(obj, where)))
+        oid = None if obj.get("id") is None else id_str(obj["id"], f"{where}.id", allow_int=False)
+        groups.setdefault((_class_of(obj, where), tenant), []).append((oid, _vectors(obj, where)))
     ops = []
     for (cls, tenant), members in groups.items():
         ids = [oid for oid, _ in members if oid is not None]
-        ops.append(op(A.WRITE, collection=cls, database=tenant or _q(req, "tenant"), ids=ids,
-                      ids_known=len(ids) == len(members),
-                      vector_count=sum(v for _, v in members), detail="batch_objects"))
-    return Result(ops, response_ids=("[].id",), user_data_paths=("[].properties",),
-                  vector_paths=("[].vector", "[].vectors{*}"))
+        ops.append(
+            op(
+                A.WRITE,
+                collection=cls,
+                database=tenant or _q(req, "tenant"),
+                ids=ids,
+                ids_known=len(ids) == len(members),
+                vector_count=sum(v for _, v in members),
+                detail="batch_objects",
+            )
+        )
+    return Result(
+        ops,
+        response_ids=("[].id",),
+        user_data_paths=("[].properties",),
+        vector_paths=("[].vector", "[].vectors{*}"),
+    )
 
 
 def _batch_delete(req: HttpRequest, _p: Mapping[str, str]) -> Result:
@@ -198,9 +243,17 @@ def _batch_delete(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     filters = [as_obj(where, "body.match.where")] if where is not None else []
     dry = body.get("dryRun") is True
     return Result(
-        [op(A.DELETE, collection=_class_of(match, "body.match"), database=_tenant(req, body),
-            ids=weaviate_filter_ids(where) if where is not None else [], ids_known=False,
-            filters=filters, detail="batch_delete_dry_run" if dry else "batch_delete")],
+        [
+            op(
+                A.DELETE,
+                collection=_class_of(match, "body.match"),
+                database=_tenant(req, body),
+                ids=weaviate_filter_ids(where) if where is not None else [],
+                ids_known=False,
+                filters=filters,
+                detail="batch_delete_dry_run" if dry else "batch_delete",
+            )
+        ],
         response_ids=("results.objects[].id",),
     )
 
@@ -219,9 +272,18 @@ def _batch_references(req: HttpRequest, _p: Mapping[str, str]) -> Result:
         _, dst = beacon_id(ref.get("to"), f"{where}.to")
         tenant = None if ref.get("tenant") is None else as_str(ref["tenant"], f"{where}.tenant")
         groups.setdefault((cls, tenant), []).extend((src, dst))
-    return Result([op(A.WRITE, collection=cls, database=tenant or _q(req, "tenant"),
-                      ids=list(dict.fromkeys(ids)), detail="batch_references")
-                   for (cls, tenant), ids in groups.items()])
+    return Result(
+        [
+            op(
+                A.WRITE,
+                collection=cls,
+                database=tenant or _q(req, "tenant"),
+                ids=list(dict.fromkeys(ids)),
+                detail="batch_references",
+            )
+            for (cls, tenant), ids in groups.items()
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- queries
@@ -247,9 +309,19 @@ def _rest_search(req: HttpRequest, p: Mapping[str, str]) -> Result:
         filters.append(as_obj(body["where"], "body.where"))
         ids.extend(weaviate_filter_ids(body["where"]))
     return Result(
-        [op(A.SEARCH, collection=class_name(p["collection"]), database=_tenant(req, body),
-            ids=ids, ids_known=False, vector_count=_vectors(body, "body"), filters=filters,
-            limit=as_int_limit(body.get("limit"), "body.limit"), detail=p["kind"])],
+        [
+            op(
+                A.SEARCH,
+                collection=class_name(p["collection"]),
+                database=_tenant(req, body),
+                ids=ids,
+                ids_known=False,
+                vector_count=_vectors(body, "body"),
+                filters=filters,
+                limit=as_int_limit(body.get("limit"), "body.limit"),
+                detail=p["kind"],
+            )
+        ],
         response_ids=("results[].id",),
         user_data_paths=("results[].properties", "results[].references"),
     )
@@ -258,9 +330,19 @@ def _rest_search(req: HttpRequest, p: Mapping[str, str]) -> Result:
 def _rest_aggregate(req: HttpRequest, p: Mapping[str, str]) -> Result:
     body = _body(req) if req.body.strip() else {}
     filters = [as_obj(body["where"], "body.where")] if body.get("where") is not None else []
-    return Result([op(A.READ, collection=class_name(p["collection"]),
-                      database=_tenant(req, body), ids_known=False, filters=filters,
-                      detail="aggregate")], user_data_paths=("groups[]",))
+    return Result(
+        [
+            op(
+                A.READ,
+                collection=class_name(p["collection"]),
+                database=_tenant(req, body),
+                ids_known=False,
+                filters=filters,
+                detail="aggregate",
+            )
+        ],
+        user_data_paths=("groups[]",),
+    )
 
 
 # --------------------------------------------------------------------------- schema & admin
@@ -268,15 +350,15 @@ def _rest_aggregate(req: HttpRequest, p: Mapping[str, str]) -> Result:
 
 def _schema_class(action: ActionClass, detail: str, *, ids_known: bool = True) -> _Handler:
     def handler(req: HttpRequest, p: Mapping[str, str]) -> Result:
-        return Result([op(action, collection=class_name(p["className"]), ids_known=ids_known,
-                          detail=detail)])
+        return Result(
+            [op(action, collection=class_name(p["className"]), ids_known=ids_known, detail=detail)]
+        )
 
     return handler
 
 
 def _create_class(req: HttpRequest, _p: Mapping[str, str]) -> Result:
-    return Result([op(A.ADMIN, collection=_class_of(_body(req), "body"),
-                      detail="create_class")])
+    return Result([op(A.ADMIN, collection=_class_of(_body(req), "body"), detail="create_class")])
 
 
 def _alias(req: HttpRequest, p: Mapping[str, str]) -> Result:
@@ -293,8 +375,7 @@ def _alias(req: HttpRequest, p: Mapping[str, str]) -> Result:
         if req.method == "POST":
             names.append(as_str(body.get("alias"), "body.alias"))
         names.append(_class_of(body, "body"))
-    detail = {"POST": "create_alias", "PUT": "update_alias", "DELETE": "delete_alias"}[
-        req.method]
+    detail = {"POST": "create_alias", "PUT": "update_alias", "DELETE": "delete_alias"}[req.method]
     return Result([op(A.ADMIN, collection=n, detail=detail) for n in names])
 
 
@@ -307,27 +388,40 @@ def _backup(detail: str) -> _Handler:
             return Result([op(A.ADMIN, detail=detail)])
         body = _body(req)
         include = body.get("include")
-        classes = [class_name(as_str(c, "body.include[]"))
-                   for c in as_list(include, "body.include")] if include else []
+        classes = (
+            [class_name(as_str(c, "body.include[]")) for c in as_list(include, "body.include")]
+            if include
+            else []
+        )
         if not classes or body.get("exclude"):
             classes = ["*"]
-        return Result([op(A.ADMIN, collection=c, ids_known=False, detail=detail)
-                       for c in classes])
+        return Result([op(A.ADMIN, collection=c, ids_known=False, detail=detail) for c in classes])
 
     return handler
 
 
 def _classification(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     body = _body(req)
-    return Result([op(A.WRITE, collection=_class_of(body, "body"), ids_known=False,
-                      bulk=False, detail="classification")])
+    return Result(
+        [
+            op(
+                A.WRITE,
+                collection=_class_of(body, "body"),
+                ids_known=False,
+                bulk=False,
+                detail="classification",
+            )
+        ]
+    )
 
 
 def _utility(name: str) -> _Handler:
     def handler(req: HttpRequest, _p: Mapping[str, str]) -> Result:
-        return Result([op(A.UNKNOWN, ids_known=False, detail=name)],
-                      error=f"{req.method} {name} is a text utility endpoint; it is not "
-                            "classified (denied by default)")
+        return Result(
+            [op(A.UNKNOWN, ids_known=False, detail=name)],
+            error=f"{req.method} {name} is a text utility endpoint; it is not "
+            "classified (denied by default)",
+        )
 
     return handler
 
@@ -366,12 +460,26 @@ def _mcp_message(msg: object, where: str) -> Operation:
     database = as_str(tenant, "tenant_name") if tenant is not None else None
     if action == A.WRITE:
         objects = as_list(args.get("objects"), f"{where}.params.arguments.objects")
-        ids = [as_str(o.get("uuid"), "uuid") for o in objects
-               if isinstance(o, dict) and o.get("uuid") is not None]
-        return op(action, collection=collection, database=database, ids=ids,
-                  ids_known=len(ids) == len(objects), detail=f"mcp:{tool}")
-    return op(action, collection=collection, database=database,
-              ids_known=action != A.SEARCH, detail=f"mcp:{tool}")
+        ids = [
+            as_str(o.get("uuid"), "uuid")
+            for o in objects
+            if isinstance(o, dict) and o.get("uuid") is not None
+        ]
+        return op(
+            action,
+            collection=collection,
+            database=database,
+            ids=ids,
+            ids_known=len(ids) == len(objects),
+            detail=f"mcp:{tool}",
+        )
+    return op(
+        action,
+        collection=collection,
+        database=database,
+        ids_known=action != A.SEARCH,
+        detail=f"mcp:{tool}",
+    )
 
 
 def _mcp(req: HttpRequest, _p: Mapping[str, str]) -> Result:
@@ -381,16 +489,21 @@ def _mcp(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     msgs = body if isinstance(body, list) else [body]
     if not msgs:
         raise BadRequest("body is an empty JSON-RPC batch")
-    return Result([_mcp_message(m, f"body[{i}]" if isinstance(body, list) else "body")
-                   for i, m in enumerate(msgs)],
-                  user_data_paths=("result.content[].text", "result.structuredContent"))
+    return Result(
+        [
+            _mcp_message(m, f"body[{i}]" if isinstance(body, list) else "body")
+            for i, m in enumerate(msgs)
+        ],
+        user_data_paths=("result.content[].text", "result.structuredContent"),
+    )
 
 
 # --------------------------------------------------------------------------- table
 
 
-def _prefix(methods: str, prefix: str, handler: _Handler, depth: int = 4) -> list[Route[
-        HttpRequest]]:
+def _prefix(
+    methods: str, prefix: str, handler: _Handler, depth: int = 4
+) -> list[Route[HttpRequest]]:
     """``prefix`` and up to ``depth`` further segments."""
     out = [route(methods, prefix, handler)]
     tmpl = prefix
@@ -447,17 +560,28 @@ ROUTES: list[Route[HttpRequest]] = [
     route("PUT", _SC + "/shards/{shardName}", _schema_class(A.ADMIN, "update_shard")),
     route("GET", _SC + "/tenants", _schema_class(A.SCHEMA, "get_tenants")),
     route("POST|PUT", _SC + "/tenants", _schema_class(A.ADMIN, "tenants")),
-    route("DELETE", _SC + "/tenants", _schema_class(A.ADMIN, "delete_tenants",
-                                                    ids_known=False)),
+    route("DELETE", _SC + "/tenants", _schema_class(A.ADMIN, "delete_tenants", ids_known=False)),
     route("GET|HEAD", _SC + "/tenants/{tenantName}", _schema_class(A.SCHEMA, "get_tenant")),
-    route("PUT|DELETE|POST", _SC + "/properties/{propertyName}/index/{indexName}",
-          _schema_class(A.ADMIN, "property_index")),
-    route("POST", _SC + "/properties/{propertyName}/index/{indexName}/rebuild",
-          _schema_class(A.ADMIN, "property_index_rebuild")),
-    route("POST", _SC + "/properties/{propertyName}/index/{indexName}/cancel",
-          _schema_class(A.ADMIN, "property_index_cancel")),
-    route("PUT|DELETE|POST", _SC + "/vectors/{vectorIndexName}/index",
-          _schema_class(A.ADMIN, "vector_index")),
+    route(
+        "PUT|DELETE|POST",
+        _SC + "/properties/{propertyName}/index/{indexName}",
+        _schema_class(A.ADMIN, "property_index"),
+    ),
+    route(
+        "POST",
+        _SC + "/properties/{propertyName}/index/{indexName}/rebuild",
+        _schema_class(A.ADMIN, "property_index_rebuild"),
+    ),
+    route(
+        "POST",
+        _SC + "/properties/{propertyName}/index/{indexName}/cancel",
+        _schema_class(A.ADMIN, "property_index_cancel"),
+    ),
+    route(
+        "PUT|DELETE|POST",
+        _SC + "/vectors/{vectorIndexName}/index",
+        _schema_class(A.ADMIN, "vector_index"),
+    ),
     # aliases
     route("GET|POST", V + "/aliases", _alias),
     route("GET|PUT|DELETE", V + "/aliases/{aliasName}", _alias),

@@ -48,10 +48,16 @@ def _result_for(method: str, path: str, body: object) -> object:
         ("POST", r"/collections/[^/]+/points", []),
         ("POST", r"/collections/[^/]+/facet", {"hits": []}),
         ("POST", r"/collections/[^/]+/points/search/matrix/pairs", {"pairs": []}),
-        ("POST", r"/collections/[^/]+/points/search/matrix/offsets",
-         {"offsets_row": [], "offsets_col": [], "scores": [], "ids": []}),
-        ("POST", r"/collections/[^/]+/snapshots",
-         {"name": "s.snapshot", "creation_time": None, "size": 0}),
+        (
+            "POST",
+            r"/collections/[^/]+/points/search/matrix/offsets",
+            {"offsets_row": [], "offsets_col": [], "scores": [], "ids": []},
+        ),
+        (
+            "POST",
+            r"/collections/[^/]+/snapshots",
+            {"name": "s.snapshot", "creation_time": None, "size": 0},
+        ),
         ("GET", r"/collections/[^/]+/snapshots", []),
     ]
     for methods, pattern, result in rules:
@@ -72,20 +78,28 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else None
-        RECORDED.append({
-            "call": CURRENT_CALL["name"],
-            "method": self.command,
-            "path": url.path,
-            "query": parse_qsl(url.query, keep_blank_values=True),
-            "content_type": self.headers.get("content-type"),
-            "body": body,
-        })
+        RECORDED.append(
+            {
+                "call": CURRENT_CALL["name"],
+                "method": self.command,
+                "path": url.path,
+                "query": parse_qsl(url.query, keep_blank_values=True),
+                "content_type": self.headers.get("content-type"),
+                "body": body,
+            }
+        )
         if url.path == "/":
-            payload: object = {"title": "qdrant - vector search engine", "version": "1.19.0",
-                               "commit": "0" * 40}
+            payload: object = {
+                "title": "qdrant - vector search engine",
+                "version": "1.19.0",
+                "commit": "0" * 40,
+            }
         else:
-            payload = {"result": _result_for(self.command, url.path, body), "status": "ok",
-                       "time": 0}
+            payload = {
+                "result": _result_for(self.command, url.path, body),
+                "status": "ok",
+                "time": 0,
+            }
         data = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -103,59 +117,132 @@ def _calls(client, m):  # type: ignore[no-untyped-def]
     flt = m.Filter(must=[m.FieldCondition(key="tenant", match=m.MatchValue(value="t1"))])
     return [
         ("info", lambda: client.info()),
-        ("create_collection", lambda: client.create_collection(
-            "docs", vectors_config=m.VectorParams(size=2, distance=m.Distance.COSINE))),
+        (
+            "create_collection",
+            lambda: client.create_collection(
+                "docs", vectors_config=m.VectorParams(size=2, distance=m.Distance.COSINE)
+            ),
+        ),
         ("collection_exists", lambda: client.collection_exists("docs")),
         ("get_collections", lambda: client.get_collections()),
-        ("upsert_points", lambda: client.upsert("docs", points=[
-            m.PointStruct(id=1, vector=[0.1, 0.2], payload={"email": "a@x.io"}),
-            m.PointStruct(id="6b1b5c3e-6f0e-4b6a-9a57-3f3c8f0b2a11", vector=[0.3, 0.4]),
-        ])),
-        ("upsert_batch", lambda: client.upsert("docs", points=m.Batch(
-            ids=[2, 3], vectors=[[0.1, 0.2], [0.3, 0.4]]))),
-        ("query_points", lambda: client.query_points(
-            "docs", query=[0.1, 0.2], limit=3, with_payload=True)),
-        ("query_points_recommend", lambda: client.query_points(
-            "docs", query=m.RecommendQuery(recommend=m.RecommendInput(positive=[7])), limit=5,
-            lookup_from=m.LookupLocation(collection="archive"))),
-        ("query_points_prefetch", lambda: client.query_points(
-            "docs", prefetch=[m.Prefetch(query=[0.1, 0.2], filter=flt, limit=20)],
-            query=m.FusionQuery(fusion=m.Fusion.RRF), limit=4)),
-        ("query_batch_points", lambda: client.query_batch_points("docs", requests=[
-            m.QueryRequest(query=[0.1, 0.2], limit=2), m.QueryRequest(query=9, limit=2)])),
-        ("query_points_groups", lambda: client.query_points_groups(
-            "docs", group_by="doc_id", query=[0.1, 0.2], limit=2, group_size=3,
-            with_lookup="archive")),
+        (
+            "upsert_points",
+            lambda: client.upsert(
+                "docs",
+                points=[
+                    m.PointStruct(id=1, vector=[0.1, 0.2], payload={"email": "a@x.io"}),
+                    m.PointStruct(id="6b1b5c3e-6f0e-4b6a-9a57-3f3c8f0b2a11", vector=[0.3, 0.4]),
+                ],
+            ),
+        ),
+        (
+            "upsert_batch",
+            lambda: client.upsert(
+                "docs", points=m.Batch(ids=[2, 3], vectors=[[0.1, 0.2], [0.3, 0.4]])
+            ),
+        ),
+        (
+            "query_points",
+            lambda: client.query_points("docs", query=[0.1, 0.2], limit=3, with_payload=True),
+        ),
+        (
+            "query_points_recommend",
+            lambda: client.query_points(
+                "docs",
+                query=m.RecommendQuery(recommend=m.RecommendInput(positive=[7])),
+                limit=5,
+                lookup_from=m.LookupLocation(collection="archive"),
+            ),
+        ),
+        (
+            "query_points_prefetch",
+            lambda: client.query_points(
+                "docs",
+                prefetch=[m.Prefetch(query=[0.1, 0.2], filter=flt, limit=20)],
+                query=m.FusionQuery(fusion=m.Fusion.RRF),
+                limit=4,
+            ),
+        ),
+        (
+            "query_batch_points",
+            lambda: client.query_batch_points(
+                "docs",
+                requests=[
+                    m.QueryRequest(query=[0.1, 0.2], limit=2),
+                    m.QueryRequest(query=9, limit=2),
+                ],
+            ),
+        ),
+        (
+            "query_points_groups",
+            lambda: client.query_points_groups(
+                "docs",
+                group_by="doc_id",
+                query=[0.1, 0.2],
+                limit=2,
+                group_size=3,
+                with_lookup="archive",
+            ),
+        ),
         ("retrieve", lambda: client.retrieve("docs", ids=[1, 2], with_vectors=True)),
         ("scroll", lambda: client.scroll("docs", scroll_filter=flt, limit=10)),
-        ("count", lambda: client.count("docs", count_filter=m.Filter(
-            must=[m.HasIdCondition(has_id=[4, 5])]))),
+        (
+            "count",
+            lambda: client.count(
+                "docs", count_filter=m.Filter(must=[m.HasIdCondition(has_id=[4, 5])])
+            ),
+        ),
         ("facet", lambda: client.facet("docs", key="tenant")),
-        ("search_matrix_pairs", lambda: client.search_matrix_pairs("docs", sample=10,
-                                                                   limit=2)),
-        ("delete_by_filter", lambda: client.delete(
-            "docs", points_selector=m.FilterSelector(filter=flt))),
-        ("delete_by_ids", lambda: client.delete(
-            "docs", points_selector=m.PointIdsList(points=[1, 2]))),
+        ("search_matrix_pairs", lambda: client.search_matrix_pairs("docs", sample=10, limit=2)),
+        (
+            "delete_by_filter",
+            lambda: client.delete("docs", points_selector=m.FilterSelector(filter=flt)),
+        ),
+        (
+            "delete_by_ids",
+            lambda: client.delete("docs", points_selector=m.PointIdsList(points=[1, 2])),
+        ),
         ("set_payload", lambda: client.set_payload("docs", payload={"a": 1}, points=[1])),
-        ("overwrite_payload", lambda: client.overwrite_payload("docs", payload={"a": 1},
-                                                               points=[1])),
+        (
+            "overwrite_payload",
+            lambda: client.overwrite_payload("docs", payload={"a": 1}, points=[1]),
+        ),
         ("delete_payload", lambda: client.delete_payload("docs", keys=["a"], points=[1])),
         ("clear_payload", lambda: client.clear_payload("docs", points_selector=[1])),
-        ("update_vectors", lambda: client.update_vectors("docs", points=[
-            m.PointVectors(id=1, vector=[0.5, 0.6])])),
+        (
+            "update_vectors",
+            lambda: client.update_vectors("docs", points=[m.PointVectors(id=1, vector=[0.5, 0.6])]),
+        ),
         ("delete_vectors", lambda: client.delete_vectors("docs", vectors=[""], points=[1])),
-        ("batch_update_points", lambda: client.batch_update_points("docs", update_operations=[
-            m.UpsertOperation(upsert=m.PointsList(points=[
-                m.PointStruct(id=3, vector=[0.3, 0.4])])),
-            m.DeleteOperation(delete=m.PointIdsList(points=[1])),
-        ])),
-        ("create_payload_index", lambda: client.create_payload_index(
-            "docs", field_name="tenant", field_schema=m.PayloadSchemaType.KEYWORD)),
+        (
+            "batch_update_points",
+            lambda: client.batch_update_points(
+                "docs",
+                update_operations=[
+                    m.UpsertOperation(
+                        upsert=m.PointsList(points=[m.PointStruct(id=3, vector=[0.3, 0.4])])
+                    ),
+                    m.DeleteOperation(delete=m.PointIdsList(points=[1])),
+                ],
+            ),
+        ),
+        (
+            "create_payload_index",
+            lambda: client.create_payload_index(
+                "docs", field_name="tenant", field_schema=m.PayloadSchemaType.KEYWORD
+            ),
+        ),
         ("delete_payload_index", lambda: client.delete_payload_index("docs", "tenant")),
-        ("update_collection_aliases", lambda: client.update_collection_aliases(
-            change_aliases_operations=[m.CreateAliasOperation(
-                create_alias=m.CreateAlias(collection_name="docs", alias_name="current"))])),
+        (
+            "update_collection_aliases",
+            lambda: client.update_collection_aliases(
+                change_aliases_operations=[
+                    m.CreateAliasOperation(
+                        create_alias=m.CreateAlias(collection_name="docs", alias_name="current")
+                    )
+                ]
+            ),
+        ),
         ("create_snapshot", lambda: client.create_snapshot("docs")),
         ("list_snapshots", lambda: client.list_snapshots("docs")),
         ("delete_collection", lambda: client.delete_collection("docs")),
@@ -166,16 +253,16 @@ def main() -> int:
     try:
         from qdrant_client import QdrantClient, models
     except ImportError:
-        print("qdrant-client is not installed in this interpreter; see the docstring",
-              file=sys.stderr)
+        print(
+            "qdrant-client is not installed in this interpreter; see the docstring", file=sys.stderr
+        )
         return 2
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         port = server.server_address[1]
-        client = QdrantClient(url=f"http://127.0.0.1:{port}", check_compatibility=False,
-                              timeout=5)
+        client = QdrantClient(url=f"http://127.0.0.1:{port}", check_compatibility=False, timeout=5)
         for name, call in _calls(client, models):
             CURRENT_CALL["name"] = name
             call()
@@ -190,10 +277,10 @@ def main() -> int:
     except Exception:  # noqa: BLE001
         client_version = "unknown"
     FIXTURE.parent.mkdir(exist_ok=True)
-    FIXTURE.write_text(json.dumps({"qdrant_client_version": client_version,
-                                   "requests": RECORDED}, indent=1) + "\n")
-    print(f"recorded {len(RECORDED)} requests from qdrant-client {client_version} "
-          f"into {FIXTURE}")
+    FIXTURE.write_text(
+        json.dumps({"qdrant_client_version": client_version, "requests": RECORDED}, indent=1) + "\n"
+    )
+    print(f"recorded {len(RECORDED)} requests from qdrant-client {client_version} into {FIXTURE}")
     return 0
 
 

@@ -51,9 +51,14 @@ class Row:
             raw = self.body
         else:
             raw = json.dumps(self.body).encode()
-        return HttpRequest(method=self.method, path=self.path, host=self.host,
-                           query=tuple(self.query),
-                           headers={k.lower(): v for k, v in self.headers.items()}, body=raw)
+        return HttpRequest(
+            method=self.method,
+            path=self.path,
+            host=self.host,
+            query=tuple(self.query),
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=raw,
+        )
 
 
 def params(rows: Iterable[Row]) -> list[Any]:
