@@ -488,7 +488,7 @@ ROUTES: list[Route[_Ctx]] = [
     route(
         "GET",
         T + "/collections/{collection_name}",
-        _f(A.SCHEMA, "get_collection", coll="name", user_data=("metadata", "id")),
+        _f(A.SCHEMA, "get_collection", coll="name", user_data=("metadata",)),
     ),
     route(
         "DELETE",
@@ -547,7 +547,7 @@ V1_ROUTES: list[Route[_Ctx]] = [
     route(
         "GET",
         V1C + "/{collection_name}",
-        _f(A.SCHEMA, "get_collection", coll="name", user_data=("metadata", "id")),
+        _f(A.SCHEMA, "get_collection", coll="name", user_data=("metadata",)),
     ),
     route(
         "DELETE",

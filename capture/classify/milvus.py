@@ -444,7 +444,10 @@ ROUTES: list[Route[HttpRequest]] = [
         for a in _COLLECTION_SCHEMA
     ],
     *[
-        route("POST", f"{V2}/collections/{a}", _m(A.ADMIN, f"collections/{a}"))
+        # Dropping a collection removes every row: the ids are unknown.
+        route(
+            "POST", f"{V2}/collections/{a}", _m(A.ADMIN, f"collections/{a}", ids_known=a != "drop")
+        )
         for a in _COLLECTION_ADMIN
     ],
     route("POST", V2 + "/collections/rename", _rename),
@@ -457,7 +460,11 @@ ROUTES: list[Route[HttpRequest]] = [
         for a in ("list", "describe")
     ],
     *[
-        route("POST", f"{V2}/databases/{a}", _m(A.ADMIN, f"databases/{a}", coll=None))
+        route(
+            "POST",
+            f"{V2}/databases/{a}",
+            _m(A.ADMIN, f"databases/{a}", coll=None, ids_known=a != "drop"),
+        )
         for a in ("create", "drop", "alter", "alter_properties", "drop_properties")
     ],
     # partitions and indexes

@@ -351,7 +351,7 @@ ROUTES: list[Route[HttpRequest]] = [
     ),
     route("PUT", C, _h(A.ADMIN, "create_collection", collection="collection")),
     route("PATCH", C, _h(A.ADMIN, "update_collection", collection="collection")),
-    route("DELETE", C, _h(A.ADMIN, "delete_collection", collection="collection")),
+    route("DELETE", C, _h(A.ADMIN, "delete_collection", collection="collection", ids_known=False)),
     route("GET", f"{C}/aliases", _h(A.SCHEMA, "collection_aliases", collection="collection")),
     route("GET", f"{C}/exists", _h(A.SCHEMA, "collection_exists", collection="collection")),
     route("GET", f"{C}/cluster", _h(A.SCHEMA, "collection_cluster", collection="collection")),

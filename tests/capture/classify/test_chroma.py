@@ -81,7 +81,7 @@ V2 = [
         "GET",
         T + "/collections/docs",
         expect=[E("schema", "docs")],
-        user_data=["metadata", "id"],
+        user_data=["metadata"],
     ),
     R("delete by name", "DELETE", T + "/collections/docs", expect=[E("admin", "docs")]),
     R(
