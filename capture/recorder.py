@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,8 +54,17 @@ def _sha256(data: bytes) -> str:
 
 
 class Recorder:
-    def __init__(self, config: GatewayConfig, *, log_: EventLog | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        log_: EventLog | None = None,
+        policy_sha256: Callable[[], str] | None = None,
+    ) -> None:
         self.config = config
+        self._policy_sha256 = policy_sha256
+        #: called once GatewayStarted is durable (e.g. to record the active policy)
+        self.on_started: list[Callable[[], Awaitable[None]]] = []
         self._log = log_
         self._epoch = 0
         self.stamper = EventStamper(self._stream_id())
@@ -83,9 +92,11 @@ class Recorder:
             version=__version__,
             listen=[f"{r.listen_host}:{r.listen_port}" for r in self.config.routes],
             upstreams=[r.upstream for r in self.config.routes],
-            policy_sha256=None,
+            policy_sha256=self._policy_sha256() if self._policy_sha256 else None,
             pid=os.getpid(),
         )
+        for hook in self.on_started:
+            await hook()
         self._sweeper = asyncio.create_task(self._sweep_idle())
 
     async def done(self) -> None:

@@ -392,6 +392,130 @@ def up(
         out.print(f"  [dim]{info['not_yet']}[/]")
 
 
+# -- identity (dev issuer, tokens) and the gateway --------------------------------
+
+def _register_identity_commands() -> None:
+    from capture.identity_cli import dev_idp_command, token_command
+
+    app.command("dev-idp", help="Serve a local OIDC issuer for demos and tests (loopback only).")(
+        dev_idp_command
+    )
+    app.command("token", help="Print one access token from the dev issuer.")(token_command)
+
+
+_register_identity_commands()
+
+
+@app.command()
+def gateway(
+    upstream: Annotated[
+        list[str], typer.Option("--upstream", help="Upstream URL; repeat for several routes")
+    ],
+    listen: Annotated[
+        list[str], typer.Option("--listen", help="HOST:PORT per upstream, in the same order")
+    ],
+    policy: Annotated[Path, typer.Option("--policy", help="Policy YAML file")],
+    log: LogOpt = None,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option("--kind", help="qdrant|chroma|pinecone|weaviate|milvus|auto per upstream"),
+    ] = None,
+    issuer: Annotated[
+        str | None, typer.Option("--issuer", envvar="EMBEDGUARD_ISSUER", help="OIDC issuer URL")
+    ] = None,
+    audience: Annotated[
+        str | None,
+        typer.Option("--audience", envvar="EMBEDGUARD_AUDIENCE", help="Expected token audience"),
+    ] = None,
+    groups_claim: Annotated[str, typer.Option(help="Claim that lists the caller's groups")] = "groups",
+    credential_env: Annotated[
+        list[str] | None,
+        typer.Option("--credential-env", help="Env var holding the upstream API key, per upstream"),
+    ] = None,
+    credential_file: Annotated[
+        list[Path] | None,
+        typer.Option("--credential-file", help="File holding the upstream API key, per upstream"),
+    ] = None,
+    gateway_id: Annotated[str | None, typer.Option(help="Name of this gateway's stream")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate for client TLS")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for client TLS")] = None,
+    upstream_ca: Annotated[Path | None, typer.Option(help="CA bundle to verify upstreams")] = None,
+    upstream_insecure: Annotated[
+        bool, typer.Option(help="Do not verify upstream TLS (tests only)")
+    ] = False,
+    session_idle: Annotated[str, typer.Option(help="Idle gap that closes a session")] = "15m",
+    record_body_limit: Annotated[int, typer.Option(help="Bodies up to this size are recorded")] = 65536,
+    mask_hmac_key_env: Annotated[
+        str | None, typer.Option(help="Env var with the key for HMAC masking tokens")
+    ] = None,
+) -> None:
+    """Run the gateway: a mitmproxy reverse proxy with embedguard's addons."""
+    import logging
+
+    from pydantic import SecretStr, ValidationError
+
+    from capture import build_addons
+    from capture.config import ConfigError, GatewayConfig, Route, load_credential
+    from capture.gateway import run_gateway
+    from capture.identity_cli import parse_duration
+    from capture.recorder import default_gateway_id
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not issuer or not audience:
+        raise fail("the gateway needs --issuer and --audience (or EMBEDGUARD_ISSUER/_AUDIENCE)")
+    if len(listen) != len(upstream):
+        raise fail(f"give one --listen per --upstream ({len(upstream)} upstreams, {len(listen)} listens)")
+    kinds = kind or ["auto"] * len(upstream)
+    envs = credential_env or []
+    files = credential_file or []
+    if len(kinds) != len(upstream) or len(envs) > len(upstream) or len(files) > len(upstream):
+        raise fail("--kind, --credential-env and --credential-file go once per --upstream, in order")
+    if not policy.exists():
+        raise fail(f"policy file {policy} does not exist")
+    routes = []
+    try:
+        for i, (up, addr) in enumerate(zip(upstream, listen, strict=True)):
+            host, sep, port = addr.rpartition(":")
+            if not sep or not port.isdigit():
+                raise fail(f"--listen {addr!r} must be HOST:PORT")
+            cred, ref = load_credential(envs[i] if i < len(envs) else None,
+                                        files[i] if i < len(files) else None)
+            routes.append(Route(kind=kinds[i], upstream=up, listen_host=host or "127.0.0.1",
+                                listen_port=int(port), credential=cred, credential_ref=ref))
+        hmac_key = None
+        if mask_hmac_key_env:
+            import os
+
+            value = os.environ.get(mask_hmac_key_env)
+            if not value:
+                raise fail(f"environment variable {mask_hmac_key_env} is empty or unset")
+            hmac_key = SecretStr(value)
+        config = GatewayConfig(
+            routes=routes, policy_path=policy, log_url=log_url(log), issuer=issuer,
+            audience=audience, groups_claim=groups_claim,
+            gateway_id=gateway_id or default_gateway_id(),
+            session_idle_s=parse_duration(session_idle, option="--session-idle").total_seconds(),
+            record_body_limit=record_body_limit, mask_hmac_key=hmac_key, tls_cert=tls_cert,
+            tls_key=tls_key, upstream_ca=upstream_ca, upstream_insecure=upstream_insecure)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise fail(f"{loc}: {first['msg']}") from None
+
+    def ready() -> None:
+        for r in config.routes:
+            err.print(f"embedguard gateway {config.gateway_id}: http://{r.listen_host}:{r.listen_port}"
+                      f" → {r.upstream} ({r.kind})", highlight=False)
+
+    try:
+        addons = build_addons(config)
+    except (ConfigError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    run(lambda: run_gateway(config, addons, on_ready=ready))
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,162 @@
+"""Masker: the response as delivered is the masked one.
+
+Runs in the response hook before the recorder. Applies the policy's masking
+obligations (placed on the flow by the enforcer as a MaskPlan), strips vectors,
+collects the point ids in the response for lineage, and notes product-level
+errors (Milvus answers errors as HTTP 200 with a non-zero ``code``). The
+original body's hash is kept so the record proves what the upstream said.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mitmproxy import http
+
+from capture.masking import MaskingError, mask_document
+from capture.state import FlowState, error_response, state_of
+
+__all__ = ["MaskPlan", "Masker", "extract_ids"]
+
+log = logging.getLogger("embedguard.masker")
+PLAN_KEY = "mask_plan"
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    detectors: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+    field_paths: tuple[str, ...] = ()
+    extra_paths: tuple[str, ...] = ()
+    mode: Literal["placeholder", "hmac"] = "placeholder"
+    strip_vectors: bool = False
+    user_data_paths: tuple[str, ...] = field(default=())
+
+    @property
+    def active(self) -> bool:
+        return bool(self.detectors or self.fields or self.field_paths or self.strip_vectors)
+
+
+def _walk(doc: Any, steps: Sequence[str]) -> Iterator[Any]:
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        node, i = stack.pop()
+        if i == len(steps):
+            yield node
+            continue
+        step = steps[i]
+        if step == "[]":
+            if isinstance(node, list):
+                stack.extend((x, i + 1) for x in reversed(node))
+        elif step == "{*}":
+            if isinstance(node, dict):
+                stack.extend((x, i + 1) for x in reversed(list(node.values())))
+        elif isinstance(node, dict) and step in node:
+            stack.append((node[step], i + 1))
+
+
+def extract_ids(doc: Any, paths: Sequence[str], limit: int = 10_000) -> list[str]:
+    """Point ids found at ``paths`` (dotted, with [] and {*}), as strings."""
+    out: list[str] = []
+    for path in paths:
+        for value in _walk(doc, _steps_of(path)):
+            if isinstance(value, list):
+                out.extend(str(v) for v in value if isinstance(v, str | int) and not isinstance(v, bool))
+            elif isinstance(value, str | int) and not isinstance(value, bool):
+                out.append(str(value))
+            if len(out) >= limit:
+                return out[:limit]
+    return out
+
+
+def _steps_of(path: str) -> list[str]:
+    """``result.points[].id`` -> ``["result", "points", "[]", "id"]``."""
+    steps: list[str] = []
+    i = 0
+    name = ""
+    while i < len(path):
+        if path.startswith("[]", i) or path.startswith("{*}", i):
+            if name:
+                steps.append(name)
+                name = ""
+            tok = "[]" if path.startswith("[]", i) else "{*}"
+            steps.append(tok)
+            i += len(tok)
+        elif path[i] == ".":
+            if name:
+                steps.append(name)
+            name = ""
+            i += 1
+        else:
+            name += path[i]
+            i += 1
+    if name:
+        steps.append(name)
+    return steps
+
+
+class Masker:
+    def __init__(self, hmac_key: bytes | None = None) -> None:
+        self.hmac_key = hmac_key
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        st = state_of(flow)
+        if st is None or not st.forwarded or flow.response is None:
+            return
+        resp = flow.response
+        raw = resp.get_content(strict=False) or b""
+        st.extra["original_body_sha256"] = hashlib.sha256(raw).hexdigest()
+        cls = st.classification
+        plan: MaskPlan | None = st.extra.get(PLAN_KEY)
+        ctype = resp.headers.get("content-type", "")
+        if not raw or ("json" not in ctype and not raw.lstrip()[:1] in (b"{", b"[")):
+            if plan is not None and plan.active and raw:
+                # A policy that masks cannot be honoured on a body we cannot read:
+                # fail closed rather than deliver unmasked data.
+                self._withhold(flow, st, f"response is {ctype or 'untyped'}, not JSON")
+            return
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError):
+            if plan is not None and plan.active:
+                self._withhold(flow, st, "response body is not valid JSON")
+            return
+        if cls is not None:
+            st.extra["result_ids"] = extract_ids(doc, cls.response_ids)
+            if cls.product == "milvus" and isinstance(doc, dict):
+                code = doc.get("code")
+                if isinstance(code, int) and code != 0:
+                    st.extra["upstream_error"] = f"milvus code {code}: {str(doc.get('message'))[:300]}"
+        if plan is None or not plan.active:
+            return
+        try:
+            result = mask_document(
+                doc,
+                paths=[*plan.user_data_paths, *plan.extra_paths],
+                detectors=plan.detectors,
+                fields=plan.fields,
+                field_paths=plan.field_paths,
+                strip_vector_paths=list(cls.vector_paths) if (plan.strip_vectors and cls) else [],
+                id_paths=list(cls.response_ids) if cls else [],
+                mode=plan.mode,
+                hmac_key=self.hmac_key,
+            )
+        except MaskingError as exc:
+            log.error("masking obligation cannot be applied to %s: %s", st.request_id, exc)
+            self._withhold(flow, st, "the masking obligation is misconfigured")
+            return
+        if result.masked_fields:
+            resp.set_content(json.dumps(result.doc, separators=(",", ":")).encode())
+            st.extra["masked_fields"] = result.masked_fields
+
+    @staticmethod
+    def _withhold(flow: http.HTTPFlow, st: FlowState, why: str) -> None:
+        flow.response = error_response(
+            502, "masking_failed",
+            f"the policy requires masking this response, but {why}; it was withheld",
+            st.request_id)

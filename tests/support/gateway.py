@@ -1,0 +1,74 @@
+"""Start a real `embedguard gateway` process for end-to-end tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.services import free_port, wait_for_port
+
+__all__ = ["GatewayProcess", "UPSTREAM_SECRET", "gateway_process"]
+
+#: The upstream API key the gateway holds. Tests grep events, logs and
+#: responses for it: it must never appear.
+UPSTREAM_SECRET = "eg-upstream-secret-7f3a9c1d2b"
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    port: int
+    log_url: str
+    stderr_path: Path
+    proc: subprocess.Popen[bytes]
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def gateway_process(
+    tmp: Path,
+    *,
+    upstream: str,
+    kind: str,
+    policy: Path,
+    issuer: str,
+    log_url: str | None = None,
+    audience: str = "embedguard",
+    extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[GatewayProcess]:
+    port = free_port()
+    log_url = log_url or f"sqlite:{tmp / 'events.db'}"
+    stderr_path = tmp / f"gateway-{port}.log"
+    args = [
+        sys.executable, "-m", "embedguard.cli", "gateway",
+        "--upstream", upstream, "--listen", f"127.0.0.1:{port}", "--kind", kind,
+        "--policy", str(policy), "--log", log_url, "--issuer", issuer, "--audience", audience,
+        "--credential-env", "EG_TEST_UPSTREAM_KEY", "--gateway-id", f"gw-test-{port}",
+        *(extra_args or []),
+    ]
+    with open(stderr_path, "wb") as errf:
+        proc = subprocess.Popen(
+            args, stdout=errf, stderr=subprocess.STDOUT,
+            env={**os.environ, "EG_TEST_UPSTREAM_KEY": UPSTREAM_SECRET, **(env or {})},
+        )
+        try:
+            try:
+                wait_for_port(port, proc=proc, timeout=60)
+            except Exception:
+                raise RuntimeError(f"gateway did not start:\n{stderr_path.read_text()[-3000:]}") from None
+            yield GatewayProcess(f"http://127.0.0.1:{port}", port, log_url, stderr_path, proc)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
