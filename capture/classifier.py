@@ -17,7 +17,7 @@ from mitmproxy import http
 
 from capture.classify import chroma_collection_refs, classify, detect_product
 from capture.config import CREDENTIAL_HEADERS, GatewayConfig, Route
-from capture.state import block, state_of
+from capture.state import block, fail_closed, state_of
 from capture.types import HttpRequest, Product
 
 __all__ = ["Classifier", "ChromaNames"]
@@ -103,6 +103,7 @@ class Classifier:
     async def done(self) -> None:
         await self.chroma.close()
 
+    @fail_closed("classify")
     async def request(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or flow.response is not None:

@@ -11,7 +11,7 @@ from mitmproxy import http
 
 from capture.config import CREDENTIAL_HEADERS
 from capture.redact import is_secret_header
-from capture.state import state_of
+from capture.state import fail_closed, state_of
 
 __all__ = ["Credentials", "strip_client_credentials"]
 
@@ -25,6 +25,7 @@ def strip_client_credentials(headers: http.Headers) -> list[str]:
 
 
 class Credentials:
+    @fail_closed("upstream")
     def request(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or flow.response is not None:

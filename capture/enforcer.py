@@ -30,7 +30,7 @@ from capture.policy import (
     load_policy,
     policy_diff,
 )
-from capture.state import block, state_of
+from capture.state import block, fail_closed, state_of
 
 __all__ = ["Enforcer"]
 
@@ -108,6 +108,7 @@ class Enforcer:
         )
 
     # -- decisions ----------------------------------------------------------------
+    @fail_closed("policy")
     def request(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or flow.response is not None or st.identity is None:

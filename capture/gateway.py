@@ -67,8 +67,10 @@ async def run_gateway(
     addons: Sequence[object],
     *,
     on_ready: Callable[[], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM. ``addons`` are the embedguard addons in order."""
+    """Serve until SIGINT/SIGTERM (or ``stop`` is set). ``addons`` are the
+    embedguard addons in order."""
     with tempfile.TemporaryDirectory(prefix="embedguard-mitm-") as tmp:
         m = build_master(config, addons, Path(tmp))
         loop = asyncio.get_running_loop()
@@ -82,11 +84,23 @@ async def run_gateway(
                 if ps is not None and ps.servers and all(s.is_running for s in ps.servers):
                     break
                 await asyncio.sleep(0.05)
+            # ... and every addon that opens something (the audit log) is ready.
+            for addon in addons:
+                started = getattr(addon, "started", None)
+                if isinstance(started, asyncio.Event):
+                    await started.wait()
             if on_ready:
                 on_ready()
 
+        async def _stop_on_event() -> None:
+            if stop is not None:
+                await stop.wait()
+                m.shutdown()
+
         ready_task = asyncio.create_task(_ready())
+        stop_task = asyncio.create_task(_stop_on_event())
         try:
             await m.run()
         finally:
             ready_task.cancel()
+            stop_task.cancel()

@@ -12,7 +12,7 @@ from mitmproxy import http
 from capture.config import GatewayConfig
 from capture.dpop import AuthError
 from capture.oidc import OidcVerifier
-from capture.state import block, state_of
+from capture.state import block, fail_closed, state_of
 
 __all__ = ["IdentityCheck"]
 
@@ -35,6 +35,7 @@ class IdentityCheck:
     async def done(self) -> None:
         await self.verifier.aclose()
 
+    @fail_closed("identity")
     async def request(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or flow.response is not None:

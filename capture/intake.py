@@ -9,7 +9,7 @@ import logging
 from mitmproxy import http
 
 from capture.config import GatewayConfig, Route
-from capture.state import KEY, REQUEST_ID_HEADER, FlowState, block, state_of
+from capture.state import KEY, REQUEST_ID_HEADER, FlowState, block, fail_closed, state_of
 
 __all__ = ["Intake"]
 
@@ -28,6 +28,7 @@ class Intake:
             route = next(iter(self._routes.values()))
         return route
 
+    @fail_closed("classify")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         route = self.route_for(flow)
         if route is None:  # a listener we did not configure: refuse, never guess
@@ -42,6 +43,7 @@ class Intake:
         st.extra["client_headers"] = list(flow.request.headers.items(multi=True))
         flow.metadata[KEY] = st
 
+    @fail_closed("classify")
     def request(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or flow.response is not None:

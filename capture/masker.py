@@ -19,7 +19,7 @@ from typing import Any, Literal
 from mitmproxy import http
 
 from capture.masking import MaskingError, mask_document
-from capture.state import FlowState, error_response, state_of
+from capture.state import FlowState, error_response, fail_closed, state_of
 
 __all__ = ["MaskPlan", "Masker", "extract_ids"]
 
@@ -66,7 +66,8 @@ def extract_ids(doc: Any, paths: Sequence[str], limit: int = 10_000) -> list[str
     for path in paths:
         for value in _walk(doc, _steps_of(path)):
             if isinstance(value, list):
-                out.extend(str(v) for v in value if isinstance(v, str | int) and not isinstance(v, bool))
+                out.extend(str(v) for v in value
+                           if isinstance(v, str | int) and not isinstance(v, bool))
             elif isinstance(value, str | int) and not isinstance(value, bool):
                 out.append(str(value))
             if len(out) >= limit:
@@ -104,6 +105,7 @@ class Masker:
     def __init__(self, hmac_key: bytes | None = None) -> None:
         self.hmac_key = hmac_key
 
+    @fail_closed("upstream")
     def response(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or not st.forwarded or flow.response is None:
@@ -114,7 +116,7 @@ class Masker:
         cls = st.classification
         plan: MaskPlan | None = st.extra.get(PLAN_KEY)
         ctype = resp.headers.get("content-type", "")
-        if not raw or ("json" not in ctype and not raw.lstrip()[:1] in (b"{", b"[")):
+        if not raw or ("json" not in ctype and raw.lstrip()[:1] not in (b"{", b"[")):
             if plan is not None and plan.active and raw:
                 # A policy that masks cannot be honoured on a body we cannot read:
                 # fail closed rather than deliver unmasked data.
@@ -131,7 +133,8 @@ class Masker:
             if cls.product == "milvus" and isinstance(doc, dict):
                 code = doc.get("code")
                 if isinstance(code, int) and code != 0:
-                    st.extra["upstream_error"] = f"milvus code {code}: {str(doc.get('message'))[:300]}"
+                    message = str(doc.get("message"))[:300]
+                    st.extra["upstream_error"] = f"milvus code {code}: {message}"
         if plan is None or not plan.active:
             return
         try:

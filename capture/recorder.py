@@ -22,7 +22,7 @@ from mitmproxy import http
 from capture.config import GatewayConfig
 from capture.redact import redact_headers
 from capture.sessions import SESSION_HEADER, Session, SessionTracker
-from capture.state import FlowState, block, error_response, state_of
+from capture.state import FlowState, block, error_response, fail_closed, state_of
 from embedguard import __version__
 from pipeline.events import EventPublisher
 from pipeline.transport import EventLog, EventLogError, open_log
@@ -65,6 +65,8 @@ class Recorder:
         self._policy_sha256 = policy_sha256
         #: called once GatewayStarted is durable (e.g. to record the active policy)
         self.on_started: list[Callable[[], Awaitable[None]]] = []
+        #: set once the log is open and GatewayStarted is durable
+        self.started = asyncio.Event()
         self._log = log_
         self._epoch = 0
         self.stamper = EventStamper(self._stream_id())
@@ -97,6 +99,7 @@ class Recorder:
         )
         for hook in self.on_started:
             await hook()
+        self.started.set()
         self._sweeper = asyncio.create_task(self._sweep_idle())
 
     async def done(self) -> None:
@@ -154,10 +157,23 @@ class Recorder:
         return ev
 
     # -- hooks ------------------------------------------------------------------
+    @fail_closed("log")
     async def request(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
-        if st is None:
+        if st is None:  # never forward what the chain did not see
+            flow.response = error_response(500, "internal_error",
+                                           "the request was not checked; it was not forwarded", "-")
             return
+        if not self.started.is_set():
+            st.forwarded = False
+            block(flow, st, 503, "gateway_starting",
+                  "the gateway is still opening its audit log; retry in a moment", "log")
+            return
+        if st.blocked is None and (st.identity is None or st.classification is None
+                                   or st.decision is None or st.decision.outcome != "allow"):
+            # Defence in depth: only a request every check allowed goes upstream.
+            block(flow, st, 500, "internal_error",
+                  "the request was not fully checked; it was not forwarded", "policy")
         events = self._request_events(flow, st)
         try:
             await self.append(events)
@@ -175,6 +191,7 @@ class Recorder:
             return
         st.forwarded = st.blocked is None
 
+    @fail_closed("log")
     async def response(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or not st.forwarded or flow.response is None:

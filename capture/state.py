@@ -5,11 +5,15 @@ Each addon fills in its part; the recorder turns the whole into events.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mitmproxy import http
 from uuid6 import uuid7
@@ -20,7 +24,7 @@ if TYPE_CHECKING:
     from capture.config import Route
     from capture.policy import Decision
 
-__all__ = ["Blocked", "FlowState", "block", "state_of"]
+__all__ = ["Blocked", "FlowState", "block", "error_response", "fail_closed", "state_of"]
 
 KEY = "embedguard"
 REQUEST_ID_HEADER = "x-embedguard-request-id"
@@ -81,3 +85,56 @@ def block(
     """Refuse the flow: nothing goes upstream, the client gets a clear JSON error."""
     st.blocked = Blocked(status, error, reason, stage)
     flow.response = error_response(status, error, reason, st.request_id)
+
+
+_log = logging.getLogger("embedguard.failclosed")
+
+Hook = TypeVar("Hook", bound=Callable[..., Any])
+
+
+def fail_closed(stage: str) -> Callable[[Hook], Hook]:
+    """Wrap an addon hook so that any exception refuses the flow.
+
+    mitmproxy logs an addon's exception and carries on with the flow, which
+    for a gateway would mean forwarding a request that was never checked or
+    recorded. With this wrapper the client gets a 500 JSON error instead, and
+    the flow is marked blocked so no later hook forwards it.
+    """
+
+    def wrap(fn: Hook) -> Hook:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_hook(self: Any, flow: http.HTTPFlow) -> None:
+                try:
+                    await fn(self, flow)
+                except Exception:  # noqa: BLE001 - fail closed, whatever happened
+                    _refuse(flow, stage)
+
+            return async_hook  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def hook(self: Any, flow: http.HTTPFlow) -> None:
+            try:
+                fn(self, flow)
+            except Exception:  # noqa: BLE001 - fail closed, whatever happened
+                _refuse(flow, stage)
+
+        return hook  # type: ignore[return-value]
+
+    return wrap
+
+
+def _refuse(flow: http.HTTPFlow, stage: str) -> None:
+    st = state_of(flow)
+    rid = st.request_id if st else str(uuid7())
+    _log.exception("internal error in %s for request %s; refused", stage, rid)
+    reason = "the gateway failed while checking this request; it was not forwarded"
+    if st is not None:
+        st.forwarded = False
+        block(flow, st, 500, "internal_error", reason, stage if stage in _STAGES else "upstream")
+    else:
+        flow.response = error_response(500, "internal_error", reason, rid)
+
+
+_STAGES = frozenset({"identity", "classify", "policy", "approval", "log", "upstream"})

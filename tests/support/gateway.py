@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +61,13 @@ def gateway_process(
             env={**os.environ, "EG_TEST_UPSTREAM_KEY": UPSTREAM_SECRET, **(env or {})},
         )
         try:
-            try:
-                wait_for_port(port, proc=proc, timeout=60)
-            except Exception:
-                raise RuntimeError(f"gateway did not start:\n{stderr_path.read_text()[-3000:]}") from None
+            deadline = time.monotonic() + 60
+            # ready = listening *and* the audit log is open (the CLI prints the route then)
+            while f"embedguard gateway gw-test-{port}" not in stderr_path.read_text(errors="replace"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gateway did not start:\n{stderr_path.read_text()[-3000:]}")
+                time.sleep(0.05)
+            wait_for_port(port, proc=proc, timeout=10)
             yield GatewayProcess(f"http://127.0.0.1:{port}", port, log_url, stderr_path, proc)
         finally:
             proc.terminate()

@@ -1,0 +1,603 @@
+"""Response masking: redact user data in a JSON document by path, by field name
+and by detector, and strip vectors.
+
+Pure: a parsed JSON value in, a new JSON value plus the list of what was masked
+out. No I/O, no clock. The input is never modified; the output shares every
+unmodified sub-object with it.
+
+Paths
+-----
+A path uses the dotted syntax of ``shared/vector-db-apis.md``::
+
+    path  := step+            e.g.  result.points[].payload, data.Get.{*}[]
+    step  := name | "." name | "[]" | "{*}" | ".{*}"
+
+``name`` selects a key of an object (any characters except ``. [ ] { }``),
+``[]`` every element of an array, ``{*}`` every value of an object (a map).
+A path may start with ``[]`` or ``{*}`` when the document itself is an array or
+a map. A step that does not fit the document (a missing key, an array where an
+object was expected) selects nothing; a document never makes masking fail.
+
+What each argument does
+-----------------------
+``paths`` -- *user-data roots* (the classifier's ``user_data_paths``, such as
+``result.points[].payload``, ``metadatas[][]``, ``documents[][]``, plus any the
+policy adds). At and below each location the value is *scanned*:
+
+* every string (at any depth; object keys are never touched) has each detector
+  hit replaced in place: ``"mail a@x.io"`` becomes ``"mail [MASKED:email]"``;
+* every object entry whose key is one of ``fields`` (compared case-insensitively,
+  at any depth, including the location's own key) is replaced as a whole;
+* numbers, booleans and null are left alone by detectors (a 13-digit
+  millisecond timestamp must not become a "card"); mask them by field name.
+
+``fields`` -- key names whose whole value is masked wherever they occur under a
+root (kind ``field``). ``field_paths`` -- absolute paths whose whole value is
+masked (kind ``field``), e.g. Milvus ``data[].email``. ``strip_vector_paths`` --
+absolute paths whose value is replaced by ``null`` (kind ``vector``); the key is
+kept, so typed clients that expect the field still parse the response.
+
+Ids are never masked: values under the keys ``id``, ``_id`` and ``ids`` inside a
+root are skipped, and no edit is made at or below a location named by
+``id_paths`` (the classifier's ``response_ids``). A whole-value mask or strip
+that a policy places on a container *above* an id replaces that container; that
+is the policy author's explicit choice.
+
+When edits overlap, a strip beats a whole-value mask, which beats a detector
+replacement, and an edit of a container replaces any edit inside it.
+
+Placeholders
+------------
+``placeholder`` mode writes ``[MASKED:<kind>]``. ``hmac`` mode writes
+``[HMAC:<kind>:<16 hex>]``: the first 16 hex digits of
+HMAC-SHA256(key, ``<kind>:<normalised value>``), so equal values give equal
+tokens (joinable) and nobody without the key can confirm a guess. Values are
+normalised before hashing so that formatting does not break joins: e-mail
+addresses are case-folded, phone, card and numeric ids keep only their digits,
+alphanumeric ids are upper-cased without separators, and whole field values use
+their canonical JSON (strings as themselves). The key must be at least 16 bytes.
+
+Detectors
+---------
+``email``        local@domain.tld (Unicode letters allowed).
+``phone``        international ``+CC ...`` with 7-15 digits; North American
+                 ``(415) 555-2671`` / ``415-555-2671`` / ``415.555.2671`` with
+                 optional leading ``1`` (area code 2-9); trunk-prefixed national
+                 numbers such as ``020 7946 0958`` or ``01 23 45 67 89`` (0 then
+                 1-9, separated groups, 9-11 digits). Bare digit runs are never phones.
+``card``         13-19 digits, optionally separated by single spaces or hyphens,
+                 passing the Luhn check and starting with 2-6 (the issuer ranges
+                 of Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay).
+``national_id``  US SSN ``123-45-6789`` (hyphenated, valid area/group/serial);
+                 UK National Insurance number ``AB 12 34 56 C``; Canadian SIN
+                 ``046 454 286`` (separated, Luhn-valid).
+
+Everything is iterative, so arbitrarily deep documents cannot exhaust the
+Python stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac as _hmac
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeAlias
+
+from schemas.models import MaskedField
+
+__all__ = [
+    "DETECTORS",
+    "Detector",
+    "MaskMode",
+    "MaskResult",
+    "MaskingError",
+    "Span",
+    "detect",
+    "mask_document",
+    "mask_text",
+    "parse_path",
+    "render_path",
+]
+
+Detector = Literal["email", "phone", "card", "national_id"]
+MaskMode = Literal["placeholder", "hmac"]
+#: Detector names, in the order that breaks ties between equal overlapping hits.
+DETECTORS: Final[tuple[Detector, ...]] = ("email", "card", "national_id", "phone")
+MIN_HMAC_KEY_BYTES: Final = 16
+
+#: One step of a parsed path: a key name, ``[]`` (each element) or ``{*}`` (each value).
+Step: TypeAlias = str
+EACH_ELEMENT: Final = "[]"
+EACH_VALUE: Final = "{*}"
+#: A concrete location: object keys (str) and array indexes (int).
+Address: TypeAlias = tuple[str | int, ...]
+
+_ID_KEYS: Final = frozenset({"id", "_id", "ids"})
+
+
+class MaskingError(ValueError):
+    """The masking arguments are wrong (never raised because of a document)."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """A detector hit in a string: ``text[start:end]`` is a ``kind``."""
+
+    start: int
+    end: int
+    kind: Detector
+
+
+@dataclass
+class MaskResult:
+    """The masked document and every field that was changed."""
+
+    doc: Any
+    masked_fields: list[MaskedField] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- paths
+
+_STEP = re.compile(r"\[\]|\.?\{\*\}|\.?([^.\[\]{}]+)")
+
+
+def parse_path(path: str) -> tuple[Step, ...]:
+    """``"result.points[].payload"`` -> ``("result", "points", "[]", "payload")``."""
+    if not isinstance(path, str) or not path:
+        raise MaskingError(f"empty path {path!r} — name at least one key, [] or {{*}}")
+    steps: list[Step] = []
+    pos = 0
+    while pos < len(path):
+        m = _STEP.match(path, pos)
+        if m is None or (m.group(0).startswith(".") and pos == 0):
+            raise MaskingError(
+                f"bad path {path!r} at character {pos + 1} — use key.key, [] for each "
+                "element and {*} for each map value, e.g. result.points[].payload"
+            )
+        steps.append(m.group(1) if m.group(1) is not None else m.group(0).lstrip("."))
+        pos = m.end()
+    return tuple(steps)
+
+
+_SIMPLE_KEY = re.compile(r"[A-Za-z_$][A-Za-z0-9_$-]*")
+
+
+def render_path(address: Iterable[str | int]) -> str:
+    """A concrete address as text: ``result.points[0].payload.email``; keys that
+    are not simple identifiers are quoted: ``vectors["v-1.a"]``."""
+    out: list[str] = []
+    for comp in address:
+        if isinstance(comp, int):
+            out.append(f"[{comp}]")
+        elif _SIMPLE_KEY.fullmatch(comp):
+            out.append(f".{comp}" if out else comp)
+        else:
+            out.append(f"[{json.dumps(comp, ensure_ascii=False)}]")
+    return "".join(out)
+
+
+# A location is carried as a cons cell (parent, component) so that walking a
+# deep document costs O(1) per step instead of copying ever-longer tuples.
+_Link: TypeAlias = "tuple[_Link, str | int] | None"
+
+
+def _address(link: _Link) -> Address:
+    comps: list[str | int] = []
+    while link is not None:
+        link, comp = link
+        comps.append(comp)
+    comps.reverse()
+    return tuple(comps)
+
+
+def _last(link: _Link) -> str | int | None:
+    return None if link is None else link[1]
+
+
+def _resolve(doc: Any, steps: Sequence[Step]) -> list[tuple[_Link, Any]]:
+    current: list[tuple[_Link, Any]] = [(None, doc)]
+    for step in steps:
+        nxt: list[tuple[_Link, Any]] = []
+        for link, value in current:
+            if step == EACH_ELEMENT:
+                if isinstance(value, list):
+                    nxt.extend(((link, i), v) for i, v in enumerate(value))
+            elif step == EACH_VALUE:
+                if isinstance(value, dict):
+                    nxt.extend(((link, k), v) for k, v in value.items())
+            elif isinstance(value, dict) and step in value:
+                nxt.append(((link, step), value[step]))
+        current = nxt
+    return current
+
+
+# ----------------------------------------------------------------------- detectors
+
+_EMAIL = re.compile(
+    r"(?<![\w.!#$%&'*+/=?^`{|}~-])[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}"
+)
+_PHONE_INTL = re.compile(r"(?<![\w+])\+(?:[ .\-()]{0,2}\d){7,15}(?![\d])")
+_PHONE_NANP = re.compile(
+    r"(?<![\w+.\-])(?:1[ .\-]?)?(?:\([2-9]\d{2}\)[ .\-]?|[2-9]\d{2}[ .\-])"
+    r"\d{3}[ .\-]\d{4}(?![\w\-]|\.\d)"
+)
+_PHONE_TRUNK = re.compile(r"(?<![\w+.\-])0[1-9]\d{0,3}(?:[ \-]\d{2,8}){1,4}(?![\w\-]|\.\d)")
+_DIGIT_RUN = re.compile(r"(?<![\d])\d+(?:[ \-]\d+)*")
+_SSN = re.compile(r"(?<![\w\-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w\-])")
+_NINO = re.compile(
+    r"(?<![\w])(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
+    r" ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![\w])"
+)
+_SIN = re.compile(r"(?<![\w\-])[0-79]\d{2}[ \-]\d{3}[ \-]\d{3}(?![\w\-])")
+_NON_DIGIT = re.compile(r"\D")
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _digits(text: str) -> str:
+    return _NON_DIGIT.sub("", text)
+
+
+def _find_email(text: str) -> Iterator[tuple[int, int]]:
+    if "@" in text:
+        for m in _EMAIL.finditer(text):
+            yield m.start(), m.end()
+
+
+def _find_phone(text: str) -> Iterator[tuple[int, int]]:
+    if "+" in text:
+        for m in _PHONE_INTL.finditer(text):
+            digits = _digits(m.group(0))
+            if digits[0] != "0" and 7 <= len(digits) <= 15:
+                yield m.start(), m.end()
+    for m in _PHONE_NANP.finditer(text):
+        yield m.start(), m.end()
+    for m in _PHONE_TRUNK.finditer(text):
+        if 9 <= len(_digits(m.group(0))) <= 11:
+            yield m.start(), m.end()
+
+
+def _find_card(text: str) -> Iterator[tuple[int, int]]:
+    # A card is one group of 13-19 digits, or several groups of at least 3
+    # digits (4-4-4-4, 4-6-5, 4-4-4-4-3) joined by single separators. Trying
+    # only those keeps the work per group constant on adversarial digit soup.
+    for run in _DIGIT_RUN.finditer(text):
+        groups = [(g.start(), g.end()) for g in re.finditer(r"\d+", run.group(0))]
+        base = run.start()
+        i = 0
+        while i < len(groups):
+            best: tuple[int, int] | None = None
+            gi_start, gi_end = groups[i]
+            if text[base + gi_start] in "23456":
+                digits = ""
+                for j in range(i, len(groups)):
+                    g_start, g_end = groups[j]
+                    if g_end - g_start < 3 and j > i:
+                        break
+                    digits += text[base + g_start : base + g_end]
+                    if len(digits) > 19 or (g_end - g_start < 3):
+                        break
+                    if len(digits) >= 13 and _luhn(digits):
+                        best = (base + gi_start, base + g_end)
+            if best is not None:
+                yield best
+                while i < len(groups) and base + groups[i][0] < best[1]:
+                    i += 1
+            else:
+                i += 1
+
+
+def _find_national_id(text: str) -> Iterator[tuple[int, int]]:
+    if "-" in text:
+        for m in _SSN.finditer(text):
+            yield m.start(), m.end()
+    for m in _NINO.finditer(text):
+        yield m.start(), m.end()
+    for m in _SIN.finditer(text):
+        if _luhn(_digits(m.group(0))):
+            yield m.start(), m.end()
+
+
+_FINDERS: Final[dict[Detector, Callable[[str], Iterator[tuple[int, int]]]]] = {
+    "email": _find_email,
+    "card": _find_card,
+    "national_id": _find_national_id,
+    "phone": _find_phone,
+}
+
+
+def detect(text: str, detectors: Iterable[str]) -> list[Span]:
+    """Non-overlapping detector hits in ``text``, left to right. Where hits
+    overlap, the earliest wins, then the longest, then the order of DETECTORS."""
+    wanted = _check_detectors(detectors)
+    hits: list[tuple[int, int, int, Detector]] = []
+    for rank, kind in enumerate(DETECTORS):
+        if kind in wanted:
+            hits.extend((s, -(e - s), rank, kind) for s, e in _FINDERS[kind](text))
+    hits.sort()
+    spans: list[Span] = []
+    end = 0
+    for s, neg_len, _, kind in hits:
+        if s >= end:
+            spans.append(Span(s, s - neg_len, kind))
+            end = s - neg_len
+    return spans
+
+
+def _check_detectors(detectors: Iterable[str]) -> frozenset[str]:
+    wanted = frozenset(detectors)
+    unknown = wanted - set(DETECTORS)
+    if unknown:
+        raise MaskingError(
+            f"unknown detector(s) {', '.join(sorted(unknown))} — use {', '.join(DETECTORS)}"
+        )
+    return wanted
+
+
+# ---------------------------------------------------------------------- replacing
+
+
+def _normalise(kind: str, value: str) -> str:
+    if kind == "email":
+        return value.casefold()
+    if kind in ("phone", "card"):
+        return _digits(value)
+    if kind == "national_id":
+        return re.sub(r"[^0-9A-Za-z]", "", value).upper()
+    return value
+
+
+class _Tokens:
+    def __init__(self, mode: MaskMode, key: bytes | None) -> None:
+        if mode not in ("placeholder", "hmac"):
+            raise MaskingError(f"unknown mask mode {mode!r} — use placeholder or hmac")
+        if mode == "hmac":
+            if not isinstance(key, bytes | bytearray) or len(key) < MIN_HMAC_KEY_BYTES:
+                raise MaskingError(
+                    f"hmac mode needs a key of at least {MIN_HMAC_KEY_BYTES} bytes — "
+                    "configure the gateway's mask HMAC key"
+                )
+        self.mode = mode
+        self.key = bytes(key) if key is not None else b""
+
+    def token(self, kind: str, value: str) -> str:
+        if self.mode == "placeholder":
+            return f"[MASKED:{kind}]"
+        msg = f"{kind}:{_normalise(kind, value)}".encode("utf-8", "surrogatepass")
+        digest = _hmac.new(self.key, msg, hashlib.sha256).hexdigest()[:16]
+        return f"[HMAC:{kind}:{digest}]"
+
+
+_TOKEN, _CLEAN, _DIRTY = 0, 1, 2
+
+
+def _mask_string(text: str, wanted: frozenset[str], tokens: _Tokens) -> tuple[str, list[str]]:
+    """Replace every detector hit. Repeats on the text left between inserted
+    tokens until nothing is found, so a hit that lost an overlap (``a@x.io``
+    glued to a card number) is still caught, and inserted tokens are never
+    rescanned."""
+    # each piece is (text, state): a token we inserted, text known to hold no
+    # hit, or text still to scan
+    pieces: list[tuple[str, int]] = [(text, _DIRTY)]
+    kinds: list[str] = []
+    while any(state == _DIRTY for _, state in pieces):
+        out: list[tuple[str, int]] = []
+        for piece, state in pieces:
+            spans = detect(piece, wanted) if state == _DIRTY else []
+            if not spans:
+                out.append((piece, _CLEAN if state == _DIRTY else state))
+                continue
+            pos = 0
+            for span in spans:
+                if span.start > pos:
+                    out.append((piece[pos : span.start], _DIRTY))
+                out.append((tokens.token(span.kind, piece[span.start : span.end]), _TOKEN))
+                kinds.append(span.kind)
+                pos = span.end
+            if pos < len(piece):
+                out.append((piece[pos:], _DIRTY))
+        pieces = out
+    if not kinds:
+        return text, []
+    return "".join(p for p, _ in pieces), list(dict.fromkeys(kinds))
+
+
+def mask_text(
+    text: str,
+    detectors: Iterable[str],
+    *,
+    mode: MaskMode = "placeholder",
+    hmac_key: bytes | None = None,
+) -> tuple[str, list[str]]:
+    """``text`` with every detector hit replaced, and the kinds that were found."""
+    return _mask_string(text, _check_detectors(detectors), _Tokens(mode, hmac_key))
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# ------------------------------------------------------------------------- edits
+
+_STRIP, _WHOLE, _SCAN = 3, 2, 1
+_EDIT: Final = object()  # trie marker: value is (priority, new_value, kinds)
+
+
+class _Trie:
+    """Edits keyed by address. An edit on a container hides edits inside it."""
+
+    def __init__(self) -> None:
+        self.root: dict[Any, Any] = {}
+
+    def add(self, address: Address, priority: int, value: Any, kinds: list[str]) -> None:
+        node = self.root
+        for comp in address:
+            existing = node.get(_EDIT)
+            if existing is not None and existing[0] >= _WHOLE:
+                return
+            node = node.setdefault(comp, {})
+        existing = node.get(_EDIT)
+        if existing is not None and existing[0] >= priority:
+            return
+        if priority >= _WHOLE:
+            node.clear()
+        node[_EDIT] = (priority, value, kinds)
+
+    def covers(self, address: Address) -> bool:
+        """Whether ``address`` is at or below a marked location."""
+        node = self.root
+        for comp in address:
+            if _EDIT in node:
+                return True
+            nxt = node.get(comp)
+            if nxt is None:
+                return False
+            node = nxt
+        return _EDIT in node
+
+    def apply(self, doc: Any) -> tuple[Any, list[tuple[Address, list[str]]]]:
+        applied: list[tuple[Address, list[str]]] = []
+        if _EDIT in self.root:
+            _, value, kinds = self.root[_EDIT]
+            return value, [((), kinds)]
+        if not self.root:
+            return doc, []
+        new_doc = _shallow(doc)
+        stack: list[tuple[dict[Any, Any], Any, _Link]] = [(self.root, new_doc, None)]
+        while stack:
+            node, container, link = stack.pop()
+            for comp, child in node.items():
+                if comp is _EDIT:
+                    continue
+                here: _Link = (link, comp)
+                if _EDIT in child:
+                    _, value, kinds = child[_EDIT]
+                    container[comp] = value
+                    applied.append((_address(here), kinds))
+                else:
+                    copy = _shallow(container[comp])
+                    container[comp] = copy
+                    stack.append((child, copy, here))
+        applied.sort(key=lambda item: _sort_key(item[0]))
+        return new_doc, applied
+
+
+def _shallow(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+def _sort_key(address: Address) -> tuple[tuple[int, int, str], ...]:
+    return tuple((0, c, "") if isinstance(c, int) else (1, 0, c) for c in address)
+
+
+def mask_document(
+    doc: Any,
+    *,
+    paths: Sequence[str] = (),
+    detectors: Sequence[str] = (),
+    mode: MaskMode = "placeholder",
+    hmac_key: bytes | None = None,
+    strip_vector_paths: Sequence[str] = (),
+    fields: Sequence[str] = (),
+    field_paths: Sequence[str] = (),
+    id_paths: Sequence[str] = (),
+) -> MaskResult:
+    """Mask ``doc`` as the module docstring describes.
+
+    Raises :class:`MaskingError` only for bad arguments (a malformed path, an
+    unknown detector, hmac mode without a usable key), before looking at the
+    document, so a caller can fail closed.
+    """
+    wanted = _check_detectors(detectors)
+    tokens = _Tokens(mode, hmac_key)
+    scan_roots = [parse_path(p) for p in paths]
+    whole_paths = [parse_path(p) for p in field_paths]
+    strip_paths = [parse_path(p) for p in strip_vector_paths]
+    protected_paths = [parse_path(p) for p in id_paths]
+    field_names = frozenset(f.casefold() for f in fields)
+
+    protected = _Trie()
+    for steps in protected_paths:
+        for link, _ in _resolve(doc, steps):
+            protected.add(_address(link), _STRIP, None, [])
+
+    edits = _Trie()
+
+    def add(link: _Link, priority: int, value: Any, kinds: list[str]) -> None:
+        address = _address(link)
+        if not protected.covers(address):
+            edits.add(address, priority, value, kinds)
+
+    for steps in strip_paths:
+        for link, value in _resolve(doc, steps):
+            if value is not None:
+                add(link, _STRIP, None, ["vector"])
+    for steps in whole_paths:
+        for link, value in _resolve(doc, steps):
+            if value is not None and _last(link) not in _ID_KEYS:
+                add(link, _WHOLE, tokens.token("field", _canonical(value)), ["field"])
+    if wanted or field_names:
+        for steps in scan_roots:
+            for link, value in _resolve(doc, steps):
+                _scan(value, link, wanted, field_names, tokens, add)
+
+    new_doc, applied = edits.apply(doc)
+    masked = [
+        MaskedField(path=render_path(address), kind=kind)
+        for address, kinds in applied
+        for kind in kinds
+    ]
+    return MaskResult(doc=new_doc, masked_fields=masked)
+
+
+def _scan(
+    root: Any,
+    root_link: _Link,
+    wanted: frozenset[str],
+    field_names: frozenset[str],
+    tokens: _Tokens,
+    add: Callable[[_Link, int, Any, list[str]], None],
+) -> None:
+    last = _last(root_link)
+    if last in _ID_KEYS:
+        return
+    if isinstance(last, str) and last.casefold() in field_names and root is not None:
+        add(root_link, _WHOLE, tokens.token("field", _canonical(root)), ["field"])
+        return
+    stack: list[tuple[_Link, Any]] = [(root_link, root)]
+    while stack:
+        link, value = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if key in _ID_KEYS:
+                    continue
+                child_link: _Link = (link, key)
+                if isinstance(key, str) and key.casefold() in field_names and child is not None:
+                    add(child_link, _WHOLE, tokens.token("field", _canonical(child)), ["field"])
+                else:
+                    stack.append((child_link, child))
+        elif isinstance(value, list):
+            stack.extend(((link, i), child) for i, child in enumerate(value))
+        elif isinstance(value, str) and wanted:
+            masked, kinds = _mask_string(value, wanted, tokens)
+            if kinds:
+                add(link, _SCAN, masked, kinds)
