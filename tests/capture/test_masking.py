@@ -1,0 +1,396 @@
+"""capture/masking.py: detectors, paths, placeholders and HMAC tokens, vector
+stripping, ids, deep input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import string
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from capture.masking import (
+    DETECTORS,
+    MaskingError,
+    detect,
+    mask_document,
+    mask_text,
+    parse_path,
+    render_path,
+)
+from schemas.models import MaskedField
+
+KEY = b"k" * 32
+OTHER_KEY = b"o" * 32
+_EMAIL_SHAPE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}")
+
+
+# ---------------------------------------------------------------- detectors
+
+@pytest.mark.parametrize(
+    ("text", "kind", "masked"),
+    [
+        ("write to a@x.io today", "email", "write to [MASKED:email] today"),
+        ("First.Last+tag@Mail.Example.co.uk", "email", "[MASKED:email]"),
+        ("<bob@example.org>", "email", "<[MASKED:email]>"),
+        ("mailto:ann@corp.example", "email", "mailto:[MASKED:email]"),
+        ("jürgen@bücher.de", "email", "[MASKED:email]"),
+        ("call +1 (415) 555-2671 now", "phone", "call [MASKED:phone] now"),
+        ("+14155552671", "phone", "[MASKED:phone]"),
+        ("+44 20 7946 0958", "phone", "[MASKED:phone]"),
+        ("+44 (0)20 7946 0958", "phone", "[MASKED:phone]"),
+        ("(415) 555-2671", "phone", "[MASKED:phone]"),
+        ("415-555-2671", "phone", "[MASKED:phone]"),
+        ("415.555.2671", "phone", "[MASKED:phone]"),
+        ("1-800-555-0199", "phone", "[MASKED:phone]"),
+        ("020 7946 0958", "phone", "[MASKED:phone]"),
+        ("01 23 45 67 89", "phone", "[MASKED:phone]"),
+        ("030 12345678", "phone", "[MASKED:phone]"),
+        ("card 4111 1111 1111 1111 exp 12/29", "card", "card [MASKED:card] exp 12/29"),
+        ("4111111111111111", "card", "[MASKED:card]"),
+        ("4111-1111-1111-1111", "card", "[MASKED:card]"),
+        ("3782 822463 10005", "card", "[MASKED:card]"),
+        ("5555555555554444", "card", "[MASKED:card]"),
+        ("6011111111111117", "card", "[MASKED:card]"),
+        ("4111111111111111 2024", "card", "[MASKED:card] 2024"),
+        ("ssn 123-45-6789.", "national_id", "ssn [MASKED:national_id]."),
+        ("AB 12 34 56 C", "national_id", "[MASKED:national_id]"),
+        ("QQ123456C is not one, AB123456C is", "national_id",
+         "QQ123456C is not one, [MASKED:national_id] is"),
+        ("046 454 286", "national_id", "[MASKED:national_id]"),
+    ],
+)
+def test_detector_true_positives(text: str, kind: str, masked: str) -> None:
+    out, kinds = mask_text(text, [kind])
+    assert out == masked
+    assert kinds == [kind]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "12345", "42", "0", "-7", "3.14159", "0.1234567890", "1e-10", "2024-01-15",
+        "2024-01-15T10:30:00Z", "10:30:00", "6b1b5c3e-6f0e-4b6a-9a57-3f3c8f0b2a11",
+        "192.168.100.1", "10.0.0.0/8", "v1.2.3", "1,234,567", "1700000000000",  # ms timestamp
+        "1700000000", "4111111111111112",  # Luhn fails
+        "1234567812345670",  # Luhn passes but no issuer starts with 1
+        "123-456-7890",  # no area code starts with 1
+        "000-12-3456", "666-12-3456", "123-00-4567", "123456789",  # not SSNs
+        "4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1", "user at example dot com", "a@b", "@x.io",
+        "price 1200.50 EUR", "port 6333", "ids [1, 2, 3]", "+33", "order 0012",
+        "9780306406157",  # ISBN-13
+    ],
+)
+def test_detector_true_negatives(text: str) -> None:
+    assert mask_text(text, DETECTORS) == (text, [])
+
+
+def test_overlapping_hits_are_all_masked() -> None:
+    # the card wins the overlap; the e-mail glued to it is still caught
+    out, kinds = mask_text("4111 1111 1111 1111a@x.io", DETECTORS)
+    assert out == "[MASKED:card][MASKED:email]"
+    assert sorted(kinds) == ["card", "email"]
+
+
+def test_detect_reports_spans() -> None:
+    spans = detect("a@x.io and 415-555-2671", ["email", "phone"])
+    assert [(s.start, s.end, s.kind) for s in spans] == [(0, 6, "email"), (11, 23, "phone")]
+
+
+def test_only_requested_detectors_run() -> None:
+    assert mask_text("a@x.io 415-555-2671", ["phone"])[0] == "a@x.io [MASKED:phone]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a" * 200_000, "a@" * 100_000, "x@b-" * 50_000, "1 " * 100_000, "4111 " * 50_000,
+     "+" * 100_000, "0" * 100_000, "a@" + "b." * 100_000],
+)
+def test_adversarial_strings_are_fast(text: str) -> None:
+    import time
+
+    start = time.perf_counter()
+    mask_text(text, DETECTORS)
+    assert time.perf_counter() - start < 5
+
+
+# --------------------------------------------------------------------- hmac
+
+def test_hmac_tokens_are_joinable_and_key_dependent() -> None:
+    a, _ = mask_text("a@x.io", ["email"], mode="hmac", hmac_key=KEY)
+    b, _ = mask_text("A@X.IO", ["email"], mode="hmac", hmac_key=KEY)  # case-folded
+    c, _ = mask_text("b@x.io", ["email"], mode="hmac", hmac_key=KEY)
+    d, _ = mask_text("a@x.io", ["email"], mode="hmac", hmac_key=OTHER_KEY)
+    assert re.fullmatch(r"\[HMAC:email:[0-9a-f]{16}\]", a)
+    assert a == b
+    assert a != c
+    assert a != d
+
+
+def test_hmac_normalises_formatting() -> None:
+    one, _ = mask_text("+1 (415) 555-2671", ["phone"], mode="hmac", hmac_key=KEY)
+    two, _ = mask_text("+1 415.555.2671", ["phone"], mode="hmac", hmac_key=KEY)
+    assert one == two
+    card1, _ = mask_text("4111 1111 1111 1111", ["card"], mode="hmac", hmac_key=KEY)
+    card2, _ = mask_text("4111-1111-1111-1111", ["card"], mode="hmac", hmac_key=KEY)
+    assert card1 == card2
+
+
+def test_hmac_joins_across_documents() -> None:
+    r1 = mask_document({"p": {"owner": "a@x.io"}}, paths=["p"], detectors=["email"],
+                       mode="hmac", hmac_key=KEY)
+    r2 = mask_document([{"m": "contact: a@x.io"}], paths=["[]"], detectors=["email"],
+                       mode="hmac", hmac_key=KEY)
+    token = r1.doc["p"]["owner"]
+    assert r2.doc[0]["m"] == f"contact: {token}"
+
+
+@pytest.mark.parametrize("key", [None, b"", b"short"])
+def test_hmac_needs_a_real_key(key: bytes | None) -> None:
+    with pytest.raises(MaskingError, match="16 bytes"):
+        mask_document({}, paths=["x"], detectors=["email"], mode="hmac", hmac_key=key)
+
+
+# -------------------------------------------------------------------- paths
+
+@pytest.mark.parametrize(
+    ("path", "steps"),
+    [
+        ("result.points[].payload", ("result", "points", "[]", "payload")),
+        ("ids[][]", ("ids", "[]", "[]")),
+        ("vectors{*}.metadata", ("vectors", "{*}", "metadata")),
+        ("[].properties", ("[]", "properties")),
+        ("data.Get.{*}[]", ("data", "Get", "{*}", "[]")),
+        ("data[].email", ("data", "[]", "email")),
+    ],
+)
+def test_parse_path(path: str, steps: tuple[str, ...]) -> None:
+    assert parse_path(path) == steps
+
+
+@pytest.mark.parametrize("path", ["", ".a", "a..b", "a[0]", "a{x}", "a]", "a.[]x]"])
+def test_bad_paths_raise(path: str) -> None:
+    with pytest.raises(MaskingError):
+        parse_path(path)
+
+
+def test_render_path_quotes_odd_keys() -> None:
+    assert render_path(("result", "points", 0, "payload", "email")) == \
+        "result.points[0].payload.email"
+    assert render_path(("vectors", "v-1.a", "metadata")) == 'vectors["v-1.a"].metadata'
+    assert render_path((0, "x")) == "[0].x"
+
+
+QDRANT_SCROLL = {
+    "result": {
+        "points": [
+            {"id": 1, "payload": {"email": "a@x.io", "note": "ring 415-555-2671",
+                                  "nested": {"deep": ["b@y.org", 7, None]}},
+             "vector": [0.1, 0.2]},
+            {"id": "c@z.io", "payload": {"city": "Oslo"}, "vector": [0.3, 0.4]},
+        ],
+        "next_page_offset": None,
+    },
+    "status": "ok",
+}
+
+
+def test_scan_roots_mask_detector_hits_inside_and_record_concrete_paths() -> None:
+    before = copy.deepcopy(QDRANT_SCROLL)
+    r = mask_document(QDRANT_SCROLL, paths=["result.points[].payload"],
+                      detectors=["email", "phone"], id_paths=["result.points[].id"])
+    assert QDRANT_SCROLL == before  # input untouched
+    p0 = r.doc["result"]["points"][0]["payload"]
+    assert p0["email"] == "[MASKED:email]"
+    assert p0["note"] == "ring [MASKED:phone]"
+    assert p0["nested"]["deep"] == ["[MASKED:email]", 7, None]
+    assert r.doc["result"]["points"][1]["id"] == "c@z.io"  # ids are never masked
+    assert r.doc["result"]["points"][0]["vector"] == [0.1, 0.2]
+    assert r.masked_fields == [
+        MaskedField(path="result.points[0].payload.email", kind="email"),
+        MaskedField(path="result.points[0].payload.nested.deep[0]", kind="email"),
+        MaskedField(path="result.points[0].payload.note", kind="phone"),
+    ]
+
+
+def test_fields_mask_whole_values_case_insensitively_at_any_depth() -> None:
+    doc = {"matches": [{"id": "v1", "metadata": {"Email": "not-an-address",
+                                                 "profile": {"ssn": 123456789}}}]}
+    r = mask_document(doc, paths=["matches[].metadata"], fields=["email", "SSN"])
+    md = r.doc["matches"][0]["metadata"]
+    assert md == {"Email": "[MASKED:field]", "profile": {"ssn": "[MASKED:field]"}}
+    assert {f.kind for f in r.masked_fields} == {"field"}
+
+
+def test_field_paths_mask_whole_values() -> None:
+    doc = {"code": 0, "data": [{"id": 1, "email": "a@x.io", "age": 40},
+                               {"id": 2, "email": None}]}
+    r = mask_document(doc, field_paths=["data[].email", "data[].id"])
+    assert r.doc["data"] == [{"id": 1, "email": "[MASKED:field]", "age": 40},
+                             {"id": 2, "email": None}]
+    assert r.masked_fields == [MaskedField(path="data[0].email", kind="field")]
+
+
+def test_map_values_and_nested_arrays() -> None:
+    pinecone_fetch = {"vectors": {"v1": {"id": "v1", "values": [0.1],
+                                         "metadata": {"m": "a@x.io"}}}, "namespace": "ns"}
+    r = mask_document(pinecone_fetch, paths=["vectors{*}.metadata"], detectors=["email"],
+                      strip_vector_paths=["vectors{*}.values"], id_paths=["vectors{*}.id"])
+    assert r.doc["vectors"]["v1"] == {"id": "v1", "values": None,
+                                      "metadata": {"m": "[MASKED:email]"}}
+    assert [f.path for f in r.masked_fields] == ["vectors.v1.metadata.m", "vectors.v1.values"]
+
+    chroma_query = {"ids": [["a@x.io", "b"]], "documents": [["mail a@x.io", None]],
+                    "metadatas": [[{"u": "b@y.io"}, None]], "embeddings": None}
+    r = mask_document(chroma_query, paths=["documents[][]", "metadatas[][]"],
+                      detectors=["email"], id_paths=["ids[][]"])
+    assert r.doc["ids"] == [["a@x.io", "b"]]
+    assert r.doc["documents"] == [["mail [MASKED:email]", None]]
+    assert r.doc["metadatas"] == [[{"u": "[MASKED:email]"}, None]]
+    assert [f.path for f in r.masked_fields] == ["documents[0][0]", "metadatas[0][0].u"]
+
+
+def test_paths_that_do_not_fit_select_nothing() -> None:
+    doc = {"result": [1, 2], "x": "a@x.io"}
+    r = mask_document(doc, paths=["result.points[].payload", "x[]", "result{*}", "nope"],
+                      detectors=["email"])
+    assert r.doc == doc
+    assert r.masked_fields == []
+
+
+def test_id_keys_and_id_paths_are_protected() -> None:
+    doc = {"rows": [{"id": "a@x.io", "_id": "b@x.io", "ids": ["c@x.io"], "pk": "d@x.io"}]}
+    r = mask_document(doc, paths=["rows[]"], detectors=["email"], fields=["id"],
+                      id_paths=["rows[].pk"])
+    assert r.doc == doc
+
+
+def test_strip_vectors_replaces_with_null_and_wins_over_masks() -> None:
+    doc = {"result": [{"id": 1, "vector": {"dense": [0.1], "note": "a@x.io"},
+                       "payload": {"e": "a@x.io"}}]}
+    r = mask_document(doc, paths=["result[]"], detectors=["email"],
+                      strip_vector_paths=["result[].vector"])
+    assert r.doc["result"][0]["vector"] is None
+    assert r.doc["result"][0]["payload"] == {"e": "[MASKED:email]"}
+    assert MaskedField(path="result[0].vector", kind="vector") in r.masked_fields
+    assert not any(f.path.startswith("result[0].vector.") for f in r.masked_fields)
+
+
+def test_root_document_can_be_masked() -> None:
+    r = mask_document(["a@x.io", {"e": "b@x.io"}], paths=["[]"], detectors=["email"])
+    assert r.doc == ["[MASKED:email]", {"e": "[MASKED:email]"}]
+    r = mask_document({"v": [1]}, strip_vector_paths=["v"])
+    assert r.doc == {"v": None}
+
+
+def test_nothing_to_do_returns_the_document() -> None:
+    doc = {"a": 1}
+    assert mask_document(doc).doc is doc
+    assert mask_document(doc, paths=["a"], detectors=["email"]).masked_fields == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"detectors": ["ssn"]}, {"mode": "blur"}, {"paths": ["a..b"]},
+     {"strip_vector_paths": [""]}, {"field_paths": ["]"]}, {"id_paths": ["{"]}],
+)
+def test_bad_arguments_raise_masking_error(kwargs: dict[str, object]) -> None:
+    with pytest.raises(MaskingError):
+        mask_document({"a": 1}, **kwargs)  # type: ignore[arg-type]
+
+
+def test_deeply_nested_input_does_not_exhaust_the_stack() -> None:
+    depth = 50_000
+    doc: dict[str, object] = {}
+    node = doc
+    for _ in range(depth):
+        child: dict[str, object] = {}
+        node["a"] = child
+        node = child
+    node["e"] = "x@y.io"
+    node["v"] = [1.0]
+    lst: list[object] = ["a@x.io"]
+    for _ in range(depth):
+        lst = [lst]
+    r = mask_document({"d": doc, "l": lst}, paths=["d", "l"], detectors=["email"])
+    assert len(r.masked_fields) == 2
+    out = r.doc["d"]
+    for _ in range(depth):
+        out = out["a"]
+    assert out == {"e": "[MASKED:email]", "v": [1.0]}
+    assert node["e"] == "x@y.io"  # input untouched
+
+
+# ---------------------------------------------------------------- properties
+
+_local = st.text(alphabet=string.ascii_letters + string.digits + "._%+-", min_size=1,
+                 max_size=12).filter(lambda s: not s.startswith(".") and "@" not in s)
+_domain = st.from_regex(r"[a-z0-9]{1,10}(\.[a-z0-9]{1,8}){0,2}\.[a-z]{2,6}", fullmatch=True)
+_emails = st.builds(lambda a, b: f"{a}@{b}", _local, _domain)
+_noise = st.text(alphabet=string.printable + "äß€", max_size=30)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(st.one_of(_emails, _noise), min_size=1, max_size=8),
+       mode=st.sampled_from(["placeholder", "hmac"]))
+def test_property_no_email_shape_survives(parts: list[str], mode: str) -> None:
+    text = " ".join(parts)
+    out, _ = mask_text(text, DETECTORS, mode=mode, hmac_key=KEY)  # type: ignore[arg-type]
+    assert _EMAIL_SHAPE.search(out) is None
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.one_of(_noise, _emails),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["a", "b", "id", "email", "payload"]), children,
+                      max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=_json)
+def test_property_documents_mask_every_email_and_keep_the_rest(doc: object) -> None:
+    before = json.dumps(doc, sort_keys=True)
+    r = mask_document({"root": doc}, paths=["root"], detectors=["email"])
+    assert json.dumps(doc, sort_keys=True) == before  # input untouched
+
+    def strings(value: object, under_id: bool = False) -> list[tuple[str, bool]]:
+        out: list[tuple[str, bool]] = []
+        stack: list[tuple[object, bool]] = [(value, under_id)]
+        while stack:
+            v, protected = stack.pop()
+            if isinstance(v, dict):
+                stack.extend((c, protected or k in ("id", "_id", "ids")) for k, c in v.items())
+            elif isinstance(v, list):
+                stack.extend((c, protected) for c in v)
+            elif isinstance(v, str):
+                out.append((v, protected))
+        return out
+
+    for s, protected in strings(r.doc):
+        if not protected:
+            assert _EMAIL_SHAPE.search(s) is None
+    # numbers, booleans and nulls are never touched
+    def scalars(value: object) -> list[object]:
+        return [v for v in _leaves(value) if not isinstance(v, str)]
+
+    assert scalars(r.doc["root"]) == scalars(doc)
+
+
+def _leaves(value: object) -> list[object]:
+    out: list[object] = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v[k] for k in sorted(v))
+        elif isinstance(v, list):
+            stack.extend(v)
+        else:
+            out.append(v)
+    return out
