@@ -158,7 +158,7 @@ class Enforcer:
             st.extra[PLAN_KEY] = MaskPlan(
                 detectors=tuple(m.detectors) if m else (),
                 fields=tuple(m.fields) if m else (),
-                extra_paths=tuple(m.paths) if m else (),
+                field_paths=tuple(m.paths) if m else (),
                 mode=m.mode if m else "placeholder",
                 strip_vectors=ob.strip_vectors,
                 user_data_paths=tuple(st.classification.user_data_paths),

@@ -75,7 +75,10 @@ async def run_gateway(
         m = build_master(config, addons, Path(tmp))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, m.shutdown)
+            try:
+                loop.add_signal_handler(sig, m.shutdown)
+            except (ValueError, RuntimeError):  # not the main thread (embedded, tests)
+                break
 
         async def _ready() -> None:
             # Wait until every listener is bound, then announce.

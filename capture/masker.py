@@ -32,7 +32,6 @@ class MaskPlan:
     detectors: tuple[str, ...] = ()
     fields: tuple[str, ...] = ()
     field_paths: tuple[str, ...] = ()
-    extra_paths: tuple[str, ...] = ()
     mode: Literal["placeholder", "hmac"] = "placeholder"
     strip_vectors: bool = False
     user_data_paths: tuple[str, ...] = field(default=())
@@ -140,7 +139,7 @@ class Masker:
         try:
             result = mask_document(
                 doc,
-                paths=[*plan.user_data_paths, *plan.extra_paths],
+                paths=list(plan.user_data_paths),
                 detectors=plan.detectors,
                 fields=plan.fields,
                 field_paths=plan.field_paths,

@@ -406,6 +406,15 @@ def _register_identity_commands() -> None:
 _register_identity_commands()
 
 
+def _register_policy_commands() -> None:
+    from capture.policy_cli import policy_app
+
+    app.add_typer(policy_app, name="policy", help="Check and explain policy files.")
+
+
+_register_policy_commands()
+
+
 @app.command()
 def gateway(
     upstream: Annotated[

@@ -1,9 +1,13 @@
 """An exception in any addon refuses the flow: mitmproxy alone would log it and
-forward the request unchecked."""
+forward the request unchecked. One in-process gateway (in its own thread and
+event loop) carries a bomb before the first, the fourth and the last addon;
+each test arms one."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,50 +19,75 @@ from capture.config import GatewayConfig, Route
 from capture.gateway import run_gateway
 from capture.state import fail_closed
 from tests.support.services import free_port
-from tests.support.upstream import recording_upstream
+from tests.support.upstream import RecordingUpstream, recording_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Stopping an in-process mitmproxy Master can leave a socket for the garbage
-# collector to close; that is mitmproxy's teardown, not a finding of this test.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
-
-class Exploding:
-    def __init__(self, where: str) -> None:
-        self.where = where
+class Bomb:
+    def __init__(self, name: str) -> None:
+        self.name = name  # mitmproxy addon names must be unique
+        self.armed = False
 
     @fail_closed("policy")
     def request(self, flow: http.HTTPFlow) -> None:
-        if self.where == "request":
-            raise RuntimeError("boom")
+        if self.armed:
+            raise RuntimeError("boom: internal detail")
 
 
-@pytest.mark.parametrize("position", [0, 3, 5])
-async def test_exception_in_a_hook_refuses_the_request(tmp_path: Path, dev_idp: str, position: int) -> None:
-    from capture.devidp import mint_token
-
-    tok = await asyncio.to_thread(mint_token, dev_idp, "alice", ["Vector-Read"])
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory, dev_idp: str) -> Iterator[tuple[str, list[Bomb], RecordingUpstream]]:
+    tmp = tmp_path_factory.mktemp("failclosed")
+    bombs = [Bomb("bomb-first"), Bomb("bomb-middle"), Bomb("bomb-last")]
     with recording_upstream() as up:
         port = free_port()
         cfg = GatewayConfig(routes=[Route(kind="qdrant", upstream=up.url, listen_port=port)],
                             policy_path=ROOT / "examples" / "policy.yaml",
-                            log_url=f"sqlite:{tmp_path / 'ev.db'}", issuer=dev_idp,
-                            audience="embedguard", gateway_id="gw-fc")
+                            log_url=f"sqlite:{tmp / 'ev.db'}", issuer=dev_idp,
+                            audience="embedguard", gateway_id="gw-failclosed")
         addons = build_addons(cfg)
-        addons.insert(position, Exploding("request"))
-        ready, stop = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(run_gateway(cfg, addons, on_ready=ready.set, stop=stop))
+        addons.insert(0, bombs[0])
+        addons.insert(4, bombs[1])
+        addons.insert(len(addons) - 1, bombs[2])
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        stop = asyncio.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(run_gateway(cfg, addons, on_ready=ready.set, stop=stop))
+            loop.close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        assert ready.wait(30), "in-process gateway did not start"
         try:
-            await asyncio.wait_for(ready.wait(), 30)
-            async with httpx.AsyncClient() as c:
-                r = await c.post(f"http://127.0.0.1:{port}/collections/docs/points/query",
-                                 json={"query": [0.1], "limit": 2},
-                                 headers={"authorization": f"Bearer {tok}"})
-            assert r.status_code == 500
-            assert r.json()["error"] == "internal_error"
-            assert "boom" not in r.text and "Traceback" not in r.text
-            assert up.requests == []
+            yield f"http://127.0.0.1:{port}", bombs, up
         finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+            loop.call_soon_threadsafe(stop.set)
+            thread.join(30)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_exception_in_a_hook_refuses_the_request(rig: tuple[str, list[Bomb], RecordingUpstream],
+                                                 dev_idp: str, which: int) -> None:
+    from capture.devidp import mint_token
+
+    url, bombs, up = rig
+    tok = mint_token(dev_idp, "alice", ["Vector-Read"])
+    q = {"query": [0.1], "limit": 2}
+    h = {"authorization": f"Bearer {tok}"}
+    before = len(up.requests)
+    for b in bombs:
+        b.armed = False
+    assert httpx.post(f"{url}/collections/docs/points/query", json=q, headers=h, timeout=30).status_code == 200
+    assert len(up.requests) == before + 1
+    bombs[which].armed = True
+    try:
+        r = httpx.post(f"{url}/collections/docs/points/query", json=q, headers=h, timeout=30)
+    finally:
+        bombs[which].armed = False
+    assert r.status_code == 500
+    assert r.json()["error"] == "internal_error" and r.json()["request_id"]
+    assert "boom" not in r.text and "Traceback" not in r.text
+    assert len(up.requests) == before + 1  # the refused request never reached the database
