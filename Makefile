@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 PEERS  := .venv-peers
 PEERS_STAMP := $(PEERS)/.installed
 
-.PHONY: up test test-all lint bench-eventlog clean-venv
+.PHONY: up test lint venv bench-eventlog bench-gateway clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,10 @@ bench-eventlog: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Benchmarks are not part of `make test`. The gateway benchmark needs nginx
+# (the upstream) and wrk (the load), both from Debian.
+bench-gateway: $(STAMP)
+	command -v nginx >/dev/null && command -v wrk >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q nginx-light wrk)
+	$(PY) bench/gateway.py

@@ -1,10 +1,21 @@
 """Identity: verify the caller's OIDC token (and DPoP proof) before anything
 else. A missing or invalid identity is refused with 401 (default deny); an
-issuer we cannot reach gives 503, never a pass."""
+issuer we cannot reach gives 503, never a pass.
+
+Verifying a JWT costs more than everything else the gateway does to a request,
+and clients send the same bearer token for minutes, so a verified *bearer*
+token is cached (by the sha256 of its header value) until it expires, but for
+at most ``cache_ttl_s``: a key removed from the issuer's JWKS stops being
+honoured within that time. DPoP requests are never cached: each proof is
+single-use and must be verified.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 
 from mitmproxy import http
@@ -19,12 +30,54 @@ __all__ = ["IdentityCheck"]
 log = logging.getLogger("embedguard.identity")
 
 
+class VerifiedTokenCache:
+    """Bounded LRU of verified bearer tokens: sha256(header) → (identity, valid until)."""
+
+    def __init__(self, ttl_s: float = 60.0, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
+
+    @staticmethod
+    def key(authorization: str) -> bytes:
+        return hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).digest()
+
+    def get(self, key: bytes, now_wall: float) -> Identity | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        identity, until = hit
+        if now_wall >= until:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return identity
+
+    def put(self, key: bytes, identity: Identity, now_wall: float) -> None:
+        until = now_wall + self.ttl_s
+        if identity.expires_at is not None:
+            until = min(until, identity.expires_at.timestamp())
+        if until <= now_wall or identity.dpop_jkt is not None:
+            return
+        self._entries[key] = (identity, until)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
 class IdentityCheck:
-    def __init__(self, config: GatewayConfig, verifier: OidcVerifier | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        verifier: OidcVerifier | None = None,
+        *,
+        cache_ttl_s: float = 60.0,
+    ) -> None:
         self.config = config
         self.verifier = verifier or OidcVerifier(
             config.issuer, config.audience, groups_claim=config.groups_claim
         )
+        self.cache = VerifiedTokenCache(cache_ttl_s)
 
     async def running(self) -> None:
         try:
@@ -52,16 +105,28 @@ class IdentityCheck:
                 "identity",
             )
             return
+        authorization = headers.get("authorization")
+        dpop_proof = headers.get("dpop")
+        now = time.time()
+        cache_key = None
+        if authorization and dpop_proof is None and authorization[:7].lower() == "bearer ":
+            cache_key = self.cache.key(authorization)
+            cached = self.cache.get(cache_key, now)
+            if cached is not None:
+                st.identity = cached
+                return
         scheme = "https" if flow.client_conn.tls_established else "http"
         url = f"{scheme}://{st.client_host}{flow.request.path.split('?', 1)[0]}"
         try:
             st.identity = await self.verifier.authenticate(
-                authorization=headers.get("authorization"),
-                dpop_proof=headers.get("dpop"),
+                authorization=authorization,
+                dpop_proof=dpop_proof,
                 method=flow.request.method,
                 url=url,
-                now=datetime.now(UTC),
+                now=datetime.fromtimestamp(now, UTC),
             )
+            if cache_key is not None:
+                self.cache.put(cache_key, st.identity, now)
         except AuthError as exc:
             st.auth_error_code = exc.code
             error = "identity_unavailable" if exc.status == 503 else "unauthenticated"

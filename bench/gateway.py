@@ -1,0 +1,204 @@
+"""Gateway overhead: requests/s and p50/p99 latency at concurrency 1 and 16,
+in one run, against the same local upstream (nginx answering a static
+Qdrant-style JSON point), for three setups:
+
+1. direct to the upstream;
+2. mitmproxy (same options) with a no-op addon;
+3. the full gateway: OIDC token check, classification, policy, masking and
+   durable recording (SQLite, fsync, group commit).
+
+The load comes from wrk in another process. Needs nginx and wrk from Debian
+(`make bench-gateway` installs them). Targets (issue 3): the full gateway at
+>= 0.8x the no-op mitmproxy's throughput and <= +2 ms at p50.
+
+    .venv/bin/python bench/gateway.py [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BODY = json.dumps({"result": {"id": 1, "payload": {"email": "bob@example.org", "team": "search",
+                                                   "text": "write to carol@example.com"},
+                             "vector": [0.12, 0.5, 0.33, 0.91]}, "status": "ok", "time": 0.0001})
+
+
+def free_port() -> int:
+    from tests.support.services import free_port as fp
+
+    return fp()
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    from tests.support.services import wait_for_port
+
+    wait_for_port(port, timeout=timeout)
+
+
+def start_nginx(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ default_type application/json; return 200 '{BODY}'; }}
+  }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+def serve_noop(upstream: str, port: int) -> None:
+    """Child process: mitmproxy with the gateway's options and a no-op addon."""
+    from capture.config import GatewayConfig, Route
+    from capture.gateway import run_gateway
+
+    class NoOp:
+        def request(self, flow: object) -> None:
+            pass
+
+    cfg = GatewayConfig(routes=[Route(kind="qdrant", upstream=upstream, listen_port=port)],
+                        policy_path=Path("/dev/null"), log_url="sqlite:/dev/null", issuer="http://x",
+                        audience="x", gateway_id="noop")
+    asyncio.run(run_gateway(cfg, [NoOp()]))
+
+
+def wrk(url: str, connections: int, seconds: float, headers: dict[str, str]) -> dict[str, float]:
+    threads = 1 if connections == 1 else 2
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, int(seconds))}s", "--latency", "--timeout", "5s"]
+    for k, v in headers.items():
+        args += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+
+    def latency(pct: str) -> float:
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            raise RuntimeError(f"wrk printed no {pct}% latency:\n{out}")
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if non2xx:
+        raise RuntimeError(f"{non2xx.group(1)} requests failed against {url}:\n{out}")
+    return {"rps": rps, "p50_ms": latency("50"), "p99_ms": latency("99")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gateway.json")
+    ap.add_argument("--serve-noop", nargs=2, metavar=("UPSTREAM", "PORT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_noop:
+        serve_noop(args.serve_noop[0], int(args.serve_noop[1]))
+        return
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing: run `make bench-gateway`, which installs nginx-light and wrk")
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from capture.devidp import mint_token, serve
+
+    console = Console(width=120)
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        try:
+            nginx, up_port = start_nginx(tmp)
+            procs.append(nginx)
+            upstream = f"http://127.0.0.1:{up_port}"
+            idp = serve("127.0.0.1", 0, tmp / "idp")
+            token = mint_token(idp.issuer_url, "alice", ["Vector-Read"], ttl=__import__("datetime").timedelta(hours=2))
+
+            noop_port = free_port()
+            procs.append(subprocess.Popen([sys.executable, __file__, "--serve-noop", upstream, str(noop_port)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            wait_port(noop_port)
+
+            gw_port = free_port()
+            gw_log = tmp / "gateway.log"
+            env = {**os.environ, "EG_BENCH_KEY": "bench-upstream-key"}
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "embedguard.cli", "gateway", "--upstream", upstream,
+                 "--listen", f"127.0.0.1:{gw_port}", "--kind", "qdrant",
+                 "--policy", str(ROOT / "examples" / "policy.yaml"), "--log", f"sqlite:{tmp / 'events.db'}",
+                 "--issuer", idp.issuer_url, "--audience", "embedguard",
+                 "--credential-env", "EG_BENCH_KEY", "--gateway-id", "bench"],
+                stdout=gw_log.open("wb"), stderr=subprocess.STDOUT, env=env))
+            deadline = time.time() + 60
+            while "embedguard gateway bench" not in gw_log.read_text(errors="replace"):
+                if time.time() > deadline:
+                    sys.exit(f"gateway did not start:\n{gw_log.read_text()[-2000:]}")
+                time.sleep(0.1)
+
+            path = "/collections/docs/points/1"
+            setups = [
+                ("direct", f"{upstream}{path}", {}),
+                ("mitmproxy, no-op addon", f"http://127.0.0.1:{noop_port}{path}", {}),
+                ("embedguard gateway", f"http://127.0.0.1:{gw_port}{path}", {"Authorization": f"Bearer {token}"}),
+            ]
+            # one request first: it must be masked, proving the full path runs
+            import httpx
+
+            probe = httpx.get(setups[2][1], headers=setups[2][2], timeout=10)
+            assert probe.status_code == 200 and "bob@example.org" not in probe.text, probe.text
+            results = []
+            for conc in (1, 16):
+                for name, url, headers in setups:
+                    wrk(url, conc, 2, headers)  # warm-up
+                    console.print(f"[dim]{name} × {conc} for {args.seconds:.0f}s…[/]")
+                    results.append({"setup": name, "concurrency": conc, **wrk(url, conc, args.seconds, headers)})
+            idp.shutdown()
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+    table = Table(title="gateway overhead (wrk, keep-alive, GET /collections/docs/points/1)")
+    for col in ("setup", "conc", "req/s", "p50 ms", "p99 ms", "× no-op req/s", "Δp50 vs no-op"):
+        table.add_column(col, justify="left" if col == "setup" else "right")
+    for r in results:
+        noop = next(x for x in results if x["concurrency"] == r["concurrency"] and x["setup"].startswith("mitmproxy"))
+        table.add_row(str(r["setup"]), str(r["concurrency"]), f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}",
+                      f"{r['p99_ms']:.2f}", f"{float(r['rps']) / float(noop['rps']):.2f}×",
+                      f"{float(r['p50_ms']) - float(noop['p50_ms']):+.2f} ms")
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    console.print(f"[dim]wrote {args.out}[/]")
+
+
+if __name__ == "__main__":
+    main()
