@@ -351,9 +351,24 @@ def up(
     data_dir: Annotated[
         Path | None, typer.Option("--data", help="Where embedded state lives (default ./data)")
     ] = None,
+    idp_port: Annotated[int, typer.Option(help="Dev OIDC issuer port")] = 9400,
+    chroma_port: Annotated[int, typer.Option(help="Demo Chroma server port")] = 8000,
+    gateway_port: Annotated[int, typer.Option(help="Gateway port (in front of Chroma)")] = 8080,
+    policy: Annotated[Path, typer.Option(help="Policy file")] = Path("examples/policy.yaml"),
+    check_only: Annotated[
+        bool, typer.Option("--check", help="Prepare and check, start nothing, then exit")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Prepare the embedded stack under ./data and print where everything is."""
+    """Run the embedded stack: dev OIDC issuer, a demo Chroma server, the
+    gateway in front of it, all state under ./data. Ctrl-C stops everything."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
     from pipeline.transport import open_log
     from schemas.check import check_schemas
 
@@ -361,8 +376,7 @@ def up(
     if data_dir is not None:
         s = s.model_copy(update={"data_dir": data_dir})
     s.data_dir.mkdir(parents=True, exist_ok=True)
-    report = check_schemas()
-    if not report.ok:
+    if not check_schemas().ok:
         raise fail("the event schemas do not check: run `embedguard schemas check`")
     url = s.log_url
 
@@ -373,23 +387,92 @@ def up(
                 return await reader.end_offsets()
 
     ends = run(go)
-    info = {
+    chroma_bin = Path(".venv-peers/bin/chroma")
+    info: dict[str, Any] = {
         "data_dir": str(s.data_dir.resolve()),
         "log": url,
         "log_events": sum(ends.values()),
         "warehouse": s.warehouse_url,
-        "schemas": "ok",
-        "services": {},
-        "not_yet": "gateway, loader and dashboard arrive with their issues; "
-        "`make up` will start them",
+        "issuer": f"http://127.0.0.1:{idp_port}",
+        "chroma": f"http://127.0.0.1:{chroma_port}",
+        "gateway": f"http://127.0.0.1:{gateway_port}",
+        "policy": str(policy),
+        "not_yet": "the loader and the dashboard arrive with their issues",
     }
-    if as_json:
-        print(json.dumps(info))
-    else:
-        out.print("[bold]embedguard embedded stack[/]")
-        for k in ("data_dir", "log", "log_events", "warehouse", "schemas"):
-            out.print(f"  {k:<11} {info[k]}", highlight=False)
-        out.print(f"  [dim]{info['not_yet']}[/]")
+    if check_only:
+        print(json.dumps(info)) if as_json else out.print_json(data=info)
+        return
+    if not policy.exists():
+        raise fail(f"policy file {policy} does not exist")
+    if not chroma_bin.exists():
+        raise fail(f"{chroma_bin} is missing; run `make up` (it builds .venv-peers)")
+    for name, port in (("issuer", idp_port), ("chroma", chroma_port), ("gateway", gateway_port)):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                raise fail(f"port {port} for the {name} is taken; pass --{name.replace('issuer', 'idp')}-port")
+    logs = s.data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
+    me = [sys.executable, "-m", "embedguard.cli"]
+    specs = [
+        ("issuer", [*me, "dev-idp", "--port", str(idp_port), "--data", str(s.data_dir)], idp_port),
+        ("chroma", [str(chroma_bin), "run", "--path", str(s.data_dir / "chroma"), "--host",
+                    "127.0.0.1", "--port", str(chroma_port)], chroma_port),
+        ("gateway", [*me, "gateway", "--kind", "chroma", "--upstream", info["chroma"],
+                     "--listen", f"127.0.0.1:{gateway_port}", "--policy", str(policy),
+                     "--log", url, "--issuer", info["issuer"], "--audience", "embedguard",
+                     "--gateway-id", f"{socket.gethostname()}-embedded"], gateway_port),
+    ]
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def stop_all() -> None:
+        for _, p in reversed(procs):
+            p.terminate()
+        for _, p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)  # stop the children on SIGTERM too
+    try:
+        for name, cmd, port in specs:
+            logf = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+            procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)))
+            deadline = time.monotonic() + 60
+            while True:
+                with socket.socket() as probe:
+                    if probe.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if procs[-1][1].poll() is not None or time.monotonic() > deadline:
+                    stop_all()
+                    raise fail(f"the {name} did not start; see {logs / (name + '.log')}")
+                time.sleep(0.2)
+        if as_json:
+            print(json.dumps(info), flush=True)
+        else:
+            out.print("[bold]embedguard embedded stack is up[/]")
+            for k in ("gateway", "chroma", "issuer", "log", "warehouse", "policy", "data_dir"):
+                out.print(f"  {k:<10} {info[k]}", highlight=False)
+            out.print(f"  logs       {logs}", highlight=False)
+            out.print(f"  [dim]{info['not_yet']}[/]")
+            out.print("\n  try:  TOKEN=$(.venv/bin/embedguard token --issuer "
+                      f"{info['issuer']} --sub alice --groups Vector-Read)", highlight=False)
+            out.print(f"        curl -H \"Authorization: Bearer $TOKEN\" {info['gateway']}"
+                      "/api/v2/heartbeat", highlight=False)
+            out.print("        .venv/bin/embedguard events tail --follow", highlight=False)
+            out.print("  Ctrl-C stops everything.")
+        while all(p.poll() is None for _, p in procs):
+            time.sleep(0.5)
+        dead = [n for n, p in procs if p.poll() is not None]
+        stop_all()
+        raise fail(f"{', '.join(dead)} stopped; see {logs}")
+    except KeyboardInterrupt:
+        stop_all()
+        err.print("stopped")
 
 
 # -- identity (dev issuer, tokens) and the gateway --------------------------------
