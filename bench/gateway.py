@@ -32,9 +32,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BODY = json.dumps({"result": {"id": 1, "payload": {"email": "bob@example.org", "team": "search",
-                                                   "text": "write to carol@example.com"},
-                             "vector": [0.12, 0.5, 0.33, 0.91]}, "status": "ok", "time": 0.0001})
+BODY = json.dumps(
+    {
+        "result": {
+            "id": 1,
+            "payload": {
+                "email": "bob@example.org",
+                "team": "search",
+                "text": "write to carol@example.com",
+            },
+            "vector": [0.12, 0.5, 0.33, 0.91],
+        },
+        "status": "ok",
+        "time": 0.0001,
+    }
+)
 
 
 def free_port() -> int:
@@ -67,8 +79,11 @@ http {{
   }}
 }}
 """)
-    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["nginx", "-c", str(conf), "-p", str(tmp)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_port(port)
     return proc, port
 
@@ -82,15 +97,28 @@ def serve_noop(upstream: str, port: int) -> None:
         def request(self, flow: object) -> None:
             pass
 
-    cfg = GatewayConfig(routes=[Route(kind="qdrant", upstream=upstream, listen_port=port)],
-                        policy_path=Path("/dev/null"), log_url="sqlite:/dev/null", issuer="http://x",
-                        audience="x", gateway_id="noop")
+    cfg = GatewayConfig(
+        routes=[Route(kind="qdrant", upstream=upstream, listen_port=port)],
+        policy_path=Path("/dev/null"),
+        log_url="sqlite:/dev/null",
+        issuer="http://x",
+        audience="x",
+        gateway_id="noop",
+    )
     asyncio.run(run_gateway(cfg, [NoOp()]))
 
 
 def wrk(url: str, connections: int, seconds: float, headers: dict[str, str]) -> dict[str, float]:
     threads = 1 if connections == 1 else 2
-    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, int(seconds))}s", "--latency", "--timeout", "5s"]
+    args = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, int(seconds))}s",
+        "--latency",
+        "--timeout",
+        "5s",
+    ]
     for k, v in headers.items():
         args += ["-H", f"{k}: {v}"]
     out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
@@ -120,7 +148,9 @@ def main() -> None:
         return
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
-            sys.exit(f"{tool} is missing: run `make bench-gateway`, which installs nginx-light and wrk")
+            sys.exit(
+                f"{tool} is missing: run `make bench-gateway`, which installs nginx-light and wrk"
+            )
 
     from rich.console import Console
     from rich.table import Table
@@ -136,23 +166,57 @@ def main() -> None:
             procs.append(nginx)
             upstream = f"http://127.0.0.1:{up_port}"
             idp = serve("127.0.0.1", 0, tmp / "idp")
-            token = mint_token(idp.issuer_url, "alice", ["Vector-Read"], ttl=__import__("datetime").timedelta(hours=2))
+            token = mint_token(
+                idp.issuer_url,
+                "alice",
+                ["Vector-Read"],
+                ttl=__import__("datetime").timedelta(hours=2),
+            )
 
             noop_port = free_port()
-            procs.append(subprocess.Popen([sys.executable, __file__, "--serve-noop", upstream, str(noop_port)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--serve-noop", upstream, str(noop_port)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             wait_port(noop_port)
 
             gw_port = free_port()
             gw_log = tmp / "gateway.log"
             env = {**os.environ, "EG_BENCH_KEY": "bench-upstream-key"}
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "embedguard.cli", "gateway", "--upstream", upstream,
-                 "--listen", f"127.0.0.1:{gw_port}", "--kind", "qdrant",
-                 "--policy", str(ROOT / "examples" / "policy.yaml"), "--log", f"sqlite:{tmp / 'events.db'}",
-                 "--issuer", idp.issuer_url, "--audience", "embedguard",
-                 "--credential-env", "EG_BENCH_KEY", "--gateway-id", "bench"],
-                stdout=gw_log.open("wb"), stderr=subprocess.STDOUT, env=env))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "embedguard.cli",
+                        "gateway",
+                        "--upstream",
+                        upstream,
+                        "--listen",
+                        f"127.0.0.1:{gw_port}",
+                        "--kind",
+                        "qdrant",
+                        "--policy",
+                        str(ROOT / "examples" / "policy.yaml"),
+                        "--log",
+                        f"sqlite:{tmp / 'events.db'}",
+                        "--issuer",
+                        idp.issuer_url,
+                        "--audience",
+                        "embedguard",
+                        "--credential-env",
+                        "EG_BENCH_KEY",
+                        "--gateway-id",
+                        "bench",
+                    ],
+                    stdout=gw_log.open("wb"),
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            )
             deadline = time.time() + 60
             while "embedguard gateway bench" not in gw_log.read_text(errors="replace"):
                 if time.time() > deadline:
@@ -163,7 +227,11 @@ def main() -> None:
             setups = [
                 ("direct", f"{upstream}{path}", {}),
                 ("mitmproxy, no-op addon", f"http://127.0.0.1:{noop_port}{path}", {}),
-                ("embedguard gateway", f"http://127.0.0.1:{gw_port}{path}", {"Authorization": f"Bearer {token}"}),
+                (
+                    "embedguard gateway",
+                    f"http://127.0.0.1:{gw_port}{path}",
+                    {"Authorization": f"Bearer {token}"},
+                ),
             ]
             # one request first: it must be masked, proving the full path runs
             import httpx
@@ -175,7 +243,13 @@ def main() -> None:
                 for name, url, headers in setups:
                     wrk(url, conc, 2, headers)  # warm-up
                     console.print(f"[dim]{name} × {conc} for {args.seconds:.0f}s…[/]")
-                    results.append({"setup": name, "concurrency": conc, **wrk(url, conc, args.seconds, headers)})
+                    results.append(
+                        {
+                            "setup": name,
+                            "concurrency": conc,
+                            **wrk(url, conc, args.seconds, headers),
+                        }
+                    )
             idp.shutdown()
         finally:
             for p in procs:
@@ -190,10 +264,20 @@ def main() -> None:
     for col in ("setup", "conc", "req/s", "p50 ms", "p99 ms", "× no-op req/s", "Δp50 vs no-op"):
         table.add_column(col, justify="left" if col == "setup" else "right")
     for r in results:
-        noop = next(x for x in results if x["concurrency"] == r["concurrency"] and x["setup"].startswith("mitmproxy"))
-        table.add_row(str(r["setup"]), str(r["concurrency"]), f"{r['rps']:.0f}", f"{r['p50_ms']:.2f}",
-                      f"{r['p99_ms']:.2f}", f"{float(r['rps']) / float(noop['rps']):.2f}×",
-                      f"{float(r['p50_ms']) - float(noop['p50_ms']):+.2f} ms")
+        noop = next(
+            x
+            for x in results
+            if x["concurrency"] == r["concurrency"] and x["setup"].startswith("mitmproxy")
+        )
+        table.add_row(
+            str(r["setup"]),
+            str(r["concurrency"]),
+            f"{r['rps']:.0f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{float(r['rps']) / float(noop['rps']):.2f}×",
+            f"{float(r['p50_ms']) - float(noop['p50_ms']):+.2f} ms",
+        )
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))

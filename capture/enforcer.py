@@ -84,8 +84,12 @@ class Enforcer:
         try:
             new = load_policy(self.path)
         except PolicyError as exc:
-            log.error("new policy %s is invalid; keeping policy %s:\n%s",
-                      self.path, self.policy.sha256[:12], exc)
+            log.error(
+                "new policy %s is invalid; keeping policy %s:\n%s",
+                self.path,
+                self.policy.sha256[:12],
+                exc,
+            )
             return False
         old_text = self._text
         self.policy, self._text = new, text
@@ -130,8 +134,14 @@ class Enforcer:
         decision = evaluate(policy, st.identity, cls.operations, ctx)
         st.decision = decision
         if decision.outcome == "deny":
-            block(flow, st, decision.status, decision.error or "policy_denied", decision.reason,
-                  "policy")
+            block(
+                flow,
+                st,
+                decision.status,
+                decision.error or "policy_denied",
+                decision.reason,
+                "policy",
+            )
             return
         if decision.outcome == "require_approval":
             block(flow, st, decision.status, "approval_required", decision.reason, "approval")
@@ -145,11 +155,22 @@ class Enforcer:
         if ob.row_filters:
             try:
                 body: Any = json.loads(st.client_body or b"{}")
-                new = inject_filters(st.classification.product, flow.request.path.split("?", 1)[0],
-                                     body, [rf.filter for rf in ob.row_filters], st.identity)
+                new = inject_filters(
+                    st.classification.product,
+                    flow.request.path.split("?", 1)[0],
+                    body,
+                    [rf.filter for rf in ob.row_filters],
+                    st.identity,
+                )
             except (ValueError, FilterInjectionError) as exc:
-                block(flow, st, 403, "policy_denied",
-                      f"a row filter must apply to this request but cannot: {exc}", "policy")
+                block(
+                    flow,
+                    st,
+                    403,
+                    "policy_denied",
+                    f"a row filter must apply to this request but cannot: {exc}",
+                    "policy",
+                )
                 return
             flow.request.set_content(json.dumps(new, separators=(",", ":")).encode())
             st.injected_filter = True

@@ -12,12 +12,29 @@ from typing import Any
 
 from mitmproxy import master, options
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
+from mitmproxy.proxy import server_hooks
 
 from capture.config import GatewayConfig
 
-__all__ = ["build_master", "run_gateway"]
+__all__ = ["UpstreamSni", "build_master", "run_gateway"]
 
 log = logging.getLogger("embedguard.gateway")
+
+
+class UpstreamSni:
+    """Verify an https upstream's certificate against the upstream's own name.
+
+    With ``keep_host_header`` (which the gateway needs) mitmproxy's reverse mode
+    leaves the upstream connection's SNI unset, and its TLS addon then falls
+    back to the SNI the *client* sent to reach the gateway: the upstream would
+    be checked against the gateway's public name, a name the client chooses.
+    Pinning it to the route's upstream host makes the check mean what
+    ``--upstream-ca`` promises, whatever the client sends.
+    """
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        if data.server.address is not None:
+            data.server.sni = data.server.address[0]
 
 
 def _proxy_options(config: GatewayConfig, confdir: Path) -> dict[str, Any]:
@@ -55,6 +72,7 @@ def build_master(config: GatewayConfig, addons: Sequence[object], confdir: Path)
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
+        UpstreamSni(),
     )
     m.addons.add(*addons)
     known = set(opts.keys())

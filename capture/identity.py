@@ -24,6 +24,7 @@ from capture.config import GatewayConfig
 from capture.dpop import AuthError
 from capture.oidc import OidcVerifier
 from capture.state import block, fail_closed, state_of
+from capture.types import Identity
 
 __all__ = ["IdentityCheck"]
 

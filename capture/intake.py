@@ -48,6 +48,18 @@ class Intake:
         st = state_of(flow)
         if st is None or flow.response is not None:
             return
+        if self.config.tls_cert is not None and not flow.client_conn.tls_established:
+            # mitmproxy's reverse mode serves plain HTTP on a TLS listener too;
+            # a gateway configured for TLS must not take tokens in the clear.
+            block(
+                flow,
+                st,
+                403,
+                "tls_required",
+                "this listener accepts only TLS; connect with https://",
+                "identity",
+            )
+            return
         body = flow.request.raw_content or b""
         if flow.request.headers.get("content-encoding"):
             decoded = flow.request.get_content(strict=False)

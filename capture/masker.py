@@ -65,8 +65,9 @@ def extract_ids(doc: Any, paths: Sequence[str], limit: int = 10_000) -> list[str
     for path in paths:
         for value in _walk(doc, _steps_of(path)):
             if isinstance(value, list):
-                out.extend(str(v) for v in value
-                           if isinstance(v, str | int) and not isinstance(v, bool))
+                out.extend(
+                    str(v) for v in value if isinstance(v, str | int) and not isinstance(v, bool)
+                )
             elif isinstance(value, str | int) and not isinstance(value, bool):
                 out.append(str(value))
             if len(out) >= limit:
@@ -159,6 +160,8 @@ class Masker:
     @staticmethod
     def _withhold(flow: http.HTTPFlow, st: FlowState, why: str) -> None:
         flow.response = error_response(
-            502, "masking_failed",
+            502,
+            "masking_failed",
             f"the policy requires masking this response, but {why}; it was withheld",
-            st.request_id)
+            st.request_id,
+        )

@@ -161,19 +161,36 @@ class Recorder:
     async def request(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None:  # never forward what the chain did not see
-            flow.response = error_response(500, "internal_error",
-                                           "the request was not checked; it was not forwarded", "-")
+            flow.response = error_response(
+                500, "internal_error", "the request was not checked; it was not forwarded", "-"
+            )
             return
         if not self.started.is_set():
             st.forwarded = False
-            block(flow, st, 503, "gateway_starting",
-                  "the gateway is still opening its audit log; retry in a moment", "log")
+            block(
+                flow,
+                st,
+                503,
+                "gateway_starting",
+                "the gateway is still opening its audit log; retry in a moment",
+                "log",
+            )
             return
-        if st.blocked is None and (st.identity is None or st.classification is None
-                                   or st.decision is None or st.decision.outcome != "allow"):
+        if st.blocked is None and (
+            st.identity is None
+            or st.classification is None
+            or st.decision is None
+            or st.decision.outcome != "allow"
+        ):
             # Defence in depth: only a request every check allowed goes upstream.
-            block(flow, st, 500, "internal_error",
-                  "the request was not fully checked; it was not forwarded", "policy")
+            block(
+                flow,
+                st,
+                500,
+                "internal_error",
+                "the request was not fully checked; it was not forwarded",
+                "policy",
+            )
         events = self._request_events(flow, st)
         try:
             await self.append(events)
@@ -292,7 +309,9 @@ class Recorder:
                 request_id=rid,
                 occurred_at=now,
                 method=flow.request.method,
-                scheme=flow.request.scheme,
+                # as the client sent it, like host: reverse mode rewrites
+                # flow.request to the upstream's scheme
+                scheme="https" if flow.client_conn.tls_established else "http",
                 host=st.client_host,
                 path=flow.request.path.split("?", 1)[0],
                 query=flow.request.path.partition("?")[2],

@@ -409,19 +409,54 @@ def up(
     for name, port in (("issuer", idp_port), ("chroma", chroma_port), ("gateway", gateway_port)):
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
-                raise fail(f"port {port} for the {name} is taken; pass --{name.replace('issuer', 'idp')}-port")
+                raise fail(
+                    f"port {port} for the {name} is taken; "
+                    f"pass --{name.replace('issuer', 'idp')}-port"
+                )
     logs = s.data_dir / "logs"
     logs.mkdir(exist_ok=True)
     env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
     me = [sys.executable, "-m", "embedguard.cli"]
     specs = [
         ("issuer", [*me, "dev-idp", "--port", str(idp_port), "--data", str(s.data_dir)], idp_port),
-        ("chroma", [str(chroma_bin), "run", "--path", str(s.data_dir / "chroma"), "--host",
-                    "127.0.0.1", "--port", str(chroma_port)], chroma_port),
-        ("gateway", [*me, "gateway", "--kind", "chroma", "--upstream", info["chroma"],
-                     "--listen", f"127.0.0.1:{gateway_port}", "--policy", str(policy),
-                     "--log", url, "--issuer", info["issuer"], "--audience", "embedguard",
-                     "--gateway-id", f"{socket.gethostname()}-embedded"], gateway_port),
+        (
+            "chroma",
+            [
+                str(chroma_bin),
+                "run",
+                "--path",
+                str(s.data_dir / "chroma"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(chroma_port),
+            ],
+            chroma_port,
+        ),
+        (
+            "gateway",
+            [
+                *me,
+                "gateway",
+                "--kind",
+                "chroma",
+                "--upstream",
+                info["chroma"],
+                "--listen",
+                f"127.0.0.1:{gateway_port}",
+                "--policy",
+                str(policy),
+                "--log",
+                url,
+                "--issuer",
+                info["issuer"],
+                "--audience",
+                "embedguard",
+                "--gateway-id",
+                f"{socket.gethostname()}-embedded",
+            ],
+            gateway_port,
+        ),
     ]
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
@@ -441,7 +476,9 @@ def up(
     try:
         for name, cmd, port in specs:
             logf = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-            procs.append((name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)))
+            procs.append(
+                (name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env))
+            )
             deadline = time.monotonic() + 60
             while True:
                 with socket.socket() as probe:
@@ -459,10 +496,16 @@ def up(
                 out.print(f"  {k:<10} {info[k]}", highlight=False)
             out.print(f"  logs       {logs}", highlight=False)
             out.print(f"  [dim]{info['not_yet']}[/]")
-            out.print("\n  try:  TOKEN=$(.venv/bin/embedguard token --issuer "
-                      f"{info['issuer']} --sub alice --groups Vector-Read)", highlight=False)
-            out.print(f"        curl -H \"Authorization: Bearer $TOKEN\" {info['gateway']}"
-                      "/api/v2/heartbeat", highlight=False)
+            out.print(
+                "\n  try:  TOKEN=$(.venv/bin/embedguard token --issuer "
+                f"{info['issuer']} --sub alice --groups Vector-Read)",
+                highlight=False,
+            )
+            out.print(
+                f'        curl -H "Authorization: Bearer $TOKEN" {info["gateway"]}'
+                "/api/v2/heartbeat",
+                highlight=False,
+            )
             out.print("        .venv/bin/embedguard events tail --follow", highlight=False)
             out.print("  Ctrl-C stops everything.")
         while all(p.poll() is None for _, p in procs):
@@ -476,6 +519,7 @@ def up(
 
 
 # -- identity (dev issuer, tokens) and the gateway --------------------------------
+
 
 def _register_identity_commands() -> None:
     from capture.identity_cli import dev_idp_command, token_command
@@ -519,7 +563,9 @@ def gateway(
         str | None,
         typer.Option("--audience", envvar="EMBEDGUARD_AUDIENCE", help="Expected token audience"),
     ] = None,
-    groups_claim: Annotated[str, typer.Option(help="Claim that lists the caller's groups")] = "groups",
+    groups_claim: Annotated[
+        str, typer.Option(help="Claim that lists the caller's groups")
+    ] = "groups",
     credential_env: Annotated[
         list[str] | None,
         typer.Option("--credential-env", help="Env var holding the upstream API key, per upstream"),
@@ -536,7 +582,9 @@ def gateway(
         bool, typer.Option(help="Do not verify upstream TLS (tests only)")
     ] = False,
     session_idle: Annotated[str, typer.Option(help="Idle gap that closes a session")] = "15m",
-    record_body_limit: Annotated[int, typer.Option(help="Bodies up to this size are recorded")] = 65536,
+    record_body_limit: Annotated[
+        int, typer.Option(help="Bodies up to this size are recorded")
+    ] = 65536,
     mask_hmac_key_env: Annotated[
         str | None, typer.Option(help="Env var with the key for HMAC masking tokens")
     ] = None,
@@ -552,16 +600,22 @@ def gateway(
     from capture.identity_cli import parse_duration
     from capture.recorder import default_gateway_id
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if not issuer or not audience:
         raise fail("the gateway needs --issuer and --audience (or EMBEDGUARD_ISSUER/_AUDIENCE)")
     if len(listen) != len(upstream):
-        raise fail(f"give one --listen per --upstream ({len(upstream)} upstreams, {len(listen)} listens)")
+        raise fail(
+            f"give one --listen per --upstream ({len(upstream)} upstreams, {len(listen)} listens)"
+        )
     kinds = kind or ["auto"] * len(upstream)
     envs = credential_env or []
     files = credential_file or []
     if len(kinds) != len(upstream) or len(envs) > len(upstream) or len(files) > len(upstream):
-        raise fail("--kind, --credential-env and --credential-file go once per --upstream, in order")
+        raise fail(
+            "--kind, --credential-env and --credential-file go once per --upstream, in order"
+        )
     if not policy.exists():
         raise fail(f"policy file {policy} does not exist")
     routes = []
@@ -570,10 +624,19 @@ def gateway(
             host, sep, port = addr.rpartition(":")
             if not sep or not port.isdigit():
                 raise fail(f"--listen {addr!r} must be HOST:PORT")
-            cred, ref = load_credential(envs[i] if i < len(envs) else None,
-                                        files[i] if i < len(files) else None)
-            routes.append(Route(kind=kinds[i], upstream=up, listen_host=host or "127.0.0.1",
-                                listen_port=int(port), credential=cred, credential_ref=ref))
+            cred, ref = load_credential(
+                envs[i] if i < len(envs) else None, files[i] if i < len(files) else None
+            )
+            routes.append(
+                Route(
+                    kind=kinds[i],  # type: ignore[arg-type]  # validated by pydantic
+                    upstream=up,
+                    listen_host=host or "127.0.0.1",
+                    listen_port=int(port),
+                    credential=cred,
+                    credential_ref=ref,
+                )
+            )
         hmac_key = None
         if mask_hmac_key_env:
             import os
@@ -583,12 +646,21 @@ def gateway(
                 raise fail(f"environment variable {mask_hmac_key_env} is empty or unset")
             hmac_key = SecretStr(value)
         config = GatewayConfig(
-            routes=routes, policy_path=policy, log_url=log_url(log), issuer=issuer,
-            audience=audience, groups_claim=groups_claim,
+            routes=routes,
+            policy_path=policy,
+            log_url=log_url(log),
+            issuer=issuer,
+            audience=audience,
+            groups_claim=groups_claim,
             gateway_id=gateway_id or default_gateway_id(),
             session_idle_s=parse_duration(session_idle, option="--session-idle").total_seconds(),
-            record_body_limit=record_body_limit, mask_hmac_key=hmac_key, tls_cert=tls_cert,
-            tls_key=tls_key, upstream_ca=upstream_ca, upstream_insecure=upstream_insecure)
+            record_body_limit=record_body_limit,
+            mask_hmac_key=hmac_key,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            upstream_ca=upstream_ca,
+            upstream_insecure=upstream_insecure,
+        )
     except ConfigError as exc:
         raise fail(str(exc)) from None
     except ValidationError as exc:
@@ -598,8 +670,11 @@ def gateway(
 
     def ready() -> None:
         for r in config.routes:
-            err.print(f"embedguard gateway {config.gateway_id}: http://{r.listen_host}:{r.listen_port}"
-                      f" → {r.upstream} ({r.kind})", highlight=False)
+            err.print(
+                f"embedguard gateway {config.gateway_id}: http://{r.listen_host}:{r.listen_port}"
+                f" → {r.upstream} ({r.kind})",
+                highlight=False,
+            )
 
     try:
         addons = build_addons(config)

@@ -36,15 +36,21 @@ class Bomb:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory, dev_idp: str) -> Iterator[tuple[str, list[Bomb], RecordingUpstream]]:
+def rig(
+    tmp_path_factory: pytest.TempPathFactory, dev_idp: str
+) -> Iterator[tuple[str, list[Bomb], RecordingUpstream]]:
     tmp = tmp_path_factory.mktemp("failclosed")
     bombs = [Bomb("bomb-first"), Bomb("bomb-middle"), Bomb("bomb-last")]
     with recording_upstream() as up:
         port = free_port()
-        cfg = GatewayConfig(routes=[Route(kind="qdrant", upstream=up.url, listen_port=port)],
-                            policy_path=ROOT / "examples" / "policy.yaml",
-                            log_url=f"sqlite:{tmp / 'ev.db'}", issuer=dev_idp,
-                            audience="embedguard", gateway_id="gw-failclosed")
+        cfg = GatewayConfig(
+            routes=[Route(kind="qdrant", upstream=up.url, listen_port=port)],
+            policy_path=ROOT / "examples" / "policy.yaml",
+            log_url=f"sqlite:{tmp / 'ev.db'}",
+            issuer=dev_idp,
+            audience="embedguard",
+            gateway_id="gw-failclosed",
+        )
         addons = build_addons(cfg)
         addons.insert(0, bombs[0])
         addons.insert(4, bombs[1])
@@ -69,8 +75,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory, dev_idp: str) -> Iterator[tupl
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])
-def test_exception_in_a_hook_refuses_the_request(rig: tuple[str, list[Bomb], RecordingUpstream],
-                                                 dev_idp: str, which: int) -> None:
+def test_exception_in_a_hook_refuses_the_request(
+    rig: tuple[str, list[Bomb], RecordingUpstream], dev_idp: str, which: int
+) -> None:
     from capture.devidp import mint_token
 
     url, bombs, up = rig
@@ -80,7 +87,12 @@ def test_exception_in_a_hook_refuses_the_request(rig: tuple[str, list[Bomb], Rec
     before = len(up.requests)
     for b in bombs:
         b.armed = False
-    assert httpx.post(f"{url}/collections/docs/points/query", json=q, headers=h, timeout=30).status_code == 200
+    assert (
+        httpx.post(
+            f"{url}/collections/docs/points/query", json=q, headers=h, timeout=30
+        ).status_code
+        == 200
+    )
     assert len(up.requests) == before + 1
     bombs[which].armed = True
     try:

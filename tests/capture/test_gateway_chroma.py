@@ -26,9 +26,13 @@ EMB = [[0.1, 0.2, 0.3], [0.3, 0.4, 0.5]]
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, dev_idp: str, chroma_url: str) -> Iterator[GatewayProcess]:
+def gw(
+    tmp_path_factory: pytest.TempPathFactory, dev_idp: str, chroma_url: str
+) -> Iterator[GatewayProcess]:
     tmp = tmp_path_factory.mktemp("gw")
-    with gateway_process(tmp, upstream=chroma_url, kind="chroma", policy=POLICY, issuer=dev_idp) as g:
+    with gateway_process(
+        tmp, upstream=chroma_url, kind="chroma", policy=POLICY, issuer=dev_idp
+    ) as g:
         yield g
 
 
@@ -36,8 +40,12 @@ def token(issuer: str, sub: str, groups: list[str], **kw: Any) -> str:
     return mint_token(issuer, sub, groups, **kw)
 
 
-def client(gw: GatewayProcess, steps: list[dict[str, Any]], tok: str | None,
-           headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def client(
+    gw: GatewayProcess,
+    steps: list[dict[str, Any]],
+    tok: str | None,
+    headers: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
     return run_chroma_client("127.0.0.1", gw.port, steps, token=tok, headers=headers)
 
 
@@ -52,6 +60,7 @@ def events(gw: GatewayProcess) -> list[Any]:
                     if not batch:
                         return out
                     out.extend(default_codec().decode(r.value) for r in batch)
+
     return asyncio.run(read())
 
 
@@ -59,20 +68,43 @@ def events(gw: GatewayProcess) -> list[Any]:
 def seeded(gw: GatewayProcess, dev_idp: str) -> str:
     """An ops engineer creates and fills the collection with a change ticket."""
     ops = token(dev_idp, "oscar", ["Vector-Write", "Vector-Admin"])
-    res = client(gw, [
-        {"op": "get_or_create_collection", "name": "docs"},
-        {"op": "add", "collection": "docs", "ids": ["a", "b"], "embeddings": EMB,
-         "documents": ["mail alice@example.com now", "plain text"],
-         "metadatas": [{"email": "alice@example.com", "team": "x"}, {"team": "y"}]},
-    ], ops, headers={"X-Change-Ticket": "CHG-100"})
+    res = client(
+        gw,
+        [
+            {"op": "get_or_create_collection", "name": "docs"},
+            {
+                "op": "add",
+                "collection": "docs",
+                "ids": ["a", "b"],
+                "embeddings": EMB,
+                "documents": ["mail alice@example.com now", "plain text"],
+                "metadatas": [{"email": "alice@example.com", "team": "x"}, {"team": "y"}],
+            },
+        ],
+        ops,
+        headers={"X-Change-Ticket": "CHG-100"},
+    )
     assert all(r["ok"] for r in res), res
     return ops
 
 
-def test_data_scientist_can_query_and_email_is_masked(gw: GatewayProcess, dev_idp: str, seeded: str) -> None:
+def test_data_scientist_can_query_and_email_is_masked(
+    gw: GatewayProcess, dev_idp: str, seeded: str
+) -> None:
     alice = token(dev_idp, "alice", ["Vector-Read"])
-    res = client(gw, [{"op": "query", "collection": "docs", "query_embeddings": [EMB[0]], "n_results": 2,
-                       "include": ["documents", "metadatas", "distances"]}], alice)
+    res = client(
+        gw,
+        [
+            {
+                "op": "query",
+                "collection": "docs",
+                "query_embeddings": [EMB[0]],
+                "n_results": 2,
+                "include": ["documents", "metadatas", "distances"],
+            }
+        ],
+        alice,
+    )
     assert res[0]["ok"], res
     result = res[0]["result"]
     assert set(result["ids"][0]) == {"a", "b"}
@@ -81,31 +113,52 @@ def test_data_scientist_can_query_and_email_is_masked(gw: GatewayProcess, dev_id
     assert "[MASKED:email]" in text
 
 
-def test_data_scientist_upsert_is_refused_until_approved(gw: GatewayProcess, dev_idp: str, seeded: str) -> None:
+def test_data_scientist_upsert_is_refused_until_approved(
+    gw: GatewayProcess, dev_idp: str, seeded: str
+) -> None:
     alice = token(dev_idp, "alice", ["Vector-Read"])
-    res = client(gw, [{"op": "upsert", "collection": "docs", "ids": ["c"], "embeddings": [EMB[0]]}], alice)
+    res = client(
+        gw, [{"op": "upsert", "collection": "docs", "ids": ["c"], "embeddings": [EMB[0]]}], alice
+    )
     assert not res[0]["ok"]
     assert "approval_required" in res[0]["error"]
     check = client(gw, [{"op": "get", "collection": "docs", "ids": ["c"]}], alice)
     assert check[0]["ok"] and check[0]["result"]["ids"] == []
 
 
-def test_ops_without_ticket_is_denied_with_ticket_allowed(gw: GatewayProcess, dev_idp: str, seeded: str) -> None:
+def test_ops_without_ticket_is_denied_with_ticket_allowed(
+    gw: GatewayProcess, dev_idp: str, seeded: str
+) -> None:
     ops = token(dev_idp, "oscar", ["Vector-Write"])
-    denied = client(gw, [{"op": "upsert", "collection": "docs", "ids": ["d"], "embeddings": [EMB[1]]}], ops)
+    denied = client(
+        gw, [{"op": "upsert", "collection": "docs", "ids": ["d"], "embeddings": [EMB[1]]}], ops
+    )
     assert not denied[0]["ok"]
     assert "X-Change-Ticket" in denied[0]["error"]
-    allowed = client(gw, [{"op": "upsert", "collection": "docs", "ids": ["d"], "embeddings": [EMB[1]]},
-                          {"op": "get", "collection": "docs", "ids": ["d"]}],
-                     ops, headers={"X-Change-Ticket": "CHG-4711"})
+    allowed = client(
+        gw,
+        [
+            {"op": "upsert", "collection": "docs", "ids": ["d"], "embeddings": [EMB[1]]},
+            {"op": "get", "collection": "docs", "ids": ["d"]},
+        ],
+        ops,
+        headers={"X-Change-Ticket": "CHG-4711"},
+    )
     assert allowed[0]["ok"], allowed
     assert allowed[1]["result"]["ids"] == ["d"]
 
 
-def test_pipeline_token_older_than_15_minutes_is_refused(gw: GatewayProcess, dev_idp: str, seeded: str) -> None:
+def test_pipeline_token_older_than_15_minutes_is_refused(
+    gw: GatewayProcess, dev_idp: str, seeded: str
+) -> None:
     fresh = token(dev_idp, "pipeline-bot", ["Vector-Pipeline"], ttl=timedelta(hours=1))
-    old = token(dev_idp, "pipeline-bot", ["Vector-Pipeline"], ttl=timedelta(hours=1),
-                issued_ago=timedelta(minutes=20))
+    old = token(
+        dev_idp,
+        "pipeline-bot",
+        ["Vector-Pipeline"],
+        ttl=timedelta(hours=1),
+        issued_ago=timedelta(minutes=20),
+    )
     ok = client(gw, [{"op": "get", "collection": "docs", "ids": ["a"]}], fresh)
     assert ok[0]["ok"], ok
     refused = client(gw, [{"op": "get", "collection": "docs", "ids": ["a"]}], old)
@@ -113,8 +166,9 @@ def test_pipeline_token_older_than_15_minutes_is_refused(gw: GatewayProcess, dev
     # chromadb reports the refusal of its first call generically; the gateway's
     # reason is in the record.
     blocked = [e.event for e in events(gw) if e.event.avro_name == "RequestBlocked"]
-    assert any("pipeline-read" in b.reason and "15m" in b.reason for b in blocked), \
-        [b.reason for b in blocked]
+    assert any("pipeline-read" in b.reason and "15m" in b.reason for b in blocked), [
+        b.reason for b in blocked
+    ]
 
 
 def test_no_token_is_401_and_nothing_is_forwarded(gw: GatewayProcess, seeded: str) -> None:
@@ -122,12 +176,23 @@ def test_no_token_is_401_and_nothing_is_forwarded(gw: GatewayProcess, seeded: st
     assert not res[0]["ok"]
 
 
-def test_every_request_leaves_chained_events_and_no_secret(gw: GatewayProcess, dev_idp: str, seeded: str) -> None:
+def test_every_request_leaves_chained_events_and_no_secret(
+    gw: GatewayProcess, dev_idp: str, seeded: str
+) -> None:
     evs = events(gw)
     assert verify_chains(evs) == []
     types = {e.event.avro_name for e in evs}
-    assert {"GatewayStarted", "PolicyChanged", "SessionStarted", "IdentityResolved", "RequestReceived",
-            "PolicyDecided", "RequestForwarded", "ResponseRecorded", "RequestBlocked"} <= types
+    assert {
+        "GatewayStarted",
+        "PolicyChanged",
+        "SessionStarted",
+        "IdentityResolved",
+        "RequestReceived",
+        "PolicyDecided",
+        "RequestForwarded",
+        "ResponseRecorded",
+        "RequestBlocked",
+    } <= types
     by_request: dict[str, set[str]] = {}
     for e in evs:
         rid = e.event.envelope.request_id
@@ -143,5 +208,7 @@ def test_every_request_leaves_chained_events_and_no_secret(gw: GatewayProcess, d
     assert b"Bearer ey" not in raw
     assert UPSTREAM_SECRET not in gw.stderr()
     # the masked body is what was recorded as delivered
-    delivered = [e.event for e in evs if e.event.avro_name == "ResponseRecorded" and e.event.masked_fields]
+    delivered = [
+        e.event for e in evs if e.event.avro_name == "ResponseRecorded" and e.event.masked_fields
+    ]
     assert delivered and all(b"alice@example.com" not in (ev.body or b"") for ev in delivered)

@@ -44,31 +44,53 @@ def read_events(log_url: str) -> list[Any]:
                     if not batch:
                         return out
                     out.extend(default_codec().decode(r.value) for r in batch)
+
     return asyncio.run(read())
 
 
-def test_log_down_means_503_and_nothing_forwarded(tmp_path: Path, dev_idp: str,
-                                                  upstream: RecordingUpstream) -> None:
+def test_log_down_means_503_and_nothing_forwarded(
+    tmp_path: Path, dev_idp: str, upstream: RecordingUpstream
+) -> None:
     alice = mint_token(dev_idp, "alice", ["Vector-Read"])
-    with tansu_broker(tmp_path / "tansu") as bootstrap, gateway_process(
-        tmp_path, upstream=upstream.url, kind="qdrant", policy=POLICY, issuer=dev_idp,
-        log_url=f"kafka://{bootstrap}?topic=eg.logdown",
-    ) as gw:
-        ok = httpx.post(f"{gw.url}/collections/docs/points/query", json={"query": [0.1, 0.2], "limit": 3},
-                        headers={"authorization": f"Bearer {alice}"}, timeout=30)
+    with (
+        tansu_broker(tmp_path / "tansu") as bootstrap,
+        gateway_process(
+            tmp_path,
+            upstream=upstream.url,
+            kind="qdrant",
+            policy=POLICY,
+            issuer=dev_idp,
+            log_url=f"kafka://{bootstrap}?topic=eg.logdown",
+        ) as gw,
+    ):
+        ok = httpx.post(
+            f"{gw.url}/collections/docs/points/query",
+            json={"query": [0.1, 0.2], "limit": 3},
+            headers={"authorization": f"Bearer {alice}"},
+            timeout=30,
+        )
         assert ok.status_code == 200, ok.text
         assert len(upstream.requests) == 1
     # the broker is gone now; start a gateway against a dead broker port
     with tansu_broker(tmp_path / "tansu2") as bootstrap2:
-        ctx = gateway_process(tmp_path / "g2" if (tmp_path / "g2").mkdir() is None else tmp_path,
-                              upstream=upstream.url, kind="qdrant", policy=POLICY, issuer=dev_idp,
-                              log_url=f"kafka://{bootstrap2}?topic=eg.logdown2&append_timeout=3&request_timeout=3")
+        ctx = gateway_process(
+            tmp_path / "g2" if (tmp_path / "g2").mkdir() is None else tmp_path,
+            upstream=upstream.url,
+            kind="qdrant",
+            policy=POLICY,
+            issuer=dev_idp,
+            log_url=f"kafka://{bootstrap2}?topic=eg.logdown2&append_timeout=3&request_timeout=3",
+        )
         with ctx as gw2:
             before = len(upstream.requests)
             # stop the broker under the running gateway
             _stop_broker(bootstrap2)
-            r = httpx.post(f"{gw2.url}/collections/docs/points/query", json={"query": [0.1, 0.2], "limit": 3},
-                           headers={"authorization": f"Bearer {alice}"}, timeout=60)
+            r = httpx.post(
+                f"{gw2.url}/collections/docs/points/query",
+                json={"query": [0.1, 0.2], "limit": 3},
+                headers={"authorization": f"Bearer {alice}"},
+                timeout=60,
+            )
             assert r.status_code == 503, (r.text, gw2.stderr()[-3000:])
             body = r.json()
             assert body["error"] == "audit_log_unavailable"
@@ -93,29 +115,41 @@ def _stop_broker(bootstrap: str) -> None:
 def gw(tmp_path: Path, dev_idp: str, upstream: RecordingUpstream) -> Iterator[GatewayProcess]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.read_text())
-    with gateway_process(tmp_path, upstream=upstream.url, kind="qdrant", policy=policy,
-                         issuer=dev_idp) as g:
+    with gateway_process(
+        tmp_path, upstream=upstream.url, kind="qdrant", policy=policy, issuer=dev_idp
+    ) as g:
         yield g
 
 
 def _forge(header: dict[str, Any], claims: dict[str, Any], sig: bytes = b"") -> str:
     def b64(d: bytes) -> str:
         return base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+
     return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}.{b64(sig)}"
 
 
-def test_forged_and_bad_tokens_never_reach_upstream(gw: GatewayProcess, dev_idp: str,
-                                                    upstream: RecordingUpstream) -> None:
+def test_forged_and_bad_tokens_never_reach_upstream(
+    gw: GatewayProcess, dev_idp: str, upstream: RecordingUpstream
+) -> None:
     now = int(time.time())
-    claims = {"iss": dev_idp, "aud": "embedguard", "sub": "mallory", "groups": ["Vector-Admin"],
-              "iat": now, "exp": now + 600}
-    expired = mint_token(dev_idp, "alice", ["Vector-Read"], ttl=timedelta(seconds=1),
-                         issued_ago=timedelta(minutes=5))
+    claims = {
+        "iss": dev_idp,
+        "aud": "embedguard",
+        "sub": "mallory",
+        "groups": ["Vector-Admin"],
+        "iat": now,
+        "exp": now + 600,
+    }
+    expired = mint_token(
+        dev_idp, "alice", ["Vector-Read"], ttl=timedelta(seconds=1), issued_ago=timedelta(minutes=5)
+    )
     wrong_aud = mint_token(dev_idp, "alice", ["Vector-Read"], audience="another-service")
     cases = {
         "none": f"Bearer {_forge({'alg': 'none', 'typ': 'JWT'}, claims)}",
         "hs256": f"Bearer {_forge({'alg': 'HS256', 'typ': 'JWT'}, claims, b'x' * 32)}",
-        "kid-injection": f"Bearer {_forge({'alg': 'RS256', 'kid': '../../etc/passwd', 'jku': 'http://evil'}, claims, b'x' * 256)}",
+        "kid-injection": "Bearer " + _forge(
+            {"alg": "RS256", "kid": "../../etc/passwd", "jku": "http://evil"}, claims, b"x" * 256
+        ),
         "expired": f"Bearer {expired}",
         "wrong-audience": f"Bearer {wrong_aud}",
         "garbage": "Bearer not-a-token",
@@ -132,22 +166,40 @@ def test_forged_and_bad_tokens_never_reach_upstream(gw: GatewayProcess, dev_idp:
     assert upstream.requests == []
 
 
-def test_default_deny_and_credentials(gw: GatewayProcess, dev_idp: str, upstream: RecordingUpstream) -> None:
+def test_default_deny_and_credentials(
+    gw: GatewayProcess, dev_idp: str, upstream: RecordingUpstream
+) -> None:
     alice = mint_token(dev_idp, "alice", ["Vector-Read"])
-    auth = {"authorization": f"Bearer {alice}", "api-key": "client-side-key", "x-openai-api-key": "sk-client"}
+    auth = {
+        "authorization": f"Bearer {alice}",
+        "api-key": "client-side-key",
+        "x-openai-api-key": "sk-client",
+    }
     unknown = httpx.post(f"{gw.url}/teleport/docs", json={}, headers=auth, timeout=30)
     assert unknown.status_code == 403 and "unclassifiable" in unknown.json()["reason"]
-    bad_body = httpx.post(f"{gw.url}/collections/docs/points/query", content=b"{not json",
-                          headers={**auth, "content-type": "application/json"}, timeout=30)
+    bad_body = httpx.post(
+        f"{gw.url}/collections/docs/points/query",
+        content=b"{not json",
+        headers={**auth, "content-type": "application/json"},
+        timeout=30,
+    )
     assert bad_body.status_code == 403
     nobody = mint_token(dev_idp, "mallory", [])
-    no_rule = httpx.post(f"{gw.url}/collections/docs/points/query", json={"query": [0.1], "limit": 3},
-                         headers={"authorization": f"Bearer {nobody}"}, timeout=30)
+    no_rule = httpx.post(
+        f"{gw.url}/collections/docs/points/query",
+        json={"query": [0.1], "limit": 3},
+        headers={"authorization": f"Bearer {nobody}"},
+        timeout=30,
+    )
     assert no_rule.status_code == 403 and "no rule allows" in no_rule.json()["reason"]
     assert upstream.requests == []
 
-    ok = httpx.post(f"{gw.url}/collections/docs/points/query", json={"query": [0.1, 0.2], "limit": 3},
-                    headers=auth, timeout=30)
+    ok = httpx.post(
+        f"{gw.url}/collections/docs/points/query",
+        json={"query": [0.1, 0.2], "limit": 3},
+        headers=auth,
+        timeout=30,
+    )
     assert ok.status_code == 200, ok.text
     assert ok.headers["x-embedguard-request-id"]
     got = upstream.requests[-1]
@@ -169,17 +221,28 @@ def test_default_deny_and_credentials(gw: GatewayProcess, dev_idp: str, upstream
     assert recorded.result_ids == ["1"]
 
 
-def test_policy_reload_is_recorded_and_bad_policy_keeps_old(gw: GatewayProcess, dev_idp: str,
-                                                            tmp_path: Path) -> None:
+def test_policy_reload_is_recorded_and_bad_policy_keeps_old(
+    gw: GatewayProcess, dev_idp: str, tmp_path: Path
+) -> None:
     policy = tmp_path / "policy.yaml"
     alice = mint_token(dev_idp, "alice", ["Vector-Read"])
     h = {"authorization": f"Bearer {alice}"}
     q = {"query": [0.1, 0.2], "limit": 3}
-    assert httpx.post(f"{gw.url}/collections/docs/points/query", json=q, headers=h, timeout=30).status_code == 200
+    assert (
+        httpx.post(
+            f"{gw.url}/collections/docs/points/query", json=q, headers=h, timeout=30
+        ).status_code
+        == 200
+    )
     # an invalid file: the old policy stays
     policy.write_text(POLICY.read_text() + "\n  - id: broken\n    effect: maybe\n")
     time.sleep(2.5)
-    assert httpx.post(f"{gw.url}/collections/docs/points/query", json=q, headers=h, timeout=30).status_code == 200
+    assert (
+        httpx.post(
+            f"{gw.url}/collections/docs/points/query", json=q, headers=h, timeout=30
+        ).status_code
+        == 200
+    )
     assert "invalid" in gw.stderr()
     # a valid change that removes data scientists' search
     policy.write_text(POLICY.read_text().replace("actions: [search]", "actions: [read]", 1))

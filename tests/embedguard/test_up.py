@@ -24,9 +24,24 @@ def test_up_runs_the_stack_and_stops_it(tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     logf = log.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "embedguard.cli", "up", "--data", str(tmp_path / "data"),
-         "--idp-port", str(idp), "--chroma-port", str(chroma), "--gateway-port", str(gw)],
-        cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "embedguard.cli",
+            "up",
+            "--data",
+            str(tmp_path / "data"),
+            "--idp-port",
+            str(idp),
+            "--chroma-port",
+            str(chroma),
+            "--gateway-port",
+            str(gw),
+        ],
+        cwd=ROOT,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+    )
     logf.close()  # the child has its own copy
     try:
         deadline = time.time() + 90
@@ -34,8 +49,11 @@ def test_up_runs_the_stack_and_stops_it(tmp_path: Path) -> None:
             assert proc.poll() is None and time.time() < deadline, log.read_text()
             time.sleep(0.2)
         token = mint_token(f"http://127.0.0.1:{idp}", "alice", ["Vector-Read"])
-        r = httpx.get(f"http://127.0.0.1:{gw}/api/v2/heartbeat",
-                      headers={"authorization": f"Bearer {token}"}, timeout=30)
+        r = httpx.get(
+            f"http://127.0.0.1:{gw}/api/v2/heartbeat",
+            headers={"authorization": f"Bearer {token}"},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         assert httpx.get(f"http://127.0.0.1:{gw}/api/v2/heartbeat", timeout=30).status_code == 401
         assert (tmp_path / "data" / "events.db").exists()

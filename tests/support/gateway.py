@@ -49,21 +49,43 @@ def gateway_process(
     log_url = log_url or f"sqlite:{tmp / 'events.db'}"
     stderr_path = tmp / f"gateway-{port}.log"
     args = [
-        sys.executable, "-m", "embedguard.cli", "gateway",
-        "--upstream", upstream, "--listen", f"127.0.0.1:{port}", "--kind", kind,
-        "--policy", str(policy), "--log", log_url, "--issuer", issuer, "--audience", audience,
-        "--credential-env", "EG_TEST_UPSTREAM_KEY", "--gateway-id", f"gw-test-{port}",
+        sys.executable,
+        "-m",
+        "embedguard.cli",
+        "gateway",
+        "--upstream",
+        upstream,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--kind",
+        kind,
+        "--policy",
+        str(policy),
+        "--log",
+        log_url,
+        "--issuer",
+        issuer,
+        "--audience",
+        audience,
+        "--credential-env",
+        "EG_TEST_UPSTREAM_KEY",
+        "--gateway-id",
+        f"gw-test-{port}",
         *(extra_args or []),
     ]
     with open(stderr_path, "wb") as errf:
         proc = subprocess.Popen(
-            args, stdout=errf, stderr=subprocess.STDOUT,
+            args,
+            stdout=errf,
+            stderr=subprocess.STDOUT,
             env={**os.environ, "EG_TEST_UPSTREAM_KEY": UPSTREAM_SECRET, **(env or {})},
         )
         try:
             deadline = time.monotonic() + 60
             # ready = listening *and* the audit log is open (the CLI prints the route then)
-            while f"embedguard gateway gw-test-{port}" not in stderr_path.read_text(errors="replace"):
+            while f"embedguard gateway gw-test-{port}" not in stderr_path.read_text(
+                errors="replace"
+            ):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"gateway did not start:\n{stderr_path.read_text()[-3000:]}")
                 time.sleep(0.05)
