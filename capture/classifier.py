@@ -83,6 +83,14 @@ class ChromaNames:
         return name if isinstance(name, str) and name else None
 
 
+def header_dict(headers: http.Headers) -> dict[str, str]:
+    """Lower-case name → value (last one wins), straight from the raw fields:
+    mitmproxy's multidict accessors cost more than the rest of classification."""
+    return {
+        k.decode("latin-1").lower(): v.decode("utf-8", "replace") for k, v in headers.fields
+    }
+
+
 def to_http_request(flow: http.HTTPFlow, host: str, body: bytes) -> HttpRequest:
     path, _, query = flow.request.path.partition("?")
     return HttpRequest(
@@ -90,7 +98,7 @@ def to_http_request(flow: http.HTTPFlow, host: str, body: bytes) -> HttpRequest:
         path=path,
         host=host,
         query=tuple(parse_qsl(query, keep_blank_values=True)),
-        headers={k.lower(): v for k, v in flow.request.headers.items()},
+        headers=header_dict(flow.request.headers),
         body=body,
     )
 

@@ -5,15 +5,122 @@ strip credentials or inject filters."""
 from __future__ import annotations
 
 import logging
+import zlib
 
+import brotli
+import zstandard
 from mitmproxy import http
 
 from capture.config import GatewayConfig, Route
 from capture.state import KEY, REQUEST_ID_HEADER, FlowState, block, fail_closed, state_of
 
-__all__ = ["Intake"]
+__all__ = ["BodyDecodeError", "BodyTooLarge", "Intake", "decode_body"]
 
 log = logging.getLogger("embedguard.intake")
+
+
+class BodyDecodeError(ValueError):
+    """The request body is not valid data in its content coding."""
+
+
+class BodyTooLarge(ValueError):
+    """Decoded, the request body would be larger than the gateway accepts."""
+
+
+#: Request content codings the gateway decodes. mitmproxy alone would also
+#: "decode" any Python codec named in the header (base64, bz2, rot13...) and
+#: pass undecodable bodies through as they are.
+CONTENT_CODINGS = ("identity", "gzip", "x-gzip", "deflate", "br", "zstd")
+_CHUNK = 16  # bytes of br/zstd input per step; bounds the output of one step
+
+
+def decode_body(raw: bytes, coding: str, limit: int) -> bytes:
+    """Decode ``raw`` from one content coding, producing at most ``limit``
+    bytes: a decompression bomb stops at the limit instead of filling memory.
+
+    Raises :class:`BodyTooLarge` past the limit and :class:`BodyDecodeError`
+    for bad or truncated data or a coding not in :data:`CONTENT_CODINGS`.
+    """
+    coding = coding.strip().lower()
+    if coding not in CONTENT_CODINGS:
+        raise BodyDecodeError(f"content-encoding {coding[:40]!r} is not supported")
+    if coding == "identity" or not raw:
+        out = raw
+    elif coding in ("gzip", "x-gzip"):
+        out = _inflate(raw, 16 + zlib.MAX_WBITS, limit)
+    elif coding == "deflate":  # zlib-wrapped as the RFC says, or raw as some clients send
+        try:
+            out = _inflate(raw, zlib.MAX_WBITS, limit)
+        except BodyDecodeError:
+            out = _inflate(raw, -zlib.MAX_WBITS, limit)
+    elif coding == "br":
+        out = _unbrotli(raw, limit)
+    else:
+        out = _unzstd(raw, limit)
+    if len(out) > limit:
+        raise BodyTooLarge(f"{coding} body decodes to more than {limit} bytes")
+    return out
+
+
+def _inflate(raw: bytes, wbits: int, limit: int) -> bytes:
+    out = bytearray()
+    data = raw
+    while data:  # gzip bodies may hold several members
+        d = zlib.decompressobj(wbits)
+        try:
+            out += d.decompress(data, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise BodyDecodeError(f"invalid compressed data: {exc}") from None
+        if len(out) > limit:
+            raise BodyTooLarge(f"body decodes to more than {limit} bytes")
+        if not d.eof:
+            raise BodyDecodeError("compressed data is truncated")
+        data = d.unused_data
+        if data and wbits <= zlib.MAX_WBITS:  # only gzip has members
+            raise BodyDecodeError("data after the end of the compressed stream")
+    return bytes(out)
+
+
+def _unbrotli(raw: bytes, limit: int) -> bytes:
+    d = brotli.Decompressor()
+    out = bytearray()
+    try:
+        for i in range(0, len(raw), _CHUNK):
+            out += d.process(raw[i:i + _CHUNK])
+            if len(out) > limit:
+                raise BodyTooLarge(f"br body decodes to more than {limit} bytes")
+    except brotli.error as exc:
+        raise BodyDecodeError(f"invalid br data: {exc}") from None
+    if not d.is_finished():
+        raise BodyDecodeError("br data is truncated")
+    return bytes(out)
+
+
+def _unzstd(raw: bytes, limit: int) -> bytes:
+    out = bytearray()
+    data = raw
+    try:
+        while data:  # one frame after another
+            d = zstandard.ZstdDecompressor().decompressobj()
+            i = 0
+            while i < len(data) and not d.eof:
+                out += d.decompress(data[i:i + _CHUNK])
+                i += _CHUNK
+                if len(out) > limit:
+                    raise BodyTooLarge(f"zstd body decodes to more than {limit} bytes")
+            if not d.eof:
+                raise BodyDecodeError("zstd data is truncated")
+            data = d.unused_data + data[i:]
+    except zstandard.ZstdError as exc:
+        raise BodyDecodeError(f"invalid zstd data: {exc}") from None
+    return bytes(out)
+
+
+def raw_headers(headers: http.Headers) -> list[tuple[str, str]]:
+    """Every header in order (repeats kept), decoded from the raw fields."""
+    return [
+        (k.decode("latin-1"), v.decode("utf-8", "replace")) for k, v in headers.fields
+    ]
 
 
 class Intake:
@@ -40,7 +147,7 @@ class Intake:
         st = FlowState(route=route)
         st.client_address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
         st.client_host = flow.request.host_header or ""
-        st.extra["client_headers"] = list(flow.request.headers.items(multi=True))
+        st.extra["client_headers"] = raw_headers(flow.request.headers)
         flow.metadata[KEY] = st
 
     @fail_closed("classify")
@@ -61,20 +168,27 @@ class Intake:
             )
             return
         body = flow.request.raw_content or b""
-        if flow.request.headers.get("content-encoding"):
-            decoded = flow.request.get_content(strict=False)
-            if decoded is None:
-                block(
-                    flow,
-                    st,
-                    400,
-                    "bad_request",
-                    f"cannot decode content-encoding {flow.request.headers['content-encoding']!r}; "
-                    "send the body uncompressed or with gzip/deflate/br/zstd",
-                    "classify",
-                )
+        coding = flow.request.headers.get("content-encoding")
+        if coding:
+            # The upstream gets the decoded bytes: what is classified and
+            # recorded is exactly what it receives, whatever its decoder.
+            try:
+                body = decode_body(body, coding, self.config.max_body_size)
+            except BodyTooLarge:
+                block(flow, st, 413, "body_too_large",
+                      f"the {coding[:40]!r} request body decodes to more than "
+                      f"{self.config.max_body_size} bytes, the most the gateway accepts",
+                      "classify")
                 return
-            body = decoded
+            except BodyDecodeError as exc:
+                supported = coding.strip().lower() in CONTENT_CODINGS
+                block(flow, st, 400 if supported else 415,
+                      "bad_request" if supported else "unsupported_content_encoding",
+                      f"cannot decode the body: {exc}; send it uncompressed or with "
+                      "gzip/deflate/br/zstd", "classify")
+                return
+            del flow.request.headers["content-encoding"]
+            flow.request.content = body
         if len(body) > self.config.max_body_size:
             block(
                 flow,

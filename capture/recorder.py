@@ -18,8 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mitmproxy import http
+from pydantic import BaseModel
 
 from capture.config import GatewayConfig
+from capture.intake import raw_headers
 from capture.redact import redact_headers
 from capture.sessions import SESSION_HEADER, Session, SessionTracker
 from capture.state import FlowState, block, error_response, fail_closed, state_of
@@ -53,6 +55,51 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def recordable(value: Any) -> Any:
+    """``value`` with every string made valid Unicode (the same object if it was).
+
+    Client text reaches events as Python strings that may hold lone
+    surrogates: mitmproxy decodes non-UTF-8 bytes in the path and headers
+    with surrogateescape, and JSON bodies may escape one (``"\\udc80"``). Avro
+    strings are UTF-8, so such an event could not be encoded and the request
+    was refused with 500 and never recorded. An escaped byte becomes ``\\xNN``,
+    any other lone surrogate ``\\uNNNN``: the record still shows what came.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return "".join(
+                (f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}")
+                if 0xD800 <= ord(c) <= 0xDFFF else c
+                for c in value
+            )
+    if isinstance(value, list | tuple):
+        items = [recordable(v) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return type(value)(items)
+    if isinstance(value, dict):
+        fixed = {recordable(k): recordable(v) for k, v in value.items()}
+        unchanged = all(k in value and fixed[k] is value[k] for k in fixed)
+        return value if unchanged and len(fixed) == len(value) else fixed
+    if isinstance(value, BaseModel):
+        update = {}
+        for name in type(value).model_fields:
+            old = getattr(value, name)
+            new = recordable(old)
+            if new is not old:
+                update[name] = new
+        return value.model_copy(update=update) if update else value
+    return value
+
+
+class _RecordableStamper(EventStamper):
+    def stamp(self, cls: Any, **fields: Any) -> StampedEvent:
+        return super().stamp(cls, **{k: recordable(v) for k, v in fields.items()})
+
+
 class Recorder:
     def __init__(
         self,
@@ -69,7 +116,7 @@ class Recorder:
         self.started = asyncio.Event()
         self._log = log_
         self._epoch = 0
-        self.stamper = EventStamper(self._stream_id())
+        self.stamper = _RecordableStamper(self._stream_id())
         self.sessions = SessionTracker(config.session_idle_s)
         self.publisher: EventPublisher | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -137,7 +184,7 @@ class Recorder:
         """After a failed append, some stamped events never reached the log. Start
         a new stream and new sessions so no chain continues over the hole."""
         self._epoch += 1
-        self.stamper = EventStamper(self._stream_id())
+        self.stamper = _RecordableStamper(self._stream_id())
         self.sessions.close_all()
         log.warning("event log refused an append; continuing on stream %s", self._stream_id())
 
@@ -162,7 +209,8 @@ class Recorder:
         st = state_of(flow)
         if st is None:  # never forward what the chain did not see
             flow.response = error_response(
-                500, "internal_error", "the request was not checked; it was not forwarded", "-"
+                500, "internal_error", "the request was not checked; it was not forwarded", "-",
+                method=flow.request.method,
             )
             return
         if not self.started.is_set():
@@ -223,6 +271,7 @@ class Recorder:
                 "the upstream answered but the audit log cannot record the response, so it was "
                 "withheld; the operation may have completed upstream",
                 st.request_id,
+                method=flow.request.method,
             )
 
     async def error(self, flow: http.HTTPFlow) -> None:
@@ -369,7 +418,7 @@ class Recorder:
             session_id=st.session_id or self.system_session,
             request_id=st.request_id,
             status=flow.response.status_code,
-            headers=redact_headers(flow.response.headers.items(multi=True)),
+            headers=redact_headers(raw_headers(flow.response.headers)),
             body=delivered if len(delivered) <= limit else None,
             body_sha256=_sha256(delivered),
             body_size=len(delivered),

@@ -661,7 +661,11 @@ def gateway(
             upstream_ca=upstream_ca,
             upstream_insecure=upstream_insecure,
         )
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"])
+            raise fail(f"{loc}: {first['msg']}") from None
         raise fail(str(exc)) from None
     except ValidationError as exc:
         first = exc.errors()[0]

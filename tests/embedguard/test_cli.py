@@ -174,3 +174,26 @@ def test_two_appenders_and_a_follower_see_every_event_once_in_session_order(tmp_
         seqs.setdefault(env["session_id"], []).append(env["seq"])
     assert len(seqs) == 10
     assert all(v == list(range(len(v))) for v in seqs.values())  # per-session order
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--session-idle", "1x"], "--session-idle '1x' is not a duration"),
+        (["--upstream", "ftp://x", "--listen", "127.0.0.1:1"], "must be http(s)://host"),
+        (["--policy", "/etc/hostname"], "the policy does not load"),
+        (["--credential-env", "EG_SURELY_UNSET_VAR"], "EG_SURELY_UNSET_VAR is empty or unset"),
+        (["--listen", "nonsense"], "must be HOST:PORT"),
+    ],
+)
+def test_gateway_bad_options_fail_at_start_with_a_clear_error(extra: list[str], needle: str) -> None:
+    base = {"--upstream": "http://127.0.0.1:1", "--listen": "127.0.0.1:0",
+            "--policy": "examples/policy.yaml", "--issuer": "http://127.0.0.1:1", "--audience": "x"}
+    args = ["gateway"]
+    for k, v in base.items():
+        if k not in extra:
+            args += [k, v]
+    res = run(*args, *extra)
+    assert res.returncode == 2, res.stderr
+    assert needle in " ".join(res.stderr.split())
+    assert "Traceback" not in res.stderr
