@@ -164,4 +164,5 @@ class Masker:
             "masking_failed",
             f"the policy requires masking this response, but {why}; it was withheld",
             st.request_id,
+            method=flow.request.method,
         )

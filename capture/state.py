@@ -65,12 +65,19 @@ def state_of(flow: http.HTTPFlow) -> FlowState | None:
     return st if isinstance(st, FlowState) else None
 
 
-def error_response(status: int, error: str, reason: str, request_id: str) -> http.Response:
-    """The one shape of every error the gateway sends: JSON, no stack trace."""
+def error_response(
+    status: int, error: str, reason: str, request_id: str, *, method: str = ""
+) -> http.Response:
+    """The one shape of every error the gateway sends: JSON, no stack trace.
+
+    An answer to HEAD has no body (RFC 9110 9.3.2). mitmproxy sends whatever
+    body an addon sets, and the client would read it as the start of the next
+    response on the connection.
+    """
     body = json.dumps({"error": error, "reason": reason, "request_id": request_id}).encode()
     return http.Response.make(
         status,
-        body,
+        b"" if method.upper() == "HEAD" else body,
         {
             "content-type": "application/json",
             REQUEST_ID_HEADER: request_id,
@@ -84,7 +91,8 @@ def block(
 ) -> None:
     """Refuse the flow: nothing goes upstream, the client gets a clear JSON error."""
     st.blocked = Blocked(status, error, reason, stage)
-    flow.response = error_response(status, error, reason, st.request_id)
+    flow.response = error_response(status, error, reason, st.request_id,
+                                   method=flow.request.method)
 
 
 _log = logging.getLogger("embedguard.failclosed")
@@ -134,7 +142,8 @@ def _refuse(flow: http.HTTPFlow, stage: str) -> None:
         st.forwarded = False
         block(flow, st, 500, "internal_error", reason, stage if stage in _STAGES else "upstream")
     else:
-        flow.response = error_response(500, "internal_error", reason, rid)
+        flow.response = error_response(500, "internal_error", reason, rid,
+                                       method=flow.request.method)
 
 
 _STAGES = frozenset({"identity", "classify", "policy", "approval", "log", "upstream"})
