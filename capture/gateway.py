@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import tempfile
@@ -37,6 +38,34 @@ class UpstreamSni:
             data.server.sni = data.server.address[0]
 
 
+def _json_protocol_error(status_code: int, message: str = "") -> bytes:
+    """mitmproxy answers protocol errors (upstream unreachable, malformed
+    request) itself, after the hooks, with an HTML page. A gateway's clients
+    get the same JSON shape as every other error instead."""
+    from mitmproxy import http as mhttp
+    from mitmproxy.net.http import http1
+
+    error = {400: "bad_request", 413: "body_too_large", 502: "upstream_error"}.get(
+        status_code, "gateway_error"
+    )
+    if status_code == 502:
+        # mitmproxy's message names the upstream's address: internal topology.
+        reason = "the vector database could not be reached or did not answer properly"
+    else:
+        reason = message[:300] or "protocol error"
+    body = json.dumps({"error": error, "reason": reason, "request_id": None}).encode()
+    resp = mhttp.Response.make(
+        status_code, body, {"content-type": "application/json", "connection": "close"}
+    )
+    return bytes(http1.assemble_response(resp))
+
+
+def _install_json_protocol_errors() -> None:
+    from mitmproxy.proxy.layers.http import _http1
+
+    _http1.make_error_response = _json_protocol_error  # type: ignore[assignment]
+
+
 def _proxy_options(config: GatewayConfig, confdir: Path) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "mode": [r.mode_spec for r in config.routes],
@@ -64,6 +93,7 @@ def _proxy_options(config: GatewayConfig, confdir: Path) -> dict[str, Any]:
 
 
 def build_master(config: GatewayConfig, addons: Sequence[object], confdir: Path) -> master.Master:
+    _install_json_protocol_errors()
     opts = options.Options()
     m = master.Master(opts, event_loop=asyncio.get_running_loop(), with_termlog=False)
     m.addons.add(

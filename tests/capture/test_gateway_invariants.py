@@ -258,3 +258,19 @@ def test_policy_reload_is_recorded_and_bad_policy_keeps_old(
     assert changes[0].old_sha256 is None
     assert changes[1].old_sha256 == changes[0].new_sha256
     assert "-    actions: [search]" in changes[1].diff and "+    actions: [read]" in changes[1].diff
+
+
+def test_unreachable_upstream_is_a_json_502_without_topology(tmp_path: Path, dev_idp: str) -> None:
+    from tests.support.services import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    with gateway_process(tmp_path, upstream=dead, kind="qdrant", policy=POLICY, issuer=dev_idp) as gw:
+        alice = mint_token(dev_idp, "alice", ["Vector-Read"])
+        r = httpx.get(f"{gw.url}/collections/docs/points/1",
+                      headers={"authorization": f"Bearer {alice}"}, timeout=30)
+        assert r.status_code == 502
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["error"] == "upstream_error"
+        assert dead.rsplit(":", 1)[1] not in r.text and "html" not in r.text.lower()
+        recorded = [e.event for e in read_events(gw.log_url) if e.event.avro_name == "ResponseRecorded"]
+        assert recorded and recorded[-1].status == 502 and recorded[-1].upstream_error
