@@ -147,7 +147,8 @@ def test_forged_and_bad_tokens_never_reach_upstream(
     cases = {
         "none": f"Bearer {_forge({'alg': 'none', 'typ': 'JWT'}, claims)}",
         "hs256": f"Bearer {_forge({'alg': 'HS256', 'typ': 'JWT'}, claims, b'x' * 32)}",
-        "kid-injection": "Bearer " + _forge(
+        "kid-injection": "Bearer "
+        + _forge(
             {"alg": "RS256", "kid": "../../etc/passwd", "jku": "http://evil"}, claims, b"x" * 256
         ),
         "expired": f"Bearer {expired}",
@@ -264,13 +265,20 @@ def test_unreachable_upstream_is_a_json_502_without_topology(tmp_path: Path, dev
     from tests.support.services import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
-    with gateway_process(tmp_path, upstream=dead, kind="qdrant", policy=POLICY, issuer=dev_idp) as gw:
+    with gateway_process(
+        tmp_path, upstream=dead, kind="qdrant", policy=POLICY, issuer=dev_idp
+    ) as gw:
         alice = mint_token(dev_idp, "alice", ["Vector-Read"])
-        r = httpx.get(f"{gw.url}/collections/docs/points/1",
-                      headers={"authorization": f"Bearer {alice}"}, timeout=30)
+        r = httpx.get(
+            f"{gw.url}/collections/docs/points/1",
+            headers={"authorization": f"Bearer {alice}"},
+            timeout=30,
+        )
         assert r.status_code == 502
         assert r.headers["content-type"] == "application/json"
         assert r.json()["error"] == "upstream_error"
         assert dead.rsplit(":", 1)[1] not in r.text and "html" not in r.text.lower()
-        recorded = [e.event for e in read_events(gw.log_url) if e.event.avro_name == "ResponseRecorded"]
+        recorded = [
+            e.event for e in read_events(gw.log_url) if e.event.avro_name == "ResponseRecorded"
+        ]
         assert recorded and recorded[-1].status == 502 and recorded[-1].upstream_error
