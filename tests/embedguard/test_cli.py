@@ -186,9 +186,16 @@ def test_two_appenders_and_a_follower_see_every_event_once_in_session_order(tmp_
         (["--listen", "nonsense"], "must be HOST:PORT"),
     ],
 )
-def test_gateway_bad_options_fail_at_start_with_a_clear_error(extra: list[str], needle: str) -> None:
-    base = {"--upstream": "http://127.0.0.1:1", "--listen": "127.0.0.1:0",
-            "--policy": "examples/policy.yaml", "--issuer": "http://127.0.0.1:1", "--audience": "x"}
+def test_gateway_bad_options_fail_at_start_with_a_clear_error(
+    extra: list[str], needle: str
+) -> None:
+    base = {
+        "--upstream": "http://127.0.0.1:1",
+        "--listen": "127.0.0.1:0",
+        "--policy": "examples/policy.yaml",
+        "--issuer": "http://127.0.0.1:1",
+        "--audience": "x",
+    }
     args = ["gateway"]
     for k, v in base.items():
         if k not in extra:
