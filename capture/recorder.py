@@ -29,6 +29,7 @@ from embedguard import __version__
 from pipeline.events import EventPublisher
 from pipeline.transport import EventLog, EventLogError, open_log
 from schemas.chain import EventStamper, StampedEvent
+from schemas.codec import InvalidEvent
 from schemas.models import (
     Event,
     GatewayStarted,
@@ -97,7 +98,13 @@ def recordable(value: Any) -> Any:
 
 class _RecordableStamper(EventStamper):
     def stamp(self, cls: Any, **fields: Any) -> StampedEvent:
-        return super().stamp(cls, **{k: recordable(v) for k, v in fields.items()})
+        # Almost every event encodes as it is; walking every value first would
+        # cost more than the encoding. A failed stamp changes no state, so the
+        # rare event with lone surrogates is simply stamped again, cleaned.
+        try:
+            return super().stamp(cls, **fields)
+        except InvalidEvent:
+            return super().stamp(cls, **{k: recordable(v) for k, v in fields.items()})
 
 
 class Recorder:
