@@ -475,15 +475,23 @@ def up(
     signal.signal(signal.SIGTERM, on_term)  # stop the children on SIGTERM too
     try:
         for name, cmd, port in specs:
-            logf = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+            log_path = logs / f"{name}.log"
+            start_at = log_path.stat().st_size if log_path.exists() else 0
+            logf = open(log_path, "ab")  # noqa: SIM115 - owned by the child
             procs.append(
                 (name, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env))
             )
             deadline = time.monotonic() + 60
             while True:
                 with socket.socket() as probe:
-                    if probe.connect_ex(("127.0.0.1", port)) == 0:
-                        break
+                    listening = probe.connect_ex(("127.0.0.1", port)) == 0
+                # The gateway listens before its audit log is open (it answers 503
+                # meanwhile); it is ready when it prints its route.
+                if listening and (
+                    name != "gateway"
+                    or b"embedguard gateway " in log_path.read_bytes()[start_at:]
+                ):
+                    break
                 if procs[-1][1].poll() is not None or time.monotonic() > deadline:
                     stop_all()
                     raise fail(f"the {name} did not start; see {logs / (name + '.log')}")
