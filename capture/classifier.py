@@ -8,6 +8,7 @@ no name glob matches: fail closed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from urllib.parse import parse_qsl
@@ -16,6 +17,7 @@ import httpx
 from mitmproxy import http
 
 from capture.classify import chroma_collection_refs, classify, detect_product
+from capture.classify.pinecone import index_from_host
 from capture.config import CREDENTIAL_HEADERS, GatewayConfig, Route
 from capture.state import block, fail_closed, state_of
 from capture.types import HttpRequest, Product
@@ -59,10 +61,13 @@ class ChromaNames:
         return out
 
     async def _fetch(self, route: Route, path: str, uuid: str) -> str | None:
-        idx = path.find(uuid)
-        if idx < 0:
+        # The collection segment itself, not the first place the UUID appears:
+        # /tenants/{uuid}/.../collections/{uuid} must not look up the tenant.
+        idx = path.find(f"/collections/{uuid}")
+        end = idx + len("/collections/") + len(uuid)
+        if idx < 0 or path[end:end + 1] not in ("", "/"):
             return None
-        url = route.upstream + path[: idx + len(uuid)]
+        url = route.upstream + path[:end]
         headers = {}
         if route.credential is not None:
             name, fmt = CREDENTIAL_HEADERS["chroma"]
@@ -118,6 +123,11 @@ class Classifier:
             return
         req = to_http_request(flow, st.client_host, st.client_body)
         product: Product | None = st.route.kind if st.route.kind != "auto" else detect_product(req)
+        if product == "pinecone" and index_from_host(st.route.upstream_hostport) is not None:
+            # The upstream is one index's host, and that is the Host it gets
+            # (Credentials sets it): the index is that one, whatever Host the
+            # client claimed.
+            req = dataclasses.replace(req, host=st.route.upstream_hostport)
         if product is None:
             block(
                 flow,

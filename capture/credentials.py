@@ -32,9 +32,16 @@ class Credentials:
             return
         strip_client_credentials(flow.request.headers)
         route = st.route
-        # Reverse mode keeps the client's Host header (Pinecone names the index
-        # there); upstream gets its own.
+        # Reverse mode keeps the client's Host header; upstream gets its own.
         flow.request.host_header = route.upstream_hostport
+        # mitmproxy reports the method upper-cased, so "get" was classified and
+        # recorded as GET: send it as GET too.
+        flow.request.method = flow.request.method
+        if not (flow.request.is_http2 or flow.request.is_http3):
+            # An absolute-form target (GET http://other-host/path) would be
+            # forwarded as sent, and the upstream would route by its authority
+            # rather than the Host header: always send origin-form.
+            flow.request.authority = ""
         if route.credential is not None:
             kind = st.classification.product if st.classification else route.kind
             header, fmt = CREDENTIAL_HEADERS.get(kind, ("authorization", "Bearer {secret}"))

@@ -155,3 +155,8 @@ async def run_gateway(
         finally:
             ready_task.cancel()
             stop_task.cancel()
+            # mitmproxy's run() leaves the listeners open (mitmdump just exits);
+            # an embedded gateway (tests, `embedguard up`) would leak them.
+            ps = m.addons.get("proxyserver")
+            if ps is not None:
+                await ps.servers.update([])
