@@ -63,7 +63,7 @@ def _json_protocol_error(status_code: int, message: str = "") -> bytes:
 def _install_json_protocol_errors() -> None:
     from mitmproxy.proxy.layers.http import _http1
 
-    _http1.make_error_response = _json_protocol_error  # type: ignore[assignment]
+    _http1.make_error_response = _json_protocol_error
 
 
 def _proxy_options(config: GatewayConfig, confdir: Path) -> dict[str, Any]:
