@@ -4,7 +4,6 @@ dev issuer and a real SQLite event log."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -14,9 +13,8 @@ from typing import Any
 import pytest
 
 from capture.devidp import mint_token
-from pipeline.transport import open_log
 from schemas.chain import verify_chains
-from schemas.codec import default_codec
+from tests.support.events import read_events
 from tests.support.gateway import UPSTREAM_SECRET, GatewayProcess, gateway_process
 from tests.support.services import run_chroma_client
 
@@ -47,21 +45,6 @@ def client(
     headers: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     return run_chroma_client("127.0.0.1", gw.port, steps, token=tok, headers=headers)
-
-
-def events(gw: GatewayProcess) -> list[Any]:
-    async def read() -> list[Any]:
-        async with open_log(gw.log_url) as lg:
-            reader = lg.tail_reader()
-            async with reader:
-                out = []
-                while True:
-                    batch = await reader.poll(max_records=5000, timeout=0.2)
-                    if not batch:
-                        return out
-                    out.extend(default_codec().decode(r.value) for r in batch)
-
-    return asyncio.run(read())
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +148,7 @@ def test_pipeline_token_older_than_15_minutes_is_refused(
     assert not refused[0]["ok"]
     # chromadb reports the refusal of its first call generically; the gateway's
     # reason is in the record.
-    blocked = [e.event for e in events(gw) if e.event.avro_name == "RequestBlocked"]
+    blocked = [e.event for e in read_events(gw.log_url) if e.event.avro_name == "RequestBlocked"]
     assert any("pipeline-read" in b.reason and "15m" in b.reason for b in blocked), [
         b.reason for b in blocked
     ]
@@ -179,7 +162,7 @@ def test_no_token_is_401_and_nothing_is_forwarded(gw: GatewayProcess, seeded: st
 def test_every_request_leaves_chained_events_and_no_secret(
     gw: GatewayProcess, dev_idp: str, seeded: str
 ) -> None:
-    evs = events(gw)
+    evs = read_events(gw.log_url)
     assert verify_chains(evs) == []
     types = {e.event.avro_name for e in evs}
     assert {

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from capture.devidp import generate_dpop_key, make_dpop_proof, mint_token
-from tests.capture.test_gateway_invariants import read_events
+from tests.support.events import read_events
 from tests.support.gateway import GatewayProcess, gateway_process
 from tests.support.upstream import RecordingUpstream, recording_upstream
 

@@ -69,14 +69,13 @@ from capture.config import CREDENTIAL_HEADERS, GatewayConfig, Route
 from capture.gateway import run_gateway
 from capture.redact import is_secret_header
 from capture.state import REQUEST_ID_HEADER
-from pipeline.transport import open_log
-from schemas.codec import default_codec
 from tests.capture.classify import test_chroma as chroma_rows
 from tests.capture.classify import test_milvus as milvus_rows
 from tests.capture.classify import test_pinecone as pinecone_rows
 from tests.capture.classify import test_qdrant as qdrant_rows
 from tests.capture.classify import test_weaviate as weaviate_rows
 from tests.capture.classify.table import Row
+from tests.support.events import read_events
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.slow
@@ -758,19 +757,6 @@ def check_credentials(hit: Hit, kind: str, client_token: str) -> None:
 # ----------------------------------------------------------------------------- events
 
 
-def read_events(log_url: str) -> list[Any]:
-    async def read() -> list[Any]:
-        async with open_log(log_url) as lg:
-            reader = lg.tail_reader()
-            async with reader:
-                out = []
-                while True:
-                    batch = await reader.poll(max_records=5000, timeout=0.05)
-                    if not batch:
-                        return out
-                    out.extend(default_codec().decode(r.value).event for r in batch)
-
-    return asyncio.run(read())
 
 
 def check_events(rig: Rig, exchanges: list[Exchange]) -> dict[str, int]:

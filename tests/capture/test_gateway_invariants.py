@@ -4,7 +4,6 @@ refused, policy reload recorded."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -17,8 +16,7 @@ import httpx
 import pytest
 
 from capture.devidp import mint_token
-from pipeline.transport import open_log
-from schemas.codec import default_codec
+from tests.support.events import read_events
 from tests.support.gateway import UPSTREAM_SECRET, GatewayProcess, gateway_process
 from tests.support.services import tansu_broker
 from tests.support.upstream import RecordingUpstream, recording_upstream
@@ -31,21 +29,6 @@ POLICY = ROOT / "examples" / "policy.yaml"
 def upstream() -> Iterator[RecordingUpstream]:
     with recording_upstream() as up:
         yield up
-
-
-def read_events(log_url: str) -> list[Any]:
-    async def read() -> list[Any]:
-        async with open_log(log_url) as lg:
-            reader = lg.tail_reader()
-            async with reader:
-                out = []
-                while True:
-                    batch = await reader.poll(max_records=5000, timeout=0.3)
-                    if not batch:
-                        return out
-                    out.extend(default_codec().decode(r.value) for r in batch)
-
-    return asyncio.run(read())
 
 
 def test_log_down_means_503_and_nothing_forwarded(

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from capture.devidp import mint_token
-from tests.capture.test_gateway_invariants import read_events
+from tests.support.events import read_events
 from tests.support.gateway import UPSTREAM_SECRET, GatewayProcess, gateway_process
 from tests.support.services import free_port, wait_for_port
 from tests.support.upstream import RecordingUpstream, recording_upstream

@@ -22,7 +22,7 @@ import pytest
 
 from capture.devidp import mint_token
 from tests.capture.classify.test_qdrant_client_requests import EXPECTED, RECORDED, UID
-from tests.capture.test_gateway_invariants import read_events
+from tests.support.events import read_events
 from tests.support.gateway import UPSTREAM_SECRET, GatewayProcess, gateway_process
 from tests.support.services import PEERS_PYTHON, ROOT
 from tests.support.upstream import RecordingUpstream, recording_upstream

@@ -13,7 +13,7 @@ import httpx
 
 from capture.devidp import mint_token
 from schemas.chain import verify_chains
-from tests.capture.test_gateway_invariants import read_events
+from tests.support.events import read_events
 from tests.support.gateway import gateway_process
 from tests.support.upstream import recording_upstream
 

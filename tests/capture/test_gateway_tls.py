@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from capture.devidp import mint_token
-from tests.capture.test_gateway_invariants import read_events
+from tests.support.events import read_events
 from tests.support.gateway import UPSTREAM_SECRET, GatewayProcess, gateway_process
 from tests.support.upstream import RecordingUpstream, recording_upstream
 
