@@ -280,6 +280,57 @@ def events_tail(
         err.print(f"{n} event(s)")
 
 
+@events_app.command("verify")
+def events_verify(log: LogOpt = None, as_json: JsonOpt = False) -> None:
+    """Check every session's hash chain in the log, in log order; name the first
+    missing, altered or reordered event of each broken session. Exit 1 if any."""
+    from pipeline.events import decode_records
+    from pipeline.transport import open_log
+    from schemas.chain import verify_chains
+
+    url = log_url(log)
+    _require_existing_log(url)
+
+    async def go() -> tuple[int, list[Any], list[str]]:
+        decoded, undecodable = [], []
+        async with open_log(url) as lg:
+            reader = lg.tail_reader()
+            async with reader:
+                while True:
+                    batch = await reader.poll(max_records=5000, timeout=0.2)
+                    if not batch:
+                        break
+                    for item in decode_records(batch):
+                        if item.decoded is None:
+                            r = item.record
+                            undecodable.append(f"{r.partition}:{r.offset}: {item.error}")
+                        else:
+                            decoded.append(item.decoded)
+        return len(decoded), verify_chains(decoded), undecodable
+
+    count, problems, undecodable = run(go)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "events": count,
+                    "ok": not problems and not undecodable,
+                    "problems": [str(p) for p in problems],
+                    "undecodable": undecodable,
+                }
+            )
+        )
+    else:
+        for line in undecodable:
+            err.print(f"[red]✗[/] undecodable record {line}", highlight=False)
+        for problem in problems:
+            err.print(f"[red]✗[/] {problem}", highlight=False)
+        if not problems and not undecodable:
+            out.print(f"[green]✓[/] {count} events; every session's hash chain verifies")
+    if problems or undecodable:
+        raise typer.Exit(1)
+
+
 def _require_existing_log(url: str) -> None:
     if url.startswith("sqlite:"):
         path = Path(url.removeprefix("sqlite:"))
@@ -488,8 +539,7 @@ def up(
                 # The gateway listens before its audit log is open (it answers 503
                 # meanwhile); it is ready when it prints its route.
                 if listening and (
-                    name != "gateway"
-                    or b"embedguard gateway " in log_path.read_bytes()[start_at:]
+                    name != "gateway" or b"embedguard gateway " in log_path.read_bytes()[start_at:]
                 ):
                     break
                 if procs[-1][1].poll() is not None or time.monotonic() > deadline:

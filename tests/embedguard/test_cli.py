@@ -204,3 +204,26 @@ def test_gateway_bad_options_fail_at_start_with_a_clear_error(
     assert res.returncode == 2, res.stderr
     assert needle in " ".join(res.stderr.split())
     assert "Traceback" not in res.stderr
+
+
+def test_events_verify_names_the_altered_event(tmp_path: Path) -> None:
+    log = f"sqlite:{tmp_path / 'events.db'}"
+    src = tmp_path / "in.jsonl"
+    events = write_events(src, "gw-a", sessions=2, per_session=3)
+    assert run("events", "append", "--log", log, "--file", str(src)).returncode == 0
+    ok = run("events", "verify", "--log", log, "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {"events": 6, "ok": True, "problems": [], "undecodable": []}
+
+    # a forged event claiming to continue session gw-a-s0 after seq 2
+    forged = json.loads(json.dumps(events[-2]))
+    forged["envelope"]["seq"] = 3
+    forged["envelope"]["event_id"] = "01a22900-0000-7000-8000-000000000001"
+    forged["reason"] = "forged"
+    bad = tmp_path / "forged.jsonl"
+    bad.write_text(json.dumps(forged) + "\n")
+    assert run("events", "append", "--log", log, "--file", str(bad)).returncode == 0
+    res = run("events", "verify", "--log", log)
+    assert res.returncode == 1
+    text = " ".join(res.stderr.split())
+    assert "01a22900-0000-7000-8000-000000000001" in text and "altered" in text
