@@ -9,6 +9,7 @@ original body's hash is kept so the record proves what the upstream said.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 from mitmproxy import http
 
-from capture.masking import MaskingError, mask_document
+from capture.masking import MaskingError, mask_document, parse_path
 from capture.state import FlowState, error_response, fail_closed, state_of
 
 __all__ = ["MaskPlan", "Masker", "extract_ids"]
@@ -59,11 +60,18 @@ def _walk(doc: Any, steps: Sequence[str]) -> Iterator[Any]:
             stack.append((node[step], i + 1))
 
 
+_parsed = functools.lru_cache(maxsize=1024)(parse_path)
+
+
 def extract_ids(doc: Any, paths: Sequence[str], limit: int = 10_000) -> list[str]:
     """Point ids found at ``paths`` (dotted, with [] and {*}), as strings."""
     out: list[str] = []
     for path in paths:
-        for value in _walk(doc, _steps_of(path)):
+        try:
+            steps = _parsed(path)
+        except MaskingError:
+            continue
+        for value in _walk(doc, steps):
             if isinstance(value, list):
                 out.extend(
                     str(v) for v in value if isinstance(v, str | int) and not isinstance(v, bool)
@@ -73,32 +81,6 @@ def extract_ids(doc: Any, paths: Sequence[str], limit: int = 10_000) -> list[str
             if len(out) >= limit:
                 return out[:limit]
     return out
-
-
-def _steps_of(path: str) -> list[str]:
-    """``result.points[].id`` -> ``["result", "points", "[]", "id"]``."""
-    steps: list[str] = []
-    i = 0
-    name = ""
-    while i < len(path):
-        if path.startswith("[]", i) or path.startswith("{*}", i):
-            if name:
-                steps.append(name)
-                name = ""
-            tok = "[]" if path.startswith("[]", i) else "{*}"
-            steps.append(tok)
-            i += len(tok)
-        elif path[i] == ".":
-            if name:
-                steps.append(name)
-            name = ""
-            i += 1
-        else:
-            name += path[i]
-            i += 1
-    if name:
-        steps.append(name)
-    return steps
 
 
 class Masker:

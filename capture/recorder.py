@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -296,7 +297,7 @@ class Recorder:
             body_size=0,
             original_body_sha256=_sha256(b""),
             upstream_error=message[:500],
-            latency_us=(_now_ns() - st.started_ns) // 1000,
+            latency_us=(time.perf_counter_ns() - st.started_ns) // 1000,
         )
         try:
             await self.append([ev])
@@ -433,11 +434,6 @@ class Recorder:
             masked_fields=st.extra.get("masked_fields", []),
             result_ids=st.extra.get("result_ids", [])[:10_000],
             upstream_error=st.extra.get("upstream_error"),
-            latency_us=(_now_ns() - st.started_ns) // 1000,
+            latency_us=(time.perf_counter_ns() - st.started_ns) // 1000,
         )
 
-
-def _now_ns() -> int:
-    import time
-
-    return time.perf_counter_ns()

@@ -2,7 +2,8 @@
 ``embedguard.toml`` (current directory, or the file named by EMBEDGUARD_CONFIG).
 
 Precedence: command-line options > environment > embedguard.toml > defaults.
-Secrets are SecretStr so they never reach logs or reprs.
+The Kafka SASL password comes only from EMBEDGUARD_KAFKA_SASL_PASSWORD (never
+a URL) and is held as a SecretStr by the Kafka log.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -40,7 +41,6 @@ class Settings(BaseSettings):
         description="Confluent schema registry URL; without it events use single-object encoding",
     )
     gateway_id: str | None = None
-    kafka_sasl_password: SecretStr | None = None
 
     @field_validator("log")
     @classmethod

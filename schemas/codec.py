@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,12 +316,14 @@ _DEFAULT: EventCodec | None = None
 
 
 def default_codec() -> EventCodec:
-    """A process-wide codec without a registry (schemas parsed once)."""
+    """The process-wide codec (schemas parsed once). With
+    EMBEDGUARD_SCHEMA_REGISTRY set it writes Confluent framing through that
+    registry; without it, single-object encoding. It reads both either way."""
     global _DEFAULT
     if _DEFAULT is None:
-        _DEFAULT = EventCodec()
+        import os
+
+        url = os.environ.get("EMBEDGUARD_SCHEMA_REGISTRY")
+        _DEFAULT = EventCodec(registry=SchemaRegistryClient(url) if url else None)
     return _DEFAULT
 
-
-def iter_types() -> Iterable[str]:
-    return sorted(EVENT_TYPES)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pipeline.transport.base import AppendRecord, EventLog, LogReader, LogRecord, Position
@@ -51,6 +52,10 @@ def open_log(url: str, **options: Any) -> EventLog:
         from pipeline.transport.kafka import KafkaEventLog, parse_kafka_url
 
         bootstrap, topic, parsed = parse_kafka_url(url)
+        # The password never goes in a URL (parse_kafka_url refuses it).
+        password = os.environ.get("EMBEDGUARD_KAFKA_SASL_PASSWORD")
+        if password and "sasl_password" not in options:
+            options["sasl_password"] = password
         return KafkaEventLog(bootstrap, topic=topic, **{**parsed, **options})
     raise InvalidLogUrl(
         f"log URL {url!r} is not sqlite:PATH or kafka://HOST:PORT; "

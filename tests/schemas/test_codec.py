@@ -248,3 +248,22 @@ def test_crc64_avro_vector() -> None:
 
     assert fastavro.schema.fingerprint('"int"', "CRC-64-AVRO") == "8f5c393f1ad57572"
     assert avro.schema.parse('"int"').fingerprint().hex() == "8f5c393f1ad57572"
+
+
+def test_registry_setting_switches_the_default_codec(registry_url: str) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from schemas.codec import default_codec, CONFLUENT_MAGIC;"
+        "from schemas.samples import sample_event;from schemas.models import RequestBlocked;"
+        "w=default_codec().encode(sample_event(RequestBlocked));"
+        "assert w[:1]==CONFLUENT_MAGIC;"
+        "assert default_codec().decode(w).event.avro_name=='RequestBlocked';"
+        "print('ok')"
+    )
+    import os
+
+    env = {**os.environ, "EMBEDGUARD_SCHEMA_REGISTRY": registry_url}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.stdout.strip() == "ok", res.stderr
