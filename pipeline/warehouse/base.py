@@ -1,0 +1,111 @@
+"""The warehouse interface shared by every backend.
+
+A warehouse is a projection of the event log (architecture.md, invariant 5):
+the loader hands it batches of raw log records, and it decodes, projects and
+stores them idempotently. The warehouse itself, not the log's committed
+offset, is the source of truth for how far a source has been loaded
+(``loaded_positions``).
+
+Backends: ``lake:DIR`` (Delta tables, read through chDB), ``chdb:DIR``
+(MergeTree tables in an in-process chDB session) and ``clickhouse://...``
+(ClickHouse server). All answer the same query text (pipeline/queries.py).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.transport.base import LogRecord
+
+__all__ = ["LoadBatch", "Warehouse", "WriteResult"]
+
+
+@dataclass(frozen=True)
+class LoadBatch:
+    """Records of ONE partition of one source, in contiguous ascending offsets.
+
+    ``source`` is the stable id of the log: ``kafka:<topic>`` or
+    ``sqlite:<log uuid>``.
+    """
+
+    source: str
+    partition: int
+    records: Sequence[LogRecord]
+
+    def __post_init__(self) -> None:
+        if not self.records:
+            raise ValueError("a LoadBatch needs at least one record")
+        offsets = [r.offset for r in self.records]
+        if any(r.partition != self.partition for r in self.records):
+            raise ValueError(f"a LoadBatch holds records of partition {self.partition} only")
+        if offsets != list(range(offsets[0], offsets[0] + len(offsets))):
+            raise ValueError("a LoadBatch needs contiguous ascending offsets")
+
+    @property
+    def first_offset(self) -> int:
+        return self.records[0].offset
+
+    @property
+    def last_offset(self) -> int:
+        return self.records[-1].offset
+
+    @property
+    def token(self) -> str:
+        """The deterministic deduplication token of this batch."""
+        return f"{self.source}:{self.partition}:{self.first_offset}-{self.last_offset}"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    events: int
+    """Rows written to ``events``."""
+    dead_letters: int
+    duplicate: bool
+    """The batch had been loaded before: nothing was written."""
+
+
+class Warehouse(abc.ABC):
+    """A synchronous warehouse (the loader calls it through asyncio.to_thread)."""
+
+    #: Names the warehouse; never contains a password.
+    url: str
+
+    @abc.abstractmethod
+    def migrate(self) -> list[str]:
+        """Apply pending migrations in order; return the ids applied now.
+        Idempotent: a second call returns []."""
+
+    @abc.abstractmethod
+    def loaded_positions(self, source: str) -> dict[int, int]:
+        """partition → NEXT offset to load (last loaded offset + 1) for ``source``."""
+
+    @abc.abstractmethod
+    def write_batch(self, batch: LoadBatch) -> WriteResult:
+        """Decode, project and write one batch idempotently. Undecodable or
+        invalid records go to ``dead_letters``; they never stop the batch."""
+
+    @abc.abstractmethod
+    def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Run one parameterised query of pipeline/queries.py. ``{table}``
+        placeholders are rendered to this backend's table references; user
+        input only travels as ClickHouse query parameters."""
+
+    @abc.abstractmethod
+    def compact(self) -> None:
+        """Compact storage (Delta: optimize + vacuum; ClickHouse: OPTIMIZE)."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Row counts per table and the last load time."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
