@@ -206,6 +206,12 @@ class ApprovalRequested(Event):
     mode: Literal["hold", "async"]
     reason: str | None = None
     blast_radius: int | None = None
+    #: tickets (kind="ticket") only: the scope the approved ticket grants
+    scope_actions: list[str] = []
+    scope_collections: list[str] = []
+    valid_from: AwareDatetime | None = None
+    valid_until: AwareDatetime | None = None
+    max_operations: int | None = None
 
 
 class ApprovalDecided(Event):
