@@ -107,8 +107,18 @@ take (a read by id, GraphQL) is denied here, with the reason. Approvers of
 several require_approval rules are merged so that each approval satisfies all
 of them. ``evaluate`` never raises: an internal error becomes a deny.
 
-Until the approvals service exists, require_approval answers 403 with the
-error ``approval_required`` (:attr:`Decision.status`, :attr:`Decision.error`).
+A require_approval decision keeps status 403 and the error
+``approval_required``; the gateway's approval gate (:mod:`capture.approval_gate`)
+holds such a request for the decision or answers 202 (async mode).
+
+Change tickets and grants come in through :class:`RequestContext`: the gateway
+verifies the ticket the request names against the approvals service and passes
+the verdict (:class:`TicketCheck`); a rule that needs a change ticket then holds
+only for a valid one (the pattern stays an extra format check). Active
+time-boxed grants (:class:`GrantScope`) turn require_approval, or no matching
+rule, into allow for the operations they cover; they never lift a deny rule or a
+failing condition. The decision names the grant and ticket it relied on
+(``grant_id``, ``ticket_id``).
 """
 
 from __future__ import annotations
@@ -154,6 +164,7 @@ __all__ = [
     "ApproverOverride",
     "ApproverSpec",
     "AppliedRowFilter",
+    "GrantScope",
     "Conditions",
     "Decision",
     "Effect",
@@ -172,6 +183,7 @@ __all__ = [
     "Rule",
     "RuleTrace",
     "Subjects",
+    "TicketCheck",
     "TimeWindow",
     "evaluate",
     "explain",
@@ -1050,11 +1062,66 @@ def _semantic_problems(policy: Policy) -> list[tuple[tuple[Any, ...], str]]:
 # -------------------------------------------------------------------- evaluation
 
 
+class GrantScope(_Model):
+    """A time-boxed grant of the caller (JIT access), as the policy sees it.
+
+    The gateway looks the caller's active grants up (``ApprovalService.
+    active_grants``) and passes them in :class:`RequestContext`, so
+    :func:`evaluate` stays pure.
+    """
+
+    grant_id: str
+    kind: Literal["ticket", "jit"] = "jit"
+    actions: list[str]
+    collections: list[str]
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+    issued_by: str | None = None
+
+    def covers(self, op: Operation, now: datetime) -> bool:
+        if not (self.valid_from <= now < self.valid_until):
+            return False
+        if op.action == ActionClass.UNKNOWN:
+            return False
+        if "*" not in self.actions and op.action.value not in self.actions:
+            return False
+        if not op.collection:
+            return False
+        return any(_glob_match(g, op.collection) for g in self.collections)
+
+    def describe(self) -> str:
+        return (f"grant {self.grant_id} ({self.kind}: {', '.join(self.actions)} on "
+                f"{', '.join(self.collections)} until {self.valid_until:%Y-%m-%d %H:%M:%S}Z"
+                + (f", issued by {self.issued_by}" if self.issued_by else "") + ")")
+
+
+class TicketCheck(_Model):
+    """The outcome of checking the request's change ticket against the approvals
+    service (approved by another person, in scope, in its window, not used up)."""
+
+    ticket_id: str
+    valid: bool
+    #: why the ticket was refused (names the reason and what to do)
+    reason: str = ""
+    #: the approvals error code (ticket_expired, ticket_exhausted, ...)
+    error: str | None = None
+
+
 class RequestContext(_Model):
-    """What the gateway knows about a request besides identity and operations."""
+    """What the gateway knows about a request besides identity and operations.
+
+    ``grants`` are the caller's active time-boxed grants; ``ticket`` is the
+    verdict on the change ticket the request names. With ``verify_tickets`` (the
+    gateway always sets it) a rule that needs a change ticket is satisfied only by
+    a ``ticket`` that is valid; without it, only the header's format is checked
+    (``policy explain`` without an approvals service).
+    """
 
     now: AwareDatetime
     change_ticket: str | None = None
+    ticket: TicketCheck | None = None
+    verify_tickets: bool = False
+    grants: list[GrantScope] = []
     dpop_bound: bool = False
     client_address: str | None = None
     product: Product | None = None
@@ -1124,6 +1191,10 @@ class Decision(_Model):
     obligations: RequestObligations = RequestObligations()
     approval: ApprovalRequirement | None = None
     policy_sha256: str = ""
+    #: the time-boxed grant that allowed an operation, if one did
+    grant_id: str | None = None
+    #: the verified change ticket a rule relied on, if one did
+    ticket_id: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -1147,6 +1218,8 @@ class Decision(_Model):
                 for v in self.per_operation
             ],
             "policy_sha256": self.policy_sha256,
+            "grant_id": self.grant_id,
+            "ticket_id": self.ticket_id,
         }
 
 
@@ -1178,6 +1251,7 @@ class Explanation(_Model):
     groups: list[str]
     decision: Decision
     operations: list[OperationTrace]
+    grants: list[GrantScope] = []
 
     def to_text(self) -> str:
         d = self.decision
@@ -1188,6 +1262,11 @@ class Explanation(_Model):
             + (f", {d.error}" if d.error else "") + ")",
         ]
         lines += [f"  - {r}" for r in d.reasons]
+        for g in self.grants:
+            used = " (used)" if g.grant_id == d.grant_id else ""
+            lines.append(f"{'grant':<8} {g.describe()}{used}")
+        if d.ticket_id:
+            lines.append(f"ticket   {d.ticket_id} (verified)")
         for op in self.operations:
             o = op.operation
             target = _target(o)
@@ -1299,6 +1378,10 @@ def _condition_failures(
         elif c.change_ticket_pattern and re.fullmatch(c.change_ticket_pattern, ticket) is None:
             out.append(f"{header} {ticket!r} does not match {c.change_ticket_pattern} "
                        f"(rule {rid})")
+        elif ctx.ticket is not None and ctx.ticket.ticket_id == ticket and not ctx.ticket.valid:
+            out.append(f"change ticket {ticket!r} is refused: {ctx.ticket.reason} (rule {rid})")
+        elif ctx.verify_tickets and (ctx.ticket is None or ctx.ticket.ticket_id != ticket):
+            out.append(f"change ticket {ticket!r} could not be verified (rule {rid})")
     if c.time_window is not None and not c.time_window.contains(ctx.now):
         local = ctx.now.astimezone(ZoneInfo(c.time_window.timezone))
         out.append(f"rule {rid} allows this only {c.time_window.describe()}; it is "
@@ -1422,7 +1505,7 @@ def explain(
     return Explanation(
         policy_source=policy.source, policy_sha256=policy.sha256, subject=identity.subject,
         issuer=identity.issuer, groups=sorted(identity.groups), decision=decision,
-        operations=traces,
+        operations=traces, grants=list(ctx.grants),
     )
 
 
@@ -1455,6 +1538,7 @@ def _evaluate(
             ids_by_rule[r] = _id_count(op for o, op in enumerate(ops) if why_not[o][r] is None)
 
     verdicts: list[OperationVerdict] = []
+    grants_used: list[str] = []
     granted: list[_Contribution] = []
     matched: set[int] = set()
     for o, op in enumerate(ops):
@@ -1480,6 +1564,13 @@ def _evaluate(
                 contributions.append(_Contribution("allow", rule, f"allowed by rule {rule.id}",
                                                    []))
         verdict = _verdict(o, op, identity, contributions)
+        grant = _covering_grant(ctx, op, contributions, verdict)
+        if grant is not None:
+            grants_used.append(grant.grant_id)
+            verdict = verdict.model_copy(update={
+                "outcome": "allow", "rule_id": None,
+                "reason": f"allowed by {grant.describe()}"
+                + (f" instead of: {verdict.reason}" if contributions else "")})
         verdicts.append(verdict)
         if verdict.outcome != "deny":
             granted.extend(c for c in contributions if c.outcome != "deny")
@@ -1512,8 +1603,12 @@ def _evaluate(
     approval = None
     if outcome != "deny":
         obligations = _merge_obligations(granted)
-        approval = _merge_approvals(policy, [c.rule for c in granted
-                                             if c.outcome == "require_approval"])
+        approval = None if outcome == "allow" else _merge_approvals(
+            policy, [c.rule for c in granted if c.outcome == "require_approval"])
+    ticket_id = None
+    if (outcome != "deny" and ctx.ticket is not None and ctx.ticket.valid
+            and any(c.rule.conditions.needs_ticket for c in granted)):
+        ticket_id = ctx.ticket.ticket_id
     return Decision(
         outcome=outcome,
         status=200 if outcome == "allow" else 403,
@@ -1525,7 +1620,24 @@ def _evaluate(
         obligations=obligations,
         approval=approval,
         policy_sha256=policy.sha256,
+        grant_id=grants_used[0] if grants_used and outcome != "deny" else None,
+        ticket_id=ticket_id,
     )
+
+
+def _covering_grant(ctx: RequestContext, op: Operation, contributions: list[_Contribution],
+                    verdict: OperationVerdict) -> GrantScope | None:
+    """The grant that lifts this operation to allow, if any.
+
+    A grant stands in for an approval and for the default deny: it turns
+    require_approval, or no matching rule at all, into allow. It never lifts a
+    deny rule or a failing condition (those bind everyone a rule matches).
+    """
+    if not ctx.grants or verdict.outcome == "allow":
+        return None
+    if any(c.outcome == "deny" for c in contributions):
+        return None
+    return next((g for g in ctx.grants if g.covers(op, ctx.now)), None)
 
 
 def _verdict(index: int, op: Operation, identity: Identity,

@@ -44,7 +44,29 @@ from schemas.models import (
     SessionStarted,
 )
 
-__all__ = ["Recorder", "default_gateway_id"]
+__all__ = [
+    "APPROVAL_ID",
+    "APPROVAL_STATUS",
+    "RECEIVED_RECORDED",
+    "Recorder",
+    "approved_by_gate",
+    "default_gateway_id",
+]
+
+#: FlowState.extra keys the approval gate sets (capture/approval_gate.py)
+RECEIVED_RECORDED = "received_recorded"
+APPROVAL_ID = "approval_id"
+APPROVAL_STATUS = "approval_status"
+
+
+def approved_by_gate(st: FlowState) -> bool:
+    """A require_approval request that an approval released (hold or async)."""
+    return (
+        st.decision is not None
+        and st.decision.outcome == "require_approval"
+        and st.extra.get(APPROVAL_STATUS) == "approved"
+        and bool(st.extra.get(APPROVAL_ID))
+    )
 
 log = logging.getLogger("embedguard.recorder")
 
@@ -236,7 +258,7 @@ class Recorder:
             st.identity is None
             or st.classification is None
             or st.decision is None
-            or st.decision.outcome != "allow"
+            or not (st.decision.outcome == "allow" or approved_by_gate(st))
         ):
             # Defence in depth: only a request every check allowed goes upstream.
             block(
@@ -247,7 +269,12 @@ class Recorder:
                 "the request was not fully checked; it was not forwarded",
                 "policy",
             )
-        events = self._request_events(flow, st)
+        if st.extra.get(RECEIVED_RECORDED):
+            # the approval gate made RequestReceived and PolicyDecided durable
+            # before it held the flow; only the outcome is left to record
+            events = self._outcome_events(st)
+        else:
+            events = self._received_events(flow, st) + self._outcome_events(st)
         try:
             await self.append(events)
         except EventLogError as exc:
@@ -304,8 +331,21 @@ class Recorder:
         except EventLogError as exc:
             log.error("could not record upstream error of %s: %s", st.request_id, exc)
 
+    async def record_received(self, flow: http.HTTPFlow) -> None:
+        """Make the request's identity, RequestReceived and PolicyDecided durable
+        now, ahead of the request hook (the approval gate does this before it
+        emits ApprovalRequested and holds the flow). Raises EventLogError."""
+        st = state_of(flow)
+        assert st is not None, "record_received on a flow without state"
+        if st.extra.get(RECEIVED_RECORDED):
+            return
+        if not self.started.is_set():
+            raise EventLogError("the gateway is still opening its audit log")
+        await self.append(self._received_events(flow, st))
+        st.extra[RECEIVED_RECORDED] = True
+
     # -- event building ---------------------------------------------------------
-    def _request_events(self, flow: http.HTTPFlow, st: FlowState) -> list[StampedEvent]:
+    def _received_events(self, flow: http.HTTPFlow, st: FlowState) -> list[StampedEvent]:
         now = st.received_at
         ident = st.identity
         token_ref = (ident.dpop_jkt or ident.token_id) if ident else None
@@ -389,6 +429,13 @@ class Recorder:
                     PolicyDecided, session_id=sid, request_id=rid, **st.decision.to_event_fields()
                 )
             )
+        return out
+
+    def _outcome_events(self, st: FlowState) -> list[StampedEvent]:
+        sid, rid = st.session_id, st.request_id
+        assert sid is not None, "outcome recorded before the request was received"
+        stamp = self.stamper.stamp
+        out: list[StampedEvent] = []
         if st.blocked is not None:
             b = st.blocked
             out.append(
@@ -410,6 +457,8 @@ class Recorder:
                     request_id=rid,
                     upstream=st.route.upstream,
                     credential_ref=st.route.credential_ref,
+                    approval_id=st.extra.get(APPROVAL_ID),
+                    grant_id=st.decision.grant_id if st.decision else None,
                     injected_filter=st.injected_filter,
                 )
             )
