@@ -300,9 +300,7 @@ def verify_consistency(
     if sn != 0:
         raise ProofError(f"the proof has {len(proof)} hashes, fewer than needed")
     if fr != root1:
-        raise ProofError(
-            f"the proof does not lead back to the root {root1.hex()} of size {size1}"
-        )
+        raise ProofError(f"the proof does not lead back to the root {root1.hex()} of size {size1}")
     if sr != root2:
         raise ProofError(
             f"the proof from size {size1} leads to {sr.hex()}, not to the root "

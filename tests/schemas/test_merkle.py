@@ -84,9 +84,14 @@ def test_our_proofs_match_the_vectors() -> None:
     tree = MerkleTree.from_data(LEAVES)
     checked = 0
     for v in VECTORS["inclusion"].values():
-        if v["wantErr"] or v["treeSize"] > len(LEAVES) or v["leafHash"] != base64.b64encode(
-            tree.leaf_hash(v["leafIdx"]) if v["leafIdx"] < tree.size else b""
-        ).decode():
+        if (
+            v["wantErr"]
+            or v["treeSize"] > len(LEAVES)
+            or v["leafHash"]
+            != base64.b64encode(
+                tree.leaf_hash(v["leafIdx"]) if v["leafIdx"] < tree.size else b""
+            ).decode()
+        ):
             continue
         assert tree.inclusion_proof(v["leafIdx"], v["treeSize"]) == _proof(v["proof"])
         checked += 1
