@@ -49,6 +49,13 @@ class EventLog(abc.ABC):
     #: A URL that names this log without any credential, for messages and events.
     url: str
 
+    @property
+    def source_id(self) -> str:
+        """A stable id of the records in this log, independent of how it is reached
+        (path, broker address): the warehouse keys loaded positions by it
+        (``kafka:<topic>`` or ``sqlite:<uuid of the log file>``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no source_id")
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Open connections/files. Raises LogUnavailable or LogCorrupt."""

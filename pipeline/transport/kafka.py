@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -380,6 +380,10 @@ class KafkaEventLog(EventLog):
     def __repr__(self) -> str:
         return f"KafkaEventLog({self.url!r})"
 
+    @property
+    def source_id(self) -> str:
+        return f"kafka:{self.topic}"
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
@@ -610,8 +614,12 @@ class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self._reader._forget({tp.partition for tp in revoked})
+        if self._reader.on_revoked is not None:
+            await self._reader.on_revoked(frozenset(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._reader.on_assigned is not None:
+            await self._reader.on_assigned(frozenset(tp.partition for tp in assigned))
         self._reader._apply_pending_seeks()
 
 
@@ -649,6 +657,11 @@ class KafkaLogReader(LogReader):
         self._consumer: AIOKafkaConsumer | None = None
         self._returned: dict[int, int] = {}
         self._pending_seeks: dict[int, int] = {}
+        #: Awaited inside a rebalance (group readers only), before the group moves
+        #: on: ``on_revoked`` can finish work on partitions it is losing, and
+        #: ``on_assigned`` can seek new ones (e.g. to the warehouse's position).
+        self.on_revoked: Callable[[frozenset[int]], Awaitable[None]] | None = None
+        self.on_assigned: Callable[[frozenset[int]], Awaitable[None]] | None = None
 
     def __repr__(self) -> str:
         return f"KafkaLogReader({self._log.url!r}, group={self.group!r})"

@@ -12,7 +12,8 @@ requests cost one fsync, not N, and the event loop never waits on the disk.
 
 Layout (format version 1)::
 
-    meta(key, value)                          format marker and version
+    meta(key, value)                          format marker and version; log_id, the
+                                              log's uuid (its warehouse source_id)
     records(id, key, value, timestamp_ms)     offset = id - 1; AUTOINCREMENT, so
                                               retention never lets an id be reused
     reader_groups(name, next_offset, ...)     each consumer group's committed position
@@ -35,6 +36,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,8 +239,30 @@ def _init_schema(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute(statement)
     conn.executemany(
         "INSERT INTO meta (key, value) VALUES (?, ?)",
-        [("format", FORMAT_NAME), ("version", str(FORMAT_VERSION)), ("created_ms", str(_now_ms()))],
+        [
+            ("format", FORMAT_NAME),
+            ("version", str(FORMAT_VERSION)),
+            ("created_ms", str(_now_ms())),
+            ("log_id", str(uuid.uuid4())),
+        ],
     )
+
+
+def _ensure_log_id(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """The log's uuid; a log created before log_ids existed gets one now (format 1
+    ignores unknown meta keys, so this needs no format change)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
+    if row is not None:
+        return str(row[0])
+
+    def body(c: sqlite3.Connection) -> str:
+        # OR IGNORE: another process may have added one while we waited for the lock.
+        c.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?)", (str(uuid.uuid4()),)
+        )
+        return str(c.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()[0])
+
+    return _write_transaction(conn, busy_timeout, body)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -567,6 +591,7 @@ class SqliteEventLog(EventLog):
         self.poll_interval = poll_interval
         self.stats = SqliteLogStats()
         self._writer: _Writer | None = None
+        self._log_id: str | None = None
         # Makes "is the writer open?" and "enqueue" one step, so no append can land
         # behind the stop marker and wait forever.
         self._submit_lock = threading.Lock()
@@ -578,6 +603,14 @@ class SqliteEventLog(EventLog):
     def __repr__(self) -> str:
         return f"SqliteEventLog({self.url!r}, group_commit={self.group_commit})"
 
+    @property
+    def source_id(self) -> str:
+        """``sqlite:<uuid>``: the uuid lives in the file, so the id survives moving
+        or renaming the log, and a new log at the same path gets a new one."""
+        if self._log_id is None:
+            raise RuntimeError(f"{self!r} is not started; call start() first")
+        return f"sqlite:{self._log_id}"
+
     async def start(self) -> None:
         if self._writer is not None:
             return
@@ -588,6 +621,13 @@ class SqliteEventLog(EventLog):
             busy_timeout=self.busy_timeout,
             max_bytes=self.max_bytes,
         )
+        try:
+            self._log_id = await asyncio.to_thread(_ensure_log_id, conn, self.busy_timeout)
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise _translate(exc, self.path, "open") from exc
+            raise
         writer = _Writer(
             conn,
             self.path,

@@ -1,0 +1,685 @@
+"""The loader: event log → warehouse, exactly once.
+
+Loop: poll records from a reader of the log (the SQLite reader group, or a Kafka
+consumer group with manual commit), buffer them per partition, hand each
+partition's run to ``warehouse.write_batch`` (on a worker thread), and only then
+commit the offsets.
+
+Progress lives in the warehouse, not in the log's committed offsets
+(architecture.md, invariant 5). Before the first record of a partition is
+buffered, and whenever Kafka assigns a partition, the loader asks
+``warehouse.loaded_positions(source)`` and seeks there; the committed offset is
+only a hint that makes a restart start near the right place. Every batch
+therefore starts exactly where the warehouse ends, and its dedup token
+(``source:partition:first-last``) is the same whenever that range is retried, so
+a crash between the warehouse write and the commit, or a rebalance, writes
+nothing twice. A record at an offset the warehouse already holds is skipped; one
+past the warehouse's end (a reader that started too far ahead) makes the loader
+seek back, so nothing is lost either.
+
+Rebalancing: when Kafka takes partitions away, the rebalance waits (in the
+reader's ``on_revoked`` hook) until the write in progress has finished and drops
+what was buffered for those partitions; the next owner then reads the
+warehouse's position after that write.
+
+Batching adapts (``BatchPolicy``): under backlog batches and the flush interval
+grow (up to ``max_batch`` records), when idle they shrink again, so a trickle is
+loaded within a fraction of a second and a backlog in few, large commits.
+
+Failures: ``WarehouseUnavailable`` and ``LogUnavailable`` are retried with
+exponential backoff (the same batch, so the same token); anything else stops the
+loader with ``LoaderError``, whose message says what failed and what to do. A
+record that does not decode is the warehouse's business: it lands in
+``dead_letters`` and loading goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pipeline.loader_status import LoaderStatus, RateMeter, scrub, status_path, write_status
+from pipeline.transport.base import EventLog, LogReader, LogRecord
+from pipeline.transport.errors import EventLogError, LogUnavailable, TruncatedLog
+from pipeline.warehouse.base import LoadBatch, Warehouse, WriteResult
+from pipeline.warehouse.errors import WarehouseError, WarehouseUnavailable
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "BatchPolicy",
+    "LoadSummary",
+    "Loader",
+    "LoaderConfig",
+    "LoaderError",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "embedguard-loader"
+
+_T = TypeVar("_T")
+FlushReason = Literal["size", "time", "drain"]
+
+
+class LoaderError(Exception):
+    """The loader stopped on a permanent error; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How a loader reads, batches, retries and reports.
+
+    ``commit=False`` with ``tail=True`` reads the log without a consumer group
+    (``warehouse rebuild``): nothing is registered, nothing is committed, and the
+    log's retention is not held back.
+    """
+
+    group: str = DEFAULT_GROUP
+    tail: bool = False
+    min_batch: int = 100
+    max_batch: int = 10_000
+    initial_batch: int = 1_000
+    min_flush_interval: float = 0.1
+    max_flush_interval: float = 2.0
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+    compact_interval: float | None = 600.0
+    status_dir: Path | None = None
+    status_interval: float = 1.0
+    #: how often the status refreshes log end offsets and warehouse totals
+    lag_interval: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch <= self.initial_batch <= self.max_batch:
+            raise ValueError(
+                "batch sizes must satisfy 1 <= min_batch <= initial_batch <= max_batch, got "
+                f"{self.min_batch}, {self.initial_batch}, {self.max_batch}"
+            )
+        if not 0 < self.min_flush_interval <= self.max_flush_interval:
+            raise ValueError(
+                "flush intervals must satisfy 0 < min_flush_interval <= max_flush_interval"
+            )
+        if self.retry_initial <= 0 or self.retry_max < self.retry_initial:
+            raise ValueError("retries need 0 < retry_initial <= retry_max")
+        if not self.group:
+            raise ValueError("a loader needs a non-empty consumer group name")
+
+
+class BatchPolicy:
+    """Adaptive batch size and flush interval (pure; no clock, no I/O).
+
+    A flush because the batch filled up means there is a backlog: double the size
+    (up to ``max_batch``) and lengthen the interval, so the next commit is bigger.
+    A flush because time ran out with the batch less than a quarter full means the
+    load is light: halve both, so records do not wait long.
+    """
+
+    def __init__(self, config: LoaderConfig) -> None:
+        self.config = config
+        self.batch_size = config.initial_batch
+        self.flush_interval = min(max(config.min_flush_interval, 0.5), config.max_flush_interval)
+
+    def on_flush(self, reason: FlushReason, count: int) -> None:
+        cfg = self.config
+        if reason == "size":
+            self.batch_size = min(cfg.max_batch, self.batch_size * 2)
+            self.flush_interval = min(cfg.max_flush_interval, self.flush_interval * 1.5)
+        elif reason == "time" and count < self.batch_size // 4:
+            self.batch_size = max(cfg.min_batch, self.batch_size // 2)
+            self.flush_interval = max(cfg.min_flush_interval, self.flush_interval / 1.5)
+
+
+@dataclass
+class LoadSummary:
+    events: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    duplicate_batches: int = 0
+    skipped_records: int = 0
+    retries: int = 0
+    elapsed_s: float = 0.0
+    positions: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def records(self) -> int:
+        return self.events + self.dead_letters
+
+    @property
+    def events_per_s(self) -> float:
+        return self.records / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class Loader:
+    """Loads ``log`` into ``warehouse``. ``run()`` until ``stop`` is set, or with
+    ``once=True`` until what the log held at start is in the warehouse.
+
+    ``on_progress(loaded, total)`` is called after every batch in ``once`` mode
+    (``total``: records to load at start, as far as the log's end offsets tell).
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        warehouse: Warehouse,
+        config: LoaderConfig | None = None,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.warehouse = warehouse
+        self.config = config or LoaderConfig()
+        self.policy = BatchPolicy(self.config)
+        self.summary = LoadSummary()
+        self.on_progress = on_progress
+        self.source = ""
+        self._reader: LogReader | None = None
+        self._expected: dict[int, int | None] = {}
+        self._sought: dict[int, int] = {}
+        self._buffer: dict[int, list[LogRecord]] = {}
+        self._first_buffered_at: float | None = None
+        self._write_lock = asyncio.Lock()
+        self._rate = RateMeter()
+        self._status: LoaderStatus | None = None
+        self._status_path: Path | None = None
+        self._ends: dict[int, int] = {}
+        self._total = 0
+        self._started = 0.0
+
+    # -- public
+
+    async def run(self, *, once: bool = False, stop: asyncio.Event | None = None) -> LoadSummary:
+        stop = stop or asyncio.Event()
+        self._started = time.monotonic()
+        self.source = self.log.source_id
+        self._init_status()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            applied = await self._warehouse_call(self.warehouse.migrate, stop)
+            if applied:
+                log.info("warehouse %s: applied migrations %s", self.warehouse.url, applied)
+            reader = self._make_reader()
+            self._reader = reader
+            await self._retrying(reader.start, "open the log reader", stop)
+            await self._anchor_initial(reader, stop)
+            targets = await self._targets(reader, stop) if once else {}
+            tasks.append(asyncio.create_task(self._status_loop(stop)))
+            if self.config.compact_interval:
+                tasks.append(asyncio.create_task(self._compact_loop(stop)))
+            await self._loop(reader, once=once, targets=targets, stop=stop)
+            await self._flush(reader, "drain", stop)
+        except LoaderError as err:
+            self._set_state("failed", str(err))
+            raise
+        except BaseException:
+            self._set_state("failed", "interrupted")
+            raise
+        else:
+            self._set_state("stopped")
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if self._reader is not None:
+                with contextlib.suppress(Exception):
+                    await self._reader.close()
+                self._reader = None
+            self.summary.elapsed_s = time.monotonic() - self._started
+            self.summary.positions = {p: e for p, e in self._expected.items() if e is not None}
+            self._write_status_now()
+        return self.summary
+
+    # -- reader and anchoring
+
+    def _make_reader(self) -> LogReader:
+        cfg = self.config
+        reader = self.log.tail_reader() if cfg.tail else self.log.reader(cfg.group)
+        from pipeline.transport.kafka import KafkaLogReader
+
+        if isinstance(reader, KafkaLogReader) and reader.group is not None:
+            reader.on_revoked = self._on_revoked
+            reader.on_assigned = self._on_assigned
+        return reader
+
+    async def _on_revoked(self, partitions: frozenset[int]) -> None:
+        # Waiting here holds the rebalance until the write in progress is done, so
+        # the next owner reads the warehouse's position after it.
+        async with self._write_lock:
+            for partition in partitions:
+                dropped = self._buffer.pop(partition, [])
+                self._expected.pop(partition, None)
+                self._sought.pop(partition, None)
+                if dropped:
+                    log.info(
+                        "partition %d revoked; %d buffered record(s) left to its next owner",
+                        partition,
+                        len(dropped),
+                    )
+
+    async def _on_assigned(self, partitions: frozenset[int]) -> None:
+        try:
+            positions = await asyncio.to_thread(self.warehouse.loaded_positions, self.source)
+        except WarehouseError as err:
+            # Anchored lazily on the first record instead (see _accept).
+            log.warning("could not read loaded positions on assignment: %s", scrub(str(err)))
+            return
+        async with self._write_lock:
+            for partition in partitions:
+                self._anchor(partition, positions)
+
+    def _anchor(self, partition: int, positions: Mapping[int, int]) -> None:
+        """Seek ``partition`` to the warehouse's position. Caller holds the lock."""
+        reader = self._reader
+        assert reader is not None
+        self._buffer.pop(partition, None)
+        self._sought.pop(partition, None)
+        loaded = positions.get(partition)
+        if loaded is not None:
+            reader.seek(partition, loaded)
+            self._expected[partition] = loaded
+        elif self._is_sqlite():
+            # A fresh warehouse loads the whole log, whatever the group committed.
+            reader.seek(partition, 0)
+            self._expected[partition] = 0
+        else:
+            # Kafka partition the warehouse has never seen: start where the group's
+            # committed offset (or the oldest record) is; the first record fixes it.
+            self._expected[partition] = None
+
+    def _is_sqlite(self) -> bool:
+        return self.source.startswith("sqlite:")
+
+    async def _anchor_initial(self, reader: LogReader, stop: asyncio.Event) -> None:
+        positions = await self._warehouse_call(
+            lambda: self.warehouse.loaded_positions(self.source), stop
+        )
+        async with self._write_lock:
+            for partition in self._assignment(reader):
+                self._anchor(partition, positions)
+
+    @staticmethod
+    def _assignment(reader: LogReader) -> set[int]:
+        from pipeline.transport.kafka import KafkaLogReader
+
+        if isinstance(reader, KafkaLogReader):
+            return set(reader.assignment)
+        return set(reader.positions())
+
+    async def _targets(self, reader: LogReader, stop: asyncio.Event) -> dict[int, int]:
+        ends = await self._retrying(reader.end_offsets, "read the log's end offsets", stop)
+        loaded = await self._warehouse_call(
+            lambda: self.warehouse.loaded_positions(self.source), stop
+        )
+        self._ends = dict(ends)
+        self._total = sum(max(0, end - loaded.get(p, 0)) for p, end in ends.items())
+        return dict(ends)
+
+    # -- the loop
+
+    async def _loop(
+        self, reader: LogReader, *, once: bool, targets: dict[int, int], stop: asyncio.Event
+    ) -> None:
+        refreshed = False
+        last_done_check = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            buffered = sum(len(r) for r in self._buffer.values())
+            if self._first_buffered_at is not None:
+                wait = self._first_buffered_at + self.policy.flush_interval - now
+            else:
+                wait = self.policy.flush_interval
+            records = await self._poll(
+                reader, max(1, self.policy.batch_size - buffered), max(wait, 0.02), stop
+            )
+            if records:
+                await self._accept(reader, records)
+            buffered = sum(len(r) for r in self._buffer.values())
+            if buffered >= self.policy.batch_size:
+                await self._flush(reader, "size", stop)
+            elif buffered and (
+                time.monotonic() - (self._first_buffered_at or 0) >= self.policy.flush_interval
+                or (once and not records)
+            ):
+                await self._flush(reader, "time", stop)
+            elif not buffered and not records:
+                self.policy.on_flush("time", 0)
+
+            buffered = sum(len(r) for r in self._buffer.values())
+            if once and not records and not buffered:
+                own = self._own_done(targets)
+                if own is False or (own is None and time.monotonic() - last_done_check < 0.5):
+                    continue
+                last_done_check = time.monotonic()
+                if await self._done(targets, stop):
+                    if refreshed or not targets:
+                        return
+                    # Some brokers under-report end offsets until a fetch (Tansu):
+                    # look once more now that every partition has been fetched.
+                    refreshed = True
+                    ends = await self._retrying(reader.end_offsets, "read end offsets", stop)
+                    grown = {p: e for p, e in ends.items() if e > targets.get(p, 0)}
+                    if not grown:
+                        return
+                    self._total += sum(e - targets.get(p, 0) for p, e in grown.items())
+                    targets.update(grown)
+
+    def _own_done(self, targets: Mapping[int, int]) -> bool | None:
+        """Whether the partitions this loader has anchored reached their targets
+        (None when some targets are for partitions it does not hold)."""
+        if not set(targets) <= set(self._expected):
+            return None
+        return all((self._expected.get(p) or 0) >= t for p, t in targets.items() if t > 0)
+
+    async def _done(self, targets: Mapping[int, int], stop: asyncio.Event) -> bool:
+        if self._own_done(targets):
+            return True
+        loaded = await self._warehouse_call(
+            lambda: self.warehouse.loaded_positions(self.source), stop
+        )
+        return all(loaded.get(p, 0) >= t for p, t in targets.items() if t > 0)
+
+    async def _poll(
+        self, reader: LogReader, limit: int, timeout: float, stop: asyncio.Event
+    ) -> list[LogRecord]:
+        delay = self.config.retry_initial
+        while not stop.is_set():
+            try:
+                return await reader.poll(max_records=limit, timeout=timeout)
+            except TruncatedLog as err:
+                if self._is_sqlite() and err.requested == 0 and self._expected.get(0) == 0:
+                    # A fresh warehouse over a log whose oldest records retention has
+                    # already removed (they were loaded elsewhere): start at the oldest.
+                    note = (
+                        f"the log no longer holds offsets 0..{err.oldest - 1} (retention); "
+                        f"this warehouse starts at offset {err.oldest}"
+                    )
+                    log.warning(note)
+                    if self._status is not None:
+                        self._status.notes.append(note)
+                    reader.seek(0, err.oldest)
+                    self._expected[0] = err.oldest
+                    continue
+                raise LoaderError(
+                    f"{err} The warehouse {self.warehouse.url} has not loaded those "
+                    "records, so loading on would leave a gap."
+                ) from err
+            except LogUnavailable as err:
+                delay = await self._backoff(err, delay, stop)
+            except EventLogError as err:
+                raise LoaderError(f"reading the log {self.log.url} failed: {err}") from err
+        return []
+
+    async def _accept(self, reader: LogReader, records: list[LogRecord]) -> None:
+        by_partition: dict[int, list[LogRecord]] = {}
+        for record in records:
+            by_partition.setdefault(record.partition, []).append(record)
+        async with self._write_lock:
+            for partition, recs in by_partition.items():
+                if partition not in self._expected:
+                    positions = await self._warehouse_call(
+                        lambda: self.warehouse.loaded_positions(self.source), None
+                    )
+                    self._anchor(partition, positions)
+                    expected = self._expected.get(partition)
+                    if expected is not None and recs[0].offset != expected:
+                        self.summary.skipped_records += len(recs)
+                        continue  # sought to the warehouse's position: poll again
+                self._take(reader, partition, recs)
+
+    def _take(self, reader: LogReader, partition: int, recs: list[LogRecord]) -> None:
+        buffer = self._buffer.setdefault(partition, [])
+        expected = buffer[-1].offset + 1 if buffer else self._expected.get(partition)
+        for index, record in enumerate(recs):
+            if expected is None:
+                expected = record.offset
+            if record.offset < expected:
+                self.summary.skipped_records += 1  # already in the warehouse
+                continue
+            if record.offset > expected:
+                if self._sought.get(partition) == expected:
+                    # We sought to ``expected`` and the log still starts later: the
+                    # log has a hole there (e.g. a compacted topic). Load on from
+                    # here in a new batch.
+                    note = (
+                        f"partition {partition}: the log has no records at offsets "
+                        f"{expected}..{record.offset - 1}"
+                    )
+                    log.warning(note)
+                    if self._status is not None:
+                        self._status.notes.append(note)
+                    if buffer:
+                        # A batch must be contiguous: park the rest for the next poll.
+                        reader.seek(partition, record.offset)
+                        self._sought[partition] = record.offset
+                        return
+                    self._expected[partition] = record.offset
+                    expected = record.offset
+                else:
+                    # The reader is ahead of the warehouse (e.g. the committed offset
+                    # was ahead of what was loaded): go back, drop the rest.
+                    reader.seek(partition, expected)
+                    self._sought[partition] = expected
+                    self.summary.skipped_records += len(recs) - index
+                    return
+            buffer.append(record)
+            expected += 1
+        if not buffer:
+            self._buffer.pop(partition, None)
+        elif self._first_buffered_at is None:
+            self._first_buffered_at = time.monotonic()
+
+    async def _flush(self, reader: LogReader, reason: FlushReason, stop: asyncio.Event) -> None:
+        count = sum(len(r) for r in self._buffer.values())
+        self.policy.on_flush(reason, count)
+        self._first_buffered_at = None
+        for partition in sorted(self._buffer):
+            records = self._buffer.get(partition)
+            if not records:
+                self._buffer.pop(partition, None)
+                continue
+            batch = LoadBatch(self.source, partition, list(records))
+            result = await self._write(batch, stop)
+            if result is None:
+                continue  # revoked meanwhile, or stopping
+            if not self.config.tail:
+                try:
+                    await reader.commit({partition: batch.last_offset + 1})
+                except LogUnavailable as err:
+                    # Only a hint: the warehouse already knows this position.
+                    log.warning("commit failed (the warehouse keeps the position): %s", err)
+                except ValueError as err:
+                    log.warning("commit refused: %s", err)
+
+    async def _write(self, batch: LoadBatch, stop: asyncio.Event) -> WriteResult | None:
+        delay = self.config.retry_initial
+        while True:
+            async with self._write_lock:
+                current = self._buffer.get(batch.partition)
+                if not current or current[0].offset != batch.first_offset:
+                    return None  # revoked (and maybe re-anchored) meanwhile
+                try:
+                    result = await asyncio.to_thread(self.warehouse.write_batch, batch)
+                except WarehouseUnavailable as err:
+                    failure: WarehouseUnavailable = err
+                except WarehouseError as err:
+                    raise LoaderError(
+                        f"the warehouse {self.warehouse.url} refused batch {batch.token}: "
+                        f"{scrub(str(err))}. Fix the warehouse (see the message), then "
+                        "restart the loader; it resumes at this batch."
+                    ) from err
+                except Exception as err:
+                    raise LoaderError(
+                        f"writing batch {batch.token} to the warehouse {self.warehouse.url} "
+                        f"failed unexpectedly: {type(err).__name__}: {scrub(str(err))}. "
+                        "Restart the loader; it resumes at this batch."
+                    ) from err
+                else:
+                    del self._buffer[batch.partition]
+                    self._expected[batch.partition] = batch.last_offset + 1
+                    self._sought.pop(batch.partition, None)
+                    self._record(batch, result)
+                    return result
+            if stop.is_set():
+                return None
+            delay = await self._backoff(failure, delay, stop)
+
+    def _record(self, batch: LoadBatch, result: WriteResult) -> None:
+        s = self.summary
+        s.batches += 1
+        s.events += result.events
+        s.dead_letters += result.dead_letters
+        if result.duplicate:
+            s.duplicate_batches += 1
+        self._rate.add(len(batch.records))
+        if self._status is not None:
+            self._status.state = "running"
+        if self.on_progress is not None:
+            self.on_progress(s.records + s.skipped_records, max(self._total, s.records))
+
+    # -- retries
+
+    async def _backoff(self, err: Exception, delay: float, stop: asyncio.Event | None) -> float:
+        retry_after = getattr(err, "retry_after", 0.0) or 0.0
+        wait = max(delay, float(retry_after)) * random.uniform(0.8, 1.2)  # noqa: S311
+        self.summary.retries += 1
+        message = scrub(str(err))
+        log.warning("retrying in %.1fs: %s", wait, message)
+        self._set_state("retrying", message)
+        if stop is None:
+            await asyncio.sleep(wait)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+        return min(delay * 2, self.config.retry_max)
+
+    async def _retrying(
+        self, fn: Callable[[], Awaitable[_T]], doing: str, stop: asyncio.Event
+    ) -> _T:
+        delay = self.config.retry_initial
+        while True:
+            try:
+                return await fn()
+            except LogUnavailable as err:
+                if stop.is_set():
+                    raise LoaderError(f"stopped while trying to {doing}: {err}") from err
+                delay = await self._backoff(err, delay, stop)
+            except EventLogError as err:
+                raise LoaderError(f"could not {doing} of {self.log.url}: {err}") from err
+
+    async def _warehouse_call(self, fn: Callable[[], _T], stop: asyncio.Event | None) -> _T:
+        delay = self.config.retry_initial
+        while True:
+            try:
+                return await asyncio.to_thread(fn)
+            except WarehouseUnavailable as err:
+                if stop is not None and stop.is_set():
+                    raise LoaderError(
+                        f"stopped while the warehouse was unavailable: {err}"
+                    ) from err
+                delay = await self._backoff(err, delay, stop)
+            except WarehouseError as err:
+                raise LoaderError(
+                    f"the warehouse {self.warehouse.url} failed: {scrub(str(err))}"
+                ) from err
+
+    # -- background work
+
+    async def _compact_loop(self, stop: asyncio.Event) -> None:
+        interval = self.config.compact_interval or 0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+                return
+            async with self._write_lock:
+                try:
+                    await asyncio.to_thread(self.warehouse.compact)
+                except Exception as err:  # compaction is an optimisation: never fatal
+                    log.warning("compaction failed: %s", scrub(str(err)))
+                    self._set_state(None, f"compaction failed: {scrub(str(err))}")
+                else:
+                    if self._status is not None:
+                        self._status.last_compaction_at = time.time()
+
+    def _init_status(self) -> None:
+        self._status = LoaderStatus(
+            group=self.config.group if not self.config.tail else f"{self.config.group}(tail)",
+            source=self.source,
+            log=self.log.url,
+            warehouse=self.warehouse.url,
+        )
+        if self.config.status_dir is not None:
+            self._status_path = status_path(self.config.status_dir, self._status.group)
+        self._write_status_now()
+
+    def _set_state(self, state: str | None, error: str | None = None) -> None:
+        if self._status is None:
+            return
+        if state is not None:
+            self._status.state = state
+        if error is not None:
+            self._status.last_error = scrub(error)
+            self._status.last_error_at = time.time()
+
+    def _write_status_now(self) -> None:
+        status, path = self._status, self._status_path
+        if status is None:
+            return
+        status.updated_at = time.time()
+        status.events_loaded = self.summary.events
+        status.dead_letters_loaded = self.summary.dead_letters
+        status.duplicate_batches = self.summary.duplicate_batches
+        status.events_per_s_1m = round(self._rate.rate(), 1)
+        status.batch_size = self.policy.batch_size
+        status.flush_interval_s = round(self.policy.flush_interval, 3)
+        status.notes = status.notes[-20:]
+        partitions: dict[str, dict[str, int | None]] = {}
+        for partition in sorted(set(self._ends) | set(self._expected)):
+            loaded = self._expected.get(partition)
+            end = self._ends.get(partition)
+            lag = None if end is None else max(0, end - (loaded or 0))
+            partitions[str(partition)] = {"loaded": loaded, "end": end, "lag": lag}
+        status.partitions = partitions
+        status.assigned = sorted(self._expected)
+        if path is not None:
+            try:
+                write_status(path, status)
+            except OSError as err:
+                log.warning("could not write loader status %s: %s", path, err)
+
+    async def _status_loop(self, stop: asyncio.Event) -> None:
+        last_lag = 0.0
+        while not stop.is_set():
+            if time.monotonic() - last_lag >= self.config.lag_interval and self._reader:
+                last_lag = time.monotonic()
+                with contextlib.suppress(EventLogError, TimeoutError):
+                    ends = await self._reader.end_offsets()
+                    for partition, end in ends.items():
+                        self._ends[partition] = max(end, self._ends.get(partition, 0))
+                with contextlib.suppress(Exception):
+                    stats = await asyncio.to_thread(self.warehouse.stats)
+                    if self._status is not None:
+                        self._status.dead_letters_total = _dead_letter_total(stats)
+            self._write_status_now()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.status_interval)
+
+
+def _dead_letter_total(stats: Mapping[str, object]) -> int | None:
+    """The dead_letters row count from ``Warehouse.stats()`` (``{"rows": {...}}`` or
+    a flat ``{"dead_letters": n}``)."""
+    for container in (stats.get("rows"), stats.get("tables"), stats):
+        if isinstance(container, Mapping):
+            value = container.get("dead_letters")
+            if isinstance(value, int):
+                return value
+            if isinstance(value, Mapping) and isinstance(value.get("rows"), int):
+                return int(value["rows"])
+    return None
