@@ -105,14 +105,30 @@ class GatewayConfig(BaseModel):
     record_body_limit: int = 64 * 1024
     max_body_size: int = 32 * 1024 * 1024
     mask_hmac_key: SecretStr | None = None
+    #: "sync" (the default): a response is delivered only once its ResponseRecorded
+    #: is durable. "async" (opt-in): it is delivered while that event is being made
+    #: durable; a crash in that window can lose the record of a response the client
+    #: got, and a failed append is only logged (the chain shows the gap). Requests
+    #: are recorded before forwarding either way (invariant 1).
+    response_durability: Literal["sync", "async"] = "sync"
     tls_cert: Path | None = None
     tls_key: Path | None = None
     upstream_ca: Path | None = None
     upstream_insecure: bool = False
+    #: POST approval notifications here (a secret: Slack puts its token in the path)
+    approval_webhook_url: SecretStr | None = None
+    #: Ed25519 key that signs Merkle checkpoints (created 0600 if missing);
+    #: None: no checkpoints (the CLI always sets one, under the data dir)
+    signing_key: Path | None = None
+    #: a checkpoint every this many events, or after this many seconds
+    checkpoint_every: int = Field(default=1000, ge=1)
+    checkpoint_interval_s: float = Field(default=10.0, gt=0)
+    #: longest a held request waits for its approval (then 403 approval_expired)
+    hold_timeout_s: float = Field(default=300.0, gt=0)
 
     def config_sha256(self) -> str:
         """A hash of the configuration without secrets, for GatewayStarted."""
-        data = self.model_dump(mode="json", exclude={"mask_hmac_key"})
+        data = self.model_dump(mode="json", exclude={"mask_hmac_key", "approval_webhook_url"})
         for r in data["routes"]:
             r.pop("credential", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

@@ -600,6 +600,31 @@ def _register_policy_commands() -> None:
 _register_policy_commands()
 
 
+def _register_keys_commands() -> None:
+    from capture.signing_keys import keys_app
+
+    app.add_typer(keys_app, name="keys", help="The gateway's checkpoint-signing key.")
+
+
+_register_keys_commands()
+
+
+def _register_loader_commands() -> None:
+    # After any other ``warehouse`` group: ``warehouse rebuild`` joins it.
+    from embedguard.cli_loader import register
+
+    register(app)
+
+
+_register_loader_commands()
+
+
+def _default_signing_key() -> Path:
+    from capture.signing_keys import default_key_path
+
+    return default_key_path(settings().data_dir)
+
+
 @app.command()
 def gateway(
     upstream: Annotated[
