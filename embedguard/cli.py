@@ -600,6 +600,16 @@ def _register_policy_commands() -> None:
 _register_policy_commands()
 
 
+def _register_loader_commands() -> None:
+    # After any other ``warehouse`` group: ``warehouse rebuild`` joins it.
+    from embedguard.cli_loader import register
+
+    register(app)
+
+
+_register_loader_commands()
+
+
 def _register_keys_commands() -> None:
     from capture.signing_keys import keys_app
 
