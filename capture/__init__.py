@@ -2,6 +2,7 @@
 
 ``build_addons`` returns them in the order mitmproxy calls their hooks:
 
+0. ``ControlApi``     /_embedguard/ approvals, tickets, grants (answered here, never forwarded)
 1. ``Intake``         request id, state, what the client sent
 2. ``IdentityCheck``  OIDC token and DPoP proof → Identity (401 otherwise)
 3. ``Classifier``     the operations of the request (unknown → 403)
@@ -19,7 +20,14 @@ __all__ = ["build_addons"]
 
 
 def build_addons(config: GatewayConfig) -> list[object]:
+    from capture.approvals.service import (
+        ApprovalService,
+        approver_groups,
+        ticket_requirement,
+    )
+    from capture.approvals.webhook import Webhook
     from capture.classifier import Classifier
+    from capture.control_api import ControlApi
     from capture.credentials import Credentials
     from capture.enforcer import Enforcer
     from capture.identity import IdentityCheck
@@ -27,18 +35,34 @@ def build_addons(config: GatewayConfig) -> list[object]:
     from capture.masker import Masker
     from capture.policy import PolicyError
     from capture.recorder import Recorder
+    from pipeline.transport import open_log
 
     try:
         enforcer = Enforcer(config.policy_path)
     except PolicyError as exc:
         raise ValueError(f"the policy does not load:\n{exc}") from None
-    recorder = Recorder(config, policy_sha256=lambda: enforcer.policy.sha256)
+    event_log = open_log(config.log_url)
+    recorder = Recorder(config, log_=event_log, policy_sha256=lambda: enforcer.policy.sha256)
     enforcer.record_system = recorder.record_system
     recorder.on_started.append(enforcer.record_active)
     hmac_key = config.mask_hmac_key.get_secret_value().encode() if config.mask_hmac_key else None
+    identity = IdentityCheck(config)
+    # One ApprovalService per process, shared by the control API, the enforcer
+    # and the approval gate; it reads the same log the recorder appends to.
+    approvals = ApprovalService(
+        event_log,
+        recorder.emit,
+        webhook=Webhook(config.approval_webhook_url.get_secret_value())
+        if config.approval_webhook_url
+        else None,
+        ticket_requirement=lambda: ticket_requirement(enforcer.policy),
+        grant_issuer_groups=approver_groups(enforcer.policy),
+    )
+    control = ControlApi(approvals, identity.verifier, ready=recorder.started)
     return [
+        control,
         Intake(config),
-        IdentityCheck(config),
+        identity,
         Classifier(config),
         enforcer,
         Masker(hmac_key),

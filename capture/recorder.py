@@ -21,7 +21,9 @@ from typing import Any
 from mitmproxy import http
 from pydantic import BaseModel
 
+from capture.approvals.service import EmitRequest
 from capture.config import GatewayConfig
+from capture.control_api import CONTROL_FLOW
 from capture.intake import raw_headers
 from capture.redact import redact_headers
 from capture.sessions import SESSION_HEADER, Session, SessionTracker
@@ -222,6 +224,49 @@ class Recorder:
         """Record a gateway-level event (GatewayStarted, PolicyChanged, ...)."""
         await self.append([self.stamper.stamp(cls, session_id=self.system_session, **body)])
 
+    async def emit(self, req: EmitRequest) -> None:
+        """The approval service's emitter: stamp ``req.events`` in one session of
+        this gateway and append them durably (EventLogError otherwise).
+
+        An explicit ``session_id`` wins (it must be a session of this gateway,
+        e.g. the held request's). Otherwise the identity's session is the one
+        the tracker keys by (subject, token, client address), started with
+        SessionStarted and IdentityResolved if new; without an identity, the
+        gateway's system session."""
+        if not self.started.is_set():
+            raise EventLogError("the gateway is still opening its audit log; retry in a moment")
+        out: list[StampedEvent] = []
+        ident = req.identity
+        if req.session_id:
+            sid = req.session_id
+        elif ident is not None:
+            now = datetime.now(UTC)
+            address = req.client_address or ""
+            key = self.sessions.key(ident.subject, ident.dpop_jkt or ident.token_id, address, None)
+            session, started, ended = self.sessions.touch(key, now)
+            sid = session.session_id
+            if ended is not None:
+                out.append(self._session_ended(ended, "idle"))
+            if started:
+                out.append(self.stamper.stamp(
+                    SessionStarted, session_id=sid, occurred_at=now, subject=ident.subject,
+                    issuer=ident.issuer, client_address=address, token_id=ident.token_id,
+                    dpop_jkt=ident.dpop_jkt))
+                out.append(self.stamper.stamp(
+                    IdentityResolved, session_id=sid, request_id=req.request_id,
+                    occurred_at=now, subject=ident.subject, issuer=ident.issuer,
+                    groups=sorted(ident.groups), token_id=ident.token_id,
+                    token_issued_at=ident.issued_at, token_expires_at=ident.expires_at,
+                    auth_method=ident.auth_method, dpop_jkt=ident.dpop_jkt,
+                    client_address=address, client_id=ident.client_id))
+        else:
+            sid = self.system_session
+        for cls, body in req.events:
+            fields = dict(body)
+            rid = fields.pop("request_id", req.request_id)
+            out.append(self.stamper.stamp(cls, session_id=sid, request_id=rid, **fields))
+        await self.append(out)
+
     def _session_ended(self, s: Session, reason: str) -> StampedEvent:
         ev = self.stamper.stamp(
             SessionEnded,
@@ -236,6 +281,8 @@ class Recorder:
     # -- hooks ------------------------------------------------------------------
     @fail_closed("log")
     async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(CONTROL_FLOW):
+            return  # the control API answered it; its own events are emitted there
         st = state_of(flow)
         if st is None:  # never forward what the chain did not see
             flow.response = error_response(

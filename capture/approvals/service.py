@@ -1,0 +1,613 @@
+"""ApprovalService: four-eyes approvals, change tickets and JIT grants, as events.
+
+Every state change is an event made durable through the ``emit`` callable (in
+the gateway, :meth:`capture.recorder.Recorder.emit`), and every process learns
+state only by folding the log (:class:`~capture.approvals.state.ApprovalBook`).
+So a decision taken through gateway B releases a flow held by gateway A: A's
+tail of the log sees B's ApprovalDecided within ``poll_interval_s``. Every
+rule check first calls :meth:`sync`, which reads the log up to its current end.
+
+Sessions: events go into sessions of *this* gateway only (the requester's or
+approver's session as the Recorder tracks it, or the gateway's system session
+for expiries), because a session's hash chain is stamped by one gateway stream.
+
+Deviations from the shared interface (all backward compatible):
+
+* ``ApprovalError`` also uses the code ``bad_request`` (400) for malformed input.
+* ``check_ticket`` takes an optional ``request_id``: within this process the
+  operations are reserved at once (two concurrent requests cannot both take the
+  last operation), and the reservation is dropped when the request's
+  PolicyDecided with ``ticket_id`` is folded from the log.
+* ``expire`` takes ``force=True`` for the holder's maximum hold time.
+* ``open_ticket`` also takes ``client_address`` and ``session_id``; ``issue_grant``
+  takes ``client_address``.
+
+Caveat: decisions taken at the same moment through two gateways are ordered by
+their timestamps in the fold; every process reaches the same result, but a flow
+could already have been released by the first approval it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from uuid6 import uuid7
+
+from capture.approvals.state import (
+    Approval,
+    ApprovalBook,
+    ApprovalError,
+    Grant,
+    Vote,
+    check_consume,
+    check_decision,
+    check_grant_issue,
+    normalize_actions,
+    normalize_collections,
+)
+from capture.approvals.state import (
+    check_ticket as _check_ticket_rule,
+)
+from capture.types import Identity
+from pipeline.events import decode_records
+from pipeline.transport.base import EventLog, LogReader, LogRecord
+from pipeline.transport.errors import EventLogError
+from schemas.models import (
+    ApprovalDecided,
+    ApprovalExpired,
+    ApprovalRequested,
+    Event,
+    GrantIssued,
+    Operation,
+)
+
+if TYPE_CHECKING:
+    from capture.approvals.webhook import Webhook
+    from capture.policy import ApprovalRequirement, Policy
+
+__all__ = [
+    "Approval",
+    "ApprovalError",
+    "ApprovalService",
+    "EmitRequest",
+    "Emitter",
+    "Grant",
+    "Vote",
+    "now_utc",
+]
+
+log = logging.getLogger("embedguard.approvals")
+
+MAX_WINDOW = timedelta(days=7)
+MAX_REASON = 2000
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class EmitRequest:
+    """Events to stamp in one session and append durably, as one batch."""
+
+    events: list[tuple[type[Event], dict[str, Any]]]
+    identity: Identity | None = None
+    session_id: str | None = None
+    request_id: str | None = None
+    client_address: str | None = None
+
+
+Emitter = Callable[[EmitRequest], Awaitable[None]]
+
+
+@dataclass
+class _Reservation:
+    ref: str
+    count: int
+    request_id: str
+
+
+@dataclass
+class _Local:
+    """What this process knows before the log says so."""
+
+    consumed: set[str] = field(default_factory=set)
+    reservations: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def _reason(text: str | None, *, required: bool) -> str:
+    value = (text or "").strip()
+    if required and not value:
+        raise ApprovalError("bad_request", "give a reason (--reason ...): it is recorded "
+                            "with the decision")
+    if len(value) > MAX_REASON:
+        raise ApprovalError("bad_request", f"the reason is {len(value)} characters; keep it "
+                            f"under {MAX_REASON}")
+    return value
+
+
+def _window(window: timedelta) -> timedelta:
+    if window <= timedelta(0) or window > MAX_WINDOW:
+        raise ApprovalError("bad_request", f"the window must be more than 0 and at most "
+                            f"{MAX_WINDOW.days} days")
+    return window
+
+
+class ApprovalService:
+    def __init__(
+        self,
+        log: EventLog,
+        emit: Emitter,
+        *,
+        clock: Callable[[], datetime] = now_utc,
+        webhook: Webhook | None = None,
+        poll_interval_s: float = 0.2,
+        grant_issuer_groups: Sequence[Sequence[str]] | None = None,
+        sweep_interval_s: float = 1.0,
+        ticket_requirement: Callable[[], ApprovalRequirement | None] | None = None,
+    ) -> None:
+        self.log = log
+        self._emit = emit
+        self.clock = clock
+        self.webhook = webhook
+        self.poll_interval_s = poll_interval_s
+        self.sweep_interval_s = sweep_interval_s
+        self.grant_issuer_groups = [list(s) for s in (grant_issuer_groups or [["Vector-Approve"]])]
+        self.ticket_requirement = ticket_requirement
+        self.book = ApprovalBook()
+        self._local = _Local()
+        self._reader: LogReader | None = None
+        self._read_lock = asyncio.Lock()
+        self._decide_lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        if self._reader is not None:
+            return
+        reader = self.log.tail_reader(from_beginning=True)
+        await reader.start()
+        self._reader = reader
+        await self.sync()
+        if self.webhook is not None:
+            await self.webhook.start()
+        self._tasks = [
+            asyncio.create_task(self._tail(), name="approvals-tail"),
+            asyncio.create_task(self._sweep(), name="approvals-sweeper"),
+        ]
+        self.started.set()
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        if self.webhook is not None:
+            await self.webhook.close()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            async with self._read_lock:
+                await reader.close()
+
+    async def __aenter__(self) -> ApprovalService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- reading the log ---------------------------------------------------------
+    def _apply(self, records: Sequence[LogRecord]) -> None:
+        changed: set[str] = set()
+        for dec in decode_records(records):
+            if dec.decoded is None:
+                log.warning("approvals: record %d:%d does not decode (%s); skipped",
+                            dec.record.partition, dec.record.offset, dec.error)
+                continue
+            ev = dec.decoded.event
+            changed |= self.book.apply(ev)
+            rid = ev.envelope.request_id
+            if rid is not None and self._local.reservations:
+                for key in [k for k in self._local.reservations if k[1] == rid]:
+                    if self.book.counted(key[0], rid):
+                        del self._local.reservations[key]
+        if changed:
+            flag, self._changed = self._changed, asyncio.Event()
+            flag.set()
+
+    async def sync(self, timeout_s: float = 10.0) -> None:
+        """Fold every event the log holds now. Raises EventLogError if it cannot."""
+        reader = self._reader
+        if reader is None:
+            raise EventLogError("the approval service is not started")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        async with self._read_lock:
+            ends = await reader.end_offsets()
+            while True:
+                pos = reader.positions()
+                if all(pos.get(p, 0) >= e for p, e in ends.items() if e > 0):
+                    return
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise EventLogError(
+                        f"could not read the event log {self.log.url} up to its end within "
+                        f"{timeout_s:g}s; approvals cannot be checked now, retry later"
+                    )
+                self._apply(await reader.poll(max_records=2000, timeout=min(remaining, 0.5)))
+
+    async def _tail(self) -> None:
+        reader = self._reader
+        assert reader is not None
+        while True:
+            try:
+                async with self._read_lock:
+                    records = await reader.poll(max_records=2000, timeout=0)
+                    self._apply(records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the tail must survive a flaky log
+                log.warning("approvals: reading the log failed (%s); retrying", exc)
+                records = []
+            if len(records) < 2000:
+                await asyncio.sleep(self.poll_interval_s)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            try:
+                now = self.clock()
+                due = [a.approval_id for a in self.book.approvals()
+                       if a.status == "pending" and a.expires_at <= now]
+                for aid in due:
+                    await self.expire(aid)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep sweeping
+                log.warning("approvals: expiry sweep failed (%s); retrying", exc)
+
+    async def _emit_and_sync(self, req: EmitRequest) -> None:
+        await self._emit(req)
+        await self.sync()
+
+    def _notify(self, what: Literal["requested", "decided", "expired"], a: Approval | None,
+                vote: Vote | None = None, decision: str | None = None) -> None:
+        if self.webhook is not None and a is not None:
+            self.webhook.notify(what, a, vote=vote, decision=decision)
+
+    # -- queries -----------------------------------------------------------------
+    def get(self, approval_id: str) -> Approval | None:
+        return self.book.get(approval_id)
+
+    def list(self, *, status: str | None = None) -> builtins.list[Approval]:
+        return [a for a in self.book.approvals() if status is None or a.status == status]
+
+    def tickets(self) -> builtins.list[Approval]:
+        return [a for a in self.book.approvals() if a.kind == "ticket"]
+
+    def grants(self) -> builtins.list[Grant]:
+        return self.book.grants()
+
+    def active_grants(self, subject: str, now: datetime) -> builtins.list[Grant]:
+        return [g for g in self.book.grants()
+                if g.kind == "jit" and g.subject == subject and g.active(now)]
+
+    # -- requests ------------------------------------------------------------------
+    async def request_approval(
+        self,
+        *,
+        requester: Identity,
+        operations: Sequence[Operation],
+        request_sha256: str,
+        requirement: ApprovalRequirement,
+        mode: Literal["hold", "async"],
+        reason: str | None,
+        blast_radius: int | None,
+        session_id: str | None,
+        request_id: str | None,
+        client_address: str | None,
+    ) -> Approval:
+        now = self.clock()
+        approval_id = str(uuid7())
+        body: dict[str, Any] = {
+            "approval_id": approval_id,
+            "kind": "request",
+            "requester_subject": requester.subject,
+            "requester_issuer": requester.issuer,
+            "requester_token_id": requester.token_id,
+            "operations": list(operations),
+            "request_sha256": request_sha256,
+            "approver_groups": [list(s) for s in requirement.groups_any_of],
+            "min_approvals": requirement.min_approvals,
+            "expires_at": now + requirement.expires_after,
+            "mode": mode,
+            "reason": reason,
+            "blast_radius": blast_radius,
+            "occurred_at": now,
+        }
+        await self._emit_and_sync(EmitRequest(
+            [(ApprovalRequested, body)], identity=requester, session_id=session_id,
+            request_id=request_id, client_address=client_address))
+        a = self.get(approval_id)
+        if a is None:
+            raise EventLogError(f"approval {approval_id} was appended but is not in the log")
+        self._notify("requested", a)
+        return a
+
+    async def wait(self, approval_id: str, timeout_s: float) -> Approval:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout_s, 0.0)
+        while True:
+            a = self.get(approval_id)
+            if a is None:
+                raise ApprovalError("not_found", f"there is no approval {approval_id!r}")
+            if a.status != "pending":
+                return a
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return a
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+
+    async def decide(
+        self,
+        approval_id: str,
+        approver: Identity,
+        decision: Literal["approve", "deny"],
+        reason: str,
+        *,
+        client_address: str | None = None,
+    ) -> Approval:
+        text = _reason(reason, required=True)
+        async with self._decide_lock:
+            await self.sync()
+            now = self.clock()
+            a = self.get(approval_id)
+            check_decision(a, approval_id, approver, decision, now)
+            assert a is not None
+            body: dict[str, Any] = {
+                "approval_id": approval_id,
+                "decision": decision,
+                "approver_subject": approver.subject,
+                "approver_issuer": approver.issuer,
+                "approver_token_id": approver.token_id,
+                "reason": text,
+                # the time the rules were checked at, on the service's clock
+                "occurred_at": now,
+            }
+            events: list[tuple[type[Event], dict[str, Any]]] = [(ApprovalDecided, body)]
+            if a.kind == "ticket":
+                trial = ApprovalDecided.model_validate({
+                    **{k: v for k, v in body.items() if k != "occurred_at"},
+                    "envelope": {
+                        "event_id": uuid7(), "type": "ApprovalDecided", "occurred_at": now,
+                        "gateway_id": "-", "session_id": "-", "seq": 0, "stream_seq": 0,
+                        "prev_hash": "0" * 64,
+                    },
+                })
+                after = self.book.preview(approval_id, trial)
+                if after is not None and after.status == "approved":
+                    events.append((GrantIssued, {
+                        "grant_id": approval_id,
+                        "kind": "ticket",
+                        "approval_id": approval_id,
+                        "subject": a.requester_subject,
+                        "actions": list(a.scope_actions),
+                        "collections": list(a.scope_collections),
+                        "valid_from": a.valid_from or now,
+                        "valid_until": a.valid_until or now,
+                        "max_operations": a.max_operations,
+                        "issued_by": approver.subject,
+                        "occurred_at": now,
+                    }))
+            await self._emit_and_sync(EmitRequest(
+                events, identity=approver, request_id=None, client_address=client_address))
+        result = self.get(approval_id)
+        vote = Vote(approver.subject, approver.issuer, text, now, approver.token_id)
+        self._notify("decided", result, vote=vote, decision=decision)
+        assert result is not None
+        return result
+
+    async def expire(self, approval_id: str, *, force: bool = False) -> Approval:
+        async with self._decide_lock:
+            await self.sync()
+            now = self.clock()
+            a = self.get(approval_id)
+            if a is None:
+                raise ApprovalError("not_found", f"there is no approval {approval_id!r}")
+            if a.status != "pending" or (not force and now < a.expires_at):
+                return a
+            await self._emit_and_sync(EmitRequest(
+                [(ApprovalExpired, {"approval_id": approval_id,
+                                    "expired_at": now if force else a.expires_at,
+                                    "occurred_at": now})],
+                request_id=a.request_id))
+        result = self.get(approval_id)
+        assert result is not None
+        if result.status == "expired":
+            self._notify("expired", result)
+        return result
+
+    async def consume(
+        self, approval_id: str, *, request_sha256: str, requester: Identity
+    ) -> Approval:
+        async with self._decide_lock:
+            await self.sync()
+            a = self.get(approval_id)
+            check_consume(a, approval_id, request_sha256=request_sha256, requester=requester,
+                          used=approval_id in self._local.consumed)
+            self._local.consumed.add(approval_id)
+            assert a is not None
+            return a
+
+    # -- tickets and grants ----------------------------------------------------------
+    async def open_ticket(
+        self,
+        requester: Identity,
+        *,
+        actions: Sequence[str],
+        collections: Sequence[str],
+        window: timedelta,
+        max_operations: int | None,
+        reason: str,
+        requirement: ApprovalRequirement | None = None,
+        client_address: str | None = None,
+        session_id: str | None = None,
+    ) -> Approval:
+        try:
+            acts = normalize_actions(actions)
+            globs = normalize_collections(collections)
+        except ValueError as exc:
+            raise ApprovalError("bad_request", str(exc)) from None
+        window = _window(window)
+        text = _reason(reason, required=True)
+        if max_operations is not None and max_operations < 1:
+            raise ApprovalError("bad_request", "max_operations must be at least 1 (or unset)")
+        req = requirement or (self.ticket_requirement() if self.ticket_requirement else None)
+        groups = [list(s) for s in req.groups_any_of] if req else [["Vector-Approve"]]
+        min_approvals = req.min_approvals if req else 1
+        expires_after = req.expires_after if req else timedelta(minutes=30)
+        now = self.clock()
+        valid_until = now + window
+        approval_id = str(uuid7())
+        ops = [Operation(action=act, collection=g, detail="ticket scope")  # type: ignore[arg-type]
+               for act in acts for g in globs]
+        body: dict[str, Any] = {
+            "approval_id": approval_id,
+            "kind": "ticket",
+            "requester_subject": requester.subject,
+            "requester_issuer": requester.issuer,
+            "requester_token_id": requester.token_id,
+            "operations": ops,
+            "request_sha256": _scope_sha256(acts, globs, now, valid_until, max_operations),
+            "approver_groups": groups,
+            "min_approvals": min_approvals,
+            "expires_at": min(now + expires_after, valid_until),
+            "mode": "async",
+            "reason": text,
+            "scope_actions": list(acts),
+            "scope_collections": list(globs),
+            "valid_from": now,
+            "valid_until": valid_until,
+            "max_operations": max_operations,
+            "occurred_at": now,
+        }
+        await self._emit_and_sync(EmitRequest(
+            [(ApprovalRequested, body)], identity=requester, session_id=session_id,
+            client_address=client_address))
+        a = self.get(approval_id)
+        if a is None:
+            raise EventLogError(f"ticket {approval_id} was appended but is not in the log")
+        self._notify("requested", a)
+        return a
+
+    async def check_ticket(
+        self,
+        ticket_id: str,
+        identity: Identity,
+        operations: Sequence[Operation],
+        now: datetime,
+        *,
+        request_id: str | None = None,
+    ) -> Grant:
+        async with self._decide_lock:
+            await self.sync()
+            t = self.get(ticket_id)
+            reserved = sum(n for (ref, _), n in self._local.reservations.items()
+                           if ref == ticket_id)
+            used = self.book.uses(ticket_id) + reserved
+            _check_ticket_rule(t, ticket_id, identity, operations, now, used)
+            assert t is not None
+            if request_id is not None:
+                self._local.reservations[(ticket_id, request_id)] = max(1, len(operations))
+            g = self.book.grant(ticket_id)
+            if g is not None:
+                return g
+            # approved but the GrantIssued is not folded yet: the approval has the scope
+            return Grant(
+                grant_id=ticket_id, kind="ticket", subject=t.requester_subject,
+                actions=t.scope_actions, collections=t.scope_collections,
+                valid_from=t.valid_from or now, valid_until=t.valid_until or now,
+                max_operations=t.max_operations, used_operations=used, approval_id=ticket_id,
+                issued_by=t.approvals[-1].subject if t.approvals else "",
+            )
+
+    async def issue_grant(
+        self,
+        issuer: Identity,
+        *,
+        subject: str,
+        actions: Sequence[str],
+        collections: Sequence[str],
+        window: timedelta,
+        reason: str,
+        client_address: str | None = None,
+    ) -> Grant:
+        try:
+            acts = normalize_actions(actions)
+            globs = normalize_collections(collections)
+        except ValueError as exc:
+            raise ApprovalError("bad_request", str(exc)) from None
+        window = _window(window)
+        _reason(reason, required=True)
+        subject = subject.strip()
+        if not subject or len(subject) > 256:
+            raise ApprovalError("bad_request", "name the subject who gets the grant (--subject)")
+        check_grant_issue(issuer, subject, self.grant_issuer_groups)
+        now = self.clock()
+        grant_id = str(uuid7())
+        await self._emit_and_sync(EmitRequest(
+            [(GrantIssued, {
+                "grant_id": grant_id, "kind": "jit", "approval_id": None, "subject": subject,
+                "actions": list(acts), "collections": list(globs), "valid_from": now,
+                "valid_until": now + window, "max_operations": None,
+                "issued_by": issuer.subject, "occurred_at": now,
+            })],
+            identity=issuer, client_address=client_address))
+        g = self.book.grant(grant_id)
+        if g is None:
+            raise EventLogError(f"grant {grant_id} was appended but is not in the log")
+        return g
+
+
+def ticket_requirement(policy: Policy) -> ApprovalRequirement | None:
+    """Who approves change tickets: the policy's top-level ``approvers``."""
+    from capture.policy import ApprovalRequirement
+
+    spec = policy.approvers
+    if spec is None:
+        return None
+    return ApprovalRequirement(
+        rule_ids=[], groups_any_of=[list(s) for s in spec.groups_any_of],
+        min_approvals=spec.min_approvals, expires_after=spec.expires_after, mode="async")
+
+
+def approver_groups(policy: Policy) -> list[list[str]] | None:
+    """Who may issue JIT grants: the policy's top-level approver groups."""
+    return [list(s) for s in policy.approvers.groups_any_of] if policy.approvers else None
+
+
+def _scope_sha256(
+    actions: Sequence[str], globs: Sequence[str], start: datetime, end: datetime,
+    max_operations: int | None,
+) -> str:
+    """A ticket binds its exact scope, as a request approval binds its content."""
+    import hashlib
+    import json
+
+    doc = {"actions": list(actions), "collections": list(globs), "valid_from": start.isoformat(),
+           "valid_until": end.isoformat(), "max_operations": max_operations}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
