@@ -1,0 +1,301 @@
+"""The embedded warehouse: Delta Lake tables written with ``deltalake`` and
+read with chDB ``deltaLakeLocal(...)``.
+
+Layout: ``DIR/<table>/`` is one Delta table per DDL table (same column names and
+types as ClickHouse, see ddl.py); ``DIR/_migrations.json`` records the applied
+migrations. The big tables are partitioned by ``day``.
+
+Exactly once: every commit of a batch carries a Delta *app transaction*
+(``app_id = "<source>:<partition>"``, ``version = last offset``). Before writing
+table T the backend reads T's transaction version v and writes only the rows
+whose source offset is > v. So a retried batch, or a batch whose boundaries
+moved after a crash, never writes a row twice in any table, and a crash between
+the tables of one batch is finished by the retry. ``loads`` is committed last:
+its row marks the batch complete and feeds ``loaded_positions``.
+
+Concurrency: Delta appends are atomic; readers (chDB) see whole commits only.
+Several loader processes may append at once (delta-rs retries conflicting
+appends). The gateway, loader, dashboard and CLI can all run at the same time;
+nothing here holds a lock across processes except ``migrate`` (a file lock).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+from pipeline.warehouse._chdb import engine
+from pipeline.warehouse.base import LoadBatch, Warehouse, WriteResult
+from pipeline.warehouse.ddl import (
+    AddColumn,
+    CreateTable,
+    load_migrations,
+    parse_statement,
+    table_schemas,
+)
+from pipeline.warehouse.errors import MigrationError, WarehouseError, WarehouseUnavailable
+from pipeline.warehouse.projection import TABLES, project_batch
+from schemas.codec import EventCodec, default_codec
+
+__all__ = ["LakeWarehouse"]
+
+#: Tables partitioned by day (the ones that grow with traffic).
+DAY_PARTITIONED = {"events", "requests", "sessions", "vector_lineage", "bodies"}
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+class LakeWarehouse(Warehouse):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        codec: EventCodec | None = None,
+        vacuum_retention_hours: int = 1,
+        body_retention_days: int | None = None,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.url = f"lake:{self.root}"
+        self.codec = codec or default_codec()
+        self.vacuum_retention_hours = vacuum_retention_hours
+        self.body_retention_days = body_retention_days
+        self._schemas = table_schemas()
+        self._tables: dict[str, DeltaTable] = {}
+        self._lock = threading.Lock()
+
+    # -- helpers -------------------------------------------------------------
+    def table_path(self, table: str) -> Path:
+        return self.root / table
+
+    def _table(self, table: str) -> DeltaTable:
+        dt = self._tables.get(table)
+        try:
+            if dt is None:
+                dt = DeltaTable(str(self.table_path(table)))
+                self._tables[table] = dt
+            else:
+                dt.update_incremental()
+        except TableNotFoundError:
+            raise WarehouseError(
+                f"{self.url}: table {table} does not exist; run `embedguard warehouse migrate "
+                f"--warehouse {self.url}`"
+            ) from None
+        return dt
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "_migrations.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _applied(self) -> list[str]:
+        marker = self.root / "_migrations.json"
+        if not marker.exists():
+            return []
+        try:
+            data = json.loads(marker.read_text())
+            return [str(m["id"]) for m in data["applied"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MigrationError(f"{marker} is unreadable ({exc}); restore it or rebuild") from None
+
+    # -- Warehouse -----------------------------------------------------------
+    def migrate(self) -> list[str]:
+        migrations = load_migrations()
+        known = {m.id for m in migrations}
+        with self._file_lock():
+            applied = self._applied()
+            unknown = [a for a in applied if a not in known]
+            if unknown:
+                raise MigrationError(
+                    f"{self.url} has migrations this embedguard does not know: {unknown}; "
+                    "upgrade embedguard"
+                )
+            now: list[str] = []
+            for mig in migrations:
+                if mig.id in applied:
+                    continue
+                for stmt in mig.statements:
+                    self._apply(parse_statement(stmt))
+                applied.append(mig.id)
+                now.append(mig.id)
+                marker = self.root / "_migrations.json"
+                tmp = marker.with_suffix(".tmp")
+                tmp.write_text(
+                    json.dumps(
+                        {
+                            "applied": [
+                                {"id": a, "at": datetime.now(UTC).isoformat()} for a in applied
+                            ]
+                        },
+                        indent=1,
+                    )
+                )
+                os.replace(tmp, marker)
+        return now
+
+    def _apply(self, parsed: CreateTable | AddColumn | None) -> None:
+        if isinstance(parsed, CreateTable):
+            path = self.table_path(parsed.table)
+            if DeltaTable.is_deltatable(str(path)):
+                return
+            schema = self._schemas[parsed.table]
+            DeltaTable.create(
+                str(path),
+                schema,
+                mode="ignore",
+                partition_by=["day"] if parsed.table in DAY_PARTITIONED else None,
+                name=parsed.table,
+            )
+        elif isinstance(parsed, AddColumn):
+            from deltalake import Field
+
+            dt = DeltaTable(str(self.table_path(parsed.table)))
+            if parsed.name in dt.schema().to_arrow().names:
+                return
+            field = self._schemas[parsed.table].field(parsed.name)
+            dt.alter.add_columns([Field.from_arrow(field)])
+
+    def loaded_positions(self, source: str) -> dict[int, int]:
+        rows = self.query(
+            "SELECT src_partition, max(last_offset) + 1 AS next_offset FROM {loads} "
+            "WHERE source = {source:String} GROUP BY src_partition",
+            {"source": source},
+        )
+        return {int(r["src_partition"]): int(r["next_offset"]) for r in rows}
+
+    def write_batch(self, batch: LoadBatch) -> WriteResult:
+        with self._lock:
+            try:
+                return self._write_batch(batch)
+            except CommitFailedError as exc:
+                raise WarehouseUnavailable(
+                    f"{self.url}: Delta commit conflict, retry the batch: {exc}", retry_after=0.5
+                ) from None
+            except (DeltaError, OSError) as exc:
+                if isinstance(exc, WarehouseError):
+                    raise
+                raise WarehouseUnavailable(
+                    f"{self.url}: write failed: {exc}", retry_after=2.0
+                ) from None
+
+    def _write_batch(self, batch: LoadBatch) -> WriteResult:
+        app_id = f"{batch.source}:{batch.partition}"
+        last = batch.last_offset
+        done = self._table("loads").transaction_version(app_id)
+        if done is not None and done >= last:
+            return WriteResult(events=0, dead_letters=0, duplicate=True)
+        loaded_at = datetime.now(UTC)
+        rows = project_batch(batch, self.codec, loaded_at)
+        written: dict[str, int] = {}
+        for table in TABLES:
+            if table == "loads":
+                continue
+            dt = self._table(table)
+            v = dt.transaction_version(app_id)
+            if v is not None and v >= last:
+                written[table] = 0
+                continue
+            todo = [r for r in rows[table] if v is None or r["src_offset"] > v]
+            written[table] = len(todo)
+            # events always commits (even empty): its version is this batch's
+            # progress for every table ordered before it.
+            if not todo and table != "events":
+                continue
+            self._append(dt, table, todo, app_id, last)
+        marker = {
+            "source": batch.source,
+            "src_partition": batch.partition,
+            "table_name": "*",
+            "first_offset": batch.first_offset,
+            "last_offset": last,
+            "token": batch.token,
+            "row_count": len(batch.records),
+            "loaded_at": loaded_at,
+        }
+        self._append(self._table("loads"), "loads", [marker], app_id, last)
+        return WriteResult(
+            events=written.get("events", 0),
+            dead_letters=written.get("dead_letters", 0),
+            duplicate=False,
+        )
+
+    def _append(
+        self, dt: DeltaTable, table: str, rows: list[dict[str, Any]], app_id: str, version: int
+    ) -> None:
+        data = pa.Table.from_pylist(rows, schema=self._schemas[table])
+        write_deltalake(
+            dt,
+            data,
+            mode="append",
+            commit_properties=CommitProperties(
+                app_transactions=[Transaction(app_id=app_id, version=version)]
+            ),
+        )
+
+    def render(self, sql: str) -> str:
+        """Replace ``{table}`` placeholders by ``deltaLakeLocal('DIR/table')``;
+        ``{name:Type}`` query parameters stay as they are."""
+
+        def table_ref(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in self._schemas:
+                raise WarehouseError(f"query names unknown table {{{name}}}")
+            path = str(self.table_path(name)).replace("\\", "\\\\").replace("'", "\\'")
+            return f"deltaLakeLocal('{path}')"
+
+        return _PLACEHOLDER.sub(table_ref, sql)
+
+    def query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return engine().query_json(self.render(sql), params, reads_under=self.root)
+
+    def compact(self) -> None:
+        """Compact small files, drop expired bodies, vacuum and checkpoint."""
+        with self._lock:
+            for table in TABLES:
+                dt = self._table(table)
+                try:
+                    if table == "bodies" and self.body_retention_days is not None:
+                        cutoff = (
+                            datetime.now(UTC) - timedelta(days=self.body_retention_days)
+                        ).date()
+                        dt.delete(f"day < '{cutoff.isoformat()}'")
+                    dt.optimize.compact()
+                    dt.vacuum(
+                        retention_hours=self.vacuum_retention_hours,
+                        dry_run=False,
+                        enforce_retention_duration=False,
+                    )
+                    dt.create_checkpoint()
+                    dt.cleanup_metadata()
+                except CommitFailedError:
+                    continue  # a concurrent writer won; the next compaction catches up
+
+    def stats(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for table in TABLES:
+            rows = self.query(f"SELECT count() AS n FROM {{{table}}}", {})  # noqa: S608
+            counts[table] = int(rows[0]["n"]) if rows else 0
+        last = self.query("SELECT max(loaded_at) AS t FROM {loads}", {})
+        return {
+            "url": self.url,
+            "tables": counts,
+            "last_load_at": last[0]["t"] if last and counts["loads"] else None,
+        }
+
+    def close(self) -> None:
+        self._tables.clear()

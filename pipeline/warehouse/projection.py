@@ -1,0 +1,435 @@
+"""Pure projection of decoded events into warehouse rows, one table at a time.
+
+``project_batch(batch, codec, loaded_at)`` decodes every record of a
+``LoadBatch`` and returns ``{table: [row, ...]}``: plain dicts keyed by the
+column names of ``ddl/*.sql``. No I/O, no clock (``loaded_at`` is passed in).
+
+Derived tables get one *partial* row per contributing event (see
+ddl/0001_initial.sql): a request's row from RequestReceived carries its method
+and operations, the row from ResponseRecorded its status and latency, and
+queries fold them per request_id. Every row keeps the schema fingerprint of the
+event it came from and its source position (source, partition, offset).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.warehouse.base import LoadBatch
+from schemas.codec import DecodedEvent, DecodeError, EventCodec
+from schemas.models import (
+    ActionClass,
+    ApprovalDecided,
+    ApprovalExpired,
+    ApprovalRequested,
+    AuditViewed,
+    Checkpoint,
+    Event,
+    GrantIssued,
+    IdentityResolved,
+    Operation,
+    PolicyDecided,
+    RequestBlocked,
+    RequestForwarded,
+    RequestReceived,
+    ResponseRecorded,
+    SessionEnded,
+    SessionStarted,
+)
+
+__all__ = ["TABLES", "Row", "project_batch", "project_event", "dead_letter_row"]
+
+Row = dict[str, Any]
+
+#: Every table a batch writes to, in write order: ``loads`` last (it marks the
+#: batch as complete).
+TABLES = (
+    "bodies",
+    "vector_lineage",
+    "requests",
+    "sessions",
+    "approvals",
+    "checkpoints",
+    "dead_letters",
+    "events",
+    "loads",
+)
+
+_LINEAGE_ACTIONS = {ActionClass.WRITE, ActionClass.DELETE}
+
+
+def _ops_fields(ops: Iterable[Operation]) -> tuple[list[str], list[str]]:
+    actions: list[str] = []
+    collections: list[str] = []
+    for op in ops:
+        if op.action.value not in actions:
+            actions.append(op.action.value)
+        if op.collection and op.collection not in collections:
+            collections.append(op.collection)
+    return actions, collections
+
+
+def _ops_json(ops: Iterable[Operation]) -> str:
+    return json.dumps([op.model_dump(mode="json") for op in ops], separators=(",", ":"))
+
+
+def _payload_json(event: Event) -> str:
+    """The event as JSON, bodies replaced by their hash reference (bodies live in
+    the ``bodies`` table, with their own retention)."""
+    data = event.model_dump(mode="json", exclude={"body"} if hasattr(event, "body") else None)
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+
+def _base(dec: DecodedEvent, source: str, partition: int, offset: int) -> Row:
+    env = dec.event.envelope
+    return {
+        "event_id": str(env.event_id),
+        "type": env.type,
+        "occurred_at": env.occurred_at.astimezone(UTC),
+        "day": env.occurred_at.astimezone(UTC).date(),
+        "schema_fingerprint": dec.fingerprint,
+        "source": source,
+        "src_partition": partition,
+        "src_offset": offset,
+    }
+
+
+def project_event(
+    dec: DecodedEvent, source: str, partition: int, offset: int, loaded_at: datetime
+) -> dict[str, list[Row]]:
+    """The rows one decoded event contributes to each table."""
+    ev = dec.event
+    env = ev.envelope
+    base = _base(dec, source, partition, offset)
+    out: dict[str, list[Row]] = {}
+
+    actions: list[str] = []
+    collections: list[str] = []
+    subject: str | None = None
+    outcome: str | None = None
+    status: int | None = None
+    approval_id: str | None = None
+    body_sha: str | None = None
+
+    sess: Row | None = None
+    req: Row | None = None
+    appr: Row | None = None
+
+    def session_row(**fields: Any) -> Row:
+        row = {
+            **{k: base[k] for k in ("event_id", "type", "occurred_at", "day")},
+            "session_id": env.session_id,
+            "gateway_id": env.gateway_id,
+            "request_id": env.request_id,
+            "actions": [],
+            "collections": [],
+            **{k: base[k] for k in ("schema_fingerprint", "source", "src_partition", "src_offset")},
+        }
+        row.update(fields)
+        return row
+
+    def request_row(**fields: Any) -> Row:
+        row = {
+            "request_id": env.request_id,
+            **{k: base[k] for k in ("event_id", "type", "occurred_at", "day")},
+            "session_id": env.session_id,
+            "gateway_id": env.gateway_id,
+            "actions": [],
+            "collections": [],
+            "matched_rules": [],
+            "reasons": [],
+            "masked_fields": [],
+            **{k: base[k] for k in ("schema_fingerprint", "source", "src_partition", "src_offset")},
+        }
+        row.update(fields)
+        return row
+
+    def approval_row(aid: str, **fields: Any) -> Row:
+        row = {
+            "approval_id": aid,
+            **{k: base[k] for k in ("event_id", "type", "occurred_at", "day")},
+            "session_id": env.session_id,
+            "request_id": env.request_id,
+            "actions": [],
+            "collections": [],
+            **{k: base[k] for k in ("schema_fingerprint", "source", "src_partition", "src_offset")},
+        }
+        row.update(fields)
+        return row
+
+    def body_row(kind: str, sha: str, body: bytes, content_type: str | None) -> Row:
+        return {
+            "sha256": sha,
+            "kind": kind,
+            "event_id": base["event_id"],
+            "request_id": env.request_id,
+            "occurred_at": base["occurred_at"],
+            "day": base["day"],
+            "content_type": content_type,
+            "size": len(body),
+            "body": body,
+            "source": source,
+            "src_partition": partition,
+            "src_offset": offset,
+        }
+
+    if isinstance(ev, SessionStarted):
+        subject = ev.subject
+        sess = session_row(
+            subject=ev.subject,
+            issuer=ev.issuer,
+            client_address=ev.client_address,
+            token_id=ev.token_id,
+            client_session_name=ev.client_session_name,
+            user_agent=ev.user_agent,
+        )
+    elif isinstance(ev, SessionEnded):
+        sess = session_row(ended_reason=ev.reason)
+    elif isinstance(ev, IdentityResolved):
+        subject = ev.subject
+        sess = session_row(subject=ev.subject, issuer=ev.issuer, client_address=ev.client_address)
+        if env.request_id:
+            req = request_row(subject=ev.subject)
+    elif isinstance(ev, RequestReceived):
+        actions, collections = _ops_fields(ev.operations)
+        body_sha = ev.body_sha256
+        sess = session_row(actions=actions, collections=collections)
+        req = request_row(
+            method=ev.method,
+            host=ev.host,
+            path=ev.path,
+            query=ev.query,
+            product=ev.product,
+            actions=actions,
+            collections=collections,
+            operations_json=_ops_json(ev.operations),
+            op_count=len(ev.operations),
+            id_count=sum(len(op.ids) for op in ev.operations),
+            vector_count=sum(op.vector_count for op in ev.operations),
+            request_body_sha256=ev.body_sha256,
+            request_body_size=ev.body_size,
+        )
+        if ev.body is not None:
+            out["bodies"] = [body_row("request", ev.body_sha256, ev.body, ev.content_type)]
+        lineage: list[Row] = []
+        for i, op in enumerate(ev.operations):
+            if op.action not in _LINEAGE_ACTIONS:
+                continue
+            common = {
+                "collection": op.collection or "",
+                "event_id": base["event_id"],
+                "op_index": i,
+                "action": op.action.value,
+                "occurred_at": base["occurred_at"],
+                "day": base["day"],
+                "session_id": env.session_id,
+                "request_id": env.request_id or "",
+                "product": ev.product,
+                "ids_known": op.ids_known,
+                "id_count": len(op.ids),
+                "vector_count": op.vector_count,
+                "filter_present": op.filter_present,
+                "filter_sha256": op.filter_sha256,
+                "bulk": op.bulk,
+                "schema_fingerprint": dec.fingerprint,
+                "source": source,
+                "src_partition": partition,
+                "src_offset": offset,
+            }
+            if op.ids_known and op.ids:
+                lineage.extend({**common, "point_id": pid} for pid in dict.fromkeys(op.ids))
+            else:
+                # Ids unknown (delete-by-filter, upload without ids): one row that
+                # says so, with how many points the operation named.
+                lineage.append({**common, "point_id": ""})
+        if lineage:
+            out["vector_lineage"] = lineage
+    elif isinstance(ev, PolicyDecided):
+        outcome = ev.outcome
+        sess = session_row(outcome=ev.outcome)
+        req = request_row(
+            outcome=ev.outcome,
+            matched_rules=list(ev.matched_rules),
+            reasons=list(ev.reasons),
+            policy_sha256=ev.policy_sha256,
+            grant_id=ev.grant_id,
+            ticket_id=ev.ticket_id,
+        )
+    elif isinstance(ev, RequestForwarded):
+        approval_id = ev.approval_id
+        req = request_row(
+            forwarded=True, upstream=ev.upstream, approval_id=ev.approval_id, grant_id=ev.grant_id
+        )
+    elif isinstance(ev, ResponseRecorded):
+        status = ev.status
+        body_sha = ev.body_sha256
+        sess = session_row(status=ev.status)
+        req = request_row(
+            status=ev.status,
+            response_body_sha256=ev.body_sha256,
+            response_body_size=ev.body_size,
+            original_body_sha256=ev.original_body_sha256,
+            masked_fields=[f.path for f in ev.masked_fields],
+            result_count=len(ev.result_ids),
+            upstream_error=ev.upstream_error,
+            latency_us=ev.latency_us,
+        )
+        if ev.body is not None:
+            ctype = next((h.value for h in ev.headers if h.name.lower() == "content-type"), None)
+            out["bodies"] = [body_row("response", ev.body_sha256, ev.body, ctype)]
+    elif isinstance(ev, RequestBlocked):
+        status = ev.status
+        sess = session_row(status=ev.status, outcome="blocked")
+        req = request_row(
+            forwarded=False,
+            status=ev.status,
+            blocked_error=ev.error,
+            blocked_reason=ev.reason,
+            blocked_stage=ev.stage,
+        )
+    elif isinstance(ev, ApprovalRequested):
+        approval_id = ev.approval_id
+        subject = ev.requester_subject
+        actions, collections = _ops_fields(ev.operations)
+        appr = approval_row(
+            ev.approval_id,
+            kind=ev.kind,
+            requester_subject=ev.requester_subject,
+            request_sha256=ev.request_sha256,
+            min_approvals=ev.min_approvals,
+            expires_at=ev.expires_at.astimezone(UTC),
+            mode=ev.mode,
+            reason=ev.reason,
+            blast_radius=ev.blast_radius,
+            actions=actions,
+            collections=collections,
+            operations_json=_ops_json(ev.operations),
+        )
+        if env.request_id:
+            req = request_row(approval_id=ev.approval_id)
+    elif isinstance(ev, ApprovalDecided):
+        approval_id = ev.approval_id
+        subject = ev.approver_subject
+        outcome = ev.decision
+        appr = approval_row(
+            ev.approval_id,
+            decision=ev.decision,
+            approver_subject=ev.approver_subject,
+            decision_reason=ev.reason,
+        )
+    elif isinstance(ev, ApprovalExpired):
+        approval_id = ev.approval_id
+        outcome = "expired"
+        appr = approval_row(ev.approval_id, decision="expired")
+    elif isinstance(ev, GrantIssued):
+        approval_id = ev.approval_id
+        subject = ev.subject
+        collections = list(ev.collections)
+        actions = list(ev.actions)
+        if ev.approval_id:
+            appr = approval_row(ev.approval_id, grant_id=ev.grant_id)
+    elif isinstance(ev, Checkpoint):
+        out["checkpoints"] = [
+            {
+                "origin": ev.origin,
+                "tree_size": ev.tree_size,
+                "event_id": base["event_id"],
+                "occurred_at": base["occurred_at"],
+                "day": base["day"],
+                "gateway_id": env.gateway_id,
+                "session_id": env.session_id,
+                "root_hash": ev.root_hash,
+                "signed_note": ev.signed_note,
+                "key_id": ev.key_id,
+                "schema_fingerprint": dec.fingerprint,
+                "source": source,
+                "src_partition": partition,
+                "src_offset": offset,
+            }
+        ]
+    elif isinstance(ev, AuditViewed):
+        subject = ev.viewer_subject
+
+    if sess is not None:
+        out["sessions"] = [sess]
+    if req is not None and env.request_id:
+        out["requests"] = [req]
+    if appr is not None:
+        out["approvals"] = [appr]
+    out["events"] = [
+        {
+            **base,
+            "gateway_id": env.gateway_id,
+            "session_id": env.session_id,
+            "seq": env.seq,
+            "stream_seq": env.stream_seq,
+            "prev_hash": env.prev_hash,
+            "request_id": env.request_id,
+            "subject": subject,
+            "collections": collections,
+            "actions": actions,
+            "outcome": outcome,
+            "status": status,
+            "approval_id": approval_id,
+            "body_sha256": body_sha,
+            "payload_json": _payload_json(ev),
+            "raw": dec.canonical,
+            "writer_version": dec.writer_version,
+            "loaded_at": loaded_at,
+        }
+    ]
+    return out
+
+
+def dead_letter_row(
+    source: str,
+    partition: int,
+    offset: int,
+    key: bytes,
+    raw: bytes,
+    error: str,
+    timestamp_ms: int,
+    loaded_at: datetime,
+) -> Row:
+    return {
+        "source": source,
+        "src_partition": partition,
+        "src_offset": offset,
+        "record_key": key.decode("utf-8", "replace"),
+        "raw": raw,
+        "error": error[:4000],
+        "log_timestamp": datetime.fromtimestamp(timestamp_ms / 1000, UTC),
+        "loaded_at": loaded_at,
+        "day": loaded_at.date(),
+    }
+
+
+def project_batch(batch: LoadBatch, codec: EventCodec, loaded_at: datetime) -> dict[str, list[Row]]:
+    """Decode and project every record of ``batch``. A record that does not
+    decode (or does not project) becomes a dead letter; the batch goes on.
+    ``loads`` is left to the backend (it knows which tables it wrote)."""
+    out: dict[str, list[Row]] = {t: [] for t in TABLES if t != "loads"}
+    for rec in batch.records:
+        try:
+            dec = codec.decode(rec.value)
+            rows = project_event(dec, batch.source, batch.partition, rec.offset, loaded_at)
+        except (DecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            out["dead_letters"].append(
+                dead_letter_row(
+                    batch.source,
+                    batch.partition,
+                    rec.offset,
+                    rec.key,
+                    rec.value,
+                    f"{type(exc).__name__}: {exc}",
+                    rec.timestamp_ms,
+                    loaded_at,
+                )
+            )
+            continue
+        for table, table_rows in rows.items():
+            out[table].extend(table_rows)
+    return out
