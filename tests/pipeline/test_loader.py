@@ -1,0 +1,358 @@
+"""pipeline/loader.py: SQLite log → Delta lake (read back through chDB), in process.
+
+Everything is real: the SQLite event log, the lake warehouse (deltalake + chDB).
+Fault injection wraps the real warehouse (it fails some calls, then delegates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.loader import BatchPolicy, Loader, LoaderConfig, LoaderError, LoadSummary
+from pipeline.loader_status import RateMeter, read_statuses, scrub
+from pipeline.transport import AppendRecord, open_log
+from pipeline.transport.kafka import KafkaEventLog
+from pipeline.transport.sqlite import SqliteEventLog
+from pipeline.warehouse import LoadBatch, WarehouseError, WarehouseUnavailable, WriteResult
+from pipeline.warehouse.lake import LakeWarehouse
+from schemas.chain import verify_chains
+from schemas.codec import FIXTURES_DIR
+from tests.pipeline.loader_helpers import append_records, chained_records, decode_raw
+
+FAST = {"min_flush_interval": 0.05, "max_flush_interval": 0.3, "retry_initial": 0.05}
+
+
+def config(tmp_path: Path, **kwargs: Any) -> LoaderConfig:
+    settings: dict[str, Any] = {**FAST, "status_dir": tmp_path / "status"}
+    settings.update(kwargs)
+    return LoaderConfig(**settings)
+
+
+async def load_once(
+    log_url: str, warehouse: LakeWarehouse, cfg: LoaderConfig
+) -> tuple[LoadSummary, str]:
+    async with open_log(log_url) as lg:
+        loader = Loader(lg, warehouse, cfg)
+        summary = await loader.run(once=True)
+        return summary, lg.source_id
+
+
+def event_rows(warehouse: LakeWarehouse) -> list[dict[str, Any]]:
+    return warehouse.query(
+        "SELECT event_id, session_id, seq, src_offset, hex(raw) AS raw FROM {events} "
+        "ORDER BY src_offset",
+        {},
+    )
+
+
+def assert_exactly_once(warehouse: LakeWarehouse, expected: int) -> None:
+    rows = event_rows(warehouse)
+    ids = Counter(r["event_id"] for r in rows)
+    assert len(rows) == expected, f"{len(rows)} rows for {expected} events"
+    assert len(ids) == expected, [i for i, n in ids.items() if n > 1][:5]
+    by_session: dict[str, list[int]] = {}
+    for r in rows:
+        by_session.setdefault(r["session_id"], []).append(int(r["seq"]))
+    for sid, seqs in by_session.items():
+        assert sorted(seqs) == list(range(len(seqs))), f"session {sid} has gaps"
+    assert verify_chains(decode_raw(r["raw"]) for r in rows) == []
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> LakeWarehouse:
+    wh = LakeWarehouse(tmp_path / "lake")
+    yield wh  # type: ignore[misc]
+    wh.close()
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def test_batch_policy_grows_under_backlog_and_shrinks_when_idle() -> None:
+    cfg = LoaderConfig(
+        min_batch=100,
+        initial_batch=1_000,
+        max_batch=10_000,
+        min_flush_interval=0.1,
+        max_flush_interval=2.0,
+    )
+    policy = BatchPolicy(cfg)
+    start_interval = policy.flush_interval
+    for _ in range(10):
+        policy.on_flush("size", policy.batch_size)
+    assert policy.batch_size == 10_000  # capped
+    assert policy.flush_interval == cfg.max_flush_interval
+    assert policy.flush_interval > start_interval
+    policy.on_flush("time", 5_000)  # half full on time: keep
+    assert policy.batch_size == 10_000
+    for _ in range(20):
+        policy.on_flush("time", 1)
+    assert policy.batch_size == 100
+    assert policy.flush_interval == cfg.min_flush_interval
+    policy.on_flush("drain", 0)
+    assert policy.batch_size == 100
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "complaint"),
+    [
+        ({"min_batch": 0}, "min_batch"),
+        ({"initial_batch": 20_000}, "initial_batch"),
+        ({"min_flush_interval": 0}, "flush"),
+        ({"retry_initial": 0}, "retr"),
+        ({"group": ""}, "group"),
+    ],
+)
+def test_bad_config_is_refused(kwargs: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        LoaderConfig(**kwargs)
+
+
+def test_rate_meter_counts_the_last_window_only() -> None:
+    meter = RateMeter(window_s=60)
+    start = meter._started
+    meter.add(600, now=start + 1)
+    assert meter.rate(now=start + 60) == pytest.approx(10.0)
+    meter.add(120, now=start + 100)
+    assert meter.rate(now=start + 120) == pytest.approx(2.0)  # the 600 fell out
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "cannot reach clickhouse://loader:s3cr3t-pw@10.0.0.1:8123/db",
+        "bad dsn https://u:s3cr3t-pw@host/x?password=s3cr3t-pw",
+        "auth failed: password=s3cr3t-pw&user=x",
+    ],
+)
+def test_scrub_removes_credentials(message: str) -> None:
+    assert "s3cr3t-pw" not in scrub(message)
+
+
+# --------------------------------------------------------------------------- source ids
+
+
+async def test_sqlite_source_id_is_stable_and_per_log(tmp_path: Path) -> None:
+    async with SqliteEventLog(tmp_path / "a.db") as a:
+        first = a.source_id
+    assert first.startswith("sqlite:") and len(first) == len("sqlite:") + 36
+    moved = tmp_path / "moved.db"
+    os.rename(tmp_path / "a.db", moved)
+    async with SqliteEventLog(moved) as a:
+        assert a.source_id == first  # the id lives in the file, not the path
+    async with SqliteEventLog(tmp_path / "b.db") as b:
+        assert b.source_id != first
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = SqliteEventLog(tmp_path / "c.db").source_id
+
+
+async def test_a_log_made_before_source_ids_gets_one_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    async with SqliteEventLog(path) as lg:
+        await lg.append([AppendRecord(b"k", b"v")])
+    with sqlite3.connect(path) as conn:  # what a log of the first release looked like
+        conn.execute("DELETE FROM meta WHERE key = 'log_id'")
+    async with SqliteEventLog(path) as lg:
+        assigned = lg.source_id
+    async with SqliteEventLog(path) as lg:
+        assert lg.source_id == assigned
+
+
+def test_kafka_source_id_is_the_topic() -> None:
+    assert KafkaEventLog("127.0.0.1:9", topic="audit.events").source_id == "kafka:audit.events"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+async def test_loads_every_event_once_and_again_loads_nothing(
+    tmp_path: Path, lake: LakeWarehouse
+) -> None:
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    await append_records(url, list(chained_records(3_000, sessions=12)))
+    summary, source = await load_once(url, lake, config(tmp_path, initial_batch=500))
+    assert summary.events == 3_000 and summary.dead_letters == 0
+    assert summary.batches >= 2  # batches really are batches
+    assert lake.loaded_positions(source) == {0: 3_000}
+    assert_exactly_once(lake, 3_000)
+
+    again, _ = await load_once(url, lake, config(tmp_path))
+    assert (again.events, again.batches) == (0, 0)
+
+    await append_records(url, list(chained_records(700, sessions=3, seed=8)))
+    more, _ = await load_once(url, lake, config(tmp_path))
+    assert more.events == 700
+    assert lake.loaded_positions(source) == {0: 3_700}
+    assert len(event_rows(lake)) == 3_700
+
+
+async def test_the_warehouse_not_the_committed_offset_decides_where_to_start(
+    tmp_path: Path, lake: LakeWarehouse
+) -> None:
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    await append_records(url, list(chained_records(1_000, sessions=5)))
+    async with open_log(url) as lg:
+        async with lg.reader("embedguard-loader") as reader:
+            await reader.commit({0: 1_000})  # a group that claims to be done
+    summary, _ = await load_once(url, lake, config(tmp_path))
+    assert summary.events == 1_000  # a fresh warehouse still gets everything
+
+    async with open_log(url) as lg:
+        async with lg.reader("embedguard-loader") as reader:
+            await reader.commit({0: 0})  # a group that claims to know nothing
+    again, _ = await load_once(url, lake, config(tmp_path))
+    assert again.events == 0
+    assert_exactly_once(lake, 1_000)
+
+
+async def test_a_reader_positioned_past_the_warehouse_seeks_back(
+    tmp_path: Path, lake: LakeWarehouse
+) -> None:
+    """The reader starts ahead (its anchor was skipped); records in between are
+    not lost: the loader notices the gap and seeks back."""
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    await append_records(url, list(chained_records(400, sessions=4)))
+    async with open_log(url) as lg:
+        loader = Loader(lg, lake, config(tmp_path))
+        loader._expected[0] = 0  # anchored at 0 ...
+        original = loader._anchor_initial
+
+        async def anchor_then_jump(reader: Any, stop: asyncio.Event) -> None:
+            await original(reader, stop)
+            reader.seek(0, 250)  # ... but the reader jumps ahead
+
+        loader._anchor_initial = anchor_then_jump  # type: ignore[method-assign]
+        summary = await loader.run(once=True)
+    assert summary.events == 400
+    assert summary.skipped_records > 0
+    assert_exactly_once(lake, 400)
+
+
+async def test_a_poison_record_is_dead_lettered_and_loading_goes_on(
+    tmp_path: Path, lake: LakeWarehouse
+) -> None:
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    good = list(chained_records(300, sessions=3))
+    poison = os.urandom(64)
+    await append_records(url, [*good[:150], AppendRecord(b"s-x", poison), *good[150:]])
+    summary, source = await load_once(url, lake, config(tmp_path))
+    assert (summary.events, summary.dead_letters) == (300, 1)
+    dead = lake.query("SELECT *, hex(raw) AS raw_hex FROM {dead_letters}", {})
+    assert len(dead) == 1
+    row = dead[0]
+    assert row["src_offset"] == 150 and row["source"] == source
+    assert row["error"]
+    assert bytes.fromhex(row["raw_hex"]) == poison
+    # the events after the poison record are there, and the chains still verify
+    assert_exactly_once(lake, 300)
+
+
+async def test_events_of_an_older_schema_version_still_load(
+    tmp_path: Path, lake: LakeWarehouse
+) -> None:
+    fixtures = sorted((FIXTURES_DIR / "v1").glob("*.avro"))
+    assert len(fixtures) >= 10
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    await append_records(url, [AppendRecord(b"sample-session", f.read_bytes()) for f in fixtures])
+    summary, _ = await load_once(url, lake, config(tmp_path))
+    assert (summary.events, summary.dead_letters) == (len(fixtures), 0)
+    rows = lake.query("SELECT type, writer_version FROM {events}", {})
+    assert sorted(r["type"] for r in rows) == sorted(f.stem for f in fixtures)
+    assert "v1" in {r["writer_version"] for r in rows}  # decoded with the old writer schema
+
+
+# --------------------------------------------------------------------------- faults
+
+
+class FlakyLake(LakeWarehouse):
+    """The real lake, whose first ``failures`` writes raise (after writing, when
+    ``after_write``: the crash-after-commit case)."""
+
+    def __init__(self, root: Path, failures: int, *, after_write: bool = False) -> None:
+        super().__init__(root)
+        self.failures = failures
+        self.after_write = after_write
+        self.tokens: list[str] = []
+
+    def write_batch(self, batch: LoadBatch) -> WriteResult:
+        self.tokens.append(batch.token)
+        if self.failures > 0:
+            self.failures -= 1
+            if self.after_write:
+                super().write_batch(batch)
+            raise WarehouseUnavailable("lake busy (injected)", retry_after=0.01)
+        return super().write_batch(batch)
+
+
+async def test_unavailable_warehouse_is_retried_with_the_same_batch(tmp_path: Path) -> None:
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    await append_records(url, list(chained_records(500, sessions=4)))
+    lake = FlakyLake(tmp_path / "lake", failures=3, after_write=True)
+    summary, _ = await load_once(url, lake, config(tmp_path))
+    assert summary.retries >= 3
+    # the retried batch carried the same dedup token each time
+    assert lake.tokens[0] == lake.tokens[1] == lake.tokens[2] == lake.tokens[3]
+    assert_exactly_once(lake, 500)
+
+
+class BrokenLake(LakeWarehouse):
+    def write_batch(self, batch: LoadBatch) -> WriteResult:
+        raise WarehouseError("table events has an incompatible schema (injected)")
+
+
+async def test_a_permanent_warehouse_error_stops_the_loader_with_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    await append_records(url, list(chained_records(50, sessions=2)))
+    with pytest.raises(LoaderError, match=r"refused batch sqlite:.*incompatible schema.*restart"):
+        await load_once(url, BrokenLake(tmp_path / "lake"), config(tmp_path))
+    (status, running), *_ = read_statuses(tmp_path / "status")
+    assert not running and status.state == "failed"
+    assert status.last_error and "incompatible schema" in status.last_error
+    async with open_log(url) as lg:  # nothing committed: the next run starts at 0
+        async with lg.reader("embedguard-loader") as reader:
+            assert await reader.committed() == {0: 0}
+
+
+# --------------------------------------------------------------------------- continuous
+
+
+async def test_continuous_loader_follows_appends_and_stops_cleanly(
+    tmp_path: Path, lake: LakeWarehouse
+) -> None:
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    records = list(chained_records(2_000, sessions=6))
+    async with open_log(url) as lg:
+        await lg.append(records[:500])
+        stop = asyncio.Event()
+        loader = Loader(lg, lake, config(tmp_path, status_interval=0.1, lag_interval=0.1))
+        task = asyncio.create_task(loader.run(stop=stop))
+        for i in range(500, 2_000, 250):
+            await lg.append(records[i : i + 250])
+            await asyncio.sleep(0.05)
+        source = lg.source_id
+        for _ in range(600):
+            if lake.loaded_positions(source).get(0) == 2_000:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)  # one more status round
+        statuses = read_statuses(tmp_path / "status")
+        stop.set()
+        summary = await asyncio.wait_for(task, 60)
+    assert summary.events == 2_000
+    (status, running), *_ = statuses
+    assert running and status.state == "running"
+    assert status.partitions["0"]["lag"] == 0
+    assert status.events_loaded == 2_000
+    assert status.events_per_s_1m > 0
+    (final, running), *_ = read_statuses(tmp_path / "status")
+    assert not running and final.state == "stopped"
+    assert_exactly_once(lake, 2_000)
