@@ -600,6 +600,15 @@ def _register_policy_commands() -> None:
 _register_policy_commands()
 
 
+def _register_approval_commands() -> None:
+    from embedguard.cli_approvals import register
+
+    register(app)
+
+
+_register_approval_commands()
+
+
 def _register_loader_commands() -> None:
     # After any other ``warehouse`` group: ``warehouse rebuild`` joins it.
     from embedguard.cli_loader import register
@@ -627,6 +636,17 @@ def _register_loader_commands() -> None:
 
 
 _register_loader_commands()
+
+
+def _approval_webhook(url: str | None) -> Any:
+    """The webhook URL as a secret (ValueError, without the URL, if it is not one)."""
+    if not url:
+        return None
+    from pydantic import SecretStr
+
+    from capture.approvals.webhook import check_webhook_url
+
+    return SecretStr(check_webhook_url(url))
 
 
 def _default_signing_key() -> Path:
@@ -680,6 +700,16 @@ def gateway(
     ] = 65536,
     mask_hmac_key_env: Annotated[
         str | None, typer.Option(help="Env var with the key for HMAC masking tokens")
+    ] = None,
+    approval_webhook: Annotated[
+        str | None,
+        typer.Option(
+            "--approval-webhook",
+            envvar="EMBEDGUARD_APPROVAL_WEBHOOK",
+            show_default=False,
+            help="POST approval notifications (JSON, Slack-compatible text) to this URL; "
+            "treated as a secret, never logged",
+        ),
     ] = None,
 ) -> None:
     """Run the gateway: a mitmproxy reverse proxy with embedguard's addons."""
@@ -753,6 +783,7 @@ def gateway(
             tls_key=tls_key,
             upstream_ca=upstream_ca,
             upstream_insecure=upstream_insecure,
+            approval_webhook_url=_approval_webhook(approval_webhook),
         )
     except (ConfigError, ValueError) as exc:
         if isinstance(exc, ValidationError):
