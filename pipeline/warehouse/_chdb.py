@@ -31,6 +31,9 @@ OUTPUT_SETTINGS = {
     "output_format_json_quote_decimals": 0,
     "output_format_json_named_tuples_as_objects": 1,
     "session_timezone": "UTC",
+    # A fold names its outputs after the columns it aggregates (any(status) AS
+    # status); inside the same SELECT the column, not the aggregate, is meant.
+    "prefer_column_name_to_alias": 1,
 }
 
 

@@ -1,0 +1,590 @@
+"""The one query module: every warehouse read of the dashboard, replay and CLI.
+
+Each query is ClickHouse SQL written once. ``{table}`` placeholders are the
+only thing a backend changes (``deltaLakeLocal('…/table')`` for the lake,
+``db.table`` for chDB/ClickHouse); user input only travels as typed query
+parameters (``{name:Type}``), never formatted into the text.
+
+Derived tables hold one partial row per contributing event (ddl/0001). The
+queries fold them per entity with dedup-safe aggregates: ``any``/``min``/``max``
+and ``uniqExact(event_id)`` give the same answer whether a row is present once
+or twice, and ``LIMIT 1 BY event_id`` keeps one copy of an event. So results
+are exact before merges, with duplicates from a crashed batch, and on Delta
+(which never merges) alike. Filters are applied first on the narrow partial
+rows (``IN`` sub-queries using the ORDER BY keys and skipping indexes), then
+the few matching entities are folded.
+
+Every function returns JSON-ready rows (times as 'YYYY-MM-DD hh:mm:ss.ffffff'
+UTC strings) that are identical on every backend.
+"""
+
+# The SQL here is composed only of this module's constant fragments; user input
+# travels as typed ClickHouse parameters, so S608 (string-built SQL) does not apply.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.warehouse.base import Warehouse
+
+__all__ = [
+    "QUERIES",
+    "Query",
+    "SessionFilter",
+    "approval",
+    "approval_writes",
+    "approvals_list",
+    "body_search",
+    "checkpoints",
+    "collection_history",
+    "dead_letters",
+    "request_by_id",
+    "session",
+    "session_events",
+    "session_raw_events",
+    "session_requests",
+    "sessions_count",
+    "sessions_list",
+    "stats_over_time",
+    "vector_lineage",
+]
+
+MAX_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    sql: str
+    doc: str
+
+    def run(self, wh: Warehouse, **params: Any) -> list[dict[str, Any]]:
+        return wh.query(self.sql, params)
+
+
+#: Fold of the partial ``requests`` rows, restricted by ``{where}`` (a fixed
+#: predicate of this module, never user text) and joined to the session's
+#: subject (the actor of every request of the session).
+_REQUEST_FOLD = """
+SELECT
+    r.*,
+    coalesce(r.identity_subject, s.subject) AS subject
+FROM (
+    SELECT
+        request_id,
+        any(session_id) AS session_id,
+        any(gateway_id) AS gateway_id,
+        min(occurred_at) AS received_at,
+        max(occurred_at) AS last_event_at,
+        any(subject) AS identity_subject,
+        any(method) AS method,
+        any(host) AS host,
+        any(path) AS path,
+        any(query) AS query,
+        any(product) AS product,
+        anyIf(actions, type = 'RequestReceived') AS actions,
+        anyIf(collections, type = 'RequestReceived') AS collections,
+        any(operations_json) AS operations_json,
+        any(op_count) AS op_count,
+        any(id_count) AS id_count,
+        any(vector_count) AS vector_count,
+        any(request_body_sha256) AS request_body_sha256,
+        any(request_body_size) AS request_body_size,
+        any(outcome) AS decision,
+        anyIf(matched_rules, type = 'PolicyDecided') AS matched_rules,
+        anyIf(reasons, type = 'PolicyDecided') AS reasons,
+        any(policy_sha256) AS policy_sha256,
+        any(grant_id) AS grant_id,
+        any(ticket_id) AS ticket_id,
+        any(approval_id) AS approval_id,
+        any(forwarded) AS forwarded,
+        any(upstream) AS upstream,
+        any(status) AS status,
+        any(response_body_sha256) AS response_body_sha256,
+        any(response_body_size) AS response_body_size,
+        any(original_body_sha256) AS original_body_sha256,
+        anyIf(masked_fields, type = 'ResponseRecorded') AS masked_fields,
+        any(result_count) AS result_count,
+        any(upstream_error) AS upstream_error,
+        any(latency_us) AS latency_us,
+        any(blocked_error) AS blocked_error,
+        any(blocked_reason) AS blocked_reason,
+        any(blocked_stage) AS blocked_stage,
+        multiIf(
+            countIf(type = 'RequestBlocked') > 0, 'blocked',
+            countIf(type = 'ResponseRecorded') > 0, 'completed',
+            countIf(type = 'RequestForwarded') > 0, 'forwarded',
+            countIf(type = 'ApprovalRequested') > 0, 'held',
+            'received'
+        ) AS state,
+        arraySort(groupUniqArray(type)) AS event_types,
+        arraySort(groupUniqArray(schema_fingerprint)) AS schema_fingerprints
+    FROM {requests}
+    WHERE %(where)s
+    GROUP BY request_id
+) AS r
+LEFT JOIN (
+    SELECT session_id, any(subject) AS subject
+    FROM {sessions}
+    WHERE session_id IN (SELECT session_id FROM {requests} WHERE %(where)s)
+    GROUP BY session_id
+) AS s ON r.session_id = s.session_id
+"""
+
+
+def _request_fold(where: str) -> str:
+    return _REQUEST_FOLD % {"where": where}
+
+
+_SESSION_FOLD = """
+SELECT
+    session_id,
+    any(gateway_id) AS gateway_id,
+    any(subject) AS subject,
+    any(issuer) AS issuer,
+    any(client_address) AS client_address,
+    any(token_id) AS token_id,
+    any(client_session_name) AS client_session_name,
+    any(user_agent) AS user_agent,
+    min(occurred_at) AS started_at,
+    max(occurred_at) AS last_event_at,
+    any(ended_reason) AS ended_reason,
+    uniqExact(event_id) AS event_count,
+    uniqExactIf(request_id, type = 'RequestReceived') AS request_count,
+    arraySort(groupUniqArrayArray(actions)) AS actions,
+    arraySort(groupUniqArrayArray(collections)) AS collections,
+    arraySort(groupUniqArrayIf(outcome, outcome IS NOT NULL AND outcome != 'blocked'))
+        AS decisions,
+    uniqExactIf(request_id, type = 'PolicyDecided' AND outcome = 'deny') AS denied_count,
+    uniqExactIf(request_id, type = 'RequestBlocked') AS blocked_count
+FROM {sessions}
+WHERE %(where)s
+GROUP BY session_id
+"""
+
+#: The sessions-list filters; an empty string means "no filter".
+_SESSION_FILTER = """
+    ({actor:String} = '' OR session_id IN (
+        SELECT session_id FROM {sessions} WHERE subject = {actor:String}))
+    AND ({collection:String} = '' OR session_id IN (
+        SELECT session_id FROM {sessions} WHERE has(collections, {collection:String})))
+    AND ({action:String} = '' OR session_id IN (
+        SELECT session_id FROM {sessions} WHERE has(actions, {action:String})))
+    AND ({decision:String} = '' OR session_id IN (
+        SELECT session_id FROM {sessions} WHERE outcome = {decision:String}))
+    AND ({since:String} = '' OR session_id IN (
+        SELECT session_id FROM {sessions}
+        WHERE occurred_at >= parseDateTime64BestEffortOrNull({since:String}, 6, 'UTC')))
+    AND ({until:String} = '' OR session_id IN (
+        SELECT session_id FROM {sessions}
+        WHERE occurred_at < parseDateTime64BestEffortOrNull({until:String}, 6, 'UTC')))
+"""
+
+SESSIONS_LIST = Query(
+    "sessions_list",
+    "SELECT * FROM ("
+    + _SESSION_FOLD % {"where": _SESSION_FILTER}
+    + ") ORDER BY started_at DESC, session_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+    "Sessions matching the filters, newest first, one page.",
+)
+SESSIONS_COUNT = Query(
+    "sessions_count",
+    "SELECT uniqExact(session_id) AS total FROM {sessions} WHERE " + _SESSION_FILTER,
+    "How many sessions match the filters (for pagination).",
+)
+SESSION = Query(
+    "session",
+    _SESSION_FOLD % {"where": "session_id = {session_id:String}"},
+    "One session's summary.",
+)
+
+_EVENT_COLUMNS = """
+    event_id, type, occurred_at, gateway_id, session_id, seq, stream_seq, prev_hash,
+    request_id, subject, actions, collections, outcome, status, approval_id, body_sha256,
+    schema_fingerprint, writer_version, payload_json
+"""
+
+SESSION_EVENTS = Query(
+    "session_events",
+    "SELECT"
+    + _EVENT_COLUMNS
+    + """FROM {events}
+    WHERE session_id = {session_id:String}
+    ORDER BY seq, event_id
+    LIMIT 1 BY event_id
+    LIMIT {limit:UInt32} OFFSET {offset:UInt32}""",
+    "A session's events in chain order (the timeline).",
+)
+SESSION_RAW_EVENTS = Query(
+    "session_raw_events",
+    """SELECT event_id, seq, prev_hash, base64Encode(raw) AS raw_b64
+    FROM {events}
+    WHERE session_id = {session_id:String}
+    ORDER BY seq, event_id
+    LIMIT 1 BY event_id""",
+    "A session's events as written (canonical Avro, base64): what the hash chain covers.",
+)
+SESSION_REQUESTS = Query(
+    "session_requests",
+    "SELECT * FROM ("
+    + _request_fold(
+        "request_id IN (SELECT request_id FROM {requests} WHERE session_id = {session_id:String})"
+    )
+    + ") ORDER BY received_at, request_id",
+    "A session's requests in order, one row each.",
+)
+REQUEST_BY_ID = Query(
+    "request_by_id",
+    _request_fold("request_id = {request_id:String}"),
+    "One request: identity, operations, decision, approval, status, latency, body hashes.",
+)
+BODY_SEARCH = Query(
+    "body_search",
+    """SELECT
+        sha256,
+        any(kind) AS kind,
+        any(size) AS size,
+        any(content_type) AS content_type,
+        min(occurred_at) AS first_seen,
+        arraySort(groupUniqArrayIf(request_id, request_id IS NOT NULL)) AS request_ids,
+        any(substring(body, greatest(1, toInt64(position(body, {needle:String})) - 60), 200))
+            AS snippet
+    FROM {bodies}
+    WHERE ({kind:String} = '' OR kind = {kind:String})
+      AND multiSearchAny(body, [{needle:String}])
+    GROUP BY sha256
+    ORDER BY first_seen DESC, sha256
+    LIMIT {limit:UInt32}""",
+    "Bodies (request or response, masked as recorded) that contain a substring.",
+)
+VECTOR_LINEAGE = Query(
+    "vector_lineage",
+    """SELECT
+        l.event_id AS event_id, l.op_index AS op_index, l.action AS action,
+        l.occurred_at AS occurred_at, l.session_id AS session_id, l.request_id AS request_id,
+        l.product AS product, l.ids_known AS ids_known, l.id_count AS id_count,
+        l.vector_count AS vector_count, l.filter_present AS filter_present,
+        l.filter_sha256 AS filter_sha256, l.bulk AS bulk,
+        r.subject AS subject, r.decision AS decision, r.state AS state, r.status AS status,
+        r.approval_id AS approval_id, r.ticket_id AS ticket_id, r.grant_id AS grant_id
+    FROM (
+        SELECT * FROM {vector_lineage}
+        WHERE collection = {collection:String}
+          AND (point_id = {point_id:String} OR (point_id = '' AND {include_unknown:Bool}))
+        ORDER BY occurred_at, event_id, op_index
+        LIMIT 1 BY event_id, op_index
+    ) AS l
+    LEFT JOIN ("""
+    + _request_fold(
+        """request_id IN (SELECT request_id FROM {vector_lineage}
+        WHERE collection = {collection:String}
+          AND (point_id = {point_id:String} OR (point_id = '' AND {include_unknown:Bool})))"""
+    )
+    + """) AS r ON l.request_id = r.request_id
+    ORDER BY occurred_at, event_id, op_index""",
+    "Every write or delete that named a point id (who, when, session, request, decision, "
+    "approval, ticket, grant); with include_unknown, also the collection's operations whose "
+    "ids are unknown (delete by filter) and so may have touched it.",
+)
+COLLECTION_HISTORY = Query(
+    "collection_history",
+    "SELECT * FROM ("
+    + _request_fold(
+        """request_id IN (SELECT request_id FROM {requests}
+        WHERE type = 'RequestReceived' AND has(collections, {collection:String})
+          AND ({action:String} = '' OR has(actions, {action:String}))
+          AND ({since:String} = ''
+               OR occurred_at >= parseDateTime64BestEffortOrNull({since:String}, 6, 'UTC'))
+          AND ({until:String} = ''
+               OR occurred_at < parseDateTime64BestEffortOrNull({until:String}, 6, 'UTC')))"""
+    )
+    + ") ORDER BY received_at, request_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+    "Every request that touched a collection, oldest first (optionally one action).",
+)
+_APPROVAL_FOLD = """
+SELECT
+    approval_id,
+    anyIf(session_id, type = 'ApprovalRequested') AS session_id,
+    anyIf(request_id, type = 'ApprovalRequested') AS request_id,
+    any(kind) AS kind,
+    any(requester_subject) AS requester_subject,
+    any(request_sha256) AS request_sha256,
+    any(min_approvals) AS min_approvals,
+    any(expires_at) AS expires_at,
+    any(mode) AS mode,
+    any(reason) AS reason,
+    any(blast_radius) AS blast_radius,
+    anyIf(actions, type = 'ApprovalRequested') AS actions,
+    anyIf(collections, type = 'ApprovalRequested') AS collections,
+    any(operations_json) AS operations_json,
+    minIf(occurred_at, type = 'ApprovalRequested') AS requested_at,
+    maxIf(occurred_at, type IN ('ApprovalDecided', 'ApprovalExpired')) AS decided_at,
+    arraySort(groupUniqArrayIf(approver_subject, decision = 'approve')) AS approvers,
+    arraySort(groupUniqArrayIf(approver_subject, decision = 'deny')) AS deniers,
+    any(grant_id) AS grant_id,
+    multiIf(
+        countIf(decision = 'deny') > 0, 'denied',
+        uniqExactIf(approver_subject, decision = 'approve') >= any(min_approvals), 'approved',
+        countIf(decision = 'expired') > 0, 'expired',
+        'pending'
+    ) AS status
+FROM {approvals}
+WHERE %(where)s
+GROUP BY approval_id
+"""
+APPROVAL = Query(
+    "approval",
+    _APPROVAL_FOLD % {"where": "approval_id = {approval_id:String}"},
+    "One approval with its decision (any deny wins; N-of-M approvers).",
+)
+APPROVALS_LIST = Query(
+    "approvals_list",
+    "SELECT * FROM ("
+    + _APPROVAL_FOLD % {"where": "1"}
+    + """) WHERE {status:String} = '' OR status = {status:String}
+    ORDER BY requested_at DESC, approval_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}""",
+    "Approvals, newest first, optionally of one status (pending, approved, denied, expired).",
+)
+APPROVAL_WRITES = Query(
+    "approval_writes",
+    "SELECT * FROM ("
+    + _request_fold(
+        """request_id IN (
+            SELECT request_id FROM {requests} WHERE approval_id = {approval_id:String})"""
+    )
+    + ") ORDER BY received_at, request_id",
+    "The requests an approval released or held, with what they did.",
+)
+STATS_OVER_TIME = Query(
+    "stats_over_time",
+    """SELECT
+        toStartOfInterval(occurred_at, toIntervalSecond({bucket_s:UInt32})) AS bucket,
+        uniqExact(event_id) AS events,
+        uniqExactIf(request_id, type = 'RequestReceived') AS requests,
+        uniqExactIf(request_id, type = 'PolicyDecided' AND outcome = 'deny') AS denied,
+        uniqExactIf(request_id, type = 'PolicyDecided' AND outcome = 'require_approval')
+            AS approval_required,
+        uniqExactIf(request_id, type = 'RequestBlocked') AS blocked,
+        uniqExact(session_id) AS sessions,
+        uniqExactIf(subject, subject IS NOT NULL) AS subjects
+    FROM {events}
+    WHERE ({since:String} = ''
+           OR occurred_at >= parseDateTime64BestEffortOrNull({since:String}, 6, 'UTC'))
+      AND ({until:String} = ''
+           OR occurred_at < parseDateTime64BestEffortOrNull({until:String}, 6, 'UTC'))
+    GROUP BY bucket
+    ORDER BY bucket""",
+    "Events, requests, denials, blocks, sessions and subjects per time bucket.",
+)
+DEAD_LETTERS = Query(
+    "dead_letters",
+    """SELECT source, src_partition, src_offset, any(record_key) AS record_key,
+        any(error) AS error, any(length(raw)) AS size, min(loaded_at) AS loaded_at
+    FROM {dead_letters}
+    GROUP BY source, src_partition, src_offset
+    ORDER BY source, src_partition, src_offset
+    LIMIT {limit:UInt32} OFFSET {offset:UInt32}""",
+    "Records that did not decode, with their source position and the error.",
+)
+CHECKPOINTS = Query(
+    "checkpoints",
+    """SELECT origin, tree_size, event_id, any(occurred_at) AS occurred_at,
+        any(gateway_id) AS gateway_id, any(root_hash) AS root_hash,
+        any(signed_note) AS signed_note, any(key_id) AS key_id
+    FROM {checkpoints}
+    WHERE {origin:String} = '' OR origin = {origin:String}
+    GROUP BY origin, tree_size, event_id
+    ORDER BY origin, tree_size, event_id""",
+    "The gateways' signed Merkle checkpoints.",
+)
+
+#: Every query by name (the CLI, dashboard and the backend-equality test use it).
+QUERIES: dict[str, Query] = {
+    q.name: q
+    for q in (
+        SESSIONS_LIST,
+        SESSIONS_COUNT,
+        SESSION,
+        SESSION_EVENTS,
+        SESSION_RAW_EVENTS,
+        SESSION_REQUESTS,
+        REQUEST_BY_ID,
+        BODY_SEARCH,
+        VECTOR_LINEAGE,
+        COLLECTION_HISTORY,
+        APPROVAL,
+        APPROVALS_LIST,
+        APPROVAL_WRITES,
+        STATS_OVER_TIME,
+        DEAD_LETTERS,
+        CHECKPOINTS,
+    )
+}
+
+
+# -- typed entry points ------------------------------------------------------------------
+def _time(value: datetime | str | None) -> str:
+    """A time parameter as ISO 8601 UTC; '' for none. Naive times are UTC."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"time {value!r} is not ISO 8601; use e.g. 2026-03-01 or 2026-03-01T09:00:00Z"
+            ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _limit(limit: int) -> int:
+    if not 0 < limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, not {limit}")
+    return limit
+
+
+def _offset(offset: int) -> int:
+    if offset < 0:
+        raise ValueError(f"offset must be 0 or more, not {offset}")
+    return offset
+
+
+@dataclass(frozen=True)
+class SessionFilter:
+    actor: str | None = None
+    collection: str | None = None
+    action: str | None = None
+    decision: str | None = None
+    since: datetime | str | None = None
+    until: datetime | str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor or "",
+            "collection": self.collection or "",
+            "action": self.action or "",
+            "decision": self.decision or "",
+            "since": _time(self.since),
+            "until": _time(self.until),
+        }
+
+
+def sessions_list(
+    wh: Warehouse, filters: SessionFilter | None = None, *, limit: int = 50, offset: int = 0
+) -> list[dict[str, Any]]:
+    params = (filters or SessionFilter()).params()
+    return SESSIONS_LIST.run(wh, **params, limit=_limit(limit), offset=_offset(offset))
+
+
+def sessions_count(wh: Warehouse, filters: SessionFilter | None = None) -> int:
+    rows = SESSIONS_COUNT.run(wh, **(filters or SessionFilter()).params())
+    return int(rows[0]["total"]) if rows else 0
+
+
+def session(wh: Warehouse, session_id: str) -> dict[str, Any] | None:
+    rows = SESSION.run(wh, session_id=session_id)
+    return rows[0] if rows else None
+
+
+def session_events(
+    wh: Warehouse, session_id: str, *, limit: int = MAX_LIMIT, offset: int = 0
+) -> list[dict[str, Any]]:
+    return SESSION_EVENTS.run(
+        wh, session_id=session_id, limit=_limit(limit), offset=_offset(offset)
+    )
+
+
+def session_raw_events(wh: Warehouse, session_id: str) -> list[dict[str, Any]]:
+    return SESSION_RAW_EVENTS.run(wh, session_id=session_id)
+
+
+def session_requests(wh: Warehouse, session_id: str) -> list[dict[str, Any]]:
+    return SESSION_REQUESTS.run(wh, session_id=session_id)
+
+
+def request_by_id(wh: Warehouse, request_id: str) -> dict[str, Any] | None:
+    rows = REQUEST_BY_ID.run(wh, request_id=request_id)
+    return rows[0] if rows else None
+
+
+def body_search(
+    wh: Warehouse, needle: str, *, kind: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    if not needle:
+        raise ValueError("search text is empty; give the substring to look for")
+    if kind not in (None, "request", "response"):
+        raise ValueError(f"kind must be request or response, not {kind!r}")
+    return BODY_SEARCH.run(wh, needle=needle, kind=kind or "", limit=_limit(limit))
+
+
+def vector_lineage(
+    wh: Warehouse, collection: str, point_id: str, *, include_unknown: bool = True
+) -> list[dict[str, Any]]:
+    if not point_id:
+        raise ValueError("point id is empty")
+    return VECTOR_LINEAGE.run(
+        wh, collection=collection, point_id=point_id, include_unknown=include_unknown
+    )
+
+
+def collection_history(
+    wh: Warehouse,
+    collection: str,
+    *,
+    action: str | None = None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    limit: int = 1000,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    return COLLECTION_HISTORY.run(
+        wh,
+        collection=collection,
+        action=action or "",
+        since=_time(since),
+        until=_time(until),
+        limit=_limit(limit),
+        offset=_offset(offset),
+    )
+
+
+def approval(wh: Warehouse, approval_id: str) -> dict[str, Any] | None:
+    rows = APPROVAL.run(wh, approval_id=approval_id)
+    return rows[0] if rows else None
+
+
+def approvals_list(
+    wh: Warehouse, *, status: str | None = None, limit: int = 100, offset: int = 0
+) -> list[dict[str, Any]]:
+    return APPROVALS_LIST.run(wh, status=status or "", limit=_limit(limit), offset=_offset(offset))
+
+
+def approval_writes(wh: Warehouse, approval_id: str) -> list[dict[str, Any]]:
+    return APPROVAL_WRITES.run(wh, approval_id=approval_id)
+
+
+def stats_over_time(
+    wh: Warehouse,
+    *,
+    bucket_s: int = 3600,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+) -> list[dict[str, Any]]:
+    if bucket_s <= 0:
+        raise ValueError("bucket_s must be positive")
+    return STATS_OVER_TIME.run(wh, bucket_s=bucket_s, since=_time(since), until=_time(until))
+
+
+def dead_letters(wh: Warehouse, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    return DEAD_LETTERS.run(wh, limit=_limit(limit), offset=_offset(offset))
+
+
+def checkpoints(wh: Warehouse, *, origin: str | None = None) -> list[dict[str, Any]]:
+    return CHECKPOINTS.run(wh, origin=origin or "")
