@@ -22,11 +22,13 @@ from mitmproxy import http
 from pydantic import BaseModel
 
 from capture.approvals.service import EmitRequest
+from capture.checkpointer import Checkpointer
 from capture.config import GatewayConfig
 from capture.control_api import CONTROL_FLOW
 from capture.intake import raw_headers
 from capture.redact import redact_headers
 from capture.sessions import SESSION_HEADER, Session, SessionTracker
+from capture.signing_keys import SigningKeyError, load_or_create_signing_key
 from capture.state import FlowState, block, error_response, fail_closed, state_of
 from embedguard import __version__
 from pipeline.events import EventPublisher
@@ -71,6 +73,18 @@ def approved_by_gate(st: FlowState) -> bool:
     )
 
 log = logging.getLogger("embedguard.recorder")
+
+
+def _checkpointer(config: GatewayConfig) -> Checkpointer | None:
+    if config.signing_key is None:
+        return None
+    try:
+        signer = load_or_create_signing_key(config.signing_key)
+    except (SigningKeyError, OSError) as exc:
+        raise ValueError(f"--signing-key: {exc}") from None
+    return Checkpointer(
+        signer, every=config.checkpoint_every, interval_s=config.checkpoint_interval_s
+    )
 
 
 def default_gateway_id() -> str:
@@ -153,6 +167,8 @@ class Recorder:
         self.publisher: EventPublisher | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.system_session = f"gateway:{config.gateway_id}"
+        #: signed Merkle checkpoints of each stream (None without a signing key)
+        self.checkpointer = _checkpointer(config)
 
     def _stream_id(self) -> str:
         return (
@@ -180,6 +196,8 @@ class Recorder:
             await hook()
         self.started.set()
         self._sweeper = asyncio.create_task(self._sweep_idle())
+        if self.checkpointer is not None:
+            self.checkpointer.start(self.record_system, lambda: self.stamper.gateway_id)
 
     async def done(self) -> None:
         if self._sweeper:
@@ -188,8 +206,11 @@ class Recorder:
         if events and self.publisher:
             try:
                 await self.publisher.publish(events)
+                self._observe(events)
             except EventLogError as exc:
                 log.error("could not record %d session end(s) at shutdown: %s", len(events), exc)
+        if self.checkpointer is not None and self.publisher is not None:
+            await self.checkpointer.stop(self.record_system, self.stamper.gateway_id)
         if self._log is not None:
             await self._log.close()
 
@@ -211,6 +232,12 @@ class Recorder:
         except EventLogError:
             self._rotate_stream()
             raise
+        self._observe(events)
+
+    def _observe(self, events: Sequence[StampedEvent]) -> None:
+        """Durable events become leaves of their stream's Merkle tree."""
+        if self.checkpointer is not None:
+            self.checkpointer.observe(events)
 
     def _rotate_stream(self) -> None:
         """After a failed append, some stamped events never reached the log. Start

@@ -505,6 +505,8 @@ def up(
                 "embedguard",
                 "--gateway-id",
                 f"{socket.gethostname()}-embedded",
+                "--signing-key",
+                str(s.data_dir / "keys" / "gateway.key"),
             ],
             gateway_port,
         ),
@@ -616,15 +618,6 @@ def _register_loader_commands() -> None:
     register(app)
 
 
-_register_loader_commands()
-
-
-def _register_keys_commands() -> None:
-    from capture.signing_keys import keys_app
-
-    app.add_typer(keys_app, name="keys", help="The gateway's checkpoint-signing key.")
-
-
 _register_keys_commands()
 
 
@@ -711,6 +704,19 @@ def gateway(
             "treated as a secret, never logged",
         ),
     ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Sign a Merkle checkpoint every N events", min=1)
+    ] = 1000,
+    checkpoint_interval: Annotated[
+        str, typer.Option(help="...or after this long, if anything was recorded")
+    ] = "10s",
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ed25519 checkpoint-signing key, created 0600 if missing "
+            "(default: <data dir>/keys/gateway.key)"
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway: a mitmproxy reverse proxy with embedguard's addons."""
     import logging
@@ -784,6 +790,11 @@ def gateway(
             upstream_ca=upstream_ca,
             upstream_insecure=upstream_insecure,
             approval_webhook_url=_approval_webhook(approval_webhook),
+            signing_key=signing_key or _default_signing_key(),
+            checkpoint_every=checkpoint_every,
+            checkpoint_interval_s=parse_duration(
+                checkpoint_interval, option="--checkpoint-interval"
+            ).total_seconds(),
         )
     except (ConfigError, ValueError) as exc:
         if isinstance(exc, ValidationError):

@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
@@ -34,6 +35,7 @@ __all__ = [
     "ParsedNote",
     "Signer",
     "Verifier",
+    "checkpoint_origin",
     "key_id",
     "open_note",
     "parse_note",
@@ -235,9 +237,7 @@ def parse_note(note: str) -> ParsedNote:
     return ParsedNote(text, tuple(sigs))
 
 
-def open_note(
-    note: str, verifiers: list[Verifier] | tuple[Verifier, ...]
-) -> tuple[ParsedNote, list[Verifier]]:
+def open_note(note: str, verifiers: Sequence[Verifier]) -> tuple[ParsedNote, list[Verifier]]:
     """Parse ``note`` and check its signatures against the pinned ``verifiers``.
 
     Returns the note and the verifiers whose signature verified. Raises
@@ -267,6 +267,14 @@ def open_note(
         pinned = ", ".join(v.id_text for v in verifiers) or "none"
         raise NoteError(f"no signature by a pinned key (signed by {names}; pinned: {pinned})")
     return parsed, good
+
+
+def checkpoint_origin(stream_id: str) -> str:
+    """The checkpoint origin of an embedguard gateway stream: ``embedguard/<stream>``,
+    with spaces, '+' and other unsafe characters percent-encoded."""
+    from urllib.parse import quote
+
+    return "embedguard/" + quote(stream_id, safe="#:@-._~/")
 
 
 @dataclass(frozen=True)
@@ -314,7 +322,7 @@ class CheckpointBody:
 
     @classmethod
     def open(
-        cls, note: str, verifiers: list[Verifier] | tuple[Verifier, ...]
+        cls, note: str, verifiers: Sequence[Verifier]
     ) -> tuple[CheckpointBody, list[Verifier]]:
         """Verify ``note`` with the pinned keys and parse its checkpoint."""
         parsed, good = open_note(note, verifiers)

@@ -348,6 +348,8 @@ class ApprovalService:
     async def wait(self, approval_id: str, timeout_s: float) -> Approval:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout_s, 0.0)
+        if self.get(approval_id) is None:  # made through another gateway just now
+            await self.sync()
         while True:
             a = self.get(approval_id)
             if a is None:

@@ -73,6 +73,8 @@ def gateway_process(
         f"gw-test-{port}",
         *(extra_args or []),
     ]
+    if "--signing-key" not in args:  # never the repository's ./data/keys
+        args += ["--signing-key", str(tmp / "gateway.key")]
     with open(stderr_path, "wb") as errf:
         proc = subprocess.Popen(
             args,

@@ -1,0 +1,248 @@
+"""capture.checkpointer through a real Recorder on a real SQLite event log:
+every N events or T seconds a signed Checkpoint event lands in the stream and
+verifies offline against the pinned key; out-of-order durability, stream
+rotation and shutdown; the signing key file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from capture.checkpointer import Checkpointer, StreamTree
+from capture.config import GatewayConfig, Route
+from capture.recorder import Recorder
+from capture.signing_keys import SigningKeyError, load_or_create_signing_key, load_signing_key
+from replay.verify_core import verify_log
+from schemas.chain import EventStamper
+from schemas.codec import DecodedEvent
+from schemas.merkle import hash_leaf, root_of
+from schemas.models import Checkpoint, GatewayStarted, PolicyChanged
+from schemas.note import CheckpointBody, Signer, checkpoint_origin
+from tests.support.events import read_events
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _config(tmp: Path, **kw: object) -> GatewayConfig:
+    return GatewayConfig(
+        routes=[Route(kind="qdrant", upstream="http://127.0.0.1:9", listen_port=0)],
+        policy_path=ROOT / "examples" / "policy.yaml",
+        log_url=f"sqlite:{tmp / 'events.db'}",
+        issuer="http://127.0.0.1:9/issuer",
+        audience="embedguard",
+        gateway_id="gw-cp",
+        signing_key=tmp / "keys" / "gateway.key",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def _record(rec: Recorder, n: int) -> None:
+    for i in range(n):
+        await rec.record_system(
+            PolicyChanged, old_sha256=None, new_sha256=f"{i:064x}", source="test", diff=str(i)
+        )
+
+
+async def _until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def _run(
+    tmp: Path, body: Callable[[Recorder], Awaitable[None]], **kw: object
+) -> list[DecodedEvent]:
+    async def main() -> None:
+        rec = Recorder(_config(tmp, **kw))
+        await rec.running()
+        try:
+            await body(rec)
+        finally:
+            await rec.done()
+
+    asyncio.run(main())
+    return read_events(f"sqlite:{tmp / 'events.db'}")
+
+
+def _vkey(tmp: Path) -> str:
+    return load_signing_key(tmp / "keys" / "gateway.key").verifier.vkey
+
+
+def _checkpoints(events: list[DecodedEvent]) -> list[Checkpoint]:
+    return [d.event for d in events if isinstance(d.event, Checkpoint)]
+
+
+def test_every_n_events_and_at_shutdown(tmp_path: Path) -> None:
+    def checkpointed(rec: Recorder) -> int:
+        assert rec.checkpointer is not None
+        tree = rec.checkpointer.trees.get("gw-cp")
+        return tree.checkpointed if tree else 0
+
+    async def body(rec: Recorder) -> None:
+        await _record(rec, 12)
+        await _until(lambda: checkpointed(rec) >= 10, "two checkpoints of 5 events")
+
+    events = _run(tmp_path, body, checkpoint_every=5, checkpoint_interval_s=3600)
+    cps = _checkpoints(events)
+    assert len(cps) >= 3  # at least two periodic ones and the final one
+    signer_id = load_signing_key(tmp_path / "keys" / "gateway.key").verifier.id_text
+    for cp in cps:
+        assert cp.origin == "embedguard/gw-cp" == checkpoint_origin("gw-cp")
+        assert cp.key_id == signer_id
+        assert cp.envelope.session_id == "gateway:gw-cp"  # the system session
+        body, _ = CheckpointBody.open(
+            cp.signed_note,
+            [Signer.from_skey((tmp_path / "keys" / "gateway.key").read_text()).verifier],
+        )
+        assert body.tree_size == cp.tree_size and body.root_hash.hex() == cp.root_hash
+    # every root is the RFC 6962 root of the first tree_size events as stored
+    leaves = [hash_leaf(d.canonical) for d in events]
+    for cp in cps:
+        assert root_of(leaves[: cp.tree_size]).hex() == cp.root_hash
+    # the final checkpoint covers everything but itself
+    assert cps[-1].tree_size == len(events) - 1
+    report = verify_log(events, [_vkey(tmp_path)])
+    assert report.ok and not report.findings, [str(f) for f in report.findings]
+    assert report.checkpoints_verified == len(cps)
+
+
+def test_interval_checkpoint_and_no_checkpoints_while_idle(tmp_path: Path) -> None:
+    def count(rec: Recorder) -> int:
+        assert rec.checkpointer is not None
+        tree = rec.checkpointer.trees.get("gw-cp")
+        return 0 if tree is None else tree.checkpointed
+
+    async def body(rec: Recorder) -> None:
+        await _record(rec, 3)
+        await _until(lambda: count(rec) >= 4, "a checkpoint by interval")
+        size = count(rec)
+        await asyncio.sleep(1.0)  # five intervals with nothing new recorded
+        assert count(rec) == size
+
+    events = _run(tmp_path, body, checkpoint_every=1000, checkpoint_interval_s=0.2)
+    cps = _checkpoints(events)
+    # one by interval; none while idle; none at shutdown (nothing new since)
+    assert [c.tree_size for c in cps] == [4]
+    assert verify_log(events, [_vkey(tmp_path)]).ok
+
+
+def test_a_rotated_stream_gets_a_last_checkpoint_in_the_new_one(tmp_path: Path) -> None:
+    async def body(rec: Recorder) -> None:
+        await _record(rec, 3)
+        rec._rotate_stream()  # what a failed append does
+        await _record(rec, 2)
+
+    events = _run(tmp_path, body, checkpoint_every=1000, checkpoint_interval_s=3600)
+    streams = {d.event.envelope.gateway_id for d in events}
+    assert streams == {"gw-cp", "gw-cp#1"}
+    cps = _checkpoints(events)
+    old = [c for c in cps if c.origin == "embedguard/gw-cp"]
+    assert len(old) == 1 and old[0].tree_size == 4  # GatewayStarted + 3
+    assert old[0].envelope.gateway_id == "gw-cp#1"  # recorded in the new stream
+    new = [c for c in cps if c.origin == checkpoint_origin("gw-cp#1")]
+    assert new and new[-1].tree_size >= 2
+    report = verify_log(events, [_vkey(tmp_path)])
+    assert report.ok and not report.findings, [str(f) for f in report.findings]
+    assert report.streams["gw-cp"].verified_size == 4
+
+
+def test_leaves_join_the_tree_in_stream_order_whatever_order_appends_finish() -> None:
+    stamper = EventStamper("gw-order")
+    stamped = [
+        stamper.stamp(
+            GatewayStarted,
+            session_id=f"s{i % 3}",
+            config_sha256="0" * 64,
+            version="t",
+            listen=[],
+            upstreams=[],
+            policy_sha256=None,
+            pid=1,
+        )
+        for i in range(200)
+    ]
+    cp = Checkpointer(Signer.generate("t"), every=10_000)
+    shuffled = stamped[:]
+    random.Random(7).shuffle(shuffled)
+    for i in range(0, 200, 7):
+        cp.observe(shuffled[i : i + 7])
+    tree = cp.trees["gw-order"]
+    assert tree.size == 200 and not tree.pending
+    assert tree.frontier.root() == root_of([hash_leaf(s.wire) for s in stamped])
+
+
+def test_a_leaf_held_back_by_a_missing_one_is_not_covered() -> None:
+    t = StreamTree("s")
+    t.add(0, hash_leaf(b"0"), content=True)
+    t.add(2, hash_leaf(b"2"), content=True)
+    assert t.size == 1 and set(t.pending) == {2}
+    t.add(1, hash_leaf(b"1"), content=True)
+    assert t.size == 3 and not t.pending
+    t.add(1, hash_leaf(b"again"), content=True)  # a duplicate never enters the tree
+    assert t.size == 3
+
+
+def test_bad_options_fail_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Checkpointer(Signer.generate("t"), every=0)
+    with pytest.raises(ValueError):
+        Checkpointer(Signer.generate("t"), interval_s=0)
+    with pytest.raises(ValueError):
+        _config(tmp_path, checkpoint_every=0)
+
+
+# -- the key file ----------------------------------------------------------------
+
+
+def test_key_is_created_0600_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "k" / "gateway.key"
+    first = load_or_create_signing_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = load_or_create_signing_key(path)
+    assert again.verifier.vkey == first.verifier.vkey
+    assert "PRIVATE" not in repr(first)
+
+
+def test_key_readable_by_others_or_malformed_is_refused_without_leaking(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.key"
+    signer = load_or_create_signing_key(path, name="gw-test")
+    secret = signer.skey().rsplit("+", 1)[1]
+    os.chmod(path, 0o644)
+    with pytest.raises(SigningKeyError, match="chmod 600"):
+        load_signing_key(path)
+    os.chmod(path, 0o600)
+    path.write_text(signer.skey()[:-6] + "\n")
+    with pytest.raises(SigningKeyError) as exc:
+        load_signing_key(path)
+    assert secret[:20] not in str(exc.value)
+    with pytest.raises(SigningKeyError, match="no signing key"):
+        load_signing_key(tmp_path / "absent.key")
+    # the gateway refuses to start with it, naming the option
+    with pytest.raises(ValueError, match="--signing-key"):
+        Recorder(_config(tmp_path).model_copy(update={"signing_key": path}))
+
+
+def test_keys_show_prints_the_vkey_to_pin(tmp_path: Path) -> None:
+    from embedguard.cli import app
+
+    path = tmp_path / "gateway.key"
+    runner = CliRunner()
+    res = runner.invoke(app, ["keys", "show", "--signing-key", str(path)])
+    assert res.exit_code == 2 and "no signing key" in res.output
+    res = runner.invoke(app, ["keys", "create", "--signing-key", str(path), "--name", "gw-a"])
+    assert res.exit_code == 0, res.output
+    vkey = load_signing_key(path).verifier.vkey
+    assert res.output.strip() == vkey
+    res = runner.invoke(app, ["keys", "show", "--signing-key", str(path)])
+    assert res.exit_code == 0 and res.output.strip() == vkey
+    assert load_signing_key(path).skey().rsplit("+", 1)[1] not in res.output
