@@ -611,11 +611,10 @@ def _register_approval_commands() -> None:
 _register_approval_commands()
 
 
-def _register_loader_commands() -> None:
-    # After any other ``warehouse`` group: ``warehouse rebuild`` joins it.
-    from embedguard.cli_loader import register
+def _register_keys_commands() -> None:
+    from capture.signing_keys import keys_app
 
-    register(app)
+    app.add_typer(keys_app, name="keys", help="The gateway's checkpoint-signing key.")
 
 
 _register_keys_commands()
@@ -694,16 +693,23 @@ def gateway(
     mask_hmac_key_env: Annotated[
         str | None, typer.Option(help="Env var with the key for HMAC masking tokens")
     ] = None,
-    approval_webhook: Annotated[
-        str | None,
+    max_hold: Annotated[
+        str,
         typer.Option(
-            "--approval-webhook",
-            envvar="EMBEDGUARD_APPROVAL_WEBHOOK",
-            show_default=False,
-            help="POST approval notifications (JSON, Slack-compatible text) to this URL; "
-            "treated as a secret, never logged",
+            "--max-hold",
+            help="Longest a request held for approval waits (then 403 approval_expired); "
+            "e.g. 90s, 5m",
         ),
-    ] = None,
+    ] = "5m",
+    response_durability: Annotated[
+        str,
+        typer.Option(
+            help="sync (default): deliver a response only once its record is durable. "
+            "async (opt-in): deliver it while the record is being made durable; a crash "
+            "in that window can lose the record of a delivered response. Requests are "
+            "always recorded before forwarding."
+        ),
+    ] = "sync",
     checkpoint_every: Annotated[
         int, typer.Option(help="Sign a Merkle checkpoint every N events", min=1)
     ] = 1000,
@@ -715,6 +721,16 @@ def gateway(
         typer.Option(
             help="Ed25519 checkpoint-signing key, created 0600 if missing "
             "(default: <data dir>/keys/gateway.key)"
+        ),
+    ] = None,
+    approval_webhook: Annotated[
+        str | None,
+        typer.Option(
+            "--approval-webhook",
+            envvar="EMBEDGUARD_APPROVAL_WEBHOOK",
+            show_default=False,
+            help="POST approval notifications (JSON, Slack-compatible text) to this URL; "
+            "treated as a secret, never logged",
         ),
     ] = None,
 ) -> None:
@@ -783,14 +799,16 @@ def gateway(
             groups_claim=groups_claim,
             gateway_id=gateway_id or default_gateway_id(),
             session_idle_s=parse_duration(session_idle, option="--session-idle").total_seconds(),
+            hold_timeout_s=parse_duration(max_hold, option="--max-hold").total_seconds(),
             record_body_limit=record_body_limit,
             mask_hmac_key=hmac_key,
             tls_cert=tls_cert,
             tls_key=tls_key,
             upstream_ca=upstream_ca,
             upstream_insecure=upstream_insecure,
-            approval_webhook_url=_approval_webhook(approval_webhook),
+            response_durability=response_durability,  # type: ignore[arg-type]  # pydantic checks
             signing_key=signing_key or _default_signing_key(),
+            approval_webhook_url=_approval_webhook(approval_webhook),
             checkpoint_every=checkpoint_every,
             checkpoint_interval_s=parse_duration(
                 checkpoint_interval, option="--checkpoint-interval"
