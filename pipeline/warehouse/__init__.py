@@ -17,8 +17,9 @@ __all__ = [
 
 
 def open_warehouse(url: str) -> Warehouse:
-    """``lake:DIR`` (Delta + chDB reads), ``chdb:DIR`` (MergeTree in chDB) or
-    ``clickhouse://user:pass@host:8123/db`` (ClickHouse server)."""
+    """``lake:DIR`` (Delta + chDB reads), ``chdb:DIR[?database=NAME]`` (MergeTree
+    in this process's chDB engine) or ``clickhouse://user:pass@host:8123/db``
+    (ClickHouse server)."""
     if url.startswith("lake:"):
         from pipeline.warehouse.lake import LakeWarehouse
 
@@ -26,7 +27,11 @@ def open_warehouse(url: str) -> Warehouse:
     if url.startswith("chdb:"):
         from pipeline.warehouse.clickhouse import ChdbWarehouse
 
-        return ChdbWarehouse(url[len("chdb:") :])
+        path, _, query = url[len("chdb:") :].partition("?")
+        database = query.removeprefix("database=") if query.startswith("database=") else None
+        if query and database is None:
+            raise WarehouseError(f"chdb: URLs take only ?database=NAME, not {query!r}")
+        return ChdbWarehouse(path, database=database or "embedguard")
     if url.startswith(("clickhouse://", "clickhouses://", "http://", "https://")):
         from pipeline.warehouse.clickhouse import ClickHouseWarehouse
 

@@ -5,11 +5,17 @@ checkpoint). Returns log records as a transport would deliver them."""
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from pipeline.transport.base import LogRecord
+from pipeline.warehouse.clickhouse import ChdbWarehouse
 from schemas.chain import EventStamper, StampedEvent
 from schemas.models import (
     ActionClass,
@@ -265,3 +271,31 @@ def build_scenario(sessions: int = 3, gateway: str = "gw-1") -> Scenario:
         key_id="k1",
     )
     return Scenario(b.out)
+
+
+_CHDB_DIR: Path | None = None
+
+
+def shared_chdb_dir() -> Path:
+    """chDB allows one data directory per process, so every test of a session
+    shares one; tests keep apart by database name (``unique_database``)."""
+    global _CHDB_DIR
+    if _CHDB_DIR is None:
+        _CHDB_DIR = Path(tempfile.mkdtemp(prefix="embedguard-chdb-"))
+        atexit.register(shutil.rmtree, _CHDB_DIR, True)
+    return _CHDB_DIR
+
+
+def unique_database() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+def chdb_warehouse() -> ChdbWarehouse:
+    return ChdbWarehouse(str(shared_chdb_dir()), database=unique_database())
+
+
+def renumber(records: list[LogRecord], partition: int = 0, start: int = 0) -> list[LogRecord]:
+    return [
+        LogRecord(partition, start + i, r.key, r.value, r.timestamp_ms)
+        for i, r in enumerate(records)
+    ]
