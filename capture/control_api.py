@@ -43,7 +43,7 @@ from capture.approvals.state import (
     valid_id,
 )
 from capture.dpop import AuthError
-from capture.state import REQUEST_ID_HEADER, error_response
+from capture.state import REQUEST_ID_HEADER, error_response, state_of
 from capture.types import Identity
 from pipeline.transport.errors import EventLogError
 
@@ -157,7 +157,8 @@ class ControlApi:
     async def request(self, flow: http.HTTPFlow) -> None:
         if not flow.metadata.get(CONTROL_FLOW) or flow.response is not None:
             return
-        rid = str(uuid7())
+        st = state_of(flow)  # Intake gave the flow its request id
+        rid = st.request_id if st is not None else str(uuid7())
         try:
             status, body = await self._handle(flow, rid)
             flow.response = _json_response(status, body, rid)

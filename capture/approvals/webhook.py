@@ -121,6 +121,23 @@ def build_payload(
     return body
 
 
+class _HideUrl(logging.Filter):
+    """httpx logs every request URL at INFO; this one carries a secret."""
+
+    def __init__(self, url: str, shown: str) -> None:
+        super().__init__()
+        self.url, self.shown = url, shown
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is not ours to fix
+            return True
+        if self.url in text:
+            record.msg, record.args = text.replace(self.url, self.shown + "/…"), ()
+        return True
+
+
 @dataclass(frozen=True)
 class WebhookMessage:
     kind: Kind
@@ -143,6 +160,7 @@ class Webhook:
     ) -> None:
         self._url = check_webhook_url(url)
         self.target = safe_webhook_target(url)
+        self._hide = _HideUrl(self._url, self.target)
         self.timeout_s = timeout_s
         self.max_attempts = max(1, max_attempts)
         self.backoff_s = backoff_s
@@ -164,6 +182,7 @@ class Webhook:
             return
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False)
+        logging.getLogger("httpx").addFilter(self._hide)
         self._task = asyncio.create_task(self._run(), name="approvals-webhook")
 
     async def close(self, drain_timeout_s: float = 2.0) -> None:
@@ -179,6 +198,7 @@ class Webhook:
         if self._owns_http and self._http is not None:
             await self._http.aclose()
             self._http = None
+        logging.getLogger("httpx").removeFilter(self._hide)
 
     def notify(
         self, kind: Kind, approval: Approval, *, vote: Vote | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ async def _ask(svc: Any, **kw: Any) -> str:
 async def test_requested_decided_expired_reach_the_receiver_after_failures(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)  # httpx logs each request URL at INFO
     clock = Clock()
     # a 503, a dropped connection and a 429 before the receiver accepts
     with receiver([503, 0, 429]) as rx:
@@ -136,6 +138,7 @@ async def test_requested_decided_expired_reach_the_receiver_after_failures(
     # the URL (a Slack token lives in its path) is never logged
     assert "s3cr3t-hook-token" not in caplog.text
     assert "HTTP 503" in caplog.text and "http://127.0.0.1:" in caplog.text
+    assert "HTTP Request: POST" in caplog.text  # httpx did log, without the path
 
 
 async def test_a_hanging_receiver_never_blocks_decisions(tmp_path: Path) -> None:
