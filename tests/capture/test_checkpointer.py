@@ -100,11 +100,11 @@ def test_every_n_events_and_at_shutdown(tmp_path: Path) -> None:
         assert cp.origin == "embedguard/gw-cp" == checkpoint_origin("gw-cp")
         assert cp.key_id == signer_id
         assert cp.envelope.session_id == "gateway:gw-cp"  # the system session
-        body, _ = CheckpointBody.open(
+        signed, _ = CheckpointBody.open(
             cp.signed_note,
             [Signer.from_skey((tmp_path / "keys" / "gateway.key").read_text()).verifier],
         )
-        assert body.tree_size == cp.tree_size and body.root_hash.hex() == cp.root_hash
+        assert signed.tree_size == cp.tree_size and signed.root_hash.hex() == cp.root_hash
     # every root is the RFC 6962 root of the first tree_size events as stored
     leaves = [hash_leaf(d.canonical) for d in events]
     for cp in cps:

@@ -1,0 +1,204 @@
+"""Checkpoints end to end: a real gateway process records concurrent traffic
+on a real SQLite log; its signed Checkpoint events verify offline against the
+key `embedguard keys show` prints; one flipped byte, one dropped event, two
+reordered events, a wrong pinned key are each reported naming the event."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from capture.devidp import mint_token
+from replay.verify_core import build_proofs, open_checkpoints, verify_log, verify_proofs
+from schemas.codec import DecodedEvent, default_codec
+from schemas.models import Checkpoint, RequestReceived
+from schemas.note import Signer, Verifier
+from tests.support.events import read_events
+from tests.support.gateway import UPSTREAM_SECRET, gateway_process
+from tests.support.upstream import recording_upstream
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = ROOT / "examples" / "policy.yaml"
+QUERY_PATH = "/collections/docs/points/query"
+
+
+@dataclass
+class Recorded:
+    events: list[DecodedEvent]
+    vkey: str
+    key_file: Path
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory, dev_idp: str) -> Iterator[Recorded]:
+    tmp = tmp_path_factory.mktemp("gwcp")
+    key = tmp / "keys" / "gw.key"
+    tokens = [mint_token(dev_idp, f"reader-{i}", ["Vector-Read"]) for i in range(3)]
+    with (
+        recording_upstream() as up,
+        gateway_process(
+            tmp,
+            upstream=up.url,
+            kind="qdrant",
+            policy=POLICY,
+            issuer=dev_idp,
+            extra_args=[
+                "--signing-key",
+                str(key),
+                "--checkpoint-every",
+                "7",
+                "--checkpoint-interval",
+                "1h",
+            ],
+        ) as gw,
+    ):
+
+        def client(token: str) -> None:
+            with httpx.Client(timeout=60) as c:
+                for _ in range(6):
+                    r = c.post(
+                        gw.url + QUERY_PATH,
+                        json={"query": [0.1, 0.2], "limit": 3},
+                        headers={"authorization": f"Bearer {token}"},
+                    )
+                    assert r.status_code == 200, r.text
+
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(client, tokens))
+        log_url = gw.log_url
+    # the gateway has stopped (SIGTERM): its final checkpoint is in the log
+    shown = subprocess.run(
+        [sys.executable, "-m", "embedguard.cli", "keys", "show", "--signing-key", str(key)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    yield Recorded(read_events(log_url), shown.stdout.strip(), key, gw.stderr())
+
+
+def _ids(findings: Sequence[object]) -> str:
+    return "\n".join(str(f) for f in findings)
+
+
+def test_checkpoints_verify_against_the_pinned_key(recorded: Recorded) -> None:
+    events = recorded.events
+    cps = [d.event for d in events if isinstance(d.event, Checkpoint)]
+    assert len(cps) >= 3, [c.tree_size for c in cps]
+    assert Verifier.from_vkey(recorded.vkey).id_text == cps[0].key_id
+    # the final checkpoint, at shutdown, covers every event but itself
+    assert cps[-1].tree_size == len(events) - 1
+    report = verify_log(events, [recorded.vkey], require_checkpoint=True)
+    assert report.ok and not report.findings, _ids(report.findings)
+    assert report.checkpoints_verified == len(cps)
+    assert report.consistency_verified == len(cps) - 1
+    # the private key is in no event and no log line
+    secret = Signer.from_skey(recorded.key_file.read_text()).skey().rsplit("+", 1)[1]
+    assert secret not in recorded.stderr
+    assert not any(secret.encode() in d.canonical for d in events)
+    assert UPSTREAM_SECRET not in recorded.stderr
+
+
+def _first_request(events: list[DecodedEvent]) -> int:
+    return next(i for i, d in enumerate(events) if isinstance(d.event, RequestReceived))
+
+
+def test_one_flipped_byte_is_named(recorded: Recorded) -> None:
+    events = list(recorded.events)
+    i = _first_request(events)
+    raw = bytearray(events[i].canonical)
+    at = bytes(raw).index(b"points/query")
+    raw[at] ^= 0x02  # 'p' -> 'r': still a valid event, one byte changed
+    events[i] = default_codec().decode(bytes(raw))
+    changed = events[i].event
+    assert isinstance(changed, RequestReceived) and changed.path != QUERY_PATH
+    wheres = [f"events.db row {n}" for n in range(len(events))]
+    report = verify_log(events, [recorded.vkey], wheres=wheres)
+    assert not report.ok
+    tampered = str(events[i].event.envelope.event_id)
+    text = _ids(report.errors)
+    assert tampered in text  # named by the chain check (as the changed predecessor)
+    kinds = {f.kind for f in report.errors}
+    assert {"chain_altered", "root_mismatch"} <= kinds, text
+    assert f"events.db row {i}" in text
+
+
+def test_one_dropped_event_is_named(recorded: Recorded) -> None:
+    events = list(recorded.events)
+    i = _first_request(events) + 1
+    dropped = events.pop(i)
+    report = verify_log(events, [recorded.vkey])
+    gap = [f for f in report.errors if f.kind == "stream_gap"]
+    assert len(gap) == 1, _ids(report.findings)
+    assert gap[0].stream_seq == dropped.event.envelope.stream_seq + 1
+    assert f"expected stream_seq {dropped.event.envelope.stream_seq}" in gap[0].detail
+    assert any(f.kind == "chain_gap" for f in report.errors)
+    assert any(f.kind == "root_mismatch" for f in report.errors)
+
+
+def test_two_reordered_events_are_named(recorded: Recorded) -> None:
+    events = list(recorded.events)
+    i = _first_request(events)
+    events[i], events[i + 1] = events[i + 1], events[i]
+    report = verify_log(events, [recorded.vkey])
+    moved = [f for f in report.errors if f.kind == "stream_reordered"]
+    assert moved, _ids(report.findings)
+    named = {str(events[i].event.envelope.event_id), str(events[i + 1].event.envelope.event_id)}
+    assert moved[0].event_id in named
+    assert any(n in moved[0].detail for n in named)
+    assert any(f.kind == "root_mismatch" for f in report.errors)
+
+
+def test_a_key_other_than_the_pinned_one_is_refused(recorded: Recorded) -> None:
+    other = Signer.generate(Verifier.from_vkey(recorded.vkey).name)
+    report = verify_log(recorded.events, [other.verifier.vkey])
+    sig = [f for f in report.errors if f.kind == "checkpoint_signature"]
+    cp_ids = {
+        str(d.event.envelope.event_id) for d in recorded.events if isinstance(d.event, Checkpoint)
+    }
+    assert {f.event_id for f in sig} == cp_ids
+    assert report.checkpoints_verified == 0
+
+
+def test_inclusion_proofs_for_one_session(recorded: Recorded) -> None:
+    events = recorded.events
+    cps, problems = open_checkpoints(events, [Verifier.from_vkey(recorded.vkey)])
+    assert not problems
+    session = next(
+        d.event.envelope.session_id for d in events if isinstance(d.event, RequestReceived)
+    )
+    chosen = [d for d in events if d.event.envelope.session_id == session]
+    inclusion, consistency = build_proofs(
+        events, cps, {str(d.event.envelope.event_id) for d in chosen}
+    )
+    report = verify_proofs(
+        chosen,
+        [recorded.vkey],
+        inclusion=inclusion,
+        consistency=consistency,
+        notes=[(f"checkpoint {n}", c.note) for n, c in enumerate(cps)],
+    )
+    assert report.ok and report.inclusion_verified == len(chosen), _ids(report.findings)
+    assert report.consistency_verified == len(cps) - 1
+    # the same event with one byte changed no longer proves
+    k = next(n for n, d in enumerate(chosen) if isinstance(d.event, RequestReceived))
+    raw = bytearray(chosen[k].canonical)
+    raw[bytes(raw).index(b"points/query")] ^= 0x02
+    forged = default_codec().decode(bytes(raw))
+    bad = verify_proofs(
+        [*chosen[:k], forged, *chosen[k + 1 :]],
+        [recorded.vkey],
+        inclusion=inclusion,
+        consistency=consistency,
+        notes=[(f"checkpoint {n}", c.note) for n, c in enumerate(cps)],
+        check_chains=False,
+    )
+    named = [f for f in bad.errors if f.kind == "inclusion"]
+    assert [f.event_id for f in named] == [str(forged.event.envelope.event_id)]
