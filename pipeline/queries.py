@@ -242,24 +242,47 @@ REQUEST_BY_ID = Query(
     _request_fold("request_id = {request_id:String}"),
     "One request: identity, operations, decision, approval, status, latency, body hashes.",
 )
+_BODY_MATCH = """({kind:String} = '' OR kind = {kind:String})
+      AND multiSearchAny(body, [{needle:String}])"""
 BODY_SEARCH = Query(
     "body_search",
     """SELECT
-        sha256,
-        any(kind) AS kind,
-        any(size) AS size,
-        any(content_type) AS content_type,
-        min(occurred_at) AS first_seen,
-        arraySort(groupUniqArrayIf(request_id, request_id IS NOT NULL)) AS request_ids,
-        any(substring(body, greatest(1, toInt64(position(body, {needle:String})) - 60), 200))
-            AS snippet
-    FROM {bodies}
-    WHERE ({kind:String} = '' OR kind = {kind:String})
-      AND multiSearchAny(body, [{needle:String}])
-    GROUP BY sha256
-    ORDER BY first_seen DESC, sha256
+        b.sha256 AS sha256, b.kind AS kind, b.size AS size, b.content_type AS content_type,
+        r.first_seen AS first_seen, r.request_ids AS request_ids, b.snippet AS snippet
+    FROM (
+        SELECT
+            sha256,
+            kind,
+            any(size) AS size,
+            any(content_type) AS content_type,
+            any(substring(body, greatest(1, toInt64(position(body, {needle:String})) - 60), 200))
+                AS snippet
+        FROM {bodies}
+        WHERE """
+    + _BODY_MATCH
+    + """
+        GROUP BY sha256, kind
+    ) AS b
+    LEFT JOIN (
+        SELECT
+            sha,
+            min(occurred_at) AS first_seen,
+            arraySort(groupUniqArray(request_id)) AS request_ids
+        FROM (
+            SELECT request_id, occurred_at,
+                coalesce(request_body_sha256, response_body_sha256) AS sha
+            FROM {requests}
+            WHERE type IN ('RequestReceived', 'ResponseRecorded')
+        )
+        WHERE sha IN (SELECT sha256 FROM {bodies} WHERE """
+    + _BODY_MATCH
+    + """)
+        GROUP BY sha
+    ) AS r ON b.sha256 = r.sha
+    ORDER BY first_seen DESC, sha256, kind
     LIMIT {limit:UInt32}""",
-    "Bodies (request or response, masked as recorded) that contain a substring.",
+    "Bodies (request or response, masked as recorded) that contain a substring, with the "
+    "requests that sent or received them. A body is stored once per sha256.",
 )
 VECTOR_LINEAGE = Query(
     "vector_lineage",

@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS {db}.requests
     src_offset Int64,
     INDEX ix_session session_id TYPE bloom_filter(0.01) GRANULARITY 4,
     INDEX ix_approval approval_id TYPE bloom_filter(0.01) GRANULARITY 4,
+    INDEX ix_req_body request_body_sha256 TYPE bloom_filter(0.01) GRANULARITY 4,
+    INDEX ix_resp_body response_body_sha256 TYPE bloom_filter(0.01) GRANULARITY 4,
     INDEX ix_time occurred_at TYPE minmax GRANULARITY 1
 )
 ENGINE = ReplacingMergeTree

@@ -1,0 +1,274 @@
+"""pipeline/queries.py: the same query text over Delta (lake:) and MergeTree
+(chdb:) gives the same answers, and the answers are the right ones."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import queries as q
+from pipeline.transport.base import LogRecord
+from pipeline.warehouse import LoadBatch, Warehouse
+from pipeline.warehouse.clickhouse import ChdbWarehouse
+from pipeline.warehouse.lake import LakeWarehouse
+from tests.pipeline.warehouse.scenario import Scenario, build_scenario, chdb_warehouse, renumber
+
+SRC = "sqlite:queries-test"
+
+#: Parameters for every query of the module (the equality test covers them all).
+PARAMS: dict[str, list[dict[str, Any]]] = {
+    "sessions_list": [
+        dict(
+            actor="", collection="", action="", decision="", since="", until="", limit=100, offset=0
+        ),
+        dict(
+            actor="bob",
+            collection="docs",
+            action="delete",
+            decision="deny",
+            since="",
+            until="",
+            limit=2,
+            offset=1,
+        ),
+        dict(
+            actor="",
+            collection="",
+            action="",
+            decision="",
+            since="2026-03-01 09:00:00.100000",
+            until="2026-03-01 09:00:00.300000",
+            limit=100,
+            offset=0,
+        ),
+    ],
+    "sessions_count": [
+        dict(actor="", collection="", action="", decision="", since="", until=""),
+        dict(actor="alice", collection="prod", action="", decision="", since="", until=""),
+    ],
+    "session": [dict(session_id="s-bob-1"), dict(session_id="nope")],
+    "session_events": [
+        dict(session_id="s-alice-2", limit=100, offset=0),
+        dict(session_id="s-alice-2", limit=3, offset=2),
+    ],
+    "session_raw_events": [dict(session_id="s-dave-0")],
+    "session_requests": [dict(session_id="s-bob-0")],
+    "request_by_id": [dict(request_id="r-dave-held"), dict(request_id="r-bob-0-c")],
+    "body_search": [
+        dict(needle="needle-alice", kind="", limit=10),
+        dict(needle='"status":"ok"', kind="response", limit=10),
+        dict(needle="%_' OR 1=1 --", kind="", limit=10),
+    ],
+    "vector_lineage": [
+        dict(collection="docs", point_id="p-1-2", include_unknown=True),
+        dict(collection="docs", point_id="p-1-2", include_unknown=False),
+        dict(collection="prod", point_id="p-x", include_unknown=True),
+    ],
+    "collection_history": [
+        dict(collection="docs", action="", since="", until="", limit=100, offset=0),
+        dict(collection="docs", action="delete", since="", until="", limit=100, offset=0),
+    ],
+    "approval": [dict(approval_id="apr-1")],
+    "approvals_list": [
+        dict(status="", limit=10, offset=0),
+        dict(status="pending", limit=10, offset=0),
+    ],
+    "approval_writes": [dict(approval_id="apr-1")],
+    "stats_over_time": [
+        dict(bucket_s=1, since="", until=""),
+        dict(bucket_s=3600, since="2026-03-01 09:00:00.200000", until=""),
+    ],
+    "dead_letters": [dict(limit=10, offset=0)],
+    "checkpoints": [dict(origin=""), dict(origin="embedguard/gw-1")],
+}
+
+
+@pytest.fixture(scope="module")
+def scenario() -> Scenario:
+    return build_scenario(sessions=3)
+
+
+def _records(scenario: Scenario) -> list[LogRecord]:
+    recs = scenario.records()
+    return renumber([*recs[:7], LogRecord(0, 0, b"k", b"poison", 0), *recs[7:]])
+
+
+def _load(wh: Warehouse, recs: list[LogRecord], size: int) -> None:
+    wh.migrate()
+    for lo in range(0, len(recs), size):
+        wh.write_batch(LoadBatch(SRC, 0, recs[lo : lo + size]))
+
+
+@pytest.fixture(scope="module")
+def lake(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
+    wh = LakeWarehouse(tmp_path_factory.mktemp("lake"))
+    _load(wh, _records(scenario), 31)
+    yield wh
+    wh.close()
+
+
+@pytest.fixture(scope="module")
+def merge_tree(scenario: Scenario) -> Iterator[ChdbWarehouse]:
+    wh = chdb_warehouse()
+    _load(wh, _records(scenario), 13)  # other batch boundaries on purpose
+    yield wh
+    wh._command(f"DROP DATABASE IF EXISTS {wh.db}")
+
+
+def test_every_query_is_compared() -> None:
+    assert set(PARAMS) == set(q.QUERIES)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [(name, p) for name, plist in PARAMS.items() for p in plist],
+    ids=[f"{name}-{i}" for name, plist in PARAMS.items() for i in range(len(plist))],
+)
+def test_same_text_same_results_on_delta_and_merge_tree(
+    name: str, params: dict[str, Any], lake: Warehouse, merge_tree: Warehouse
+) -> None:
+    query = q.QUERIES[name]
+    on_lake = query.run(lake, **params)
+    on_mt = query.run(merge_tree, **params)
+    for row in (*on_lake, *on_mt):
+        row.pop("loaded_at", None)  # when each backend loaded it
+    assert on_lake == on_mt
+    if (
+        name not in ("session", "approvals_list", "dead_letters")
+        or params.get("status") != "pending"
+    ):
+        pass
+
+
+def test_results_are_not_empty_where_data_exists(lake: Warehouse) -> None:
+    for name in PARAMS:
+        if name in ("session", "approvals_list", "body_search", "checkpoints"):
+            continue
+        assert q.QUERIES[name].run(lake, **PARAMS[name][0]), name
+
+
+# -- what the answers say ---------------------------------------------------------------
+def test_who_added_this_vector(lake: Warehouse) -> None:
+    rows = q.vector_lineage(lake, "docs", "p-1-2", include_unknown=False)
+    assert [(r["subject"], r["action"], r["state"]) for r in rows] == [
+        ("alice", "write", "completed"),
+        ("bob", "write", "completed"),
+    ]
+    assert rows[0]["request_id"] == "r-alice-1-a" and rows[0]["session_id"] == "s-alice-1"
+    with_unknown = q.vector_lineage(lake, "docs", "p-1-2")
+    unknown = [r for r in with_unknown if not r["ids_known"]]
+    assert len(unknown) == 3 and {r["action"] for r in unknown} == {"delete"}
+    assert {r["decision"] for r in unknown} == {"deny"}
+
+
+def test_lineage_names_approval_ticket_and_grant(lake: Warehouse) -> None:
+    [row] = q.vector_lineage(lake, "prod", "p-x")
+    assert row["subject"] == "dave" and row["approval_id"] == "apr-1"
+    assert row["ticket_id"] == "CHG-42"
+    appr = q.approval(lake, "apr-1")
+    assert appr is not None
+    assert appr["status"] == "approved" and appr["approvers"] == ["carol"]
+    assert appr["requester_subject"] == "dave" and appr["grant_id"] == "g-1"
+    [write] = q.approval_writes(lake, "apr-1")
+    assert write["request_id"] == "r-dave-held" and write["collections"] == ["prod"]
+
+
+def test_sessions_list_filters_and_pages(lake: Warehouse) -> None:
+    everyone = q.sessions_list(lake, limit=100)
+    assert len(everyone) == q.sessions_count(lake) == 7
+    assert [r["started_at"] for r in everyone] == sorted(
+        (r["started_at"] for r in everyone), reverse=True
+    )
+    bob = q.SessionFilter(actor="bob")
+    assert {r["subject"] for r in q.sessions_list(lake, bob)} == {"bob"}
+    assert q.sessions_count(lake, q.SessionFilter(action="delete", decision="deny")) == 3
+    assert q.sessions_count(lake, q.SessionFilter(collection="prod")) == 1
+    page1 = q.sessions_list(lake, limit=3, offset=0)
+    page2 = q.sessions_list(lake, limit=3, offset=3)
+    assert not {r["session_id"] for r in page1} & {r["session_id"] for r in page2}
+    s = q.session(lake, "s-bob-0")
+    assert s is not None
+    assert s["request_count"] == 3 and s["denied_count"] == 1 and s["blocked_count"] == 1
+    assert s["actions"] == ["delete", "search", "write"] and s["ended_reason"] == "idle"
+
+
+def test_session_timeline_is_the_chain_order(lake: Warehouse, scenario: Scenario) -> None:
+    events = q.session_events(lake, "s-alice-2")
+    expected = [e.event for e in scenario.events if e.event.envelope.session_id == "s-alice-2"]
+    assert [r["event_id"] for r in events] == [str(e.envelope.event_id) for e in expected]
+    assert [r["seq"] for r in events] == list(range(len(expected)))
+
+
+def test_request_by_id_has_everything(lake: Warehouse) -> None:
+    r = q.request_by_id(lake, "r-alice-0-a")
+    assert r is not None
+    assert (r["subject"], r["decision"], r["state"], r["status"]) == (
+        "alice",
+        "allow",
+        "completed",
+        200,
+    )
+    assert r["latency_us"] == 1500 and r["masked_fields"] == ["result.payload.email"]
+    assert r["request_body_sha256"] and r["response_body_sha256"]
+    assert q.request_by_id(lake, "no-such-request") is None
+
+
+def test_body_search_is_a_substring_search_not_sql(lake: Warehouse) -> None:
+    hits = q.body_search(lake, "needle-alice")
+    assert len(hits) == 3 and all("needle-alice" in h["snippet"] for h in hits)
+    assert q.body_search(lake, "' OR 1=1 --") == []
+    assert q.body_search(lake, "needle", kind="response") == []
+    with pytest.raises(ValueError, match="empty"):
+        q.body_search(lake, "")
+
+
+def test_collection_history_and_stats(lake: Warehouse, scenario: Scenario) -> None:
+    deletes = q.collection_history(lake, "docs", action="delete")
+    assert [r["state"] for r in deletes] == ["blocked"] * 3
+    stats = q.stats_over_time(lake, bucket_s=86400)
+    assert len(stats) == 1
+    assert stats[0]["events"] == len(scenario.events)
+    assert stats[0]["denied"] == 3 and stats[0]["blocked"] == 3
+
+
+def test_bad_parameters_are_refused_with_the_reason(lake: Warehouse) -> None:
+    with pytest.raises(ValueError, match="ISO 8601"):
+        q.sessions_list(lake, q.SessionFilter(since="yesterday"))
+    with pytest.raises(ValueError, match="limit"):
+        q.sessions_list(lake, limit=0)
+
+
+def test_duplicate_rows_before_a_merge_are_not_double_counted(
+    merge_tree: ChdbWarehouse, lake: Warehouse
+) -> None:
+    """Rows present twice (a crashed batch reloaded at other boundaries, before
+    any merge) change no answer."""
+    before = {name: q.QUERIES[name].run(merge_tree, **PARAMS[name][0]) for name in PARAMS}
+    for table in ("events", "requests", "sessions", "approvals", "vector_lineage", "bodies"):
+        merge_tree._command(
+            f"INSERT INTO {merge_tree.db}.{table} SETTINGS insert_deduplicate = 0 "
+            f"SELECT * FROM {merge_tree.db}.{table}"
+        )
+    dup = merge_tree.query("SELECT count() AS n, uniqExact(event_id) AS u FROM {events}", {})[0]
+    assert dup["n"] == 2 * dup["u"]
+    after = {name: q.QUERIES[name].run(merge_tree, **PARAMS[name][0]) for name in PARAMS}
+    assert after == before
+    assert after["sessions_list"] == q.QUERIES["sessions_list"].run(
+        lake, **PARAMS["sessions_list"][0]
+    )
+
+
+def test_queries_never_format_user_input() -> None:
+    for query in q.QUERIES.values():
+        assert "%(" not in query.sql and "%s" not in query.sql, query.name
+
+
+def test_lake_reads_work_from_any_current_directory(
+    lake: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert q.sessions_count(lake) == 7
+    assert Path.cwd() == tmp_path
