@@ -59,6 +59,7 @@ from capture.types import Identity
 from pipeline.events import decode_records
 from pipeline.transport.base import EventLog, LogReader, LogRecord
 from pipeline.transport.errors import EventLogError
+from schemas.codec import SINGLE_OBJECT_MAGIC, default_codec
 from schemas.models import (
     ApprovalDecided,
     ApprovalExpired,
@@ -86,6 +87,8 @@ __all__ = [
 log = logging.getLogger("embedguard.approvals")
 
 MAX_WINDOW = timedelta(days=7)
+_FOLDED = frozenset({"ApprovalRequested", "ApprovalDecided", "ApprovalExpired", "GrantIssued",
+                     "PolicyDecided", "RequestForwarded"})
 MAX_REASON = 2000
 
 
@@ -162,6 +165,7 @@ class ApprovalService:
         self.grant_issuer_groups = [list(s) for s in (grant_issuer_groups or [["Vector-Approve"]])]
         self.ticket_requirement = ticket_requirement
         self.book = ApprovalBook()
+        self._codec = default_codec()
         self._local = _Local()
         self._reader: LogReader | None = None
         self._read_lock = asyncio.Lock()
@@ -177,7 +181,7 @@ class ApprovalService:
         reader = self.log.tail_reader(from_beginning=True)
         await reader.start()
         self._reader = reader
-        await self.sync()
+        await self.sync(timeout_s=3600.0)  # a long log takes a while to fold at start
         if self.webhook is not None:
             await self.webhook.start()
         self._tasks = [
@@ -208,9 +212,18 @@ class ApprovalService:
         await self.close()
 
     # -- reading the log ---------------------------------------------------------
+    def _relevant(self, value: bytes) -> bool:
+        """Skip decoding what the fold ignores (most of the log: requests and
+        responses); the single-object header names the writer schema."""
+        if value[:2] != SINGLE_OBJECT_MAGIC or len(value) < 10:
+            return True  # Confluent framing or junk: decode (and report) it
+        writer = self._codec.schemas.by_fingerprint.get(value[2:10])
+        return writer is None or writer.type_name in _FOLDED
+
     def _apply(self, records: Sequence[LogRecord]) -> None:
         changed: set[str] = set()
-        for dec in decode_records(records):
+        wanted = [r for r in records if self._relevant(r.value)]
+        for dec in decode_records(wanted, self._codec):
             if dec.decoded is None:
                 log.warning("approvals: record %d:%d does not decode (%s); skipped",
                             dec.record.partition, dec.record.offset, dec.error)

@@ -386,7 +386,7 @@ class ApprovalBook:
             if event.approval_id:
                 changed.add(event.approval_id)
         elif isinstance(event, PolicyDecided):
-            if event.outcome != "allow":
+            if event.outcome != "allow" or (event.ticket_id is None and event.grant_id is None):
                 return set()
             self._seen.add(eid)
             count = max(1, len(event.operation_decisions))
