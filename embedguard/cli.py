@@ -620,6 +620,16 @@ def _register_keys_commands() -> None:
 _register_keys_commands()
 
 
+def _register_warehouse_commands() -> None:
+    # Before the loader's: it adds ``warehouse rebuild`` to this ``warehouse`` group.
+    from embedguard.cli_warehouse import register
+
+    register(app)
+
+
+_register_warehouse_commands()
+
+
 def _register_loader_commands() -> None:
     # After any other ``warehouse`` group: ``warehouse rebuild`` joins it.
     from embedguard.cli_loader import register

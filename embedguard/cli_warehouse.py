@@ -1,0 +1,335 @@
+"""``embedguard warehouse migrate|compact|stats``, ``embedguard sessions
+list|show`` and ``embedguard lineage``.
+
+Thin: parse options, call :mod:`pipeline.warehouse` and :mod:`pipeline.queries`,
+print (a table, or ``--json``). Registered in ``embedguard/cli.py`` by
+``register(app)``.
+
+Exit codes: 0 done; 1 the warehouse failed or the thing asked for does not
+exist (the message says what to do); 2 bad options or configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from embedguard.settings import Settings
+from pipeline import queries
+from pipeline.loader_status import scrub
+from pipeline.warehouse import Warehouse, WarehouseError, open_warehouse
+
+__all__ = ["lineage_command", "register", "sessions_app", "warehouse_app"]
+
+warehouse_app = typer.Typer(
+    help="The warehouse (a projection of the log): migrate, compact, stats.",
+    no_args_is_help=True,
+)
+sessions_app = typer.Typer(help="Recorded sessions, from the warehouse.", no_args_is_help=True)
+
+_out = Console(soft_wrap=True, highlight=False)
+_err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+WarehouseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--warehouse",
+        help="Warehouse URL: lake:DIR, chdb:DIR or clickhouse://user:pass@host:8123/db "
+        "(default: EMBEDGUARD_WAREHOUSE, else lake:data/lake)",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {scrub(message)}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def _url(warehouse: str | None) -> str:
+    if warehouse:
+        return warehouse
+    try:
+        return Settings().warehouse_url
+    except ValidationError as exc:
+        raise _fail(f"configuration: {exc.errors()[0]['msg']}", 2) from None
+
+
+@contextmanager
+def _warehouse(warehouse: str | None, *, must_exist: bool = True) -> Iterator[Warehouse]:
+    url = _url(warehouse)
+    if must_exist and url.startswith("lake:"):
+        from pathlib import Path
+
+        root = Path(url.removeprefix("lake:"))
+        if not (root / "_migrations.json").exists():
+            raise _fail(
+                f"no warehouse at {root}; load one with `embedguard loader --once` or create "
+                f"it with `embedguard warehouse migrate --warehouse {url}`"
+            )
+    try:
+        wh = open_warehouse(url)
+    except WarehouseError as exc:
+        raise _fail(str(exc), 2) from None
+    try:
+        yield wh
+    except WarehouseError as exc:
+        raise _fail(f"{wh.url}: {exc}") from None
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    finally:
+        wh.close()
+
+
+def _print_json(data: Any) -> None:
+    _out.print_json(json.dumps(data, default=str), highlight=False)
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
+    table = Table(title=title, show_lines=False)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*(_cell(r.get(c)) for c in columns))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+# -- warehouse -----------------------------------------------------------------------------
+@warehouse_app.command("migrate")
+def migrate_command(warehouse: WarehouseOpt = None, as_json: JsonOpt = False) -> None:
+    """Create the warehouse tables, or apply the migrations it lacks (idempotent)."""
+    with _warehouse(warehouse, must_exist=False) as wh:
+        applied = wh.migrate()
+        if as_json:
+            _print_json({"warehouse": wh.url, "applied": applied})
+        elif applied:
+            _out.print(f"{wh.url}: applied {', '.join(applied)}")
+        else:
+            _out.print(f"{wh.url}: up to date")
+
+
+@warehouse_app.command("compact")
+def compact_command(warehouse: WarehouseOpt = None, as_json: JsonOpt = False) -> None:
+    """Compact small files and drop unreferenced ones (Delta), or merge parts (ClickHouse).
+
+    Safe while the loader and readers run; the loader also does it periodically."""
+    with _warehouse(warehouse) as wh:
+        wh.compact()
+        stats = wh.stats()
+        if as_json:
+            _print_json(stats)
+        else:
+            _out.print(f"{wh.url}: compacted; {stats['tables'].get('events', 0)} events")
+
+
+@warehouse_app.command("stats")
+def stats_command(warehouse: WarehouseOpt = None, as_json: JsonOpt = False) -> None:
+    """Row counts per table and the last load time."""
+    with _warehouse(warehouse) as wh:
+        stats = wh.stats()
+        if as_json:
+            _print_json(stats)
+            return
+        rows = [{"table": t, "rows": n} for t, n in stats["tables"].items()]
+        _out.print(_table(f"{wh.url} (last load {stats['last_load_at']})", rows, ["table", "rows"]))
+
+
+# -- sessions ------------------------------------------------------------------------------
+@sessions_app.command("list")
+def sessions_list_command(
+    actor: Annotated[str | None, typer.Option("--actor", help="Subject (user or client)")] = None,
+    collection: Annotated[
+        str | None, typer.Option("--collection", help="A collection the session touched")
+    ] = None,
+    action: Annotated[
+        str | None,
+        typer.Option("--action", help="search, read, write, delete, admin, schema, health"),
+    ] = None,
+    decision: Annotated[
+        str | None, typer.Option("--decision", help="allow, deny or require_approval")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO 8601 time (UTC if no zone)")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO 8601 time, exclusive")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=queries.MAX_LIMIT)] = 50,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    warehouse: WarehouseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sessions matching the filters, newest first (paged with --limit/--offset)."""
+    if action is not None and action not in _ACTIONS:
+        raise _fail(f"--action {action!r} is not one of {', '.join(sorted(_ACTIONS))}", 2)
+    if decision is not None and decision not in _DECISIONS:
+        raise _fail(f"--decision {decision!r} is not one of {', '.join(_DECISIONS)}", 2)
+    filters = queries.SessionFilter(
+        actor=actor,
+        collection=collection,
+        action=action,
+        decision=decision,
+        since=since,
+        until=until,
+    )
+    with _warehouse(warehouse) as wh:
+        rows = queries.sessions_list(wh, filters, limit=limit, offset=offset)
+        total = queries.sessions_count(wh, filters)
+    if as_json:
+        _print_json({"total": total, "limit": limit, "offset": offset, "sessions": rows})
+        return
+    title = f"{len(rows)} of {total} sessions (offset {offset})"
+    _out.print(
+        _table(
+            title,
+            rows,
+            [
+                "session_id",
+                "subject",
+                "started_at",
+                "last_event_at",
+                "request_count",
+                "actions",
+                "collections",
+                "decisions",
+                "denied_count",
+            ],
+        )
+    )
+
+
+_ACTIONS = {"search", "read", "write", "delete", "admin", "schema", "health", "unknown"}
+_DECISIONS = ("allow", "deny", "require_approval", "blocked")
+
+
+@sessions_app.command("show")
+def sessions_show_command(
+    session_id: Annotated[str, typer.Argument(help="The session id")],
+    events: Annotated[
+        bool, typer.Option("--events/--no-events", help="Include the event timeline")
+    ] = True,
+    warehouse: WarehouseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One session: its summary, its requests in order and its event timeline."""
+    with _warehouse(warehouse) as wh:
+        summary = queries.session(wh, session_id)
+        if summary is None:
+            raise _fail(
+                f"no session {session_id!r} in {wh.url}; list them with `embedguard sessions "
+                "list` (a session appears once the loader has loaded it)"
+            )
+        requests = queries.session_requests(wh, session_id)
+        timeline = queries.session_events(wh, session_id) if events else []
+    if as_json:
+        out: dict[str, Any] = {"session": summary, "requests": requests}
+        if events:
+            out["events"] = timeline
+        _print_json(out)
+        return
+    _out.print(
+        _table(
+            f"session {session_id}",
+            [summary],
+            [
+                "subject",
+                "started_at",
+                "last_event_at",
+                "ended_reason",
+                "event_count",
+                "request_count",
+            ],
+        )
+    )
+    _out.print(
+        _table(
+            "requests",
+            requests,
+            [
+                "request_id",
+                "received_at",
+                "method",
+                "path",
+                "actions",
+                "collections",
+                "decision",
+                "state",
+                "status",
+                "approval_id",
+            ],
+        )
+    )
+    if events:
+        _out.print(
+            _table(
+                "events",
+                timeline,
+                ["seq", "occurred_at", "type", "request_id", "outcome", "status"],
+            )
+        )
+
+
+# -- lineage -------------------------------------------------------------------------------
+def lineage_command(
+    collection: Annotated[str, typer.Option("--collection", help="The collection (or index)")],
+    point_id: Annotated[str, typer.Option("--id", help="The point / vector id")],
+    unknown: Annotated[
+        bool,
+        typer.Option(
+            "--unknown/--no-unknown",
+            help="Also list the collection's writes/deletes whose ids are unknown "
+            "(delete by filter), which may have touched the point",
+        ),
+    ] = True,
+    warehouse: WarehouseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Who added, changed or deleted a vector: every write/delete naming the id."""
+    with _warehouse(warehouse) as wh:
+        rows = queries.vector_lineage(wh, collection, point_id, include_unknown=unknown)
+    if as_json:
+        _print_json({"collection": collection, "id": point_id, "lineage": rows})
+        return
+    if not rows:
+        _out.print(f"no write or delete of {point_id!r} in {collection!r} was recorded")
+        return
+    _out.print(
+        _table(
+            f"lineage of {point_id} in {collection}",
+            rows,
+            [
+                "occurred_at",
+                "action",
+                "subject",
+                "ids_known",
+                "decision",
+                "state",
+                "status",
+                "request_id",
+                "session_id",
+                "approval_id",
+                "ticket_id",
+                "grant_id",
+            ],
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``warehouse``, ``sessions`` and ``lineage`` to the ``embedguard`` app."""
+    app.add_typer(warehouse_app, name="warehouse")
+    app.add_typer(sessions_app, name="sessions")
+    app.command("lineage")(lineage_command)
