@@ -1,0 +1,104 @@
+"""replay.bundle_sign: the signed manifest of an evidence bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from replay.bundle_sign import (
+    MANIFEST,
+    SIGNATURE,
+    build_manifest,
+    canonical_json,
+    read_manifest,
+    sign_manifest,
+    verify_manifest,
+)
+from schemas.note import Signer
+
+KEY = Signer.generate("embedguard-export-test")
+
+
+def _bundle(root: Path) -> Path:
+    (root / "parquet").mkdir(parents=True)
+    (root / "parquet" / "events.parquet").write_bytes(b"PAR1" + bytes(range(200)) + b"PAR1")
+    (root / "checkpoints.txt").write_text("embedguard/gw\n3\nAAAA\n")
+    (root / "README.md").write_text("# Evidence\n")
+    manifest = build_manifest(
+        root,
+        tool_version="0.1.0",
+        exported_at=datetime(2026, 11, 29, 21, 0, tzinfo=UTC),
+        filters={"since": "2026-11-01", "actor": "alice"},
+        row_counts={"events": 3},
+    )
+    sign_manifest(root, manifest, KEY)
+    return root
+
+
+def test_a_signed_bundle_verifies(tmp_path: Path) -> None:
+    root = _bundle(tmp_path / "b")
+    manifest, findings = verify_manifest(root, [KEY.verifier.vkey])
+    assert findings == [] and manifest is not None
+    assert manifest["files"]["parquet/events.parquet"] == {
+        "sha256": hashlib.sha256((root / "parquet" / "events.parquet").read_bytes()).hexdigest(),
+        "size": 208,
+    }
+    assert set(manifest["files"]) == {"parquet/events.parquet", "checkpoints.txt", "README.md"}
+    # canonical: the bytes on disk are RFC 8785 of the parsed manifest
+    assert (root / MANIFEST).read_bytes() == canonical_json(read_manifest(root))
+
+
+@pytest.mark.parametrize(
+    "tamper, kind, where",
+    [
+        (lambda r: (r / "README.md").write_text("# Evidence!\n"), "file_altered", "README.md"),
+        (lambda r: (r / "checkpoints.txt").unlink(), "file_missing", "checkpoints.txt"),
+        (lambda r: (r / "extra.csv").write_text("a,b\n"), "unexpected_file", "extra.csv"),
+        (
+            lambda r: (r / MANIFEST).write_bytes(
+                canonical_json({**read_manifest(r), "row_counts": {"events": 2}})
+            ),
+            "manifest_replaced",
+            MANIFEST,
+        ),
+        (lambda r: (r / SIGNATURE).unlink(), "signature_missing", SIGNATURE),
+        (
+            lambda r: sign_manifest(r, read_manifest(r), Signer.generate("embedguard-export-test")),
+            "manifest_signature",
+            SIGNATURE,
+        ),
+    ],
+    ids=["altered", "missing", "unlisted", "manifest-replaced", "no-signature", "wrong-key"],
+)
+def test_tampering_is_named(tmp_path: Path, tamper: object, kind: str, where: str) -> None:
+    root = _bundle(tmp_path / "b")
+    tamper(root)  # type: ignore[operator]
+    _, findings = verify_manifest(root, [KEY.verifier.vkey])
+    assert [(f.kind, f.where) for f in findings] == [(kind, where)], [str(f) for f in findings]
+
+
+def test_a_symlink_is_refused(tmp_path: Path) -> None:
+    root = _bundle(tmp_path / "b")
+    os.symlink(root / "README.md", root / "link.md")
+    _, findings = verify_manifest(root, [KEY.verifier.vkey])
+    assert [f.kind for f in findings] == ["unexpected_file"]
+    with pytest.raises(ValueError, match="symbolic link"):
+        build_manifest(root, tool_version="x", exported_at=datetime.now(UTC))
+
+
+def test_manifest_inputs_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="time zone"):
+        build_manifest(tmp_path, tool_version="x", exported_at=datetime(2026, 1, 1))
+    with pytest.raises(ValueError, match="replace a standard"):
+        build_manifest(
+            tmp_path, tool_version="x", exported_at=datetime.now(UTC), extra={"files": {}}
+        )
+    m = build_manifest(
+        tmp_path, tool_version="x", exported_at=datetime.now(UTC), extra={"checkpoints": 2}
+    )
+    assert json.loads(canonical_json(m))["checkpoints"] == 2
