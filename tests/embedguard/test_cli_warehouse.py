@@ -1,0 +1,135 @@
+"""embedguard/cli_warehouse.py: warehouse migrate/compact/stats, sessions, lineage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from embedguard.cli import app
+from pipeline.warehouse import LoadBatch
+from pipeline.warehouse.lake import LakeWarehouse
+from tests.pipeline.warehouse.scenario import build_scenario
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("cli") / "lake"
+    wh = LakeWarehouse(root)
+    wh.migrate()
+    recs = build_scenario(sessions=2).records()
+    for lo in range(0, len(recs), 25):
+        wh.write_batch(LoadBatch("sqlite:cli-test", 0, recs[lo : lo + 25]))
+    return f"lake:{root}"
+
+
+def _json(args: list[str]) -> Any:
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_migrate_is_idempotent(tmp_path: Path) -> None:
+    url = f"lake:{tmp_path / 'new'}"
+    assert _json(["warehouse", "migrate", "--warehouse", url])["applied"] == ["0001_initial"]
+    assert _json(["warehouse", "migrate", "--warehouse", url])["applied"] == []
+
+
+def test_sessions_list_filters_and_pages(lake: str) -> None:
+    out = _json(["sessions", "list", "--warehouse", lake])
+    assert out["total"] == 5 and len(out["sessions"]) == 5
+    bob = _json(["sessions", "list", "--actor", "bob", "--warehouse", lake])
+    assert {s["subject"] for s in bob["sessions"]} == {"bob"} and bob["total"] == 2
+    denied = _json(
+        ["sessions", "list", "--action", "delete", "--decision", "deny", "--warehouse", lake]
+    )
+    assert denied["total"] == 2
+    prod = _json(["sessions", "list", "--collection", "prod", "--warehouse", lake])
+    assert [s["subject"] for s in prod["sessions"]] == ["dave"]
+    page = _json(["sessions", "list", "--limit", "2", "--offset", "4", "--warehouse", lake])
+    assert len(page["sessions"]) == 1 and page["total"] == 5
+    later = _json(["sessions", "list", "--since", "2026-03-01T09:00:00.150Z", "--warehouse", lake])
+    early = _json(["sessions", "list", "--until", "2026-03-01T09:00:00.010Z", "--warehouse", lake])
+    assert 0 < later["total"] < 5 and early["total"] == 1
+
+
+def test_sessions_show(lake: str) -> None:
+    out = _json(["sessions", "show", "s-bob-0", "--warehouse", lake])
+    assert out["session"]["subject"] == "bob"
+    assert [r["state"] for r in out["requests"]] == ["completed", "completed", "blocked"]
+    assert [e["seq"] for e in out["events"]] == list(range(len(out["events"])))
+    text = runner.invoke(app, ["sessions", "show", "s-bob-0", "--warehouse", lake])
+    assert text.exit_code == 0 and "r-bob-0-c" in text.stdout
+
+
+def test_lineage(lake: str) -> None:
+    out = _json(["lineage", "--collection", "docs", "--id", "p-0-1", "--warehouse", lake])
+    known = [r for r in out["lineage"] if r["ids_known"]]
+    assert [(r["subject"], r["action"]) for r in known] == [("alice", "write"), ("bob", "write")]
+    assert any(not r["ids_known"] and r["action"] == "delete" for r in out["lineage"])
+    only = _json(
+        ["lineage", "--collection", "docs", "--id", "p-0-1", "--no-unknown", "--warehouse", lake]
+    )
+    assert all(r["ids_known"] for r in only["lineage"])
+    text = runner.invoke(
+        app, ["lineage", "--collection", "docs", "--id", "zzz", "--no-unknown", "--warehouse", lake]
+    )
+    assert text.exit_code == 0 and "no write or delete" in text.stdout
+
+
+def test_stats_and_compact(lake: str) -> None:
+    before = _json(["warehouse", "stats", "--warehouse", lake])
+    after = _json(["warehouse", "compact", "--warehouse", lake])
+    assert after["tables"] == before["tables"] and before["tables"]["events"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["sessions", "show", "nope"], 1, "no session 'nope'"),
+        (["sessions", "list", "--action", "fly"], 2, "--action 'fly' is not one of"),
+        (["sessions", "list", "--decision", "maybe"], 2, "--decision 'maybe'"),
+        (["sessions", "list", "--since", "yesterday"], 2, "ISO 8601"),
+    ],
+)
+def test_bad_input_gets_a_clear_message(
+    lake: str, args: list[str], code: int, message: str
+) -> None:
+    res = runner.invoke(app, [*args, "--warehouse", lake])
+    assert res.exit_code == code
+    assert message in res.stderr and "Traceback" not in res.output + res.stderr
+
+
+def test_missing_lake_names_what_to_run(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["sessions", "list", "--warehouse", f"lake:{tmp_path / 'none'}"])
+    assert res.exit_code == 1
+    assert "embedguard warehouse migrate" in res.stderr
+    assert not (tmp_path / "none").exists()
+
+
+def test_password_never_printed() -> None:
+    res = runner.invoke(
+        app, ["sessions", "list", "--warehouse", "clickhouse://eg:hunter2@127.0.0.1:1/db"]
+    )
+    assert res.exit_code == 1
+    assert "hunter2" not in res.output + res.stderr
+    assert "eg@127.0.0.1:1" in res.stderr or "eg:***@" in res.stderr
+
+
+def test_real_entry_point(lake: str) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "embedguard.cli", "sessions", "list", "--json", "--warehouse", lake],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["total"] == 5
