@@ -7,6 +7,9 @@
 2. ``IdentityCheck``  OIDC token and DPoP proof → Identity (401 otherwise)
 3. ``Classifier``     the operations of the request (unknown → 403)
 4. ``Enforcer``       policy decision, row filters, masking plan (403 on deny)
+4a. ``ApprovalGate``  require_approval: ApprovalRequested, then hold the flow for the
+                     decision (or 202 in async mode); tickets and grants are checked
+                     by the Enforcer against the same ApprovalService
 5. ``Masker``         (response) masks and strips, collects response ids
 6. ``Credentials``    strips the client's credentials, injects the upstream's
 7. ``Recorder``       events made durable before forwarding / delivering (503 otherwise)
@@ -20,6 +23,7 @@ __all__ = ["build_addons"]
 
 
 def build_addons(config: GatewayConfig) -> list[object]:
+    from capture.approval_gate import ApprovalGate
     from capture.approvals.service import (
         ApprovalService,
         approver_groups,
@@ -59,12 +63,14 @@ def build_addons(config: GatewayConfig) -> list[object]:
         grant_issuer_groups=approver_groups(enforcer.policy),
     )
     control = ControlApi(approvals, identity.verifier, ready=recorder.started)
+    gate = ApprovalGate.wire(config, approvals, enforcer=enforcer, recorder=recorder)
     return [
         control,
         Intake(config),
         identity,
         Classifier(config),
         enforcer,
+        gate,
         Masker(hmac_key),
         Credentials(),
         recorder,

@@ -67,7 +67,11 @@ class ChromaNames:
         end = idx + len("/collections/") + len(uuid)
         if idx < 0 or path[end:end + 1] not in ("", "/"):
             return None
-        url = route.upstream + path[:end]
+        # v2: GET .../collections/{x} takes a *name*; a UUID is looked up by-id
+        if path.startswith("/api/v2/"):
+            url = f"{route.upstream}{path[:idx]}/collections/by-id/{uuid}"
+        else:
+            url = route.upstream + path[:end]
         headers = {}
         if route.credential is not None:
             name, fmt = CREDENTIAL_HEADERS["chroma"]

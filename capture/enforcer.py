@@ -1,21 +1,31 @@
 """Enforcer: the policy decides each operation; obligations are applied.
 
-Deny (and, until the approvals service exists, require_approval) refuses the
-request with 403 and the reasons. Allowed requests get their row filters
-injected into the body and a masking plan for the response. The policy file
-is watched: a valid change is swapped in and recorded as PolicyChanged with
-the diff; an invalid one keeps the old policy and logs why.
+Deny refuses the request with 403 and the reasons; require_approval is left to
+the approval gate (capture/approval_gate.py), which holds the request or answers
+202. Allowed requests (and those that await approval) get their row filters
+injected into the body and a masking plan for the response. The policy file is
+watched: a valid change is swapped in and recorded as PolicyChanged with the
+diff; an invalid one keeps the old policy and logs why.
+
+With an approvals service, the change ticket a request names
+(``X-Change-Ticket``) is checked against it (approved by another person, in
+scope, in its window, operations left) and the verdict is passed to the
+policy, as are the caller's active time-boxed grants; :func:`evaluate` stays
+pure. A request that relies on a ticket has its PolicyDecided (which names the
+ticket and counts as its use) made durable while the ticket is locked, so two
+concurrent requests of this gateway cannot both take its last operation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
@@ -23,24 +33,51 @@ from capture.filters import FilterInjectionError, inject_filters
 from capture.masker import PLAN_KEY, MaskPlan
 from capture.policy import (
     Decision,
+    GrantScope,
     Policy,
     PolicyError,
     RequestContext,
+    TicketCheck,
     evaluate,
     load_policy,
     policy_diff,
 )
 from capture.state import block, fail_closed, state_of
+from capture.types import Identity, Operation
+from pipeline.transport.errors import EventLogError
 
-__all__ = ["Enforcer"]
+if TYPE_CHECKING:
+    from capture.approvals.service import ApprovalService, Grant
+
+__all__ = ["Enforcer", "grant_scope"]
 
 log = logging.getLogger("embedguard.enforcer")
 
 Recorder = Callable[..., Awaitable[None]]
+RecordReceived = Callable[[http.HTTPFlow], Awaitable[None]]
+
+
+def grant_scope(g: Grant) -> GrantScope:
+    """An approvals-service grant as the policy sees it."""
+    return GrantScope(grant_id=g.grant_id, kind=g.kind, actions=list(g.actions),
+                      collections=list(g.collections), valid_from=g.valid_from,
+                      valid_until=g.valid_until, issued_by=g.issued_by)
 
 
 class Enforcer:
-    def __init__(self, policy_path: Path, *, reload_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        policy_path: Path,
+        *,
+        reload_interval_s: float = 1.0,
+        approvals: ApprovalService | None = None,
+        record_received: RecordReceived | None = None,
+    ) -> None:
+        #: checks change tickets and finds grants (None: tickets cannot be valid)
+        self.approvals = approvals
+        #: makes a request's PolicyDecided durable now (the Recorder's)
+        self.record_received = record_received
+        self._ticket_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self.path = policy_path
         self.reload_interval_s = reload_interval_s
         self.policy: Policy = load_policy(policy_path)  # PolicyError: fail at start
@@ -113,7 +150,7 @@ class Enforcer:
 
     # -- decisions ----------------------------------------------------------------
     @fail_closed("policy")
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or flow.response is not None or st.identity is None:
             return
@@ -122,16 +159,74 @@ class Enforcer:
             return
         policy = self.policy
         path = flow.request.path.split("?", 1)[0]
+        now = datetime.now(UTC)
+        ticket_id = (flow.request.headers.get(policy.change_ticket_header) or "").strip()
+        grants: list[GrantScope] = []
+        if self.approvals is not None:
+            # The folded view may lag the log by a poll interval: a grant issued
+            # a moment ago may be missed, which only ever refuses more.
+            grants = [grant_scope(g)
+                      for g in self.approvals.active_grants(st.identity.subject, now)]
         ctx = RequestContext(
-            now=datetime.now(UTC),
-            change_ticket=flow.request.headers.get(policy.change_ticket_header),
+            now=now,
+            change_ticket=ticket_id or None,
+            verify_tickets=True,
+            grants=grants,
             dpop_bound=st.identity.auth_method == "dpop",
             client_address=st.client_address or None,
             product=cls.product,
             method=flow.request.method,
             path=path,
         )
-        decision = evaluate(policy, st.identity, cls.operations, ctx)
+        if not ticket_id or self.approvals is None or len(ticket_id) > 256:
+            self._decided(flow, evaluate(policy, st.identity, cls.operations, ctx))
+            return
+        try:
+            async with self._ticket_lock(ticket_id):
+                check = await self._check_ticket(ticket_id, st.identity, cls.operations, now)
+                decision = evaluate(policy, st.identity, cls.operations,
+                                    ctx.model_copy(update={"ticket": check}))
+                self._decided(flow, decision)
+                if decision.ticket_id and st.blocked is None and self.record_received:
+                    # the use of the ticket is durable before the next check
+                    await self.record_received(flow)
+        except EventLogError as exc:
+            log.error("request %s: change ticket not checkable: %s", st.request_id, exc)
+            st.forwarded = False
+            block(flow, st, 503, "audit_log_unavailable",
+                  "the change ticket cannot be checked or its use recorded now, so the "
+                  "request was not forwarded; retry later", "log")
+
+    @contextlib.asynccontextmanager
+    async def _ticket_lock(self, ticket_id: str) -> AsyncIterator[None]:
+        """One check-and-record at a time per ticket (the lock lives while used)."""
+        lock, users = self._ticket_locks.get(ticket_id, (asyncio.Lock(), 0))
+        self._ticket_locks[ticket_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._ticket_locks[ticket_id]
+            if users <= 1:
+                del self._ticket_locks[ticket_id]
+            else:
+                self._ticket_locks[ticket_id] = (lock, users - 1)
+
+    async def _check_ticket(self, ticket_id: str, identity: Identity,
+                            operations: list[Operation], now: datetime) -> TicketCheck:
+        from capture.approvals.service import ApprovalError
+
+        assert self.approvals is not None
+        try:
+            await self.approvals.check_ticket(ticket_id, identity, operations, now)
+        except ApprovalError as exc:
+            return TicketCheck(ticket_id=ticket_id, valid=False, reason=exc.message,
+                               error=exc.code)
+        return TicketCheck(ticket_id=ticket_id, valid=True)
+
+    def _decided(self, flow: http.HTTPFlow, decision: Decision) -> None:
+        st = state_of(flow)
+        assert st is not None
         st.decision = decision
         if decision.outcome == "deny":
             block(
@@ -143,7 +238,7 @@ class Enforcer:
                 "policy",
             )
             return
-        if decision.outcome == "require_approval":
+        if decision.outcome == "require_approval" and self.approvals is None:
             block(flow, st, decision.status, "approval_required", decision.reason, "approval")
             return
         self._apply_obligations(flow, decision)

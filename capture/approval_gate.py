@@ -1,0 +1,357 @@
+"""ApprovalGate: a request the policy sends to approval waits for a decision.
+
+Placed after the Enforcer and before Credentials and the Recorder. For a
+``require_approval`` decision it
+
+1. makes the request's RequestReceived and PolicyDecided durable
+   (:meth:`Recorder.record_received`), so the approval points at a recorded
+   request;
+2. computes the review context (:mod:`capture.review`: for a delete or update by
+   filter, a recorded read-only count call upstream) and emits
+   ApprovalRequested through the :class:`~capture.approvals.service.ApprovalService`,
+   bound to the request's content hash (:func:`request_sha256`);
+3. then either
+
+   * **hold** (default): intercepts the flow and waits for the decision, which
+     may come from any gateway process through the log. Approved → the flow
+     goes on to Credentials and the Recorder, which records RequestForwarded
+     with the approval id. Denied → 403 ``approval_denied`` with the approval id
+     and the denier's reason. Expired, or not decided within the gateway's
+     maximum hold time → the approval is expired (ApprovalExpired) and the
+     client gets 403 ``approval_expired``. Only this flow waits; if the client
+     goes away, the wait ends, the approval is expired and the request is
+     recorded as blocked.
+   * **async** (the policy's ``mode: async``, or ``Prefer: respond-async``):
+     answers 202 ``{approval_id, status_url}``. After approval the client sends
+     the same request again with ``X-Embedguard-Approval: ID``; it is accepted
+     once, for the same requester and the same content hash
+     (:meth:`ApprovalService.consume`).
+
+The session's events therefore read RequestReceived, PolicyDecided,
+ApprovalRequested and, after the decision, RequestForwarded or RequestBlocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from mitmproxy import connection, http
+
+from capture.config import GatewayConfig
+from capture.recorder import APPROVAL_ID, APPROVAL_STATUS
+from capture.review import Review, blast_radius
+from capture.state import REQUEST_ID_HEADER, Blocked, FlowState, fail_closed, state_of
+from pipeline.transport.errors import EventLogError
+from schemas.models import Event
+
+if TYPE_CHECKING:
+    from capture.approvals.service import Approval, ApprovalService
+    from capture.enforcer import Enforcer
+    from capture.recorder import Recorder
+
+__all__ = [
+    "APPROVAL_HEADER",
+    "ApprovalGate",
+    "approval_mode",
+    "request_sha256",
+    "status_url",
+]
+
+log = logging.getLogger("embedguard.approvals.gate")
+
+#: The header a client re-sends an async request with, naming its approval.
+APPROVAL_HEADER = "X-Embedguard-Approval"
+CONTROL_PREFIX = "/_embedguard"
+
+RecordReceived = Callable[[http.HTTPFlow], Awaitable[None]]
+RecordSystem = Callable[[str, list[tuple[type[Event], dict[str, Any]]]], Awaitable[None]]
+
+
+def request_sha256(method: str, path: str, body: bytes) -> str:
+    """The content hash an approval binds: method, path with its query, body.
+
+    The one definition used for ApprovalRequested.request_sha256 and for the
+    check of a re-sent request. Fields are length-prefixed, so no two requests
+    share a hash by moving bytes between them.
+    """
+    h = hashlib.sha256()
+    for part in (method.upper().encode(), path.encode("utf-8", "surrogateescape"), body):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def approval_mode(policy_mode: str, prefer: str | None) -> Literal["hold", "async"]:
+    """async if the policy says so or the client asked with ``Prefer: respond-async``."""
+    if policy_mode == "async":
+        return "async"
+    for pref in (prefer or "").split(","):
+        if pref.split(";", 1)[0].strip().lower() == "respond-async":
+            return "async"
+    return "hold"
+
+
+def status_url(scheme: str, host: str, approval_id: str) -> str:
+    """This gateway's control API address of an approval (the async status_url)."""
+    return f"{scheme}://{host}{CONTROL_PREFIX}/approvals/{approval_id}"
+
+
+def _json_response(status: int, doc: dict[str, Any], request_id: str, method: str,
+                   extra: dict[str, str] | None = None) -> http.Response:
+    body = json.dumps(doc).encode()
+    return http.Response.make(
+        status,
+        b"" if method.upper() == "HEAD" else body,
+        {"content-type": "application/json", REQUEST_ID_HEADER: request_id,
+         "cache-control": "no-store", **(extra or {})},
+    )
+
+
+def _refuse(flow: http.HTTPFlow, st: FlowState, status: int, error: str, reason: str,
+            approval_id: str | None = None) -> None:
+    st.blocked = Blocked(status, error, reason, "approval")
+    doc: dict[str, Any] = {"error": error, "reason": reason, "request_id": st.request_id}
+    if approval_id:
+        doc["approval_id"] = approval_id
+    flow.response = _json_response(status, doc, st.request_id, flow.request.method)
+
+
+class ApprovalGate:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        service: ApprovalService,
+        *,
+        record_received: RecordReceived,
+        record_system: RecordSystem,
+        policy_sha256: Callable[[], str] = lambda: "",
+    ) -> None:
+        self.config = config
+        self.service = service
+        self.record_received = record_received
+        self.record_system = record_system
+        self.policy_sha256 = policy_sha256
+        #: flows held now: flow id → (client connection id, set when the client goes)
+        self._held: dict[str, tuple[str, asyncio.Event]] = {}
+
+    @classmethod
+    def wire(cls, config: GatewayConfig, service: ApprovalService, *, enforcer: Enforcer,
+             recorder: Recorder) -> ApprovalGate:
+        """The gate for a gateway process, and the enforcer connected to the same
+        approvals service (tickets, grants) and recorder."""
+        from capture.approvals.service import EmitRequest
+
+        enforcer.approvals = service
+        enforcer.record_received = recorder.record_received
+
+        async def record_system(request_id: str,
+                                events: list[tuple[type[Event], dict[str, Any]]]) -> None:
+            await recorder.emit(EmitRequest(list(events), session_id=recorder.system_session,
+                                            request_id=request_id))
+
+        return cls(config, service, record_received=recorder.record_received,
+                   record_system=record_system,
+                   policy_sha256=lambda: enforcer.policy.sha256)
+
+    @property
+    def held(self) -> int:
+        """How many flows wait for a decision now."""
+        return len(self._held)
+
+    # -- hooks --------------------------------------------------------------------
+    @fail_closed("approval")
+    async def request(self, flow: http.HTTPFlow) -> None:
+        st = state_of(flow)
+        if st is None or flow.response is not None or st.blocked is not None:
+            return
+        d = st.decision
+        if d is None or st.identity is None or st.classification is None:
+            return
+        if d.outcome != "require_approval":
+            # the header only ever means something for a request that needs approval
+            if APPROVAL_HEADER in flow.request.headers:
+                del flow.request.headers[APPROVAL_HEADER]
+            return
+        digest = request_sha256(flow.request.method, flow.request.path, st.client_body)
+        resent = flow.request.headers.get(APPROVAL_HEADER)
+        if resent is not None:
+            await self._resent(flow, st, resent.strip(), digest)
+            return
+        if d.approval is None:
+            _refuse(flow, st, 403, "approval_required",
+                    f"{d.reason}; but no approvers are configured for it — ask the policy "
+                    "owner to set approvers")
+            return
+        mode = approval_mode(d.approval.mode, flow.request.headers.get("prefer"))
+        try:
+            await self.record_received(flow)
+            review = await self._review(flow, st)
+            approval = await self.service.request_approval(
+                requester=st.identity,
+                operations=list(st.classification.operations),
+                request_sha256=digest,
+                requirement=d.approval,
+                mode=mode,
+                reason="; ".join(x for x in (d.reason, review.note) if x),
+                blast_radius=review.blast_radius,
+                session_id=st.session_id,
+                request_id=st.request_id,
+                client_address=st.client_address or None,
+            )
+        except EventLogError as exc:
+            log.error("request %s: approval could not be recorded: %s", st.request_id, exc)
+            st.forwarded = False
+            _log_refusal(flow, st)
+            return
+        st.extra[APPROVAL_ID] = approval.approval_id
+        if mode == "async":
+            self._accepted(flow, st, approval)
+            return
+        await self._hold(flow, st, approval)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._client_gone(flow.id)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        for fid, (cid, _) in list(self._held.items()):
+            if cid == client.id:
+                self._client_gone(fid)
+
+    async def done(self) -> None:
+        for fid in list(self._held):
+            self._client_gone(fid)
+
+    def _client_gone(self, flow_id: str) -> None:
+        entry = self._held.get(flow_id)
+        if entry is not None:
+            entry[1].set()
+
+    # -- the modes ------------------------------------------------------------------
+    async def _review(self, flow: http.HTTPFlow, st: FlowState) -> Review:
+        cls = st.classification
+        assert cls is not None
+
+        async def record(events: list[tuple[type[Event], dict[str, Any]]]) -> None:
+            await self.record_system(st.request_id, events)
+
+        return await blast_radius(
+            config=self.config, route=st.route, product=cls.product,
+            method=flow.request.method, path=flow.request.path.split("?", 1)[0],
+            body=st.client_body, operations=cls.operations, request_id=st.request_id,
+            record=record, policy_sha256=self.policy_sha256(),
+        )
+
+    def _accepted(self, flow: http.HTTPFlow, st: FlowState, approval: Approval) -> None:
+        scheme = "https" if flow.client_conn.tls_established else "http"
+        url = status_url(scheme, st.client_host or flow.request.host_header or "",
+                         approval.approval_id)
+        reason = (f"approval {approval.approval_id} is pending; when it is approved, send the "
+                  f"same request again with {APPROVAL_HEADER}: {approval.approval_id}")
+        st.blocked = Blocked(202, "approval_pending", reason, "approval")
+        doc = {
+            "approval_id": approval.approval_id,
+            "status": approval.status,
+            "status_url": url,
+            "expires_at": approval.expires_at.isoformat(),
+            "request_id": st.request_id,
+            "reason": reason,
+        }
+        headers = {"location": url}
+        if approval_mode("hold", flow.request.headers.get("prefer")) == "async":
+            headers["preference-applied"] = "respond-async"
+        flow.response = _json_response(202, doc, st.request_id, flow.request.method, headers)
+
+    async def _resent(self, flow: http.HTTPFlow, st: FlowState, approval_id: str,
+                      digest: str) -> None:
+        from capture.approvals.service import ApprovalError
+
+        assert st.identity is not None
+        try:
+            approval = await self.service.consume(approval_id, request_sha256=digest,
+                                                  requester=st.identity)
+        except ApprovalError as exc:
+            _refuse(flow, st, exc.status, exc.code, exc.message, approval_id[:80])
+            return
+        except EventLogError as exc:
+            log.error("request %s: approvals unreadable: %s", st.request_id, exc)
+            _log_refusal(flow, st)
+            return
+        del flow.request.headers[APPROVAL_HEADER]
+        st.extra[APPROVAL_ID] = approval.approval_id
+        st.extra[APPROVAL_STATUS] = "approved"
+
+    async def _hold(self, flow: http.HTTPFlow, st: FlowState, approval: Approval) -> None:
+        aid = approval.approval_id
+        now = datetime.now(UTC)
+        timeout = min(self.config.hold_timeout_s, (approval.expires_at - now).total_seconds())
+        gone = asyncio.Event()
+        self._held[flow.id] = (flow.client_conn.id, gone)
+        flow.intercept()
+        waiter = asyncio.ensure_future(self.service.wait(aid, max(timeout, 0.0)))
+        watcher = asyncio.ensure_future(gone.wait())
+        try:
+            await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (waiter, watcher):
+                t.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(waiter, watcher, return_exceptions=True)
+            self._held.pop(flow.id, None)
+            flow.resume()
+        client_gone = gone.is_set()
+        result: Approval | None = None
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            result = waiter.result()
+        try:
+            if result is None or result.status == "pending":
+                # held too long or the client left: nobody may approve it any more
+                result = await self.service.expire(aid, force=True)
+        except Exception as exc:  # noqa: BLE001 - the client must get an answer
+            log.error("request %s: could not expire approval %s: %s", st.request_id, aid, exc)
+            _log_refusal(flow, st)
+            return
+        self._finish(flow, st, result, client_gone=client_gone, held_s=timeout)
+
+    def _finish(self, flow: http.HTTPFlow, st: FlowState, a: Approval, *, client_gone: bool,
+                held_s: float) -> None:
+        aid = a.approval_id
+        if a.status == "approved" and not client_gone:
+            names = ", ".join(v.subject for v in a.approvals)
+            log.info("request %s released by approval %s (%s)", st.request_id, aid, names)
+            st.extra[APPROVAL_STATUS] = "approved"
+            return
+        if client_gone:
+            _refuse(flow, st, 499, "client_closed_request",
+                    f"the client closed the connection while request was held for approval "
+                    f"{aid}; it was not forwarded", aid)
+            return
+        if a.status == "denied":
+            who = "; ".join(f"{v.subject}: {v.reason}" for v in a.denials) or "an approver"
+            _refuse(flow, st, 403, "approval_denied",
+                    f"approval {aid} was denied ({who}); the request was not forwarded", aid)
+            return
+        if a.status == "expired" and a.expires_at <= datetime.now(UTC):
+            why = f"approval {aid} expired at {a.expires_at.isoformat()} without a decision"
+        else:
+            why = (f"approval {aid} was not decided within the gateway's maximum hold time "
+                   f"({held_s:g}s) and has expired")
+        _refuse(flow, st, 403, "approval_expired",
+                f"{why}; the request was not forwarded — send it again to ask anew, or use "
+                "Prefer: respond-async to get an approval id and re-send later", aid)
+
+
+def _log_refusal(flow: http.HTTPFlow, st: FlowState) -> None:
+    st.forwarded = False
+    st.blocked = Blocked(
+        503, "audit_log_unavailable",
+        "the audit log cannot record the approval of this request, so it was not forwarded; "
+        "retry later", "log")
+    doc = {"error": st.blocked.error, "reason": st.blocked.reason, "request_id": st.request_id}
+    flow.response = _json_response(503, doc, st.request_id, flow.request.method)

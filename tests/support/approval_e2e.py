@@ -1,0 +1,63 @@
+"""Helpers for end-to-end approval tests: the control API of a gateway process,
+and event-driven waits on the shared log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from schemas.codec import DecodedEvent
+from tests.support.events import read_events
+
+__all__ = ["CHROMA_T", "api", "approval_requested", "decide", "events_of", "wait_for"]
+
+CHROMA_T = "/api/v2/tenants/default_tenant/databases/default_database"
+
+
+def api(base: str, method: str, path: str, token: str, json: Any = None,
+        headers: dict[str, str] | None = None, timeout: float = 120) -> httpx.Response:
+    return httpx.request(method, f"{base}{path}", json=json, timeout=timeout, trust_env=False,
+                         headers={"Authorization": f"Bearer {token}", **(headers or {})})
+
+
+def decide(base: str, token: str, approval_id: str, decision: str,
+           reason: str = "reviewed") -> httpx.Response:
+    return api(base, "POST", f"/_embedguard/approvals/{approval_id}/decision", token,
+               {"decision": decision, "reason": reason})
+
+
+def events_of(log_url: str, type_: str | None = None) -> list[Any]:
+    return [d.event for d in read_events(log_url)
+            if type_ is None or d.event.envelope.type == type_]
+
+
+def wait_for(log_url: str, pick: Callable[[list[DecodedEvent]], Any], *,
+             timeout: float = 90, what: str = "an event") -> Any:
+    """Poll the log until ``pick(events)`` returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = pick(read_events(log_url))
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not appear in {log_url} within {timeout}s")
+        time.sleep(0.2)
+
+
+def approval_requested(log_url: str, *, subject: str, collection: str,
+                       timeout: float = 90) -> Any:
+    """The ApprovalRequested of ``subject`` for an operation on ``collection``."""
+
+    def pick(evs: list[DecodedEvent]) -> Any:
+        for d in evs:
+            e = d.event
+            if (e.envelope.type == "ApprovalRequested" and e.requester_subject == subject
+                    and any(op.collection == collection for op in e.operations)):
+                return e
+        return None
+
+    return wait_for(log_url, pick, timeout=timeout,
+                    what=f"ApprovalRequested by {subject} on {collection}")
