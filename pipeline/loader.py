@@ -180,8 +180,9 @@ class Loader:
         self.on_progress = on_progress
         self.source = ""
         self._reader: LogReader | None = None
-        self._expected: dict[int, int | None] = {}
+        self._expected: dict[int, int] = {}
         self._sought: dict[int, int] = {}
+        self._unloaded: set[int] = set()
         self._buffer: dict[int, list[LogRecord]] = {}
         self._first_buffered_at: float | None = None
         self._write_lock = asyncio.Lock()
@@ -233,7 +234,7 @@ class Loader:
                     await self._reader.close()
                 self._reader = None
             self.summary.elapsed_s = time.monotonic() - self._started
-            self.summary.positions = {p: e for p, e in self._expected.items() if e is not None}
+            self.summary.positions = dict(self._expected)
             self._write_status_now()
         return self.summary
 
@@ -283,16 +284,15 @@ class Loader:
         self._sought.pop(partition, None)
         loaded = positions.get(partition)
         if loaded is not None:
-            reader.seek(partition, loaded)
-            self._expected[partition] = loaded
-        elif self._is_sqlite():
-            # A fresh warehouse loads the whole log, whatever the group committed.
-            reader.seek(partition, 0)
-            self._expected[partition] = 0
+            self._unloaded.discard(partition)
         else:
-            # Kafka partition the warehouse has never seen: start where the group's
-            # committed offset (or the oldest record) is; the first record fixes it.
-            self._expected[partition] = None
+            # Nothing of this partition is in the warehouse: load it from its first
+            # record, whatever the group committed (if retention already removed
+            # the oldest records, _poll starts at the oldest one left).
+            self._unloaded.add(partition)
+            loaded = 0
+        reader.seek(partition, loaded)
+        self._expected[partition] = loaded
 
     def _is_sqlite(self) -> bool:
         return self.source.startswith("sqlite:")
@@ -327,8 +327,13 @@ class Loader:
     async def _loop(
         self, reader: LogReader, *, once: bool, targets: dict[int, int], stop: asyncio.Event
     ) -> None:
-        refreshed = False
+        refreshes = 0
         last_done_check = 0.0
+        idle_since: float | None = None
+        # SQLite's end offsets are exact. Kafka's may lag (Tansu under-reports until
+        # a partition was fetched), so there "drained" also needs a quiet spell in
+        # which every owned partition was fetched and returned nothing.
+        settle = 0.0 if self._is_sqlite() else 1.0
         while not stop.is_set():
             now = time.monotonic()
             buffered = sum(len(r) for r in self._buffer.values())
@@ -353,30 +358,37 @@ class Loader:
                 self.policy.on_flush("time", 0)
 
             buffered = sum(len(r) for r in self._buffer.values())
-            if once and not records and not buffered:
-                own = self._own_done(targets)
-                if own is False or (own is None and time.monotonic() - last_done_check < 0.5):
-                    continue
-                last_done_check = time.monotonic()
-                if await self._done(targets, stop):
-                    if refreshed or not targets:
-                        return
-                    # Some brokers under-report end offsets until a fetch (Tansu):
-                    # look once more now that every partition has been fetched.
-                    refreshed = True
-                    ends = await self._retrying(reader.end_offsets, "read end offsets", stop)
-                    grown = {p: e for p, e in ends.items() if e > targets.get(p, 0)}
-                    if not grown:
-                        return
-                    self._total += sum(e - targets.get(p, 0) for p, e in grown.items())
-                    targets.update(grown)
+            if not once or records or buffered:
+                idle_since = None
+                continue
+            idle_since = idle_since or time.monotonic()
+            own = self._own_done(targets)
+            if own is False or (own is None and time.monotonic() - last_done_check < 0.5):
+                continue
+            if time.monotonic() - idle_since < settle:
+                continue
+            last_done_check = time.monotonic()
+            if not await self._done(targets, stop):
+                continue
+            if not targets or refreshes >= 3:
+                return
+            # Look again at the end offsets now that every partition was fetched;
+            # stop only if nothing was missed.
+            refreshes += 1
+            ends = await self._retrying(reader.end_offsets, "read end offsets", stop)
+            grown = {p: e for p, e in ends.items() if e > targets.get(p, 0)}
+            if not grown:
+                return
+            self._total += sum(e - targets.get(p, 0) for p, e in grown.items())
+            targets.update(grown)
+            idle_since = None
 
     def _own_done(self, targets: Mapping[int, int]) -> bool | None:
         """Whether the partitions this loader has anchored reached their targets
         (None when some targets are for partitions it does not hold)."""
         if not set(targets) <= set(self._expected):
             return None
-        return all((self._expected.get(p) or 0) >= t for p, t in targets.items() if t > 0)
+        return all(self._expected.get(p, 0) >= t for p, t in targets.items() if t > 0)
 
     async def _done(self, targets: Mapping[int, int], stop: asyncio.Event) -> bool:
         if self._own_done(targets):
@@ -394,18 +406,26 @@ class Loader:
             try:
                 return await reader.poll(max_records=limit, timeout=timeout)
             except TruncatedLog as err:
-                if self._is_sqlite() and err.requested == 0 and self._expected.get(0) == 0:
-                    # A fresh warehouse over a log whose oldest records retention has
-                    # already removed (they were loaded elsewhere): start at the oldest.
+                partition = err.partition if err.partition is not None else 0
+                if (
+                    partition in self._unloaded
+                    and self._expected.get(partition) == err.requested
+                    and err.oldest > err.requested
+                ):
+                    # Nothing of this partition is in the warehouse and retention has
+                    # already removed its oldest records (loaded elsewhere, e.g. into
+                    # the warehouse this one replaces): start at the oldest left.
                     note = (
-                        f"the log no longer holds offsets 0..{err.oldest - 1} (retention); "
-                        f"this warehouse starts at offset {err.oldest}"
+                        f"partition {partition}: the log no longer holds offsets "
+                        f"{err.requested}..{err.oldest - 1} (retention); this warehouse "
+                        f"starts at offset {err.oldest}"
                     )
                     log.warning(note)
                     if self._status is not None:
                         self._status.notes.append(note)
-                    reader.seek(0, err.oldest)
-                    self._expected[0] = err.oldest
+                    reader.seek(partition, err.oldest)
+                    self._expected[partition] = err.oldest
+                    self._buffer.pop(partition, None)
                     continue
                 raise LoaderError(
                     f"{err} The warehouse {self.warehouse.url} has not loaded those "
@@ -428,18 +448,15 @@ class Loader:
                         lambda: self.warehouse.loaded_positions(self.source), None
                     )
                     self._anchor(partition, positions)
-                    expected = self._expected.get(partition)
-                    if expected is not None and recs[0].offset != expected:
+                    if recs[0].offset != self._expected[partition]:
                         self.summary.skipped_records += len(recs)
                         continue  # sought to the warehouse's position: poll again
                 self._take(reader, partition, recs)
 
     def _take(self, reader: LogReader, partition: int, recs: list[LogRecord]) -> None:
         buffer = self._buffer.setdefault(partition, [])
-        expected = buffer[-1].offset + 1 if buffer else self._expected.get(partition)
+        expected = buffer[-1].offset + 1 if buffer else self._expected[partition]
         for index, record in enumerate(recs):
-            if expected is None:
-                expected = record.offset
             if record.offset < expected:
                 self.summary.skipped_records += 1  # already in the warehouse
                 continue
@@ -525,6 +542,7 @@ class Loader:
                     del self._buffer[batch.partition]
                     self._expected[batch.partition] = batch.last_offset + 1
                     self._sought.pop(batch.partition, None)
+                    self._unloaded.discard(batch.partition)
                     self._record(batch, result)
                     return result
             if stop.is_set():

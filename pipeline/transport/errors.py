@@ -43,10 +43,14 @@ class LogCorrupt(EventLogError):
 class TruncatedLog(EventLogError):
     """A reader's position points before the oldest record the log still holds."""
 
-    def __init__(self, message: str, *, requested: int, oldest: int) -> None:
+    def __init__(
+        self, message: str, *, requested: int, oldest: int, partition: int | None = None
+    ) -> None:
         super().__init__(message)
         self.requested = requested
         self.oldest = oldest
+        #: the partition (None: the log's only partition, or unknown)
+        self.partition = partition
 
 
 class InvalidLogUrl(EventLogError, ValueError):

@@ -867,6 +867,7 @@ class KafkaLogReader(LogReader):
             "gap is acceptable, then seek() to a held offset and commit it.",
             requested=requested,
             oldest=oldest,
+            partition=tp.partition,
         )
 
     async def commit(self, positions: Mapping[int, int] | None = None) -> None:
