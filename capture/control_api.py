@@ -175,8 +175,8 @@ class ControlApi:
             log.error("control request %s: event log unavailable: %s", rid, exc)
             flow.response = error_response(
                 503, "audit_log_unavailable",
-                "the audit log cannot record or read approvals now; nothing was changed, "
-                "retry later", rid, method=flow.request.method)
+                "the audit log cannot record or read approvals now; check the state with a "
+                "GET and retry later", rid, method=flow.request.method)
         except Exception:  # noqa: BLE001 - clients never get a stack trace
             log.exception("control request %s failed", rid)
             flow.response = error_response(

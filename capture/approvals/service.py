@@ -33,6 +33,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -67,6 +68,7 @@ from schemas.models import (
     Event,
     GrantIssued,
     Operation,
+    PolicyDecided,
 )
 
 if TYPE_CHECKING:
@@ -90,6 +92,8 @@ MAX_WINDOW = timedelta(days=7)
 _FOLDED = frozenset({"ApprovalRequested", "ApprovalDecided", "ApprovalExpired", "GrantIssued",
                      "PolicyDecided", "RequestForwarded"})
 MAX_REASON = 2000
+#: a ticket reservation whose request never had its decision recorded lapses
+RESERVATION_TTL_S = 600.0
 
 
 def now_utc() -> datetime:
@@ -111,18 +115,17 @@ Emitter = Callable[[EmitRequest], Awaitable[None]]
 
 
 @dataclass
-class _Reservation:
-    ref: str
-    count: int
-    request_id: str
-
-
-@dataclass
 class _Local:
     """What this process knows before the log says so."""
 
     consumed: set[str] = field(default_factory=set)
-    reservations: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (ticket id, request id) -> (operations, monotonic time reserved)
+    reservations: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+
+    def reserved(self, ref: str, now: float, ttl_s: float = RESERVATION_TTL_S) -> int:
+        for key in [k for k, (_, at) in self.reservations.items() if now - at > ttl_s]:
+            del self.reservations[key]  # its request never got a decision recorded
+        return sum(n for (r, _), (n, _) in self.reservations.items() if r == ref)
 
 
 def _reason(text: str | None, *, required: bool) -> str:
@@ -231,10 +234,10 @@ class ApprovalService:
             ev = dec.decoded.event
             changed |= self.book.apply(ev)
             rid = ev.envelope.request_id
-            if rid is not None and self._local.reservations:
+            if isinstance(ev, PolicyDecided) and rid is not None and self._local.reservations:
+                # the request's decision is in the log: its use (if allowed) is counted
                 for key in [k for k in self._local.reservations if k[1] == rid]:
-                    if self.book.counted(key[0], rid):
-                        del self._local.reservations[key]
+                    del self._local.reservations[key]
         if changed:
             flag, self._changed = self._changed, asyncio.Event()
             flag.set()
@@ -291,8 +294,11 @@ class ApprovalService:
                 log.warning("approvals: expiry sweep failed (%s); retrying", exc)
 
     async def _emit_and_sync(self, req: EmitRequest) -> None:
-        await self._emit(req)
-        await self.sync()
+        await self._emit(req)  # EventLogError: nothing was recorded
+        try:
+            await self.sync()
+        except EventLogError as exc:  # recorded; the tail folds it when the log answers
+            log.warning("approvals: recorded, but the log cannot be read back now: %s", exc)
 
     def _notify(self, what: Literal["requested", "decided", "expired"], a: Approval | None,
                 vote: Vote | None = None, decision: str | None = None) -> None:
@@ -541,13 +547,13 @@ class ApprovalService:
         async with self._decide_lock:
             await self.sync()
             t = self.get(ticket_id)
-            reserved = sum(n for (ref, _), n in self._local.reservations.items()
-                           if ref == ticket_id)
+            reserved = self._local.reserved(ticket_id, time.monotonic())
             used = self.book.uses(ticket_id) + reserved
             _check_ticket_rule(t, ticket_id, identity, operations, now, used)
             assert t is not None
             if request_id is not None:
-                self._local.reservations[(ticket_id, request_id)] = max(1, len(operations))
+                self._local.reservations[(ticket_id, request_id)] = (
+                    max(1, len(operations)), time.monotonic())
             g = self.book.grant(ticket_id)
             if g is not None:
                 return g

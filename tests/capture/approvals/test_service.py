@@ -307,3 +307,22 @@ async def test_two_gateways_share_decisions_through_kafka(
             assert released.status == "approved"
             assert {v.subject for v in released.approvals} == {"ann", "bob"}
             await refused("already_decided", a.decide(aid, CY, "deny", "late"))
+
+
+async def test_a_refused_request_gives_its_ticket_reservation_back(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    async with approval_stack(SqliteEventLog(tmp_path / "events.db"), "gw-a", url) as (ra, a):
+        t = await a.open_ticket(DANA, actions=["upsert"], collections=["docs"],
+                                window=timedelta(hours=1), max_operations=1, reason="one")
+        await a.decide(t.approval_id, ANN, "approve", "ok")
+        w = [Operation(action="write", collection="docs")]
+        now = a.clock()
+        await a.check_ticket(t.approval_id, DANA, w, now, request_id="r1")
+        await refused("ticket_exhausted", a.check_ticket(t.approval_id, DANA, w, now,
+                                                         request_id="r2"))
+        # r1 was denied for another reason after all: nothing was used
+        await ra.emit(EmitRequest([(PolicyDecided, {"outcome": "deny", "policy_sha256": "p",
+                                                    "ticket_id": t.approval_id})],
+                                  identity=DANA, request_id="r1"))
+        await a.sync()
+        await a.check_ticket(t.approval_id, DANA, w, now, request_id="r3")
