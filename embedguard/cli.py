@@ -281,17 +281,45 @@ def events_tail(
 
 
 @events_app.command("verify")
-def events_verify(log: LogOpt = None, as_json: JsonOpt = False) -> None:
+def events_verify(
+    log: LogOpt = None,
+    as_json: JsonOpt = False,
+    vkey: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--vkey",
+            help="Pinned gateway key (`embedguard keys show`); with it, every stream's "
+            "signed Merkle checkpoints are checked too. Repeat for several gateways.",
+        ),
+    ] = None,
+    vkey_file: Annotated[
+        Path | None, typer.Option(help="File with pinned vkeys, one a line")
+    ] = None,
+    require_checkpoint: Annotated[
+        bool, typer.Option(help="Events not yet covered by a checkpoint are an error")
+    ] = False,
+) -> None:
     """Check every session's hash chain in the log, in log order; name the first
-    missing, altered or reordered event of each broken session. Exit 1 if any."""
+    missing, altered or reordered event of each broken session. With --vkey, also
+    check each gateway stream against its signed checkpoints (RFC 6962 roots,
+    consistency). Exit 1 if anything is wrong."""
     from pipeline.events import decode_records
     from pipeline.transport import open_log
     from schemas.chain import verify_chains
 
     url = log_url(log)
     _require_existing_log(url)
+    keys = list(vkey or [])
+    if vkey_file is not None:
+        try:
+            keys += [k.strip() for k in vkey_file.read_text().splitlines() if k.strip()]
+        except OSError as exc:
+            raise fail(f"cannot read --vkey-file {vkey_file}: {exc.strerror}") from None
+    if vkey_file is not None and not keys:
+        raise fail(f"--vkey-file {vkey_file} holds no key")
+    wheres: list[str] = []
 
-    async def go() -> tuple[int, list[Any], list[str]]:
+    async def go() -> tuple[int, list[Any], list[str], Any]:
         decoded, undecodable = [], []
         async with open_log(url) as lg:
             reader = lg.tail_reader()
@@ -306,9 +334,49 @@ def events_verify(log: LogOpt = None, as_json: JsonOpt = False) -> None:
                             undecodable.append(f"{r.partition}:{r.offset}: {item.error}")
                         else:
                             decoded.append(item.decoded)
-        return len(decoded), verify_chains(decoded), undecodable
+                            r = item.record
+                            wheres.append(f"{url} {r.partition}:{r.offset}")
+        # A session's chain lives in one stream (a rotated stream restarts them).
+        streams: dict[str, list[Any]] = {}
+        for d in decoded:
+            streams.setdefault(d.event.envelope.gateway_id, []).append(d)
+        problems = [p for evs in streams.values() for p in verify_chains(evs)]
+        if keys:
+            from replay.verify_core import verify_log
+            from schemas.note import NoteError
 
-    count, problems, undecodable = run(go)
+            try:
+                report = verify_log(
+                    decoded, keys, wheres=wheres, require_checkpoint=require_checkpoint
+                )
+            except NoteError as exc:
+                raise fail(f"--vkey: {exc}") from None
+            # the report repeats the chain problems, with more detail
+            return len(decoded), problems, undecodable, report
+        return len(decoded), problems, undecodable, None
+
+    count, problems, undecodable, report = run(go)
+    if report is not None:
+        from rich.markup import escape
+
+        ok = report.ok and not undecodable
+        if as_json:
+            print(json.dumps({**report.to_json(), "ok": ok, "undecodable": undecodable}))
+        else:
+            for line in undecodable:
+                err.print(f"[red]✗[/] undecodable record {line}", highlight=False)
+            for f in report.findings:
+                mark = "[red]✗[/]" if f.severity == "error" else "[yellow]![/]"
+                err.print(f"{mark} {escape(str(f))}", highlight=False)
+            if ok:
+                out.print(
+                    f"[green]✓[/] {count} events; every session's hash chain verifies; "
+                    f"{report.checkpoints_verified} signed checkpoint(s) match their streams",
+                    highlight=False,
+                )
+        if not ok:
+            raise typer.Exit(1)
+        return
     if as_json:
         print(
             json.dumps(

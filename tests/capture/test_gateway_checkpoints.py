@@ -5,6 +5,8 @@ reordered events, a wrong pinned key are each reported naming the event."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -35,6 +37,7 @@ class Recorded:
     vkey: str
     key_file: Path
     stderr: str
+    db: Path
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory, dev_idp: str) -> Iterator
         text=True,
         check=True,
     )
-    yield Recorded(read_events(log_url), shown.stdout.strip(), key, gw.stderr())
+    yield Recorded(read_events(log_url), shown.stdout.strip(), key, gw.stderr(), tmp / "events.db")
 
 
 def _ids(findings: Sequence[object]) -> str:
@@ -202,3 +205,49 @@ def test_inclusion_proofs_for_one_session(recorded: Recorded) -> None:
     )
     named = [f for f in bad.errors if f.kind == "inclusion"]
     assert [f.event_id for f in named] == [str(forged.event.envelope.event_id)]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "embedguard.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_events_verify_with_the_pinned_key_and_a_byte_flipped_on_disk(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    log = f"sqlite:{recorded.db}"
+    ok = _cli("events", "verify", "--log", log, "--vkey", recorded.vkey, "--json")
+    assert ok.returncode == 0, ok.stderr
+    body = json.loads(ok.stdout)
+    assert body["ok"] and body["checkpoints_verified"] >= 3 and body["findings"] == []
+    wrong = _cli("events", "verify", "--log", log, "--vkey", Signer.generate("x").verifier.vkey)
+    assert wrong.returncode == 1 and "checkpoint_signature" in wrong.stderr
+    bad_key = _cli("events", "verify", "--log", log, "--vkey", "not-a-key")
+    assert bad_key.returncode == 2 and "--vkey" in bad_key.stderr
+    assert "Traceback" not in bad_key.stderr
+
+    # flip one byte of one stored event in a copy of the SQLite file
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(recorded.db) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    with sqlite3.connect(copy) as c:
+        c.execute("PRAGMA journal_mode=DELETE")
+    raw = bytearray(copy.read_bytes())
+    at = bytes(raw).index(b"points/query")
+    raw[at] ^= 0x02
+    copy.write_bytes(bytes(raw))
+    after = read_events(f"sqlite:{copy}")
+    changed = [
+        str(a.event.envelope.event_id)
+        for a, b in zip(after, recorded.events, strict=True)
+        if a.canonical != b.canonical
+    ]
+    assert len(changed) == 1
+    res = _cli("events", "verify", "--log", f"sqlite:{copy}", "--vkey", recorded.vkey)
+    assert res.returncode == 1
+    text = " ".join(res.stderr.split())
+    assert changed[0] in text and "root_mismatch" in text, text[-3000:]
