@@ -346,8 +346,14 @@ def events_verify(
             from schemas.note import NoteError
 
             try:
+                # Kafka partitions interleave streams; each stream's order is its
+                # stream_seq, which is part of every event's signed bytes.
                 report = verify_log(
-                    decoded, keys, wheres=wheres, require_checkpoint=require_checkpoint
+                    decoded,
+                    keys,
+                    wheres=wheres,
+                    require_checkpoint=require_checkpoint,
+                    order="stream_seq",
                 )
             except NoteError as exc:
                 raise fail(f"--vkey: {exc}") from None

@@ -382,13 +382,30 @@ def verify_log(
     notes: Iterable[tuple[str, str]] = (),
     wheres: Sequence[str] | None = None,
     require_checkpoint: bool = False,
+    order: Literal["given", "stream_seq"] = "given",
 ) -> VerifyReport:
-    """Verify whole streams (see the module docstring), in the order given.
+    """Verify whole streams (see the module docstring).
+
+    ``order="given"``: the events are in the log's order, which must be each
+    stream's stream_seq order; a reordering is reported. ``"stream_seq"``: the
+    storage has no meaningful order (Kafka partitions, warehouse rows), so each
+    stream is sorted by stream_seq first; gaps, duplicates and altered bytes
+    are still found (an event's place is part of its signed bytes).
 
     ``wheres[i]`` says where ``events[i]`` came from (file and row). A stream
     tail after its last checkpoint is reported as a warning (not yet covered),
     or as an error with ``require_checkpoint``.
     """
+    if order == "stream_seq":
+        perm = sorted(
+            range(len(events)),
+            key=lambda i: (
+                events[i].event.envelope.gateway_id,
+                events[i].event.envelope.stream_seq,
+            ),
+        )
+        events = [events[i] for i in perm]
+        wheres = [wheres[i] for i in perm] if wheres else None
     verifiers = load_verifiers(vkeys)
     report = VerifyReport(events=len(events))
     report.sessions = len({d.event.envelope.session_id for d in events})

@@ -277,3 +277,16 @@ def test_a_malformed_pinned_key_is_refused_by_name(bad: str) -> None:
 
     with pytest.raises(NoteError, match="pinned key"):
         verify_log(_log(n=2), [bad])
+
+
+def test_storage_order_does_not_matter_in_stream_seq_mode() -> None:
+    events = _log(n=12, every=5)
+    shuffled = events[::-1]
+    assert not verify_log(shuffled, [VKEY]).ok  # in log order: reordered
+    report = verify_log(shuffled, [VKEY], order="stream_seq")
+    assert report.ok and not report.findings, _text(report.findings)
+    # a duplicate row and a missing one are still named
+    dup = verify_log([*events, events[3]], [VKEY], order="stream_seq")
+    assert any(f.kind == "stream_duplicate" and f.event_id == _id(events[3]) for f in dup.errors)
+    gap = verify_log(events[:3] + events[4:], [VKEY], order="stream_seq")
+    assert any(f.kind == "stream_gap" and f.event_id == _id(events[4]) for f in gap.errors)
