@@ -70,6 +70,10 @@ class StreamTree:
         return self.frontier.size
 
     def add(self, stream_seq: int, leaf_hash: bytes, *, content: bool) -> None:
+        if stream_seq == self.frontier.size and not self.pending:  # the usual case
+            self.frontier.append_hash(leaf_hash)
+            self.new_content += content
+            return
         if stream_seq < self.frontier.size or stream_seq in self.pending:
             log.error(
                 "stream %s: stream_seq %d recorded twice; ignored for the tree",
