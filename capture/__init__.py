@@ -62,7 +62,8 @@ def build_addons(config: GatewayConfig) -> list[object]:
         ticket_requirement=lambda: ticket_requirement(enforcer.policy),
         grant_issuer_groups=approver_groups(enforcer.policy),
     )
-    control = ControlApi(approvals, identity.verifier, ready=recorder.started)
+    control = ControlApi(approvals, identity.verifier, ready=recorder.started,
+                         require_tls=config.tls_cert is not None)
     gate = ApprovalGate.wire(config, approvals, enforcer=enforcer, recorder=recorder)
     return [
         control,

@@ -120,9 +120,12 @@ class ControlApi:
         verifier: OidcVerifier,
         *,
         ready: asyncio.Event | None = None,
+        require_tls: bool = False,
     ) -> None:
         self.service = service
         self.verifier = verifier
+        #: a listener configured for TLS takes tokens only over TLS (as Intake does)
+        self.require_tls = require_tls
         self._ready = ready
         self._starter: asyncio.Task[None] | None = None
         #: set once the approval service has read the log (run_gateway waits for it)
@@ -215,6 +218,9 @@ class ControlApi:
         return body
 
     async def _handle(self, flow: http.HTTPFlow, rid: str) -> tuple[int, Any]:
+        if self.require_tls and not flow.client_conn.tls_established:
+            raise ApprovalError("tls_required", "this listener accepts only TLS; connect with "
+                                "https://", 403)
         if not self.service.started.is_set():
             raise ApprovalError("starting", "the gateway is still reading its approvals; "
                                 "retry in a moment", 503)

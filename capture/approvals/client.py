@@ -8,6 +8,7 @@ an answer that is not the control API's). The token never appears in them.
 
 from __future__ import annotations
 
+import ssl
 import urllib.parse
 from typing import Any
 
@@ -47,7 +48,7 @@ class ControlClient:
         token: str,
         *,
         timeout_s: float = 30.0,
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if not token or not token.strip():
@@ -55,6 +56,13 @@ class ControlClient:
                 "no_token", "no token: pass --token or set EMBEDGUARD_TOKEN (e.g. "
                 "`embedguard token --sub you --groups Vector-Approve` on a dev setup)")
         self.base = _check_url(gateway_url)
+        if isinstance(verify, str):  # a CA bundle file
+            try:
+                verify = ssl.create_default_context(cafile=verify)
+            except (OSError, ssl.SSLError) as exc:
+                raise ControlApiError(
+                    "bad_ca", f"cannot load the CA bundle {verify}: {exc}; check "
+                    "EMBEDGUARD_GATEWAY_CA") from None
         self._http = httpx.Client(
             base_url=self.base,
             headers={"authorization": f"Bearer {token.strip()}",

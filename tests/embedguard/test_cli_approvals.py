@@ -214,3 +214,27 @@ def test_real_cli_process_refuses_self_approval(gw: GatewayProcess, idp: str) ->
     assert proc.returncode == 1
     assert "self_approval" in proc.stderr and "Traceback" not in proc.stderr
     assert pat not in proc.stdout + proc.stderr
+
+
+def test_tls_gateway_with_its_ca_and_no_plain_http(tmp_path: Path, idp: str) -> None:
+    from tests.support.pki import self_signed
+
+    cert, key = self_signed(tmp_path / "pki")
+    ann = mint_token(idp, "ann", ["Vector-Approve"])
+    with recording_upstream() as up, gateway_process(
+        tmp_path, upstream=up.url, kind="qdrant", policy=POLICY, issuer=idp,
+        extra_args=["--tls-cert", str(cert), "--tls-key", str(key)],
+    ) as g:
+        https = f"https://127.0.0.1:{g.port}"
+        env = {"EMBEDGUARD_GATEWAY_URL": https, "EMBEDGUARD_TOKEN": ann}
+        r = runner.invoke(app, ["approvals", "list", "--json"],
+                          env={**env, "EMBEDGUARD_GATEWAY_CA": str(cert)})
+        assert r.exit_code == 0, r.output + r.stderr
+        assert json.loads(r.stdout) == []
+        # without the gateway's CA the CLI does not trust it
+        r = runner.invoke(app, ["approvals", "list"], env=env)
+        assert r.exit_code == 2 and "cannot reach the gateway" in r.stderr
+        # a token sent in clear to a TLS listener is refused, not served
+        r = runner.invoke(app, ["approvals", "list"], env={**env, "EMBEDGUARD_GATEWAY_URL": g.url})
+        assert r.exit_code == 1 and "tls_required" in r.stderr
+        assert up.requests == []
