@@ -1,11 +1,16 @@
 """Gateway overhead: requests/s and p50/p99 latency at concurrency 1 and 16,
 in one run, against the same local upstream (nginx answering a static
-Qdrant-style JSON point), for three setups:
+Qdrant-style JSON point), for these setups:
 
 1. direct to the upstream;
 2. mitmproxy (same options) with a no-op addon;
 3. the full gateway: OIDC token check, classification, policy, masking and
-   durable recording (SQLite, fsync, group commit).
+   durable recording (SQLite, fsync, group commit), in its default mode: each
+   response is delivered only once its ResponseRecorded is durable;
+4. (unless --no-async-responses) the same gateway with the opt-in
+   ``--response-durability async``: requests are still recorded before
+   forwarding, but a response goes out while its record is made durable.
+   It is reported on its own row and never counts towards the target.
 
 The load comes from wrk in another process. Needs nginx and wrk from Debian
 (`make bench-gateway` installs them). Targets (issue 3): the full gateway at
@@ -141,6 +146,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gateway.json")
+    ap.add_argument(
+        "--no-async-responses",
+        dest="async_responses",
+        action="store_false",
+        help="skip the fourth setup (the gateway with --response-durability async)",
+    )
     ap.add_argument("--serve-noop", nargs=2, metavar=("UPSTREAM", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_noop:
@@ -183,45 +194,56 @@ def main() -> None:
             )
             wait_port(noop_port)
 
-            gw_port = free_port()
-            gw_log = tmp / "gateway.log"
             env = {**os.environ, "EG_BENCH_KEY": "bench-upstream-key"}
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "embedguard.cli",
-                        "gateway",
-                        "--upstream",
-                        upstream,
-                        "--listen",
-                        f"127.0.0.1:{gw_port}",
-                        "--kind",
-                        "qdrant",
-                        "--policy",
-                        str(ROOT / "examples" / "policy.yaml"),
-                        "--log",
-                        f"sqlite:{tmp / 'events.db'}",
-                        "--issuer",
-                        idp.issuer_url,
-                        "--audience",
-                        "embedguard",
-                        "--credential-env",
-                        "EG_BENCH_KEY",
-                        "--gateway-id",
-                        "bench",
-                    ],
-                    stdout=gw_log.open("wb"),
-                    stderr=subprocess.STDOUT,
-                    env=env,
+
+            def start_gateway(name: str, extra: list[str]) -> int:
+                port = free_port()
+                out = tmp / f"{name}.log"
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "embedguard.cli",
+                            "gateway",
+                            "--upstream",
+                            upstream,
+                            "--listen",
+                            f"127.0.0.1:{port}",
+                            "--kind",
+                            "qdrant",
+                            "--policy",
+                            str(ROOT / "examples" / "policy.yaml"),
+                            "--log",
+                            f"sqlite:{tmp / name}.db",
+                            "--issuer",
+                            idp.issuer_url,
+                            "--audience",
+                            "embedguard",
+                            "--credential-env",
+                            "EG_BENCH_KEY",
+                            "--gateway-id",
+                            name,
+                            *extra,
+                        ],
+                        stdout=out.open("wb"),
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
                 )
+                deadline = time.time() + 60
+                while f"embedguard gateway {name}" not in out.read_text(errors="replace"):
+                    if time.time() > deadline:
+                        sys.exit(f"gateway {name} did not start:\n{out.read_text()[-2000:]}")
+                    time.sleep(0.1)
+                return port
+
+            gw_port = start_gateway("bench", [])
+            gw_async_port = (
+                start_gateway("bench-async", ["--response-durability", "async"])
+                if args.async_responses
+                else None
             )
-            deadline = time.time() + 60
-            while "embedguard gateway bench" not in gw_log.read_text(errors="replace"):
-                if time.time() > deadline:
-                    sys.exit(f"gateway did not start:\n{gw_log.read_text()[-2000:]}")
-                time.sleep(0.1)
 
             path = "/collections/docs/points/1"
             setups = [
@@ -233,11 +255,20 @@ def main() -> None:
                     {"Authorization": f"Bearer {token}"},
                 ),
             ]
+            if gw_async_port is not None:
+                setups.append(
+                    (
+                        "gateway, async responses (opt-in)",
+                        f"http://127.0.0.1:{gw_async_port}{path}",
+                        {"Authorization": f"Bearer {token}"},
+                    )
+                )
             # one request first: it must be masked, proving the full path runs
             import httpx
 
-            probe = httpx.get(setups[2][1], headers=setups[2][2], timeout=10)
-            assert probe.status_code == 200 and "bob@example.org" not in probe.text, probe.text
+            for _name, url, headers in setups[2:]:
+                probe = httpx.get(url, headers=headers, timeout=10)
+                assert probe.status_code == 200 and "bob@example.org" not in probe.text, probe.text
             results = []
             for conc in (1, 16):
                 for name, url, headers in setups:

@@ -9,6 +9,7 @@ events, the client gets 503 and nothing is forwarded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -166,6 +167,13 @@ class Recorder:
         self.sessions = SessionTracker(config.session_idle_s)
         self.publisher: EventPublisher | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        #: ResponseRecorded appends still in flight (--response-durability async)
+        self._in_flight: set[asyncio.Future[Any]] = set()
+        if config.response_durability == "async":
+            log.warning(
+                "--response-durability async: responses are delivered while their "
+                "record is being made durable; a crash can lose the record of a response"
+            )
         self.system_session = f"gateway:{config.gateway_id}"
         #: signed Merkle checkpoints of each stream (None without a signing key)
         self.checkpointer = _checkpointer(config)
@@ -209,6 +217,8 @@ class Recorder:
                 self._observe(events)
             except EventLogError as exc:
                 log.error("could not record %d session end(s) at shutdown: %s", len(events), exc)
+        if self._in_flight:  # async responses still being made durable
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
         if self.checkpointer is not None and self.publisher is not None:
             await self.checkpointer.stop(self.record_system, self.stamper.gateway_id)
         if self._log is not None:
@@ -370,8 +380,13 @@ class Recorder:
         st = state_of(flow)
         if st is None or not st.forwarded or flow.response is None:
             return
+        event = self._response_event(flow, st)
         try:
-            await self.append([self._response_event(flow, st)])
+            if self.config.response_durability == "async" and self._publish_in_background(
+                event, st.request_id
+            ):
+                return
+            await self.append([event])
         except EventLogError as exc:
             log.error("response to %s withheld: event log unavailable: %s", st.request_id, exc)
             flow.response = error_response(
@@ -382,6 +397,37 @@ class Recorder:
                 st.request_id,
                 method=flow.request.method,
             )
+
+    def _publish_in_background(self, event: StampedEvent, request_id: str) -> bool:
+        """--response-durability async: queue the event now, in stream order, and
+        let the response go while it is made durable. False if the log cannot
+        queue synchronously (the caller then appends and waits, as in sync mode)."""
+        assert self.publisher is not None, "recorder used before running()"
+        try:
+            future = self.publisher.publish_nowait([event])
+        except EventLogError:
+            self._rotate_stream()
+            raise
+        if future is None:
+            return False
+        self._in_flight.add(future)
+        future.add_done_callback(functools.partial(self._background_done, request_id))
+        future.add_done_callback(
+            lambda f: None if f.cancelled() or f.exception() else self._observe([event])
+        )
+        return True
+
+    def _background_done(self, request_id: str, future: asyncio.Future[Any]) -> None:
+        self._in_flight.discard(future)
+        if future.cancelled() or future.exception() is None:
+            return
+        log.error(
+            "the response to %s was delivered (--response-durability async) but its "
+            "ResponseRecorded could not be made durable: %s",
+            request_id,
+            future.exception(),
+        )
+        self._rotate_stream()
 
     async def error(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)

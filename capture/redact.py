@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -30,7 +31,10 @@ _SECRETISH = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_header(name: str) -> bool:
+    # Cached: every request asks about the same few names, twice (stripping
+    # and recording), and the regex search is most of the cost.
     n = name.lower()
     return n in CLIENT_CREDENTIAL_HEADERS or bool(_SECRETISH.search(n))
 

@@ -7,6 +7,7 @@ name and never reaches the log.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,19 @@ class EventPublisher:
     async def publish(self, items: Sequence[Event | StampedEvent]) -> list[Position]:
         records = [self.to_record(item) for item in items]  # encode all first: all or nothing
         return await self.log.append(records)
+
+    def publish_nowait(
+        self, items: Sequence[Event | StampedEvent]
+    ) -> asyncio.Future[list[Position]] | None:
+        """Hand ``items`` to the log now, in call order, and return the future of
+        their durability; None if this log cannot queue an append synchronously
+        (then only ``publish`` keeps the order of appends)."""
+        append_nowait = getattr(self.log, "append_nowait", None)
+        if append_nowait is None:
+            return None
+        records = [self.to_record(item) for item in items]
+        future: asyncio.Future[list[Position]] = append_nowait(records)
+        return future
 
 
 @dataclass(frozen=True)

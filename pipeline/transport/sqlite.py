@@ -356,17 +356,33 @@ class _Stop:
 _Job = _AppendJob | _CallJob | _Stop
 
 
-def _settle(job: _AppendJob, result: list[Position] | None, error: BaseException | None) -> None:
-    def settle() -> None:
+_Outcome = tuple[_AppendJob, list[Position] | None, BaseException | None]
+
+
+def _settle_on_loop(outcomes: list[_Outcome]) -> None:
+    for job, result, error in outcomes:
         if job.future.done():  # the caller was cancelled; nobody awaits this
-            return
+            continue
         if error is not None:
             job.future.set_exception(error)
         else:
             job.future.set_result(result if result is not None else [])
 
-    with contextlib.suppress(RuntimeError):  # the caller's loop is closed
-        job.loop.call_soon_threadsafe(settle)
+
+def _settle_all(outcomes: list[_Outcome]) -> None:
+    """Resolve each job's future on its own loop: one wake-up per loop, however
+    many jobs a commit served (each call_soon_threadsafe writes to the loop's
+    self-pipe, and on a busy gateway one commit serves dozens of appends)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, batch in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the caller's loop is closed
+            loop.call_soon_threadsafe(_settle_on_loop, batch)
+
+
+def _settle(job: _AppendJob, result: list[Position] | None, error: BaseException | None) -> None:
+    _settle_all([(job, result, error)])
 
 
 class _Writer:
@@ -482,14 +498,13 @@ class _Writer:
         except Exception as exc:
             self._stats.failed_commits += 1
             self._after_failure(exc)
-            for job in batch:
-                _settle(job, None, _translate(exc, self._path, "append to"))
+            error = _translate(exc, self._path, "append to")
+            _settle_all([(job, None, error) for job in batch])
             return
         self._stats.commits += 1
         self._stats.appends += len(batch)
         self._stats.records += sum(len(job.rows) for job in batch)
-        for job, job_positions in zip(batch, positions, strict=True):
-            _settle(job, job_positions, None)
+        _settle_all([(job, pos, None) for job, pos in zip(batch, positions, strict=True)])
 
     def _run_call(self, job: _CallJob) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -666,6 +681,14 @@ class SqliteEventLog(EventLog):
         """
         if not records:
             return []
+        return await self.append_nowait(records)
+
+    def append_nowait(self, records: Sequence[AppendRecord]) -> asyncio.Future[list[Position]]:
+        """Queue ``records`` for the writer *now*, in call order, and return the
+        future that resolves once they are durable (or fails with the
+        EventLogError). Lets a caller go on while its records are made durable
+        without letting later appends overtake them. Must run on the event loop.
+        """
         rows: list[tuple[bytes, bytes]] = []
         for record in records:
             if type(record.key) is not bytes or type(record.value) is not bytes:
@@ -676,8 +699,11 @@ class SqliteEventLog(EventLog):
             rows.append((record.key, record.value))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Position]] = loop.create_future()
+        if not rows:
+            future.set_result([])
+            return future
         self._submit(_AppendJob(rows, loop, future))
-        return await future
+        return future
 
     async def _call_writer(self, fn: Callable[[sqlite3.Connection], _T], doing: str) -> _T:
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,6 +201,40 @@ async def test_one_append_keeps_its_records_contiguous_and_in_order(log: SqliteE
     for positions in results:
         offsets = [p.offset for p in positions]
         assert offsets == list(range(offsets[0], offsets[0] + 5))
+
+
+async def test_append_nowait_keeps_call_order_and_wakes_the_loop_once_per_commit(
+    log: SqliteEventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    wakeups = 0
+    original = loop.call_soon_threadsafe
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal wakeups
+        wakeups += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    # Queued synchronously, before any of them is awaited: the log must store
+    # them in exactly this order (the recorder relies on it for stream order).
+    futures = [log.append_nowait([rec(f"v{i}"), rec(f"w{i}")]) for i in range(100)]
+    results = await asyncio.gather(*futures)
+    assert [p.offset for positions in results for p in positions] == list(range(200))
+    assert log.stats.appends == 100 and 1 <= log.stats.commits < 100, log.stats
+    # one self-pipe wake-up per commit, however many appends it served
+    assert wakeups == log.stats.commits
+    async with log.reader("check") as reader:
+        stored = [r.value for r in await reader.poll(max_records=500, timeout=0)]
+    assert stored == [v for i in range(100) for v in (f"v{i}".encode(), f"w{i}".encode())]
+
+
+async def test_append_nowait_on_a_closed_log_fails_at_once(sqlite_log_path: Path) -> None:
+    log = SqliteEventLog(sqlite_log_path)
+    await log.start()
+    await log.close()
+    with pytest.raises(LogUnavailable, match="not open"):
+        log.append_nowait([rec("late")])
 
 
 # --- failures: nothing from a failed commit is visible ------------------------------

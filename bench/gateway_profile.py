@@ -1,0 +1,292 @@
+"""Where the gateway's time goes, per request, without sockets.
+
+Drives the real addons (``capture.build_addons``) through their hooks with
+real mitmproxy flows (``mitmproxy.test.tflow``): the dev OIDC issuer signs
+alice's token, ``examples/policy.yaml`` decides, the masker masks the e-mail
+in a Qdrant-style response and the recorder appends to a real SQLite log
+(WAL, ``synchronous=FULL``, group commit) in a temporary directory. What it
+leaves out is mitmproxy's own work (parsing, connections, the upstream), which
+``bench/gateway.py`` measures end to end.
+
+It prints, for one request at a time (c=1) and for N concurrent flows:
+wall time and CPU time per request of each stage (ratios against the checks
+alone, measured in the same run), and optionally a cProfile of the whole
+chain:
+
+    .venv/bin/python bench/gateway_profile.py [--requests 3000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import inspect
+import io
+import json
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.gateway import BODY  # noqa: E402
+from pipeline.events import EventPublisher  # noqa: E402
+from pipeline.transport.base import (  # noqa: E402
+    AppendRecord,
+    EventLog,
+    LogReader,
+    Position,
+)
+
+PATH = "/collections/docs/points/1"
+
+
+def _flow(token: str, port: int) -> Any:
+    from mitmproxy import http
+    from mitmproxy.test import tflow
+
+    f = tflow.tflow()
+    f.request = http.Request.make(
+        "GET",
+        f"http://127.0.0.1:{port}{PATH}",
+        b"",
+        {
+            "host": f"127.0.0.1:{port}",
+            "authorization": f"Bearer {token}",
+            "user-agent": "wrk",
+            "accept": "*/*",
+        },
+    )
+    return f
+
+
+def _response() -> Any:
+    from mitmproxy import http
+
+    return http.Response.make(200, BODY.encode(), {"content-type": "application/json"})
+
+
+class DiscardingLog(EventLog):
+    """Accepts every append at once and keeps nothing: measures what the
+    recorder costs without the log."""
+
+    url = "discard:"
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def append(self, records: Sequence[AppendRecord]) -> list[Position]:
+        return [Position(0, 0) for _ in records]
+
+    def reader(self, group: str, *, from_beginning: bool = True) -> LogReader:
+        raise NotImplementedError("a discarding log has nothing to read")
+
+
+async def _call(hook: Callable[[Any], Any] | None, flow: Any) -> None:
+    if hook is None:
+        return
+    r = hook(flow)
+    if inspect.isawaitable(r):
+        await r
+
+
+class Chain:
+    """The addons' hooks in mitmproxy's order, split into stages."""
+
+    def __init__(self, addons: list[object]) -> None:
+        self.addons = addons
+        self.recorder = addons[-1]
+
+    async def _request_checks(self, flow: Any) -> None:
+        for a in self.addons:
+            await _call(getattr(a, "requestheaders", None), flow)
+        for a in self.addons[:-1]:
+            await _call(getattr(a, "request", None), flow)
+
+    async def _response_checks(self, flow: Any) -> None:
+        for a in self.addons:
+            await _call(getattr(a, "responseheaders", None), flow)
+        for a in self.addons[:-1]:
+            await _call(getattr(a, "response", None), flow)
+
+    async def checks(self, flow: Any) -> None:
+        """Every addon but the recorder: intake, identity, classification,
+        policy, credentials; then the response's masking. No events."""
+        from capture.state import state_of
+
+        await self._request_checks(flow)
+        st = state_of(flow)
+        assert st is not None and st.blocked is None, st and st.blocked
+        st.forwarded = True
+        flow.response = _response()
+        await self._response_checks(flow)
+        assert b"bob@example.org" not in flow.response.content, "masking did not run"
+
+    async def events_only(self, flow: Any) -> None:
+        """The whole chain, but appends go to a log that stores nothing: the
+        events are built, chained and encoded, and not made durable."""
+        rec: Any = self.recorder
+        durable, rec.publisher = rec.publisher, EventPublisher(DiscardingLog())
+        try:
+            await self.full(flow)
+        finally:
+            rec.publisher = durable
+
+    async def full(self, flow: Any) -> None:
+        """The whole chain, the recorder's durable appends included."""
+        await self._request_checks(flow)
+        await _call(self.recorder.request, flow)  # type: ignore[attr-defined]
+        assert flow.response is None, flow.response and flow.response.content
+        flow.response = _response()
+        for a in self.addons:
+            await _call(getattr(a, "responseheaders", None), flow)
+        for a in self.addons:
+            await _call(getattr(a, "response", None), flow)
+        assert b"bob@example.org" not in flow.response.content, "masking did not run"
+
+
+async def _nothing(flow: Any) -> None:
+    flow.response = _response()
+
+
+async def _measure(
+    fn: Callable[[Any], Awaitable[None]], make: Callable[[], Any], n: int, conc: int
+) -> dict[str, float]:
+    # Flows are made as they are needed and dropped after, as in a gateway:
+    # keeping thousands alive would make every garbage collection dearer.
+    it = iter(range(n))
+
+    async def worker() -> None:
+        for _ in it:
+            await fn(make())
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(conc)))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return {"req_s": n / wall, "wall_us": wall / n * 1e6, "cpu_us": cpu / n * 1e6}
+
+
+async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from pydantic import SecretStr
+
+    from capture import build_addons
+    from capture.config import GatewayConfig, Route
+    from capture.devidp import mint_token, serve
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        idp = serve("127.0.0.1", 0, tmp / "idp")
+        try:
+            token = mint_token(idp.issuer_url, "alice", ["Vector-Read"], ttl=timedelta(hours=2))
+            port = 6333
+            extra: dict[str, Any] = {}
+            if args.response_durability != "sync":
+                extra["response_durability"] = args.response_durability
+            cfg = GatewayConfig(
+                routes=[
+                    Route(
+                        kind="qdrant",
+                        upstream="http://127.0.0.1:6333",
+                        listen_port=port,
+                        credential=SecretStr("bench-key"),
+                        credential_ref="env:EG_BENCH_KEY",
+                    )
+                ],
+                policy_path=ROOT / "examples" / "policy.yaml",
+                log_url=f"sqlite:{tmp / 'events.db'}",
+                issuer=idp.issuer_url,
+                audience="embedguard",
+                gateway_id="profile",
+                **extra,
+            )
+            addons = build_addons(cfg)
+            for a in addons:
+                running = getattr(a, "running", None)
+                if running is not None:
+                    await running()
+            chain = Chain(addons)
+
+            def make() -> Any:
+                return _flow(token, port)
+
+            await chain.full(make())  # verifies the token once; the rest hit the cache
+            stages: list[tuple[str, Callable[[Any], Awaitable[None]]]] = [
+                ("flow objects only (harness)", _nothing),
+                ("checks (no events)", chain.checks),
+                ("+ events built and encoded", chain.events_only),
+                ("+ durable appends (full chain)", chain.full),
+            ]
+            results: list[dict[str, Any]] = []
+            for conc in (1, 16):
+                for name, fn in stages:
+                    await _measure(fn, make, max(50, args.requests // 10), conc)  # warm-up
+                    r = await _measure(fn, make, args.requests, conc)
+                    results.append({"stage": name, "concurrency": conc, **r})
+            if args.profile:
+                prof = cProfile.Profile()
+                flows = [make() for _ in range(args.requests)]
+                prof.enable()
+                for f in flows:
+                    await chain.full(f)
+                prof.disable()
+                out = io.StringIO()
+                pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.top)
+                print(out.getvalue())
+                out = io.StringIO()
+                pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(args.top)
+                print(out.getvalue())
+            for a in reversed(addons):
+                done = getattr(a, "done", None)
+                if done is not None:
+                    await done()
+            return results
+        finally:
+            idp.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--profile", action="store_true", help="print a cProfile of the full chain")
+    ap.add_argument("--top", type=int, default=35)
+    ap.add_argument("--response-durability", choices=("sync", "async"), default="sync")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    results = asyncio.run(run(args))
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="gateway hooks in process, per request (real flows, real SQLite log)")
+    for col in ("stage", "conc", "req/s", "wall µs", "CPU µs", "CPU × harness"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for r in results:
+        base = next(
+            x
+            for x in results
+            if x["concurrency"] == r["concurrency"] and x["stage"].startswith("flow")
+        )
+        table.add_row(
+            r["stage"],
+            str(r["concurrency"]),
+            f"{r['req_s']:,.0f}",
+            f"{r['wall_us']:.0f}",
+            f"{r['cpu_us']:.0f}",
+            f"{r['cpu_us'] / base['cpu_us']:.2f}×",
+        )
+    Console(width=120).print(table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Recorder (capture/recorder.py): when a response may leave, by durability mode.
+
+The addons run in process, driven through their hooks with real mitmproxy
+flows, the dev issuer's tokens, examples/policy.yaml and a real SQLite log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import http
+from mitmproxy.test import tflow
+from pydantic import SecretStr
+
+from capture.classifier import Classifier
+from capture.config import GatewayConfig, Route
+from capture.credentials import Credentials
+from capture.enforcer import Enforcer
+from capture.identity import IdentityCheck
+from capture.intake import Intake
+from capture.masker import Masker
+from capture.recorder import Recorder
+from capture.state import state_of
+from pipeline.transport.sqlite import SqliteEventLog
+from schemas.chain import verify_chains
+from schemas.codec import default_codec
+from tests.support.events import read_events
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "eg-recorder-upstream-secret-41c9"
+POINT = {"id": 1, "payload": {"email": "bob@example.org", "team": "search"}, "vector": [0.1]}
+
+
+def config(tmp: Path, issuer: str, **extra: Any) -> GatewayConfig:
+    return GatewayConfig(
+        routes=[
+            Route(
+                kind="qdrant",
+                upstream="http://127.0.0.1:6333",
+                listen_port=6333,
+                credential=SecretStr(SECRET),
+                credential_ref="env:EG_TEST_KEY",
+            )
+        ],
+        policy_path=ROOT / "examples" / "policy.yaml",
+        log_url=f"sqlite:{tmp / 'events.db'}",
+        issuer=issuer,
+        audience="embedguard",
+        gateway_id="gw-recorder",
+        **extra,
+    )
+
+
+class Chain:
+    """The gateway's core addons in mitmproxy's hook order."""
+
+    def __init__(self, cfg: GatewayConfig, log: SqliteEventLog) -> None:
+        self.recorder = Recorder(cfg, log_=log)
+        self.addons: list[Any] = [
+            Intake(cfg),
+            IdentityCheck(cfg),
+            Classifier(cfg),
+            Enforcer(cfg.policy_path),
+            Masker(),
+            Credentials(),
+            self.recorder,
+        ]
+
+    async def _each(self, hook: str, flow: http.HTTPFlow) -> None:
+        for addon in self.addons:
+            fn: Callable[[http.HTTPFlow], Awaitable[None] | None] | None = getattr(
+                addon, hook, None
+            )
+            if fn is not None:
+                result = fn(flow)
+                if result is not None:
+                    await result
+
+    async def start(self) -> None:
+        for addon in self.addons:
+            if hasattr(addon, "running"):
+                result = addon.running()
+                if result is not None:
+                    await result
+
+    async def stop(self) -> None:
+        for addon in reversed(self.addons):
+            if hasattr(addon, "done"):
+                await addon.done()
+
+    async def exchange(self, token: str, body: bytes) -> http.HTTPFlow:
+        """One GET of point 1; ``body`` is the upstream's answer."""
+        flow = tflow.tflow()
+        flow.request = http.Request.make(
+            "GET",
+            "http://127.0.0.1:6333/collections/docs/points/1",
+            b"",
+            {"host": "127.0.0.1:6333", "authorization": f"Bearer {token}"},
+        )
+        await self._each("requestheaders", flow)
+        await self._each("request", flow)
+        st = state_of(flow)
+        assert st is not None and st.forwarded, flow.response and flow.response.content
+        flow.response = http.Response.make(200, body, {"content-type": "application/json"})
+        await self._each("responseheaders", flow)
+        await self._each("response", flow)
+        return flow
+
+
+def answer(padding: int = 0) -> bytes:
+    return json.dumps({"result": {**POINT, "pad": "p" * padding}, "status": "ok"}).encode()
+
+
+def test_sync_is_the_default_and_the_response_record_is_durable_before_delivery(
+    tmp_path: Path, dev_idp: str
+) -> None:
+    from capture.devidp import mint_token
+
+    cfg = config(tmp_path, dev_idp)
+    assert cfg.response_durability == "sync"
+    token = mint_token(dev_idp, "alice", ["Vector-Read"])
+
+    async def run() -> list[tuple[str, str | None]]:
+        log = SqliteEventLog(tmp_path / "events.db")
+        chain = Chain(cfg, log)
+        await chain.start()
+        last_stored = []
+        try:
+            async with log.tail_reader() as reader:
+                for _ in range(3):
+                    flow = await chain.exchange(token, answer())
+                    # The hook has returned, so mitmproxy may send the response
+                    # now: its record must already be in the log.
+                    records = await reader.poll(max_records=100, timeout=0)
+                    last = default_codec().decode(records[-1].value).event.envelope
+                    assert state_of(flow) is not None
+                    last_stored.append((state_of(flow).request_id, last.request_id))  # type: ignore[union-attr]
+                    assert last.type == "ResponseRecorded"
+        finally:
+            await chain.stop()
+        return last_stored
+
+    for request_id, stored_id in asyncio.run(run()):
+        assert stored_id == request_id
+
+
+def test_async_responses_are_recorded_in_stream_order_and_chain(
+    tmp_path: Path, dev_idp: str
+) -> None:
+    from capture.devidp import mint_token
+
+    cfg = config(tmp_path, dev_idp, response_durability="async")
+    token = mint_token(dev_idp, "alice", ["Vector-Read"])
+
+    async def run() -> list[http.HTTPFlow]:
+        chain = Chain(cfg, SqliteEventLog(tmp_path / "events.db"))
+        await chain.start()
+        try:
+            flows = [await chain.exchange(token, answer()) for _ in range(25)]
+        finally:
+            await chain.stop()  # waits for the appends still in flight
+        return flows
+
+    flows = asyncio.run(run())
+    for flow in flows:
+        assert flow.response is not None and flow.response.status_code == 200
+        assert b"bob@example.org" not in flow.response.content  # masked as in sync mode
+    events = read_events(cfg.log_url)
+    assert verify_chains(events) == []
+    stream = [d.event.envelope.stream_seq for d in events]
+    assert stream == list(range(len(events))), "the log holds the stream in stamp order"
+    request_ids = {state_of(f).request_id for f in flows}  # type: ignore[union-attr]
+    recorded = {
+        d.event.envelope.request_id for d in events if d.event.envelope.type == "ResponseRecorded"
+    }
+    assert recorded == request_ids
+    assert all(SECRET not in d.canonical.decode("latin-1") for d in events)
+
+
+def test_async_response_whose_record_fails_is_logged_and_the_stream_starts_over(
+    tmp_path: Path, dev_idp: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log has room for the request events but not for a response that
+    carries a 60 kB body: the client already has its answer, so the failure
+    is logged (no secret in it) and no chain continues over the hole."""
+    import sqlite3
+
+    from capture.devidp import mint_token
+
+    cfg = config(tmp_path, dev_idp, response_durability="async")
+    token = mint_token(dev_idp, "alice", ["Vector-Read"])
+    path = tmp_path / "events.db"
+
+    async def run() -> tuple[http.HTTPFlow, http.HTTPFlow, str, str]:
+        async with SqliteEventLog(path):  # create it, to size the cap from it
+            pass
+        pages = sqlite3.connect(path).execute("PRAGMA page_count").fetchone()[0]
+        chain = Chain(cfg, SqliteEventLog(path, max_bytes=(pages + 12) * 4096))
+        await chain.start()
+        try:
+            stream_before = chain.recorder.stamper.gateway_id
+            big = await chain.exchange(token, answer(padding=60_000))
+            await asyncio.gather(*chain.recorder._in_flight, return_exceptions=True)
+            await asyncio.sleep(0)  # let the done-callbacks run
+            after = await chain.exchange(token, answer())
+            return big, after, stream_before, chain.recorder.stamper.gateway_id
+        finally:
+            await chain.stop()
+
+    with caplog.at_level(logging.ERROR, logger="embedguard.recorder"):
+        big, after, stream_before, stream_after = asyncio.run(run())
+    assert big.response is not None and big.response.status_code == 200
+    failure = [r for r in caplog.records if "could not be made durable" in r.getMessage()]
+    assert len(failure) == 1
+    assert state_of(big).request_id in failure[0].getMessage()  # type: ignore[union-attr]
+    assert SECRET not in caplog.text and token not in caplog.text
+    assert stream_before == "gw-recorder" and stream_after == "gw-recorder#1"
+    events = read_events(cfg.log_url)
+    big_id = state_of(big).request_id  # type: ignore[union-attr]
+    assert not [
+        d
+        for d in events
+        if d.event.envelope.request_id == big_id and d.event.envelope.type == "ResponseRecorded"
+    ]
+    # the next request is recorded on the new stream, in a new session
+    after_events = [
+        d
+        for d in events
+        if d.event.envelope.request_id == state_of(after).request_id  # type: ignore[union-attr]
+    ]
+    assert after_events and {d.event.envelope.gateway_id for d in after_events} == {"gw-recorder#1"}
+    assert verify_chains(events) == []
