@@ -163,7 +163,7 @@ class Checkpointer:
                     tree.new_content = 0
                     try:
                         await record(Checkpoint, **fields)
-                    except Exception:
+                    except BaseException:  # incl. cancellation: the events stay due
                         tree.new_content += content
                         raise
                     tree.checkpointed = fields["tree_size"]
@@ -195,6 +195,8 @@ class Checkpointer:
                 await self.emit(record, current_stream())
             except EventLogError as exc:
                 log.error("could not record a checkpoint: %s", exc)
+            except Exception:  # keep checkpointing; the next round retries
+                log.exception("checkpoint failed")
 
     def start(self, record: RecordSystem, current_stream: Callable[[], str]) -> None:
         self._task = asyncio.create_task(self.run(record, current_stream))

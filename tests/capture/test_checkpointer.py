@@ -9,19 +9,20 @@ import asyncio
 import os
 import random
 import stat
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from capture.checkpointer import Checkpointer, StreamTree
+from capture.checkpointer import Checkpointer, StreamTree, canonical_bytes
 from capture.config import GatewayConfig, Route
 from capture.recorder import Recorder
 from capture.signing_keys import SigningKeyError, load_or_create_signing_key, load_signing_key
 from replay.verify_core import verify_log
-from schemas.chain import EventStamper
-from schemas.codec import DecodedEvent
+from schemas.chain import EventStamper, StampedEvent
+from schemas.codec import DecodedEvent, default_codec
 from schemas.merkle import hash_leaf, root_of
 from schemas.models import Checkpoint, GatewayStarted, PolicyChanged
 from schemas.note import CheckpointBody, Signer, checkpoint_origin
@@ -246,3 +247,15 @@ def test_keys_show_prints_the_vkey_to_pin(tmp_path: Path) -> None:
     res = runner.invoke(app, ["keys", "show", "--signing-key", str(path)])
     assert res.exit_code == 0 and res.output.strip() == vkey
     assert load_signing_key(path).skey().rsplit("+", 1)[1] not in res.output
+
+
+def test_confluent_framed_events_hash_as_their_single_object_bytes() -> None:
+    """With a schema registry the wire is 0x00 + schema id + body; the leaf is
+    still the single-object form that readers rebuild (DecodedEvent.canonical)."""
+    codec = default_codec()
+    st = EventStamper("gw-reg").stamp(
+        PolicyChanged, session_id="s", old_sha256=None, new_sha256="0" * 64, source="t", diff=""
+    )
+    framed = StampedEvent(st.event, b"\x00" + struct.pack(">I", 42) + codec.body(st.event), st.hash)
+    assert canonical_bytes(framed, codec) == codec.canonical(st.event) == st.wire
+    assert canonical_bytes(st, codec) == st.wire
