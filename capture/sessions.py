@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from uuid6 import uuid7
+from uuid_utils.compat import uuid7
 
 __all__ = ["SESSION_HEADER", "Session", "SessionKey", "SessionTracker"]
 

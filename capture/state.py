@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mitmproxy import http
-from uuid6 import uuid7
+from uuid_utils.compat import uuid7
 
 from capture.types import Classification, Identity
 

@@ -110,3 +110,19 @@ def test_a_flipped_byte_in_an_earlier_event_breaks_the_next_link() -> None:
     problems = verify_chains(decoded)
     assert [p.kind for p in problems] == ["altered"]
     assert problems[0].seq == 2
+
+
+def test_event_ids_stay_on_the_clock_and_in_order_under_load() -> None:
+    """A busy gateway stamps thousands of events per second. Their UUIDv7 ids
+    must stay ordered without their timestamps running ahead of the clock
+    (uuid6's uuid7 adds a millisecond per id within one millisecond)."""
+    import time
+
+    s = EventStamper("gw-1")
+    out = [_blocked(s, "a", i) for i in range(5000)]
+    now_ms = time.time_ns() // 1_000_000
+    ids = [e.event.envelope.event_id for e in out]
+    assert all(a < b for a, b in zip(ids, ids[1:], strict=False))
+    assert all(u.version == 7 for u in ids)
+    ahead_ms = (ids[-1].int >> 80) - now_ms
+    assert ahead_ms <= 1, f"the last event id is {ahead_ms} ms ahead of the clock"
