@@ -239,6 +239,7 @@ class GrantIssued(Event):
     valid_until: AwareDatetime
     max_operations: int | None = None
     issued_by: str
+    reason: str | None = None
 
 
 class RequestForwarded(Event):

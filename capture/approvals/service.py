@@ -432,6 +432,7 @@ class ApprovalService:
                         "valid_until": a.valid_until or now,
                         "max_operations": a.max_operations,
                         "issued_by": approver.subject,
+                        "reason": a.reason,
                         "occurred_at": now,
                     }))
             await self._emit_and_sync(EmitRequest(
@@ -583,7 +584,7 @@ class ApprovalService:
         except ValueError as exc:
             raise ApprovalError("bad_request", str(exc)) from None
         window = _window(window)
-        _reason(reason, required=True)
+        text = _reason(reason, required=True)
         subject = subject.strip()
         if not subject or len(subject) > 256:
             raise ApprovalError("bad_request", "name the subject who gets the grant (--subject)")
@@ -595,7 +596,7 @@ class ApprovalService:
                 "grant_id": grant_id, "kind": "jit", "approval_id": None, "subject": subject,
                 "actions": list(acts), "collections": list(globs), "valid_from": now,
                 "valid_until": now + window, "max_operations": None,
-                "issued_by": issuer.subject, "occurred_at": now,
+                "issued_by": issuer.subject, "reason": text, "occurred_at": now,
             })],
             identity=issuer, client_address=client_address))
         g = self.book.grant(grant_id)

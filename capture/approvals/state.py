@@ -162,6 +162,7 @@ class Grant:
     used_operations: int
     approval_id: str | None
     issued_by: str
+    reason: str | None = None
 
     def active(self, now: datetime) -> bool:
         return self.valid_from <= now < self.valid_until and (
@@ -450,6 +451,7 @@ class ApprovalBook:
             used_operations=self.uses(g.grant_id),
             approval_id=g.approval_id,
             issued_by=g.issued_by,
+            reason=g.reason,
         )
 
     def preview(self, approval_id: str, event: ApprovalDecided) -> Approval | None:
@@ -703,6 +705,7 @@ def grant_to_json(g: Grant) -> dict[str, Any]:
         "used_operations": g.used_operations,
         "approval_id": g.approval_id,
         "issued_by": g.issued_by,
+        "reason": g.reason,
     }
 
 

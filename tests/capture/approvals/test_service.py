@@ -249,6 +249,7 @@ async def test_ticket_flow_with_overuse_across_gateways(tmp_path: Path) -> None:
     grants = [e for e in events if isinstance(e, GrantIssued)]
     assert len(grants) == 1 and grants[0].kind == "ticket" and grants[0].max_operations == 3
     assert grants[0].approval_id == tid and grants[0].issued_by == "ann"
+    assert grants[0].reason == "CHG-7 reindex"
 
 
 async def test_jit_grants(tmp_path: Path) -> None:
@@ -260,6 +261,7 @@ async def test_jit_grants(tmp_path: Path) -> None:
                                 collections=["scratch-*"], window=timedelta(hours=1),
                                 reason="hotfix")
         assert g.kind == "jit" and g.subject == "dana" and g.issued_by == "ann"
+        assert g.reason == "hotfix"  # recorded in GrantIssued
         assert [x.grant_id for x in a.active_grants("dana", clock())] == [g.grant_id]
         assert a.active_grants("eve", clock()) == []
         clock.advance(timedelta(hours=1))
