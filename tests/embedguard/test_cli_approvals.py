@@ -238,3 +238,20 @@ def test_tls_gateway_with_its_ca_and_no_plain_http(tmp_path: Path, idp: str) -> 
         r = runner.invoke(app, ["approvals", "list"], env={**env, "EMBEDGUARD_GATEWAY_URL": g.url})
         assert r.exit_code == 1 and "tls_required" in r.stderr
         assert up.requests == []
+
+
+@pytest.mark.parametrize("url", ["http://user:hookpw@hooks.example/x", "ftp://hooks.example/x"])
+def test_gateway_refuses_a_bad_webhook_at_start_without_echoing_it(
+    tmp_path: Path, url: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "embedguard.cli", "gateway", "--upstream", "http://127.0.0.1:9",
+         "--listen", "127.0.0.1:0", "--policy", str(POLICY), "--issuer", "http://127.0.0.1:9",
+         "--audience", "embedguard", "--log", f"sqlite:{tmp_path / 'e.db'}",
+         "--signing-key", str(tmp_path / "k.key")],
+        capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "EMBEDGUARD_APPROVAL_WEBHOOK": url},
+    )
+    assert proc.returncode == 2
+    assert "approval webhook" in proc.stderr
+    assert "hookpw" not in proc.stderr and url not in proc.stderr
