@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from capture.approvals.client import ControlApiError, ControlClient
 
@@ -94,7 +94,9 @@ def _ops(a: dict[str, Any]) -> str:
 
 
 def _approvals_table(items: list[dict[str, Any]]) -> Table:
-    t = Table("id", "kind", "status", "requester", "operations", "votes", "expires", "reason")
+    # ids stay on one line: people copy them into `approvals approve`
+    t = Table(Column("id", no_wrap=True), "kind", "status", "requester", "operations", "votes",
+              "expires", "reason")
     for a in items:
         votes = f"{len(a.get('approvals', []))}/{a.get('min_approvals')}"
         if a.get("denials"):
@@ -277,7 +279,8 @@ def grants_list(
     if not items:
         _out.print("no grants")
         return
-    t = Table("id", "kind", "subject", "actions", "collections", "until", "used", "issued by")
+    t = Table(Column("id", no_wrap=True), "kind", "subject", "actions", "collections", "until",
+              "used", "issued by")
     for g in items:
         used = f"{g['used_operations']}/{g['max_operations'] or '∞'}"
         t.add_row(g["grant_id"], g["kind"], g["subject"], ",".join(g["actions"]),

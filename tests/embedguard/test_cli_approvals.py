@@ -119,6 +119,13 @@ def test_ticket_approved_by_a_peer_refused_to_its_requester(
 
     r = cli(gw, ann, "approvals", "deny", tid, "--reason", "too late")
     assert r.exit_code == 1 and "already_decided" in r.stderr
+    text = cli(gw, ann, "tickets", "show", tid)
+    assert text.exit_code == 0, text.output
+    for shown_line in ("requester  pat", "approvers  1 of [Vector-Approve]",
+                       "scope      delete, write on docs-*", "approved   by ann"):
+        assert shown_line in text.stdout
+    table = cli(gw, ann, "approvals", "list")
+    assert table.exit_code == 0 and tid in table.stdout  # whole, on one line
 
     # the log holds the request, the decision with the approver's verified
     # identity in the approver's own session, and the grant, all by ids
