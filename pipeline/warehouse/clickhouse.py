@@ -33,7 +33,7 @@ from pipeline.warehouse._chdb import OUTPUT_SETTINGS, engine
 from pipeline.warehouse.base import LoadBatch, Warehouse, WriteResult
 from pipeline.warehouse.ddl import load_migrations, table_schemas
 from pipeline.warehouse.errors import MigrationError, WarehouseError, WarehouseUnavailable
-from pipeline.warehouse.projection import TABLES, project_batch
+from pipeline.warehouse.projection import TABLES, project_batch, to_arrow
 from schemas.codec import EventCodec, default_codec
 
 __all__ = ["ChdbWarehouse", "ClickHouseWarehouse", "MergeTreeWarehouse"]
@@ -149,13 +149,13 @@ class MergeTreeWarehouse(Warehouse):
                 todo = [r for r in rows[table] if r["src_offset"] > mark]
                 written[table] = len(todo)
                 if todo:
-                    data = pa.Table.from_pylist(todo, schema=self._schemas[table])
+                    data = to_arrow(todo, self._schemas[table])
                     self._insert(table, data, f"{batch.token}:{table}")
                 load_rows.append(self._load_row(batch, table, len(todo), loaded_at))
             load_rows.append(self._load_row(batch, COMPLETE, len(batch.records), loaded_at))
             self._insert(
                 "loads",
-                pa.Table.from_pylist(load_rows, schema=self._schemas["loads"]),
+                to_arrow(load_rows, self._schemas["loads"]),
                 f"{batch.token}:loads",
             )
             return WriteResult(

@@ -32,7 +32,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
@@ -46,7 +45,7 @@ from pipeline.warehouse.ddl import (
     table_schemas,
 )
 from pipeline.warehouse.errors import MigrationError, WarehouseError, WarehouseUnavailable
-from pipeline.warehouse.projection import TABLES, project_batch
+from pipeline.warehouse.projection import TABLES, project_batch, to_arrow
 from schemas.codec import EventCodec, default_codec
 
 __all__ = ["LakeWarehouse"]
@@ -237,7 +236,7 @@ class LakeWarehouse(Warehouse):
     def _append(
         self, dt: DeltaTable, table: str, rows: list[dict[str, Any]], app_id: str, version: int
     ) -> None:
-        data = pa.Table.from_pylist(rows, schema=self._schemas[table])
+        data = to_arrow(rows, self._schemas[table])
         write_deltalake(
             dt,
             data,
