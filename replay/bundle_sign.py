@@ -18,11 +18,15 @@ and bundles. Verification needs only the bundle and the pinned vkeys.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import stat
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import rfc8785
@@ -34,7 +38,9 @@ __all__ = [
     "MANIFEST",
     "MANIFEST_VERSION",
     "SIGNATURE",
+    "BundleError",
     "build_manifest",
+    "bundle_dir",
     "canonical_json",
     "file_digests",
     "read_manifest",
@@ -46,6 +52,52 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 MANIFEST_VERSION = "embedguard-bundle-manifest/v1"
 _CHUNK = 1 << 20
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be opened safely; the message names the entry."""
+
+
+@contextlib.contextmanager
+def bundle_dir(path: Path, *, max_bytes: int = 16 * 1024**3) -> Iterator[Path]:
+    """The bundle at ``path`` as a directory: the directory itself, or a zip
+    extracted to a temporary one. Zip entries must be plain files under
+    relative paths (no '..', no absolute paths, no links, no duplicates), and
+    the total size is capped, so a hostile archive cannot write elsewhere."""
+    if path.is_dir():
+        yield path
+        return
+    if not zipfile.is_zipfile(path):
+        raise BundleError(f"{path} is neither a bundle directory nor a zip file")
+    with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory(prefix="eg-bundle-") as tmp:
+        root = Path(tmp)
+        seen: set[str] = set()
+        total = 0
+        for info in zf.infolist():
+            name = info.filename
+            if info.is_dir():
+                continue
+            p = PurePosixPath(name)
+            if p.is_absolute() or ".." in p.parts or "\\" in name or not p.parts:
+                raise BundleError(f"zip entry {name!r} is not a relative path inside the bundle")
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise BundleError(f"zip entry {name!r} is a symbolic link")
+            if name in seen:
+                raise BundleError(f"zip entry {name!r} appears twice")
+            seen.add(name)
+            total += info.file_size
+            if total > max_bytes:
+                raise BundleError(f"the bundle unpacks to more than {max_bytes} bytes")
+            dest = root.joinpath(*p.parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, dest.open("wb") as out:
+                written = 0
+                while chunk := src.read(_CHUNK):
+                    written += len(chunk)
+                    if written > info.file_size:  # a lying header
+                        raise BundleError(f"zip entry {name!r} is larger than it says")
+                    out.write(chunk)
+        yield root
 
 
 def canonical_json(obj: Any) -> bytes:

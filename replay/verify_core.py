@@ -16,8 +16,11 @@ Two modes share one report type:
 Checkpoint notes are trusted only through the pinned verifier keys. Every
 finding names what is wrong and where: the event id, its stream and
 stream_seq, its session and seq, and the file or row it came from.
-Bodies that expired or were redacted live outside the events (events carry
-their sha256), so they never affect these checks.
+What is verified is each event's bytes as recorded (``DecodedEvent.canonical``).
+Events name large bodies by sha256 and the warehouse keeps bodies in their own
+table, so a body that expired or was redacted there never affects these
+checks; a reader must never rewrite an event's own bytes to redact it (that
+is indistinguishable from tampering, and is reported as such).
 """
 
 from __future__ import annotations

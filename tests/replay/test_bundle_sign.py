@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
+import zipfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +17,9 @@ import pytest
 from replay.bundle_sign import (
     MANIFEST,
     SIGNATURE,
+    BundleError,
     build_manifest,
+    bundle_dir,
     canonical_json,
     read_manifest,
     sign_manifest,
@@ -102,3 +108,53 @@ def test_manifest_inputs_are_checked(tmp_path: Path) -> None:
         tmp_path, tool_version="x", exported_at=datetime.now(UTC), extra={"checkpoints": 2}
     )
     assert json.loads(canonical_json(m))["checkpoints"] == 2
+
+
+def _zip(root: Path, dest: Path, extra: Sequence[tuple[zipfile.ZipInfo | str, bytes]] = ()) -> Path:
+    with zipfile.ZipFile(dest, "w") as zf:
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(root).as_posix())
+        for info, data in extra:
+            zf.writestr(info, data)
+    return dest
+
+
+def test_a_zipped_bundle_verifies_and_tampering_inside_is_named(tmp_path: Path) -> None:
+    root = _bundle(tmp_path / "b")
+    with bundle_dir(_zip(root, tmp_path / "b.zip")) as d:
+        assert verify_manifest(d, [KEY.verifier.vkey])[1] == []
+    (root / "README.md").write_text("changed\n")
+    with bundle_dir(_zip(root, tmp_path / "c.zip")) as d:
+        assert [f.kind for f in verify_manifest(d, [KEY.verifier.vkey])[1]] == ["file_altered"]
+    with bundle_dir(root) as d:  # a directory is used as it is
+        assert d == root
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("../evil.txt", "relative path"),
+        ("/etc/evil.txt", "relative path"),
+        ("README.md", "twice"),
+    ],
+)
+def test_hostile_zip_entries_are_refused(tmp_path: Path, entry: str, message: str) -> None:
+    root = _bundle(tmp_path / "b")
+    with pytest.warns(UserWarning) if entry == "README.md" else contextlib.nullcontext():
+        z = _zip(root, tmp_path / "h.zip", [(entry, b"x")])
+    with pytest.raises(BundleError, match=message), bundle_dir(z):
+        pass
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_a_zip_symlink_and_a_non_bundle_are_refused(tmp_path: Path) -> None:
+    root = _bundle(tmp_path / "b")
+    link = zipfile.ZipInfo("link")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    z = _zip(root, tmp_path / "l.zip", [(link, b"/etc/passwd")])
+    with pytest.raises(BundleError, match="symbolic link"), bundle_dir(z):
+        pass
+    (tmp_path / "plain.txt").write_text("hi")
+    with pytest.raises(BundleError, match="neither"), bundle_dir(tmp_path / "plain.txt"):
+        pass
