@@ -151,10 +151,12 @@ def arrow_type(ch_type: str) -> pa.DataType:
         return pa.list_(arrow_type(t[len("Array(") : -1]))
     m = _DT64.match(t)
     if m:
-        unit = {3: "ms", 6: "us", 9: "ns"}.get(int(m.group(1)))
-        if unit is None:
-            raise MigrationError(f"DateTime64 precision {m.group(1)} has no Delta type")
-        return pa.timestamp(unit, tz="UTC")
+        if m.group(1) != "6":
+            # Delta timestamps are microseconds; chDB would read back DateTime64(6)
+            raise MigrationError(
+                f"{ch_type}: use DateTime64(6, 'UTC'), the only precision Delta stores"
+            )
+        return pa.timestamp("us", tz="UTC")
     simple: dict[str, pa.DataType] = {
         "String": pa.string(),
         "Int64": pa.int64(),
@@ -170,7 +172,7 @@ def arrow_type(ch_type: str) -> pa.DataType:
     except KeyError:
         raise MigrationError(
             f"column type {ch_type!r} has no Delta mapping; use String, Int32/64, Bool, "
-            "Float64, Date, DateTime64(3|6, 'UTC'), Array, Nullable or LowCardinality"
+            "Float64, Date, DateTime64(6, 'UTC'), Array, Nullable or LowCardinality"
         ) from None
 
 

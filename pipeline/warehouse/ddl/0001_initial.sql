@@ -235,7 +235,7 @@ CREATE TABLE IF NOT EXISTS {db}.dead_letters
     record_key String,
     raw String CODEC(ZSTD(3)),
     error String,
-    log_timestamp DateTime64(3, 'UTC'),
+    log_timestamp DateTime64(6, 'UTC'),
     loaded_at DateTime64(6, 'UTC'),
     day Date
 )
