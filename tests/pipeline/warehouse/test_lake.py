@@ -201,3 +201,51 @@ def test_compact_keeps_every_row_and_the_positions(tmp_path: Path) -> None:
     assert wh.write_batch(LoadBatch(SRC, 0, recs[:10])).duplicate
     stats = wh.stats()
     assert stats["tables"]["events"] == len(recs) and stats["last_load_at"]
+
+
+_WRITER = """
+import sys
+from pipeline.warehouse import LoadBatch
+from pipeline.warehouse.lake import LakeWarehouse
+from tests.pipeline.warehouse.scenario import build_scenario
+wh = LakeWarehouse(sys.argv[1])
+recs = build_scenario(sessions=8).records()
+print(len(recs), flush=True)
+for lo in range(0, len(recs), 20):
+    wh.write_batch(LoadBatch("sqlite:xproc", 0, recs[lo : lo + 20]))
+    if lo == 0:
+        print("first", flush=True)
+wh.compact()
+print("done", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_reader_process_while_a_loader_process_appends_and_compacts(tmp_path: Path) -> None:
+    """The embedded mode: a loader process writes Delta while another process
+    (dashboard, CLI) reads it through chDB; the reader sees whole batches only."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "lake"
+    LakeWarehouse(root).migrate()
+    with subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(root)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+    ) as writer:
+        assert writer.stdout is not None
+        total = int(writer.stdout.readline())
+        assert writer.stdout.readline().strip() == "first"
+        reader = LakeWarehouse(root)
+        seen: list[int] = []
+        while writer.poll() is None:
+            seen.append(_count(reader, "events"))
+        rest = writer.stdout.read()
+        assert writer.wait(timeout=120) == 0 and "done" in rest
+    sizes = {min(lo + 20, total) for lo in range(0, total, 20)}
+    assert seen and set(seen) <= sizes
+    assert seen == sorted(seen)
+    assert _count(reader, "events") == total
+    assert reader.loaded_positions("sqlite:xproc") == {0: total}
