@@ -38,7 +38,9 @@ __all__ = [
     "approval",
     "approval_writes",
     "approvals_list",
+    "body",
     "body_search",
+    "collection_lineage",
     "checkpoints",
     "collection_history",
     "dead_letters",
@@ -50,6 +52,8 @@ __all__ = [
     "sessions_count",
     "sessions_list",
     "stats_over_time",
+    "stream_raw_events",
+    "streams",
     "vector_lineage",
 ]
 
@@ -425,6 +429,65 @@ CHECKPOINTS = Query(
     "The gateways' signed Merkle checkpoints.",
 )
 
+BODY = Query(
+    "body",
+    """SELECT sha256, kind, any(size) AS size, any(content_type) AS content_type,
+        base64Encode(any(body)) AS body_b64
+    FROM {bodies}
+    WHERE sha256 = {sha256:String}
+    GROUP BY sha256, kind
+    ORDER BY kind""",
+    "A stored body by its sha256 (absent once it expired or was redacted).",
+)
+COLLECTION_LINEAGE = Query(
+    "collection_lineage",
+    """SELECT
+        l.point_id AS point_id, l.event_id AS event_id, l.op_index AS op_index,
+        l.action AS action, l.occurred_at AS occurred_at, l.session_id AS session_id,
+        l.request_id AS request_id, l.product AS product, l.ids_known AS ids_known,
+        l.id_count AS id_count, l.vector_count AS vector_count,
+        l.filter_present AS filter_present, l.filter_sha256 AS filter_sha256, l.bulk AS bulk,
+        r.subject AS subject, r.decision AS decision, r.state AS state, r.status AS status,
+        r.approval_id AS approval_id, r.ticket_id AS ticket_id, r.grant_id AS grant_id,
+        r.result_count AS result_count
+    FROM (
+        SELECT * FROM {vector_lineage}
+        WHERE collection = {collection:String}
+          AND ({until:String} = ''
+               OR occurred_at < parseDateTime64BestEffortOrNull({until:String}, 6, 'UTC'))
+        ORDER BY occurred_at, event_id, op_index, point_id
+        LIMIT 1 BY event_id, op_index, point_id
+    ) AS l
+    LEFT JOIN ("""
+    + _request_fold(
+        """request_id IN (SELECT request_id FROM {vector_lineage}
+        WHERE collection = {collection:String})"""
+    )
+    + """) AS r ON l.request_id = r.request_id
+    ORDER BY occurred_at, event_id, op_index, point_id""",
+    "Every write or delete of a collection before a time (all ids, and the operations "
+    "whose ids are unknown), with who, decision, status, approval, ticket and grant: the "
+    "input of the state-at-a-time reconstruction.",
+)
+STREAMS = Query(
+    "streams",
+    """SELECT gateway_id AS stream, uniqExact(event_id) AS events,
+        min(stream_seq) AS first_stream_seq, max(stream_seq) AS last_stream_seq
+    FROM {events}
+    GROUP BY gateway_id
+    ORDER BY gateway_id""",
+    "Every gateway stream in the warehouse with its event count.",
+)
+STREAM_RAW_EVENTS = Query(
+    "stream_raw_events",
+    """SELECT event_id, stream_seq, session_id, seq, base64Encode(raw) AS raw_b64
+    FROM {events}
+    WHERE gateway_id = {stream:String}
+    ORDER BY stream_seq, event_id
+    LIMIT 1 BY event_id""",
+    "One gateway stream's events as written, in stream_seq order (Merkle leaves).",
+)
+
 #: Every query by name (the CLI, dashboard and the backend-equality test use it).
 QUERIES: dict[str, Query] = {
     q.name: q
@@ -445,6 +508,10 @@ QUERIES: dict[str, Query] = {
         STATS_OVER_TIME,
         DEAD_LETTERS,
         CHECKPOINTS,
+        BODY,
+        COLLECTION_LINEAGE,
+        STREAMS,
+        STREAM_RAW_EVENTS,
     )
 }
 
@@ -611,3 +678,25 @@ def dead_letters(wh: Warehouse, *, limit: int = 100, offset: int = 0) -> list[di
 
 def checkpoints(wh: Warehouse, *, origin: str | None = None) -> list[dict[str, Any]]:
     return CHECKPOINTS.run(wh, origin=origin or "")
+
+
+def body(wh: Warehouse, sha256: str) -> bytes | None:
+    """A stored body by sha256, or None once it expired or was redacted."""
+    import base64
+
+    rows = BODY.run(wh, sha256=sha256)
+    return base64.b64decode(rows[0]["body_b64"]) if rows else None
+
+
+def collection_lineage(
+    wh: Warehouse, collection: str, *, until: datetime | str | None = None
+) -> list[dict[str, Any]]:
+    return COLLECTION_LINEAGE.run(wh, collection=collection, until=_time(until))
+
+
+def streams(wh: Warehouse) -> list[dict[str, Any]]:
+    return STREAMS.run(wh)
+
+
+def stream_raw_events(wh: Warehouse, stream: str) -> list[dict[str, Any]]:
+    return STREAM_RAW_EVENTS.run(wh, stream=stream)

@@ -83,6 +83,17 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
     ],
     "dead_letters": [dict(limit=10, offset=0)],
     "checkpoints": [dict(origin=""), dict(origin="embedguard/gw-1")],
+    "body": [
+        dict(sha256="2c5adc49a11eb3662e9d393df18343b9c4f47085ee3c1559f878699f70eb5362"),
+        dict(sha256="0" * 64),
+    ],
+    "collection_lineage": [
+        dict(collection="docs", until=""),
+        dict(collection="docs", until="2026-03-01 09:00:00.200000"),
+        dict(collection="prod", until=""),
+    ],
+    "streams": [dict()],
+    "stream_raw_events": [dict(stream="gw-1"), dict(stream="gw-none")],
 }
 
 
