@@ -46,7 +46,14 @@ COMPLETE = "*"
 class MergeTreeWarehouse(Warehouse):
     """What ClickHouse server and chDB share; subclasses run the SQL."""
 
-    def __init__(self, database: str, codec: EventCodec | None = None) -> None:
+    def __init__(
+        self,
+        database: str,
+        codec: EventCodec | None = None,
+        *,
+        body_retention_days: int | None = None,
+    ) -> None:
+        self.body_retention_days = body_retention_days
         if not _DB_NAME.match(database):
             raise WarehouseError(
                 f"database name {database!r} is not a plain identifier (letters, digits, _)"
@@ -111,7 +118,18 @@ class MergeTreeWarehouse(Warehouse):
                     {"id": mig.id},
                 )
                 now.append(mig.id)
+            self._apply_retention()
             return now
+
+    def _apply_retention(self) -> None:
+        """Bodies expire by TTL when a retention is set (``MODIFY TTL`` is
+        idempotent); events never do here: they are the evidence."""
+        if self.body_retention_days is None:
+            return
+        self._command(
+            f"ALTER TABLE {self.db}.bodies MODIFY TTL "
+            f"toDateTime(occurred_at) + INTERVAL {int(self.body_retention_days)} DAY"
+        )
 
     def loaded_positions(self, source: str) -> dict[int, int]:
         rows = self.query(
@@ -178,9 +196,14 @@ class MergeTreeWarehouse(Warehouse):
         }
 
     def compact(self) -> None:
-        """Ask for merges (they drop duplicate keys); queries never need them."""
+        """Ask for merges (they drop duplicate keys; queries never need them) and
+        drop expired bodies now rather than at the next merge."""
         for table in TABLES:
             self._command(f"OPTIMIZE TABLE {self.db}.{table}")
+        if self.body_retention_days is not None:
+            self._command(
+                f"ALTER TABLE {self.db}.bodies MATERIALIZE TTL SETTINGS mutations_sync = 1"
+            )
 
     def stats(self) -> dict[str, Any]:
         counts: dict[str, int] = {}

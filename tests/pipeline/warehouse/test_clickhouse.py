@@ -173,3 +173,14 @@ def test_server_url_never_shows_the_password() -> None:
 def test_bad_database_name_is_refused() -> None:
     with pytest.raises(WarehouseError, match="plain identifier"):
         ClickHouseWarehouse.from_url("clickhouse://u:p@127.0.0.1:8123/x;DROP")
+
+
+def test_body_retention_drops_bodies_not_events(wh: MergeTreeWarehouse) -> None:
+    recs = build_scenario(sessions=1).records()
+    wh.body_retention_days = 1  # the scenario's bodies are from March 2026
+    wh.migrate()
+    wh.write_batch(LoadBatch(SRC, 0, recs))
+    wh.compact()
+    assert _count(wh, "bodies")["n"] == 0
+    assert _count(wh, "events")["n"] == len(recs)
+    assert queries.request_by_id(wh, "r-alice-0-a")["request_body_sha256"]  # type: ignore[index]

@@ -249,3 +249,30 @@ def test_reader_process_while_a_loader_process_appends_and_compacts(tmp_path: Pa
     assert seen == sorted(seen)
     assert _count(reader, "events") == total
     assert reader.loaded_positions("sqlite:xproc") == {0: total}
+
+
+def test_body_retention_drops_bodies_not_events_or_proofs(tmp_path: Path) -> None:
+    wh = open_warehouse(f"lake:{tmp_path / 'lake'}?body_retention_days=1")
+    assert isinstance(wh, LakeWarehouse) and wh.body_retention_days == 1
+    wh.migrate()
+    recs = build_scenario(sessions=1).records()  # bodies from March 2026
+    wh.write_batch(LoadBatch(SRC, 0, recs))
+    assert _count(wh, "bodies") > 0
+    wh.compact()
+    assert _count(wh, "bodies") == 0 and _count(wh, "events") == len(recs)
+    rows = wh.query("SELECT hex(raw) AS raw FROM {events} ORDER BY session_id, seq", {})
+    assert verify_chains([default_codec().decode(bytes.fromhex(r["raw"])) for r in rows]) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("lake:/x?body_retention_days=0", "whole number of days"),
+        ("lake:/x?keep=1", "not 'keep'"),
+        ("chdb:/x?database=a&color=red", "not 'color'"),
+        ("s3://bucket/x", "unknown warehouse URL"),
+    ],
+)
+def test_bad_urls_are_refused(url: str, message: str) -> None:
+    with pytest.raises(WarehouseError, match=message):
+        open_warehouse(url)
