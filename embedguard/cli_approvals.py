@@ -16,7 +16,6 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Column, Table
 
 from capture.approvals.client import ControlApiError, ControlClient
 
@@ -93,17 +92,15 @@ def _ops(a: dict[str, Any]) -> str:
     return ", ".join(parts) + (f" +{more}" if more > 0 else "")
 
 
-def _approvals_table(items: list[dict[str, Any]]) -> Table:
-    # ids stay on one line: people copy them into `approvals approve`
-    t = Table(Column("id", no_wrap=True), "kind", "status", "requester", "operations", "votes",
-              "expires", "reason")
-    for a in items:
-        votes = f"{len(a.get('approvals', []))}/{a.get('min_approvals')}"
-        if a.get("denials"):
-            votes += f" ({len(a['denials'])} deny)"
-        t.add_row(a["approval_id"], a["kind"], a["status"], a["requester"]["subject"], _ops(a),
-                  votes, (a.get("expires_at") or "")[:19], (a.get("reason") or "")[:40])
-    return t
+def _approval_line(a: dict[str, Any]) -> str:
+    """One approval per line, id first (people copy it into `approvals approve`)."""
+    votes = f"{len(a.get('approvals', []))}/{a.get('min_approvals')}"
+    if a.get("denials"):
+        votes += f", {len(a['denials'])} deny"
+    line = (f"{a['approval_id']}  {a['status']:<8} {a['kind']:<7} by "
+            f"{a['requester']['subject']}  {_ops(a)}  votes {votes}  "
+            f"expires {(a.get('expires_at') or '')[:19]}")
+    return line + (f"\n    reason: {a['reason']}" if a.get("reason") else "")
 
 
 def _show_approval(a: dict[str, Any]) -> None:
@@ -150,7 +147,8 @@ def approvals_list(
     elif not items:
         _out.print("no pending approvals" if pending else "no approvals")
     else:
-        _out.print(_approvals_table(items))
+        for a in items:
+            _out.print(_approval_line(a))
 
 
 @approvals_app.command("show")
@@ -279,13 +277,11 @@ def grants_list(
     if not items:
         _out.print("no grants")
         return
-    t = Table(Column("id", no_wrap=True), "kind", "subject", "actions", "collections", "until",
-              "used", "issued by")
     for g in items:
-        used = f"{g['used_operations']}/{g['max_operations'] or '∞'}"
-        t.add_row(g["grant_id"], g["kind"], g["subject"], ",".join(g["actions"]),
-                  ",".join(g["collections"]), g["valid_until"][:19], used, g["issued_by"])
-    _out.print(t)
+        used = f"{g['used_operations']}/{g['max_operations'] or 'unlimited'}"
+        _out.print(f"{g['grant_id']}  {g['kind']:<6} {g['subject']} may "
+                   f"{', '.join(g['actions'])} on {', '.join(g['collections'])} until "
+                   f"{g['valid_until'][:19]}  used {used}  issued by {g['issued_by']}")
 
 
 def register(app: typer.Typer) -> None:
