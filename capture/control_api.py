@@ -145,7 +145,9 @@ class ControlApi:
                 return
             except EventLogError as exc:
                 log.error("approvals cannot read the event log (%s); retrying", exc)
-                await asyncio.sleep(1.0)
+            except Exception:  # noqa: BLE001 - keep trying; the control API answers 503
+                log.exception("approvals failed to start; retrying")
+            await asyncio.sleep(1.0)
 
     async def done(self) -> None:
         if self._starter is not None:

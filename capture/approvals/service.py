@@ -184,7 +184,13 @@ class ApprovalService:
         reader = self.log.tail_reader(from_beginning=True)
         await reader.start()
         self._reader = reader
-        await self.sync(timeout_s=3600.0)  # a long log takes a while to fold at start
+        try:
+            await self.sync(timeout_s=3600.0)  # a long log takes a while to fold at start
+        except BaseException:
+            self._reader, self.book = None, ApprovalBook()  # start() may be retried
+            with contextlib.suppress(Exception):
+                await reader.close()
+            raise
         if self.webhook is not None:
             await self.webhook.start()
         self._tasks = [

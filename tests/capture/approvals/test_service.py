@@ -328,3 +328,21 @@ async def test_a_refused_request_gives_its_ticket_reservation_back(tmp_path: Pat
                                   identity=DANA, request_id="r1"))
         await a.sync()
         await a.check_ticket(t.approval_id, DANA, w, now, request_id="r3")
+
+
+async def test_start_can_be_retried_after_the_log_was_unreadable(tmp_path: Path) -> None:
+    from pipeline.transport.errors import EventLogError
+
+    path = tmp_path / "later.db"
+
+    async def emit(req: EmitRequest) -> None:
+        raise AssertionError("nothing is emitted here")
+
+    svc = ApprovalService(SqliteEventLog(path), emit)
+    with pytest.raises(EventLogError):
+        await svc.start()  # no log file yet
+    assert not svc.started.is_set()
+    async with SqliteEventLog(path):  # the recorder creates it
+        await svc.start()
+        assert svc.started.is_set() and svc.list() == []
+        await svc.close()
