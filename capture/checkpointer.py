@@ -64,6 +64,8 @@ class StreamTree:
     checkpointed: int = 0
     #: leaves other than Checkpoint events since the last checkpoint
     new_content: int = 0
+    #: the event id at stream_seq 0: names this run of the stream in the origin
+    first_event_id: str | None = None
 
     @property
     def size(self) -> int:
@@ -124,13 +126,17 @@ class Checkpointer:
                 tree = self.trees[stream] = StreamTree(stream)
             data = canonical_bytes(st, self.codec)
             leaf = hashlib.sha256(b"\x00" + data).digest()
+            if env.stream_seq == 0:
+                tree.first_event_id = str(env.event_id)
             tree.add(env.stream_seq, leaf, content=not isinstance(st.event, Checkpoint))
             if tree.new_content >= self.every:
                 self._wake.set()
 
     # -- checkpoints --------------------------------------------------------------
     def _body(self, tree: StreamTree) -> tuple[CheckpointBody, dict[str, Any]]:
-        body = CheckpointBody(checkpoint_origin(tree.stream_id), tree.size, tree.frontier.root())
+        assert tree.first_event_id is not None  # size > 0: leaf 0 is in
+        origin = checkpoint_origin(tree.stream_id, tree.first_event_id)
+        body = CheckpointBody(origin, tree.size, tree.frontier.root())
         fields = {
             "origin": body.origin,
             "tree_size": body.tree_size,

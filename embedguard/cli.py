@@ -336,11 +336,13 @@ def events_verify(
                             decoded.append(item.decoded)
                             r = item.record
                             wheres.append(f"{url} {r.partition}:{r.offset}")
-        # A session's chain lives in one stream (a rotated stream restarts them).
-        streams: dict[str, list[Any]] = {}
-        for d in decoded:
-            streams.setdefault(d.event.envelope.gateway_id, []).append(d)
-        problems = [p for evs in streams.values() for p in verify_chains(evs)]
+        # A session's chain lives in one run of one stream: a rotated stream or
+        # a gateway restarted with the same id starts its sessions again.
+        from replay.verify_core import split_runs
+
+        problems = [
+            p for run in split_runs(decoded) for p in verify_chains([decoded[i] for i in run.idxs])
+        ]
         if keys:
             from replay.verify_core import verify_log
             from schemas.note import NoteError

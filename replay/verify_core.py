@@ -46,9 +46,11 @@ __all__ = [
     "VerifyReport",
     "build_proofs",
     "decode_events",
+    "Run",
     "leaf_hash",
     "load_verifiers",
     "open_checkpoints",
+    "split_runs",
     "verify_log",
     "verify_proofs",
 ]
@@ -151,14 +153,20 @@ class SignedCheckpoint:
 
 @dataclass(frozen=True)
 class InclusionProof:
-    stream: str
+    """``hashes`` prove that event ``event_id`` is leaf ``leaf_index`` (its
+    stream_seq) of the tree of size ``tree_size`` that checkpoints of
+    ``origin`` sign."""
+
+    event_id: str
+    origin: str
     leaf_index: int
     tree_size: int
     hashes: tuple[bytes, ...]
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "stream": self.stream,
+            "event_id": self.event_id,
+            "origin": self.origin,
             "leaf_index": self.leaf_index,
             "tree_size": self.tree_size,
             "hashes": [h.hex() for h in self.hashes],
@@ -167,7 +175,8 @@ class InclusionProof:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> InclusionProof:
         return cls(
-            str(obj["stream"]),
+            str(obj["event_id"]),
+            str(obj["origin"]),
             int(obj["leaf_index"]),
             int(obj["tree_size"]),
             tuple(bytes.fromhex(h) for h in obj["hashes"]),
@@ -176,14 +185,14 @@ class InclusionProof:
 
 @dataclass(frozen=True)
 class ConsistencyProof:
-    stream: str
+    origin: str
     size1: int
     size2: int
     hashes: tuple[bytes, ...]
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "stream": self.stream,
+            "origin": self.origin,
             "size1": self.size1,
             "size2": self.size2,
             "hashes": [h.hex() for h in self.hashes],
@@ -192,11 +201,53 @@ class ConsistencyProof:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ConsistencyProof:
         return cls(
-            str(obj["stream"]),
+            str(obj["origin"]),
             int(obj["size1"]),
             int(obj["size2"]),
             tuple(bytes.fromhex(h) for h in obj["hashes"]),
         )
+
+
+@dataclass
+class Run:
+    """One run of a gateway stream: the events from a stream_seq 0 on. A
+    gateway restarted with the same --gateway-id starts a new run."""
+
+    stream: str
+    #: event id of stream_seq 0 (None: the run's start is not here)
+    first_event_id: str | None
+    #: indices into the event list, in stream order
+    idxs: list[int] = field(default_factory=list)
+
+    @property
+    def origin(self) -> str | None:
+        if self.first_event_id is None:
+            return None
+        return checkpoint_origin(self.stream, self.first_event_id)
+
+    @property
+    def label(self) -> str:
+        return f"{self.stream}/{self.first_event_id or '?'}"
+
+
+def split_runs(events: Sequence[DecodedEvent]) -> list[Run]:
+    """Each stream's events, in the order given, split into runs: a run starts
+    at every event with stream_seq 0."""
+    by_key: dict[tuple[str, str | None], Run] = {}
+    current: dict[str, Run] = {}
+    out: list[Run] = []
+    for i, d in enumerate(events):
+        env = d.event.envelope
+        stream = env.gateway_id
+        if env.stream_seq == 0 or stream not in current:
+            first = str(env.event_id) if env.stream_seq == 0 else None
+            run = by_key.get((stream, first))
+            if run is None:
+                run = by_key[(stream, first)] = Run(stream, first)
+                out.append(run)
+            current[stream] = run
+        current[stream].idxs.append(i)
+    return out
 
 
 def leaf_hash(event: DecodedEvent) -> bytes:
@@ -312,18 +363,17 @@ def open_checkpoints(
     return found, findings
 
 
-def _by_stream(
-    checkpoints: Sequence[SignedCheckpoint], streams: Iterable[str]
+def _by_origin(
+    checkpoints: Sequence[SignedCheckpoint], origins: Iterable[str]
 ) -> tuple[dict[str, list[SignedCheckpoint]], list[SignedCheckpoint]]:
-    origin_to_stream = {checkpoint_origin(s): s for s in streams}
+    known = set(origins)
     out: dict[str, list[SignedCheckpoint]] = defaultdict(list)
     orphans = []
     for cp in checkpoints:
-        s = origin_to_stream.get(cp.origin)
-        if s is None:
-            orphans.append(cp)
+        if cp.origin in known:
+            out[cp.origin].append(cp)
         else:
-            out[s].append(cp)
+            orphans.append(cp)
     for cps in out.values():
         cps.sort(key=lambda c: c.tree_size)
     return out, orphans
@@ -345,18 +395,18 @@ def _forks(stream: str, cps: Sequence[SignedCheckpoint]) -> list[Finding]:
 
 
 def _chain_findings(events: Sequence[DecodedEvent], wheres: Sequence[str] | None) -> list[Finding]:
+    run_of = {i: r.label for r in split_runs(events) for i in r.idxs}
     index = {
-        (d.event.envelope.gateway_id, d.event.envelope.session_id, d.event.envelope.seq): i
+        (run_of[i], d.event.envelope.session_id, d.event.envelope.seq): i
         for i, d in enumerate(events)
     }
     by_id = {str(d.event.envelope.event_id): i for i, d in enumerate(events)}
-    # A session's chain lives in one stream: after a failed append the
-    # recorder starts a new stream whose sessions (the system session keeps
-    # its id) begin again at seq 0.
-    per_stream: dict[str, list[DecodedEvent]] = defaultdict(list)
-    for d in events:
-        per_stream[d.event.envelope.gateway_id].append(d)
-    problems = [p for evs in per_stream.values() for p in verify_chains(evs)]
+    # A session's chain lives in one run of one stream: after a failed append
+    # the recorder starts a new stream, and a restarted gateway a new run,
+    # whose sessions (the system session keeps its id) begin again at seq 0.
+    problems = [
+        p for run in split_runs(events) for p in verify_chains([events[i] for i in run.idxs])
+    ]
     out = []
     for p in problems:
         i = by_id.get(p.event_id or "")
@@ -365,7 +415,7 @@ def _chain_findings(events: Sequence[DecodedEvent], wheres: Sequence[str] | None
             continue
         detail = p.detail
         if p.kind == "altered" and p.seq:
-            j = index.get((events[i].event.envelope.gateway_id, p.session_id, p.seq - 1))
+            j = index.get((run_of[i], p.session_id, p.seq - 1))
             if j is not None:
                 prev = events[j].event.envelope
                 detail = (
@@ -400,12 +450,11 @@ def verify_log(
     or as an error with ``require_checkpoint``.
     """
     if order == "stream_seq":
+        # Within a run, event ids (UUIDv7, monotonic per process) follow
+        # stream_seq; across runs of one gateway id, time separates the runs.
         perm = sorted(
             range(len(events)),
-            key=lambda i: (
-                events[i].event.envelope.gateway_id,
-                events[i].event.envelope.stream_seq,
-            ),
+            key=lambda i: (events[i].event.envelope.gateway_id, events[i].event.envelope.event_id),
         )
         events = [events[i] for i in perm]
         wheres = [wheres[i] for i in perm] if wheres else None
@@ -414,12 +463,13 @@ def verify_log(
     report.sessions = len({d.event.envelope.session_id for d in events})
     report.findings.extend(_chain_findings(events, wheres))
 
-    positions: dict[str, list[int]] = defaultdict(list)
-    for i, d in enumerate(events):
-        positions[d.event.envelope.gateway_id].append(i)
+    runs = split_runs(events)
+    if order == "stream_seq":
+        for run in runs:
+            run.idxs.sort(key=lambda i: events[i].event.envelope.stream_seq)
     checkpoints, cp_findings = open_checkpoints(events, verifiers, notes=notes, wheres=wheres)
     report.findings.extend(cp_findings)
-    by_stream, orphans = _by_stream(checkpoints, positions)
+    by_origin, orphans = _by_origin(checkpoints, (r.origin for r in runs if r.origin))
     for cp in orphans:
         if cp.tree_size > 0:
             report.findings.append(
@@ -430,18 +480,20 @@ def verify_log(
                 )
             )
 
-    for stream, idxs in positions.items():
-        summary = report.streams[stream] = StreamSummary(stream, events=len(idxs))
-        cps = by_stream.get(stream, [])
+    def where(i: int) -> str | None:
+        return wheres[i] if wheres else None
+
+    for run in runs:
+        stream, idxs = run.stream, run.idxs
+        summary = report.streams[run.label] = StreamSummary(run.label, events=len(idxs))
+        cps = by_origin.get(run.origin or "", [])
         summary.checkpoints = len(cps)
         report.findings.extend(_forks(stream, cps))
-        tree = MerkleTree()
+        tree = MerkleTree(leaf_hash(events[i]) for i in idxs)
         seqs = [events[i].event.envelope.stream_seq for i in idxs]
         at: dict[int, int] = {}
         for pos, q in enumerate(seqs):
             at.setdefault(q, pos)
-        for i in idxs:
-            tree.append_hash(leaf_hash(events[i]))
         # Only the first misplaced event is reported: after it, positions and
         # stream_seqs no longer line up, as after a gap in a session's chain.
         bad = next((pos for pos, q in enumerate(seqs) if q != pos), None)
@@ -463,20 +515,17 @@ def verify_log(
                     f"expected stream_seq {bad}; {got - bad} event(s) of the stream are missing "
                     "before this one"
                 )
-            report.findings.append(
-                _locate(dec, wheres[idxs[bad]] if wheres else None, kind, detail)
-            )
+            report.findings.append(_locate(dec, where(idxs[bad]), kind, detail))
 
         verified_cp: SignedCheckpoint | None = None
         for cp in cps:
             if cp.tree_size == 0:
                 continue
             if cp.tree_size > tree.size:
-                last = events[idxs[-1]]
                 report.findings.append(
                     _locate(
-                        last,
-                        wheres[idxs[-1]] if wheres else None,
+                        events[idxs[-1]],
+                        where(idxs[-1]),
                         "events_missing",
                         f"checkpoint ({cp.source}) signs {cp.tree_size} events of the stream but "
                         f"only {tree.size} are here: {cp.tree_size - tree.size} missing after "
@@ -486,11 +535,10 @@ def verify_log(
                 continue
             if tree.root(cp.tree_size) != cp.body.root_hash:
                 lo = verified_cp.tree_size if verified_cp else 0
-                first = events[idxs[lo]]
                 report.findings.append(
                     _locate(
-                        first,
-                        wheres[idxs[lo]] if wheres else None,
+                        events[idxs[lo]],
+                        where(idxs[lo]),
                         "root_mismatch",
                         f"stream_seq 0..{cp.tree_size - 1} do not hash to the root signed in "
                         f"checkpoint ({cp.source}); an event between stream_seq {lo} and "
@@ -521,7 +569,7 @@ def verify_log(
             report.findings.append(
                 _locate(
                     events[tail[0]],
-                    wheres[tail[0]] if wheres else None,
+                    where(tail[0]),
                     "not_checkpointed",
                     f"{len(tail)} event(s) from here on are not covered by a signed checkpoint "
                     f"(the stream's last verified checkpoint has size {summary.verified_size})",
@@ -537,32 +585,36 @@ def build_proofs(
     selected: Iterable[str],
 ) -> tuple[list[InclusionProof], list[ConsistencyProof]]:
     """Inclusion proofs for the ``selected`` event ids (each against the
-    smallest checkpoint of its stream that covers it) and consistency proofs
-    between consecutive checkpoints. ``events`` holds the full streams in
-    stream_seq order; they should have passed :func:`verify_log`."""
+    smallest checkpoint of its run that covers it) and consistency proofs
+    between consecutive checkpoints of every run. ``events`` holds the full
+    streams in log order; they should have passed :func:`verify_log`."""
     wanted = set(selected)
-    streams: dict[str, list[DecodedEvent]] = defaultdict(list)
-    for d in events:
-        streams[d.event.envelope.gateway_id].append(d)
-    by_stream, _ = _by_stream(checkpoints, streams)
+    runs = split_runs(events)
+    by_origin, _ = _by_origin(checkpoints, (r.origin for r in runs if r.origin))
     inclusion: list[InclusionProof] = []
     consistency: list[ConsistencyProof] = []
-    for stream, evs in streams.items():
-        tree = MerkleTree(leaf_hash(d) for d in evs)
+    for run in runs:
+        if run.origin is None:
+            continue
+        tree = MerkleTree(leaf_hash(events[i]) for i in run.idxs)
         sizes = sorted(
-            {cp.tree_size for cp in by_stream.get(stream, []) if 0 < cp.tree_size <= tree.size}
+            {cp.tree_size for cp in by_origin.get(run.origin, []) if 0 < cp.tree_size <= tree.size}
         )
         for a, b in zip(sizes, sizes[1:], strict=False):
-            consistency.append(ConsistencyProof(stream, a, b, tuple(tree.consistency_proof(a, b))))
-        for d in evs:
-            if str(d.event.envelope.event_id) not in wanted:
+            consistency.append(
+                ConsistencyProof(run.origin, a, b, tuple(tree.consistency_proof(a, b)))
+            )
+        for pos, i in enumerate(run.idxs):
+            env = events[i].event.envelope
+            if str(env.event_id) not in wanted:
                 continue
-            idx = d.event.envelope.stream_seq
-            size = next((s for s in sizes if s > idx), None)
+            size = next((s for s in sizes if s > pos), None)
             if size is None:
                 continue  # not covered yet; verify_proofs reports it
             inclusion.append(
-                InclusionProof(stream, idx, size, tuple(tree.inclusion_proof(idx, size)))
+                InclusionProof(
+                    str(env.event_id), run.origin, pos, size, tuple(tree.inclusion_proof(pos, size))
+                )
             )
     return inclusion, consistency
 
@@ -578,8 +630,9 @@ def verify_proofs(
     check_chains: bool = True,
 ) -> VerifyReport:
     """Verify a selection of events through their inclusion proofs (see the
-    module docstring). Every event needs a proof against a signed checkpoint;
-    consecutive checkpoints of a stream need a consistency proof."""
+    module docstring). Every event needs a proof against a signed checkpoint
+    of its own stream, at its own stream_seq; consecutive checkpoints of a run
+    need a consistency proof."""
     verifiers = load_verifiers(vkeys)
     report = VerifyReport(events=len(events))
     report.sessions = len({d.event.envelope.session_id for d in events})
@@ -587,33 +640,28 @@ def verify_proofs(
         report.findings.extend(_chain_findings(events, wheres))
     checkpoints, cp_findings = open_checkpoints(events, verifiers, notes=notes, wheres=wheres)
     report.findings.extend(cp_findings)
-    streams = {d.event.envelope.gateway_id for d in events} | {p.stream for p in inclusion}
-    streams |= {p.stream for p in consistency}
-    by_stream, _ = _by_stream(checkpoints, streams)
+    origins = {p.origin for p in inclusion} | {p.origin for p in consistency}
+    by_origin, _ = _by_origin(checkpoints, origins | {c.origin for c in checkpoints})
     roots: dict[tuple[str, int], bytes] = {}
-    for stream, cps in by_stream.items():
-        report.findings.extend(_forks(stream, cps))
-        summary = report.streams.setdefault(stream, StreamSummary(stream))
+    for origin, cps in by_origin.items():
+        report.findings.extend(_forks(origin, cps))
+        summary = report.streams.setdefault(origin, StreamSummary(origin))
         summary.checkpoints = len(cps)
         for cp in cps:
-            roots.setdefault((stream, cp.tree_size), cp.body.root_hash)
+            roots.setdefault((origin, cp.tree_size), cp.body.root_hash)
         report.checkpoints_verified += len(cps)
 
-    proofs = {(p.stream, p.leaf_index): p for p in inclusion}
-    seen: set[tuple[str, int]] = set()
+    proofs = {p.event_id: p for p in inclusion}
+    seen: set[str] = set()
     for i, dec in enumerate(events):
         env = dec.event.envelope
         where = wheres[i] if wheres else None
-        key = (env.gateway_id, env.stream_seq)
-        summary = report.streams.setdefault(env.gateway_id, StreamSummary(env.gateway_id))
-        summary.events += 1
-        if key in seen:
-            report.findings.append(
-                _locate(dec, where, "duplicate", "another event has the same stream_seq")
-            )
+        eid = str(env.event_id)
+        if eid in seen:
+            report.findings.append(_locate(dec, where, "duplicate", "the event appears twice"))
             continue
-        seen.add(key)
-        proof = proofs.get(key)
+        seen.add(eid)
+        proof = proofs.get(eid)
         if proof is None:
             if not isinstance(dec.event, Checkpoint):
                 report.findings.append(
@@ -627,15 +675,29 @@ def verify_proofs(
                     )
                 )
             continue
-        root = roots.get((proof.stream, proof.tree_size))
+        summary = report.streams.setdefault(proof.origin, StreamSummary(proof.origin))
+        summary.events += 1
+        own = checkpoint_origin(env.gateway_id, "")
+        if not proof.origin.startswith(own) or proof.leaf_index != env.stream_seq:
+            report.findings.append(
+                _locate(
+                    dec,
+                    where,
+                    "inclusion",
+                    f"the proof is for leaf {proof.leaf_index} of {proof.origin}, not for this "
+                    f"event's place (stream_seq {env.stream_seq} of {own}…)",
+                )
+            )
+            continue
+        root = roots.get((proof.origin, proof.tree_size))
         if root is None:
             report.findings.append(
                 _locate(
                     dec,
                     where,
                     "inclusion",
-                    f"the inclusion proof refers to a tree of size {proof.tree_size} for which "
-                    "no checkpoint signed by a pinned key is here",
+                    f"the inclusion proof refers to a tree of size {proof.tree_size} of "
+                    f"{proof.origin} for which no checkpoint signed by a pinned key is here",
                 )
             )
             continue
@@ -655,29 +717,29 @@ def verify_proofs(
         report.inclusion_verified += 1
         summary.verified_size = max(summary.verified_size, proof.tree_size)
 
-    cproofs = {(p.stream, p.size1, p.size2): p for p in consistency}
-    for stream, cps in by_stream.items():
+    cproofs = {(p.origin, p.size1, p.size2): p for p in consistency}
+    for origin, cps in by_origin.items():
         sizes = sorted({cp.tree_size for cp in cps if cp.tree_size > 0})
         for a, b in zip(sizes, sizes[1:], strict=False):
-            cproof = cproofs.get((stream, a, b))
+            cproof = cproofs.get((origin, a, b))
             if cproof is None:
                 report.findings.append(
                     Finding(
                         "consistency",
                         f"no consistency proof between the checkpoints of size {a} and {b}",
-                        stream=stream,
+                        stream=origin,
                     )
                 )
                 continue
             try:
-                verify_consistency(a, b, cproof.hashes, roots[(stream, a)], roots[(stream, b)])
+                verify_consistency(a, b, cproof.hashes, roots[(origin, a)], roots[(origin, b)])
                 report.consistency_verified += 1
             except ProofError as exc:
                 report.findings.append(
                     Finding(
                         "consistency",
                         f"checkpoint of size {b} does not extend the one of size {a}: {exc}",
-                        stream=stream,
+                        stream=origin,
                     )
                 )
     return report

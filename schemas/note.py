@@ -269,12 +269,16 @@ def open_note(note: str, verifiers: Sequence[Verifier]) -> tuple[ParsedNote, lis
     return parsed, good
 
 
-def checkpoint_origin(stream_id: str) -> str:
-    """The checkpoint origin of an embedguard gateway stream: ``embedguard/<stream>``,
-    with spaces, '+' and other unsafe characters percent-encoded."""
+def checkpoint_origin(stream_id: str, first_event_id: str) -> str:
+    """The checkpoint origin of one run of an embedguard gateway stream:
+    ``embedguard/<stream>/<event id of its stream_seq 0>``.
+
+    A gateway restarted with the same ``--gateway-id`` numbers its stream from
+    0 again; the first event's id tells the two trees apart. Spaces, '+' and
+    other unsafe characters of the stream id are percent-encoded."""
     from urllib.parse import quote
 
-    return "embedguard/" + quote(stream_id, safe="#:@-._~/")
+    return f"embedguard/{quote(stream_id, safe='#:@-._~')}/{quote(first_event_id, safe='-')}"
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,8 @@ def test_every_n_events_and_at_shutdown(tmp_path: Path) -> None:
     assert len(cps) >= 3  # at least two periodic ones and the final one
     signer_id = load_signing_key(tmp_path / "keys" / "gateway.key").verifier.id_text
     for cp in cps:
-        assert cp.origin == "embedguard/gw-cp" == checkpoint_origin("gw-cp")
+        assert cp.origin == checkpoint_origin("gw-cp", str(events[0].event.envelope.event_id))
+        assert cp.origin.startswith("embedguard/gw-cp/")
         assert cp.key_id == signer_id
         assert cp.envelope.session_id == "gateway:gw-cp"  # the system session
         signed, _ = CheckpointBody.open(
@@ -147,14 +148,34 @@ def test_a_rotated_stream_gets_a_last_checkpoint_in_the_new_one(tmp_path: Path) 
     streams = {d.event.envelope.gateway_id for d in events}
     assert streams == {"gw-cp", "gw-cp#1"}
     cps = _checkpoints(events)
-    old = [c for c in cps if c.origin == "embedguard/gw-cp"]
+    first = {
+        d.event.envelope.gateway_id: str(d.event.envelope.event_id)
+        for d in events
+        if d.event.envelope.stream_seq == 0
+    }
+    old = [c for c in cps if c.origin == checkpoint_origin("gw-cp", first["gw-cp"])]
     assert len(old) == 1 and old[0].tree_size == 4  # GatewayStarted + 3
     assert old[0].envelope.gateway_id == "gw-cp#1"  # recorded in the new stream
-    new = [c for c in cps if c.origin == checkpoint_origin("gw-cp#1")]
+    new = [c for c in cps if c.origin == checkpoint_origin("gw-cp#1", first["gw-cp#1"])]
     assert new and new[-1].tree_size >= 2
     report = verify_log(events, [_vkey(tmp_path)])
     assert report.ok and not report.findings, [str(f) for f in report.findings]
-    assert report.streams["gw-cp"].verified_size == 4
+    assert report.streams[f"gw-cp/{first['gw-cp']}"].verified_size == 4
+
+
+def test_a_restart_with_the_same_gateway_id_verifies(tmp_path: Path) -> None:
+    """`embedguard up` keeps its --gateway-id across restarts: the stream
+    starts again at stream_seq 0, in a new run with its own origin."""
+
+    async def body(rec: Recorder) -> None:
+        await _record(rec, 3)
+
+    _run(tmp_path, body, checkpoint_every=1000, checkpoint_interval_s=3600)
+    events = _run(tmp_path, body, checkpoint_every=1000, checkpoint_interval_s=3600)
+    assert [d.event.envelope.stream_seq for d in events].count(0) == 2
+    report = verify_log(events, [_vkey(tmp_path)], require_checkpoint=True)
+    assert report.ok and not report.findings, [str(f) for f in report.findings]
+    assert len(report.streams) == 2 and report.checkpoints_verified == 2
 
 
 def test_leaves_join_the_tree_in_stream_order_whatever_order_appends_finish() -> None:

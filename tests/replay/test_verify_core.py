@@ -3,6 +3,7 @@ with real Ed25519 keys: clean logs verify; every kind of tampering is named."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -30,9 +31,13 @@ VKEY = SIGNER.verifier.vkey
 def _stamp_checkpoint(
     stamper: EventStamper, origin_stream: str, leaves: Sequence[DecodedEvent], signer: Signer
 ) -> DecodedEvent:
-    body = CheckpointBody(
-        checkpoint_origin(origin_stream), len(leaves), root_of([leaf_hash(d) for d in leaves])
+    first = next(
+        d
+        for d in leaves
+        if d.event.envelope.gateway_id == origin_stream and d.event.envelope.stream_seq == 0
     )
+    origin = checkpoint_origin(origin_stream, str(first.event.envelope.event_id))
+    body = CheckpointBody(origin, len(leaves), root_of([leaf_hash(d) for d in leaves]))
     st = stamper.stamp(
         Checkpoint,
         session_id=f"gateway:{stamper.gateway_id.split('#')[0]}",
@@ -87,7 +92,7 @@ def test_a_clean_log_verifies() -> None:
     assert report.ok and not report.findings, _text(report.findings)
     assert report.checkpoints_verified == 4  # 3 periodic + final
     assert report.consistency_verified == 3
-    assert report.streams["gw-t"].verified_size == len(events) - 1
+    assert report.streams[f"gw-t/{_id(events[0])}"].verified_size == len(events) - 1
     assert report.to_json()["ok"] is True
 
 
@@ -174,7 +179,7 @@ def test_wrong_key_fork_and_mismatching_event_fields() -> None:
     [sig] = [f for f in report.errors if f.kind == "checkpoint_signature"]
     assert sig.event_id == _id(events[-1]) and "no signature by a pinned key" in sig.detail
     # a second checkpoint of the same size with another root: a rewritten log
-    forked = CheckpointBody(checkpoint_origin("gw-t"), 6, bytes(32)).sign(SIGNER)
+    forked = CheckpointBody(checkpoint_origin("gw-t", _id(events[0])), 6, bytes(32)).sign(SIGNER)
     fork = verify_log(events, [VKEY], notes=[("old-checkpoint.txt", forked)])
     assert {"checkpoint_fork", "root_mismatch"} <= {f.kind for f in fork.errors}
     # an event whose fields differ from its note
@@ -237,16 +242,13 @@ def test_proof_tampering_is_named() -> None:
     chosen = [d for d in events if d.event.envelope.session_id == "s0"]
     inc, con, notes = _proofs(events, chosen)
     # an event moved to another stream_seq's proof
-    swapped = [
-        InclusionProof(p.stream, p.leaf_index, p.tree_size, inc[1].hashes) if p is inc[0] else p
-        for p in inc
-    ]
+    swapped = [dataclasses.replace(p, hashes=inc[1].hashes) if p is inc[0] else p for p in inc]
     r = verify_proofs(chosen, [VKEY], inclusion=swapped, consistency=con, notes=notes)
     [f] = r.errors
     assert f.kind == "inclusion" and f.event_id == _id(chosen[0])
     # a consistency proof with a changed hash
     broken = [
-        ConsistencyProof(c.stream, c.size1, c.size2, (bytes(32), *c.hashes[1:])) if i == 1 else c
+        dataclasses.replace(c, hashes=(bytes(32), *c.hashes[1:])) if i == 1 else c
         for i, c in enumerate(con)
     ]
     r = verify_proofs(chosen, [VKEY], inclusion=inc, consistency=broken, notes=notes)
@@ -290,3 +292,26 @@ def test_storage_order_does_not_matter_in_stream_seq_mode() -> None:
     assert any(f.kind == "stream_duplicate" and f.event_id == _id(events[3]) for f in dup.errors)
     gap = verify_log(events[:3] + events[4:], [VKEY], order="stream_seq")
     assert any(f.kind == "stream_gap" and f.event_id == _id(events[4]) for f in gap.errors)
+
+
+def test_a_gateway_restarted_with_the_same_id_starts_a_new_run() -> None:
+    """Two runs of stream gw-same (both from stream_seq 0, the system session
+    from seq 0): each has its own tree and origin; nothing is reported."""
+    first, second = _log(n=7, every=3), _log(n=5, every=3)
+    assert first[0].event.envelope.gateway_id == second[0].event.envelope.gateway_id
+    both = first + second
+    for order in ("given", "stream_seq"):
+        given = both if order == "given" else both[::-1]
+        report = verify_log(given, [VKEY], order=order)  # type: ignore[arg-type]
+        assert report.ok and not report.findings, (order, _text(report.findings))
+        assert len(report.streams) == 2 and report.checkpoints_verified == 3 + 2
+    # proofs name the run they belong to
+    inc, con, notes = _proofs(both, second)
+    assert {p.origin for p in inc} == {checkpoint_origin("gw-t", _id(second[0]))}
+    assert verify_proofs(second, [VKEY], inclusion=inc, consistency=con, notes=notes).ok
+    # a proof moved onto another event of the same stream is refused
+    moved = [dataclasses.replace(inc[0], event_id=_id(second[1]))]
+    r = verify_proofs(second[1:2], [VKEY], inclusion=moved, consistency=con, notes=notes)
+    assert [f.kind for f in r.errors] == ["inclusion"] and "not for this event" in r.errors[
+        0
+    ].detail
