@@ -119,6 +119,8 @@ def _open(log_url: str, warehouse_url: str) -> tuple[Any, Any]:
         warehouse = open_warehouse(warehouse_url)
     except WarehouseError as exc:
         raise _fail(str(exc)) from None
+    except Exception as exc:  # a driver that refuses the URL: name it, never a traceback
+        raise _fail(f"cannot open warehouse {warehouse_url}: {type(exc).__name__}: {exc}") from None
     return event_log, warehouse
 
 
@@ -252,7 +254,7 @@ def loader_command(
         warehouse_url,
         config,
         once=once,
-        show_progress=once and not as_json,
+        show_progress=once,
         label="loading",
     )
     if as_json:
@@ -264,8 +266,10 @@ def loader_command(
 # -- status
 
 
-async def _live_lag(log_url: str, warehouse_url: str) -> tuple[str, dict[int, int], dict[int, int]]:
-    """(source, log end offsets, warehouse positions), read now."""
+async def _live_lag(
+    log_url: str, warehouse_url: str
+) -> tuple[str, dict[int, int], dict[int, int], int]:
+    """(source, log end offsets, warehouse positions, dead letters), read now."""
     from pipeline.transport import open_log
     from pipeline.warehouse import open_warehouse
 
@@ -276,17 +280,18 @@ async def _live_lag(log_url: str, warehouse_url: str) -> tuple[str, dict[int, in
     warehouse = open_warehouse(warehouse_url)
     try:
         loaded = await asyncio.to_thread(warehouse.loaded_positions, source)
+        dead = await asyncio.to_thread(
+            warehouse.query, "SELECT count() AS n FROM {dead_letters}", {}
+        )
     finally:
         warehouse.close()
-    return source, ends, loaded
+    return source, ends, loaded, int(dead[0]["n"]) if dead else 0
 
 
 def status_report(log_url: str, warehouse_url: str, group: str, status_dir: Path) -> dict[str, Any]:
     """The status of the loaders of ``group``: lag per partition, rate, dead
     letters and the last error (live where the log and warehouse can be read,
     else from the loaders' status files)."""
-    from pipeline.transport import EventLogError
-    from pipeline.warehouse import WarehouseError
 
     statuses = read_statuses(status_dir, group)
     report: dict[str, Any] = {
@@ -303,14 +308,15 @@ def status_report(log_url: str, warehouse_url: str, group: str, status_dir: Path
             path = Path(log_url.removeprefix("sqlite:").removeprefix("//"))
             if not path.exists():
                 raise FileNotFoundError(f"no event log at {path}")
-        source, ends, loaded = asyncio.run(_live_lag(log_url, warehouse_url))
-    except (EventLogError, WarehouseError, OSError) as exc:
-        report["problems"].append(f"live lag unavailable: {scrub(str(exc))}")
+        source, ends, loaded, dead_letters = asyncio.run(_live_lag(log_url, warehouse_url))
+    except Exception as exc:  # a report: say what could not be read, show the rest
+        report["problems"].append(f"live lag unavailable: {type(exc).__name__}: {scrub(str(exc))}")
         source = statuses[0][0].source if statuses else None
         for status, _ in reversed(statuses):  # newest last wins
             partitions.update(status.partitions)
     else:
         report["live"] = True
+        report["dead_letters"] = dead_letters
         for partition in sorted(set(ends) | set(loaded)):
             end, done = ends.get(partition), loaded.get(partition, 0)
             partitions[str(partition)] = {
@@ -326,9 +332,10 @@ def status_report(log_url: str, warehouse_url: str, group: str, status_dir: Path
     report["running"] = len(running)
     report["events_per_s_1m"] = round(sum(s.events_per_s_1m for s in running), 1)
     totals = [s.dead_letters_total for s, _ in statuses if s.dead_letters_total is not None]
-    report["dead_letters"] = (
-        totals[0] if totals else sum(s.dead_letters_loaded for s, _ in statuses)
-    )
+    if "dead_letters" not in report:
+        report["dead_letters"] = (
+            totals[0] if totals else sum(s.dead_letters_loaded for s, _ in statuses)
+        )
     errors = [s for s, _ in statuses if s.last_error]
     newest_error = max(errors, key=lambda s: s.last_error_at or 0, default=None)
     report["last_error"] = newest_error.last_error if newest_error else None
@@ -420,7 +427,12 @@ def rebuild_command(
             )
         live_dir = Path(live_url.removeprefix("lake:"))
         running = [s for s, alive in read_statuses(_status_dir(status_dir)) if alive]
-        busy = [s for s in running if s.warehouse == live_url]
+        busy = [
+            s
+            for s in running
+            if s.warehouse.startswith("lake:")
+            and Path(s.warehouse.removeprefix("lake:")).resolve() == live_dir.resolve()
+        ]
         if busy:
             raise _fail(
                 f"{len(busy)} loader(s) are writing {live_url} (pid "
@@ -440,9 +452,7 @@ def rebuild_command(
         compact_interval=None,
         status_dir=None,
     )
-    summary = _run_loader(
-        log_url, into, config, once=True, show_progress=not as_json, label="rebuilding"
-    )
+    summary = _run_loader(log_url, into, config, once=True, show_progress=True, label="rebuilding")
     _compact(into)
     moved_to = None
     if swap is not None:

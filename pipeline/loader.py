@@ -200,7 +200,8 @@ class Loader:
         self._started = time.monotonic()
         self.source = self.log.source_id
         self._init_status()
-        tasks: list[asyncio.Task[None]] = []
+        # Status first, so a loader stuck retrying at start shows up as such.
+        tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._status_loop(stop))]
         try:
             applied = await self._warehouse_call(self.warehouse.migrate, stop)
             if applied:
@@ -210,7 +211,6 @@ class Loader:
             await self._retrying(reader.start, "open the log reader", stop)
             await self._anchor_initial(reader, stop)
             targets = await self._targets(reader, stop) if once else {}
-            tasks.append(asyncio.create_task(self._status_loop(stop)))
             if self.config.compact_interval:
                 tasks.append(asyncio.create_task(self._compact_loop(stop)))
             await self._loop(reader, once=once, targets=targets, stop=stop)
@@ -235,6 +235,7 @@ class Loader:
                 self._reader = None
             self.summary.elapsed_s = time.monotonic() - self._started
             self.summary.positions = dict(self._expected)
+            await self._refresh_totals()
             self._write_status_now()
         return self.summary
 
@@ -571,6 +572,7 @@ class Loader:
         message = scrub(str(err))
         log.warning("retrying in %.1fs: %s", wait, message)
         self._set_state("retrying", message)
+        self._write_status_now()
         if stop is None:
             await asyncio.sleep(wait)
         else:
@@ -606,6 +608,11 @@ class Loader:
             except WarehouseError as err:
                 raise LoaderError(
                     f"the warehouse {self.warehouse.url} failed: {scrub(str(err))}"
+                ) from err
+            except Exception as err:
+                raise LoaderError(
+                    f"the warehouse {self.warehouse.url} failed: {type(err).__name__}: "
+                    f"{scrub(str(err))}. Check that its location exists and is writable."
                 ) from err
 
     # -- background work
@@ -672,6 +679,12 @@ class Loader:
             except OSError as err:
                 log.warning("could not write loader status %s: %s", path, err)
 
+    async def _refresh_totals(self) -> None:
+        with contextlib.suppress(Exception):  # only for the status; never fatal
+            stats = await asyncio.to_thread(self.warehouse.stats)
+            if self._status is not None:
+                self._status.dead_letters_total = _dead_letter_total(stats)
+
     async def _status_loop(self, stop: asyncio.Event) -> None:
         last_lag = 0.0
         while not stop.is_set():
@@ -681,10 +694,7 @@ class Loader:
                     ends = await self._reader.end_offsets()
                     for partition, end in ends.items():
                         self._ends[partition] = max(end, self._ends.get(partition, 0))
-                with contextlib.suppress(Exception):
-                    stats = await asyncio.to_thread(self.warehouse.stats)
-                    if self._status is not None:
-                        self._status.dead_letters_total = _dead_letter_total(stats)
+                await self._refresh_totals()
             self._write_status_now()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.status_interval)
