@@ -10,7 +10,9 @@ contiguous, durable prefix of its stream.
 Every ``every`` events or ``interval_s`` seconds (whichever comes first, and
 only if something new was recorded) the checkpointer signs a C2SP checkpoint
 of the current stream and records it as a ``Checkpoint`` event in the
-gateway's system session, so it is a leaf of the same stream. A stream that
+gateway's system session, so it is a leaf of the same stream. Its origin is
+``embedguard/<stream>/<event id at stream_seq 0>``: a gateway restarted with
+the same ``--gateway-id`` numbers its stream from 0 again, in a new tree. A stream that
 was abandoned after a failed append (the recorder starts ``<id>#<epoch>``) gets
 a last checkpoint over its durable prefix, recorded in the new stream. At a
 clean shutdown every stream gets a final one.
