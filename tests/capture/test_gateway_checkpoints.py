@@ -251,3 +251,48 @@ def test_events_verify_with_the_pinned_key_and_a_byte_flipped_on_disk(
     assert res.returncode == 1
     text = " ".join(res.stderr.split())
     assert changed[0] in text and "root_mismatch" in text, text[-3000:]
+
+
+def test_async_response_durability_is_checkpointed_too(tmp_path: Path, dev_idp: str) -> None:
+    """--response-durability async: ResponseRecorded becomes durable after the
+    response went out; it still joins the tree, and the final checkpoint
+    covers every event."""
+    key = tmp_path / "gw.key"
+    tokens = [mint_token(dev_idp, f"async-{i}", ["Vector-Read"]) for i in range(2)]
+    with (
+        recording_upstream() as up,
+        gateway_process(
+            tmp_path,
+            upstream=up.url,
+            kind="qdrant",
+            policy=POLICY,
+            issuer=dev_idp,
+            extra_args=[
+                "--signing-key",
+                str(key),
+                "--checkpoint-every",
+                "5",
+                "--response-durability",
+                "async",
+            ],
+        ) as gw,
+    ):
+
+        def client(token: str) -> None:
+            with httpx.Client(timeout=60) as c:
+                for _ in range(5):
+                    r = c.post(
+                        gw.url + QUERY_PATH,
+                        json={"query": [0.1], "limit": 1},
+                        headers={"authorization": f"Bearer {token}"},
+                    )
+                    assert r.status_code == 200, r.text
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(client, tokens))
+        log_url = gw.log_url
+    events = read_events(log_url)
+    vkey = Signer.from_skey(key.read_text()).verifier.vkey
+    report = verify_log(events, [vkey], require_checkpoint=True, order="stream_seq")
+    assert report.ok and not report.findings, _ids(report.findings)
+    assert report.checkpoints_verified >= 3
