@@ -54,6 +54,7 @@ __all__ = [
     "stats_over_time",
     "stream_raw_events",
     "streams",
+    "ticket_writes",
     "vector_lineage",
 ]
 
@@ -188,11 +189,27 @@ _SESSION_FILTER = """
         WHERE occurred_at < parseDateTime64BestEffortOrNull({until:String}, 6, 'UTC')))
 """
 
+#: Two passes: pick the page's session ids on two narrow columns, then fold
+#: only those sessions (session_id leads the ORDER BY key).
+_SESSION_PAGE = (
+    """session_id IN (
+    SELECT session_id FROM (
+        SELECT session_id, min(occurred_at) AS first_at
+        FROM {sessions}
+        WHERE """
+    + _SESSION_FILTER
+    + """
+        GROUP BY session_id
+        ORDER BY first_at DESC, session_id
+        LIMIT {limit:UInt32} OFFSET {offset:UInt32}
+    )
+)"""
+)
 SESSIONS_LIST = Query(
     "sessions_list",
     "SELECT * FROM ("
-    + _SESSION_FOLD % {"where": _SESSION_FILTER}
-    + ") ORDER BY started_at DESC, session_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
+    + _SESSION_FOLD % {"where": _SESSION_PAGE}
+    + ") ORDER BY started_at DESC, session_id",
     "Sessions matching the filters, newest first, one page.",
 )
 SESSIONS_COUNT = Query(
@@ -469,6 +486,16 @@ COLLECTION_LINEAGE = Query(
     "whose ids are unknown), with who, decision, status, approval, ticket and grant: the "
     "input of the state-at-a-time reconstruction.",
 )
+TICKET_WRITES = Query(
+    "ticket_writes",
+    "SELECT * FROM ("
+    + _request_fold(
+        """request_id IN (
+            SELECT request_id FROM {requests} WHERE ticket_id = {ticket_id:String})"""
+    )
+    + ") ORDER BY received_at, request_id",
+    "The requests a change ticket (an approval of kind ticket) allowed, with what they did.",
+)
 STREAMS = Query(
     "streams",
     """SELECT gateway_id AS stream, uniqExact(event_id) AS events,
@@ -510,6 +537,7 @@ QUERIES: dict[str, Query] = {
         CHECKPOINTS,
         BODY,
         COLLECTION_LINEAGE,
+        TICKET_WRITES,
         STREAMS,
         STREAM_RAW_EVENTS,
     )
@@ -700,3 +728,7 @@ def streams(wh: Warehouse) -> list[dict[str, Any]]:
 
 def stream_raw_events(wh: Warehouse, stream: str) -> list[dict[str, Any]]:
     return STREAM_RAW_EVENTS.run(wh, stream=stream)
+
+
+def ticket_writes(wh: Warehouse, ticket_id: str) -> list[dict[str, Any]]:
+    return TICKET_WRITES.run(wh, ticket_id=ticket_id)
