@@ -191,7 +191,8 @@ def test_seed_scenario_upsert_held_until_another_person_approves(
     alice = tok(dev_idp, "alice", ["Vector-Read"])
     held = pool.submit(chroma, gw, [upsert_step("docs-seed", ["s1", "s2"],
                                                 documents=["first", "second"])], alice)
-    req = approval_requested(gw.log_url, subject="alice", collection="docs-seed")
+    req = approval_requested(gw.log_url, subject="alice", collection="docs-seed",
+                             client=held)
     aid = req.approval_id
     assert req.mode == "hold" and req.kind == "request"
     assert req.blast_radius == 2  # the ids the upsert names

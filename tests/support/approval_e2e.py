@@ -3,6 +3,7 @@ and event-driven waits on the shared log."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,20 +36,26 @@ def events_of(log_url: str, type_: str | None = None) -> list[Any]:
 
 
 def wait_for(log_url: str, pick: Callable[[list[DecodedEvent]], Any], *,
-             timeout: float = 90, what: str = "an event") -> Any:
-    """Poll the log until ``pick(events)`` returns something truthy."""
+             timeout: float = 90, what: str = "an event",
+             client: concurrent.futures.Future[Any] | None = None) -> Any:
+    """Poll the log until ``pick(events)`` returns something truthy (and fail at
+    once if the ``client`` that should be waiting has already finished)."""
     deadline = time.monotonic() + timeout
     while True:
         found = pick(read_events(log_url))
         if found:
             return found
+        if client is not None and client.done():
+            raise AssertionError(f"waiting for {what}, but the client finished: "
+                                 f"{client.result()!r}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not appear in {log_url} within {timeout}s")
         time.sleep(0.2)
 
 
 def approval_requested(log_url: str, *, subject: str, collection: str,
-                       timeout: float = 90) -> Any:
+                       timeout: float = 90,
+                       client: concurrent.futures.Future[Any] | None = None) -> Any:
     """The ApprovalRequested of ``subject`` for an operation on ``collection``."""
 
     def pick(evs: list[DecodedEvent]) -> Any:
@@ -59,5 +66,5 @@ def approval_requested(log_url: str, *, subject: str, collection: str,
                 return e
         return None
 
-    return wait_for(log_url, pick, timeout=timeout,
+    return wait_for(log_url, pick, timeout=timeout, client=client,
                     what=f"ApprovalRequested by {subject} on {collection}")
