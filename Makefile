@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 PEERS  := .venv-peers
 PEERS_STAMP := $(PEERS)/.installed
 
-.PHONY: up test lint venv bench-eventlog bench-gateway clean-venv
+.PHONY: up test lint venv bench-eventlog bench-gateway bench-pipeline clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ lint: $(STAMP)
 
 bench-eventlog: $(STAMP)
 	$(PY) bench/eventlog.py
+
+# Loader throughput and query latency over 1M events (~15-20 min on 2 cores).
+bench-pipeline: $(STAMP)
+	$(PY) bench/pipeline.py
 
 clean-venv:
 	rm -rf $(VENV)
