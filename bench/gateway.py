@@ -152,6 +152,14 @@ def main() -> None:
         action="store_false",
         help="skip the fourth setup (the gateway with --response-durability async)",
     )
+    ap.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="OUT",
+        help="record the full gateway at c=16 with py-spy (pip install py-spy; not a "
+        "dependency) into OUT, collapsed stacks; summarise with bench/gateway_profile.py "
+        "--summarise OUT",
+    )
     ap.add_argument("--serve-noop", nargs=2, metavar=("UPSTREAM", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_noop:
@@ -196,7 +204,7 @@ def main() -> None:
 
             env = {**os.environ, "EG_BENCH_KEY": "bench-upstream-key"}
 
-            def start_gateway(name: str, extra: list[str]) -> int:
+            def start_gateway(name: str, extra: list[str]) -> tuple[int, int]:
                 port = free_port()
                 out = tmp / f"{name}.log"
                 procs.append(
@@ -236,11 +244,11 @@ def main() -> None:
                     if time.time() > deadline:
                         sys.exit(f"gateway {name} did not start:\n{out.read_text()[-2000:]}")
                     time.sleep(0.1)
-                return port
+                return port, procs[-1].pid
 
-            gw_port = start_gateway("bench", [])
+            gw_port, gw_pid = start_gateway("bench", [])
             gw_async_port = (
-                start_gateway("bench-async", ["--response-durability", "async"])
+                start_gateway("bench-async", ["--response-durability", "async"])[0]
                 if args.async_responses
                 else None
             )
@@ -274,6 +282,25 @@ def main() -> None:
                 for name, url, headers in setups:
                     wrk(url, conc, 2, headers)  # warm-up
                     console.print(f"[dim]{name} × {conc} for {args.seconds:.0f}s…[/]")
+                    spy = None
+                    if args.py_spy and name == "embedguard gateway" and conc == 16:
+                        spy = subprocess.Popen(
+                            [
+                                str(Path(sys.executable).with_name("py-spy")),
+                                "record",
+                                "--pid",
+                                str(gw_pid),
+                                "--format",
+                                "raw",
+                                "--nonblocking",
+                                "--duration",
+                                str(max(1, int(args.seconds))),
+                                "--output",
+                                str(args.py_spy),
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
                     results.append(
                         {
                             "setup": name,
@@ -281,6 +308,9 @@ def main() -> None:
                             **wrk(url, conc, args.seconds, headers),
                         }
                     )
+                    if spy is not None:
+                        spy.wait(60)
+                        console.print(f"[dim]py-spy profile of the gateway: {args.py_spy}[/]")
             idp.shutdown()
         finally:
             for p in procs:

@@ -213,7 +213,9 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for a in addons:
                 running = getattr(a, "running", None)
                 if running is not None:
-                    await running()
+                    result = running()
+                    if inspect.isawaitable(result):
+                        await result
             chain = Chain(addons)
 
             def make() -> Any:
@@ -248,10 +250,54 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for a in reversed(addons):
                 done = getattr(a, "done", None)
                 if done is not None:
-                    await done()
+                    result = done()
+                    if inspect.isawaitable(result):
+                        await result
             return results
         finally:
             idp.shutdown()
+
+
+def _frame_parts(frame: str) -> tuple[str, str]:
+    """``"fn (path/to/file.py:12)"`` → (function, file)."""
+    fn, _, where = frame.partition(" (")
+    return fn.strip(), where.rsplit(":", 1)[0]
+
+
+def _area(file: str) -> str:
+    """What part of the stack a source file belongs to (py-spy prints paths
+    relative to sys.path: ``capture/recorder.py``, ``mitmproxy/proxy/...``)."""
+    if file.startswith(("capture/", "schemas/", "pipeline/", "embedguard/")):
+        return file
+    return file.split("/", 1)[0] if "/" in file else file
+
+
+def summarise(path: Path, top: int) -> None:
+    """Summarise py-spy's collapsed stacks (``bench/gateway.py --py-spy OUT``):
+    the share of samples in each function (self) and under each of the
+    gateway's modules (inclusive), on every thread."""
+    from collections import Counter
+
+    self_time: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        fn, file = _frame_parts(frames[-1])
+        self_time[f"{fn} ({_area(file)})"] += count
+        for area in {_area(_frame_parts(f)[1]) for f in frames[1:]}:
+            inclusive[area] += count
+    print(f"{total} samples\n\nself time, top {top}:")
+    for name, n in self_time.most_common(top):
+        print(f"  {n / total:6.1%}  {name}")
+    print("\ninclusive, by module:")
+    for name, n in inclusive.most_common(top):
+        print(f"  {n / total:6.1%}  {name}")
 
 
 def main() -> None:
@@ -261,7 +307,16 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=35)
     ap.add_argument("--response-durability", choices=("sync", "async"), default="sync")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--summarise",
+        type=Path,
+        metavar="STACKS",
+        help="summarise py-spy collapsed stacks (bench/gateway.py --py-spy) and exit",
+    )
     args = ap.parse_args()
+    if args.summarise:
+        summarise(args.summarise, args.top)
+        return
     results = asyncio.run(run(args))
     from rich.console import Console
     from rich.table import Table

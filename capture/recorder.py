@@ -191,6 +191,14 @@ class Recorder:
             self._log = open_log(self.config.log_url)
         await self._log.start()
         self.publisher = EventPublisher(self._log)
+        if self.config.response_durability == "async" and not hasattr(
+            self._log, "append_nowait"
+        ):
+            log.warning(
+                "--response-durability async has no effect with %s: it cannot queue an "
+                "append in order without waiting, so every response waits for its record",
+                self._log.url,
+            )
         await self.record_system(
             GatewayStarted,
             config_sha256=self.config.config_sha256(),
