@@ -44,6 +44,7 @@ __all__ = [
     "checkpoints",
     "collection_history",
     "dead_letters",
+    "events_by_type",
     "request_by_id",
     "session",
     "session_events",
@@ -54,6 +55,8 @@ __all__ = [
     "stats_over_time",
     "stream_raw_events",
     "streams",
+    "top_actors",
+    "top_collections",
     "ticket_writes",
     "vector_lineage",
 ]
@@ -515,6 +518,56 @@ STREAM_RAW_EVENTS = Query(
     "One gateway stream's events as written, in stream_seq order (Merkle leaves).",
 )
 
+TOP_ACTORS = Query(
+    "top_actors",
+    """SELECT subject, sum(n_requests) AS requests, sum(n_denied) AS denied,
+        sum(n_held) AS held, uniqExact(session_id) AS sessions
+    FROM (
+        SELECT session_id, any(subject) AS subject,
+            uniqExactIf(request_id, type = 'RequestReceived') AS n_requests,
+            uniqExactIf(request_id, type = 'PolicyDecided' AND outcome = 'deny') AS n_denied,
+            uniqExactIf(request_id, type = 'PolicyDecided' AND outcome = 'require_approval')
+                AS n_held
+        FROM {sessions}
+        WHERE session_id IN (
+            SELECT session_id FROM {sessions}
+            WHERE {since:String} = ''
+               OR occurred_at >= parseDateTime64BestEffortOrNull({since:String}, 6, 'UTC'))
+        GROUP BY session_id
+    )
+    WHERE subject IS NOT NULL AND n_requests > 0
+    GROUP BY subject
+    ORDER BY requests DESC, subject
+    LIMIT {limit:UInt32}""",
+    "The subjects with the most requests (sessions active since a time), with their "
+    "denials and held requests.",
+)
+TOP_COLLECTIONS = Query(
+    "top_collections",
+    """SELECT collection, uniqExact(request_id) AS requests,
+        uniqExactIf(request_id, has(actions, 'write') OR has(actions, 'delete')) AS writes
+    FROM {requests}
+    ARRAY JOIN collections AS collection
+    WHERE type = 'RequestReceived'
+      AND ({since:String} = ''
+           OR occurred_at >= parseDateTime64BestEffortOrNull({since:String}, 6, 'UTC'))
+    GROUP BY collection
+    ORDER BY requests DESC, collection
+    LIMIT {limit:UInt32}""",
+    "The collections with the most requests since a time, and how many of them wrote.",
+)
+EVENTS_BY_TYPE = Query(
+    "events_by_type",
+    "SELECT"
+    + _EVENT_COLUMNS
+    + """FROM {events}
+    WHERE type = {type:String}
+    ORDER BY occurred_at DESC, event_id
+    LIMIT 1 BY event_id
+    LIMIT {limit:UInt32}""",
+    "The newest events of one type (e.g. PolicyChanged for the policy history).",
+)
+
 #: Every query by name (the CLI, dashboard and the backend-equality test use it).
 QUERIES: dict[str, Query] = {
     q.name: q
@@ -540,6 +593,9 @@ QUERIES: dict[str, Query] = {
         TICKET_WRITES,
         STREAMS,
         STREAM_RAW_EVENTS,
+        TOP_ACTORS,
+        TOP_COLLECTIONS,
+        EVENTS_BY_TYPE,
     )
 }
 
@@ -732,3 +788,19 @@ def stream_raw_events(wh: Warehouse, stream: str) -> list[dict[str, Any]]:
 
 def ticket_writes(wh: Warehouse, ticket_id: str) -> list[dict[str, Any]]:
     return TICKET_WRITES.run(wh, ticket_id=ticket_id)
+
+
+def top_actors(
+    wh: Warehouse, *, since: datetime | str | None = None, limit: int = 10
+) -> list[dict[str, Any]]:
+    return TOP_ACTORS.run(wh, since=_time(since), limit=_limit(limit))
+
+
+def top_collections(
+    wh: Warehouse, *, since: datetime | str | None = None, limit: int = 10
+) -> list[dict[str, Any]]:
+    return TOP_COLLECTIONS.run(wh, since=_time(since), limit=_limit(limit))
+
+
+def events_by_type(wh: Warehouse, event_type: str, *, limit: int = 100) -> list[dict[str, Any]]:
+    return EVENTS_BY_TYPE.run(wh, type=event_type, limit=_limit(limit))

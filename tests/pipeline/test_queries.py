@@ -95,6 +95,15 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
     "streams": [dict()],
     "ticket_writes": [dict(ticket_id="apr-1"), dict(ticket_id="none")],
     "stream_raw_events": [dict(stream="gw-1"), dict(stream="gw-none")],
+    "top_actors": [dict(since="", limit=10), dict(since="2026-03-01 09:00:00.200000", limit=2)],
+    "top_collections": [
+        dict(since="", limit=10),
+        dict(since="2026-03-01 09:00:00.200000", limit=1),
+    ],
+    "events_by_type": [
+        dict(type="RequestReceived", limit=5),
+        dict(type="PolicyChanged", limit=5),
+    ],
 }
 
 
