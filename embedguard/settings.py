@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,11 +19,35 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["ReplayTarget", "Settings", "get_settings"]
 
 
 def _config_file() -> Path:
     return Path(os.environ.get("EMBEDGUARD_CONFIG", "embedguard.toml"))
+
+
+class ReplayTarget(BaseModel):
+    """A place ``embedguard replay`` may send recorded requests to
+    (``[[targets]]`` in embedguard.toml)."""
+
+    name: str
+    url: str
+    #: writes and deletes are never replayed against a production target
+    production: bool = True
+    #: environment variable holding the credential sent to the target (never the value)
+    credential_env: str | None = None
+    credential_header: str = "Authorization"
+    credential_scheme: str = "Bearer"
+    #: a dev OIDC issuer that may mint tokens for recorded identities
+    #: (``--as-recorded-identity``; staging gateways only)
+    dev_issuer: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"target url {v!r} must start with http:// or https://")
+        return v.rstrip("/")
 
 
 class Settings(BaseSettings):
@@ -41,6 +65,9 @@ class Settings(BaseSettings):
         description="Confluent schema registry URL; without it events use single-object encoding",
     )
     gateway_id: str | None = None
+    targets: list[ReplayTarget] = Field(
+        default_factory=list, description="Replay targets; production ones refuse writes"
+    )
 
     @field_validator("log")
     @classmethod

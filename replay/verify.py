@@ -1,0 +1,330 @@
+"""``embedguard verify``: check an evidence bundle offline, or the live warehouse.
+
+A bundle (see :mod:`replay.export`) is checked with pinned public keys only:
+
+1. the manifest's Ed25519 signature (export key) and every file's sha256;
+2. the event index (``index.json``) against ``events.parquet``: an event that
+   is missing, unlisted, altered or out of order is named, and a whole missing
+   session too;
+3. every session's hash chain over the events' bytes as written;
+4. the gateways' checkpoint notes (gateway keys), an RFC 6962 inclusion proof
+   per event and consistency proofs between consecutive checkpoints;
+5. every body in ``bodies.parquet`` against its sha256. A body the manifest
+   lists as unavailable (it expired or was redacted before the export) is a
+   notice, never tampering.
+
+Each finding names the file, the event id and what is wrong
+(:class:`replay.verify_core.Finding`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pipeline import queries
+from pipeline.warehouse.base import Warehouse
+from replay.bundle_sign import bundle_dir, verify_manifest
+from replay.verify_core import (
+    ConsistencyProof,
+    Finding,
+    InclusionProof,
+    VerifyReport,
+    decode_events,
+    leaf_hash,
+    verify_log,
+    verify_proofs,
+)
+from schemas.codec import DecodedEvent, default_codec
+from schemas.note import Verifier
+
+__all__ = ["verify_bundle", "verify_warehouse"]
+
+EVENTS = "events.parquet"
+BODIES = "bodies.parquet"
+
+
+def _json_file(root: Path, name: str, report: VerifyReport) -> Any:
+    path = root / name
+    if not path.is_file():
+        report.findings.append(Finding("file_missing", "the bundle has no such file", where=name))
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        report.findings.append(Finding("file_malformed", f"not JSON: {exc}", where=name))
+        return None
+
+
+def verify_bundle(
+    path: Path,
+    vkeys: Iterable[str | Verifier],
+    export_vkeys: Iterable[str | Verifier],
+) -> VerifyReport:
+    """Verify the bundle at ``path`` (a directory or a zip); see the module doc."""
+    with bundle_dir(path) as root:
+        return _verify_root(root, list(vkeys), list(export_vkeys))
+
+
+def _verify_root(
+    root: Path, vkeys: list[str | Verifier], export_vkeys: list[str | Verifier]
+) -> VerifyReport:
+    manifest, findings = verify_manifest(root, export_vkeys)
+    report = VerifyReport()
+    report.findings.extend(findings)
+    if manifest is None:
+        return report  # nothing in an unsigned bundle can be trusted
+
+    if not (root / EVENTS).is_file():
+        report.findings.append(Finding("file_missing", "the bundle has no events", where=EVENTS))
+        return report
+    table = pq.read_table(root / EVENTS, columns=["event_id", "session_id", "seq", "raw"])
+    ids = table.column("event_id").to_pylist()
+    raws = table.column("raw").to_pylist()
+    events, wheres, undecodable = decode_events(
+        (f"{EVENTS} row {i}", bytes(raw or b"")) for i, raw in enumerate(raws)
+    )
+    for f in undecodable:
+        report.findings.append(f)
+    row_of = {w: int(w.rsplit(" ", 1)[1]) for w in wheres}
+    for dec, where in zip(events, wheres, strict=True):
+        row_id = ids[row_of[where]]
+        if str(dec.event.envelope.event_id) != row_id:
+            report.findings.append(
+                _at(
+                    dec,
+                    where,
+                    "row_mismatch",
+                    f"the row says event {row_id} but its bytes are event "
+                    f"{dec.event.envelope.event_id}",
+                )
+            )
+
+    _check_index(root, manifest, events, wheres, report)
+    _check_order(events, wheres, report)
+
+    notes_json = _json_file(root, "checkpoints.json", report) or []
+    inclusion_json = _json_file(root, "proofs/inclusion.json", report) or []
+    consistency_json = _json_file(root, "proofs/consistency.json", report) or []
+    try:
+        inclusion = [InclusionProof.from_json(p) for p in inclusion_json]
+        consistency = [ConsistencyProof.from_json(p) for p in consistency_json]
+    except (KeyError, ValueError, TypeError) as exc:
+        report.findings.append(
+            Finding("proofs_malformed", f"a proof does not parse: {exc}", where="proofs/")
+        )
+        inclusion, consistency = [], []
+    proofs = verify_proofs(
+        events,
+        vkeys,
+        inclusion=inclusion,
+        consistency=consistency,
+        notes=[(f"checkpoints.json[{i}]", n["note"]) for i, n in enumerate(notes_json)],
+        wheres=wheres,
+        check_chains=True,
+    )
+    report.findings.extend(proofs.findings)
+    report.streams = proofs.streams
+    report.events = proofs.events
+    report.sessions = proofs.sessions
+    report.checkpoints_verified = proofs.checkpoints_verified
+    report.inclusion_verified = proofs.inclusion_verified
+    report.consistency_verified = proofs.consistency_verified
+
+    _check_bodies(root, manifest, events, wheres, report)
+    return report
+
+
+def _at(dec: DecodedEvent, where: str | None, kind: str, detail: str, **kw: Any) -> Finding:
+    env = dec.event.envelope
+    return Finding(
+        kind,
+        detail,
+        event_id=str(env.event_id),
+        stream=env.gateway_id,
+        stream_seq=env.stream_seq,
+        session_id=env.session_id,
+        seq=env.seq,
+        where=where,
+        **kw,
+    )
+
+
+def _check_index(
+    root: Path,
+    manifest: dict[str, Any],
+    events: list[DecodedEvent],
+    wheres: list[str],
+    report: VerifyReport,
+) -> None:
+    index = _json_file(root, "index.json", report)
+    if not isinstance(index, list):
+        return
+    present = {str(d.event.envelope.event_id): (d, w) for d, w in zip(events, wheres, strict=True)}
+    listed = {e["event_id"]: e for e in index}
+    missing_by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in index:
+        if e["event_id"] not in present:
+            missing_by_session[e["session_id"]].append(e)
+    sessions_present = {d.event.envelope.session_id for d in events}
+    declared = manifest.get("sessions") or {}
+    for sid in sorted(set(declared) - sessions_present - set(missing_by_session)):
+        missing_by_session[sid] = []
+    for sid, gone in sorted(missing_by_session.items()):
+        if sid not in sessions_present:
+            first = gone[0]["event_id"] if gone else (declared.get(sid) or {}).get("first_event")
+            count = len(gone) or (declared.get(sid) or {}).get("events")
+            report.findings.append(
+                Finding(
+                    "session_missing",
+                    f"the whole session ({count} event(s), the first {first}) listed in the "
+                    f"signed index is not in {EVENTS}",
+                    event_id=first,
+                    session_id=sid,
+                    where=EVENTS,
+                )
+            )
+            continue
+        for e in gone:
+            report.findings.append(
+                Finding(
+                    "event_missing",
+                    f"listed in the signed index but not in {EVENTS}",
+                    event_id=e["event_id"],
+                    stream=e.get("stream"),
+                    stream_seq=e.get("stream_seq"),
+                    session_id=sid,
+                    seq=e.get("seq"),
+                    where=EVENTS,
+                )
+            )
+    for eid, (dec, where) in present.items():
+        entry = listed.get(eid)
+        if entry is None:
+            report.findings.append(
+                _at(dec, where, "event_unlisted", "in the events but not in the signed index")
+            )
+        elif entry.get("leaf_hash") != leaf_hash(dec).hex():
+            report.findings.append(
+                _at(
+                    dec,
+                    where,
+                    "event_altered",
+                    "its bytes do not hash to the leaf hash the signed index records",
+                )
+            )
+
+
+def _check_order(events: list[DecodedEvent], wheres: list[str], report: VerifyReport) -> None:
+    last: dict[str, DecodedEvent] = {}
+    for dec, where in zip(events, wheres, strict=True):
+        env = dec.event.envelope
+        prev = last.get(env.session_id)
+        if prev is not None and env.seq < prev.event.envelope.seq:
+            report.findings.append(
+                _at(
+                    dec,
+                    where,
+                    "reordered",
+                    f"seq {env.seq} comes after seq {prev.event.envelope.seq} (event "
+                    f"{prev.event.envelope.event_id}); the session's events were reordered",
+                )
+            )
+        last[env.session_id] = dec
+
+
+def _check_bodies(
+    root: Path,
+    manifest: dict[str, Any],
+    events: list[DecodedEvent],
+    wheres: list[str],
+    report: VerifyReport,
+) -> None:
+    referencing: dict[str, list[tuple[DecodedEvent, str]]] = defaultdict(list)
+    for dec, where in zip(events, wheres, strict=True):
+        sha = getattr(dec.event, "body_sha256", None)
+        if sha and getattr(dec.event, "body_size", 0):
+            referencing[sha].append((dec, where))
+    unavailable = set(manifest.get("bodies_unavailable") or [])
+    held: set[str] = set()
+    if (root / BODIES).is_file():
+        table = pq.read_table(root / BODIES, columns=["sha256", "body"])
+        for i, (sha, body) in enumerate(
+            zip(table.column("sha256").to_pylist(), table.column("body").to_pylist(), strict=True)
+        ):
+            held.add(sha)
+            actual = hashlib.sha256(bytes(body or b"")).hexdigest()
+            if actual == sha:
+                continue
+            refs = referencing.get(sha) or []
+            if not refs:
+                report.findings.append(
+                    Finding(
+                        "body_altered",
+                        f"body {sha} hashes to {actual}",
+                        where=f"{BODIES} row {i}",
+                    )
+                )
+            for dec, _where in refs:
+                report.findings.append(
+                    _at(
+                        dec,
+                        f"{BODIES} row {i}",
+                        "body_altered",
+                        f"the body this event references (sha256 {sha}) hashes to {actual}",
+                    )
+                )
+    for sha, refs in sorted(referencing.items()):
+        if sha in held:
+            continue
+        dec, where = refs[0]
+        if sha in unavailable:
+            report.findings.append(
+                _at(
+                    dec,
+                    where,
+                    "body_unavailable",
+                    f"body {sha} had expired or was redacted before the export; the event "
+                    "still proves its sha256 (not tampering)",
+                    severity="warning",
+                )
+            )
+
+
+def verify_warehouse(
+    wh: Warehouse, vkeys: Iterable[str | Verifier], *, require_checkpoint: bool = False
+) -> VerifyReport:
+    """Every stream in the warehouse against its signed checkpoints, and every
+    session's chain (the same checks as ``embedguard events verify --vkey``)."""
+    codec = default_codec()
+    rows: list[tuple[str, bytes]] = []
+    for s in queries.streams(wh):
+        for r in queries.stream_raw_events(wh, s["stream"]):
+            rows.append(
+                (
+                    f"warehouse events stream {s['stream']} stream_seq {r['stream_seq']}",
+                    base64.b64decode(r["raw_b64"]),
+                )
+            )
+    events, wheres, undecodable = decode_events(rows, codec)
+    notes = [
+        (f"checkpoints {c['origin']} size {c['tree_size']}", c["signed_note"])
+        for c in queries.checkpoints(wh)
+    ]
+    report = verify_log(
+        events,
+        vkeys,
+        notes=notes,
+        wheres=wheres,
+        require_checkpoint=require_checkpoint,
+        order="stream_seq",
+    )
+    report.findings[:0] = undecodable
+    return report
