@@ -140,6 +140,7 @@ class ApprovalGate:
         self.policy_sha256 = policy_sha256
         #: flows held now: flow id → (client connection id, set when the client goes)
         self._held: dict[str, tuple[str, asyncio.Event]] = {}
+        self._stopping = False
 
     @classmethod
     def wire(cls, config: GatewayConfig, service: ApprovalService, *, enforcer: Enforcer,
@@ -225,6 +226,7 @@ class ApprovalGate:
                 self._client_gone(fid)
 
     async def done(self) -> None:
+        self._stopping = True
         for fid in list(self._held):
             self._client_gone(fid)
 
@@ -326,6 +328,12 @@ class ApprovalGate:
             names = ", ".join(v.subject for v in a.approvals)
             log.info("request %s released by approval %s (%s)", st.request_id, aid, names)
             st.extra[APPROVAL_STATUS] = "approved"
+            return
+        if client_gone and self._stopping:
+            _refuse(flow, st, 503, "gateway_stopping",
+                    f"the gateway stopped while the request was held for approval {aid}; the "
+                    "approval was expired and nothing was forwarded — send the request again",
+                    aid)
             return
         if client_gone:
             _refuse(flow, st, 499, "client_closed_request",
