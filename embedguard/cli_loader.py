@@ -273,7 +273,9 @@ async def _live_lag(
     from pipeline.transport import open_log
     from pipeline.warehouse import open_warehouse
 
-    async with open_log(log_url) as event_log:
+    # Reading the status must not create a Kafka topic as a side effect.
+    options: dict[str, Any] = {"create_topic": False} if log_url.startswith("kafka:") else {}
+    async with open_log(log_url, **options) as event_log:
         source = event_log.source_id
         async with event_log.tail_reader() as reader:
             ends = await reader.end_offsets()
