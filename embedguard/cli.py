@@ -716,6 +716,15 @@ def _register_loader_commands() -> None:
 _register_loader_commands()
 
 
+def _register_dashboard_commands() -> None:
+    from embedguard.cli_dashboard import register
+
+    register(app)
+
+
+_register_dashboard_commands()
+
+
 def _approval_webhook(url: str | None) -> Any:
     """The webhook URL as a secret (ValueError, without the URL, if it is not one)."""
     if not url:

@@ -1,0 +1,67 @@
+"""The dashboard's router: sign-in, then the pages the user's roles allow.
+
+Run with ``embedguard dashboard`` (it writes the sign-in configuration and
+starts ``streamlit run`` on this file). Pages live in ``dashboard/pages/`` and
+only render; ``dashboard/data.py`` owns every query, decision and audit record.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# ``streamlit run dashboard/app.py`` puts dashboard/ first on sys.path; the app
+# imports the project's packages from the repository root.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import streamlit as st  # noqa: E402
+
+from dashboard.auth import current_user  # noqa: E402
+from dashboard.data import PAGE_ROLES  # noqa: E402
+
+st.set_page_config(page_title="embedguard", page_icon=":material/shield:", layout="wide")
+
+_PAGES = [
+    ("overview", "pages/overview.py", "Overview", ":material/monitoring:"),
+    ("sessions", "pages/sessions.py", "Sessions", ":material/list:"),
+    ("session", "pages/session.py", "Session detail", ":material/timeline:"),
+    ("diff", "pages/diff.py", "Diff", ":material/difference:"),
+    ("replay", "pages/replay.py", "Replay", ":material/replay:"),
+    ("approvals", "pages/approvals.py", "Approvals", ":material/approval:"),
+    ("lineage", "pages/lineage.py", "Lineage", ":material/account_tree:"),
+    ("evidence", "pages/evidence.py", "Evidence", ":material/verified:"),
+    ("policy", "pages/policy.py", "Policy", ":material/policy:"),
+]
+
+
+def _sign_in() -> None:
+    st.title("embedguard")
+    st.write("Sessions, approvals, lineage and evidence of the vector-database gateway.")
+    if st.button("Sign in", type="primary"):
+        st.login()
+
+
+def _no_access() -> None:
+    st.warning("You have no dashboard role. Roles come from IdP groups (auditor, approver, "
+               "admin); ask an administrator to add you to one.")
+
+
+user = current_user()
+if user is None:
+    pages = [st.Page(_sign_in, title="Sign in", icon=":material/login:")]
+else:
+    pages = [
+        st.Page(path, title=title, icon=icon, default=(key == "overview"))
+        for key, path, title, icon in _PAGES
+        if user.has(*PAGE_ROLES[key])
+    ]
+    with st.sidebar:
+        st.caption(f"Signed in as **{user.name or user.subject}**")
+        st.caption("Roles: " + (", ".join(sorted(user.roles)) or "none"))
+        if st.button("Sign out"):
+            st.logout()
+    if not pages:
+        pages = [st.Page(_no_access, title="No access", icon=":material/block:")]
+st.navigation(pages).run()

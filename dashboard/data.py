@@ -1,0 +1,643 @@
+"""The dashboard's one data module: every read, decision and audit record.
+
+Pages only render; they call the functions here. Clients are
+``st.cache_resource`` (the warehouse, the audit trail), results are
+``st.cache_data(ttl=...)``. Every public function takes the signed-in
+:class:`~dashboard.auth.User` and refuses (:class:`AccessDenied`) when the
+user's roles do not allow it, whatever the page did. Queries come from
+``pipeline.queries`` only; approvals go through the gateway's control API
+with the user's own access token, so the gateway enforces the four-eyes rules.
+
+Viewing recordings and exporting evidence append an ``AuditViewed`` event to
+the event log through this process's own stream (``dashboard:<host>:<pid>``)
+before the data is shown; if the log cannot take it, nothing is shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from dashboard.auth import ROLES, AccessDenied, Role, User
+from pipeline import queries
+from pipeline.warehouse import Warehouse, open_warehouse
+
+__all__ = [
+    "PAGE_ROLES",
+    "AccessDenied",
+    "AuditTrail",
+    "AuditUnavailable",
+    "DashboardConfig",
+    "approval_context",
+    "approvals_decided",
+    "approvals_pending",
+    "config",
+    "decide_approval",
+    "lineage_by_approval",
+    "lineage_by_point",
+    "loader_lag",
+    "overview",
+    "page_user",
+    "policy_history",
+    "policy_view",
+    "request_body",
+    "session_detail",
+    "sessions_page",
+    "simulate_policy",
+]
+
+ALL: tuple[Role, ...] = ROLES
+RECORDINGS: tuple[Role, ...] = ("auditor", "admin")
+
+#: page key → roles that see it; the data functions below check the same roles.
+PAGE_ROLES: dict[str, tuple[Role, ...]] = {
+    "overview": ALL,
+    "sessions": RECORDINGS,
+    "session": RECORDINGS,
+    "diff": RECORDINGS,
+    "replay": ("admin",),
+    "approvals": ("approver", "admin"),
+    "lineage": RECORDINGS,
+    "evidence": RECORDINGS,
+    "policy": ALL,
+}
+
+TTL_S = 10
+
+
+def _allow(user: User, page: str, what: str) -> None:
+    user.require(PAGE_ROLES[page], what)
+
+
+def page_user(page: str) -> User:
+    """The signed-in user of a page, or stop the page: not signed in, or a role
+    that may not see it (the router does not offer it, but a URL can name it)."""
+    from dashboard.auth import current_user
+
+    user = current_user()
+    if user is None:
+        st.info("Sign in to use the dashboard.")
+        st.stop()
+    if not user.has(*PAGE_ROLES[page]):
+        st.error(f"{user.subject} may not open this page: it needs the role "
+                 + " or ".join(PAGE_ROLES[page]) + ".")
+        st.stop()
+    return user
+
+
+# -- configuration ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    warehouse_url: str
+    log_url: str
+    data_dir: Path
+    gateway_url: str | None
+    policy_path: Path | None
+    #: replay targets: name → {"url": ..., "kind": ..., "production": bool}
+    replay_targets_file: Path | None
+
+
+@st.cache_resource
+def config() -> DashboardConfig:
+    """From the environment ``embedguard dashboard`` sets (and embedguard.toml)."""
+    from embedguard.settings import Settings
+
+    s = Settings()
+    policy = os.environ.get("EMBEDGUARD_POLICY")
+    targets = os.environ.get("EMBEDGUARD_REPLAY_TARGETS")
+    return DashboardConfig(
+        warehouse_url=s.warehouse_url,
+        log_url=s.log_url,
+        data_dir=s.data_dir,
+        gateway_url=os.environ.get("EMBEDGUARD_GATEWAY_URL") or None,
+        policy_path=Path(policy) if policy else None,
+        replay_targets_file=Path(targets) if targets else None,
+    )
+
+
+# -- clients ---------------------------------------------------------------------------
+
+
+class _Warehouse:
+    """One warehouse handle per process; chDB sessions are not re-entrant."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._wh: Warehouse = open_warehouse(url)
+        self._lock = threading.Lock()
+
+    def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(self._wh, *args, **kwargs)
+
+
+@st.cache_resource
+def _warehouse(url: str) -> _Warehouse:
+    return _Warehouse(url)
+
+
+def _wh() -> _Warehouse:
+    return _warehouse(config().warehouse_url)
+
+
+class AuditUnavailable(RuntimeError):
+    """The event log did not take the AuditViewed event: nothing is shown."""
+
+
+class AuditTrail:
+    """Appends AuditViewed events durably from this dashboard process.
+
+    It owns an event loop thread with the open log, and a stamper for the
+    stream ``dashboard:<host>:<pid>`` whose events form one session chain.
+    Stamping and appending happen together under one lock, so the chain and the
+    stream numbering follow the log's order; after a failed append a new stream
+    (``...#n``) starts, as the gateway's recorder does.
+    """
+
+    def __init__(self, log_url: str) -> None:
+        from schemas.chain import EventStamper
+
+        self.log_url = log_url
+        self.base_stream = f"dashboard:{socket.gethostname()}:{os.getpid()}"
+        self._epoch = 0
+        self.stamper = EventStamper(self.base_stream)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="embedguard-audit", daemon=True
+        )
+        self._thread.start()
+        self._log: Any = None
+        self._lock: asyncio.Lock | None = None
+
+    @property
+    def session_id(self) -> str:
+        return self.stamper.gateway_id
+
+    async def _append(self, body: dict[str, Any]) -> str:
+        from pipeline.events import EventPublisher
+        from pipeline.transport import open_log
+        from schemas.chain import EventStamper
+        from schemas.models import AuditViewed
+
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._log is None:
+                log = open_log(self.log_url)
+                await log.start()
+                self._log = log
+            stamped = self.stamper.stamp(AuditViewed, session_id=self.session_id, **body)
+            try:
+                await EventPublisher(self._log).publish([stamped])
+            except Exception:
+                self._epoch += 1
+                self.stamper = EventStamper(f"{self.base_stream}#{self._epoch}")
+                raise
+            return str(stamped.event.envelope.event_id)
+
+    def record(
+        self,
+        user: User,
+        *,
+        what: str,
+        target: str,
+        filters: Mapping[str, Any] | None = None,
+        row_count: int | None = None,
+    ) -> str:
+        body = {
+            "viewer_subject": user.subject,
+            "viewer_issuer": user.issuer,
+            "what": what,
+            "target": target,
+            "filters_json": json.dumps(dict(filters or {}), sort_keys=True, default=str),
+            "row_count": row_count,
+        }
+        future = asyncio.run_coroutine_threadsafe(self._append(body), self._loop)
+        try:
+            return future.result(timeout=60)
+        except Exception as exc:
+            from pipeline.loader_status import scrub
+
+            raise AuditUnavailable(
+                f"the event log did not record that you viewed {what} "
+                f"({type(exc).__name__}: {scrub(str(exc))}); nothing is shown. Check that "
+                "the log is reachable and writable."
+            ) from None
+
+
+@st.cache_resource
+def _audit_trail(log_url: str) -> AuditTrail:
+    return AuditTrail(log_url)
+
+
+def _audit(
+    user: User, what: str, target: str, filters: Mapping[str, Any] | None = None,
+    row_count: int | None = None,
+) -> None:
+    """Record once per browser session and view (a rerun of the same view is not
+    a new look), before anything is returned to the page."""
+    key = json.dumps([user.subject, what, target, dict(filters or {})], sort_keys=True,
+                     default=str)
+    seen: set[str] = st.session_state.setdefault("embedguard_audited", set())
+    if key in seen:
+        return
+    _audit_trail(config().log_url).record(
+        user, what=what, target=target, filters=filters, row_count=row_count
+    )
+    seen.add(key)
+
+
+# -- overview -------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _overview(url: str, since: str, bucket_s: int) -> dict[str, Any]:
+    wh = _warehouse(url)
+    return {
+        "stats": wh.run(queries.stats_over_time, bucket_s=bucket_s, since=since),
+        "top_actors": wh.run(queries.top_actors, since=since, limit=10),
+        "top_collections": wh.run(queries.top_collections, since=since, limit=10),
+        "pending": wh.run(queries.approvals_list, status="pending", limit=100),
+    }
+
+
+def overview(user: User, *, hours: int = 24) -> dict[str, Any]:
+    """Requests over time by decision, top actors and collections, pending approvals."""
+    _allow(user, "overview", "see the overview")
+    since = (datetime.now(UTC) - timedelta(hours=hours)).replace(minute=0, second=0,
+                                                                   microsecond=0)
+    bucket_s = 300 if hours <= 6 else 3600 if hours <= 72 else 86400
+    return _overview(config().warehouse_url, since.isoformat(), bucket_s)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def _loader_lag(log_url: str, warehouse_url: str, data_dir: str) -> dict[str, Any]:
+    from embedguard.cli_loader import status_report
+    from pipeline.loader import DEFAULT_GROUP
+
+    return status_report(log_url, warehouse_url, DEFAULT_GROUP, Path(data_dir) / "loader")
+
+
+def loader_lag(user: User) -> dict[str, Any]:
+    """The loader's lag, rate and last error (``embedguard loader status``)."""
+    _allow(user, "overview", "see the loader status")
+    c = config()
+    return _loader_lag(c.log_url, c.warehouse_url, str(c.data_dir))
+
+
+# -- sessions -------------------------------------------------------------------------
+
+
+SESSION_FILTERS = ("actor", "collection", "action", "decision", "since", "until")
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _sessions(url: str, filters: tuple[tuple[str, str], ...], limit: int, offset: int) -> (
+    tuple[list[dict[str, Any]], int]
+):
+    wh = _warehouse(url)
+    given: dict[str, Any] = dict(filters)
+    f = queries.SessionFilter(**given)
+    return (wh.run(queries.sessions_list, f, limit=limit, offset=offset),
+            wh.run(queries.sessions_count, f))
+
+
+def sessions_page(
+    user: User, filters: Mapping[str, str | None], *, page: int = 0, page_size: int = 50
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of sessions matching the filters, and how many match in all."""
+    _allow(user, "sessions", "browse recorded sessions")
+    clean = tuple(sorted((k, str(v)) for k, v in filters.items()
+                         if k in SESSION_FILTERS and v not in (None, "")))
+    rows, total = _sessions(config().warehouse_url, clean, page_size, page * page_size)
+    _audit(user, "sessions", "sessions list", {**dict(clean), "page": page}, len(rows))
+    return rows, total
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _body_search(url: str, needle: str, kind: str | None) -> list[dict[str, Any]]:
+    return list(_warehouse(url).run(queries.body_search, needle, kind=kind, limit=100))
+
+
+def body_search(user: User, needle: str, kind: str | None = None) -> list[dict[str, Any]]:
+    """Recorded bodies (masked as delivered) containing ``needle``."""
+    _allow(user, "sessions", "search recorded bodies")
+    rows = _body_search(config().warehouse_url, needle, kind)
+    _audit(user, "body_search", needle, {"kind": kind or ""}, len(rows))
+    return rows
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _session(url: str, session_id: str) -> dict[str, Any]:
+    wh = _warehouse(url)
+    return {
+        "summary": wh.run(queries.session, session_id),
+        "requests": wh.run(queries.session_requests, session_id),
+        "events": wh.run(queries.session_events, session_id),
+        "raw": wh.run(queries.session_raw_events, session_id),
+    }
+
+
+def _chain_verdict(raw: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Recompute the session's hash chain from the events as written."""
+    from schemas.chain import verify_chains
+    from schemas.codec import DecodeError, default_codec
+
+    codec = default_codec()
+    decoded = []
+    for row in raw:
+        try:
+            decoded.append(codec.decode(base64.b64decode(row["raw_b64"])))
+        except (DecodeError, ValueError) as exc:
+            return {"ok": False, "events": len(raw),
+                    "problems": [f"event {row['event_id']} does not decode: {exc}"]}
+    problems = verify_chains(decoded)
+    return {"ok": not problems and bool(decoded), "events": len(decoded),
+            "problems": [str(p) for p in problems]}
+
+
+def session_detail(user: User, session_id: str) -> dict[str, Any]:
+    """A session's summary, its requests (the timeline), its events and the
+    verdict of its hash chain."""
+    _allow(user, "session", "view a recorded session")
+    data = dict(_session(config().warehouse_url, session_id))
+    data["chain"] = _chain_verdict(data.pop("raw"))
+    _audit(user, "session", session_id, None, len(data["requests"]))
+    return data
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _body(url: str, sha256: str) -> bytes | None:
+    body: bytes | None = _warehouse(url).run(queries.body, sha256)
+    return body
+
+
+def request_body(user: User, sha256: str) -> Any:
+    """A recorded body (masked as delivered): parsed JSON when it is JSON, else text;
+    None when it expired, was redacted or was never stored."""
+    _allow(user, "session", "view a recorded body")
+    raw = _body(config().warehouse_url, sha256)
+    if raw is None:
+        return None
+    _audit(user, "body", sha256, None, 1)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", errors="replace")
+
+
+# -- approvals ------------------------------------------------------------------------
+
+
+def _control(user: User) -> Any:
+    from capture.approvals.client import ControlApiError, ControlClient
+
+    gateway = config().gateway_url
+    if not gateway:
+        raise ControlApiError(
+            "no_gateway", "the dashboard has no gateway URL; start it with --gateway URL "
+            "(or set EMBEDGUARD_GATEWAY_URL)")
+    return ControlClient(gateway, user.access_token or "", timeout_s=30)
+
+
+def approvals_pending(user: User) -> list[dict[str, Any]]:
+    """The pending queue, as the gateway shows it to this user."""
+    _allow(user, "approvals", "see the approval queue")
+    with _control(user) as client:
+        return list(client.list_approvals(status="pending"))
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _approvals(url: str, status: str) -> list[dict[str, Any]]:
+    return list(_warehouse(url).run(queries.approvals_list, status=status, limit=200))
+
+
+def approvals_decided(user: User) -> dict[str, list[dict[str, Any]]]:
+    """Approved, denied and expired approvals from the warehouse."""
+    _allow(user, "approvals", "see decided approvals")
+    url = config().warehouse_url
+    return {s: _approvals(url, s) for s in ("approved", "denied", "expired")}
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _recent_activity(url: str, subject: str) -> list[dict[str, Any]]:
+    return list(_warehouse(url).run(
+        queries.sessions_list, queries.SessionFilter(actor=subject), limit=10))
+
+
+def approval_context(user: User, approval: Mapping[str, Any]) -> dict[str, Any]:
+    """The review context of one pending approval: the requester's recent sessions."""
+    _allow(user, "approvals", "review an approval")
+    requester = approval.get("requester")
+    subject = str((requester.get("subject") if isinstance(requester, dict) else None)
+                  or approval.get("requester_subject") or "")
+    recent = _recent_activity(config().warehouse_url, subject) if subject else []
+    return {"recent_sessions": recent}
+
+
+def decide_approval(user: User, approval_id: str, decision: str, reason: str) -> dict[str, Any]:
+    """Approve or deny through the gateway with the user's own token. The gateway
+    refuses what the rules refuse (self-approval, wrong group, expired, decided):
+    the ControlApiError carries its code and reason."""
+    _allow(user, "approvals", "decide approvals")
+    if decision not in ("approve", "deny"):
+        raise ValueError(f"decision must be approve or deny, not {decision!r}")
+    if not reason.strip():
+        raise ValueError("a reason is required: say what you checked")
+    with _control(user) as client:
+        result = dict(client.decide(approval_id, decision, reason.strip()))
+    _approvals.clear()
+    return result
+
+
+# -- lineage --------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _lineage_point(url: str, collection: str, point_id: str) -> list[dict[str, Any]]:
+    return list(_warehouse(url).run(queries.vector_lineage, collection, point_id))
+
+
+def lineage_by_point(user: User, collection: str, point_id: str) -> list[dict[str, Any]]:
+    """Who wrote or deleted a point, when, and under which approval, ticket or grant."""
+    _allow(user, "lineage", "look up vector lineage")
+    rows = _lineage_point(config().warehouse_url, collection, point_id)
+    _audit(user, "lineage", f"{collection}/{point_id}", None, len(rows))
+    return rows
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _lineage_approval(url: str, approval_id: str) -> dict[str, Any]:
+    wh = _warehouse(url)
+    return {"approval": wh.run(queries.approval, approval_id),
+            "writes": wh.run(queries.approval_writes, approval_id)}
+
+
+def lineage_by_approval(user: User, approval_id: str) -> dict[str, Any]:
+    """An approval and the requests it held or released."""
+    _allow(user, "lineage", "look up what an approval released")
+    data = _lineage_approval(config().warehouse_url, approval_id)
+    _audit(user, "lineage_approval", approval_id, None, len(data["writes"]))
+    return data
+
+
+# -- policy ---------------------------------------------------------------------------
+
+
+def policy_view(user: User) -> dict[str, Any]:
+    """The active policy file: its text, sha256 and rules (or the reason it does not load)."""
+    _allow(user, "policy", "see the policy")
+    path = config().policy_path
+    if path is None:
+        return {"error": "no policy file configured; start the dashboard with --policy FILE"}
+    from capture.policy import PolicyError, load_policy
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        policy = load_policy(path)
+    except OSError as exc:
+        return {"error": f"cannot read {path}: {exc.strerror or exc}"}
+    except PolicyError as exc:
+        return {"error": str(exc), "text": text}
+    rules = [
+        {"id": r.id, "effect": r.effect, "actions": ", ".join(str(a) for a in r.actions),
+         "collections": ", ".join(r.collections),
+         "description": r.description or ""}
+        for r in policy.rules
+    ]
+    return {"path": str(path), "sha256": policy.sha256, "text": text, "rules": rules}
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _policy_history(url: str) -> list[dict[str, Any]]:
+    return list(_warehouse(url).run(queries.events_by_type, "PolicyChanged", limit=200))
+
+
+def policy_history(user: User) -> list[dict[str, Any]]:
+    """PolicyChanged events, newest first: when, which gateway, old → new hash, diff."""
+    _allow(user, "policy", "see the policy history")
+    rows = []
+    for row in _policy_history(config().warehouse_url):
+        body = json.loads(row.get("payload_json") or "{}")
+        rows.append({"occurred_at": row["occurred_at"], "gateway_id": row["gateway_id"],
+                     "old_sha256": body.get("old_sha256"), "new_sha256": body.get("new_sha256"),
+                     "diff": body.get("diff") or ""})
+    return rows
+
+
+def simulate_policy(
+    user: User, *, subject: str, groups: Iterable[str], operations: Iterable[str],
+    ticket: str | None = None, dpop: bool = False, token_age_min: int = 0,
+) -> dict[str, Any]:
+    """What the active policy decides for an identity and operations
+    (``ACTION[:COLLECTION[:ID,ID]]``), rule by rule (capture.policy.explain)."""
+    _allow(user, "policy", "simulate the policy")
+    from capture.policy import RequestContext, explain, load_policy
+    from capture.types import Identity
+    from schemas.models import ActionClass, Operation
+
+    path = config().policy_path
+    if path is None:
+        raise ValueError("no policy file configured; start the dashboard with --policy FILE")
+    ops = []
+    for spec in operations:
+        spec = spec.strip()
+        if not spec:
+            continue
+        action, _, rest = spec.partition(":")
+        collection, _, ids = rest.partition(":")
+        try:
+            cls = ActionClass(action.strip().lower())
+        except ValueError:
+            raise ValueError(
+                f"{spec!r}: {action!r} is not an action; use one of "
+                + ", ".join(a.value for a in ActionClass)) from None
+        ops.append(Operation(action=cls, collection=collection or None,
+                             ids=[i for i in ids.split(",") if i]))
+    if not ops:
+        raise ValueError("give at least one operation, e.g. write:docs:1,2")
+    now = datetime.now(UTC)
+    issued = now - timedelta(minutes=token_age_min)
+    identity = Identity(subject=subject, issuer="dashboard-simulator",
+                        groups=frozenset(g.strip() for g in groups if g.strip()),
+                        issued_at=issued, expires_at=now + timedelta(minutes=5),
+                        auth_method="dpop" if dpop else "bearer")
+    ctx = RequestContext(now=now, change_ticket=ticket or None, dpop_bound=dpop)
+    result = explain(load_policy(path), identity, ops, ctx)
+    return {"text": result.to_text(), "json": result.model_dump(mode="json"),
+            "outcome": result.decision.outcome}
+
+
+# -- diff -----------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _request_and_body(url: str, request_id: str) -> tuple[dict[str, Any] | None, bytes | None]:
+    wh = _warehouse(url)
+    req = wh.run(queries.request_by_id, request_id)
+    if req is None or not req.get("response_body_sha256"):
+        return req, None
+    return req, wh.run(queries.body, req["response_body_sha256"])
+
+
+def _response(url: str, request_id: str) -> tuple[dict[str, Any], Any]:
+    from replay.diff import parse_body
+
+    req, body = _request_and_body(url, request_id)
+    if req is None:
+        raise LookupError(f"no request {request_id} in the warehouse")
+    return req, parse_body(body)
+
+
+def diff_requests(user: User, then_id: str, now_id: str) -> dict[str, Any]:
+    """The responses of two recorded requests, side by side, and their structured
+    diff by the replay module's rules (replay.diff.diff_bodies)."""
+    _allow(user, "diff", "compare recorded responses")
+    from replay.diff import diff_bodies
+
+    url = config().warehouse_url
+    (req_a, body_a), (req_b, body_b) = _response(url, then_id), _response(url, now_id)
+    result = diff_bodies(body_a, body_b, status_then=req_a.get("status"),
+                         status_now=req_b.get("status"))
+    _audit(user, "diff", f"{then_id} vs {now_id}", None, 2)
+    return {"then": {"request": req_a, "body": body_a}, "now": {"request": req_b, "body": body_b},
+            "diff": result.to_json()}
+
+
+def diff_sessions(user: User, then_session: str, now_session: str) -> list[dict[str, Any]]:
+    """Two sessions' requests paired in order, each pair diffed as above."""
+    _allow(user, "diff", "compare recorded sessions")
+    url = config().warehouse_url
+    a = _session(url, then_session)["requests"]
+    b = _session(url, now_session)["requests"]
+    if not a or not b:
+        missing = then_session if not a else now_session
+        raise LookupError(f"no requests of session {missing} in the warehouse")
+    pairs = []
+    from replay.diff import diff_bodies
+
+    for i in range(max(len(a), len(b))):
+        ra = a[i] if i < len(a) else None
+        rb = b[i] if i < len(b) else None
+        entry: dict[str, Any] = {"index": i, "then": ra, "now": rb}
+        if ra is not None and rb is not None:
+            _, body_a = _response(url, ra["request_id"])
+            _, body_b = _response(url, rb["request_id"])
+            entry["diff"] = diff_bodies(body_a, body_b, status_then=ra.get("status"),
+                                        status_now=rb.get("status")).to_json()
+        pairs.append(entry)
+    _audit(user, "diff_sessions", f"{then_session} vs {now_session}", None, len(pairs))
+    return pairs

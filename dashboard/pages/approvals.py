@@ -1,0 +1,95 @@
+"""Approvals console: the pending queue with its review context, approve or
+deny with a required reason (the gateway decides whether you may), and the
+decided and expired approvals."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from capture.approvals.client import ControlApiError
+from dashboard import data
+
+user = data.page_user("approvals")
+st.title("Approvals")
+
+outcome = st.session_state.pop("approval_outcome", None)
+if outcome is not None:
+    kind, text = outcome
+    (st.success if kind == "ok" else st.error)(text)
+
+st.subheader("Pending")
+try:
+    pending = data.approvals_pending(user)
+except ControlApiError as exc:
+    st.error(f"The gateway did not list the approvals: {exc.reason}"
+             + (f" (request {exc.request_id})" if exc.request_id else ""))
+    pending = []
+if not pending:
+    st.info("Nothing waits for a decision.")
+for a in pending:
+    requester = (a.get("requester") or {}).get("subject", "?")
+    ops = a.get("operations") or []
+    title = (f"{a.get('kind', 'request')} by {requester} · "
+             + ", ".join(f"{o.get('action')} {o.get('collection') or ''}".strip() for o in ops)
+             + f" · expires {a.get('expires_at')}")
+    with st.expander(title, expanded=len(pending) == 1):
+        st.caption(f"approval `{a['approval_id']}` · request `{a.get('request_id')}` · "
+                   f"needs {a.get('min_approvals')} approval(s) from "
+                   + " or ".join("+".join(g) for g in a.get("approver_groups") or [])
+                   + f" · content sha256 `{(a.get('request_sha256') or '')[:16]}…`")
+        if a.get("reason"):
+            st.markdown(f"**Requester's reason:** {a['reason']}")
+        st.markdown("**Operations**")
+        st.dataframe(pd.DataFrame([{
+            "action": o.get("action"), "collection": o.get("collection"),
+            "ids": ", ".join(map(str, o.get("ids") or [])) or "-",
+            "vectors": o.get("vector_count", 0), "filter": o.get("filter_present", False),
+        } for o in ops]), hide_index=True, use_container_width=True)
+        if a.get("blast_radius"):
+            st.markdown("**Blast radius**")
+            st.json(a["blast_radius"], expanded=True)
+        if a.get("approvals"):
+            st.caption("approved so far by " + ", ".join(v["subject"] for v in a["approvals"]))
+        context = data.approval_context(user, a)
+        st.markdown(f"**{requester}'s recent sessions**")
+        if context["recent_sessions"]:
+            st.dataframe(pd.DataFrame(context["recent_sessions"])[
+                ["session_id", "started_at", "request_count", "actions", "collections",
+                 "decisions", "denied_count"]], hide_index=True, use_container_width=True)
+        else:
+            st.caption("none recorded")
+        with st.form(f"decide-{a['approval_id']}"):
+            reason = st.text_input("Reason (required, recorded)", key=f"reason-{a['approval_id']}")
+            b = st.columns(2)
+            approve = b[0].form_submit_button("Approve", type="primary")
+            deny = b[1].form_submit_button("Deny")
+        if approve or deny:
+            decision = "approve" if approve else "deny"
+            if not reason.strip():
+                st.error("Give a reason: say what you checked.")
+            else:
+                try:
+                    result = data.decide_approval(user, a["approval_id"], decision, reason)
+                except ControlApiError as exc:
+                    st.session_state["approval_outcome"] = (
+                        "error", f"The gateway refused: {exc.code}: {exc.reason}"
+                        + (f" (request {exc.request_id})" if exc.request_id else ""))
+                else:
+                    st.session_state["approval_outcome"] = (
+                        "ok", f"Recorded: {decision} on {a['approval_id']}; status now "
+                        f"{result.get('status', '?')}.")
+                st.rerun()
+
+st.subheader("Decided and expired")
+decided = data.approvals_decided(user)
+tabs = st.tabs([f"{s.capitalize()} ({len(rows)})" for s, rows in decided.items()])
+for tab, (status, rows) in zip(tabs, decided.items(), strict=True):
+    with tab:
+        if rows:
+            st.dataframe(pd.DataFrame(rows)[
+                ["approval_id", "kind", "requester_subject", "actions", "collections",
+                 "approvers", "deniers", "requested_at", "decided_at", "reason"]],
+                hide_index=True, use_container_width=True)
+        else:
+            st.caption(f"no {status} approvals")

@@ -1,0 +1,89 @@
+"""Session detail: the timeline of requests with identity, decision, approval
+and status; each step expands to the request and response as delivered
+(masked); a badge tells whether the session's hash chain verifies."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import data
+
+user = data.page_user("session")
+st.title("Session detail")
+default = st.query_params.get("session") or st.session_state.get("session_id", "")
+session_id = st.text_input("Session id", value=default, key="session_input").strip()
+if not session_id:
+    st.info("Pick a session on the Sessions page, or paste its id.")
+    st.stop()
+
+detail = data.session_detail(user, session_id)
+summary = detail["summary"]
+if summary is None:
+    st.warning(f"No session {session_id} in the warehouse (is the loader behind?).")
+    st.stop()
+
+chain = detail["chain"]
+head = st.columns([3, 2])
+head[0].markdown(f"**{summary.get('subject') or 'unknown subject'}** from "
+                 f"`{summary.get('client_address') or '?'}` · started {summary['started_at']} "
+                 f"· {summary['request_count']} request(s), {summary['event_count']} event(s)")
+if chain["ok"]:
+    head[1].success(f"Hash chain verified ({chain['events']} events)", icon=":material/verified:")
+else:
+    head[1].error("Hash chain does NOT verify: " + "; ".join(chain["problems"][:3]),
+                  icon=":material/gpp_bad:")
+
+STATE_ICON = {"completed": ":material/check_circle:", "blocked": ":material/block:",
+              "held": ":material/hourglass_top:", "forwarded": ":material/arrow_forward:",
+              "received": ":material/inbox:"}
+for req in detail["requests"]:
+    label = (f"{req['received_at']} · {req['method']} {req['path']} · "
+             f"{', '.join(req.get('actions') or []) or '-'} "
+             f"{', '.join(req.get('collections') or [])} · decision {req.get('decision') or '-'}"
+             f" · {req['state']}" + (f" {req['status']}" if req.get("status") else ""))
+    with st.expander(label, icon=STATE_ICON.get(req["state"], ":material/help:")):
+        c = st.columns(4)
+        c[0].markdown(f"**identity** {req.get('subject') or '-'}")
+        c[1].markdown(f"**rules** {', '.join(req.get('matched_rules') or []) or '-'}")
+        c[2].markdown(f"**approval** {req.get('approval_id') or '-'}"
+                      + (f" · ticket {req['ticket_id']}" if req.get("ticket_id") else "")
+                      + (f" · grant {req['grant_id']}" if req.get("grant_id") else ""))
+        c[3].markdown(f"**latency** {(req.get('latency_us') or 0) / 1000:.1f} ms"
+                      f" · request id `{req['request_id']}`")
+        if req.get("reasons"):
+            st.caption("; ".join(req["reasons"]))
+        if req.get("blocked_reason"):
+            st.warning(f"Blocked at {req.get('blocked_stage')}: {req['blocked_reason']}")
+        left, right = st.columns(2)
+        with left:
+            st.markdown("**Request**")
+            if req.get("request_body_sha256"):
+                body = data.request_body(user, req["request_body_sha256"])
+                if body is None:
+                    st.caption("body not stored (expired, redacted or over the size limit)")
+                elif isinstance(body, dict | list):
+                    st.json(body, expanded=False)
+                else:
+                    st.code(body)
+            else:
+                st.caption("no body")
+        with right:
+            st.markdown("**Response as delivered (masked)**")
+            if req.get("masked_fields"):
+                st.caption("masked: " + ", ".join(req["masked_fields"]))
+            if req.get("response_body_sha256"):
+                body = data.request_body(user, req["response_body_sha256"])
+                if body is None:
+                    st.caption("body not stored (expired, redacted or over the size limit)")
+                elif isinstance(body, dict | list):
+                    st.json(body, expanded=False)
+                else:
+                    st.code(body)
+            else:
+                st.caption("no response recorded")
+
+with st.expander("All events of the session (chain order)"):
+    st.dataframe(
+        [{k: e[k] for k in ("seq", "type", "occurred_at", "request_id", "outcome", "status",
+                            "event_id")} for e in detail["events"]],
+        hide_index=True, use_container_width=True)
