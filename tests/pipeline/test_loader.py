@@ -343,8 +343,11 @@ async def test_continuous_loader_follows_appends_and_stops_cleanly(
             if lake.loaded_positions(source).get(0) == 2_000:
                 break
             await asyncio.sleep(0.1)
-        await asyncio.sleep(0.3)  # one more status round
-        statuses = read_statuses(tmp_path / "status")
+        for _ in range(300):  # the status catches up within a few rounds
+            statuses = read_statuses(tmp_path / "status")
+            if statuses and statuses[0][0].partitions.get("0", {}).get("lag") == 0:
+                break
+            await asyncio.sleep(0.1)
         stop.set()
         summary = await asyncio.wait_for(task, 60)
     assert summary.events == 2_000
