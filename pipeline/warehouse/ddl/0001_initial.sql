@@ -12,6 +12,10 @@
 -- nothing. ReplacingMergeTree keys end in event_id, so merges drop duplicates
 -- too, but no query relies on a merge having happened.
 --
+-- events.raw keeps each event's canonical Avro bytes (what the hash chain
+-- covers), so a body small enough to travel inline in its event stays there;
+-- the bodies table (its own retention) is what search, display and export use.
+--
 -- Statements are separated by a line holding only ';'.
 
 CREATE TABLE IF NOT EXISTS {db}.events
