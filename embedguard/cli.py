@@ -716,6 +716,16 @@ def _register_loader_commands() -> None:
 _register_loader_commands()
 
 
+def _register_replay_commands() -> None:
+    # After the warehouse commands: its ``lineage`` is the canonical one.
+    from embedguard.cli_replay import register
+
+    register(app)
+
+
+_register_replay_commands()
+
+
 def _register_dashboard_commands() -> None:
     from embedguard.cli_dashboard import register
 
