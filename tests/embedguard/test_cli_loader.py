@@ -79,6 +79,26 @@ def test_loader_once_loads_everything_and_reports_a_summary(loaded: dict[str, An
     assert json.loads(again.stdout)["events"] == 0
 
 
+def test_loader_into_chdb_merge_tree_loads_once(tmp_path: Path) -> None:
+    """ClickHouse-format inserts (MergeTree tables in chDB): a re-run adds nothing."""
+    log = f"sqlite:{tmp_path / 'events.db'}"
+    records = list(chained_records(1_500, sessions=5))
+    records.insert(700, AppendRecord(b"s-x", b"\xc3\x01 truncated"))
+    asyncio.run(append_records(log, records))
+    url = f"chdb:{tmp_path / 'chdb'}"
+    for expected in (1_500, 0):
+        done = run(
+            "loader", "--log", log, "--warehouse", url, "--once", "--json",
+            "--status-dir", str(tmp_path / "status"),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["events"] == expected
+    stats = run("warehouse", "stats", "--warehouse", url, "--json")
+    assert stats.returncode == 0, stats.stderr
+    tables = json.loads(stats.stdout)["tables"]
+    assert (tables["events"], tables["dead_letters"]) == (1_500, 1)
+
+
 def test_loader_once_shows_progress_and_a_summary_on_stderr(tmp_path: Path) -> None:
     log = f"sqlite:{tmp_path / 'events.db'}"
     asyncio.run(append_records(log, list(chained_records(500, sessions=3))))
