@@ -359,3 +359,29 @@ async def test_continuous_loader_follows_appends_and_stops_cleanly(
     (final, running), *_ = read_statuses(tmp_path / "status")
     assert not running and final.state == "stopped"
     assert_exactly_once(lake, 2_000)
+
+
+async def test_background_compaction_runs_between_batches(
+    tmp_path: Path, lake: LakeWarehouse
+) -> None:
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    records = list(chained_records(1_500, sessions=5))
+    async with open_log(url) as lg:
+        stop = asyncio.Event()
+        cfg = config(tmp_path, compact_interval=0.3, status_interval=0.1, initial_batch=100)
+        task = asyncio.create_task(Loader(lg, lake, cfg).run(stop=stop))
+        for i in range(0, 1_500, 100):  # many small commits: something to compact
+            await lg.append(records[i : i + 100])
+            await asyncio.sleep(0.05)
+        compacted = None
+        for _ in range(600):
+            statuses = read_statuses(tmp_path / "status")
+            compacted = statuses[0][0].last_compaction_at if statuses else None
+            if compacted and lake.loaded_positions(lg.source_id).get(0) == 1_500:
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        summary = await asyncio.wait_for(task, 60)
+    assert compacted is not None
+    assert summary.events == 1_500
+    assert_exactly_once(lake, 1_500)
