@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -385,3 +386,37 @@ async def test_background_compaction_runs_between_batches(
     assert compacted is not None
     assert summary.events == 1_500
     assert_exactly_once(lake, 1_500)
+
+
+CLICKHOUSE_URL = os.environ.get("EMBEDGUARD_TEST_CLICKHOUSE_URL", "")
+
+
+@pytest.mark.clickhouse
+@pytest.mark.skipif(
+    not CLICKHOUSE_URL,
+    reason="set EMBEDGUARD_TEST_CLICKHOUSE_URL=clickhouse://user:pass@host:8123/db to load "
+    "into a real ClickHouse server",
+)
+async def test_loads_into_a_clickhouse_server_exactly_once(tmp_path: Path) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from pipeline.warehouse import open_warehouse
+
+    parts = urlsplit(CLICKHOUSE_URL)
+    server = open_warehouse(urlunsplit(parts._replace(path=f"/eg_loader_{uuid.uuid4().hex[:10]}")))
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    await append_records(url, list(chained_records(2_000, sessions=6)))
+    try:
+        first, source = await load_once(url, server, config(tmp_path))  # type: ignore[arg-type]
+        again, _ = await load_once(url, server, config(tmp_path))  # type: ignore[arg-type]
+        assert (first.events, again.events) == (2_000, 0)
+        assert server.loaded_positions(source) == {0: 2_000}
+        rows = server.query(
+            "SELECT count() AS n, uniqExact(event_id) AS u FROM {events} "
+            "WHERE source = {source:String}",
+            {"source": source},
+        )
+        assert rows == [{"n": 2_000, "u": 2_000}]
+    finally:
+        server._command(f"DROP DATABASE IF EXISTS {server.db}")  # type: ignore[attr-defined]
+        server.close()
