@@ -113,6 +113,25 @@ def serve_noop(upstream: str, port: int) -> None:
     asyncio.run(run_gateway(cfg, [NoOp()]))
 
 
+def fsync_probe(directory: Path, n: int = 200) -> dict[str, float]:
+    """p50/p99 of write(1.4 kB) + fsync on the log's disk: the floor of one
+    durable append, measured in the same run as the table."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    times = []
+    try:
+        for _ in range(n):
+            t = time.perf_counter()
+            os.write(fd, b"x" * 1400)
+            os.fsync(fd)
+            times.append((time.perf_counter() - t) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return {"p50_ms": times[n // 2], "p99_ms": times[min(n - 1, n * 99 // 100)]}
+
+
 def wrk(url: str, connections: int, seconds: float, headers: dict[str, str]) -> dict[str, float]:
     threads = 1 if connections == 1 else 2
     args = [
@@ -160,6 +179,13 @@ def main() -> None:
         "dependency) into OUT, collapsed stacks; summarise with bench/gateway_profile.py "
         "--summarise OUT",
     )
+    ap.add_argument(
+        "--compare-with",
+        type=Path,
+        metavar="TREE",
+        help="also run the gateway from another source tree (e.g. `git worktree add "
+        "/tmp/base <commit>`) in the same run, as a baseline row",
+    )
     ap.add_argument("--serve-noop", nargs=2, metavar=("UPSTREAM", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_noop:
@@ -204,7 +230,9 @@ def main() -> None:
 
             env = {**os.environ, "EG_BENCH_KEY": "bench-upstream-key"}
 
-            def start_gateway(name: str, extra: list[str]) -> tuple[int, int]:
+            def start_gateway(
+                name: str, extra: list[str], source: Path = ROOT
+            ) -> tuple[int, int]:
                 port = free_port()
                 out = tmp / f"{name}.log"
                 procs.append(
@@ -236,7 +264,8 @@ def main() -> None:
                         ],
                         stdout=out.open("wb"),
                         stderr=subprocess.STDOUT,
-                        env=env,
+                        env={**env, "PYTHONPATH": str(source)},
+                        cwd=source,
                     )
                 )
                 deadline = time.time() + 60
@@ -247,6 +276,11 @@ def main() -> None:
                 return port, procs[-1].pid
 
             gw_port, gw_pid = start_gateway("bench", [])
+            baseline_port = (
+                start_gateway("bench-baseline", [], args.compare_with)[0]
+                if args.compare_with
+                else None
+            )
             gw_async_port = (
                 start_gateway("bench-async", ["--response-durability", "async"])[0]
                 if args.async_responses
@@ -263,6 +297,14 @@ def main() -> None:
                     {"Authorization": f"Bearer {token}"},
                 ),
             ]
+            if baseline_port is not None:
+                setups.append(
+                    (
+                        f"gateway @ {args.compare_with.name} (baseline)",
+                        f"http://127.0.0.1:{baseline_port}{path}",
+                        {"Authorization": f"Bearer {token}"},
+                    )
+                )
             if gw_async_port is not None:
                 setups.append(
                     (
@@ -278,6 +320,7 @@ def main() -> None:
                 probe = httpx.get(url, headers=headers, timeout=10)
                 assert probe.status_code == 200 and "bob@example.org" not in probe.text, probe.text
             results = []
+            fsync_before = fsync_probe(tmp)
             for conc in (1, 16):
                 for name, url, headers in setups:
                     wrk(url, conc, 2, headers)  # warm-up
@@ -311,6 +354,7 @@ def main() -> None:
                     if spy is not None:
                         spy.wait(60)
                         console.print(f"[dim]py-spy profile of the gateway: {args.py_spy}[/]")
+            fsync_after = fsync_probe(tmp)
             idp.shutdown()
         finally:
             for p in procs:
@@ -340,6 +384,13 @@ def main() -> None:
             f"{float(r['p50_ms']) - float(noop['p50_ms']):+.2f} ms",
         )
     console.print(table)
+    console.print(
+        f"fsync (write 1.4 kB + fsync) on the log's disk: p50 {fsync_before['p50_ms']:.2f} ms, "
+        f"p99 {fsync_before['p99_ms']:.2f} ms before the runs; p50 {fsync_after['p50_ms']:.2f} "
+        f"ms, p99 {fsync_after['p99_ms']:.2f} ms after. In sync mode each request waits for "
+        "two durable appends (request events, then its response event)."
+    )
+    results.append({"setup": "fsync probe", "before": fsync_before, "after": fsync_after})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     console.print(f"[dim]wrote {args.out}[/]")

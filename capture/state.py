@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mitmproxy import http
-from uuid_utils.compat import uuid7
+from uuid_utils import uuid7  # native: str() of it is 5x cheaper than of a uuid.UUID
 
 from capture.types import Classification, Identity
 
