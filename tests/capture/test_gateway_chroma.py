@@ -14,6 +14,7 @@ import pytest
 
 from capture.devidp import mint_token
 from schemas.chain import verify_chains
+from tests.support.approval_e2e import approved_ticket
 from tests.support.events import read_events
 from tests.support.gateway import UPSTREAM_SECRET, GatewayProcess, gateway_process
 from tests.support.services import run_chroma_client
@@ -29,7 +30,9 @@ def gw(
 ) -> Iterator[GatewayProcess]:
     tmp = tmp_path_factory.mktemp("gw")
     with gateway_process(
-        tmp, upstream=chroma_url, kind="chroma", policy=POLICY, issuer=dev_idp
+        tmp, upstream=chroma_url, kind="chroma", policy=POLICY, issuer=dev_idp,
+        # a data scientist's write waits for an approval that never comes here
+        extra_args=["--max-hold", "2s"],
     ) as g:
         yield g
 
@@ -51,6 +54,8 @@ def client(
 def seeded(gw: GatewayProcess, dev_idp: str) -> str:
     """An ops engineer creates and fills the collection with a change ticket."""
     ops = token(dev_idp, "oscar", ["Vector-Write", "Vector-Admin"])
+    ticket = approved_ticket(gw.url, ops, token(dev_idp, "bob", ["Vector-Approve"]),
+                             actions=["admin", "write"], collections=["docs"])
     res = client(
         gw,
         [
@@ -65,7 +70,7 @@ def seeded(gw: GatewayProcess, dev_idp: str) -> str:
             },
         ],
         ops,
-        headers={"X-Change-Ticket": "CHG-100"},
+        headers={"X-Change-Ticket": ticket},
     )
     assert all(r["ok"] for r in res), res
     return ops
@@ -104,7 +109,8 @@ def test_data_scientist_upsert_is_refused_until_approved(
         gw, [{"op": "upsert", "collection": "docs", "ids": ["c"], "embeddings": [EMB[0]]}], alice
     )
     assert not res[0]["ok"]
-    assert "approval_required" in res[0]["error"]
+    # held for approval; nobody decides within the gateway's 2s maximum hold
+    assert "approval_expired" in res[0]["error"]
     check = client(gw, [{"op": "get", "collection": "docs", "ids": ["c"]}], alice)
     assert check[0]["ok"] and check[0]["result"]["ids"] == []
 
@@ -125,7 +131,9 @@ def test_ops_without_ticket_is_denied_with_ticket_allowed(
             {"op": "get", "collection": "docs", "ids": ["d"]},
         ],
         ops,
-        headers={"X-Change-Ticket": "CHG-4711"},
+        headers={"X-Change-Ticket": approved_ticket(
+            gw.url, ops, token(dev_idp, "bob", ["Vector-Approve"]), actions=["upsert"],
+            collections=["docs"])},
     )
     assert allowed[0]["ok"], allowed
     assert allowed[1]["result"]["ids"] == ["d"]

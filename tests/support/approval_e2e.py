@@ -68,3 +68,18 @@ def approval_requested(log_url: str, *, subject: str, collection: str,
 
     return wait_for(log_url, pick, timeout=timeout, client=client,
                     what=f"ApprovalRequested by {subject} on {collection}")
+
+
+def approved_ticket(base: str, requester: str, approver: str, *, actions: list[str],
+                    collections: list[str], window: str = "1h",
+                    max_operations: int | None = None) -> str:
+    """Open a change ticket as ``requester`` and approve it as ``approver``
+    (both tokens) through a gateway's control API; returns the ticket id."""
+    r = api(base, "POST", "/_embedguard/tickets", requester,
+            {"actions": actions, "collections": collections, "window": window,
+             "max_operations": max_operations, "reason": "test change"})
+    assert r.status_code == 201, r.text
+    ticket = str(r.json()["approval_id"])
+    d = decide(base, approver, ticket, "approve", "peer-reviewed")
+    assert d.status_code == 200 and d.json()["status"] == "approved", d.text
+    return ticket
