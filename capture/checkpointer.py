@@ -207,6 +207,13 @@ class Checkpointer:
                 log.exception("checkpoint failed")
 
     def start(self, record: RecordSystem, current_stream: Callable[[], str]) -> None:
+        log.info(
+            "signing checkpoints every %d events or %gs with %s (pin: %s)",
+            self.every,
+            self.interval_s,
+            self.signer.verifier.id_text,
+            self.signer.verifier.vkey,
+        )
         self._task = asyncio.create_task(self.run(record, current_stream))
 
     async def stop(self, record: RecordSystem, current_stream: str) -> None:

@@ -105,6 +105,7 @@ def test_checkpoints_verify_against_the_pinned_key(recorded: Recorded) -> None:
     # the private key is in no event and no log line
     secret = Signer.from_skey(recorded.key_file.read_text()).skey().rsplit("+", 1)[1]
     assert secret not in recorded.stderr
+    assert f"(pin: {recorded.vkey})" in recorded.stderr  # the public key is logged at start
     assert not any(secret.encode() in d.canonical for d in events)
     assert UPSTREAM_SECRET not in recorded.stderr
 
