@@ -9,8 +9,8 @@ Phases (Chroma's ids are read directly from Chroma after each, with the time):
 2. ``alice`` upserts a1, a2 (held until ``bob`` approves); ``root`` deletes doc-03;
 3. ``oscar`` upserts o1 under a change ticket ``bob`` approved;
 4. ``carol`` searches and gets (the session the replay tests replay); ``root``
-   changes doc-02's document; ``dave`` runs carol's search again; ``root``
-   deletes by filter (group = "b": ids unknown to the gateway).
+   changes doc-02's document; ``dave`` runs carol's search again;
+5. ``root`` fills kb-filter and deletes by filter (ids unknown to the gateway).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ rules:
 """
 
 COLLECTION = "kb-main"
+FILTER_COLLECTION = "kb-filter"
 N_DOCS = 20
 
 
@@ -102,6 +103,8 @@ class Scenario:
     ticket_id: str = ""
     sessions: dict[str, str] = field(default_factory=dict)
     query_body: dict[str, Any] = field(default_factory=dict)
+    filter_cid: str = ""
+    filter_ids_after: list[str] = field(default_factory=list)
 
 
 def chroma_ids(chroma_url: str, cid: str) -> list[str]:
@@ -277,8 +280,34 @@ def scenario(
             )
         )
         _ok(api(gw.url, "POST", f"{coll}/query", tok("dave", ["Vector-Read"]), sc.query_body))
-        _ok(api(gw.url, "POST", f"{coll}/delete", root, {"where": {"group": "b"}}))
-        sc.sessions["after_filter_ids"] = ",".join(chroma_ids(replay_chroma, cid))
+        # a delete by filter, in a collection of its own (ids unknown to the gateway)
+        fid = _ok(
+            api(gw.url, "POST", f"{CHROMA_T}/collections", root, {"name": FILTER_COLLECTION})
+        )["id"]
+        _ok(
+            api(
+                gw.url,
+                "POST",
+                f"{CHROMA_T}/collections/{fid}/upsert",
+                root,
+                {
+                    "ids": ["f1", "f2", "f3", "f4"],
+                    "embeddings": [emb(i) for i in range(4)],
+                    "metadatas": [{"group": g} for g in "abab"],
+                },
+            )
+        )
+        _ok(
+            api(
+                gw.url,
+                "POST",
+                f"{CHROMA_T}/collections/{fid}/delete",
+                root,
+                {"where": {"group": "b"}},
+            )
+        )
+        sc.filter_cid = fid
+        sc.filter_ids_after = chroma_ids(replay_chroma, fid)
     # the gateway stopped cleanly: its last checkpoint covers everything
     sc.gateway_vkey = load_signing_key(tmp / "gateway.key").verifier.vkey
     res = subprocess.run(

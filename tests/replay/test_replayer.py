@@ -1,0 +1,175 @@
+"""replay/replayer.py and `embedguard replay`: re-execute a recorded session
+against the real Chroma server and diff the answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from embedguard.cli import app
+from embedguard.settings import ReplayTarget, Settings
+from pipeline.warehouse import open_warehouse
+from replay.replayer import ReplayError, ReplayRefused, replay_session, resolve_target
+from replay.sessions import load_session
+from tests.replay.conftest import Scenario, chroma_ids, chroma_update_document
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def config(scenario: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "embedguard.toml"
+    path.write_text(
+        f"""
+[[targets]]
+name = "prod"
+url = "{scenario.chroma_url}"
+production = true
+
+[[targets]]
+name = "staging"
+url = "{scenario.chroma_url}/"
+production = false
+"""
+    )
+    monkeypatch.setenv("EMBEDGUARD_CONFIG", str(path))
+    return path
+
+
+def _replay(args: list[str]) -> dict:  # type: ignore[type-arg]
+    res = runner.invoke(app, ["replay", *args, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_changed_document_shows_exactly_that_id(scenario: Scenario) -> None:
+    # dave's search ran after every recorded change: replayed now, it is the same
+    unchanged = _replay(
+        [
+            scenario.sessions["dave"],
+            "--target",
+            scenario.chroma_url,
+            "--warehouse",
+            scenario.lake_url,
+        ]
+    )
+    assert unchanged["summary"]["replayed"] == 1 and unchanged["summary"]["identical"] == 1
+    chroma_update_document(scenario.chroma_url, scenario.cid, "doc-01", "tampered since")
+    try:
+        out = _replay(
+            [
+                scenario.sessions["dave"],
+                "--target",
+                scenario.chroma_url,
+                "--warehouse",
+                scenario.lake_url,
+            ]
+        )
+    finally:
+        chroma_update_document(scenario.chroma_url, scenario.cid, "doc-01", "document 1")
+    (step,) = out["steps"]
+    assert step["replayed"] and step["status_then"] == 200 and step["status_now"] == 200
+    diff = step["diff"]
+    assert diff["changed_ids"] == ["doc-01"]
+    assert diff["added_ids"] == diff["removed_ids"] == diff["moved_ids"] == []
+    assert not diff["identical"] and diff["structural"] == {}
+    assert out["summary"] == {
+        "steps": 1,
+        "replayed": 1,
+        "skipped": 0,
+        "identical": 0,
+        "different": 1,
+        "status_changed": 0,
+        "errors": 0,
+    }
+
+
+def test_reads_replayed_writes_skipped_by_default(scenario: Scenario) -> None:
+    with open_warehouse(scenario.lake_url) as wh:
+        alice = load_session(wh, scenario.sessions["alice"])
+        carol = load_session(wh, scenario.sessions["carol"])
+    target = ReplayTarget(name="staging", url=scenario.chroma_url, production=False)
+    report = replay_session(alice, target)
+    (write,) = [s for s in report.steps if "write" in s.actions]
+    assert not write.replayed and "--include-writes" in (write.skipped_reason or "")
+    # carol's search and get still match, except doc-02 changed after she read it
+    report = replay_session(carol, target)
+    assert [s.replayed for s in report.steps] == [True, True]
+    assert [s.diff.changed_ids for s in report.steps if s.diff] == [["doc-02"], ["doc-02"]]
+
+
+def test_include_writes_against_production_is_refused(scenario: Scenario, config: Path) -> None:
+    before = chroma_ids(scenario.chroma_url, scenario.cid)
+    for target in ("prod", scenario.chroma_url + "/unlisted"):
+        res = runner.invoke(
+            app,
+            [
+                "replay",
+                scenario.sessions["alice"],
+                "--target",
+                target,
+                "--include-writes",
+                "--warehouse",
+                scenario.lake_url,
+            ],
+        )
+        assert res.exit_code == 2, res.output
+        assert "refused" in res.stderr and "production" in res.stderr
+        assert "Traceback" not in res.output
+    with open_warehouse(scenario.lake_url) as wh:
+        alice = load_session(wh, scenario.sessions["alice"])
+    with pytest.raises(ReplayRefused):
+        replay_session(alice, resolve_target("prod", Settings().targets), include_writes=True)
+    assert chroma_ids(scenario.chroma_url, scenario.cid) == before
+
+
+def test_include_writes_against_staging_replays_the_write(scenario: Scenario, config: Path) -> None:
+    out = _replay(
+        [
+            scenario.sessions["alice"],
+            "--target",
+            "staging",
+            "--include-writes",
+            "--warehouse",
+            scenario.lake_url,
+        ]
+    )
+    (write,) = [s for s in out["steps"] if "write" in s["actions"]]
+    # the same upsert again: Chroma answers as it did
+    assert write["replayed"] and write["status_now"] == write["status_then"] == 200
+
+
+def test_targets_and_tokens_are_checked(scenario: Scenario) -> None:
+    with pytest.raises(ReplayError, match="neither a URL nor a configured target"):
+        resolve_target("nowhere", [])
+    with open_warehouse(scenario.lake_url) as wh:
+        carol = load_session(wh, scenario.sessions["carol"])
+    target = ReplayTarget(name="staging", url=scenario.chroma_url, production=False)
+    with pytest.raises(ReplayError, match="dev_issuer"):
+        replay_session(carol, target, as_recorded_identity=True)
+    with pytest.raises(ReplayError, match="not both"):
+        replay_session(carol, target, as_recorded_identity=True, token="t")
+
+
+def test_as_recorded_identity_through_the_gateway_mints_per_subject(
+    scenario: Scenario,
+) -> None:
+    minted: list[tuple[str, list[str]]] = []
+
+    def mint(issuer: str, sub: str, groups: list[str]) -> str:
+        from capture.devidp import mint_token
+
+        minted.append((sub, groups))
+        return mint_token(issuer, sub, groups)
+
+    with open_warehouse(scenario.lake_url) as wh:
+        carol = load_session(wh, scenario.sessions["carol"])
+    target = ReplayTarget(
+        name="direct", url=scenario.chroma_url, production=False, dev_issuer=scenario.issuer
+    )
+    report = replay_session(carol, target, as_recorded_identity=True, mint=mint)
+    assert minted == [("carol", ["Vector-Read"])] * 2
+    assert all(s.status_now == 200 for s in report.steps)
