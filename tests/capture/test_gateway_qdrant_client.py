@@ -22,6 +22,7 @@ import pytest
 
 from capture.devidp import mint_token
 from tests.capture.classify.test_qdrant_client_requests import EXPECTED, RECORDED, UID
+from tests.support.approval_e2e import approved_ticket
 from tests.support.events import read_events
 from tests.support.gateway import UPSTREAM_SECRET, GatewayProcess, gateway_process
 from tests.support.services import PEERS_PYTHON, ROOT
@@ -29,7 +30,6 @@ from tests.support.upstream import RecordingUpstream, recording_upstream
 
 DRIVER = ROOT / "tests" / "support" / "qdrant_client_driver.py"
 CLIENT_API_KEY = "client-side-qdrant-key-51e0"
-TICKET = {"X-Change-Ticket": "CHG-2024"}
 
 POLICY = """\
 version: 1
@@ -38,13 +38,18 @@ approvers:
   groups_any_of: [[Vector-Approve]]
 rules:
   - id: admin-all
-    description: Administrators do everything, with a change ticket
+    description: Administrators do everything to collections, with an approved change ticket
     effect: allow
     subjects: {groups: [Vector-Admin]}
     actions: ["*"]
     collections: ["*"]
-    no_collection: true
     conditions: {require_change_ticket: true}
+  - id: admin-cluster
+    description: Administrators look at the cluster (no ticket covers it)
+    effect: allow
+    subjects: {groups: [Vector-Admin]}
+    actions: [health, schema]
+    no_collection: true
   - id: reader
     description: Readers search and read, e-mail addresses masked
     effect: allow
@@ -171,7 +176,9 @@ def gw(
     policy = tmp / "policy.yaml"
     policy.write_text(POLICY)
     with gateway_process(
-        tmp, upstream=upstream.url, kind="qdrant", policy=policy, issuer=dev_idp
+        tmp, upstream=upstream.url, kind="qdrant", policy=policy, issuer=dev_idp,
+        # a reader's write waits for an approval that never comes here
+        extra_args=["--max-hold", "1s"],
     ) as g:
         yield g
 
@@ -182,8 +189,12 @@ def admin_run(
 ) -> tuple[str, dict[str, dict[str, Any]], int]:
     """The administrator runs every call once; returns (token, results, first upstream index)."""
     admin = mint_token(dev_idp, "ada", ["Vector-Admin"])
+    ticket = approved_ticket(
+        gw.url, admin, mint_token(dev_idp, "bob", ["Vector-Approve"]),
+        actions=["search", "read", "write", "delete", "admin", "schema"], collections=["*"])
     first = len(upstream.requests)
-    results = run_qdrant_client(gw.url, ADMIN_STEPS, admin, headers=TICKET, api_key=CLIENT_API_KEY)
+    results = run_qdrant_client(gw.url, ADMIN_STEPS, admin, headers={"X-Change-Ticket": ticket},
+                                api_key=CLIENT_API_KEY)
     return admin, results, first
 
 
@@ -280,22 +291,27 @@ def test_reader_searches_masked_and_her_upsert_never_reaches_upstream(
     assert payloads and all(p["email"] != "bob@example.org" for p in payloads)
     assert "[MASKED:" in json.dumps(payloads)
 
+    # held for approval; nobody decides within the gateway's 1s maximum hold
     upsert = res["upsert_points"]
     assert not upsert["ok"] and upsert["status"] == 403, upsert
-    assert json.loads(upsert["error"])["error"] == "approval_required"
+    assert json.loads(upsert["error"])["error"] == "approval_expired"
     listing = res["get_collections"]
     assert not listing["ok"] and listing["status"] == 403
     assert json.loads(listing["error"])["error"] == "policy_denied"
     delete = res["delete_by_filter"]
     assert not delete["ok"] and delete["status"] == 403
-    assert json.loads(delete["error"])["error"] == "approval_required"
+    assert json.loads(delete["error"])["error"] == "approval_expired"
 
+    # only the reads, and the gateway's own read-only count of what the delete
+    # by filter would touch (for its approvers), reached the upstream
     reached = upstream.requests[before:]
     assert [(r.method, r.path.split("?", 1)[0]) for r in reached] == [
         ROUTE_OF["query_points"],
         ROUTE_OF["scroll"],
+        ("POST", "/collections/docs/points/count"),
     ]
+    assert reached[-1].headers.get("api-key") == UPSTREAM_SECRET
     blocked = [e.event for e in read_events(gw.log_url) if e.event.avro_name == "RequestBlocked"]
     reasons = {b.error: b for b in blocked}
-    assert reasons["approval_required"].stage == "approval"
+    assert reasons["approval_expired"].stage == "approval"
     assert reasons["policy_denied"].stage == "policy"
