@@ -17,10 +17,19 @@ __all__ = ["Credentials", "strip_client_credentials"]
 
 
 def strip_client_credentials(headers: http.Headers) -> list[str]:
-    """Remove credential-bearing headers in place; return their names."""
-    names = sorted({k.lower() for k in headers if is_secret_header(k)})
-    for name in names:
-        del headers[name]
+    """Remove credential-bearing headers in place; return their names.
+
+    One pass over the raw fields: the multidict's key iteration and deletes
+    cost several times more, on every request.
+    """
+    fields = headers.fields
+    kept = tuple(f for f in fields if not is_secret_header(f[0].decode("latin-1")))
+    if len(kept) == len(fields):
+        return []
+    names = sorted(
+        {f[0].decode("latin-1").lower() for f in fields if is_secret_header(f[0].decode("latin-1"))}
+    )
+    headers.fields = kept
     return names
 
 
@@ -36,8 +45,10 @@ class Credentials:
         flow.request.host_header = route.upstream_hostport
         # mitmproxy reports the method upper-cased, so "get" was classified and
         # recorded as GET: send it as GET too.
-        flow.request.method = flow.request.method
-        if not (flow.request.is_http2 or flow.request.is_http3):
+        method = flow.request.method
+        if flow.request.data.method != method.encode("utf-8", "surrogateescape"):
+            flow.request.method = method
+        if not (flow.request.is_http2 or flow.request.is_http3) and flow.request.data.authority:
             # An absolute-form target (GET http://other-host/path) would be
             # forwarded as sent, and the upstream would route by its authority
             # rather than the Host header: always send origin-form.
