@@ -125,23 +125,32 @@ def test_every_n_events_and_at_shutdown(tmp_path: Path) -> None:
 
 
 def test_interval_checkpoint_and_no_checkpoints_while_idle(tmp_path: Path) -> None:
-    def count(rec: Recorder) -> int:
+    def tree(rec: Recorder) -> StreamTree | None:
         assert rec.checkpointer is not None
-        tree = rec.checkpointer.trees.get("gw-cp")
-        return 0 if tree is None else tree.checkpointed
+        return rec.checkpointer.trees.get("gw-cp")
+
+    def all_covered(rec: Recorder) -> bool:
+        t = tree(rec)
+        return t is not None and t.checkpointed > 0 and t.new_content == 0
 
     async def body(rec: Recorder) -> None:
         await _record(rec, 3)
-        await _until(lambda: count(rec) >= 4, "a checkpoint by interval")
-        size = count(rec)
+        await _until(lambda: all_covered(rec), "checkpoints by interval covering every event")
+        t = tree(rec)
+        assert t is not None
+        size = t.checkpointed
         await asyncio.sleep(1.0)  # five intervals with nothing new recorded
-        assert count(rec) == size
+        assert t.checkpointed == size and t.size == size + 1  # only its own Checkpoint since
 
     events = _run(tmp_path, body, checkpoint_every=1000, checkpoint_interval_s=0.2)
     cps = _checkpoints(events)
-    # one by interval; none while idle; none at shutdown (nothing new since)
-    assert [c.tree_size for c in cps] == [4]
-    assert verify_log(events, [_vkey(tmp_path)]).ok
+    # every checkpoint signs something new: never two in a row, none at an
+    # idle shutdown, and the last covers every event but itself
+    kinds = [isinstance(d.event, Checkpoint) for d in events]
+    assert not any(a and b for a, b in zip(kinds, kinds[1:], strict=False))
+    assert cps[-1].tree_size == len(events) - 1
+    report = verify_log(events, [_vkey(tmp_path)], require_checkpoint=True)
+    assert report.ok and not report.findings
 
 
 def test_a_rotated_stream_gets_a_last_checkpoint_in_the_new_one(tmp_path: Path) -> None:
