@@ -97,12 +97,12 @@ WHERE list_contains(collections, 'COLLECTION')
 GROUP BY subject
 ORDER BY first_change;""",
     "which_job_bulk_import": """SELECT subject, session_id, request_id, collection,
-       count(DISTINCT point_id) AS points, min(occurred_at) AS at
+       count(DISTINCT point_id) AS points, min(occurred_at) AS first_at
 FROM read_parquet('lineage.parquet')
 WHERE action = 'write' AND took_effect
 GROUP BY subject, session_id, request_id, collection
 HAVING bool_or(bulk) OR count(DISTINCT point_id) >= BULK_THRESHOLD
-ORDER BY points DESC, at;""",
+ORDER BY points DESC, first_at;""",
 }
 
 _README = """# embedguard evidence bundle

@@ -332,3 +332,46 @@ def scenario(
     for who in ("carol", "dave", "alice", "oscar", "ingest-job"):
         sc.sessions[who] = _session_of(sc.lake_url, who)
     return sc
+
+
+@dataclass
+class Bundle:
+    path: Path
+    export_vkey: str
+    export_key: Path
+    summary: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def bundle(scenario: Scenario) -> Bundle:
+    """The scenario exported once with `embedguard export` (tests copy it to tamper)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from embedguard.cli import app
+
+    key = scenario.tmp / "keys" / "export.key"
+    out = scenario.tmp / "bundle"
+    res = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "--out",
+            str(out),
+            "--export-key",
+            str(key),
+            "--viewer",
+            "auditor-ann",
+            "--log",
+            scenario.log_url,
+            "--bulk-threshold",
+            "10",
+            "--warehouse",
+            scenario.lake_url,
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    return Bundle(out, summary["export_vkey"], key, summary)

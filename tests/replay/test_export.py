@@ -1,0 +1,169 @@
+"""replay/export.py and `embedguard export`: the evidence bundle, its README's
+DuckDB queries, the AuditViewed event, filters and zip output."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from embedguard.cli import app
+from replay.bundle_sign import read_manifest
+from tests.replay.conftest import COLLECTION, Bundle, Scenario
+from tests.support.approval_e2e import events_of
+from tests.support.gateway import UPSTREAM_SECRET
+
+runner = CliRunner()
+
+
+def test_bundle_layout_and_manifest(bundle: Bundle, scenario: Scenario) -> None:
+    m = read_manifest(bundle.path)
+    for name in (
+        "events.parquet",
+        "requests.parquet",
+        "approvals.parquet",
+        "lineage.parquet",
+        "bodies.parquet",
+        "checkpoints.json",
+        "proofs/inclusion.json",
+        "proofs/consistency.json",
+        "index.json",
+        "README.md",
+    ):
+        assert name in m["files"], name
+        assert len(m["files"][name]["sha256"]) == 64
+    assert (bundle.path / "manifest.sig").is_file()
+    assert m["row_counts"]["events"] == pq.read_metadata(bundle.path / "events.parquet").num_rows
+    assert m["row_counts"]["approvals"] == 2  # alice's approval and oscar's ticket
+    assert m["row_counts"]["checkpoints"] >= 1
+    assert m["tool_version"] and m["exported_at"] and m["filters"]["actor"] is None
+    assert set(scenario.sessions[k] for k in ("carol", "dave", "alice")) <= set(m["sessions"])
+    inclusion = json.loads((bundle.path / "proofs/inclusion.json").read_text())
+    # the gateway stopped cleanly, so its last checkpoint covers every event
+    assert len(inclusion) == m["row_counts"]["events"]
+
+
+def test_no_secret_in_the_bundle(bundle: Bundle) -> None:
+    for p in bundle.path.rglob("*"):
+        if p.is_file():
+            assert UPSTREAM_SECRET.encode() not in p.read_bytes(), p
+    assert b"BEGIN PRIVATE KEY" not in (bundle.path / "manifest.json").read_bytes()
+
+
+def test_export_emits_audit_viewed(bundle: Bundle, scenario: Scenario) -> None:
+    viewed = [e for e in events_of(scenario.log_url, "AuditViewed") if e.target == str(bundle.path)]
+    assert len(viewed) == 1
+    assert viewed[0].viewer_subject == "auditor-ann" and viewed[0].what == "evidence_export"
+
+
+def _readme_queries(readme: str) -> list[str]:
+    return re.findall(r"```sql\n(.*?)```", readme, flags=re.S)
+
+
+def test_readme_duckdb_queries_answer_the_three_questions(
+    bundle: Bundle, scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (bundle.path / "README.md").read_text()
+    q_added, q_altered, q_bulk = _readme_queries(readme)
+    monkeypatch.chdir(bundle.path)
+    con = duckdb.connect()
+
+    def run(sql: str, **subst: str) -> list[tuple]:  # type: ignore[type-arg]
+        for k, v in subst.items():
+            sql = sql.replace(k, v)
+        return con.execute(sql).fetchall()
+
+    who = run(q_added, COLLECTION=COLLECTION, POINT_ID="doc-05")
+    assert [r[0] for r in who] == ["ingest-job"]
+    who = run(q_added, COLLECTION=COLLECTION, POINT_ID="a1")
+    assert who[0][0] == "alice" and who[0][6] == scenario.approval_id
+    who = run(q_added, COLLECTION=COLLECTION, POINT_ID="o1")
+    assert who[0][0] == "oscar" and who[0][7] == scenario.ticket_id
+    altered = run(q_altered, COLLECTION=COLLECTION)
+    assert {r[0] for r in altered} == {"root", "ingest-job", "alice", "oscar"}
+    assert "carol" not in {r[0] for r in altered}
+    bulk = run(q_bulk)
+    assert [(r[0], r[3], r[4]) for r in bulk] == [("ingest-job", COLLECTION, 20)]
+    assert bulk[0][1] == scenario.sessions["ingest-job"]
+
+
+def test_filters_and_zip(scenario: Scenario, bundle: Bundle, tmp_path: Path) -> None:
+    out = tmp_path / "carol.zip"
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "--actor",
+            "carol",
+            "--out",
+            str(out),
+            "--export-key",
+            str(bundle.export_key),
+            "--viewer",
+            "auditor-ann",
+            "--log",
+            scenario.log_url,
+            "--warehouse",
+            scenario.lake_url,
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    with zipfile.ZipFile(out) as zf:
+        m = json.loads(zf.read("manifest.json"))
+    assert list(m["sessions"]) == [scenario.sessions["carol"]]
+    assert m["filters"]["actor"] == "carol" and m["row_counts"]["requests"] == 2
+    again = runner.invoke(
+        app,
+        [
+            "export",
+            "--out",
+            str(out),
+            "--export-key",
+            str(bundle.export_key),
+            "--log",
+            scenario.log_url,
+            "--warehouse",
+            scenario.lake_url,
+        ],
+    )
+    assert again.exit_code == 2 and "exists" in again.stderr
+    none = runner.invoke(
+        app,
+        [
+            "export",
+            "--actor",
+            "nobody",
+            "--out",
+            str(tmp_path / "x"),
+            "--export-key",
+            str(bundle.export_key),
+            "--log",
+            scenario.log_url,
+            "--warehouse",
+            scenario.lake_url,
+        ],
+    )
+    assert none.exit_code == 1 and "no session matches" in none.stderr
+    bad = runner.invoke(
+        app,
+        [
+            "export",
+            "--since",
+            "yesterday",
+            "--out",
+            str(tmp_path / "y"),
+            "--export-key",
+            str(bundle.export_key),
+            "--log",
+            scenario.log_url,
+            "--warehouse",
+            scenario.lake_url,
+        ],
+    )
+    assert bad.exit_code == 2 and "ISO 8601" in bad.stderr and "Traceback" not in bad.output
