@@ -587,9 +587,14 @@ def build_proofs(
     """Inclusion proofs for the ``selected`` event ids (each against the
     smallest checkpoint of its run that covers it) and consistency proofs
     between consecutive checkpoints of every run. ``events`` holds the full
-    streams in log order; they should have passed :func:`verify_log`."""
+    streams, in any order; they should have passed :func:`verify_log`."""
     wanted = set(selected)
+    # Storage order may interleave runs of one gateway id (a warehouse sorted
+    # by stream_seq): order as verify_log(order="stream_seq") does.
+    events = sorted(events, key=lambda d: (d.event.envelope.gateway_id, d.event.envelope.event_id))
     runs = split_runs(events)
+    for run in runs:
+        run.idxs.sort(key=lambda i: events[i].event.envelope.stream_seq)
     by_origin, _ = _by_origin(checkpoints, (r.origin for r in runs if r.origin))
     inclusion: list[InclusionProof] = []
     consistency: list[ConsistencyProof] = []
