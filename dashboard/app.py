@@ -19,7 +19,7 @@ if _ROOT not in sys.path:
 import streamlit as st  # noqa: E402
 
 from dashboard.auth import current_user  # noqa: E402
-from dashboard.data import PAGE_ROLES  # noqa: E402
+from dashboard.data import pages_for  # noqa: E402
 
 st.set_page_config(page_title="embedguard", page_icon=":material/shield:", layout="wide")
 
@@ -52,10 +52,11 @@ user = current_user()
 if user is None:
     pages = [st.Page(_sign_in, title="Sign in", icon=":material/login:")]
 else:
+    allowed = pages_for(user)
     pages = [
-        st.Page(path, title=title, icon=icon, default=(key == "overview"))
+        st.Page(path, title=title, icon=icon, default=(key == allowed[0]))
         for key, path, title, icon in _PAGES
-        if user.has(*PAGE_ROLES[key])
+        if key in allowed
     ]
     with st.sidebar:
         st.caption(f"Signed in as **{user.name or user.subject}**")

@@ -151,7 +151,7 @@ def current_user() -> User | None:
                 name=seeded.get("name"),
                 access_token=seeded.get("access_token"),
             )
-    if not st.user.is_logged_in:
+    if not st.user.get("is_logged_in", False):
         return None
     claims = dict(st.user.to_dict())
     groups = _groups(claims.get("groups", ()))

@@ -16,11 +16,11 @@ before the data is shown; if the log cannot take it, nothing is shown.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import socket
 import threading
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,13 +44,20 @@ __all__ = [
     "approvals_pending",
     "config",
     "decide_approval",
+    "diff_requests",
+    "diff_sessions",
+    "evidence_bytes",
+    "export_evidence",
     "lineage_by_approval",
     "lineage_by_point",
     "loader_lag",
     "overview",
     "page_user",
+    "pages_for",
     "policy_history",
     "policy_view",
+    "replay",
+    "replay_targets",
     "request_body",
     "session_detail",
     "sessions_page",
@@ -74,6 +81,11 @@ PAGE_ROLES: dict[str, tuple[Role, ...]] = {
 }
 
 TTL_S = 10
+
+
+def pages_for(user: User) -> list[str]:
+    """The pages the router offers this user, in menu order."""
+    return [page for page, roles in PAGE_ROLES.items() if user.has(*roles)]
 
 
 def _allow(user: User, page: str, what: str) -> None:
@@ -106,8 +118,10 @@ class DashboardConfig:
     data_dir: Path
     gateway_url: str | None
     policy_path: Path | None
-    #: replay targets: name → {"url": ..., "kind": ..., "production": bool}
-    replay_targets_file: Path | None
+    #: replay targets ([[targets]] in embedguard.toml / EMBEDGUARD_TARGETS)
+    targets: tuple[Any, ...]
+    #: pinned gateway checkpoint keys, for verifying exported bundles
+    gateway_vkeys: tuple[str, ...]
 
 
 @st.cache_resource
@@ -117,14 +131,24 @@ def config() -> DashboardConfig:
 
     s = Settings()
     policy = os.environ.get("EMBEDGUARD_POLICY")
-    targets = os.environ.get("EMBEDGUARD_REPLAY_TARGETS")
+    vkeys = [k.strip() for k in os.environ.get("EMBEDGUARD_GATEWAY_VKEYS", "").splitlines()
+             if k.strip()]
+    if not vkeys:
+        from capture.signing_keys import SigningKeyError, load_signing_key
+
+        key = s.data_dir / "keys" / "gateway.key"
+        try:
+            vkeys = [load_signing_key(key).verifier.vkey] if key.exists() else []
+        except SigningKeyError:
+            vkeys = []
     return DashboardConfig(
         warehouse_url=s.warehouse_url,
         log_url=s.log_url,
         data_dir=s.data_dir,
         gateway_url=os.environ.get("EMBEDGUARD_GATEWAY_URL") or None,
         policy_path=Path(policy) if policy else None,
-        replay_targets_file=Path(targets) if targets else None,
+        targets=tuple(s.targets),
+        gateway_vkeys=tuple(vkeys),
     )
 
 
@@ -347,26 +371,17 @@ def _session(url: str, session_id: str) -> dict[str, Any]:
         "summary": wh.run(queries.session, session_id),
         "requests": wh.run(queries.session_requests, session_id),
         "events": wh.run(queries.session_events, session_id),
-        "raw": wh.run(queries.session_raw_events, session_id),
+        "chain": _chain(wh, session_id),
     }
 
 
-def _chain_verdict(raw: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Recompute the session's hash chain from the events as written."""
-    from schemas.chain import verify_chains
-    from schemas.codec import DecodeError, default_codec
+def _chain(wh: _Warehouse, session_id: str) -> dict[str, Any]:
+    """The session's hash chain over the events as written (replay.sessions)."""
+    from replay.sessions import verify_session_chain
 
-    codec = default_codec()
-    decoded = []
-    for row in raw:
-        try:
-            decoded.append(codec.decode(base64.b64decode(row["raw_b64"])))
-        except (DecodeError, ValueError) as exc:
-            return {"ok": False, "events": len(raw),
-                    "problems": [f"event {row['event_id']} does not decode: {exc}"]}
-    problems = verify_chains(decoded)
-    return {"ok": not problems and bool(decoded), "events": len(decoded),
-            "problems": [str(p) for p in problems]}
+    count, issues = wh.run(verify_session_chain, session_id)
+    return {"ok": count > 0 and not issues, "events": count,
+            "problems": [str(i) for i in issues]}
 
 
 def session_detail(user: User, session_id: str) -> dict[str, Any]:
@@ -374,7 +389,6 @@ def session_detail(user: User, session_id: str) -> dict[str, Any]:
     verdict of its hash chain."""
     _allow(user, "session", "view a recorded session")
     data = dict(_session(config().warehouse_url, session_id))
-    data["chain"] = _chain_verdict(data.pop("raw"))
     _audit(user, "session", session_id, None, len(data["requests"]))
     return data
 
@@ -641,3 +655,102 @@ def diff_sessions(user: User, then_session: str, now_session: str) -> list[dict[
         pairs.append(entry)
     _audit(user, "diff_sessions", f"{then_session} vs {now_session}", None, len(pairs))
     return pairs
+
+
+# -- replay ---------------------------------------------------------------------------
+
+
+def replay_targets(user: User) -> list[dict[str, Any]]:
+    """The configured replay targets (name, url, production)."""
+    _allow(user, "replay", "see replay targets")
+    return [{"name": t.name, "url": t.url, "production": t.production}
+            for t in config().targets]
+
+
+def replay(
+    user: User, session_id: str, target: str, *, include_writes: bool,
+    on_step: Any = None,
+) -> dict[str, Any]:
+    """Replay a recorded session against a configured target with the user's own
+    token (replay.replayer: writes are refused against production). Returns the
+    per-request report; ``on_step(done, total)`` follows progress."""
+    _allow(user, "replay", "replay sessions")
+    from replay.replayer import replay_session, resolve_target
+    from replay.sessions import load_session
+
+    chosen = resolve_target(target, config().targets)
+    session = _wh().run(load_session, session_id)
+    _audit(user, "replay", session_id, {"target": chosen.name,
+                                        "include_writes": include_writes}, len(session.steps))
+    total = len(session.steps)
+    done = [0]
+
+    def step(_: Any) -> None:
+        done[0] += 1
+        if on_step is not None:
+            on_step(done[0], total)
+
+    report = replay_session(session, chosen, include_writes=include_writes,
+                            token=user.access_token or None, on_step=step)
+    return dict(report.to_json())
+
+
+# -- evidence -------------------------------------------------------------------------
+
+
+def export_evidence(
+    user: User, *, since: str | None = None, until: str | None = None,
+    actor: str | None = None, collection: str | None = None,
+    sessions: Sequence[str] = (), on_progress: Any = None,
+) -> dict[str, Any]:
+    """Export a signed evidence bundle (replay.export) to a new zip under
+    ``<data>/exports/``, after recording the AuditViewed event, then verify it
+    (replay.verify) against the pinned gateway keys and the export key."""
+    _allow(user, "evidence", "export evidence")
+    from capture.signing_keys import load_or_create_signing_key
+    from embedguard import __version__
+    from replay.export import ExportFilters, export_bundle
+    from replay.verify import verify_bundle
+
+    c = config()
+    filters = ExportFilters(since or None, until or None, actor or None, collection or None,
+                            tuple(x for x in sessions if x))
+    for value in (since, until):
+        if value:
+            queries._time(value)  # a clear ValueError before anything happens
+    out_dir = c.data_dir / "exports"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"evidence-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}.zip"
+    signer = load_or_create_signing_key(c.data_dir / "keys" / "export.key",
+                                        name="embedguard-export")
+    _audit(user, "evidence_export", out.name, filters.to_json())
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(stage, done, total)
+
+    result = _wh().run(lambda wh: export_bundle(
+        wh, out, filters=filters, signer=signer, tool_version=__version__,
+        exported_at=datetime.now(UTC), progress=progress))
+    report = verify_bundle(result.path, list(c.gateway_vkeys), [signer.verifier.vkey])
+    return {
+        "path": str(result.path),
+        "name": result.path.name,
+        "sessions": len(result.sessions),
+        "row_counts": result.row_counts,
+        "bodies_unavailable": len(result.bodies_unavailable),
+        "export_vkey": signer.verifier.vkey,
+        "gateway_vkeys": list(c.gateway_vkeys),
+        "verification": report.to_json(),
+    }
+
+
+def evidence_bytes(user: User, name: str) -> bytes:
+    """An exported bundle's bytes, for the download button (only files of
+    ``<data>/exports/`` by their plain name)."""
+    _allow(user, "evidence", "download evidence")
+    exports = config().data_dir / "exports"
+    path = exports / Path(name).name
+    if path.parent != exports or not path.is_file():
+        raise LookupError(f"no exported bundle {name!r}")
+    return path.read_bytes()

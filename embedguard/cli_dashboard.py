@@ -143,8 +143,9 @@ def dashboard_command(
         "--issuer", help="OIDC issuer URL for sign-in")] = "http://127.0.0.1:9400",
     policy: Annotated[Path | None, typer.Option(
         "--policy", help="The gateway's policy file (Policy page and simulator)")] = None,
-    replay_targets: Annotated[Path | None, typer.Option(
-        "--replay-targets", help="Replay targets file (Replay page)")] = None,
+    vkey: Annotated[list[str] | None, typer.Option(
+        "--vkey", help="Pinned gateway checkpoint key for verifying exports (repeatable; "
+                       "default: the public key of <data>/keys/gateway.key)")] = None,
     data_dir: Annotated[Path | None, typer.Option(
         "--data", help="Where embedded state lives (default ./data)")] = None,
     client_id: Annotated[str, typer.Option("--client-id", help="OIDC client id")] = CLIENT_ID,
@@ -192,7 +193,7 @@ def dashboard_command(
     }
     env.pop("EMBEDGUARD_DASHBOARD_TEST_SEAM", None)  # never in a served dashboard
     for name, value in (("EMBEDGUARD_GATEWAY_URL", gateway), ("EMBEDGUARD_POLICY", policy),
-                        ("EMBEDGUARD_REPLAY_TARGETS", replay_targets)):
+                        ("EMBEDGUARD_GATEWAY_VKEYS", "\n".join(vkey) if vkey else None)):
         if value is not None:
             env[name] = str(value)
     proc = subprocess.Popen(streamlit_command(port, secrets_file), env=env)

@@ -45,7 +45,7 @@ for a in pending:
             "action": o.get("action"), "collection": o.get("collection"),
             "ids": ", ".join(map(str, o.get("ids") or [])) or "-",
             "vectors": o.get("vector_count", 0), "filter": o.get("filter_present", False),
-        } for o in ops]), hide_index=True, use_container_width=True)
+        } for o in ops]), hide_index=True, width="stretch")
         if a.get("blast_radius"):
             st.markdown("**Blast radius**")
             st.json(a["blast_radius"], expanded=True)
@@ -56,14 +56,15 @@ for a in pending:
         if context["recent_sessions"]:
             st.dataframe(pd.DataFrame(context["recent_sessions"])[
                 ["session_id", "started_at", "request_count", "actions", "collections",
-                 "decisions", "denied_count"]], hide_index=True, use_container_width=True)
+                 "decisions", "denied_count"]], hide_index=True, width="stretch")
         else:
             st.caption("none recorded")
         with st.form(f"decide-{a['approval_id']}"):
             reason = st.text_input("Reason (required, recorded)", key=f"reason-{a['approval_id']}")
             b = st.columns(2)
-            approve = b[0].form_submit_button("Approve", type="primary")
-            deny = b[1].form_submit_button("Deny")
+            approve = b[0].form_submit_button("Approve", type="primary",
+                                              key=f"approve-{a['approval_id']}")
+            deny = b[1].form_submit_button("Deny", key=f"deny-{a['approval_id']}")
         if approve or deny:
             decision = "approve" if approve else "deny"
             if not reason.strip():
@@ -90,6 +91,6 @@ for tab, (status, rows) in zip(tabs, decided.items(), strict=True):
             st.dataframe(pd.DataFrame(rows)[
                 ["approval_id", "kind", "requester_subject", "actions", "collections",
                  "approvers", "deniers", "requested_at", "decided_at", "reason"]],
-                hide_index=True, use_container_width=True)
+                hide_index=True, width="stretch")
         else:
             st.caption(f"no {status} approvals")

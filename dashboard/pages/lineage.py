@@ -24,7 +24,7 @@ with by_point:
         if rows:
             frame = pd.DataFrame(rows)
             st.dataframe(frame[[c for c in COLUMNS if c in frame]], hide_index=True,
-                         use_container_width=True)
+                         width="stretch")
             unknown = sum(1 for r in rows if not r.get("ids_known"))
             if unknown:
                 st.caption(f"{unknown} operation(s) named no ids (e.g. delete by filter) and "
@@ -50,4 +50,4 @@ with by_approval:
                                                 "actions", "collections", "decision", "state",
                                                 "status", "request_id", "session_id"]
                                     if c in frame]],
-                             hide_index=True, use_container_width=True)
+                             hide_index=True, width="stretch")

@@ -44,7 +44,7 @@ else:
             range=["#4c9a2a", "#e0a800", "#c0392b", "#7f8c8d"])),
         tooltip=["bucket:T", "decision:N", "count:Q"],
     )
-    st.altair_chart(chart, use_container_width=True)
+    st.altair_chart(chart, width="stretch")
 
 left, right = st.columns(2)
 with left:
@@ -55,7 +55,7 @@ with left:
     else:
         st.altair_chart(alt.Chart(actors).mark_bar().encode(
             x=alt.X("requests:Q"), y=alt.Y("subject:N", sort="-x", title=None),
-            tooltip=["subject", "requests", "denied"]), use_container_width=True)
+            tooltip=["subject", "requests", "denied"]), width="stretch")
 with right:
     st.subheader("Top collections")
     colls = pd.DataFrame(view["top_collections"])
@@ -64,7 +64,7 @@ with right:
     else:
         st.altair_chart(alt.Chart(colls).mark_bar().encode(
             x=alt.X("requests:Q"), y=alt.Y("collection:N", sort="-x", title=None),
-            tooltip=["collection", "requests", "writes"]), use_container_width=True)
+            tooltip=["collection", "requests", "writes"]), width="stretch")
 
 
 @st.fragment(run_every=10)
@@ -80,7 +80,7 @@ def loader_panel() -> None:
     if not parts.empty and "lag" in parts:
         st.altair_chart(alt.Chart(parts).mark_bar().encode(
             x=alt.X("partition:N"), y=alt.Y("lag:Q", title="events not yet loaded"),
-            tooltip=["partition", "loaded", "end", "lag"]), use_container_width=True)
+            tooltip=["partition", "loaded", "end", "lag"]), width="stretch")
     for problem in report.get("problems", []):
         st.caption(problem)
     if report.get("last_error"):

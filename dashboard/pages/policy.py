@@ -14,7 +14,7 @@ if "error" in view:
     st.error(view["error"])
 else:
     st.caption(f"{view['path']} · sha256 `{view['sha256'][:16]}…`")
-    st.dataframe(pd.DataFrame(view["rules"]), hide_index=True, use_container_width=True)
+    st.dataframe(pd.DataFrame(view["rules"]), hide_index=True, width="stretch")
     with st.expander("Policy file"):
         st.code(view["text"], language="yaml")
 

@@ -86,4 +86,4 @@ with st.expander("All events of the session (chain order)"):
     st.dataframe(
         [{k: e[k] for k in ("seq", "type", "occurred_at", "request_id", "outcome", "status",
                             "event_id")} for e in detail["events"]],
-        hide_index=True, use_container_width=True)
+        hide_index=True, width="stretch")

@@ -50,7 +50,7 @@ if rows:
     table = pd.DataFrame(rows)[["session_id", "subject", "started_at", "request_count",
                                 "actions", "collections", "decisions", "denied_count",
                                 "blocked_count", "client_session_name"]]
-    picked = st.dataframe(table, hide_index=True, use_container_width=True,
+    picked = st.dataframe(table, hide_index=True, width="stretch",
                           on_select="rerun", selection_mode="single-row", key="sessions_table")
     chosen = picked.selection.rows if picked is not None else []
     if chosen:
@@ -71,6 +71,6 @@ with st.form("body_search"):
 if needle:
     hits = data.body_search(user, needle, kind or None)
     if hits:
-        st.dataframe(pd.DataFrame(hits), hide_index=True, use_container_width=True)
+        st.dataframe(pd.DataFrame(hits), hide_index=True, width="stretch")
     else:
         st.info(f"No recorded body contains {needle!r}.")
