@@ -1,0 +1,203 @@
+"""replay/verify.py and `embedguard verify`: a clean bundle verifies offline with
+pinned keys; each tamper makes it fail, naming the event (or the file)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from capture.signing_keys import load_signing_key
+from embedguard.cli import app
+from replay.bundle_sign import (
+    MANIFEST,
+    canonical_json,
+    file_digests,
+    read_manifest,
+    sign_manifest,
+)
+from replay.verify import verify_bundle
+from schemas.note import Signer
+from tests.replay.conftest import Bundle, Scenario
+
+runner = CliRunner()
+
+
+def _verify(path: Path, scenario: Scenario, bundle: Bundle) -> tuple[int, str]:
+    res = runner.invoke(
+        app,
+        ["verify", str(path), "--vkey", scenario.gateway_vkey, "--export-vkey", bundle.export_vkey],
+    )
+    assert "Traceback" not in res.output
+    return res.exit_code, res.stdout
+
+
+def test_clean_bundle_verifies(bundle: Bundle, scenario: Scenario) -> None:
+    report = verify_bundle(bundle.path, [scenario.gateway_vkey], [bundle.export_vkey])
+    assert report.ok, [str(f) for f in report.errors]
+    m = read_manifest(bundle.path)
+    assert report.events == m["row_counts"]["events"] == report.inclusion_verified
+    assert report.checkpoints_verified >= 1
+    code, out = _verify(bundle.path, scenario, bundle)
+    assert code == 0 and ": OK:" in out
+
+
+def test_clean_zip_verifies_and_wrong_gateway_key_fails(
+    bundle: Bundle, scenario: Scenario, tmp_path: Path
+) -> None:
+    z = shutil.make_archive(str(tmp_path / "b"), "zip", bundle.path)
+    assert verify_bundle(Path(z), [scenario.gateway_vkey], [bundle.export_vkey]).ok
+    other = Signer.generate("embedguard-gateway-other").verifier.vkey
+    report = verify_bundle(Path(z), [other], [bundle.export_vkey])
+    assert not report.ok
+    assert {f.kind for f in report.errors} >= {"checkpoint_signature"}
+
+
+def _events(path: Path) -> pa.Table:
+    return pq.read_table(path / "events.parquet")
+
+
+def _write_events(path: Path, table: pa.Table) -> None:
+    pq.write_table(table, path / "events.parquet")
+
+
+def _rows_of(table: pa.Table, session_id: str) -> list[int]:
+    return [i for i, s in enumerate(table.column("session_id").to_pylist()) if s == session_id]
+
+
+def delete_one_event(path: Path, sc: Scenario) -> str:
+    t = _events(path)
+    i = _rows_of(t, sc.sessions["carol"])[2]
+    victim = t.column("event_id")[i].as_py()
+    _write_events(path, pa.concat_tables([t.slice(0, i), t.slice(i + 1)]))
+    return str(victim)
+
+
+def flip_body_byte(path: Path, sc: Scenario) -> str:
+    t = _events(path)
+    carol = _rows_of(t, sc.sessions["carol"])
+    types = t.column("type").to_pylist()
+    resp = next(i for i in carol if types[i] == "ResponseRecorded")
+    sha = t.column("body_sha256")[resp].as_py()
+    bodies = pq.read_table(path / "bodies.parquet")
+    shas = bodies.column("sha256").to_pylist()
+    k = shas.index(sha)
+    data = bytearray(bodies.column("body")[k].as_py())
+    data[len(data) // 2] ^= 0x01
+    col = bodies.column("body").to_pylist()
+    col[k] = bytes(data)
+    idx = bodies.schema.get_field_index("body")
+    pq.write_table(
+        bodies.set_column(idx, "body", pa.array(col, pa.binary())), path / "bodies.parquet"
+    )
+    return str(t.column("event_id")[resp].as_py())
+
+
+def reorder_two_events(path: Path, sc: Scenario) -> str:
+    t = _events(path)
+    i, j = _rows_of(t, sc.sessions["carol"])[3:5]
+    order = list(range(t.num_rows))
+    order[i], order[j] = order[j], order[i]
+    _write_events(path, t.take(order))
+    return str(t.column("event_id")[i].as_py())  # the later event now comes first
+
+
+def drop_a_session(path: Path, sc: Scenario) -> str:
+    t = _events(path)
+    gone = set(_rows_of(t, sc.sessions["dave"]))
+    _write_events(path, t.take([i for i in range(t.num_rows) if i not in gone]))
+    return sc.sessions["dave"]
+
+
+def replace_manifest(path: Path, sc: Scenario) -> str:
+    m = read_manifest(path)
+    m["row_counts"]["events"] -= 1
+    (path / MANIFEST).write_bytes(canonical_json(m))
+    return MANIFEST
+
+
+def sign_with_wrong_key(path: Path, sc: Scenario) -> str:
+    m = read_manifest(path)
+    sign_manifest(path, m, Signer.generate("embedguard-export"))
+    return "manifest.sig"
+
+
+@pytest.mark.parametrize(
+    ("tamper", "kinds"),
+    [
+        (delete_one_event, {"event_missing", "file_altered"}),
+        (flip_body_byte, {"body_altered", "file_altered"}),
+        (reorder_two_events, {"reordered", "file_altered"}),
+        (drop_a_session, {"session_missing", "file_altered"}),
+        (replace_manifest, {"manifest_replaced"}),
+        (sign_with_wrong_key, {"manifest_signature"}),
+    ],
+    ids=lambda v: v.__name__ if callable(v) else "",
+)
+def test_tampering_is_found_and_named(
+    tamper: Callable[[Path, Scenario], str],
+    kinds: set[str],
+    bundle: Bundle,
+    scenario: Scenario,
+    tmp_path: Path,
+) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    named = tamper(copy, scenario)
+    report = verify_bundle(copy, [scenario.gateway_vkey], [bundle.export_vkey])
+    assert not report.ok
+    found = {f.kind for f in report.errors}
+    assert kinds <= found, [str(f) for f in report.errors]
+    named_in = [
+        f for f in report.errors if named in (f.event_id, f.session_id, f.where) and f.kind in kinds
+    ]
+    assert named_in, (named, [str(f) for f in report.errors])
+    code, out = _verify(copy, scenario, bundle)
+    assert code == 1 and named in out and "FAILED" in out
+
+
+def test_expired_body_is_reported_as_such_not_as_tampering(
+    bundle: Bundle, scenario: Scenario, tmp_path: Path
+) -> None:
+    """A body that expired before the export: listed as unavailable in the
+    signed manifest, absent from bodies.parquet; the bundle still verifies."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    bodies = pq.read_table(copy / "bodies.parquet")
+    expired = bodies.column("sha256")[0].as_py()
+    pq.write_table(bodies.slice(1), copy / "bodies.parquet")
+    m = read_manifest(copy)
+    m["bodies_unavailable"] = [*m["bodies_unavailable"], expired]
+    m["files"] = file_digests(copy)
+    sign_manifest(copy, m, load_signing_key(bundle.export_key))
+    report = verify_bundle(copy, [scenario.gateway_vkey], [bundle.export_vkey])
+    assert report.ok, [str(f) for f in report.errors]
+    notices = [f for f in report.findings if f.kind == "body_unavailable"]
+    assert notices and all(f.severity == "warning" for f in notices)
+    assert expired in notices[0].detail and "not tampering" in notices[0].detail
+
+
+def test_verify_the_live_warehouse(scenario: Scenario) -> None:
+    res = runner.invoke(
+        app,
+        ["verify", "--warehouse", scenario.lake_url, "--vkey", scenario.gateway_vkey, "--json"],
+    )
+    out = json.loads(res.stdout)
+    assert res.exit_code == 0, res.output
+    assert out["ok"] and out["checkpoints_verified"] >= 1 and out["events"] > 0
+    other = Signer.generate("embedguard-gateway-other").verifier.vkey
+    bad = runner.invoke(app, ["verify", "--warehouse", scenario.lake_url, "--vkey", other])
+    assert bad.exit_code == 1 and "checkpoint" in bad.stdout
+
+
+def test_verify_needs_pinned_keys(bundle: Bundle, scenario: Scenario) -> None:
+    res = runner.invoke(app, ["verify", str(bundle.path), "--vkey", scenario.gateway_vkey])
+    assert res.exit_code == 2 and "--export-vkey" in res.stderr
+    res = runner.invoke(app, ["verify", str(bundle.path)])
+    assert res.exit_code == 2 and "--vkey" in res.stderr
