@@ -1,5 +1,5 @@
-"""``embedguard warehouse migrate|compact|stats``, ``embedguard sessions
-list|show`` and ``embedguard lineage``.
+"""``embedguard warehouse migrate|compact|stats`` and ``embedguard sessions
+list|show`` (``embedguard lineage`` is in embedguard/cli_replay.py).
 
 Thin: parse options, call :mod:`pipeline.warehouse` and :mod:`pipeline.queries`,
 print (a table, or ``--json``). Registered in ``embedguard/cli.py`` by
@@ -26,7 +26,7 @@ from pipeline import queries
 from pipeline.loader_status import scrub
 from pipeline.warehouse import Warehouse, WarehouseError, open_warehouse
 
-__all__ = ["lineage_command", "register", "sessions_app", "warehouse_app"]
+__all__ = ["register", "sessions_app", "warehouse_app"]
 
 warehouse_app = typer.Typer(
     help="The warehouse (a projection of the log): migrate, compact, stats.",
@@ -282,54 +282,8 @@ def sessions_show_command(
         )
 
 
-# -- lineage -------------------------------------------------------------------------------
-def lineage_command(
-    collection: Annotated[str, typer.Option("--collection", help="The collection (or index)")],
-    point_id: Annotated[str, typer.Option("--id", help="The point / vector id")],
-    unknown: Annotated[
-        bool,
-        typer.Option(
-            "--unknown/--no-unknown",
-            help="Also list the collection's writes/deletes whose ids are unknown "
-            "(delete by filter), which may have touched the point",
-        ),
-    ] = True,
-    warehouse: WarehouseOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Who added, changed or deleted a vector: every write/delete naming the id."""
-    with _warehouse(warehouse) as wh:
-        rows = queries.vector_lineage(wh, collection, point_id, include_unknown=unknown)
-    if as_json:
-        _print_json({"collection": collection, "id": point_id, "lineage": rows})
-        return
-    if not rows:
-        _out.print(f"no write or delete of {point_id!r} in {collection!r} was recorded")
-        return
-    _out.print(
-        _table(
-            f"lineage of {point_id} in {collection}",
-            rows,
-            [
-                "occurred_at",
-                "action",
-                "subject",
-                "ids_known",
-                "decision",
-                "state",
-                "status",
-                "request_id",
-                "session_id",
-                "approval_id",
-                "ticket_id",
-                "grant_id",
-            ],
-        )
-    )
-
-
 def register(app: typer.Typer) -> None:
-    """Add ``warehouse``, ``sessions`` and ``lineage`` to the ``embedguard`` app."""
+    """Add ``warehouse`` and ``sessions`` to the ``embedguard`` app (``lineage``
+    lives in embedguard/cli_replay.py)."""
     app.add_typer(warehouse_app, name="warehouse")
     app.add_typer(sessions_app, name="sessions")
-    app.command("lineage")(lineage_command)
