@@ -147,7 +147,22 @@ def verify_session_chain(wh: Warehouse, session_id: str) -> tuple[int, list[Chai
                 )
             )
         decoded.append(dec)
+    by_seq = {d.event.envelope.seq: d for d in decoded}
     for p in verify_chains(decoded):
+        prev = by_seq.get((p.seq or 0) - 1) if p.kind == "altered" and p.seq else None
+        if prev is not None:
+            # the chain breaks at the event after the changed one: name the changed one
+            env = prev.event.envelope
+            issues.append(
+                ChainIssue(
+                    "altered",
+                    str(env.event_id),
+                    env.seq,
+                    f"its bytes no longer hash to the prev_hash of the next event, "
+                    f"{p.event_id} (seq {p.seq}): it was changed or replaced",
+                )
+            )
+            continue
         issues.append(ChainIssue(p.kind, p.event_id, p.seq, p.detail))
     return len(rows), issues
 

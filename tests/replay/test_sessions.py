@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 
-from pipeline.warehouse import open_warehouse
+from pipeline.transport import open_log
+from pipeline.transport.base import LogRecord
+from pipeline.warehouse import LoadBatch, open_warehouse
+from pipeline.warehouse.lake import LakeWarehouse
 from replay.sessions import SessionNotFound, load_session
+from schemas.codec import default_codec
 from tests.replay.conftest import Scenario
 
 
@@ -44,3 +50,58 @@ def test_unknown_session_is_named(scenario: Scenario) -> None:
             assert "no-such-session" in str(exc)
         else:
             raise AssertionError("expected SessionNotFound")
+
+
+def _session_records(scenario: Scenario, session_id: str) -> list[LogRecord]:
+    async def read() -> list[LogRecord]:
+        async with open_log(scenario.log_url) as lg:
+            reader = lg.tail_reader()
+            async with reader:
+                out: list[LogRecord] = []
+                while batch := await reader.poll(max_records=5000, timeout=0.3):
+                    out.extend(batch)
+                return out
+
+    codec = default_codec()
+    return [
+        r
+        for r in asyncio.run(read())
+        if codec.decode(r.value).event.envelope.session_id == session_id
+    ]
+
+
+def _warehouse_of(tmp: Path, records: list[LogRecord]) -> LakeWarehouse:
+    wh = LakeWarehouse(tmp / "lake")
+    wh.migrate()
+    wh.write_batch(
+        LoadBatch(
+            "sqlite:tampered",
+            0,
+            [LogRecord(0, i, r.key, r.value, r.timestamp_ms) for i, r in enumerate(records)],
+        )
+    )
+    return wh
+
+
+def test_chain_gap_and_alteration_are_named(scenario: Scenario, tmp_path: Path) -> None:
+    sid = scenario.sessions["carol"]
+    records = _session_records(scenario, sid)
+    codec = default_codec()
+    decoded = [codec.decode(r.value) for r in records]
+    assert [d.event.envelope.seq for d in decoded] == list(range(len(decoded)))
+
+    # a gap: the event at seq 2 is missing
+    with _warehouse_of(tmp_path / "gap", [*records[:2], *records[3:]]) as wh:
+        s = load_session(wh, sid)
+    (issue,) = s.chain_issues
+    assert issue.kind == "gap" and issue.event_id == str(decoded[3].event.envelope.event_id)
+
+    # an alteration: the response's latency rewritten, the event re-encoded
+    i = next(n for n, d in enumerate(decoded) if d.event.envelope.type == "ResponseRecorded")
+    changed = decoded[i].event.model_copy(update={"latency_us": 1})
+    forged = LogRecord(0, 0, records[i].key, codec.encode(changed), records[i].timestamp_ms)
+    with _warehouse_of(tmp_path / "alt", [*records[:i], forged, *records[i + 1 :]]) as wh:
+        s = load_session(wh, sid)
+    (issue,) = s.chain_issues
+    assert issue.kind == "altered" and issue.event_id == str(decoded[i].event.envelope.event_id)
+    assert not s.chain_ok
