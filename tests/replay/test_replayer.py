@@ -15,6 +15,7 @@ from pipeline.warehouse import open_warehouse
 from replay.replayer import ReplayError, ReplayRefused, replay_session, resolve_target
 from replay.sessions import load_session
 from tests.replay.conftest import Scenario, chroma_ids, chroma_update_document
+from tests.support.upstream import recording_upstream
 
 runner = CliRunner()
 
@@ -154,22 +155,41 @@ def test_targets_and_tokens_are_checked(scenario: Scenario) -> None:
         replay_session(carol, target, as_recorded_identity=True, token="t")
 
 
-def test_as_recorded_identity_through_the_gateway_mints_per_subject(
-    scenario: Scenario,
+def test_credentials_sent_to_the_target(
+    scenario: Scenario, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """What reaches the target: the recorded request line and body, and the
+    credential chosen (recorded identity, --token, or the target's variable)."""
+    from capture.devidp import mint_token
+
     minted: list[tuple[str, list[str]]] = []
 
     def mint(issuer: str, sub: str, groups: list[str]) -> str:
-        from capture.devidp import mint_token
-
         minted.append((sub, groups))
         return mint_token(issuer, sub, groups)
 
     with open_warehouse(scenario.lake_url) as wh:
         carol = load_session(wh, scenario.sessions["carol"])
-    target = ReplayTarget(
-        name="direct", url=scenario.chroma_url, production=False, dev_issuer=scenario.issuer
-    )
-    report = replay_session(carol, target, as_recorded_identity=True, mint=mint)
-    assert minted == [("carol", ["Vector-Read"])] * 2
-    assert all(s.status_now == 200 for s in report.steps)
+    with recording_upstream() as up:
+        target = ReplayTarget(
+            name="stage",
+            url=up.url,
+            production=False,
+            dev_issuer=scenario.issuer,
+            credential_env="EG_REPLAY_TEST_CRED",
+        )
+        replay_session(carol, target, as_recorded_identity=True, mint=mint)
+        assert minted == [("carol", ["Vector-Read"])] * 2
+        first = up.requests[0]
+        assert first.method == "POST" and first.path == carol.steps[0].path
+        assert json.loads(first.body) == scenario.query_body
+        assert first.headers["authorization"].startswith("Bearer ey")
+        assert first.headers["x-embedguard-replay-of"] == carol.steps[0].request_id
+        replay_session(carol, target, token="tok-123")
+        assert up.requests[-1].headers["authorization"] == "Bearer tok-123"
+        with pytest.raises(ReplayError, match="EG_REPLAY_TEST_CRED"):
+            replay_session(carol, target)
+        monkeypatch.setenv("EG_REPLAY_TEST_CRED", "s3cret-value")
+        report = replay_session(carol, target)
+        assert up.requests[-1].headers["authorization"] == "Bearer s3cret-value"
+        assert "s3cret-value" not in json.dumps(report.to_json())
