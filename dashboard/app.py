@@ -21,7 +21,7 @@ import streamlit as st  # noqa: E402
 from dashboard.auth import current_user  # noqa: E402
 from dashboard.data import pages_for  # noqa: E402
 
-st.set_page_config(page_title="embedguard", page_icon=":material/shield:", layout="wide")
+st.set_page_config(page_title="embedguard", page_icon="🛡️", layout="wide")
 
 _PAGES = [
     ("overview", "pages/overview.py", "Overview", ":material/monitoring:"),
@@ -39,7 +39,8 @@ _PAGES = [
 def _sign_in() -> None:
     st.title("embedguard")
     st.write("Sessions, approvals, lineage and evidence of the vector-database gateway.")
-    if st.button("Sign in", type="primary"):
+    # ``?signin`` starts the OIDC flow at once (bookmarks, the browser test)
+    if st.button("Sign in", type="primary") or "signin" in st.query_params:
         st.login()
 
 

@@ -440,10 +440,10 @@ def _approvals(url: str, status: str) -> list[dict[str, Any]]:
 
 
 def approvals_decided(user: User) -> dict[str, list[dict[str, Any]]]:
-    """Approved, denied and expired approvals from the warehouse."""
+    """Approvals by status from the warehouse: pending, approved, denied, expired."""
     _allow(user, "approvals", "see decided approvals")
     url = config().warehouse_url
-    return {s: _approvals(url, s) for s in ("approved", "denied", "expired")}
+    return {s: _approvals(url, s) for s in ("pending", "approved", "denied", "expired")}
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -25,8 +25,13 @@ except ControlApiError as exc:
     st.error(f"The gateway did not list the approvals: {exc.reason}"
              + (f" (request {exc.request_id})" if exc.request_id else ""))
     pending = []
+decided = data.approvals_decided(user)
 if not pending:
-    st.info("Nothing waits for a decision.")
+    st.info("Nothing waits for a decision that you may take.")
+    if decided["pending"]:
+        st.caption(f"{len(decided['pending'])} approval(s) are pending in the warehouse: the "
+                   "gateway lists only those whose approver groups you are in (and your own "
+                   "requests).")
 for a in pending:
     requester = (a.get("requester") or {}).get("subject", "?")
     ops = a.get("operations") or []
@@ -83,9 +88,9 @@ for a in pending:
                 st.rerun()
 
 st.subheader("Decided and expired")
-decided = data.approvals_decided(user)
-tabs = st.tabs([f"{s.capitalize()} ({len(rows)})" for s, rows in decided.items()])
-for tab, (status, rows) in zip(tabs, decided.items(), strict=True):
+done = {k: v for k, v in decided.items() if k != "pending"}
+tabs = st.tabs([f"{s.capitalize()} ({len(rows)})" for s, rows in done.items()])
+for tab, (status, rows) in zip(tabs, done.items(), strict=True):
     with tab:
         if rows:
             st.dataframe(pd.DataFrame(rows)[

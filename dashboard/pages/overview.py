@@ -23,7 +23,7 @@ cols[0].metric("Requests", total)
 cols[1].metric("Denied", int(stats["denied"].sum()) if not stats.empty else 0)
 cols[2].metric("Held for approval",
                int(stats["approval_required"].sum()) if not stats.empty else 0)
-cols[3].metric("Blocked", int(stats["blocked"].sum()) if not stats.empty else 0)
+cols[3].metric("Answered by the gateway", int(stats["blocked"].sum()) if not stats.empty else 0)
 cols[4].metric("Pending approvals", pending)
 
 st.subheader("Requests over time by decision")
@@ -32,16 +32,17 @@ if stats.empty:
 else:
     stats["allowed"] = (stats["requests"] - stats["denied"] - stats["approval_required"]
                         ).clip(lower=0)
-    long = stats.melt(id_vars=["bucket"], value_vars=["allowed", "approval_required", "denied",
-                                                       "blocked"],
+    # allowed + held + denied partition the requests; "blocked" (answered by the
+    # gateway itself) overlaps them, so it is a metric above, not a stacked colour
+    long = stats.melt(id_vars=["bucket"], value_vars=["allowed", "approval_required", "denied"],
                       var_name="decision", value_name="count")
     long["bucket"] = pd.to_datetime(long["bucket"])
     chart = alt.Chart(long).mark_bar().encode(
         x=alt.X("bucket:T", title="time (UTC)"),
-        y=alt.Y("count:Q", title="requests"),
+        y=alt.Y("count:Q", title="requests", axis=alt.Axis(tickMinStep=1, format="d")),
         color=alt.Color("decision:N", scale=alt.Scale(
-            domain=["allowed", "approval_required", "denied", "blocked"],
-            range=["#4c9a2a", "#e0a800", "#c0392b", "#7f8c8d"])),
+            domain=["allowed", "approval_required", "denied"],
+            range=["#4c9a2a", "#e0a800", "#c0392b"])),
         tooltip=["bucket:T", "decision:N", "count:Q"],
     )
     st.altair_chart(chart, width="stretch")
@@ -54,7 +55,8 @@ with left:
         st.caption("No actors in this window.")
     else:
         st.altair_chart(alt.Chart(actors).mark_bar().encode(
-            x=alt.X("requests:Q"), y=alt.Y("subject:N", sort="-x", title=None),
+            x=alt.X("requests:Q", axis=alt.Axis(tickMinStep=1, format="d")),
+            y=alt.Y("subject:N", sort="-x", title=None),
             tooltip=["subject", "requests", "denied"]), width="stretch")
 with right:
     st.subheader("Top collections")
@@ -63,7 +65,8 @@ with right:
         st.caption("No collections in this window.")
     else:
         st.altair_chart(alt.Chart(colls).mark_bar().encode(
-            x=alt.X("requests:Q"), y=alt.Y("collection:N", sort="-x", title=None),
+            x=alt.X("requests:Q", axis=alt.Axis(tickMinStep=1, format="d")),
+            y=alt.Y("collection:N", sort="-x", title=None),
             tooltip=["collection", "requests", "writes"]), width="stretch")
 
 
@@ -79,7 +82,8 @@ def loader_panel() -> None:
     parts = pd.DataFrame([{"partition": k, **v} for k, v in report.get("partitions", {}).items()])
     if not parts.empty and "lag" in parts:
         st.altair_chart(alt.Chart(parts).mark_bar().encode(
-            x=alt.X("partition:N"), y=alt.Y("lag:Q", title="events not yet loaded"),
+            x=alt.X("partition:N"), y=alt.Y("lag:Q", title="events not yet loaded",
+                    axis=alt.Axis(tickMinStep=1, format="d")),
             tooltip=["partition", "loaded", "end", "lag"]), width="stretch")
     for problem in report.get("problems", []):
         st.caption(problem)

@@ -32,7 +32,8 @@ with st.form("simulate"):
     c = st.columns(2)
     subject = c[0].text_input("Subject", value="alice", key="sim_subject")
     groups = c[1].text_input("Groups (comma-separated)", value="Vector-Read", key="sim_groups")
-    ops = st.text_area("Operations, one per line: ACTION[:COLLECTION[:ID,ID]]",
+    ops = st.text_area("Operations, one per line: action, action:collection or "
+                       "action:collection:id,id",
                        value="write:docs:doc-1", key="sim_ops")
     d = st.columns(3)
     ticket = d[0].text_input("Change ticket", key="sim_ticket")

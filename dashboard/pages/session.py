@@ -26,7 +26,7 @@ chain = detail["chain"]
 head = st.columns([3, 2])
 head[0].markdown(f"**{summary.get('subject') or 'unknown subject'}** from "
                  f"`{summary.get('client_address') or '?'}` · started {summary['started_at']} "
-                 f"· {summary['request_count']} request(s), {summary['event_count']} event(s)")
+                 f"· {summary['request_count']} request(s)")
 if chain["ok"]:
     head[1].success(f"Hash chain verified ({chain['events']} events)", icon=":material/verified:")
 else:
