@@ -35,6 +35,8 @@ up: $(STAMP) $(PEERS_STAMP)
 # The test session itself starts every service it needs (Tansu broker, ...)
 # on 127.0.0.1 and free ports.
 test: $(STAMP) $(PEERS_STAMP)
+	# the dashboard's browser test drives Debian's headless chromium
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/embedguard schemas check
