@@ -426,6 +426,7 @@ def lineage_command(
             sorted(points, key=lambda p: p["point_id"]),
             [
                 "point_id",
+                "added_by",
                 "writer",
                 "written_at",
                 "approval_id",

@@ -469,7 +469,7 @@ COLLECTION_LINEAGE = Query(
         l.filter_present AS filter_present, l.filter_sha256 AS filter_sha256, l.bulk AS bulk,
         r.subject AS subject, r.decision AS decision, r.state AS state, r.status AS status,
         r.approval_id AS approval_id, r.ticket_id AS ticket_id, r.grant_id AS grant_id,
-        r.result_count AS result_count
+        r.result_count AS result_count, r.method AS method, r.path AS path
     FROM (
         SELECT * FROM {vector_lineage}
         WHERE collection = {collection:String}

@@ -51,6 +51,9 @@ class PointState:
     ticket_id: str | None
     grant_id: str | None
     decision: str | None
+    #: who first wrote the point (since it last came into existence), and when
+    added_by: str | None = None
+    added_at: str | None = None
     maybe_affected_by: list[str] = field(default_factory=list)
 
 
@@ -152,6 +155,9 @@ def state_at(wh: Warehouse, collection: str, at: datetime | str | None = None) -
         if r["action"] == "delete":
             state.points.pop(pid, None)
             continue
+        previous = state.points.get(pid)
+        if previous is None and _updates_only(r):
+            continue  # an update of a missing point creates nothing
         state.points[pid] = PointState(
             point_id=pid,
             action=r["action"],
@@ -164,8 +170,19 @@ def state_at(wh: Warehouse, collection: str, at: datetime | str | None = None) -
             ticket_id=r.get("ticket_id"),
             grant_id=r.get("grant_id"),
             decision=r.get("decision"),
+            added_by=previous.added_by if previous else r.get("subject"),
+            added_at=previous.added_at if previous else r["occurred_at"],
         )
     return state
+
+
+def _updates_only(row: dict[str, Any]) -> bool:
+    """Writes that change existing points but never create one (Chroma's
+    ``update``, Qdrant's payload and vector updates)."""
+    path = (row.get("path") or "").rstrip("/")
+    return path.endswith(
+        ("/update", "/points/payload", "/points/vectors", "/payload/delete", "/payload/clear")
+    )
 
 
 def point_history(wh: Warehouse, collection: str, point_id: str) -> list[dict[str, Any]]:

@@ -32,6 +32,15 @@ def test_state_at_three_times_matches_what_chroma_held(scenario: Scenario) -> No
     assert o1.writer == "oscar" and o1.ticket_id == scenario.ticket_id and o1.approval_id is None
 
 
+def test_last_writer_and_first_writer(scenario: Scenario) -> None:
+    with open_warehouse(scenario.lake_url) as wh:
+        now = state_at(wh, COLLECTION)
+    doc02 = now.points["doc-02"]  # root revised its document after carol's reads
+    assert (doc02.writer, doc02.added_by) == ("root", "ingest-job")
+    assert doc02.written_at > doc02.added_at  # type: ignore[operator]
+    assert now.ids == scenario.states[-1][1]
+
+
 def test_cli_state_at_json(scenario: Scenario) -> None:
     at, held = scenario.states[1]
     res = runner.invoke(
