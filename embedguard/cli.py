@@ -481,6 +481,9 @@ def up(
     idp_port: Annotated[int, typer.Option(help="Dev OIDC issuer port")] = 9400,
     chroma_port: Annotated[int, typer.Option(help="Demo Chroma server port")] = 8000,
     gateway_port: Annotated[int, typer.Option(help="Gateway port (in front of Chroma)")] = 8080,
+    dashboard_port: Annotated[
+        int | None, typer.Option(help="Dashboard port (default 8501, or a free one if taken)")
+    ] = None,
     policy: Annotated[Path, typer.Option(help="Policy file")] = Path("examples/policy.yaml"),
     check_only: Annotated[
         bool, typer.Option("--check", help="Prepare and check, start nothing, then exit")
@@ -514,6 +517,15 @@ def up(
                 return await reader.end_offsets()
 
     ends = run(go)
+    if dashboard_port is None:  # the default, unless something else serves it already
+        with socket.socket() as probe:
+            taken = probe.connect_ex(("127.0.0.1", 8501)) == 0
+        if taken:
+            with socket.socket() as free:
+                free.bind(("127.0.0.1", 0))
+                dashboard_port = int(free.getsockname()[1])
+        else:
+            dashboard_port = 8501
     chroma_bin = Path(".venv-peers/bin/chroma")
     info: dict[str, Any] = {
         "data_dir": str(s.data_dir.resolve()),
@@ -523,8 +535,9 @@ def up(
         "issuer": f"http://127.0.0.1:{idp_port}",
         "chroma": f"http://127.0.0.1:{chroma_port}",
         "gateway": f"http://127.0.0.1:{gateway_port}",
+        "dashboard": f"http://127.0.0.1:{dashboard_port}",
         "policy": str(policy),
-        "not_yet": "the loader and the dashboard arrive with their issues",
+        "not_yet": "the loader arrives with its issue",
     }
     if check_only:
         print(json.dumps(info)) if as_json else out.print_json(data=info)
@@ -533,7 +546,8 @@ def up(
         raise fail(f"policy file {policy} does not exist")
     if not chroma_bin.exists():
         raise fail(f"{chroma_bin} is missing; run `make up` (it builds .venv-peers)")
-    for name, port in (("issuer", idp_port), ("chroma", chroma_port), ("gateway", gateway_port)):
+    for name, port in (("issuer", idp_port), ("chroma", chroma_port), ("gateway", gateway_port),
+                       ("dashboard", dashboard_port)):
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 raise fail(
@@ -586,6 +600,28 @@ def up(
             ],
             gateway_port,
         ),
+        (
+            "dashboard",
+            [
+                *me,
+                "dashboard",
+                "--port",
+                str(dashboard_port),
+                "--data",
+                str(s.data_dir),
+                "--log",
+                url,
+                "--warehouse",
+                s.warehouse_url,
+                "--gateway",
+                info["gateway"],
+                "--issuer",
+                info["issuer"],
+                "--policy",
+                str(policy),
+            ],
+            dashboard_port,
+        ),
     ]
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
@@ -628,7 +664,8 @@ def up(
             print(json.dumps(info), flush=True)
         else:
             out.print("[bold]embedguard embedded stack is up[/]")
-            for k in ("gateway", "chroma", "issuer", "log", "warehouse", "policy", "data_dir"):
+            for k in ("gateway", "dashboard", "chroma", "issuer", "log", "warehouse", "policy",
+                      "data_dir"):
                 out.print(f"  {k:<10} {info[k]}", highlight=False)
             out.print(f"  logs       {logs}", highlight=False)
             out.print(f"  [dim]{info['not_yet']}[/]")
