@@ -167,3 +167,26 @@ def test_filters_and_zip(scenario: Scenario, bundle: Bundle, tmp_path: Path) -> 
         ],
     )
     assert bad.exit_code == 2 and "ISO 8601" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_no_audit_record_no_export(scenario: Scenario, bundle: Bundle, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    out = tmp_path / "refused"
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            "--out",
+            str(out),
+            "--export-key",
+            str(bundle.export_key),
+            "--log",
+            f"sqlite:{blocker}/events.db",
+            "--warehouse",
+            scenario.lake_url,
+        ],
+    )
+    assert res.exit_code == 1, res.output
+    assert "AuditViewed" in res.stderr and "nothing was exported" in res.stderr
+    assert not out.exists() and "Traceback" not in res.output
