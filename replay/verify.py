@@ -121,6 +121,14 @@ def _verify_root(
             Finding("proofs_malformed", f"a proof does not parse: {exc}", where="proofs/")
         )
         inclusion, consistency = [], []
+    # The file order was checked above; chains are checked in seq order, so a
+    # reordering is reported once, as such, and not also as a gap.
+    order = sorted(
+        range(len(events)),
+        key=lambda i: (events[i].event.envelope.session_id, events[i].event.envelope.seq),
+    )
+    events = [events[i] for i in order]
+    wheres = [wheres[i] for i in order]
     proofs = verify_proofs(
         events,
         vkeys,
