@@ -86,7 +86,9 @@ def _cell(value: Any) -> str:
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     table = Table(title=title)
     for c in columns:
-        table.add_column(c, overflow="fold")
+        # ids stay on one line: people copy them
+        ids = c.endswith("_id") or c in ("point_id", "#") or c.endswith("_at")
+        table.add_column(c, no_wrap=ids, overflow="fold")
     for r in rows:
         table.add_row(*(escape(_cell(r.get(c))) for c in columns))
     return table
