@@ -18,8 +18,9 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard.auth import current_user  # noqa: E402
-from dashboard.data import pages_for  # noqa: E402
+from dashboard.auth import AccessDenied, current_user  # noqa: E402
+from dashboard.data import AuditUnavailable, pages_for  # noqa: E402
+from pipeline.warehouse import WarehouseError  # noqa: E402
 
 st.set_page_config(page_title="embedguard", page_icon="🛡️", layout="wide")
 
@@ -66,4 +67,13 @@ else:
             st.logout()
     if not pages:
         pages = [st.Page(_no_access, title="No access", icon=":material/block:")]
-st.navigation(pages).run()
+try:
+    st.navigation(pages).run()
+except (WarehouseError, AuditUnavailable, AccessDenied) as exc:
+    # A clear message instead of Streamlit's generic error box; no stack trace.
+    first = str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__
+    if isinstance(exc, WarehouseError):
+        st.error(f"The warehouse cannot be read: {first}. Is the loader running "
+                 "(`embedguard loader`), and does --warehouse name the right place?")
+    else:
+        st.error(first)

@@ -365,3 +365,15 @@ def test_evidence_export_download_and_verification(dash_env: Seeded) -> None:
     assert any(e.what == "evidence_export" and e.target == result["name"]
                and e.viewer_subject == "audrey" and '"actor": "alice"' in e.filters_json
                for e in viewed)
+
+
+def test_an_unreadable_warehouse_is_a_clear_message(dash_env: Seeded, tmp_path: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBEDGUARD_WAREHOUSE", f"lake:{tmp_path / 'no-lake-here'}")
+    data.config.clear()
+    try:
+        at = app(dash_env, AUDITOR)  # no exception box, no traceback
+        assert any("The warehouse cannot be read" in e.value and "embedguard loader" in e.value
+                   for e in at.error)
+    finally:
+        data.config.clear()
