@@ -38,6 +38,7 @@ __all__ = [
     "approval",
     "approval_writes",
     "approvals_list",
+    "altered_bodies",
     "body",
     "body_search",
     "collection_lineage",
@@ -489,6 +490,15 @@ COLLECTION_LINEAGE = Query(
     "whose ids are unknown), with who, decision, status, approval, ticket and grant: the "
     "input of the state-at-a-time reconstruction.",
 )
+ALTERED_BODIES = Query(
+    "altered_bodies",
+    """SELECT sha256, kind, event_id, request_id, lower(hex(SHA256(body))) AS actual_sha256
+    FROM {bodies}
+    WHERE lower(hex(SHA256(body))) != sha256
+    ORDER BY sha256, kind, event_id
+    LIMIT 1 BY sha256, kind, event_id""",
+    "Stored bodies whose bytes no longer hash to their sha256 (tampering or corruption).",
+)
 TICKET_WRITES = Query(
     "ticket_writes",
     "SELECT * FROM ("
@@ -590,6 +600,7 @@ QUERIES: dict[str, Query] = {
         CHECKPOINTS,
         BODY,
         COLLECTION_LINEAGE,
+        ALTERED_BODIES,
         TICKET_WRITES,
         STREAMS,
         STREAM_RAW_EVENTS,
@@ -804,3 +815,7 @@ def top_collections(
 
 def events_by_type(wh: Warehouse, event_type: str, *, limit: int = 100) -> list[dict[str, Any]]:
     return EVENTS_BY_TYPE.run(wh, type=event_type, limit=_limit(limit))
+
+
+def altered_bodies(wh: Warehouse) -> list[dict[str, Any]]:
+    return ALTERED_BODIES.run(wh)

@@ -335,4 +335,13 @@ def verify_warehouse(
         order="stream_seq",
     )
     report.findings[:0] = undecodable
+    for b in queries.altered_bodies(wh):
+        report.findings.append(
+            Finding(
+                "body_altered",
+                f"the stored {b['kind']} body keyed {b['sha256']} hashes to {b['actual_sha256']}",
+                event_id=b["event_id"],
+                where=f"warehouse bodies request {b['request_id']}",
+            )
+        )
     return report

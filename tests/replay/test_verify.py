@@ -201,3 +201,53 @@ def test_verify_needs_pinned_keys(bundle: Bundle, scenario: Scenario) -> None:
     assert res.exit_code == 2 and "--export-vkey" in res.stderr
     res = runner.invoke(app, ["verify", str(bundle.path)])
     assert res.exit_code == 2 and "--vkey" in res.stderr
+
+
+def test_warehouse_body_altered_is_named(scenario: Scenario, tmp_path: Path) -> None:
+    """The scenario's log loaded into a fresh lake, then one stored response
+    body overwritten in its Delta table: verify --warehouse names its event."""
+    import asyncio
+
+    import deltalake
+
+    from pipeline.transport import open_log
+    from pipeline.transport.base import LogRecord
+    from pipeline.warehouse import LoadBatch
+    from pipeline.warehouse.lake import LakeWarehouse
+    from replay.verify import verify_warehouse
+
+    async def read() -> list[LogRecord]:
+        async with open_log(scenario.log_url) as lg:
+            reader = lg.tail_reader()
+            async with reader:
+                out: list[LogRecord] = []
+                while batch := await reader.poll(max_records=5000, timeout=0.3):
+                    out.extend(batch)
+                return out
+
+    records = asyncio.run(read())
+    root = tmp_path / "lake"
+    with LakeWarehouse(root) as wh:
+        wh.migrate()
+        wh.write_batch(
+            LoadBatch(
+                "sqlite:copy",
+                0,
+                [LogRecord(0, i, r.key, r.value, r.timestamp_ms) for i, r in enumerate(records)],
+            )
+        )
+        assert verify_warehouse(wh, [scenario.gateway_vkey]).ok
+        victim = wh.query(
+            "SELECT sha256, event_id FROM {bodies} WHERE kind = 'response' "
+            "ORDER BY event_id LIMIT 1",
+            {},
+        )[0]
+    deltalake.DeltaTable(str(root / "bodies")).update(
+        updates={"body": "CAST('tampered' AS BYTEA)"},
+        predicate=f"sha256 = '{victim['sha256']}'",
+    )
+    with LakeWarehouse(root) as wh:
+        report = verify_warehouse(wh, [scenario.gateway_vkey])
+    assert not report.ok
+    (f,) = report.errors
+    assert f.kind == "body_altered" and f.event_id == victim["event_id"]
