@@ -181,6 +181,91 @@ async def per_hook(chain: Chain, make: Callable[[], Any], n: int) -> dict[str, f
     return {k: v / n * 1e6 for k, v in sorted(acc.items(), key=lambda kv: -kv[1])}
 
 
+async def floors(n: int) -> list[tuple[str, float, float]]:
+    """What one durable append costs at least, piece by piece: (what, wall µs,
+    CPU µs) per operation, medians of ``n``. The CPU column covers every
+    thread of this process."""
+    import os
+    import queue
+    import statistics
+    import threading
+
+    from pipeline.transport.sqlite import SqliteEventLog, _open_log
+
+    out: list[tuple[str, float, float]] = []
+
+    def timed(name: str, fn: Callable[[], None]) -> None:
+        walls, cpus = [], []
+        for _ in range(n):
+            c, w = time.process_time(), time.perf_counter()
+            fn()
+            walls.append(time.perf_counter() - w)
+            cpus.append(time.process_time() - c)
+        out.append((name, statistics.median(walls) * 1e6, statistics.mean(cpus) * 1e6))
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        fd = os.open(tmp / "probe", os.O_WRONLY | os.O_CREAT, 0o600)
+        timed("write 1.4 kB + fsync", lambda: (os.write(fd, b"x" * 1400), os.fsync(fd)) and None)
+        os.close(fd)
+        rows = [(b"s", b"x" * 330)] * 4
+        for sync in ("FULL", "NORMAL"):
+            conn = _open_log(tmp / f"{sync}.db", create=True, busy_timeout=5.0)
+            conn.execute(f"PRAGMA synchronous = {sync}")
+
+            def commit(conn: Any = conn) -> None:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(
+                    "INSERT INTO records (key, value, timestamp_ms) VALUES (?, ?, 0)", rows
+                )
+                conn.execute("COMMIT")
+
+            timed(f"SQLite commit of 4 events, synchronous={sync}"
+                  + (" (not durable, reference only)" if sync == "NORMAL" else ""), commit)
+            conn.close()
+
+        loop = asyncio.get_running_loop()
+        jobs: queue.SimpleQueue[asyncio.Future[None] | None] = queue.SimpleQueue()
+
+        def serve() -> None:
+            while (fut := jobs.get()) is not None:
+                loop.call_soon_threadsafe(fut.set_result, None)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+
+        async def round_trip() -> None:
+            fut = loop.create_future()
+            jobs.put(fut)
+            await fut
+
+        async def append(log: SqliteEventLog) -> None:
+            await log.append([AppendRecord(k, v) for k, v in rows])
+
+        for name, make in (
+            ("event loop -> thread -> event loop, nothing done", round_trip),
+        ):
+            walls, cpus = [], []
+            for _ in range(n):
+                c, w = time.process_time(), time.perf_counter()
+                await make()
+                walls.append(time.perf_counter() - w)
+                cpus.append(time.process_time() - c)
+            out.append((name, statistics.median(walls) * 1e6, statistics.mean(cpus) * 1e6))
+        jobs.put(None)
+        thread.join()
+        async with SqliteEventLog(tmp / "log.db") as log:
+            walls, cpus = [], []
+            for _ in range(n):
+                c, w = time.process_time(), time.perf_counter()
+                await append(log)
+                walls.append(time.perf_counter() - w)
+                cpus.append(time.process_time() - c)
+            out.append(("SqliteEventLog.append of 4 events (durable)",
+                        statistics.median(walls) * 1e6, statistics.mean(cpus) * 1e6))
+    return out
+
+
 async def _nothing(flow: Any) -> None:
     flow.response = _response()
 
@@ -265,9 +350,10 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 costs = await per_hook(chain, make, args.requests)
                 print("CPU µs per request, by hook (main thread; the log's writer "
                       "thread not included):")
+                total = sum(costs.values())
                 for key, us in costs.items():
-                    print(f"  {us:8.1f}  {key}")
-                print(f"  {sum(costs.values()):8.1f}  total")
+                    print(f"  {us:8.1f}  {us / total:6.1%}  {key}")
+                print(f"  {total:8.1f}  total")
             if args.profile:
                 prof = cProfile.Profile()
                 flows = [make() for _ in range(args.requests)]
@@ -340,6 +426,13 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print a cProfile of the full chain")
     ap.add_argument("--top", type=int, default=35)
     ap.add_argument("--per-hook", action="store_true", help="print CPU µs per addon hook")
+    ap.add_argument(
+        "--floors",
+        type=int,
+        metavar="N",
+        help="measure fsync, an SQLite commit, a thread hand-off and one durable append "
+        "N times each, and exit",
+    )
     ap.add_argument("--response-durability", choices=("sync", "async"), default="sync")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument(
@@ -351,6 +444,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.summarise:
         summarise(args.summarise, args.top)
+        return
+    if args.floors:
+        print("the floor of one durable append (median wall µs, mean CPU µs, "
+              f"{args.floors} each):")
+        for name, wall, cpu in asyncio.run(floors(args.floors)):
+            print(f"  {wall:8.1f} {cpu:8.1f}  {name}")
         return
     results = asyncio.run(run(args))
     from rich.console import Console
