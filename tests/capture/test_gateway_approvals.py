@@ -565,3 +565,19 @@ def test_log_is_a_valid_hash_chain_and_holds_no_secret(gw: GatewayProcess) -> No
     blob = Path(gw.log_url.removeprefix("sqlite:")).read_bytes()
     assert UPSTREAM_SECRET.encode() not in blob
     assert UPSTREAM_SECRET not in gw.stderr()
+
+
+def test_concurrent_requests_cannot_overuse_a_ticket(
+    gw: GatewayProcess, dev_idp: str, pool: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    make_collection(gw, dev_idp, "tick-race")
+    oscar = tok(dev_idp, "oscar", ["Vector-Write"])
+    r = open_ticket(gw, oscar, actions=["write"], collections=["tick-race"], max_operations=2)
+    ticket = r.json()["approval_id"]
+    assert decide(gw.url, tok(dev_idp, "bob", ["Vector-Approve"]), ticket, "approve",
+                  "ok").status_code == 200
+    futures = [pool.submit(http_upsert, gw, oscar, "tick-race", [f"r{i}"],
+                           {"X-Change-Ticket": ticket}) for i in range(4)]
+    statuses = sorted(f.result(timeout=WAIT).status_code for f in futures)
+    assert statuses == [200, 200, 403, 403]
+    assert len(ids_in(gw, dev_idp, "tick-race")) == 2
