@@ -789,6 +789,15 @@ def _default_signing_key() -> Path:
     return default_key_path(settings().data_dir)
 
 
+def _max_hold_s(text: str) -> float:
+    from capture.identity_cli import parse_duration
+
+    seconds = parse_duration(text, option="--max-hold").total_seconds()
+    if seconds <= 0:
+        raise fail(f"--max-hold {text!r} must be longer than 0, e.g. 90s or 5m")
+    return seconds
+
+
 @app.command()
 def gateway(
     upstream: Annotated[
@@ -941,7 +950,7 @@ def gateway(
             groups_claim=groups_claim,
             gateway_id=gateway_id or default_gateway_id(),
             session_idle_s=parse_duration(session_idle, option="--session-idle").total_seconds(),
-            hold_timeout_s=parse_duration(max_hold, option="--max-hold").total_seconds(),
+            hold_timeout_s=_max_hold_s(max_hold),
             record_body_limit=record_body_limit,
             mask_hmac_key=hmac_key,
             tls_cert=tls_cert,
