@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from capture.policy import (
+    GrantScope,
     Policy,
     PolicyError,
     RequestContext,
@@ -133,6 +134,9 @@ def explain_command(
     limit: Annotated[int | None, typer.Option(
         "--limit", help="limit/top_k of the --op operations")] = None,
     ticket: Annotated[str | None, typer.Option("--ticket", help="Change ticket")] = None,
+    grant: Annotated[list[str], typer.Option(
+        "--grant", help="An active JIT grant of the caller, ACTIONS:GLOBS (e.g. "
+        "write,delete:docs-*), repeatable")] = [],  # noqa: B006
     token_age: Annotated[str | None, typer.Option(
         "--token-age", help="How old the token is, e.g. 20m (default: just issued)")] = None,
     token_lifetime: Annotated[str | None, typer.Option(
@@ -204,7 +208,16 @@ def explain_command(
     else:
         raise _fail("give the request (--method, --path, --body) or operations (--op)")
 
-    ctx = RequestContext(now=at, change_ticket=ticket, dpop_bound=dpop,
+    grants = []
+    for i, spec in enumerate(grant, 1):
+        acts, sep, globs = spec.partition(":")
+        if not sep or not acts.strip() or not globs.strip():
+            raise _fail(f"--grant {spec!r} must look like ACTIONS:GLOBS, e.g. write:docs-*")
+        grants.append(GrantScope(
+            grant_id=f"cli-grant-{i}", actions=[a.strip() for a in acts.split(",") if a.strip()],
+            collections=[g.strip() for g in globs.split(",") if g.strip()],
+            valid_from=at - timedelta(minutes=1), valid_until=at + timedelta(hours=1)))
+    ctx = RequestContext(now=at, change_ticket=ticket, dpop_bound=dpop, grants=grants,
                          client_address=client_address, product=chosen,
                          method=method.upper(), path=request_path)
     result = explain(policy, identity, operations, ctx)

@@ -1403,3 +1403,19 @@ def test_explain_shows_grants_and_the_verified_ticket(example: Policy) -> None:
         change_ticket=TICKET, verify_tickets=True,
         ticket=TicketCheck(ticket_id=TICKET, valid=True))).to_text()
     assert f"ticket   {TICKET} (verified)" in text
+
+
+def test_cli_explain_with_a_grant(cli: typer.Typer) -> None:
+    args = ["policy", "explain", str(EXAMPLE), "--sub", "dana", "--groups", "Vector-Read",
+            "--op", "write:docs:1"]
+    r = runner.invoke(cli, [*args, "--grant", "write,delete:docs", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["decision"]["outcome"] == "allow"
+    assert data["decision"]["grant_id"] == "cli-grant-1"
+    assert data["grants"][0]["actions"] == ["write", "delete"]
+    r = runner.invoke(cli, [*args, "--grant", "write:docs-*"])
+    assert r.exit_code == 0, r.output
+    assert "decision REQUIRE_APPROVAL" in r.output and "grant    grant cli-grant-1" in r.output
+    r = runner.invoke(cli, [*args, "--grant", "write"])
+    assert r.exit_code != 0 and "ACTIONS:GLOBS" in r.output
