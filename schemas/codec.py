@@ -15,18 +15,24 @@ events written by every earlier version still decode.
 
 from __future__ import annotations
 
+import enum
 import io
 import json
+import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from uuid import UUID
 
 import fastavro
 import fastavro.schema
 import fastavro.validation
-from pydantic import ValidationError
+from pydantic import AwareDatetime, BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from schemas.models import EVENT_TYPES, Event
 from schemas.registry import SchemaRegistryClient
@@ -41,6 +47,7 @@ __all__ = [
     "EventCodec",
     "EventSchema",
     "InvalidEvent",
+    "RawEvent",
     "SchemaSet",
     "default_codec",
     "event_from_json",
@@ -236,7 +243,8 @@ class EventCodec:
         self._registry_writers[schema_id] = es
         return es
 
-    def decode(self, data: bytes) -> DecodedEvent:
+    def _frame(self, data: bytes) -> tuple[EventSchema, EventSchema, bytes]:
+        """(writer schema, reader schema, Avro body) of wire bytes."""
         if data[:2] == SINGLE_OBJECT_MAGIC and len(data) >= 10:
             writer = self.schemas.writer(data[2:10])
             payload = data[10:]
@@ -251,9 +259,18 @@ class EventCodec:
         reader = self.schemas.current.get(writer.type_name)
         if reader is None:
             raise DecodeError(f"event type {writer.type_name!r} is no longer known to this reader")
+        return writer, reader, payload
+
+    @staticmethod
+    def _read(writer: EventSchema, reader: EventSchema, payload: bytes) -> dict[str, Any]:
         buf = io.BytesIO(payload)
         try:
-            record = fastavro.schemaless_reader(buf, writer.parsed, reader.parsed)
+            # Same schema text: nothing to resolve, and fastavro reads faster.
+            record: dict[str, Any] = fastavro.schemaless_reader(  # type: ignore[assignment]
+                buf,
+                writer.parsed,
+                None if writer.fingerprint == reader.fingerprint else reader.parsed,
+            )
         except Exception as exc:  # noqa: BLE001 - fastavro raises many types on bad bytes
             raise DecodeError(
                 f"{writer.type_name} ({writer.fingerprint_hex}) body does not decode: {exc!r}"
@@ -262,6 +279,11 @@ class EventCodec:
             raise DecodeError(
                 f"{writer.type_name}: {len(payload) - buf.tell()} trailing bytes after the record"
             )
+        return record
+
+    def decode(self, data: bytes) -> DecodedEvent:
+        writer, reader, payload = self._frame(data)
+        record = self._read(writer, reader, payload)
         try:
             event = EVENT_TYPES[writer.type_name].model_validate(record)
         except ValidationError as exc:
@@ -272,6 +294,163 @@ class EventCodec:
             writer_version=writer.version,
             canonical=SINGLE_OBJECT_MAGIC + writer.fingerprint + payload,
         )
+
+    def decode_raw(self, data: bytes) -> RawEvent:
+        """Decode to the plain record (dicts, as fastavro reads it under the
+        current reader schema) without building a pydantic model: the loader's
+        fast path. The record is checked against every constraint of its model
+        (``record_check``), so what ``decode`` refuses is refused here too, with
+        the same message."""
+        writer, reader, payload = self._frame(data)
+        record = self._read(writer, reader, payload)
+        env = record.get("envelope")
+        if not (
+            isinstance(env, dict)
+            and env.get("type") == writer.type_name
+            and _RECORD_CHECKS[writer.type_name](record)
+        ):
+            # Let the model name what is wrong (it is the reference); a record it
+            # accepts after all is kept.
+            try:
+                EVENT_TYPES[writer.type_name].model_validate(record)
+            except ValidationError as exc:
+                raise DecodeError(f"{writer.type_name}: {_pydantic_error(exc)}") from None
+        return RawEvent(
+            type_name=writer.type_name,
+            record=record,
+            fingerprint=writer.fingerprint_hex,
+            writer_version=writer.version,
+            canonical=SINGLE_OBJECT_MAGIC + writer.fingerprint + payload,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """An event decoded to its plain record (``EventCodec.decode_raw``)."""
+
+    type_name: str
+    #: the record under the current reader schema: envelope and body fields,
+    #: uuid/timestamps as fastavro's logical types (UUID, aware datetime)
+    record: dict[str, Any]
+    fingerprint: str
+    writer_version: str
+    canonical: bytes
+
+    def to_decoded(self) -> DecodedEvent:
+        """The model form (what ``EventCodec.decode`` returns)."""
+        return DecodedEvent(
+            event=EVENT_TYPES[self.type_name].model_validate(self.record),
+            fingerprint=self.fingerprint,
+            writer_version=self.writer_version,
+            canonical=self.canonical,
+        )
+
+
+# -- record checks: every constraint of the models, as plain predicates --------
+_Check = Callable[[Any], bool]
+_KNOWN_METADATA = {"pattern", "ge", "min_length"}
+
+
+def _pattern_check(pattern: re.Pattern[str]) -> _Check:
+    return lambda v: pattern.match(v) is not None
+
+
+def _ge_check(bound: Any) -> _Check:
+    return lambda v: bool(v >= bound)
+
+
+def _min_length_check(n: int) -> _Check:
+    return lambda v: len(v) >= n
+
+
+def _optional(inner: _Check) -> _Check:
+    return lambda v: v is None or inner(v)
+
+
+def _each(inner: _Check) -> _Check:
+    return lambda v: all(inner(x) for x in v)
+
+
+def _constraint_check(metadata: list[Any], where: str) -> _Check | None:
+    checks: list[_Check] = []
+    for meta in metadata:
+        if isinstance(meta, FieldInfo):
+            inner = _constraint_check(list(meta.metadata), where)
+            if inner is not None:
+                checks.append(inner)
+            continue
+        names = {
+            k
+            for k in ("pattern", "ge", "gt", "le", "lt", "min_length", "max_length", "multiple_of")
+            if getattr(meta, k, None) is not None
+        }
+        if names - _KNOWN_METADATA or not names:
+            # A constraint this fast path does not check: refuse to build it
+            # rather than accept what the model would refuse.
+            raise TypeError(f"{where}: record_check cannot check {meta!r}")
+        if (pattern := getattr(meta, "pattern", None)) is not None:
+            checks.append(_pattern_check(re.compile(pattern)))
+        if (ge := getattr(meta, "ge", None)) is not None:
+            checks.append(_ge_check(ge))
+        if (min_length := getattr(meta, "min_length", None)) is not None:
+            checks.append(_min_length_check(min_length))
+    if not checks:
+        return None
+    if len(checks) == 1:
+        return checks[0]
+    return lambda v: all(c(v) for c in checks)
+
+
+def _type_check(annotation: Any, metadata: list[Any], where: str) -> _Check | None:
+    """A predicate for one field's value, or None when any value Avro can
+    deliver for it is valid."""
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"{where}: record_check cannot check {annotation!r}")
+        inner = _type_check(args[0], metadata, where)
+        return None if inner is None else _optional(inner)
+    if origin is Annotated:
+        base, *meta = get_args(annotation)
+        return _type_check(base, [*metadata, *meta], where)
+    if origin is Literal:
+        allowed = frozenset(get_args(annotation))
+        return lambda v: v in allowed
+    if origin is list:
+        inner = _type_check(get_args(annotation)[0], [], where)
+        return None if inner is None else _each(inner)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        values = frozenset(m.value for m in annotation)
+        return lambda v: v in values
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _model_check(annotation)
+    if annotation is AwareDatetime:
+        return lambda v: isinstance(v, datetime) and v.tzinfo is not None
+    if annotation in (str, int, bool, bytes, UUID):
+        # Avro delivers these types (uuid as UUID); only constraints remain.
+        return _constraint_check(metadata, where)
+    raise TypeError(f"{where}: record_check cannot check {annotation!r}")
+
+
+def _model_check(model: type[BaseModel]) -> _Check:
+    checks: list[tuple[str, _Check]] = []
+    for name, field in model.model_fields.items():
+        check = _type_check(field.annotation, list(field.metadata), f"{model.__name__}.{name}")
+        if check is not None:
+            checks.append((name, check))
+
+    def check_record(record: Any) -> bool:
+        try:
+            return all(check(record[name]) for name, check in checks)
+        except (KeyError, TypeError):
+            return False
+
+    return check_record
+
+
+#: Per event type: does a decoded record satisfy every constraint of its model?
+_RECORD_CHECKS: dict[str, _Check] = {name: _model_check(cls) for name, cls in EVENT_TYPES.items()}
 
 
 def _pydantic_error(exc: ValidationError) -> str:
@@ -326,4 +505,3 @@ def default_codec() -> EventCodec:
         url = os.environ.get("EMBEDGUARD_SCHEMA_REGISTRY")
         _DEFAULT = EventCodec(registry=SchemaRegistryClient(url) if url else None)
     return _DEFAULT
-
