@@ -335,6 +335,7 @@ def main() -> None:
                                 str(gw_pid),
                                 "--format",
                                 "raw",
+                                "--threads",
                                 "--nonblocking",
                                 "--duration",
                                 str(max(1, int(args.seconds))),

@@ -392,26 +392,43 @@ def _area(file: str) -> str:
     return file.split("/", 1)[0] if "/" in file else file
 
 
+def _inclusive_key(frame: str) -> str:
+    """A library's name, or for embedguard's own code the file and function."""
+    fn, file = _frame_parts(frame)
+    area = _area(file)
+    return f"{area}:{fn}" if area == file and "/" in file else area
+
+
 def summarise(path: Path, top: int) -> None:
     """Summarise py-spy's collapsed stacks (``bench/gateway.py --py-spy OUT``):
     the share of samples in each function (self) and under each of the
-    gateway's modules (inclusive), on every thread."""
+    gateway's modules and functions (inclusive), on the main thread."""
     from collections import Counter
 
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    main_only = True
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
         frames = stack.split(";")
+        if frames[0].startswith("thread ("):  # py-spy --threads
+            threads[frames[0].rsplit(": ", 1)[-1]] += count
+            if main_only and not frames[0].endswith("MainThread"):
+                continue
+            frames = frames[1:] or ["(no frame) (?:0)"]
+        total += count
         fn, file = _frame_parts(frames[-1])
         self_time[f"{fn} ({_area(file)})"] += count
-        for area in {_area(_frame_parts(f)[1]) for f in frames[1:]}:
-            inclusive[area] += count
+        for key in {_inclusive_key(f) for f in frames}:
+            inclusive[key] += count
+    if threads:
+        print("samples by thread: " + ", ".join(f"{k} {v}" for k, v in threads.most_common()))
+        print("(below: the main thread, which runs every flow)")
     print(f"{total} samples\n\nself time, top {top}:")
     for name, n in self_time.most_common(top):
         print(f"  {n / total:6.1%}  {name}")
