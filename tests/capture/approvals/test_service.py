@@ -146,9 +146,8 @@ async def test_expiry_sweeper_and_decisions_after_expiry(tmp_path: Path) -> None
         assert expired.decided_at == expired.expires_at
         e = await refused("expired", b.decide(aid, ANN, "approve", "too late"))
         assert e.status == 410
-        # due but not yet swept: refused too, by the clock
+        # due, whether or not a sweeper got to it yet: refused by the clock
         aid2 = await ask(a, expires=timedelta(minutes=10))
-        b.sweep_interval_s = a.sweep_interval_s = 3600.0
         clock.advance(timedelta(minutes=10))
         await refused("expired", b.decide(aid2, ANN, "approve", "on the dot"))
         # a holder's maximum hold time forces expiry before the deadline
@@ -158,8 +157,8 @@ async def test_expiry_sweeper_and_decisions_after_expiry(tmp_path: Path) -> None
         assert (await b.expire(aid3, force=True)).status == "expired"  # idempotent
     events = [d.event for d in await asyncio.to_thread(read_events, url)]
     expiries = Counter(e.approval_id for e in events if isinstance(e, ApprovalExpired))
-    assert set(expiries) == {aid, aid3}
-    assert expiries[aid3] == 1
+    assert {aid, aid3} <= set(expiries) <= {aid, aid2, aid3}
+    assert expiries[aid3] == 1  # the second forced expire saw the first and added none
     assert not any(isinstance(e, ApprovalDecided) for e in events)
 
 
