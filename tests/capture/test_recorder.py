@@ -187,13 +187,13 @@ def test_async_response_whose_record_fails_is_logged_and_the_stream_starts_over(
     tmp_path: Path, dev_idp: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The log has room for the request events but not for a response that
-    carries a 60 kB body: the client already has its answer, so the failure
+    carries a 300 kB body: the client already has its answer, so the failure
     is logged (no secret in it) and no chain continues over the hole."""
     import sqlite3
 
     from capture.devidp import mint_token
 
-    cfg = config(tmp_path, dev_idp, response_durability="async")
+    cfg = config(tmp_path, dev_idp, response_durability="async", record_body_limit=600_000)
     token = mint_token(dev_idp, "alice", ["Vector-Read"])
     path = tmp_path / "events.db"
 
@@ -201,11 +201,12 @@ def test_async_response_whose_record_fails_is_logged_and_the_stream_starts_over(
         async with SqliteEventLog(path):  # create it, to size the cap from it
             pass
         pages = sqlite3.connect(path).execute("PRAGMA page_count").fetchone()[0]
-        chain = Chain(cfg, SqliteEventLog(path, max_bytes=(pages + 12) * 4096))
+        # 160 kB of room: the start-up events and a request's fit, the response does not
+        chain = Chain(cfg, SqliteEventLog(path, max_bytes=(pages + 40) * 4096))
         await chain.start()
         try:
             stream_before = chain.recorder.stamper.gateway_id
-            big = await chain.exchange(token, answer(padding=60_000))
+            big = await chain.exchange(token, answer(padding=300_000))
             await asyncio.gather(*chain.recorder._in_flight, return_exceptions=True)
             await asyncio.sleep(0)  # let the done-callbacks run
             after = await chain.exchange(token, answer())
