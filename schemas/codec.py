@@ -442,9 +442,12 @@ def _model_check(model: type[BaseModel]) -> _Check:
 
     def check_record(record: Any) -> bool:
         try:
-            return all(check(record[name]) for name, check in checks)
+            for name, check in checks:
+                if not check(record[name]):
+                    return False
         except (KeyError, TypeError):
             return False
+        return True
 
     return check_record
 

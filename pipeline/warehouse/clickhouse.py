@@ -33,7 +33,13 @@ from pipeline.warehouse._chdb import OUTPUT_SETTINGS, engine
 from pipeline.warehouse.base import LoadBatch, Warehouse, WriteResult
 from pipeline.warehouse.ddl import load_migrations, table_schemas
 from pipeline.warehouse.errors import MigrationError, WarehouseError, WarehouseUnavailable
-from pipeline.warehouse.projection import TABLES, project_batch, to_arrow
+from pipeline.warehouse.projection import (
+    TABLES,
+    Projector,
+    project_batch_columnar,
+    rows_after,
+    to_arrow,
+)
 from schemas.codec import EventCodec, default_codec
 
 __all__ = ["ChdbWarehouse", "ClickHouseWarehouse", "MergeTreeWarehouse"]
@@ -62,6 +68,7 @@ class MergeTreeWarehouse(Warehouse):
         self.codec = codec or default_codec()
         self._schemas = table_schemas()
         self._lock = threading.Lock()
+        self._project: Projector = project_batch_columnar
 
     # -- what subclasses provide ---------------------------------------------
     @abc.abstractmethod
@@ -155,7 +162,7 @@ class MergeTreeWarehouse(Warehouse):
             if marks.get(COMPLETE, -1) >= last:
                 return WriteResult(events=0, dead_letters=0, duplicate=True)
             loaded_at = datetime.now(UTC)
-            rows = project_batch(batch, self.codec, loaded_at)
+            tables = self._project(batch, self.codec, loaded_at)
             written: dict[str, int] = {}
             load_rows: list[dict[str, Any]] = []
             for table in TABLES:
@@ -164,12 +171,11 @@ class MergeTreeWarehouse(Warehouse):
                 mark = marks.get(table, -1)
                 if mark >= last:
                     continue
-                todo = [r for r in rows[table] if r["src_offset"] > mark]
-                written[table] = len(todo)
-                if todo:
-                    data = to_arrow(todo, self._schemas[table])
-                    self._insert(table, data, f"{batch.token}:{table}")
-                load_rows.append(self._load_row(batch, table, len(todo), loaded_at))
+                todo = rows_after(tables[table], mark)
+                written[table] = todo.num_rows
+                if todo.num_rows:
+                    self._insert(table, todo, f"{batch.token}:{table}")
+                load_rows.append(self._load_row(batch, table, todo.num_rows, loaded_at))
             load_rows.append(self._load_row(batch, COMPLETE, len(batch.records), loaded_at))
             self._insert(
                 "loads",

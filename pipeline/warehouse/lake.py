@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
@@ -45,7 +46,13 @@ from pipeline.warehouse.ddl import (
     table_schemas,
 )
 from pipeline.warehouse.errors import MigrationError, WarehouseError, WarehouseUnavailable
-from pipeline.warehouse.projection import TABLES, project_batch, to_arrow
+from pipeline.warehouse.projection import (
+    TABLES,
+    Projector,
+    project_batch_columnar,
+    rows_after,
+    to_arrow,
+)
 from schemas.codec import EventCodec, default_codec
 
 __all__ = ["LakeWarehouse"]
@@ -72,6 +79,7 @@ class LakeWarehouse(Warehouse):
         self._schemas = table_schemas()
         self._tables: dict[str, DeltaTable] = {}
         self._lock = threading.Lock()
+        self._project: Projector = project_batch_columnar
 
     # -- helpers -------------------------------------------------------------
     def table_path(self, table: str) -> Path:
@@ -199,7 +207,7 @@ class LakeWarehouse(Warehouse):
         if done is not None and done >= last:
             return WriteResult(events=0, dead_letters=0, duplicate=True)
         loaded_at = datetime.now(UTC)
-        rows = project_batch(batch, self.codec, loaded_at)
+        tables = self._project(batch, self.codec, loaded_at)
         written: dict[str, int] = {}
         for table in TABLES:
             if table == "loads":
@@ -209,11 +217,11 @@ class LakeWarehouse(Warehouse):
             if v is not None and v >= last:
                 written[table] = 0
                 continue
-            todo = [r for r in rows[table] if v is None or r["src_offset"] > v]
-            written[table] = len(todo)
+            todo = rows_after(tables[table], v)
+            written[table] = todo.num_rows
             # events always commits (even empty): its version is this batch's
             # progress for every table ordered before it.
-            if not todo and table != "events":
+            if not todo.num_rows and table != "events":
                 continue
             self._append(dt, table, todo, app_id, last)
         marker = {
@@ -226,7 +234,9 @@ class LakeWarehouse(Warehouse):
             "row_count": len(batch.records),
             "loaded_at": loaded_at,
         }
-        self._append(self._table("loads"), "loads", [marker], app_id, last)
+        self._append(
+            self._table("loads"), "loads", to_arrow([marker], self._schemas["loads"]), app_id, last
+        )
         return WriteResult(
             events=written.get("events", 0),
             dead_letters=written.get("dead_letters", 0),
@@ -234,9 +244,8 @@ class LakeWarehouse(Warehouse):
         )
 
     def _append(
-        self, dt: DeltaTable, table: str, rows: list[dict[str, Any]], app_id: str, version: int
+        self, dt: DeltaTable, table: str, data: pa.Table, app_id: str, version: int
     ) -> None:
-        data = to_arrow(rows, self._schemas[table])
         write_deltalake(
             dt,
             data,

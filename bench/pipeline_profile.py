@@ -1,0 +1,137 @@
+"""Profile and time ``Warehouse.write_batch`` end to end on the gateway's event mix.
+
+The records come from tests/pipeline/warehouse/scenario.py (sessions, identity,
+requests with bodies and operations, policy decisions, forwarded/recorded
+responses with bodies, a blocked request, a four-eyes approval, a grant and a
+checkpoint), repeated under fresh session ids until ``--events`` is reached.
+
+Throughput cells (each in its own process: a chDB data directory is locked to
+one process) write all records with ``write_batch`` in batches of 1k and 10k:
+
+* ``model``: the reference path (``projection.project_batch``: pydantic models,
+  row dicts, then Arrow), the way the warehouse loaded before;
+* ``fast``: what the warehouse runs now (``projection.project_batch_columnar``).
+
+Both run in the same invocation, so the printed ratio fast/model does not depend
+on how loaded the machine is.
+
+    .venv/bin/python bench/pipeline_profile.py [--events 20000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def records(events: int) -> list[Any]:
+    from tests.pipeline.warehouse.scenario import build_scenario, renumber
+
+    out: list[Any] = []
+    gw = 0
+    while len(out) < events:
+        out.extend(build_scenario(sessions=20, gateway=f"gw-{gw}").records())
+        gw += 1
+    return renumber(out[:events])
+
+
+def _warehouse(kind: str, path: Path, mode: str) -> Any:
+    from pipeline.warehouse import projection
+    from pipeline.warehouse.clickhouse import ChdbWarehouse
+    from pipeline.warehouse.lake import LakeWarehouse
+
+    wh: Any = LakeWarehouse(path) if kind == "lake" else ChdbWarehouse(str(path))
+    if mode == "model":
+        wh._project = projection.project_tables_reference  # the model path, same writer
+    return wh
+
+
+def cell(kind: str, mode: str, batch: int, events: int) -> dict[str, Any]:
+    from pipeline.warehouse.base import LoadBatch
+
+    recs = records(events)
+    with tempfile.TemporaryDirectory() as tmp:
+        wh = _warehouse(kind, Path(tmp) / "wh", mode)
+        wh.migrate()
+        batches = [
+            LoadBatch("sqlite:bench", 0, recs[i : i + batch]) for i in range(0, len(recs), batch)
+        ]
+        start = time.perf_counter()
+        written = sum(wh.write_batch(b).events for b in batches)
+        elapsed = time.perf_counter() - start
+        n = int(wh.query("SELECT count() AS n FROM {events}", {})[0]["n"])
+        wh.close()
+    if written != events or n != events:
+        raise SystemExit(f"{kind}/{mode}: wrote {written}, counted {n}, expected {events}")
+    return {"events": events, "seconds": elapsed, "eps": events / elapsed}
+
+
+def profile(events: int) -> None:
+    from pipeline.warehouse import projection
+    from pipeline.warehouse.base import LoadBatch
+    from schemas.codec import default_codec
+
+    batch = LoadBatch("sqlite:bench", 0, records(events))
+    codec = default_codec()
+    at = datetime.now(UTC)
+    for name in ("project_tables_reference", "project_batch_columnar"):
+        fn = getattr(projection, name)
+        fn(batch, codec, at)  # warm caches
+        prof = cProfile.Profile()
+        start = time.perf_counter()
+        prof.enable()
+        fn(batch, codec, at)
+        prof.disable()
+        print(f"== {name}: {events / (time.perf_counter() - start):,.0f} events/s (profiled)")
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(18)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--profile", action="store_true", help="cProfile the projection only")
+    ap.add_argument("--kinds", default="lake,chdb")
+    ap.add_argument("--batches", default="1000,10000")
+    ap.add_argument("--cell", nargs=3, metavar=("KIND", "MODE", "BATCH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.cell:
+        kind, mode, batch = args.cell
+        print(json.dumps(cell(kind, mode, int(batch), args.events)))
+        return
+    if args.profile:
+        profile(args.events)
+        return
+    print(f"write_batch, {args.events} events of the gateway mix, one process per cell")
+    print(f"{'warehouse':10} {'batch':>6} {'model ev/s':>11} {'fast ev/s':>10} {'ratio':>6}")
+    for kind in args.kinds.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            res = {}
+            for mode in ("model", "fast"):
+                done = subprocess.run(
+                    [sys.executable, __file__, "--events", str(args.events), "--cell", kind, mode,
+                     str(batch)],
+                    capture_output=True, text=True, check=False,
+                )
+                if done.returncode:
+                    raise SystemExit(done.stderr[-3000:])
+                res[mode] = json.loads(done.stdout.strip().splitlines()[-1])["eps"]
+            print(
+                f"{kind:10} {batch:>6} {res['model']:>11,.0f} {res['fast']:>10,.0f} "
+                f"{res['fast'] / res['model']:>5.1f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
