@@ -59,6 +59,7 @@ __all__ = [
     "replay",
     "replay_targets",
     "request_body",
+    "session_bodies",
     "session_detail",
     "sessions_page",
     "simulate_policy",
@@ -399,6 +400,13 @@ def _body(url: str, sha256: str) -> bytes | None:
     return body
 
 
+def _parsed(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", errors="replace")
+
+
 def request_body(user: User, sha256: str) -> Any:
     """A recorded body (masked as delivered): parsed JSON when it is JSON, else text;
     None when it expired, was redacted or was never stored."""
@@ -407,10 +415,23 @@ def request_body(user: User, sha256: str) -> Any:
     if raw is None:
         return None
     _audit(user, "body", sha256, None, 1)
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw.decode("utf-8", errors="replace")
+    return _parsed(raw)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _bodies(url: str, sha256s: tuple[str, ...]) -> dict[str, bytes]:
+    found: dict[str, bytes] = _warehouse(url).run(queries.bodies, list(sha256s))
+    return found
+
+
+def session_bodies(user: User, session_id: str, sha256s: Iterable[str]) -> dict[str, Any]:
+    """The stored bodies of a session's timeline in one query: sha256 → parsed body
+    (absent when expired, redacted or never stored)."""
+    _allow(user, "session", "view recorded bodies")
+    wanted = tuple(sorted({s for s in sha256s if s}))
+    found = _bodies(config().warehouse_url, wanted)
+    _audit(user, "session_bodies", session_id, None, len(found))
+    return {sha: _parsed(raw) for sha, raw in found.items()}
 
 
 # -- approvals ------------------------------------------------------------------------

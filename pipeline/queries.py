@@ -39,6 +39,7 @@ __all__ = [
     "approval_writes",
     "approvals_list",
     "altered_bodies",
+    "bodies",
     "body",
     "body_search",
     "collection_lineage",
@@ -460,6 +461,16 @@ BODY = Query(
     ORDER BY kind""",
     "A stored body by its sha256 (absent once it expired or was redacted).",
 )
+BODIES = Query(
+    "bodies",
+    """SELECT sha256, any(kind) AS kind, any(size) AS size, any(content_type) AS content_type,
+        base64Encode(any(body)) AS body_b64
+    FROM {bodies}
+    WHERE sha256 IN (SELECT arrayJoin(splitByChar(',', {sha256s:String})))
+    GROUP BY sha256
+    ORDER BY sha256""",
+    "Several stored bodies at once (a session's timeline), by comma-separated sha256s.",
+)
 COLLECTION_LINEAGE = Query(
     "collection_lineage",
     """SELECT
@@ -607,6 +618,7 @@ QUERIES: dict[str, Query] = {
         TOP_ACTORS,
         TOP_COLLECTIONS,
         EVENTS_BY_TYPE,
+        BODIES,
     )
 }
 
@@ -819,3 +831,18 @@ def events_by_type(wh: Warehouse, event_type: str, *, limit: int = 100) -> list[
 
 def altered_bodies(wh: Warehouse) -> list[dict[str, Any]]:
     return ALTERED_BODIES.run(wh)
+
+
+def bodies(wh: Warehouse, sha256s: list[str]) -> dict[str, bytes]:
+    """sha256 → body for those of ``sha256s`` still stored (one query)."""
+    import base64
+
+    wanted = sorted(set(sha256s))
+    if not wanted:
+        return {}
+    if len(wanted) > MAX_LIMIT:
+        raise ValueError(f"at most {MAX_LIMIT} bodies at once, not {len(wanted)}")
+    if any(not c.isalnum() for sha in wanted for c in sha):
+        raise ValueError("a sha256 is hex digits only")
+    return {r["sha256"]: base64.b64decode(r["body_b64"])
+            for r in BODIES.run(wh, sha256s=",".join(wanted))}

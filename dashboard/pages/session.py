@@ -33,6 +33,25 @@ else:
     head[1].error("Hash chain does NOT verify: " + "; ".join(chain["problems"][:3]),
                   icon=":material/gpp_bad:")
 
+bodies = data.session_bodies(
+    user, session_id,
+    [sha for req in detail["requests"]
+     for sha in (req.get("request_body_sha256"), req.get("response_body_sha256")) if sha])
+
+
+def show_body(sha: str | None, missing: str) -> None:
+    if not sha:
+        st.caption(missing)
+        return
+    body = bodies.get(sha)
+    if body is None:
+        st.caption("body not stored (expired, redacted or over the size limit)")
+    elif isinstance(body, dict | list):
+        st.json(body, expanded=False)
+    else:
+        st.code(body)
+
+
 STATE_ICON = {"completed": ":material/check_circle:", "blocked": ":material/block:",
               "held": ":material/hourglass_top:", "forwarded": ":material/arrow_forward:",
               "received": ":material/inbox:"}
@@ -57,30 +76,12 @@ for req in detail["requests"]:
         left, right = st.columns(2)
         with left:
             st.markdown("**Request**")
-            if req.get("request_body_sha256"):
-                body = data.request_body(user, req["request_body_sha256"])
-                if body is None:
-                    st.caption("body not stored (expired, redacted or over the size limit)")
-                elif isinstance(body, dict | list):
-                    st.json(body, expanded=False)
-                else:
-                    st.code(body)
-            else:
-                st.caption("no body")
+            show_body(req.get("request_body_sha256"), "no body")
         with right:
             st.markdown("**Response as delivered (masked)**")
             if req.get("masked_fields"):
                 st.caption("masked: " + ", ".join(req["masked_fields"]))
-            if req.get("response_body_sha256"):
-                body = data.request_body(user, req["response_body_sha256"])
-                if body is None:
-                    st.caption("body not stored (expired, redacted or over the size limit)")
-                elif isinstance(body, dict | list):
-                    st.json(body, expanded=False)
-                else:
-                    st.code(body)
-            else:
-                st.caption("no response recorded")
+            show_body(req.get("response_body_sha256"), "no response recorded")
 
 with st.expander("All events of the session (chain order)"):
     st.dataframe(

@@ -101,6 +101,11 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
         dict(since="", limit=10),
         dict(since="2026-03-01 09:00:00.200000", limit=1),
     ],
+    "bodies": [
+        dict(sha256s="2c5adc49a11eb3662e9d393df18343b9c4f47085ee3c1559f878699f70eb5362,"
+             + "0" * 64),
+        dict(sha256s=""),
+    ],
     "events_by_type": [
         dict(type="RequestReceived", limit=5),
         dict(type="PolicyChanged", limit=5),
