@@ -8,14 +8,18 @@ checkpoint), repeated under fresh session ids until ``--events`` is reached.
 Throughput cells (each in its own process: a chDB data directory is locked to
 one process) write all records with ``write_batch`` in batches of 1k and 10k:
 
-* ``model``: the reference path (``projection.project_batch``: pydantic models,
-  row dicts, then Arrow), the way the warehouse loaded before;
-* ``fast``: what the warehouse runs now (``projection.project_batch_columnar``).
+* ``before``: the warehouse code of ``--before REV`` (pipeline/ and schemas/
+  exported with ``git archive`` into a temporary directory and imported first),
+  by default the last commit before the fast load path;
+* ``model``: today's writer with the model projection
+  (``projection.project_tables_reference``: pydantic models, row dicts, Arrow);
+* ``now``: what the warehouse runs now (``projection.project_batch_columnar``).
 
-Both run in the same invocation, so the printed ratio fast/model does not depend
-on how loaded the machine is.
+All run in the same invocation, one process per cell, in alternating order, so
+the printed ratios do not depend on how loaded the machine is.
 
-    .venv/bin/python bench/pipeline_profile.py [--events 20000] [--profile]
+    .venv/bin/python bench/pipeline_profile.py [--events 20000] [--before REV]
+    .venv/bin/python bench/pipeline_profile.py --profile   # cProfile the projection
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+#: the parent of the first commit of the fast load path
+BEFORE = "a5b31b3"
+MODES = ("before", "model", "now")
 
 
 def records(events: int) -> list[Any]:
@@ -45,6 +52,15 @@ def records(events: int) -> list[Any]:
         out.extend(build_scenario(sessions=20, gateway=f"gw-{gw}").records())
         gw += 1
     return renumber(out[:events])
+
+
+def _before_first() -> None:
+    """In a 'before' cell, import pipeline/ and schemas/ from the exported tree."""
+    import os
+
+    before = os.environ.get("EMBEDGUARD_BENCH_BEFORE")
+    if before:
+        sys.path.insert(0, before)
 
 
 def _warehouse(kind: str, path: Path, mode: str) -> Any:
@@ -59,7 +75,12 @@ def _warehouse(kind: str, path: Path, mode: str) -> Any:
 
 
 def cell(kind: str, mode: str, batch: int, events: int) -> dict[str, Any]:
+    _before_first()
+    import pipeline.warehouse.projection as projection
     from pipeline.warehouse.base import LoadBatch
+
+    if hasattr(projection, "project_batch_columnar") == (mode == "before"):
+        raise SystemExit(f"{mode} cell imported the wrong code: {projection.__file__}")
 
     recs = records(events)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,6 +125,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="cProfile the projection only")
     ap.add_argument("--kinds", default="lake,chdb")
     ap.add_argument("--batches", default="1000,10000")
+    ap.add_argument("--before", default=BEFORE, help="git revision of the 'before' code")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per cell (best is kept)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--cell", nargs=3, metavar=("KIND", "MODE", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.cell:
@@ -113,24 +137,63 @@ def main() -> None:
     if args.profile:
         profile(args.events)
         return
-    print(f"write_batch, {args.events} events of the gateway mix, one process per cell")
-    print(f"{'warehouse':10} {'batch':>6} {'model ev/s':>11} {'fast ev/s':>10} {'ratio':>6}")
+    with tempfile.TemporaryDirectory() as before_dir:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.before, "pipeline", "schemas"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", before_dir], input=archive, check=True)
+        results = run_all(args, Path(before_dir))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def run_all(args: argparse.Namespace, before_dir: Path) -> list[dict[str, Any]]:
+    print(
+        f"write_batch, {args.events} events of the gateway mix, one process per cell; "
+        f"before = {args.before}"
+    )
+    head = f"{'warehouse':10} {'batch':>6}" + "".join(f" {m + ' ev/s':>12}" for m in MODES)
+    print(head + f" {'now/before':>11} {'now/model':>10}")
+    out = []
     for kind in args.kinds.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            res = {}
-            for mode in ("model", "fast"):
-                done = subprocess.run(
-                    [sys.executable, __file__, "--events", str(args.events), "--cell", kind, mode,
-                     str(batch)],
-                    capture_output=True, text=True, check=False,
-                )
-                if done.returncode:
-                    raise SystemExit(done.stderr[-3000:])
-                res[mode] = json.loads(done.stdout.strip().splitlines()[-1])["eps"]
+            res: dict[str, float] = {}
+            for _ in range(args.repeat):
+                for mode in MODES:
+                    env = None
+                    if mode == "before":
+                        import os
+
+                        env = {**os.environ, "EMBEDGUARD_BENCH_BEFORE": str(before_dir)}
+                    done = subprocess.run(
+                        [
+                            sys.executable,
+                            __file__,
+                            "--events",
+                            str(args.events),
+                            "--cell",
+                            kind,
+                            mode,
+                            str(batch),
+                        ],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                        env=env,
+                    )
+                    if done.returncode:
+                        raise SystemExit(done.stderr[-3000:])
+                    eps = json.loads(done.stdout.strip().splitlines()[-1])["eps"]
+                    res[mode] = max(res.get(mode, 0.0), eps)
             print(
-                f"{kind:10} {batch:>6} {res['model']:>11,.0f} {res['fast']:>10,.0f} "
-                f"{res['fast'] / res['model']:>5.1f}x"
+                f"{kind:10} {batch:>6}"
+                + "".join(f" {res[m]:>12,.0f}" for m in MODES)
+                + f" {res['now'] / res['before']:>10.1f}x {res['now'] / res['model']:>9.1f}x"
             )
+            out.append({"warehouse": kind, "batch": batch, **res})
+    return out
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -80,6 +81,7 @@ class LakeWarehouse(Warehouse):
         self._tables: dict[str, DeltaTable] = {}
         self._lock = threading.Lock()
         self._project: Projector = project_batch_columnar
+        self._executor: ThreadPoolExecutor | None = None
 
     # -- helpers -------------------------------------------------------------
     def table_path(self, table: str) -> Path:
@@ -208,22 +210,15 @@ class LakeWarehouse(Warehouse):
             return WriteResult(events=0, dead_letters=0, duplicate=True)
         loaded_at = datetime.now(UTC)
         tables = self._project(batch, self.codec, loaded_at)
-        written: dict[str, int] = {}
-        for table in TABLES:
-            if table == "loads":
-                continue
-            dt = self._table(table)
-            v = dt.transaction_version(app_id)
-            if v is not None and v >= last:
-                written[table] = 0
-                continue
-            todo = rows_after(tables[table], v)
-            written[table] = todo.num_rows
-            # events always commits (even empty): its version is this batch's
-            # progress for every table ordered before it.
-            if not todo.num_rows and table != "events":
-                continue
-            self._append(dt, table, todo, app_id, last)
+        # The derived tables are independent (each has its own app transaction),
+        # so they commit concurrently: delta-rs writes without the GIL, and a
+        # commit mostly waits on the file system. events commits after all of
+        # them, and loads (the batch's completion mark) last.
+        derived = [t for t in TABLES if t not in ("events", "loads")]
+        pool = self._pool()
+        futures = {t: pool.submit(self._write_table, t, tables[t], app_id, last) for t in derived}
+        written = {t: f.result() for t, f in futures.items()}
+        written["events"] = self._write_table("events", tables["events"], app_id, last)
         marker = {
             "source": batch.source,
             "src_partition": batch.partition,
@@ -242,6 +237,25 @@ class LakeWarehouse(Warehouse):
             dead_letters=written.get("dead_letters", 0),
             duplicate=False,
         )
+
+    def _write_table(self, table: str, data: pa.Table, app_id: str, last: int) -> int:
+        """Append the rows of ``data`` past ``table``'s app-transaction version;
+        return how many were written."""
+        dt = self._table(table)
+        v = dt.transaction_version(app_id)
+        if v is not None and v >= last:
+            return 0
+        todo = rows_after(data, v)
+        # events always commits (even empty): its version is this batch's
+        # progress for every table ordered before it.
+        if todo.num_rows or table == "events":
+            self._append(dt, table, todo, app_id, last)
+        return int(todo.num_rows)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lake-commit")
+        return self._executor
 
     def _append(
         self, dt: DeltaTable, table: str, data: pa.Table, app_id: str, version: int
@@ -307,3 +321,6 @@ class LakeWarehouse(Warehouse):
 
     def close(self) -> None:
         self._tables.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
