@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=20_000)
     parser.add_argument("--lake", type=Path, help="reuse (or build here) a lake and its log")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pages", help="comma-separated subset (the sign-in baseline always runs)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "dashboard.json")
     args = parser.parse_args()
 
@@ -146,7 +147,10 @@ def main() -> None:
     # process start-up (imports, the chDB engine, the warehouse handle) is no page's cost
     render("overview", {}, 1)
     results: dict[str, Any] = {}
+    chosen = set(args.pages.split(",")) | {"sign-in"} if args.pages else set(state)
     for page, page_state in state.items():
+        if page not in chosen:
+            continue
         results[page] = render(page, page_state, args.repeat)
         console.print(f"{page}: {results[page]['cold_median_s']:.2f} s cold")
     base = results["sign-in"]["cold_median_s"]

@@ -83,8 +83,8 @@ for req in detail["requests"]:
                 st.caption("masked: " + ", ".join(req["masked_fields"]))
             show_body(req.get("response_body_sha256"), "no response recorded")
 
-with st.expander("All events of the session (chain order)"):
+if st.toggle("Show every event of the session (chain order)", key="session_all_events"):
     st.dataframe(
         [{k: e[k] for k in ("seq", "type", "occurred_at", "request_id", "outcome", "status",
-                            "event_id")} for e in detail["events"]],
+                            "event_id")} for e in data.session_events(user, session_id)],
         hide_index=True, width="stretch")
