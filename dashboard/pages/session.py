@@ -56,11 +56,14 @@ STATE_ICON = {"completed": ":material/check_circle:", "blocked": ":material/bloc
               "held": ":material/hourglass_top:", "forwarded": ":material/arrow_forward:",
               "received": ":material/inbox:"}
 for req in detail["requests"]:
+    state = req["state"]
+    if req.get("decision") == "require_approval" and state == "blocked" and req.get("approval_id"):
+        state = "held"  # answered 202 by the gateway: waiting for (or released by) an approval
     label = (f"{req['received_at']} · {req['method']} {req['path']} · "
              f"{', '.join(req.get('actions') or []) or '-'} "
              f"{', '.join(req.get('collections') or [])} · decision {req.get('decision') or '-'}"
-             f" · {req['state']}" + (f" {req['status']}" if req.get("status") else ""))
-    with st.expander(label, icon=STATE_ICON.get(req["state"], ":material/help:")):
+             f" · {state}" + (f" {req['status']}" if req.get("status") else ""))
+    with st.expander(label, icon=STATE_ICON.get(state, ":material/help:")):
         c = st.columns(4)
         c[0].markdown(f"**identity** {req.get('subject') or '-'}")
         c[1].markdown(f"**rules** {', '.join(req.get('matched_rules') or []) or '-'}")

@@ -142,7 +142,8 @@ def test_session_detail_timeline_bodies_and_chain_badge(dash_env: Seeded) -> Non
     assert any("Hash chain verified" in s.value for s in at.success)
     labels = [e.label for e in at.expander]
     assert any("/query" in label and "completed" in label for label in labels)
-    assert any("/upsert" in label and "require_approval" in label for label in labels)
+    assert any("/upsert" in label and "require_approval" in label and "held 202" in label
+               for label in labels)
     shown = "\n".join(str(j.value) for j in at.json)
     assert "quarterly report" in shown or "roadmap" in shown
     assert SECRET_EMAIL not in shown  # the response as delivered: masked
