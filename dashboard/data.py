@@ -327,7 +327,7 @@ def loader_lag(user: User) -> dict[str, Any]:
 # -- sessions -------------------------------------------------------------------------
 
 
-SESSION_FILTERS = ("actor", "collection", "action", "decision", "since", "until")
+SESSION_FILTERS = ("actor", "group", "collection", "action", "decision", "since", "until")
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -180,6 +180,10 @@ GROUP BY session_id
 _SESSION_FILTER = """
     ({actor:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions} WHERE subject = {actor:String}))
+    AND ({group:String} = '' OR session_id IN (
+        SELECT session_id FROM {events} WHERE type = 'IdentityResolved'
+        AND has(JSONExtract(coalesce(payload_json, '{}'), 'groups', 'Array(String)'),
+                {group:String})))
     AND ({collection:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions} WHERE has(collections, {collection:String})))
     AND ({action:String} = '' OR session_id IN (
@@ -656,6 +660,8 @@ def _offset(offset: int) -> int:
 class SessionFilter:
     actor: str | None = None
     collection: str | None = None
+    #: an IdP group the session's caller held (IdentityResolved)
+    group: str | None = None
     action: str | None = None
     decision: str | None = None
     since: datetime | str | None = None
@@ -665,6 +671,7 @@ class SessionFilter:
     def params(self) -> dict[str, Any]:
         return {
             "actor": self.actor or "",
+            "group": self.group or "",
             "collection": self.collection or "",
             "action": self.action or "",
             "decision": self.decision or "",

@@ -12,12 +12,13 @@ st.title("Sessions")
 
 PAGE_SIZE = 50
 with st.form("filters"):
-    c = st.columns(4)
+    c = st.columns(5)
     actor = c[0].text_input("Actor (subject)", key="f_actor")
-    collection = c[1].text_input("Collection", key="f_collection")
-    action = c[2].selectbox("Action", ["", "search", "read", "write", "delete", "admin",
+    group = c[1].text_input("IdP group", key="f_group")
+    collection = c[2].text_input("Collection", key="f_collection")
+    action = c[3].selectbox("Action", ["", "search", "read", "write", "delete", "admin",
                                        "schema", "health", "unknown"], key="f_action")
-    decision = c[3].selectbox("Decision", ["", "allow", "deny", "require_approval"],
+    decision = c[4].selectbox("Decision", ["", "allow", "deny", "require_approval"],
                               key="f_decision")
     t = st.columns(2)
     since = t[0].text_input("From (UTC, ISO 8601)", key="f_since", placeholder="2026-03-01")
@@ -27,8 +28,8 @@ with st.form("filters"):
 if applied:
     st.session_state["sessions_page"] = 0
 
-filters = {"actor": actor, "collection": collection, "action": action, "decision": decision,
-           "since": since, "until": until}
+filters = {"actor": actor, "group": group, "collection": collection, "action": action,
+           "decision": decision, "since": since, "until": until}
 page = int(st.session_state.get("sessions_page", 0))
 try:
     rows, total = data.sessions_page(user, filters, page=page, page_size=PAGE_SIZE)

@@ -90,6 +90,14 @@ def test_sessions_filters_change_rows_and_are_audited(dash_env: Seeded) -> None:
     assert not at.exception
     alice_only = frame_rows(at)
     assert 0 < alice_only < everything
+    at.text_input(key="f_actor").input("")
+    at.text_input(key="f_group").input("Vector-Approve")  # carol decided through the API
+    at.button[0].click()
+    at.run()
+    assert not at.exception
+    approvers = at.dataframe[0].value
+    assert 0 < len(approvers) < everything and set(approvers["subject"]) <= {"carol", "bob"}
+    at.text_input(key="f_group").input("")
     at.text_input(key="f_actor").input("nobody-at-all")
     at.button[0].click()
     at.run()

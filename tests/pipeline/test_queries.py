@@ -22,10 +22,12 @@ SRC = "sqlite:queries-test"
 PARAMS: dict[str, list[dict[str, Any]]] = {
     "sessions_list": [
         dict(
-            actor="", collection="", action="", decision="", since="", until="", limit=100, offset=0
+            actor="", group="", collection="", action="", decision="", since="", until="",
+            limit=100, offset=0,
         ),
         dict(
             actor="bob",
+            group="",
             collection="docs",
             action="delete",
             decision="deny",
@@ -36,6 +38,7 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
         ),
         dict(
             actor="",
+            group="",
             collection="",
             action="",
             decision="",
@@ -46,8 +49,12 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
         ),
     ],
     "sessions_count": [
-        dict(actor="", collection="", action="", decision="", since="", until=""),
-        dict(actor="alice", collection="prod", action="", decision="", since="", until=""),
+        dict(actor="", group="ml-writers", collection="", action="", decision="", since="",
+             until=""),
+        dict(actor="", group="", collection="", action="", decision="", since="", until=""),
+        dict(
+            actor="alice", group="", collection="prod", action="", decision="", since="", until=""
+        ),
     ],
     "session": [dict(session_id="s-bob-1"), dict(session_id="nope")],
     "session_events": [
