@@ -19,6 +19,7 @@ event it came from and its source position (source, partition, offset).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -484,6 +485,15 @@ _LINEAGE_ACTION_VALUES = {a.value for a in _LINEAGE_ACTIONS}
 _SESSION_FIELDS = ("subject", "issuer", "client_address")
 
 
+@functools.cache
+def _blanks() -> dict[str, Row]:
+    """Every table's row with all columns null: derived rows start from it, so
+    ``to_arrow_columns`` reads them without filling the gaps."""
+    from pipeline.warehouse.ddl import table_schemas
+
+    return {t: dict.fromkeys(schema.names) for t, schema in table_schemas().items()}
+
+
 def _micros(when: datetime) -> int:
     return (when - _EPOCH) // _MICRO
 
@@ -520,6 +530,7 @@ def project_raw(
     ev = raw.record
     env = ev["envelope"]
     t = raw.type_name
+    blank = _blanks()
     occurred = env["occurred_at"].astimezone(UTC)
     at_us = _micros(occurred)
     day = occurred.date()
@@ -548,6 +559,7 @@ def project_raw(
 
     def session_row(**fields: Any) -> Row:
         row = {
+            **blank["sessions"],
             "event_id": event_id,
             "type": t,
             "occurred_at": at_us,
@@ -564,6 +576,7 @@ def project_raw(
 
     def request_row(**fields: Any) -> Row:
         row = {
+            **blank["requests"],
             "request_id": request_id,
             "event_id": event_id,
             "type": t,
@@ -583,6 +596,7 @@ def project_raw(
 
     def approval_row(aid: str, **fields: Any) -> Row:
         row = {
+            **blank["approvals"],
             "approval_id": aid,
             "event_id": event_id,
             "type": t,
