@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
-from uuid6 import uuid7
+from uuid_utils.compat import uuid7
 
 from capture.approvals.state import (
     Approval,

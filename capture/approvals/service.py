@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from uuid6 import uuid7
+from uuid_utils.compat import uuid7
 
 from capture.approvals.state import (
     Approval,
