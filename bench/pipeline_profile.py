@@ -83,7 +83,8 @@ def cell(kind: str, mode: str, batch: int, events: int) -> dict[str, Any]:
         raise SystemExit(f"{mode} cell imported the wrong code: {projection.__file__}")
 
     recs = records(events)
-    with tempfile.TemporaryDirectory() as tmp:
+    # chDB may still merge parts in the background while the directory goes
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         wh = _warehouse(kind, Path(tmp) / "wh", mode)
         wh.migrate()
         # One-time costs (pyarrow's time zone database, chDB/Delta first writes)
@@ -99,6 +100,10 @@ def cell(kind: str, mode: str, batch: int, events: int) -> dict[str, Any]:
             wh.query("SELECT count() AS n FROM {events} WHERE source = 'sqlite:bench'", {})[0]["n"]
         )
         wh.close()
+        if kind == "chdb":
+            from pipeline.warehouse._chdb import engine
+
+            engine().close()
     if written != events or n != events:
         raise SystemExit(f"{kind}/{mode}: wrote {written}, counted {n}, expected {events}")
     return {"events": events, "seconds": elapsed, "eps": events / elapsed}
