@@ -491,7 +491,8 @@ def up(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the embedded stack: dev OIDC issuer, a demo Chroma server, the
-    gateway in front of it, all state under ./data. Ctrl-C stops everything."""
+    gateway in front of it, the loader (log → Delta warehouse) and the
+    dashboard, all state under ./data. Ctrl-C stops everything."""
     import os
     import signal
     import socket
@@ -537,7 +538,7 @@ def up(
         "gateway": f"http://127.0.0.1:{gateway_port}",
         "dashboard": f"http://127.0.0.1:{dashboard_port}",
         "policy": str(policy),
-        "not_yet": "the loader arrives with its issue",
+        "loader_status": str(s.data_dir / "loader"),
     }
     if check_only:
         print(json.dumps(info)) if as_json else out.print_json(data=info)
@@ -622,6 +623,20 @@ def up(
             ],
             dashboard_port,
         ),
+        (
+            "loader",
+            [
+                *me,
+                "loader",
+                "--log",
+                url,
+                "--warehouse",
+                s.warehouse_url,
+                "--status-dir",
+                str(s.data_dir / "loader"),
+            ],
+            None,  # no port: ready once it has written its status file
+        ),
     ]
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
@@ -639,7 +654,7 @@ def up(
 
     signal.signal(signal.SIGTERM, on_term)  # stop the children on SIGTERM too
     try:
-        for name, cmd, port in specs:
+        for name, cmd, ready_port in specs:
             log_path = logs / f"{name}.log"
             start_at = log_path.stat().st_size if log_path.exists() else 0
             logf = open(log_path, "ab")  # noqa: SIM115 - owned by the child
@@ -648,8 +663,12 @@ def up(
             )
             deadline = time.monotonic() + 60
             while True:
-                with socket.socket() as probe:
-                    listening = probe.connect_ex(("127.0.0.1", port)) == 0
+                if ready_port is None:
+                    pid = procs[-1][1].pid
+                    listening = any((s.data_dir / "loader").glob(f"*.{pid}.json"))
+                else:
+                    with socket.socket() as probe:
+                        listening = probe.connect_ex(("127.0.0.1", ready_port)) == 0
                 # The gateway listens before its audit log is open (it answers 503
                 # meanwhile); it is ready when it prints its route.
                 if listening and (
@@ -668,7 +687,7 @@ def up(
                       "data_dir"):
                 out.print(f"  {k:<10} {info[k]}", highlight=False)
             out.print(f"  logs       {logs}", highlight=False)
-            out.print(f"  [dim]{info['not_yet']}[/]")
+            out.print("  loader     log → warehouse, `embedguard loader status`", highlight=False)
             out.print(
                 "\n  try:  TOKEN=$(.venv/bin/embedguard token --issuer "
                 f"{info['issuer']} --sub alice --groups Vector-Read)",

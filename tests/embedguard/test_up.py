@@ -57,6 +57,20 @@ def test_up_runs_the_stack_and_stops_it(tmp_path: Path) -> None:
         assert r.status_code == 200, r.text
         assert httpx.get(f"http://127.0.0.1:{gw}/api/v2/heartbeat", timeout=30).status_code == 401
         assert (tmp_path / "data" / "events.db").exists()
+        # the loader started by `up` moves alice's session into the warehouse
+        deadline = time.time() + 120
+        while True:
+            listed = subprocess.run(
+                [sys.executable, "-m", "embedguard.cli", "sessions", "list", "--actor", "alice",
+                 "--warehouse", f"lake:{tmp_path / 'data' / 'lake'}", "--json"],
+                cwd=ROOT, capture_output=True, text=True, timeout=120,
+            )
+            if listed.returncode == 0 and '"alice"' in listed.stdout:
+                break
+            assert proc.poll() is None and time.time() < deadline, (
+                listed.stdout + listed.stderr + log.read_text()
+            )
+            time.sleep(1)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
