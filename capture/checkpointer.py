@@ -113,6 +113,7 @@ class Checkpointer:
         self._closed: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._lock = asyncio.Lock()
 
     # -- feeding ------------------------------------------------------------------
@@ -193,11 +194,16 @@ class Checkpointer:
         """Background task: checkpoint every ``every`` events or ``interval_s``."""
         from pipeline.transport import EventLogError
 
-        while True:
+        while not self._stopping:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel
+            # that arrives as the wake-up completes, and stop() then waits forever.
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
+            if self._stopping:
+                return
             self._wake.clear()
             try:
                 await self.emit(record, current_stream())
@@ -214,12 +220,14 @@ class Checkpointer:
             self.signer.verifier.id_text,
             self.signer.verifier.vkey,
         )
+        self._stopping = False
         self._task = asyncio.create_task(self.run(record, current_stream))
 
     async def stop(self, record: RecordSystem, current_stream: str) -> None:
         """Cancel the background task and record the final checkpoints."""
         from pipeline.transport import EventLogError
 
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
