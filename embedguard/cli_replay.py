@@ -15,6 +15,7 @@ import asyncio
 import getpass
 import json
 import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,7 +34,8 @@ from pipeline.loader_status import scrub
 
 __all__ = ["register"]
 
-_out = Console(soft_wrap=True, highlight=False)
+# Piped output is not squeezed into 80 columns (tables of ids become unreadable).
+_out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 240)
 _err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 VkeyOpt = Annotated[
@@ -88,7 +90,7 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     for c in columns:
         # ids stay on one line: people copy them
         ids = c.endswith("_id") or c in ("point_id", "#") or c.endswith("_at")
-        table.add_column(c, no_wrap=ids, overflow="fold")
+        table.add_column(c, no_wrap=ids, overflow="fold", min_width=min(len(c), 10))
     for r in rows:
         table.add_row(*(escape(_cell(r.get(c))) for c in columns))
     return table

@@ -12,6 +12,7 @@ exist (the message says what to do); 2 bad options or configuration.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -34,7 +35,8 @@ warehouse_app = typer.Typer(
 )
 sessions_app = typer.Typer(help="Recorded sessions, from the warehouse.", no_args_is_help=True)
 
-_out = Console(soft_wrap=True, highlight=False)
+# Piped output is not squeezed into 80 columns (tables of ids become unreadable).
+_out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 240)
 _err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 WarehouseOpt = Annotated[
