@@ -1,8 +1,13 @@
-"""pipeline/warehouse/projection.py: events → rows, without I/O."""
+"""pipeline/warehouse/projection.py: events → rows, without I/O.
+
+Every test runs on both paths: ``project_batch_columnar`` (what the warehouses
+run) and the model path ``project_batch`` (the reference that
+test_fast_decode.py compares it with)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -10,11 +15,29 @@ import pytest
 from pipeline.transport.base import LogRecord
 from pipeline.warehouse.base import LoadBatch
 from pipeline.warehouse.ddl import table_schemas
-from pipeline.warehouse.projection import TABLES, project_batch
+from pipeline.warehouse.projection import TABLES, project_batch, project_batch_columnar
 from schemas.codec import FIXTURES_DIR, default_codec, load_fixture_schemas
 from tests.pipeline.warehouse.scenario import Scenario, build_scenario, renumber, sha
 
 LOADED = datetime(2026, 3, 2, tzinfo=UTC)
+
+Rows = dict[str, list[dict[str, object]]]
+
+
+def _columnar(batch: LoadBatch) -> Rows:
+    return {
+        t: table.to_pylist()
+        for t, table in project_batch_columnar(batch, default_codec(), LOADED).items()
+    }
+
+
+def _model(batch: LoadBatch) -> Rows:
+    return project_batch(batch, default_codec(), LOADED)
+
+
+@pytest.fixture(scope="module", params=[_columnar, _model], ids=["production", "model"])
+def project(request: pytest.FixtureRequest) -> Callable[[LoadBatch], Rows]:
+    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +46,8 @@ def scenario() -> Scenario:
 
 
 @pytest.fixture(scope="module")
-def rows(scenario: Scenario) -> dict[str, list[dict[str, object]]]:
-    batch = LoadBatch("sqlite:test", 0, scenario.records())
-    return project_batch(batch, default_codec(), LOADED)
+def rows(scenario: Scenario, project: Callable[[LoadBatch], Rows]) -> Rows:
+    return project(LoadBatch("sqlite:test", 0, scenario.records()))
 
 
 def test_every_row_fits_its_table_schema(rows: dict[str, list[dict[str, object]]]) -> None:
@@ -97,21 +119,23 @@ def test_request_partials_carry_their_event_part(
     [b"", b"garbage", b"\xc3\x01" + b"\x00" * 8 + b"x", b"\x00\x00\x00\x00\x07abc"],
     ids=["empty", "not-avro", "unknown-fingerprint", "confluent-without-registry"],
 )
-def test_poison_record_becomes_a_dead_letter_and_the_batch_goes_on(value: bytes) -> None:
+def test_poison_record_becomes_a_dead_letter_and_the_batch_goes_on(
+    value: bytes, project: Callable[[LoadBatch], Rows]
+) -> None:
     good = build_scenario(sessions=1).records()
     recs = renumber([*good[:3], LogRecord(0, 0, b"k", value, 1_700_000_000_000), *good[3:]])
-    out = project_batch(LoadBatch("kafka:t", 0, recs), default_codec(), LOADED)
+    out = project(LoadBatch("kafka:t", 0, recs))
     assert len(out["events"]) == len(good)
     [dead] = out["dead_letters"]
     assert dead["src_offset"] == 3 and dead["raw"] == value and dead["record_key"] == "k"
     assert "DecodeError" in str(dead["error"])
 
 
-def test_old_schema_version_fixtures_project() -> None:
+def test_old_schema_version_fixtures_project(project: Callable[[LoadBatch], Rows]) -> None:
     files = sorted((FIXTURES_DIR / "v1").glob("*.avro"))
     assert files
     recs = [LogRecord(0, i, b"k", f.read_bytes(), 0) for i, f in enumerate(files)]
-    out = project_batch(LoadBatch("sqlite:old", 0, recs), default_codec(), LOADED)
+    out = project(LoadBatch("sqlite:old", 0, recs))
     assert out["dead_letters"] == []
     assert len(out["events"]) == len(files)
     versions = {e["type"]: e["writer_version"] for e in out["events"]}
