@@ -24,6 +24,7 @@ __all__ = [
     "Checkpoint",
     "Envelope",
     "Event",
+    "EvidenceHeld",
     "GatewayStarted",
     "GrantIssued",
     "Header",
@@ -304,6 +305,26 @@ class AuditViewed(Event):
     row_count: int | None = None
 
 
+class EvidenceHeld(Event):
+    """An exported evidence bundle holds its bodies until ``held_until``; large
+    holds come in ``parts`` events sharing ``hold_id``."""
+
+    hold_id: str = Field(min_length=1)
+    bundle_sha256: Hex64
+    bundle_name: str
+    held_by: str = Field(min_length=1)
+    held_by_issuer: str | None = None
+    held_until: AwareDatetime
+    reason: str | None = None
+    part: NonNegative = 0
+    parts: int = Field(default=1, ge=1)
+    body_count: NonNegative = 0
+    session_count: NonNegative = 0
+    event_count: NonNegative = 0
+    body_sha256s: list[Hex64] = []
+    session_ids: list[str] = []
+
+
 #: Every event type by its name (``envelope.type``).
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.avro_name: cls
@@ -324,5 +345,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         GatewayStarted,
         Checkpoint,
         AuditViewed,
+        EvidenceHeld,
     )
 }

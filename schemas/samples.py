@@ -27,6 +27,8 @@ def _value(name: str, annotation: Any, metadata: list[Any]) -> Any:
         return _value(name, inner[0], metadata)
     if origin is typing.Annotated:
         base, *meta = get_args(annotation)
+        # Field(...) inside a list item stays a FieldInfo: its constraints are in .metadata
+        meta = [m for x in meta for m in (getattr(x, "metadata", None) or [x])]
         return _value(name, base, [*metadata, *meta])
     if origin is Literal:
         return get_args(annotation)[0]

@@ -40,6 +40,7 @@ from schemas.models import (
     AuditViewed,
     Checkpoint,
     Event,
+    EvidenceHeld,
     GrantIssued,
     IdentityResolved,
     Operation,
@@ -57,6 +58,7 @@ __all__ = [
     "Projector",
     "Row",
     "dead_letter_row",
+    "evidence_hold_rows",
     "project_batch",
     "project_batch_columnar",
     "project_event",
@@ -78,6 +80,7 @@ TABLES = (
     "sessions",
     "approvals",
     "checkpoints",
+    "evidence_holds",
     "dead_letters",
     "events",
     "loads",
@@ -377,6 +380,15 @@ def project_event(
         ]
     elif isinstance(ev, AuditViewed):
         subject = ev.viewer_subject
+    elif isinstance(ev, EvidenceHeld):
+        subject = ev.held_by
+        out["evidence_holds"] = evidence_hold_rows(
+            ev.model_dump(),
+            base["event_id"],
+            base["occurred_at"],
+            ev.held_until.astimezone(UTC),
+            {k: base[k] for k in ("schema_fingerprint", "source", "src_partition", "src_offset")},
+        )
 
     if sess is not None:
         out["sessions"] = [sess]
@@ -407,6 +419,35 @@ def project_event(
         }
     ]
     return out
+
+
+def evidence_hold_rows(
+    ev: dict[str, Any], event_id: str, occurred_at: Any, held_until: Any, tail: Row
+) -> list[Row]:
+    """An EvidenceHeld part's rows of ``evidence_holds``: one 'part' row with the
+    hold's metadata, one per held body sha256 and one per session (see
+    ddl/0003_evidence_holds.sql). Timestamps are passed as the path needs them."""
+    common = {
+        "hold_id": ev["hold_id"],
+        "part": ev["part"],
+        "event_id": event_id,
+        "occurred_at": occurred_at,
+        "held_until": held_until,
+        "held_by": ev["held_by"],
+        "held_by_issuer": ev["held_by_issuer"],
+        "bundle_sha256": ev["bundle_sha256"],
+        "bundle_name": ev["bundle_name"],
+        "reason": ev["reason"],
+        "parts": ev["parts"],
+        "body_count": ev["body_count"],
+        "session_count": ev["session_count"],
+        "event_count": ev["event_count"],
+        **tail,
+    }
+    rows = [{**common, "item_kind": "part", "item": ""}]
+    rows.extend({**common, "item_kind": "body", "item": sha} for sha in ev["body_sha256s"])
+    rows.extend({**common, "item_kind": "session", "item": sid} for sid in ev["session_ids"])
+    return rows
 
 
 def dead_letter_row(
@@ -799,6 +840,11 @@ def project_raw(
         )
     elif t == "AuditViewed":
         subject = ev["viewer_subject"]
+    elif t == "EvidenceHeld":
+        subject = ev["held_by"]
+        out["evidence_holds"].extend(
+            evidence_hold_rows(ev, event_id, at_us, _micros(ev["held_until"]), tail)
+        )
 
     if sess is not None:
         out["sessions"].append(sess)
