@@ -27,6 +27,14 @@ Placed after the Enforcer and before Credentials and the Recorder. For a
      once, for the same requester and the same content hash
      (:meth:`ApprovalService.consume`).
 
+Either way the approved request claims the approval's one use through the log
+before it goes on (:meth:`ApprovalService.claim`, an ApprovalClaimed event):
+the same approved re-send sent to two gateways at once goes upstream once, and
+the other gets 409 ``already_used``. A claimed request that is then not
+forwarded (the log refused it, the client left) gives its claim back from the
+``response`` and ``error`` hooks, as does a change ticket's claim taken by the
+Enforcer.
+
 The session's events therefore read RequestReceived, PolicyDecided,
 ApprovalRequested and, after the decision, RequestForwarded or RequestBlocked.
 """
@@ -44,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mitmproxy import connection, http
 
+from capture.approvals.service import CLAIM_KEY
 from capture.config import GatewayConfig
 from capture.recorder import APPROVAL_ID, APPROVAL_STATUS
 from capture.review import Review, blast_radius
@@ -217,8 +226,26 @@ class ApprovalGate:
             return
         await self._hold(flow, st, approval)
 
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._release_unforwarded(flow, "answered without going upstream")
+
     def error(self, flow: http.HTTPFlow) -> None:
         self._client_gone(flow.id)
+        self._release_unforwarded(flow, "the flow ended in an error before going upstream")
+
+    def _release_unforwarded(self, flow: http.HTTPFlow, why: str) -> None:
+        """A claimed approval or ticket use comes back if the request did not go
+        upstream (the Recorder sets ``forwarded`` once RequestForwarded is durable)."""
+        st = state_of(flow)
+        if st is None or st.forwarded:
+            return
+        claim = st.extra.pop(CLAIM_KEY, None)
+        if claim is None:
+            return
+        ref, kind = claim
+        blocked = f" ({st.blocked.status} {st.blocked.error})" if st.blocked else ""
+        self.service.release(ref, kind=kind, request_id=st.request_id,
+                             reason=f"request {st.request_id} was not forwarded{blocked}: {why}")
 
     def client_disconnected(self, client: connection.Client) -> None:
         for fid, (cid, _) in list(self._held.items()):
@@ -277,7 +304,8 @@ class ApprovalGate:
         assert st.identity is not None
         try:
             approval = await self.service.consume(approval_id, request_sha256=digest,
-                                                  requester=st.identity)
+                                                  requester=st.identity,
+                                                  request_id=st.request_id)
         except ApprovalError as exc:
             _refuse(flow, st, exc.status, exc.code, exc.message, approval_id[:80])
             return
@@ -286,6 +314,7 @@ class ApprovalGate:
             _log_refusal(flow, st)
             return
         del flow.request.headers[APPROVAL_HEADER]
+        st.extra[CLAIM_KEY] = (approval.approval_id, "request")
         st.extra[APPROVAL_ID] = approval.approval_id
         st.extra[APPROVAL_STATUS] = "approved"
 
@@ -319,7 +348,27 @@ class ApprovalGate:
             log.error("request %s: could not expire approval %s: %s", st.request_id, aid, exc)
             _log_refusal(flow, st)
             return
+        if result.status == "approved" and not client_gone and not await self._claim(flow, st, aid):
+            return
         self._finish(flow, st, result, client_gone=client_gone, held_s=timeout)
+
+    async def _claim(self, flow: http.HTTPFlow, st: FlowState, aid: str) -> bool:
+        """Take the approval's one use for the held request (a re-send of it with
+        the header through another gateway may race it)."""
+        from capture.approvals.service import ApprovalError
+
+        try:
+            await self.service.claim(aid, kind="request", request_id=st.request_id)
+        except ApprovalError as exc:
+            _refuse(flow, st, exc.status, exc.code, exc.message, aid)
+            return False
+        except EventLogError as exc:
+            log.error("request %s: the use of approval %s cannot be recorded: %s",
+                      st.request_id, aid, exc)
+            _log_refusal(flow, st)
+            return False
+        st.extra[CLAIM_KEY] = (aid, "request")
+        return True
 
     def _finish(self, flow: http.HTTPFlow, st: FlowState, a: Approval, *, client_gone: bool,
                 held_s: float) -> None:

@@ -11,9 +11,11 @@ With an approvals service, the change ticket a request names
 (``X-Change-Ticket``) is checked against it (approved by another person, in
 scope, in its window, operations left) and the verdict is passed to the
 policy, as are the caller's active time-boxed grants; :func:`evaluate` stays
-pure. A request that relies on a ticket has its PolicyDecided (which names the
-ticket and counts as its use) made durable while the ticket is locked, so two
-concurrent requests of this gateway cannot both take its last operation.
+pure. A request that relies on a ticket claims its operations from it through
+the log (:meth:`ApprovalService.claim`), so two concurrent requests, on this
+gateway or on two, cannot both take its last operation; the claim is given back
+if the request is not forwarded, so only operations that reached the database
+use the ticket up.
 """
 
 from __future__ import annotations
@@ -186,10 +188,9 @@ class Enforcer:
                 check = await self._check_ticket(ticket_id, st.identity, cls.operations, now)
                 decision = evaluate(policy, st.identity, cls.operations,
                                     ctx.model_copy(update={"ticket": check}))
+                if decision.ticket_id:
+                    decision = await self._claim_ticket(flow, decision, ctx, check)
                 self._decided(flow, decision)
-                if decision.ticket_id and st.blocked is None and self.record_received:
-                    # the use of the ticket is durable before the next check
-                    await self.record_received(flow)
         except EventLogError as exc:
             log.error("request %s: change ticket not checkable: %s", st.request_id, exc)
             st.forwarded = False
@@ -211,6 +212,29 @@ class Enforcer:
                 del self._ticket_locks[ticket_id]
             else:
                 self._ticket_locks[ticket_id] = (lock, users - 1)
+
+    async def _claim_ticket(self, flow: http.HTTPFlow, decision: Decision,
+                            ctx: RequestContext, check: TicketCheck) -> Decision:
+        """Take the request's operations from the ticket across every gateway
+        (:meth:`ApprovalService.claim`); if they do not fit, decide again with the
+        ticket refused. The claim is given back if the request is not forwarded
+        (the approval gate's response and error hooks)."""
+        from capture.approvals.service import CLAIM_KEY, ApprovalError
+
+        st = state_of(flow)
+        assert self.approvals is not None and st is not None and st.identity is not None
+        assert st.classification is not None
+        ops = st.classification.operations
+        try:
+            await self.approvals.claim(check.ticket_id, kind="ticket", request_id=st.request_id,
+                                       operations=max(1, len(ops)))
+        except ApprovalError as exc:
+            refused = TicketCheck(ticket_id=check.ticket_id, valid=False, reason=exc.message,
+                                  error=exc.code)
+            return evaluate(self.policy, st.identity, ops,
+                            ctx.model_copy(update={"ticket": refused}))
+        st.extra[CLAIM_KEY] = (check.ticket_id, "ticket")
+        return decision
 
     async def _check_ticket(self, ticket_id: str, identity: Identity,
                             operations: list[Operation], now: datetime) -> TicketCheck:

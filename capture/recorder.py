@@ -243,10 +243,16 @@ class Recorder:
                     log.error("could not record %d idle session end(s): %s", len(ended), exc)
 
     # -- appending -----------------------------------------------------------
-    async def append(self, events: Sequence[StampedEvent]) -> None:
+    async def append(self, events: Sequence[StampedEvent], *, key: str | None = None) -> None:
         assert self.publisher is not None, "recorder used before running()"
         try:
-            await self.publisher.publish(events)
+            if key is None:
+                await self.publisher.publish(events)
+            else:  # one partition for a key (claims on one approval), whatever the session
+                from pipeline.transport.base import AppendRecord
+
+                await self.publisher.log.append(
+                    [AppendRecord(key.encode(), e.wire) for e in events])
         except EventLogError:
             self._rotate_stream()
             raise
@@ -282,7 +288,10 @@ class Recorder:
             raise EventLogError("the gateway is still opening its audit log; retry in a moment")
         out: list[StampedEvent] = []
         ident = req.identity
-        if req.session_id:
+        if req.partition_key:
+            # a session of this stream for the key, so its chain stays in one partition
+            sid = f"{req.partition_key}@{self.stamper.gateway_id}"
+        elif req.session_id:
             sid = req.session_id
         elif ident is not None:
             now = datetime.now(UTC)
@@ -310,7 +319,7 @@ class Recorder:
             fields = dict(body)
             rid = fields.pop("request_id", req.request_id)
             out.append(self.stamper.stamp(cls, session_id=sid, request_id=rid, **fields))
-        await self.append(out)
+        await self.append(out, key=req.partition_key)
 
     def _session_ended(self, s: Session, reason: str) -> StampedEvent:
         ev = self.stamper.stamp(

@@ -17,6 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 __all__ = [
     "EVENT_TYPES",
     "ActionClass",
+    "ApprovalClaimed",
     "ApprovalDecided",
     "ApprovalExpired",
     "ApprovalRequested",
@@ -229,6 +230,20 @@ class ApprovalExpired(Event):
     expired_at: AwareDatetime
 
 
+class ApprovalClaimed(Event):
+    """A gateway claims one use of an approval (an approved async re-send, a
+    released hold) or ``operations`` uses of a change ticket, before the request
+    goes upstream; ``released`` gives the claim of the same request back (it was
+    not forwarded). Claims on one approval are ordered by the log: the claim
+    admitted is the one that fits after every earlier claim not released."""
+
+    approval_id: str
+    kind: Literal["request", "ticket"]
+    operations: int = Field(default=1, ge=1)
+    released: bool = False
+    reason: str | None = None
+
+
 class GrantIssued(Event):
     grant_id: str
     kind: Literal["ticket", "jit"]
@@ -337,6 +352,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ApprovalRequested,
         ApprovalDecided,
         ApprovalExpired,
+        ApprovalClaimed,
         GrantIssued,
         RequestForwarded,
         ResponseRecorded,

@@ -14,13 +14,20 @@ for expiries), because a session's hash chain is stamped by one gateway stream.
 Deviations from the shared interface (all backward compatible):
 
 * ``ApprovalError`` also uses the code ``bad_request`` (400) for malformed input.
-* ``check_ticket`` takes an optional ``request_id``: within this process the
-  operations are reserved at once (two concurrent requests cannot both take the
-  last operation), and the reservation is dropped when the request's
-  PolicyDecided with ``ticket_id`` is folded from the log.
+* ``check_ticket`` checks a ticket against the operations used and claimed so
+  far; it takes nothing (``request_id`` is accepted and ignored). A request
+  takes operations only with :meth:`ApprovalService.claim`.
 * ``expire`` takes ``force=True`` for the holder's maximum hold time.
 * ``open_ticket`` also takes ``client_address`` and ``session_id``; ``issue_grant``
   takes ``client_address``.
+
+Uses are claims (``ApprovalClaimed``, see :mod:`capture.approvals.state`):
+:meth:`claim` appends one in the approval's own partition, reads the log up to
+it and admits it only if it fits after every earlier claim not given back, so a
+use is taken once across every gateway on the log. A request that then does not
+go upstream gives its claim back with :meth:`release` (retried in the
+background until the log takes it), so a change ticket's ``max_operations``
+counts the operations that reached the database.
 
 Caveat: decisions taken at the same moment through two gateways are ordered by
 their timestamps in the fold; every process reaches the same result, but a flow
@@ -62,13 +69,13 @@ from pipeline.transport.base import EventLog, LogReader, LogRecord
 from pipeline.transport.errors import EventLogError
 from schemas.codec import SINGLE_OBJECT_MAGIC, default_codec
 from schemas.models import (
+    ApprovalClaimed,
     ApprovalDecided,
     ApprovalExpired,
     ApprovalRequested,
     Event,
     GrantIssued,
     Operation,
-    PolicyDecided,
 )
 
 if TYPE_CHECKING:
@@ -76,6 +83,7 @@ if TYPE_CHECKING:
     from capture.policy import ApprovalRequirement, Policy
 
 __all__ = [
+    "CLAIM_KEY",
     "Approval",
     "ApprovalError",
     "ApprovalService",
@@ -90,10 +98,20 @@ log = logging.getLogger("embedguard.approvals")
 
 MAX_WINDOW = timedelta(days=7)
 _FOLDED = frozenset({"ApprovalRequested", "ApprovalDecided", "ApprovalExpired", "GrantIssued",
-                     "PolicyDecided", "RequestForwarded"})
+                     "ApprovalClaimed", "PolicyDecided", "RequestForwarded"})
+#: Types the fold needs only when some trailing optional fields are set, with
+#: those fields: PolicyDecided only with grant_id or ticket_id, RequestForwarded
+#: only with approval_id (or grant_id). Every request writes one of each, so they
+#: are most of the log the tail reads.
+_TAIL_NULLS: dict[str, tuple[str, ...]] = {
+    "PolicyDecided": ("grant_id", "ticket_id"),
+    "RequestForwarded": ("approval_id", "grant_id", "injected_filter"),
+}
 MAX_REASON = 2000
-#: a ticket reservation whose request never had its decision recorded lapses
-RESERVATION_TTL_S = 600.0
+#: FlowState.extra key of a request's admitted claim: (approval or ticket id, kind)
+CLAIM_KEY = "approval_claim"
+#: how long a release that the log refused is retried
+RELEASE_RETRY_S = 3600.0
 
 
 def now_utc() -> datetime:
@@ -109,23 +127,41 @@ class EmitRequest:
     session_id: str | None = None
     request_id: str | None = None
     client_address: str | None = None
+    #: claims: the log key (partition) every gateway uses for the same approval;
+    #: the events go into a session of this gateway stream kept for that key
+    partition_key: str | None = None
 
 
 Emitter = Callable[[EmitRequest], Awaitable[None]]
 
 
 @dataclass
-class _Local:
-    """What this process knows before the log says so."""
+class _Release:
+    ref: str
+    kind: Literal["request", "ticket"]
+    request_id: str
+    reason: str
+    since: float = field(default_factory=time.monotonic)
 
-    consumed: set[str] = field(default_factory=set)
-    #: (ticket id, request id) -> (operations, monotonic time reserved)
-    reservations: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
 
-    def reserved(self, ref: str, now: float, ttl_s: float = RESERVATION_TTL_S) -> int:
-        for key in [k for k, (_, at) in self.reservations.items() if now - at > ttl_s]:
-            del self.reservations[key]  # its request never got a decision recorded
-        return sum(n for (r, _), (n, _) in self.reservations.items() if r == ref)
+def _trailing_nulls(writer: Any, fields: tuple[str, ...]) -> bytes | None:
+    """The bytes a record of ``writer`` ends with when ``fields`` (its last
+    fields: nullable unions, then at most one boolean) are all null, or None if
+    the writer schema does not end that way. A null union branch is the varint
+    0; a boolean is one byte (0 or 1, compared separately)."""
+    names = [f["name"] for f in writer.schema.get("fields", [])]
+    if names[-len(fields):] != list(fields):
+        return None
+    out = b""
+    for f in writer.schema["fields"][-len(fields):]:
+        t = f["type"]
+        if isinstance(t, list) and len(t) == 2 and t[0] == "null":
+            out += b"\x00"
+        elif t == "boolean" and f is writer.schema["fields"][-1]:
+            out += b"?"  # either byte
+        else:
+            return None
+    return out
 
 
 def _reason(text: str | None, *, required: bool) -> str:
@@ -169,7 +205,10 @@ class ApprovalService:
         self.ticket_requirement = ticket_requirement
         self.book = ApprovalBook()
         self._codec = default_codec()
-        self._local = _Local()
+        self._releases: dict[tuple[str, str], _Release] = {}
+        self._release_tasks: set[asyncio.Task[None]] = set()
+        #: writer fingerprint -> None (decode) or the trailing bytes that mean skip
+        self._skip_tail: dict[bytes, bytes | None] = {}
         self._reader: LogReader | None = None
         self._read_lock = asyncio.Lock()
         self._decide_lock = asyncio.Lock()
@@ -200,12 +239,16 @@ class ApprovalService:
         self.started.set()
 
     async def close(self) -> None:
-        for t in self._tasks:
+        for t in [*self._tasks, *self._release_tasks]:
             t.cancel()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._release_tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks = []
+        self._release_tasks = set()
+        if self._releases:
+            log.warning("approvals: %d claim release(s) could not be recorded before shutdown; "
+                        "their operations stay counted", len(self._releases))
         if self.webhook is not None:
             await self.webhook.close()
         reader, self._reader = self._reader, None
@@ -223,11 +266,34 @@ class ApprovalService:
     # -- reading the log ---------------------------------------------------------
     def _relevant(self, value: bytes) -> bool:
         """Skip decoding what the fold ignores (most of the log: requests and
-        responses); the single-object header names the writer schema."""
+        responses); the single-object header names the writer schema. A
+        PolicyDecided without grant or ticket and a RequestForwarded without
+        approval or grant are skipped too: those fields are the record's last,
+        so their nulls are its last bytes (a non-null id ends in its own text,
+        and ids the fold could match never end in NUL bytes)."""
         if value[:2] != SINGLE_OBJECT_MAGIC or len(value) < 10:
             return True  # Confluent framing or junk: decode (and report) it
-        writer = self._codec.schemas.by_fingerprint.get(value[2:10])
-        return writer is None or writer.type_name in _FOLDED
+        fp = value[2:10]
+        try:
+            tail = self._skip_tail[fp]
+        except KeyError:
+            writer = self._codec.schemas.by_fingerprint.get(fp)
+            if writer is None:
+                return True  # unknown writer: decode (and report) it
+            if writer.type_name not in _FOLDED:
+                tail = b""
+            else:
+                nulls = _TAIL_NULLS.get(writer.type_name)
+                tail = _trailing_nulls(writer, nulls) if nulls else None
+            self._skip_tail[fp] = tail
+        if tail is None:
+            return True
+        if not tail:
+            return False
+        end = value[-len(tail):]
+        if tail[-1:] == b"?":
+            return end[:-1] != tail[:-1] or end[-1] > 1
+        return end != tail
 
     def _apply(self, records: Sequence[LogRecord]) -> None:
         changed: set[str] = set()
@@ -237,13 +303,7 @@ class ApprovalService:
                 log.warning("approvals: record %d:%d does not decode (%s); skipped",
                             dec.record.partition, dec.record.offset, dec.error)
                 continue
-            ev = dec.decoded.event
-            changed |= self.book.apply(ev)
-            rid = ev.envelope.request_id
-            if isinstance(ev, PolicyDecided) and rid is not None and self._local.reservations:
-                # the request's decision is in the log: its use (if allowed) is counted
-                for key in [k for k in self._local.reservations if k[1] == rid]:
-                    del self._local.reservations[key]
+            changed |= self.book.apply(dec.decoded.event)
         if changed:
             flag, self._changed = self._changed, asyncio.Event()
             flag.set()
@@ -298,6 +358,9 @@ class ApprovalService:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep sweeping
                 log.warning("approvals: expiry sweep failed (%s); retrying", exc)
+            for key, rel in list(self._releases.items()):
+                if not any(t.get_name() == f"release:{key}" for t in self._release_tasks):
+                    self._spawn_release(rel)
 
     async def _emit_and_sync(self, req: EmitRequest) -> None:
         await self._emit(req)  # EventLogError: nothing was recorded
@@ -470,16 +533,115 @@ class ApprovalService:
         return result
 
     async def consume(
-        self, approval_id: str, *, request_sha256: str, requester: Identity
+        self, approval_id: str, *, request_sha256: str, requester: Identity,
+        request_id: str | None = None,
     ) -> Approval:
-        async with self._decide_lock:
+        """Check that a re-sent request may go ahead under ``approval_id`` and
+        claim its one use for ``request_id`` (:meth:`claim`)."""
+        await self.sync()
+        a = self.get(approval_id)
+        check_consume(a, approval_id, request_sha256=request_sha256, requester=requester,
+                      used=False)
+        await self.claim(approval_id, kind="request", request_id=request_id or str(uuid7()))
+        assert a is not None
+        return a
+
+    # -- claims ------------------------------------------------------------------------
+    async def claim(
+        self,
+        ref: str,
+        *,
+        kind: Literal["request", "ticket"],
+        request_id: str,
+        operations: int = 1,
+    ) -> None:
+        """Take ``operations`` uses of approval or ticket ``ref`` for ``request_id``,
+        once across every gateway on the log: append an ApprovalClaimed, read the
+        log up to it, and keep it only if it fits after every earlier claim not
+        given back. Raises ApprovalError (``claim_lost`` for an approval,
+        ``ticket_exhausted`` for a ticket) if it does not fit, EventLogError if
+        the claim cannot be made or read back; in both cases the claim is given
+        back (:meth:`release`) and the request must not go upstream."""
+        operations = max(1, operations)
+        body: dict[str, Any] = {"approval_id": ref, "kind": kind, "operations": operations}
+        try:
+            await self._emit(EmitRequest([(ApprovalClaimed, body)], request_id=request_id,
+                                         partition_key=f"claims:{ref}"))
             await self.sync()
-            a = self.get(approval_id)
-            check_consume(a, approval_id, request_sha256=request_sha256, requester=requester,
-                          used=approval_id in self._local.consumed)
-            self._local.consumed.add(approval_id)
-            assert a is not None
-            return a
+        except EventLogError:
+            # the claim may be in the log even though the append failed
+            self.release(ref, kind=kind, request_id=request_id,
+                         reason="the claim could not be confirmed; the request was not forwarded")
+            raise
+        a = self.get(ref)
+        limit = 1 if kind == "request" else (a.max_operations if a is not None else None)
+        v = self.book.claim_verdict(ref, request_id, limit)
+        if v.admitted:
+            return
+        self.release(ref, kind=kind, request_id=request_id,
+                     reason="the claim did not fit; the request was refused")
+        if not v.found:
+            raise EventLogError(f"the claim on {ref} was appended but is not in the log; "
+                                "retry later")
+        who = (f" by request {v.ahead.request_id} through gateway {v.ahead.gateway_id}"
+               if v.ahead is not None else "")
+        if kind == "request":
+            raise ApprovalError(
+                "already_used",
+                f"approval {ref} was already used{who}; an approval lets one request through "
+                "once, across every gateway. Ask for a new approval if this one did not go "
+                "through.")
+        raise ApprovalError(
+            "ticket_exhausted",
+            f"change ticket {ref} allows {limit} operation(s) and {v.held} are used or taken "
+            f"by requests in flight; this request needs {operations} more. Retry if one of "
+            "them fails, or open a new ticket.")
+
+    def release(self, ref: str, *, kind: Literal["request", "ticket"], request_id: str,
+                reason: str) -> None:
+        """Give back the claim of ``request_id`` on ``ref`` (its request did not go
+        upstream). Recorded in the background, retried until the log takes it."""
+        key = (ref, request_id)
+        if key in self._releases:
+            return
+        rel = _Release(ref, kind, request_id, reason[:MAX_REASON])
+        self._releases[key] = rel
+        self._spawn_release(rel)
+
+    def _spawn_release(self, rel: _Release) -> None:
+        key = (rel.ref, rel.request_id)
+        task = asyncio.ensure_future(self._record_release(rel))
+        task.set_name(f"release:{key}")
+        self._release_tasks.add(task)
+        task.add_done_callback(self._release_tasks.discard)
+
+    async def _record_release(self, rel: _Release) -> None:
+        key = (rel.ref, rel.request_id)
+        try:
+            await self._emit(EmitRequest(
+                [(ApprovalClaimed, {"approval_id": rel.ref, "kind": rel.kind, "released": True,
+                                    "reason": rel.reason})],
+                request_id=rel.request_id, partition_key=f"claims:{rel.ref}"))
+        except EventLogError as exc:
+            if time.monotonic() - rel.since > RELEASE_RETRY_S:
+                log.error("approvals: giving up releasing the claim of %s on %s: %s",
+                          rel.request_id, rel.ref, exc)
+                self._releases.pop(key, None)
+            else:  # the sweeper tries again
+                log.warning("approvals: the claim of %s on %s could not be released yet (%s)",
+                            rel.request_id, rel.ref, exc)
+            return
+        self._releases.pop(key, None)
+
+    @property
+    def pending_releases(self) -> int:
+        """Releases not recorded yet (the log refused them; they are retried)."""
+        return len(self._releases)
+
+    async def flush_releases(self) -> None:
+        """Wait for the releases being recorded now."""
+        while self._release_tasks:
+            await asyncio.gather(*list(self._release_tasks), return_exceptions=True)
 
     # -- tickets and grants ----------------------------------------------------------
     async def open_ticket(
@@ -551,27 +713,22 @@ class ApprovalService:
         *,
         request_id: str | None = None,
     ) -> Grant:
-        async with self._decide_lock:
-            await self.sync()
-            t = self.get(ticket_id)
-            reserved = self._local.reserved(ticket_id, time.monotonic())
-            used = self.book.uses(ticket_id) + reserved
-            _check_ticket_rule(t, ticket_id, identity, operations, now, used)
-            assert t is not None
-            if request_id is not None:
-                self._local.reservations[(ticket_id, request_id)] = (
-                    max(1, len(operations)), time.monotonic())
-            g = self.book.grant(ticket_id)
-            if g is not None:
-                return g
-            # approved but the GrantIssued is not folded yet: the approval has the scope
-            return Grant(
-                grant_id=ticket_id, kind="ticket", subject=t.requester_subject,
-                actions=t.scope_actions, collections=t.scope_collections,
-                valid_from=t.valid_from or now, valid_until=t.valid_until or now,
-                max_operations=t.max_operations, used_operations=used, approval_id=ticket_id,
-                issued_by=t.approvals[-1].subject if t.approvals else "",
-            )
+        await self.sync()
+        t = self.get(ticket_id)
+        used = self.book.uses(ticket_id)
+        _check_ticket_rule(t, ticket_id, identity, operations, now, used)
+        assert t is not None
+        g = self.book.grant(ticket_id)
+        if g is not None:
+            return g
+        # approved but the GrantIssued is not folded yet: the approval has the scope
+        return Grant(
+            grant_id=ticket_id, kind="ticket", subject=t.requester_subject,
+            actions=t.scope_actions, collections=t.scope_collections,
+            valid_from=t.valid_from or now, valid_until=t.valid_until or now,
+            max_operations=t.max_operations, used_operations=used, approval_id=ticket_id,
+            issued_by=t.approvals[-1].subject if t.approvals else "",
+        )
 
     async def issue_grant(
         self,

@@ -1,10 +1,12 @@
 """Approvals as a read model folded from events, and the rules that guard them.
 
 Pure: no I/O and no clock. :class:`ApprovalBook` folds ApprovalRequested,
-ApprovalDecided, ApprovalExpired, GrantIssued, PolicyDecided (ticket and grant
-use) and RequestForwarded (async approval use) into :class:`Approval` and
-:class:`Grant` values. The ``check_*`` functions take the current view and the
-time and raise :class:`ApprovalError` naming what is wrong and what to do.
+ApprovalDecided, ApprovalExpired, GrantIssued, ApprovalClaimed (uses of
+approvals and tickets), PolicyDecided (JIT grant use, and ticket use recorded
+before claims existed) and RequestForwarded (approval use recorded before claims
+existed) into :class:`Approval` and :class:`Grant` values. The ``check_*``
+functions take the current view and the time and raise :class:`ApprovalError`
+naming what is wrong and what to do.
 
 The fold does not depend on the order in which events arrive. On Kafka the
 request, each vote and an expiry sit in different sessions and so possibly in
@@ -14,6 +16,18 @@ events' own timestamps: votes are taken in time order until a deny (any deny
 wins) or the N-th approval; votes at or after the deadline (the expiry, or an
 earlier forced expiry) do not count; a vote by the requester (same issuer and
 subject, whatever the token) never counts, even if a faulty writer logged one.
+
+Uses are claims (:class:`ApprovalClaimed`). A gateway appends a claim before a
+request goes upstream under an approval or a change ticket, reads the log up to
+it, and forwards only if :meth:`ApprovalBook.claim_verdict` admits it. Claims on
+one approval share one log partition, so every process sees them in the same
+order, and a claim is admitted only if it fits after *every* earlier claim that
+was not released. That is conservative on purpose: a reader need not know
+whether an earlier claim was admitted, only whether it was given back (released,
+which a gateway does only for a request it did not forward). So however the
+views of two gateways differ, the operations that reached the database never
+exceed the limit. A claim whose gateway died before forwarding or releasing it
+stays counted: that can only refuse more.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ from capture.policy import _glob_match
 from capture.types import Identity
 from schemas.models import (
     ActionClass,
+    ApprovalClaimed,
     ApprovalDecided,
     ApprovalExpired,
     ApprovalRequested,
@@ -47,6 +62,7 @@ __all__ = [
     "ApprovalKind",
     "ApprovalStatus",
     "Approval",
+    "ClaimVerdict",
     "ERROR_STATUS",
     "Grant",
     "Vote",
@@ -74,6 +90,7 @@ ERROR_STATUS: dict[str, int] = {
     "already_voted": 409,
     "content_mismatch": 409,
     "already_used": 409,
+    "claim_lost": 409,
     "not_approved": 403,
     "wrong_requester": 403,
     "ticket_not_found": 403,
@@ -270,6 +287,52 @@ class _Record:
     view: Approval | None = None
 
 
+@dataclass(frozen=True)
+class _Claim:
+    event_id: UUID
+    request_id: str
+    operations: int
+    gateway_id: str
+    at: datetime
+
+
+@dataclass
+class _Uses:
+    """Claims on one approval or ticket in log order, and what was given back."""
+
+    claims: list[_Claim] = field(default_factory=list)
+    claimed: set[str] = field(default_factory=set)
+    released: set[str] = field(default_factory=set)
+    #: uses recorded without a claim (before claims existed, or a JIT grant):
+    #: request id -> operations, from PolicyDecided (tickets, grants) or
+    #: RequestForwarded (approvals)
+    unclaimed: dict[str, int] = field(default_factory=dict)
+
+    def without_claim(self) -> int:
+        """Uses recorded without a claim; a request that claimed, or whose claim
+        was given back (even one whose claim never reached the log), is counted
+        by its claim only."""
+        return sum(n for rid, n in self.unclaimed.items()
+                   if rid not in self.claimed and rid not in self.released)
+
+    def total(self) -> int:
+        held = sum(c.operations for c in self.claims if c.request_id not in self.released)
+        return held + self.without_claim()
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    """Whether the claim of ``request_id`` is admitted, given every claim before it.
+
+    ``held`` counts the operations of earlier claims not released plus uses
+    recorded without a claim; ``ahead`` is the earliest such claim (who holds it)."""
+
+    found: bool
+    admitted: bool
+    held: int
+    ahead: _Claim | None = None
+
+
 def _settle(rec: _Record) -> Approval | None:
     req = rec.requested
     if req is None:
@@ -334,9 +397,8 @@ class ApprovalBook:
     def __init__(self) -> None:
         self._records: dict[str, _Record] = {}
         self._grants: dict[str, GrantIssued] = {}
-        #: operations used per ticket / grant id, and the request ids already counted
-        self._uses: dict[str, int] = {}
-        self._counted: set[tuple[str, str]] = set()
+        #: claims and uses per approval / ticket / grant id
+        self._uses: dict[str, _Uses] = {}
         self._seen: set[UUID] = set()
 
     def _record(self, approval_id: str) -> _Record:
@@ -345,11 +407,17 @@ class ApprovalBook:
             rec = self._records[approval_id] = _Record()
         return rec
 
+    def _use(self, ref: str) -> _Uses:
+        u = self._uses.get(ref)
+        if u is None:
+            u = self._uses[ref] = _Uses()
+        return u
+
     def apply(self, event: Event) -> set[str]:
         if not isinstance(
             event,
             ApprovalRequested | ApprovalDecided | ApprovalExpired | GrantIssued
-            | PolicyDecided | RequestForwarded,
+            | ApprovalClaimed | PolicyDecided | RequestForwarded,
         ):
             return set()
         eid = event.envelope.event_id
@@ -386,6 +454,17 @@ class ApprovalBook:
             self._grants.setdefault(event.grant_id, event)
             if event.approval_id:
                 changed.add(event.approval_id)
+        elif isinstance(event, ApprovalClaimed):
+            self._seen.add(eid)
+            u = self._use(event.approval_id)
+            rid = event.envelope.request_id or str(eid)
+            if event.released:
+                u.released.add(rid)
+            elif rid not in u.claimed:  # one claim per request: the first counts
+                u.claimed.add(rid)
+                u.claims.append(_Claim(eid, rid, event.operations, event.envelope.gateway_id,
+                                       event.envelope.occurred_at))
+            changed.add(event.approval_id)
         elif isinstance(event, PolicyDecided):
             if event.outcome != "allow" or (event.ticket_id is None and event.grant_id is None):
                 return set()
@@ -394,21 +473,18 @@ class ApprovalBook:
             rid = event.envelope.request_id or str(eid)
             for ref in {event.ticket_id, event.grant_id} - {None}:
                 assert ref is not None
-                if (ref, rid) in self._counted:
-                    continue
-                self._counted.add((ref, rid))
-                self._uses[ref] = self._uses.get(ref, 0) + count
+                self._use(ref).unclaimed.setdefault(rid, count)
                 changed.add(ref)
         elif isinstance(event, RequestForwarded) and event.approval_id:
             self._seen.add(eid)
-            rec = self._record(event.approval_id)
-            if not rec.used:
-                rec.used = True
-                changed.add(event.approval_id)
+            rid = event.envelope.request_id or str(eid)
+            self._use(event.approval_id).unclaimed.setdefault(rid, 1)
+            changed.add(event.approval_id)
         for aid in list(changed):
             rec2 = self._records.get(aid)
             if rec2 is None:
                 continue
+            rec2.used = self.uses(aid) > 0
             view = _settle(rec2)
             if view == rec2.view:
                 changed.discard(aid)
@@ -425,10 +501,39 @@ class ApprovalBook:
         return sorted(out, key=lambda a: (a.requested_at, a.approval_id))
 
     def uses(self, ref: str) -> int:
-        return self._uses.get(ref, 0)
+        """Operations used or claimed under an approval, ticket or grant: every
+        claim not released, and every use recorded without a claim."""
+        u = self._uses.get(ref)
+        return u.total() if u is not None else 0
 
     def counted(self, ref: str, request_id: str) -> bool:
-        return (ref, request_id) in self._counted
+        u = self._uses.get(ref)
+        if u is None:
+            return False
+        if request_id in u.claimed or request_id in u.released:
+            return request_id in u.claimed and request_id not in u.released
+        return request_id in u.unclaimed
+
+    def claim_verdict(self, ref: str, request_id: str, limit: int | None) -> ClaimVerdict:
+        """Is the claim of ``request_id`` on ``ref`` admitted under ``limit``?
+
+        It is if its operations fit after every earlier claim (in log order) that
+        was not released, and after every use recorded without a claim. A claim
+        released since is not admitted any more."""
+        u = self._uses.get(ref)
+        if u is None or request_id not in u.claimed:
+            return ClaimVerdict(found=False, admitted=False, held=0)
+        held = u.without_claim()
+        ahead: _Claim | None = None
+        for c in u.claims:
+            if c.request_id == request_id:
+                ok = (request_id not in u.released
+                      and (limit is None or held + c.operations <= limit))
+                return ClaimVerdict(found=True, admitted=ok, held=held, ahead=ahead)
+            if c.request_id not in u.released:
+                held += c.operations
+                ahead = ahead or c
+        raise AssertionError("claimed request without a claim")  # pragma: no cover
 
     def grants(self) -> list[Grant]:
         out = [self._grant(g) for g in self._grants.values()]

@@ -216,19 +216,30 @@ async def test_ticket_flow_with_overuse_across_gateways(tmp_path: Path) -> None:
         await refused("self_approval", b.decide(tid, DANA, "approve", "mine"))
         approved = await b.decide(tid, ANN, "approve", "CHG-7 is scheduled")
         assert approved.status == "approved"
-        grant = await a.check_ticket(tid, DANA, w * 2, clock(), request_id="r1")
+        grant = await a.check_ticket(tid, DANA, w * 2, clock())
         assert grant.grant_id == tid and grant.issued_by == "ann"
-        # r1's two operations are reserved at once: a concurrent request cannot take 2 more
-        await refused("ticket_exhausted", a.check_ticket(tid, DANA, w * 2, clock(),
-                                                         request_id="r2"))
-        await _use_ticket(ra, tid, "r1", 2)  # r1's PolicyDecided replaces the reservation
+        # checking takes nothing; claiming does, across gateways
+        await a.claim(tid, kind="ticket", request_id="r1", operations=2)
+        assert a.book.uses(tid) == 2
+        await refused("ticket_exhausted", b.check_ticket(tid, DANA, w * 2, clock()))
+        e = await refused("ticket_exhausted", b.claim(tid, kind="ticket", request_id="r2",
+                                                      operations=2))
+        assert "allows 3 operation(s) and 2 are used or taken" in e.message
+        await b.flush_releases()  # the refused claim is given back
         await a.sync()
         assert a.book.uses(tid) == 2
-        assert (await a.check_ticket(tid, DANA, w, clock(), request_id="r3")).grant_id == tid
-        await _use_ticket(ra, tid, "r3", 1)
+        assert (await a.check_ticket(tid, DANA, w, clock())).grant_id == tid
+        await a.claim(tid, kind="ticket", request_id="r3", operations=1)
+        await _use_ticket(ra, tid, "r3", 1)  # its PolicyDecided does not count again
         # gateway B counts the uses from the log
         e = await refused("ticket_exhausted", b.check_ticket(tid, DANA, w, clock()))
         assert "allows 3 operation(s) and 3 were used" in e.message
+        # r3 did not reach the database after all: its claim is given back
+        a.release(tid, kind="ticket", request_id="r3", reason="test: not forwarded")
+        await a.flush_releases()
+        await b.sync()
+        assert b.book.uses(tid) == 2
+        await b.claim(tid, kind="ticket", request_id="r4", operations=1)
         await refused("ticket_wrong_subject", b.check_ticket(tid, ANN, w, clock()))
         await refused("ticket_out_of_scope", b.check_ticket(
             tid, DANA, [Operation(action="write", collection="hr")], clock()))
@@ -310,7 +321,7 @@ async def test_two_gateways_share_decisions_through_kafka(
             await refused("already_decided", a.decide(aid, CY, "deny", "late"))
 
 
-async def test_a_refused_request_gives_its_ticket_reservation_back(tmp_path: Path) -> None:
+async def test_a_refused_request_gives_its_ticket_claim_back(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path)
     async with approval_stack(SqliteEventLog(tmp_path / "events.db"), "gw-a", url) as (ra, a):
         t = await a.open_ticket(DANA, actions=["upsert"], collections=["docs"],
@@ -318,15 +329,18 @@ async def test_a_refused_request_gives_its_ticket_reservation_back(tmp_path: Pat
         await a.decide(t.approval_id, ANN, "approve", "ok")
         w = [Operation(action="write", collection="docs")]
         now = a.clock()
-        await a.check_ticket(t.approval_id, DANA, w, now, request_id="r1")
-        await refused("ticket_exhausted", a.check_ticket(t.approval_id, DANA, w, now,
-                                                         request_id="r2"))
-        # r1 was denied for another reason after all: nothing was used
-        await ra.emit(EmitRequest([(PolicyDecided, {"outcome": "deny", "policy_sha256": "p",
-                                                    "ticket_id": t.approval_id})],
-                                  identity=DANA, request_id="r1"))
+        await a.claim(t.approval_id, kind="ticket", request_id="r1")
+        await refused("ticket_exhausted", a.check_ticket(t.approval_id, DANA, w, now))
+        await refused("ticket_exhausted", a.claim(t.approval_id, kind="ticket",
+                                                  request_id="r2"))
+        # r1 was not forwarded after all (e.g. 503 from the log): nothing was used
+        a.release(t.approval_id, kind="ticket", request_id="r1", reason="not forwarded")
+        await a.flush_releases()
         await a.sync()
-        await a.check_ticket(t.approval_id, DANA, w, now, request_id="r3")
+        assert a.book.uses(t.approval_id) == 0
+        await a.check_ticket(t.approval_id, DANA, w, now)
+        await a.claim(t.approval_id, kind="ticket", request_id="r3")
+        assert a.book.uses(t.approval_id) == 1
 
 
 async def test_start_can_be_retried_after_the_log_was_unreadable(tmp_path: Path) -> None:
