@@ -129,14 +129,17 @@ class MergeTreeWarehouse(Warehouse):
             return now
 
     def _apply_retention(self) -> None:
-        """Bodies expire by TTL when a retention is set (``MODIFY TTL`` is
-        idempotent); events never do here: they are the evidence."""
-        if self.body_retention_days is None:
-            return
-        self._command(
-            f"ALTER TABLE {self.db}.bodies MODIFY TTL "
-            f"toDateTime(occurred_at) + INTERVAL {int(self.body_retention_days)} DAY"
+        """Bodies expire by the hold-aware purge (pipeline/retention.py, run by
+        ``compact``), never by a TTL: a TTL cannot consult the evidence holds. A
+        bodies TTL set by an earlier embedguard is removed. Events never expire
+        here: they are the evidence."""
+        rows = self._select(
+            "SELECT create_table_query AS q FROM system.tables "
+            "WHERE database = {db:String} AND name = 'bodies'",
+            {"db": self.db},
         )
+        if rows and " TTL " in str(rows[0]["q"]):
+            self._command(f"ALTER TABLE {self.db}.bodies REMOVE TTL")
 
     def loaded_positions(self, source: str) -> dict[int, int]:
         rows = self.query(
@@ -203,13 +206,13 @@ class MergeTreeWarehouse(Warehouse):
 
     def compact(self) -> None:
         """Ask for merges (they drop duplicate keys; queries never need them) and
-        drop expired bodies now rather than at the next merge."""
+        purge the bodies past their retention that no evidence hold keeps."""
+        from pipeline.retention import purge_bodies
+
         for table in TABLES:
             self._command(f"OPTIMIZE TABLE {self.db}.{table}")
         if self.body_retention_days is not None:
-            self._command(
-                f"ALTER TABLE {self.db}.bodies MATERIALIZE TTL SETTINGS mutations_sync = 1"
-            )
+            purge_bodies(self)
 
     def stats(self) -> dict[str, Any]:
         counts: dict[str, int] = {}

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -292,10 +292,11 @@ class LakeWarehouse(Warehouse):
                 dt = self._table(table)
                 try:
                     if table == "bodies" and self.body_retention_days is not None:
-                        cutoff = (
-                            datetime.now(UTC) - timedelta(days=self.body_retention_days)
-                        ).date()
-                        dt.delete(f"day < '{cutoff.isoformat()}'")
+                        from pipeline.retention import purge_lake_bodies
+
+                        # hold-aware: bodies an evidence hold keeps stay
+                        purge_lake_bodies(self)
+                        dt.update_incremental()
                     dt.optimize.compact()
                     dt.vacuum(
                         retention_hours=self.vacuum_retention_hours,
