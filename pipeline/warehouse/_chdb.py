@@ -11,14 +11,18 @@ refused with a clear error.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from chdb import session as chdb_session
 
 from pipeline.warehouse.errors import WarehouseError, WarehouseUnavailable
@@ -42,6 +46,12 @@ class ChdbEngine:
         self.lock = threading.RLock()
         self._session: Any = None
         self.path: str | None = None
+        self._spool_dir: Path | None = None
+        atexit.register(self._remove_spool)
+
+    def _remove_spool(self) -> None:
+        if self._spool_dir is not None:
+            shutil.rmtree(self._spool_dir, ignore_errors=True)
 
     def _open(self, path: str | None) -> None:
         try:
@@ -116,20 +126,34 @@ class ChdbEngine:
         except RuntimeError as exc:
             raise WarehouseError(f"chDB query failed: {_first_line(str(exc))}") from None
 
-    def insert_arrow(self, table_ref: str, columns: list[str], data: Any, token: str) -> None:
-        """INSERT the Arrow table ``data`` into ``table_ref`` (deduplicated by token)."""
-        cols = ", ".join(f"`{c}`" for c in columns)
-        sql = (
-            f"INSERT INTO {table_ref} ({cols}) "  # noqa: S608 - names from the DDL
-            f"SETTINGS insert_deduplicate = 1, insert_deduplication_token = {{tok:String}} "
-            f"SELECT {cols} FROM Python(eg_insert_data)"
-        )
-        with self.lock:
-            self._insert(sql, data, token)
+    def insert_arrow(self, table_ref: str, columns: list[str], data: pa.Table, token: str) -> None:
+        """INSERT the Arrow table ``data`` into ``table_ref`` (deduplicated by token).
 
-    def _insert(self, sql: str, eg_insert_data: Any, token: str) -> None:
-        # chDB's Python() table function finds the variable by name in this frame.
-        self._run(sql, {"tok": token}, "CSV")
+        The table travels as an Arrow IPC file in a private spool directory
+        (in memory where /dev/shm exists), read with ``file(..., Arrow)``:
+        chDB's ``Python()`` table function costs ~10 ms per query whatever the
+        size, which was half of a small batch's time."""
+        cols = ", ".join(f"`{c}`" for c in columns)
+        with self.lock:
+            path = self._spool() / "insert.arrow"
+            try:
+                with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, data.schema) as w:
+                    w.write_table(data)
+                sql = (
+                    f"INSERT INTO {table_ref} ({cols}) "  # noqa: S608 - names from the DDL
+                    f"SETTINGS insert_deduplicate = 1, insert_deduplication_token = {{tok:String}} "
+                    f"SELECT {cols} FROM file({_quote(str(path))}, 'Arrow')"
+                )
+                self._run(sql, {"tok": token}, "CSV")
+            finally:
+                path.unlink(missing_ok=True)
+
+    def _spool(self) -> Path:
+        if self._spool_dir is None or not self._spool_dir.is_dir():
+            shm = Path("/dev/shm")  # noqa: S108 - a private mkdtemp directory inside it
+            base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+            self._spool_dir = Path(tempfile.mkdtemp(prefix="embedguard-chdb-", dir=base))
+        return self._spool_dir
 
     def close(self) -> None:
         with self.lock:
@@ -137,6 +161,9 @@ class ChdbEngine:
                 self._session.close()
                 self._session = None
                 self.path = None
+            if self._spool_dir is not None:
+                shutil.rmtree(self._spool_dir, ignore_errors=True)
+                self._spool_dir = None
 
 
 @contextmanager
@@ -160,6 +187,11 @@ def _user_files(directory: Path | None) -> Iterator[None]:
         yield
     finally:
         os.chdir(cwd)
+
+
+def _quote(text: str) -> str:
+    """A ClickHouse string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _first_line(text: str) -> str:

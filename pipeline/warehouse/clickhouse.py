@@ -69,6 +69,7 @@ class MergeTreeWarehouse(Warehouse):
         self._schemas = table_schemas()
         self._lock = threading.Lock()
         self._project: Projector = project_batch_columnar
+        self._known_marks: dict[tuple[str, int], dict[str, int]] = {}
 
     # -- what subclasses provide ---------------------------------------------
     @abc.abstractmethod
@@ -160,7 +161,15 @@ class MergeTreeWarehouse(Warehouse):
 
     def write_batch(self, batch: LoadBatch) -> WriteResult:
         with self._lock:
-            marks = self._marks(batch.source, batch.partition)
+            # The marks this process wrote last for the partition stand for the
+            # warehouse's only while the batch carries on right after them (the
+            # loader re-anchors at loaded_positions after a rebalance or an
+            # error, so a batch that starts anywhere else reads them afresh).
+            # Taken out of the cache first: a failed write leaves none behind.
+            key = (batch.source, batch.partition)
+            marks = self._known_marks.pop(key, None)
+            if marks is None or marks.get(COMPLETE, -1) + 1 != batch.first_offset:
+                marks = self._marks(batch.source, batch.partition)
             last = batch.last_offset
             if marks.get(COMPLETE, -1) >= last:
                 return WriteResult(events=0, dead_letters=0, duplicate=True)
@@ -185,6 +194,7 @@ class MergeTreeWarehouse(Warehouse):
                 to_arrow(load_rows, self._schemas["loads"]),
                 f"{batch.token}:loads",
             )
+            self._known_marks[key] = {t: max(marks.get(t, -1), last) for t in (*TABLES, COMPLETE)}
             return WriteResult(
                 events=written.get("events", 0),
                 dead_letters=written.get("dead_letters", 0),
