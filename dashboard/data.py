@@ -739,10 +739,13 @@ def export_evidence(
 ) -> dict[str, Any]:
     """Export a signed evidence bundle (replay.export) to a new zip under
     ``<data>/exports/``, after recording the AuditViewed event, then verify it
-    (replay.verify) against the pinned gateway keys and the export key."""
+    (replay.verify) against the pinned gateway keys and the export key. Its
+    bodies are held (EvidenceHeld, recorded before the zip is written) for
+    EMBEDGUARD_EVIDENCE_HOLD_DAYS (default 365) days."""
     _allow(user, "evidence", "export evidence")
     from capture.signing_keys import load_or_create_signing_key
     from embedguard import __version__
+    from pipeline.retention import EvidenceHold, HoldNotRecorded, configured_hold_days
     from replay.export import ExportFilters, export_bundle
     from replay.verify import verify_bundle
 
@@ -757,15 +760,22 @@ def export_evidence(
     out = out_dir / f"evidence-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}.zip"
     signer = load_or_create_signing_key(c.data_dir / "keys" / "export.key",
                                         name="embedguard-export")
+    hold = EvidenceHold(c.log_url, held_by=user.subject, held_by_issuer=user.issuer,
+                        hold_days=configured_hold_days(),
+                        stream=f"dashboard:{socket.gethostname()}:{os.getpid()}:holds")
     _audit(user, "evidence_export", out.name, filters.to_json())
 
     def progress(stage: str, done: int, total: int) -> None:
         if on_progress is not None:
             on_progress(stage, done, total)
 
-    result = _wh().run(lambda wh: export_bundle(
-        wh, out, filters=filters, signer=signer, tool_version=__version__,
-        exported_at=datetime.now(UTC), progress=progress))
+    try:
+        result = _wh().run(lambda wh: export_bundle(
+            wh, out, filters=filters, signer=signer, tool_version=__version__,
+            exported_at=datetime.now(UTC), progress=progress,
+            manifest_extra=hold.manifest_fields(), before_handout=hold))
+    except HoldNotRecorded as exc:
+        raise AuditUnavailable(str(exc)) from None
     report = verify_bundle(result.path, list(c.gateway_vkeys), [signer.verifier.vkey])
     return {
         "path": str(result.path),
@@ -776,6 +786,7 @@ def export_evidence(
         "export_vkey": signer.verifier.vkey,
         "gateway_vkeys": list(c.gateway_vkeys),
         "verification": report.to_json(),
+        "hold": hold.to_json(),
     }
 
 

@@ -538,15 +538,38 @@ def export_command(
             help="Points per request that make a bulk import in the README query",
         ),
     ] = 100,
+    hold_days: Annotated[
+        str | None,
+        typer.Option(
+            "--hold-days",
+            help="Keep the bundle's bodies in the warehouse this many days, whatever the "
+            "body retention (recorded as EvidenceHeld before the bundle is written; "
+            "default: EMBEDGUARD_EVIDENCE_HOLD_DAYS, else 365)",
+        ),
+    ] = None,
     warehouse: WarehouseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a signed evidence bundle of the selected sessions (Parquet, signed
-    checkpoints, inclusion and consistency proofs, manifest, auditor README)."""
+    checkpoints, inclusion and consistency proofs, manifest, auditor README).
+
+    Its bodies are held: an EvidenceHeld event, recorded durably before the bundle
+    is written, keeps them from body retention for --hold-days."""
     from capture.signing_keys import SigningKeyError, load_or_create_signing_key
     from embedguard import __version__
+    from pipeline.retention import (
+        EvidenceHold,
+        HoldNotRecorded,
+        RetentionError,
+        configured_hold_days,
+        parse_days,
+    )
     from replay.export import ExportFilters, export_bundle
 
+    try:
+        days = parse_days(hold_days, "--hold-days") if hold_days else configured_hold_days()
+    except RetentionError as exc:
+        raise _fail(str(exc), 2) from None
     settings = _settings()
     filters = ExportFilters(since, until, actor, collection, tuple(session or ()))
     for name, value in (("--since", since), ("--until", until)):
@@ -562,6 +585,11 @@ def export_command(
     except SigningKeyError as exc:
         raise _fail(str(exc), 2) from None
     who = viewer or os.environ.get("EMBEDGUARD_VIEWER") or getpass.getuser()
+    from uuid_utils import uuid7
+
+    hold = EvidenceHold(
+        log or settings.log_url, held_by=who, hold_days=days, stream=f"embedguard-cli/{uuid7()}"
+    )
     try:
         _emit_audit_viewed(log or settings.log_url, who, str(out), filters.to_json())
     except Exception as exc:  # noqa: BLE001 - any log failure refuses the export
@@ -587,8 +615,10 @@ def export_command(
                 exported_at=datetime.now(UTC),
                 bulk_threshold=bulk_threshold,
                 progress=on,
+                manifest_extra=hold.manifest_fields(),
+                before_handout=hold,
             )
-        except (LookupError, FileExistsError) as exc:
+        except (LookupError, FileExistsError, HoldNotRecorded) as exc:
             raise _fail(str(exc)) from None
     summary = {
         "out": str(result.path),
@@ -596,6 +626,7 @@ def export_command(
         "row_counts": result.row_counts,
         "bodies_unavailable": len(result.bodies_unavailable),
         "export_vkey": signer.verifier.vkey,
+        "hold": hold.to_json(),
     }
     if as_json:
         _print_json(summary)
@@ -603,7 +634,9 @@ def export_command(
         _out.print(
             f"wrote {result.path}: {len(result.sessions)} session(s), "
             + ", ".join(f"{k} {v}" for k, v in result.row_counts.items())
-            + f"; verify with the export key {signer.verifier.vkey}"
+            + f"; verify with the export key {signer.verifier.vkey}; its "
+            + f"{hold.body_count} bodies are held until {hold.held_until:%Y-%m-%d} "
+            + f"(hold {hold.hold_id})"
         )
 
 

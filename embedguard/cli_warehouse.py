@@ -1,4 +1,4 @@
-"""``embedguard warehouse migrate|compact|stats`` and ``embedguard sessions
+"""``embedguard warehouse migrate|compact|stats|retention|purge`` and ``embedguard sessions
 list|show`` (``embedguard lineage`` is in embedguard/cli_replay.py).
 
 Thin: parse options, call :mod:`pipeline.warehouse` and :mod:`pipeline.queries`,
@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -30,7 +31,7 @@ from pipeline.warehouse import Warehouse, WarehouseError, open_warehouse
 __all__ = ["register", "sessions_app", "warehouse_app"]
 
 warehouse_app = typer.Typer(
-    help="The warehouse (a projection of the log): migrate, compact, stats.",
+    help="The warehouse (a projection of the log): migrate, compact, stats, retention, purge.",
     no_args_is_help=True,
 )
 sessions_app = typer.Typer(help="Recorded sessions, from the warehouse.", no_args_is_help=True)
@@ -149,6 +150,146 @@ def stats_command(warehouse: WarehouseOpt = None, as_json: JsonOpt = False) -> N
             return
         rows = [{"table": t, "rows": n} for t, n in stats["tables"].items()]
         _out.print(_table(f"{wh.url} (last load {stats['last_load_at']})", rows, ["table", "rows"]))
+
+
+# -- retention and evidence holds ---------------------------------------------------------
+def _at(at: str | None) -> datetime:
+    if at is None:
+        return datetime.now(UTC)
+    try:
+        return datetime.fromisoformat(queries._time(at).replace(" ", "T") + "+00:00")
+    except ValueError as exc:
+        raise _fail(f"--at: {exc}", 2) from None
+
+
+def _print_retention(report: Any, *, purged: bool) -> None:
+    days = report.body_retention_days
+    _out.print(
+        f"{report.warehouse}: body retention "
+        + (f"{days} days (bodies before {report.cutoff})" if days else "not set: bodies are kept")
+        + "; events and derived tables are never deleted by retention"
+    )
+    rows = [
+        {
+            "hold_id": h.hold_id,
+            "bundle": h.bundle_name,
+            "held_by": h.held_by,
+            "held_at": h.held_at,
+            "held_until": h.held_until,
+            "state": ("active" if h.active else "expired")
+            + ("" if h.complete else f" ({h.parts_loaded}/{h.parts} parts loaded)"),
+            "bodies": h.bodies_loaded,
+            "sessions": h.session_count,
+        }
+        for h in report.holds
+    ]
+    _out.print(
+        _table(
+            f"{sum(1 for h in report.holds if h.active)} active evidence hold(s)",
+            rows,
+            [
+                "hold_id",
+                "bundle",
+                "held_by",
+                "held_at",
+                "held_until",
+                "state",
+                "bodies",
+                "sessions",
+            ],
+        )
+    )
+    verb = "deleted" if purged else "the next purge deletes"
+    line = (
+        f"{verb} {report.delete_bodies} body(ies), {report.delete_bytes} bytes; keeps "
+        f"{report.keep_held_bodies} held by an evidence hold and {report.keep_young_bodies} "
+        f"younger than the retention (of {report.bodies})"
+    )
+    if purged:
+        line += f"; {report.deleted_rows} row(s) deleted"
+    _out.print(line)
+
+
+@warehouse_app.command("retention")
+def retention_command(
+    at: Annotated[
+        str | None,
+        typer.Option("--at", help="Plan as of this ISO 8601 time (default: now)"),
+    ] = None,
+    warehouse: WarehouseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Body retention: the configured retention (the URL's ?body_retention_days=N),
+    the evidence holds (bundle, who, until when, bodies) and what the next purge
+    would delete and keep."""
+    from pipeline.retention import retention_report
+
+    now = _at(at)
+    with _warehouse(warehouse) as wh:
+        report = retention_report(wh, now=now)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        _print_retention(report, purged=False)
+
+
+@warehouse_app.command("purge")
+def purge_command(
+    log: Annotated[
+        str | None,
+        typer.Option(
+            "--log",
+            help="The log the warehouse is loaded from: the purge refuses while it holds "
+            "evidence holds not yet loaded (default: EMBEDGUARD_LOG)",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Purge without checking the log for unloaded holds")
+    ] = False,
+    warehouse: WarehouseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete the bodies past the retention that no active evidence hold keeps
+    (the loader also does it when it compacts). Events are never deleted."""
+    import asyncio
+
+    from pipeline.retention import pending_holds, purge_bodies
+
+    with _warehouse(warehouse) as wh:
+        if getattr(wh, "body_retention_days", None) is None:
+            raise _fail(
+                f"{wh.url} has no body retention: bodies are kept. Set one with "
+                "?body_retention_days=N in the warehouse URL",
+                2,
+            )
+        if not force:
+            log_url = log or _settings_log()
+            try:
+                unloaded, held = asyncio.run(pending_holds(log_url, wh))
+            except Exception as exc:  # noqa: BLE001 - any failure: do not purge blind
+                raise _fail(
+                    f"could not check the log {scrub(log_url)} for evidence holds not yet "
+                    f"loaded ({type(exc).__name__}: {exc}); nothing was purged. Pass --log, "
+                    "or --force to purge anyway"
+                ) from None
+            if held:
+                raise _fail(
+                    f"the log has {held} evidence hold event(s) not yet loaded into {wh.url} "
+                    f"({unloaded} record(s) behind); nothing was purged. Run `embedguard "
+                    "loader --once` first (or pass --force)"
+                )
+        report = purge_bodies(wh)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        _print_retention(report, purged=True)
+
+
+def _settings_log() -> str:
+    try:
+        return Settings().log_url
+    except ValidationError as exc:
+        raise _fail(f"configuration: {exc.errors()[0]['msg']}", 2) from None
 
 
 # -- sessions ------------------------------------------------------------------------------

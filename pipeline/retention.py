@@ -32,11 +32,12 @@ text runs on chDB over Delta, chDB MergeTree and ClickHouse server.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from pipeline.warehouse.base import Warehouse
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_HOLD_DAYS",
+    "EvidenceHold",
     "HOLD_DAYS_ENV",
     "HOLD_PART_ITEMS",
     "HoldNotRecorded",
@@ -55,6 +57,7 @@ __all__ = [
     "hold_event_bodies",
     "holds",
     "parse_days",
+    "pending_holds",
     "purge_bodies",
     "purge_lake_bodies",
     "record_hold",
@@ -69,6 +72,7 @@ MAX_DAYS = 36_500
 #: sha256s plus session ids per EvidenceHeld event (one part).
 HOLD_PART_ITEMS = 4_096
 
+log = logging.getLogger("embedguard.retention")
 _TS = "%Y-%m-%d %H:%M:%S.%f"
 _HELD = (
     "SELECT item FROM {evidence_holds} WHERE item_kind = 'body' "
@@ -195,6 +199,90 @@ def record_hold(
             "and writable, then export again."
         ) from None
     return [str(s.event.envelope.event_id) for s in stamped]
+
+
+class _Contents(Protocol):
+    """What replay.export.BundleContents offers (pipeline does not import replay)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def manifest_sha256(self) -> str: ...
+    @property
+    def body_sha256s(self) -> tuple[str, ...]: ...
+    @property
+    def session_ids(self) -> tuple[str, ...]: ...
+    @property
+    def event_count(self) -> int: ...
+
+
+class EvidenceHold:
+    """The hold of one export: its id and end are fixed first (they go in the
+    signed manifest, ``manifest_fields``); called with the signed bundle's
+    contents (``export_bundle(before_handout=...)``) it records the hold in the
+    log, durably, before the bundle is handed out."""
+
+    def __init__(
+        self,
+        log_url: str,
+        *,
+        held_by: str,
+        hold_days: int,
+        stream: str,
+        held_by_issuer: str | None = None,
+        reason: str | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        from uuid_utils import uuid7
+
+        parse_days(hold_days, "the evidence hold")
+        self.log_url = log_url
+        self.hold_id = str(uuid7())
+        self.held_by = held_by
+        self.held_by_issuer = held_by_issuer
+        self.reason = reason
+        self.stream = stream
+        self.hold_days = hold_days
+        self.held_until = (now or datetime.now(UTC)) + timedelta(days=hold_days)
+        self.event_ids: list[str] = []
+        self.body_count = 0
+
+    def manifest_fields(self) -> dict[str, Any]:
+        return {
+            "evidence_hold": {
+                "hold_id": self.hold_id,
+                "held_until": self.held_until.astimezone(UTC).isoformat(),
+                "held_by": self.held_by,
+            }
+        }
+
+    def __call__(self, contents: _Contents) -> None:
+        self.body_count = len(set(contents.body_sha256s))
+        self.event_ids = record_hold(
+            self.log_url,
+            HoldRequest(
+                hold_id=self.hold_id,
+                bundle_sha256=contents.manifest_sha256,
+                bundle_name=contents.name,
+                held_by=self.held_by,
+                held_until=self.held_until,
+                body_sha256s=contents.body_sha256s,
+                session_ids=contents.session_ids,
+                event_count=contents.event_count,
+                held_by_issuer=self.held_by_issuer,
+                reason=self.reason,
+            ),
+            stream=self.stream,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hold_id": self.hold_id,
+            "held_until": self.held_until.astimezone(UTC).isoformat(),
+            "hold_days": self.hold_days,
+            "bodies": self.body_count,
+            "events": len(self.event_ids),
+        }
 
 
 # -- reading holds and planning the purge -------------------------------------------------
@@ -358,7 +446,61 @@ def purge_bodies(wh: Warehouse, *, now: datetime | None = None) -> RetentionRepo
         report.deleted_rows = _purge_merge_tree(wh, now, cutoff)
     else:
         raise RetentionError(f"{wh.url}: this warehouse kind has no body purge")
+    log.info(
+        "body retention (%d days) on %s: deleted %d row(s) of %d body(ies), %d bytes; kept %d "
+        "held by %d active evidence hold(s) and %d younger than the retention",
+        report.body_retention_days,
+        wh.url,
+        report.deleted_rows,
+        report.delete_bodies,
+        report.delete_bytes,
+        report.keep_held_bodies,
+        sum(1 for h in report.holds if h.active),
+        report.keep_young_bodies,
+    )
     return report
+
+
+async def pending_holds(log_url: str, wh: Warehouse, *, timeout: float = 60.0) -> tuple[int, int]:
+    """(records of the log not yet in ``wh``, EvidenceHeld events among them).
+
+    A purge must not run ahead of holds that are in the log but not loaded: it
+    would not see them. Reads the unloaded tail with a tail reader (no group,
+    nothing committed)."""
+    from pipeline.transport import open_log
+    from schemas.codec import default_codec
+
+    options: dict[str, Any] = {"create_topic": False} if log_url.startswith("kafka:") else {}
+    codec = default_codec()
+    async with open_log(log_url, **options) as event_log:
+        source = event_log.source_id
+        loaded = await asyncio.to_thread(wh.loaded_positions, source)
+        async with event_log.tail_reader() as reader:
+            ends = await reader.end_offsets()
+            todo = {p: end for p, end in ends.items() if loaded.get(p, 0) < end}
+            unloaded = sum(end - loaded.get(p, 0) for p, end in todo.items())
+            for p, end in ends.items():
+                reader.seek(p, loaded.get(p, 0) if p in todo else end)
+            held = 0
+            deadline = asyncio.get_running_loop().time() + timeout
+            while todo:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(
+                        f"reading the {unloaded} unloaded record(s) of the log took over "
+                        f"{timeout:.0f} s"
+                    )
+                for rec in await reader.poll(max_records=5000, timeout=1.0):
+                    if rec.partition not in todo or rec.offset >= todo[rec.partition]:
+                        continue
+                    if b"EvidenceHeld" in rec.value:
+                        try:
+                            if codec.decode_raw(rec.value).type_name == "EvidenceHeld":
+                                held += 1
+                        except ValueError:
+                            pass  # a dead letter: it holds nothing
+                    if rec.offset + 1 >= todo[rec.partition]:
+                        del todo[rec.partition]
+    return unloaded, held
 
 
 def _purge_merge_tree(wh: Any, now: datetime, cutoff: datetime) -> int:

@@ -13,11 +13,18 @@
     proofs/consistency.json consistency proofs between consecutive checkpoints
     README.md               for the auditor: how to verify, DuckDB queries
     manifest.json           filters, row counts, sessions, sha256 of every file
+                            (and ``evidence_hold``: the hold id and until when)
     manifest.sig            Ed25519 signed note over manifest.json (export key)
 
 Selection is by whole sessions: every session with an event in the window (and
 matching the actor/collection filters, or named with ``sessions``) is exported
 from its first event, so each hash chain verifies from its start.
+
+The bundle is built in a temporary directory. Once it is signed, and before it
+is moved to ``out`` (handed out), ``before_handout`` gets its contents (the
+signed manifest's sha256, the bodies and sessions it holds): the callers record
+the evidence hold there (pipeline/retention.py). If that raises, nothing is
+written to ``out``.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from replay.verify_core import SignedCheckpoint, build_proofs
 from schemas.codec import DecodedEvent, default_codec
 from schemas.note import CheckpointBody, NoteError, Signer, parse_note
 
-__all__ = ["ExportFilters", "ExportResult", "README_QUERIES", "export_bundle"]
+__all__ = ["BundleContents", "ExportFilters", "ExportResult", "README_QUERIES", "export_bundle"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -66,6 +73,18 @@ class ExportFilters:
             "collection": self.collection,
             "sessions": list(self.sessions),
         }
+
+
+@dataclass(frozen=True)
+class BundleContents:
+    """What a signed bundle holds, for the evidence hold recorded before it is
+    handed out."""
+
+    name: str
+    manifest_sha256: str
+    body_sha256s: tuple[str, ...]
+    session_ids: tuple[str, ...]
+    event_count: int
 
 
 @dataclass
@@ -328,8 +347,14 @@ def export_bundle(
     exported_at: datetime | None = None,
     bulk_threshold: int = 100,
     progress: Progress | None = None,
+    manifest_extra: dict[str, Any] | None = None,
+    before_handout: Callable[[BundleContents], None] | None = None,
 ) -> ExportResult:
-    """Write the bundle for ``filters`` to ``out`` (a directory, or a ``.zip``)."""
+    """Write the bundle for ``filters`` to ``out`` (a directory, or a ``.zip``).
+
+    ``manifest_extra`` adds fields to the signed manifest; ``before_handout`` is
+    called with the signed bundle's contents before anything is written to
+    ``out`` (an exception there leaves ``out`` untouched)."""
     exported_at = exported_at or datetime.now(UTC)
     as_zip = out.suffix.lower() == ".zip"
     if out.exists() and (as_zip or any(out.iterdir())):
@@ -504,10 +529,23 @@ def export_bundle(
                 "streams": sorted(streams),
                 "bodies_unavailable": unavailable,
                 "export_key": signer.name,
+                **(manifest_extra or {}),
             },
         )
         sign_manifest(root, manifest, signer)
         report("signed", 1, 1)
+        if before_handout is not None:
+            before_handout(
+                BundleContents(
+                    name=out.name,
+                    manifest_sha256=hashlib.sha256(
+                        (root / "manifest.json").read_bytes()
+                    ).hexdigest(),
+                    body_sha256s=tuple(r["sha256"] for r in body_rows),
+                    session_ids=tuple(session_ids),
+                    event_count=counts["events"],
+                )
+            )
 
         if as_zip:
             out.parent.mkdir(parents=True, exist_ok=True)
