@@ -22,6 +22,7 @@ from capture.approvals.state import (
 from capture.types import Identity
 from schemas.chain import EventStamper
 from schemas.models import (
+    ApprovalClaimed,
     ApprovalDecided,
     ApprovalExpired,
     ApprovalRequested,
@@ -360,3 +361,82 @@ def test_action_words_and_globs() -> None:
     for bad in (["docs-**"], ["[a"], []):
         with pytest.raises(ValueError):
             normalize_collections(bad)
+
+
+# -- claims -------------------------------------------------------------------------
+
+
+def claim(ref: str, rid: str, n: int = 1, *, released: bool = False, gw: str = "gw-a",
+          kind: str = "ticket") -> Event:
+    e = ev(ApprovalClaimed, T0, session=f"claims:{ref}@{gw}", request_id=rid, approval_id=ref,
+           kind=kind, operations=n, released=released)
+    return e.model_copy(update={"envelope": e.envelope.model_copy(update={"gateway_id": gw})})
+
+
+def test_the_first_claim_on_an_approval_wins_and_a_released_one_lets_the_next_in() -> None:
+    book = fold(requested(), vote("ann"), claim("A1", "r1", kind="request", gw="gw-a"),
+                claim("A1", "r2", kind="request", gw="gw-b"))
+    first, second = book.claim_verdict("A1", "r1", 1), book.claim_verdict("A1", "r2", 1)
+    assert first.found and first.admitted and first.held == 0
+    assert second.found and not second.admitted and second.held == 1
+    assert second.ahead is not None and second.ahead.request_id == "r1"
+    assert second.ahead.gateway_id == "gw-a"
+    assert book.get("A1").used is True  # type: ignore[union-attr]
+    assert book.claim_verdict("A1", "r9", 1).found is False  # no claim of r9
+    # r1 was not forwarded: it gives the use back; a later claim fits, r2 stays refused
+    book.apply(claim("A1", "r1", kind="request", released=True))
+    assert not book.claim_verdict("A1", "r1", 1).admitted
+    assert book.get("A1").used is True  # r2's claim is not released yet
+    book.apply(claim("A1", "r2", kind="request", released=True))
+    assert book.get("A1").used is False
+    book.apply(claim("A1", "r3", kind="request"))
+    assert book.claim_verdict("A1", "r3", 1).admitted
+
+
+def test_a_ticket_counts_claims_not_released_and_never_admits_past_its_limit() -> None:
+    book = fold(claim("T1", "r1", 2), claim("T1", "r2", 2), claim("T1", "r3", 1))
+    assert [book.claim_verdict("T1", r, 3).admitted for r in ("r1", "r2", "r3")] == [
+        True, False, False]  # r2 does not fit; r3 is counted after r2 until r2 is released
+    assert book.uses("T1") == 5
+    book.apply(claim("T1", "r2", released=True))
+    assert book.claim_verdict("T1", "r3", 3).admitted and book.uses("T1") == 3
+    assert book.counted("T1", "r1") and not book.counted("T1", "r2")
+    # the request's PolicyDecided (recorded after its claim) is not a second use
+    book.apply(ev(PolicyDecided, T0, request_id="r1", outcome="allow", policy_sha256="p",
+                  ticket_id="T1", operation_decisions=[
+                      OperationDecision(index=i, outcome="allow", reason="ok") for i in (0, 1)]))
+    assert book.uses("T1") == 3
+    # a use recorded before claims existed counts, and counts ahead of every claim
+    book.apply(ev(PolicyDecided, T0, request_id="old", outcome="allow", policy_sha256="p",
+                  ticket_id="T1"))
+    assert book.uses("T1") == 4 and book.claim_verdict("T1", "r1", 3).held == 1
+    # ... unless its request gave a claim back (a claim that never reached the log)
+    book.apply(claim("T1", "old", released=True))
+    assert book.uses("T1") == 3
+    assert book.claim_verdict("T1", "r1", None).admitted  # no limit
+
+
+def test_any_interleaving_of_claims_on_two_gateways_never_admits_past_the_limit() -> None:
+    """Whatever each gateway has seen of the other's releases, admitted claims
+    whose requests were forwarded never exceed the limit."""
+    rng = random.Random(7)
+    for _ in range(200):
+        limit = rng.randint(1, 4)
+        log: list[Event] = []
+        forwarded: dict[str, int] = {}
+        released: set[str] = set()
+        for i in range(rng.randint(1, 12)):
+            rid, n = f"r{i}", rng.randint(1, 2)
+            log.append(claim("T", rid, n, gw=rng.choice(["gw-a", "gw-b"])))
+            # the claimant decides on a prefix of the log that holds its claim
+            view = fold(*log)
+            if view.claim_verdict("T", rid, limit).admitted and rng.random() < 0.7:
+                forwarded[rid] = n
+            else:
+                released.add(rid)
+            # some earlier releases reach the log now, in any order
+            for r in sorted(released):
+                if rng.random() < 0.5:
+                    log.append(claim("T", r, released=True))
+                    released.discard(r)
+        assert sum(forwarded.values()) <= limit
