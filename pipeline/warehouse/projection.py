@@ -36,6 +36,7 @@ from pipeline.warehouse.base import LoadBatch
 from schemas.codec import DecodedEvent, DecodeError, EventCodec, RawEvent
 from schemas.models import (
     ActionClass,
+    ApprovalClaimed,
     ApprovalDecided,
     ApprovalExpired,
     ApprovalRequested,
@@ -354,6 +355,10 @@ def project_event(
         approval_id = ev.approval_id
         outcome = "expired"
         appr = approval_row(ev.approval_id, decision="expired")
+    elif isinstance(ev, ApprovalClaimed):
+        # a use of an approval or ticket taken (or given back) by the request
+        approval_id = ev.approval_id
+        outcome = "released" if ev.released else "claimed"
     elif isinstance(ev, GrantIssued):
         approval_id = ev.approval_id
         subject = ev.subject
@@ -822,6 +827,9 @@ def project_raw(
         approval_id = ev["approval_id"]
         outcome = "expired"
         appr = approval_row(approval_id, decision="expired")
+    elif t == "ApprovalClaimed":
+        approval_id = ev["approval_id"]
+        outcome = "released" if ev["released"] else "claimed"
     elif t == "GrantIssued":
         approval_id = ev["approval_id"]
         subject = ev["subject"]

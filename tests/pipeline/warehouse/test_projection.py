@@ -143,3 +143,24 @@ def test_old_schema_version_fixtures_project(project: Callable[[LoadBatch], Rows
     assert "v1" in versions.values(), versions
     v1_fps = {es.fingerprint_hex for es in load_fixture_schemas()}
     assert {e["schema_fingerprint"] for e in out["events"]} <= v1_fps
+
+
+def test_approval_claims_show_in_events_as_claimed_or_released(
+    project: Callable[[LoadBatch], Rows],
+) -> None:
+    from schemas.chain import EventStamper
+    from schemas.models import ApprovalClaimed
+
+    stamper = EventStamper("gw-claims")
+    records = [
+        LogRecord(0, i, b"claims:T1", stamper.stamp(
+            ApprovalClaimed, session_id="claims:T1@gw-claims", request_id=f"r{i}",
+            approval_id="T1", kind="ticket", operations=2, released=released,
+            reason="not forwarded" if released else None).wire, 0)
+        for i, released in enumerate([False, True])
+    ]
+    got = project(LoadBatch("sqlite:test", 0, records))["events"]
+    assert [(e["type"], e["approval_id"], e["outcome"], e["request_id"]) for e in got] == [
+        ("ApprovalClaimed", "T1", "claimed", "r0"),
+        ("ApprovalClaimed", "T1", "released", "r1"),
+    ]
