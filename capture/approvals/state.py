@@ -466,16 +466,18 @@ class ApprovalBook:
                                        event.envelope.occurred_at))
             changed.add(event.approval_id)
         elif isinstance(event, PolicyDecided):
-            if event.outcome != "allow" or (event.ticket_id is None and event.grant_id is None):
+            # only ids that can name a ticket or grant (the tail skips the rest unread)
+            refs = [r for r in (event.ticket_id, event.grant_id) if r is not None and valid_id(r)]
+            if event.outcome != "allow" or not refs:
                 return set()
             self._seen.add(eid)
             count = max(1, len(event.operation_decisions))
             rid = event.envelope.request_id or str(eid)
-            for ref in {event.ticket_id, event.grant_id} - {None}:
-                assert ref is not None
+            for ref in set(refs):
                 self._use(ref).unclaimed.setdefault(rid, count)
                 changed.add(ref)
-        elif isinstance(event, RequestForwarded) and event.approval_id:
+        elif (isinstance(event, RequestForwarded) and event.approval_id
+              and valid_id(event.approval_id)):
             self._seen.add(eid)
             rid = event.envelope.request_id or str(eid)
             self._use(event.approval_id).unclaimed.setdefault(rid, 1)

@@ -7,11 +7,14 @@ import asyncio
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from capture.approvals.service import ApprovalError, ApprovalService, EmitRequest
+from capture.approvals.state import ApprovalBook
 from capture.recorder import Recorder
+from pipeline.events import decode_records
 from pipeline.transport.sqlite import SqliteEventLog
 from schemas.chain import verify_chains
 from schemas.models import (
@@ -359,3 +362,90 @@ async def test_start_can_be_retried_after_the_log_was_unreadable(tmp_path: Path)
         await svc.start()
         assert svc.started.is_set() and svc.list() == []
         await svc.close()
+
+
+# -- the tail's cheap skip -------------------------------------------------------------
+
+
+def _tail_cases() -> list[Any]:
+    from schemas.chain import EventStamper
+    from schemas.models import ApprovalClaimed, RequestBlocked
+
+    st = EventStamper("gw-skip")
+    ids: list[str | None] = [None, "", "g", "0190f1b2-7c3d-7e4f-8a5b-6c7d8e9f0a1b", "x\x00"]
+    out: list[Any] = []
+    for outcome in ("allow", "deny", "require_approval"):
+        for grant in ids:
+            for ticket in ids:
+                out.append(st.stamp(PolicyDecided, session_id="s", request_id="r",
+                                    outcome=outcome, policy_sha256="p", grant_id=grant,
+                                    ticket_id=ticket, operation_decisions=[OperationDecision(
+                                        index=0, outcome=outcome, reason="r")]))
+    for approval in ids:
+        for grant in ids:
+            for injected in (False, True):
+                out.append(st.stamp(RequestForwarded, session_id="s", request_id="r",
+                                    upstream="http://u", approval_id=approval, grant_id=grant,
+                                    injected_filter=injected))
+    out.append(st.stamp(ApprovalClaimed, session_id="c", request_id="r", approval_id="A",
+                        kind="request"))
+    out.append(st.stamp(RequestBlocked, session_id="s", request_id="r", status=403,
+                        error="e", reason="r", stage="policy"))
+    return out
+
+
+def _old_writer_records() -> list[tuple[str, bytes]]:
+    """The same kind of records as written by every frozen schema version."""
+    import io
+    import json as json_
+
+    import fastavro
+
+    from schemas.codec import FIXTURES_DIR, SINGLE_OBJECT_MAGIC, EventSchema, default_codec
+
+    codec = default_codec()
+    current = {es.type_name: es for es in codec.schemas.by_fingerprint.values()
+               if es.version == "current"}
+    out = []
+    for vdir in sorted(p for p in FIXTURES_DIR.iterdir() if p.is_dir()):
+        for name in ("PolicyDecided", "RequestForwarded"):
+            old = EventSchema.from_schema(json_.loads((vdir / f"{name}.avsc").read_text()),
+                                          vdir.name)
+            for st in _tail_cases():
+                if st.event.envelope.type != name:
+                    continue
+                rec = fastavro.schemaless_reader(io.BytesIO(codec.body(st.event)),
+                                                 current[name].parsed, old.parsed)
+                buf = io.BytesIO()
+                fastavro.schemaless_writer(buf, old.parsed, rec)
+                out.append((vdir.name, SINGLE_OBJECT_MAGIC + old.fingerprint + buf.getvalue()))
+    return out
+
+
+async def test_the_tail_skips_only_records_the_fold_ignores(tmp_path: Path) -> None:
+    """The tail decides from a record's header and last bytes whether to decode
+    it; a record it skips must be one the fold would ignore, whatever its ids
+    and whichever schema version wrote it."""
+    from pipeline.transport.base import LogRecord
+
+    async def no_emit(_: EmitRequest) -> None:
+        raise AssertionError("nothing is appended")
+
+    svc = ApprovalService(SqliteEventLog(tmp_path / "unused.db"), no_emit)
+    wires = [("current", st.wire) for st in _tail_cases()] + _old_writer_records()
+    assert len(wires) > 200
+    skipped = 0
+    for version, wire in wires:
+        [dec] = decode_records([LogRecord(0, 0, b"k", wire, 0)])
+        assert dec.decoded is not None, version
+        ev = dec.decoded.event
+        book = ApprovalBook()
+        matters = bool(book.apply(ev)) or bool(book._uses)  # noqa: SLF001
+        if not svc._relevant(wire):  # noqa: SLF001
+            skipped += 1
+            assert not matters, (version, ev)
+        if isinstance(ev, PolicyDecided) and ev.grant_id is None and ev.ticket_id is None:
+            assert not svc._relevant(wire) or version != "current", ev  # noqa: SLF001
+        if isinstance(ev, RequestForwarded) and ev.approval_id is None and ev.grant_id is None:
+            assert not svc._relevant(wire) or version != "current", ev  # noqa: SLF001
+    assert skipped >= 30  # the common case (no ids) is skipped, not decoded
