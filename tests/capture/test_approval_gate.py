@@ -22,7 +22,7 @@ from capture.approval_gate import (
     request_sha256,
     status_url,
 )
-from capture.approvals.service import ApprovalService
+from capture.approvals.service import CLAIM_KEY, ApprovalService
 from capture.config import GatewayConfig, Route
 from capture.policy import RequestContext, evaluate, parse_policy
 from capture.recorder import APPROVAL_ID, APPROVAL_STATUS, Recorder, approved_by_gate
@@ -333,3 +333,56 @@ async def test_the_hold_ends_when_the_approval_expires(rig: Rig) -> None:
     a = rig.service.get(doc["approval_id"])
     assert a is not None and a.status == "expired"
     assert a.expires_at - a.requested_at == timedelta(seconds=1)
+
+
+# ------------------------------------------------------------------------ claims
+
+
+def _claims(rig: Rig, aid: str) -> list[Any]:
+    return [d.event for d in read_events(rig.config.log_url)
+            if d.event.envelope.type == "ApprovalClaimed" and d.event.approval_id == aid]
+
+
+async def test_a_released_hold_claims_the_approval_and_gives_it_back_if_not_forwarded(
+    rig: Rig,
+) -> None:
+    f = rig.flow()
+    task, aid = await held(rig, f)
+    await rig.service.decide(aid, BOB, "approve", "fine")
+    await asyncio.wait_for(task, 30)
+    st = f.metadata[KEY]
+    assert st.extra[CLAIM_KEY] == (aid, "request") and approved_by_gate(st)
+    [claim] = await asyncio.to_thread(_claims, rig, aid)
+    assert claim.envelope.request_id == st.request_id and not claim.released
+    assert claim.envelope.session_id == f"claims:{aid}@gw-gate"
+    assert rig.service.get(aid).used  # type: ignore[union-attr]
+    # the Recorder did not forward it (say the log refused): the use comes back
+    st.forwarded = False
+    rig.gate.response(f)
+    await rig.service.flush_releases()
+    await rig.service.sync()
+    assert not rig.service.get(aid).used  # type: ignore[union-attr]
+    claims = await asyncio.to_thread(_claims, rig, aid)
+    assert [c.released for c in claims] == [False, True]
+    assert "was not forwarded" in (claims[1].reason or "")
+    # a forwarded request keeps its claim: nothing more is recorded
+    rig.gate.response(f)
+    await rig.service.flush_releases()
+    assert len(await asyncio.to_thread(_claims, rig, aid)) == 2
+
+
+async def test_a_hold_that_loses_the_race_for_its_approval_is_refused(rig: Rig) -> None:
+    f = rig.flow()
+    task, aid = await held(rig, f)
+    # a re-send of the same approved request through another gateway got there first
+    await rig.service.claim(aid, kind="request", request_id="req-elsewhere")
+    await rig.service.decide(aid, BOB, "approve", "fine")
+    await asyncio.wait_for(task, 30)
+    st = f.metadata[KEY]
+    assert f.response.status_code == 409 and body_of(f)["error"] == "already_used"
+    assert "req-elsewhere" in body_of(f)["reason"] and not approved_by_gate(st)
+    assert CLAIM_KEY not in st.extra
+    await rig.service.flush_releases()
+    claims = await asyncio.to_thread(_claims, rig, aid)
+    mine = [c for c in claims if c.envelope.request_id == st.request_id]
+    assert [c.released for c in mine] == [False, True]  # claimed, lost, given back
