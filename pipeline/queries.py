@@ -176,30 +176,48 @@ WHERE %(where)s
 GROUP BY session_id
 """
 
-#: The sessions-list filters; an empty string means "no filter".
+#: The sessions-list filters; an empty string means "no filter". Each guard is
+#: repeated inside its sub-query, so an unused filter's sub-query is constant
+#: false and reads nothing (ClickHouse runs IN sub-queries before the outer
+#: WHERE, whatever the OR around them).
 _SESSION_FILTER = """
     ({actor:String} = '' OR session_id IN (
-        SELECT session_id FROM {sessions} WHERE subject = {actor:String}))
+        SELECT session_id FROM {sessions}
+        WHERE {actor:String} != '' AND subject = {actor:String}))
     AND ({group:String} = '' OR session_id IN (
-        SELECT session_id FROM {events} WHERE type = 'IdentityResolved'
+        SELECT session_id FROM {events}
+        WHERE {group:String} != '' AND type = 'IdentityResolved'
         AND has(JSONExtract(coalesce(payload_json, '{}'), 'groups', 'Array(String)'),
                 {group:String})))
     AND ({collection:String} = '' OR session_id IN (
-        SELECT session_id FROM {sessions} WHERE has(collections, {collection:String})))
+        SELECT session_id FROM {sessions}
+        WHERE {collection:String} != '' AND has(collections, {collection:String})))
     AND ({action:String} = '' OR session_id IN (
-        SELECT session_id FROM {sessions} WHERE has(actions, {action:String})))
+        SELECT session_id FROM {sessions}
+        WHERE {action:String} != '' AND has(actions, {action:String})))
     AND ({decision:String} = '' OR session_id IN (
-        SELECT session_id FROM {sessions} WHERE outcome = {decision:String}))
+        SELECT session_id FROM {sessions}
+        WHERE {decision:String} != '' AND outcome = {decision:String}))
     AND ({since:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
-        WHERE occurred_at >= parseDateTime64BestEffortOrNull({since:String}, 6, 'UTC')))
+        WHERE {since:String} != ''
+          AND occurred_at >= parseDateTime64BestEffortOrNull({since:String}, 6, 'UTC')))
     AND ({until:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
-        WHERE occurred_at < parseDateTime64BestEffortOrNull({until:String}, 6, 'UTC')))
+        WHERE {until:String} != ''
+          AND occurred_at < parseDateTime64BestEffortOrNull({until:String}, 6, 'UTC')))
+    AND ({body:String} = '' OR session_id IN (
+        SELECT session_id FROM {requests}
+        WHERE {body:String} != '' AND type IN ('RequestReceived', 'ResponseRecorded')
+          AND coalesce(request_body_sha256, response_body_sha256) IN (
+            SELECT sha256 FROM {bodies}
+            WHERE {body:String} != '' AND position(body, {body:String}) > 0)))
 """
 
-#: Two passes: pick the page's session ids on two narrow columns, then fold
-#: only those sessions (session_id leads the ORDER BY key).
+#: The page's session ids: only session_id and occurred_at are read (on
+#: MergeTree, from the sessions table's per-session projection, migration
+#: 0002), newest first; ``LIMIT n + 1`` tells whether a next page exists
+#: without counting every match.
 _SESSION_PAGE = (
     """session_id IN (
     SELECT session_id FROM (
@@ -223,7 +241,11 @@ SESSIONS_LIST = Query(
 )
 SESSIONS_COUNT = Query(
     "sessions_count",
-    "SELECT uniqExact(session_id) AS total FROM {sessions} WHERE " + _SESSION_FILTER,
+    """SELECT count() AS total FROM (
+        SELECT session_id FROM {sessions} WHERE """
+    + _SESSION_FILTER
+    + """
+        GROUP BY session_id)""",
     "How many sessions match the filters (for pagination).",
 )
 SESSION = Query(
@@ -666,6 +688,8 @@ class SessionFilter:
     decision: str | None = None
     since: datetime | str | None = None
     until: datetime | str | None = None
+    #: a substring of a masked request or response body of one of its requests
+    body: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def params(self) -> dict[str, Any]:
@@ -677,6 +701,7 @@ class SessionFilter:
             "decision": self.decision or "",
             "since": _time(self.since),
             "until": _time(self.until),
+            "body": self.body or "",
         }
 
 

@@ -34,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import (
+    CommitProperties,
+    DeltaTable,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from pipeline.warehouse._chdb import engine
@@ -61,6 +67,18 @@ __all__ = ["LakeWarehouse"]
 #: Tables partitioned by day (the ones that grow with traffic).
 DAY_PARTITIONED = {"events", "requests", "sessions", "vector_lineage", "bodies"}
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
+#: The column each big table is looked up by (pipeline/queries.py): compaction
+#: sorts a day partition's files on it.
+SORT_KEYS = {
+    "events": "session_id",
+    "sessions": "session_id",
+    "requests": "request_id",
+    "vector_lineage": "point_id",
+    "bodies": "sha256",
+}
+#: Small row groups (with parquet page statistics) so a lookup inside a sorted
+#: file reads a few thousand rows, not the file.
+_WRITER = WriterProperties(max_row_group_size=16_384, compression="ZSTD", compression_level=1)
 
 
 class LakeWarehouse(Warehouse):
@@ -297,7 +315,7 @@ class LakeWarehouse(Warehouse):
                         # hold-aware: bodies an evidence hold keeps stay
                         purge_lake_bodies(self)
                         dt.update_incremental()
-                    dt.optimize.compact()
+                    self._optimize(table, dt)
                     dt.vacuum(
                         retention_hours=self.vacuum_retention_hours,
                         dry_run=False,
@@ -307,6 +325,42 @@ class LakeWarehouse(Warehouse):
                     dt.cleanup_metadata()
                 except CommitFailedError:
                     continue  # a concurrent writer won; the next compaction catches up
+
+    def _optimize(self, table: str, dt: DeltaTable) -> None:
+        """Bin-pack small files; in the big tables, rewrite every day partition
+        that holds files not written by a sort so that its files are sorted on
+        the table's lookup key (``SORT_KEYS``) and hold disjoint key ranges.
+        Delta's per-file min/max statistics then let chDB skip every file but
+        one for a key lookup (``delta_lake_enable_engine_predicate``), and the
+        small row groups let it skip inside the file (parquet filter push-down).
+        Both are Delta OPTIMIZE commits (no data change), safe against
+        concurrent appends. ``_sorted.json`` remembers which files a sort wrote;
+        it is only a hint (lost, the partitions are sorted once more)."""
+        key = SORT_KEYS.get(table)
+        if key is None:
+            dt.optimize.compact(writer_properties=_WRITER)
+            return
+        hint = self.root / "_sorted.json"
+        try:
+            sorted_files: dict[str, list[str]] = json.loads(hint.read_text())
+        except (OSError, ValueError):
+            sorted_files = {}
+        known = set(sorted_files.get(table, []))
+        start = dt.version()
+        for day, paths in sorted(_files_by_day(dt).items()):
+            if set(paths) <= known:
+                continue
+            dt.optimize.z_order(
+                [key], partition_filters=[("day", "=", day)], writer_properties=_WRITER
+            )
+        dt.update_incremental()
+        # the files that the sorts wrote (not appends that committed meanwhile)
+        known |= _sorted_adds(self.table_path(table), start + 1, dt.version())
+        current = {p for paths in _files_by_day(dt).values() for p in paths}
+        sorted_files[table] = sorted(known & current)
+        tmp = hint.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted_files))
+        os.replace(tmp, hint)
 
     def stats(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -325,3 +379,29 @@ class LakeWarehouse(Warehouse):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+def _files_by_day(dt: DeltaTable) -> dict[str, list[str]]:
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    out: dict[str, list[str]] = {}
+    if actions.num_rows == 0:
+        return out
+    for row in actions.select(["partition.day", "path"]).to_pylist():
+        out.setdefault(str(row["partition.day"]), []).append(str(row["path"]))
+    return out
+
+
+def _sorted_adds(path: Path, first: int, last: int) -> set[str]:
+    """The files added by the Z-order OPTIMIZE commits among versions
+    ``first..last`` of the Delta table at ``path`` (read from its log)."""
+    out: set[str] = set()
+    for version in range(first, last + 1):
+        try:
+            lines = (path / "_delta_log" / f"{version:020d}.json").read_text().splitlines()
+        except OSError:
+            continue
+        actions = [json.loads(line) for line in lines if line.strip()]
+        info: dict[str, Any] = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+        metrics = info.get("operationMetrics") or {}
+        if info.get("operation") == "OPTIMIZE" and metrics.get("plannerStrategy") == "zOrder":
+            out |= {a["add"]["path"] for a in actions if "add" in a}
+    return out

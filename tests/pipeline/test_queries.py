@@ -23,7 +23,7 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
     "sessions_list": [
         dict(
             actor="", group="", collection="", action="", decision="", since="", until="",
-            limit=100, offset=0,
+            body="", limit=100, offset=0,
         ),
         dict(
             actor="bob",
@@ -33,6 +33,7 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
             decision="deny",
             since="",
             until="",
+            body="",
             limit=2,
             offset=1,
         ),
@@ -44,17 +45,26 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
             decision="",
             since="2026-03-01 09:00:00.100000",
             until="2026-03-01 09:00:00.300000",
+            body="",
             limit=100,
             offset=0,
+        ),
+        dict(
+            actor="", group="", collection="", action="", decision="", since="", until="",
+            body="needle-alice", limit=100, offset=0,
         ),
     ],
     "sessions_count": [
         dict(actor="", group="ml-writers", collection="", action="", decision="", since="",
-             until=""),
-        dict(actor="", group="", collection="", action="", decision="", since="", until=""),
+             until="", body=""),
+        dict(actor="", group="", collection="", action="", decision="", since="", until="",
+             body=""),
         dict(
-            actor="alice", group="", collection="prod", action="", decision="", since="", until=""
+            actor="alice", group="", collection="prod", action="", decision="", since="",
+            until="", body="",
         ),
+        dict(actor="", group="", collection="", action="", decision="", since="", until="",
+             body='"status":"ok"'),
     ],
     "session": [dict(session_id="s-bob-1"), dict(session_id="nope")],
     "session_events": [
@@ -234,6 +244,29 @@ def test_sessions_list_filters_and_pages(lake: Warehouse) -> None:
     assert s is not None
     assert s["request_count"] == 3 and s["denied_count"] == 1 and s["blocked_count"] == 1
     assert s["actions"] == ["delete", "search", "write"] and s["ended_reason"] == "idle"
+
+
+def test_sessions_filter_by_a_substring_of_their_bodies(lake: Warehouse) -> None:
+    """A session matches when one of its requests sent or received (masked, as
+    recorded) a body containing the text; the text is data, never SQL."""
+    matched: dict[str, int] = {}
+    for needle in ("needle-alice", '"status":"ok"'):
+        expected = {
+            str(row["session_id"])
+            for hit in q.body_search(lake, needle, limit=100)
+            for rid in hit["request_ids"]
+            if (row := q.request_by_id(lake, rid)) is not None
+        }
+        assert expected, needle
+        got = q.sessions_list(lake, q.SessionFilter(body=needle), limit=100)
+        assert {r["session_id"] for r in got} == expected
+        assert q.sessions_count(lake, q.SessionFilter(body=needle)) == len(expected)
+        matched[needle] = len(expected)
+    assert 0 < matched["needle-alice"] < q.sessions_count(lake)
+    both = q.SessionFilter(body="needle-alice", actor="bob")
+    assert q.sessions_list(lake, both) == [] and q.sessions_count(lake, both) == 0
+    for hostile in ("%_' OR 1=1 --", "no such text anywhere"):
+        assert q.sessions_count(lake, q.SessionFilter(body=hostile)) == 0
 
 
 def test_session_timeline_is_the_chain_order(lake: Warehouse, scenario: Scenario) -> None:
