@@ -71,7 +71,7 @@ def _warehouse(warehouse: str | None, *, must_exist: bool = True) -> Iterator[Wa
     if must_exist and url.startswith("lake:"):
         from pathlib import Path
 
-        root = Path(url.removeprefix("lake:"))
+        root = Path(url.removeprefix("lake:").partition("?")[0])
         if not (root / "_migrations.json").exists():
             raise _fail(
                 f"no warehouse at {root}; load one with `embedguard loader --once` or create "

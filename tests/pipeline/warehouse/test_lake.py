@@ -12,6 +12,7 @@ from deltalake import DeltaTable
 
 from pipeline.transport.base import LogRecord
 from pipeline.warehouse import LoadBatch, open_warehouse
+from pipeline.warehouse.ddl import load_migrations
 from pipeline.warehouse.errors import MigrationError, WarehouseError
 from pipeline.warehouse.lake import LakeWarehouse
 from schemas.chain import verify_chains
@@ -35,10 +36,10 @@ def _count(wh: LakeWarehouse, table: str) -> int:
 
 def test_migrate_is_idempotent_and_recorded(tmp_path: Path) -> None:
     wh = LakeWarehouse(tmp_path / "lake")
-    assert wh.migrate() == ["0001_initial"]
+    assert wh.migrate() == [m.id for m in load_migrations()]
     assert wh.migrate() == []
     marker = json.loads((tmp_path / "lake" / "_migrations.json").read_text())
-    assert [m["id"] for m in marker["applied"]] == ["0001_initial"]
+    assert [m["id"] for m in marker["applied"]] == [m.id for m in load_migrations()]
     assert DeltaTable(str(tmp_path / "lake" / "events")).metadata().partition_columns == ["day"]
 
 
