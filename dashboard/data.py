@@ -63,6 +63,7 @@ __all__ = [
     "session_detail",
     "session_events",
     "sessions_page",
+    "sessions_total",
     "simulate_policy",
 ]
 
@@ -327,30 +328,49 @@ def loader_lag(user: User) -> dict[str, Any]:
 # -- sessions -------------------------------------------------------------------------
 
 
-SESSION_FILTERS = ("actor", "group", "collection", "action", "decision", "since", "until")
+SESSION_FILTERS = ("actor", "group", "collection", "action", "decision", "since", "until",
+                   "body")
+
+
+def _clean(filters: Mapping[str, str | None]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, str(v)) for k, v in filters.items()
+                        if k in SESSION_FILTERS and v not in (None, "")))
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def _sessions(url: str, filters: tuple[tuple[str, str], ...], limit: int, offset: int) -> (
-    tuple[list[dict[str, Any]], int]
+    list[dict[str, Any]]
 ):
-    wh = _warehouse(url)
     given: dict[str, Any] = dict(filters)
     f = queries.SessionFilter(**given)
-    return (wh.run(queries.sessions_list, f, limit=limit, offset=offset),
-            wh.run(queries.sessions_count, f))
+    return list(_warehouse(url).run(queries.sessions_list, f, limit=limit, offset=offset))
 
 
 def sessions_page(
     user: User, filters: Mapping[str, str | None], *, page: int = 0, page_size: int = 50
-) -> tuple[list[dict[str, Any]], int]:
-    """One page of sessions matching the filters, and how many match in all."""
+) -> tuple[list[dict[str, Any]], bool]:
+    """One page of sessions matching the filters (newest first), and whether a
+    next page exists. It asks for one row more than a page instead of counting
+    every match, which at 10M events costs more than the page itself on the
+    lake; ``sessions_total`` counts on demand."""
     _allow(user, "sessions", "browse recorded sessions")
-    clean = tuple(sorted((k, str(v)) for k, v in filters.items()
-                         if k in SESSION_FILTERS and v not in (None, "")))
-    rows, total = _sessions(config().warehouse_url, clean, page_size, page * page_size)
-    _audit(user, "sessions", "sessions list", {**dict(clean), "page": page}, len(rows))
-    return rows, total
+    clean = _clean(filters)
+    rows = _sessions(config().warehouse_url, clean, page_size + 1, page * page_size)
+    _audit(user, "sessions", "sessions list", {**dict(clean), "page": page}, len(rows[:page_size]))
+    return rows[:page_size], len(rows) > page_size
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _sessions_total(url: str, filters: tuple[tuple[str, str], ...]) -> int:
+    given: dict[str, Any] = dict(filters)
+    f = queries.SessionFilter(**given)
+    return int(_warehouse(url).run(queries.sessions_count, f))
+
+
+def sessions_total(user: User, filters: Mapping[str, str | None]) -> int:
+    """How many sessions match the filters (asked for, not shown on every page)."""
+    _allow(user, "sessions", "count recorded sessions")
+    return _sessions_total(config().warehouse_url, _clean(filters))
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

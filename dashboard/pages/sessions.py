@@ -20,32 +20,44 @@ with st.form("filters"):
                                        "schema", "health", "unknown"], key="f_action")
     decision = c[4].selectbox("Decision", ["", "allow", "deny", "require_approval"],
                               key="f_decision")
-    t = st.columns(2)
+    t = st.columns(3)
     since = t[0].text_input("From (UTC, ISO 8601)", key="f_since", placeholder="2026-03-01")
     until = t[1].text_input("Until (UTC, ISO 8601)", key="f_until",
                             placeholder="2026-03-02T09:00:00Z")
+    body = t[2].text_input("Body contains", key="f_body",
+                           help="Sessions with a request whose request or response body, as "
+                                "recorded (masked), contains this text")
     applied = st.form_submit_button("Apply filters")
 if applied:
     st.session_state["sessions_page"] = 0
 
 filters = {"actor": actor, "group": group, "collection": collection, "action": action,
-           "decision": decision, "since": since, "until": until}
+           "decision": decision, "since": since, "until": until, "body": body}
 page = int(st.session_state.get("sessions_page", 0))
 try:
-    rows, total = data.sessions_page(user, filters, page=page, page_size=PAGE_SIZE)
+    rows, more = data.sessions_page(user, filters, page=page, page_size=PAGE_SIZE)
 except ValueError as exc:  # a time that is not ISO 8601
     st.error(str(exc))
     st.stop()
 
-pages = max(1, -(-total // PAGE_SIZE))
-st.caption(f"{total} session(s) match; page {page + 1} of {pages}")
-nav = st.columns([1, 1, 6])
+first = page * PAGE_SIZE
+shown = f"sessions {first + 1}–{first + len(rows)}" if rows else "no sessions"
+nav = st.columns([1, 1, 2, 4])
 if nav[0].button("Previous", disabled=page == 0):
     st.session_state["sessions_page"] = page - 1
     st.rerun()
-if nav[1].button("Next", disabled=page + 1 >= pages):
+if nav[1].button("Next", disabled=not more):
     st.session_state["sessions_page"] = page + 1
     st.rerun()
+if nav[2].button("Count matches", help="Counts every matching session (slower on big "
+                                       "warehouses)"):
+    st.session_state["sessions_total"] = data.sessions_total(user, filters)
+    st.session_state["sessions_total_for"] = filters
+total = (st.session_state.get("sessions_total")
+         if st.session_state.get("sessions_total_for") == filters else None)
+nav[3].caption(f"Page {page + 1}: {shown}, newest first"
+               + (f" of {total} matching" if total is not None else "")
+               + ("" if more else " (last page)"))
 
 if rows:
     table = pd.DataFrame(rows)[["session_id", "subject", "started_at", "request_count",
@@ -62,16 +74,11 @@ if rows:
 else:
     st.info("No session matches these filters.")
 
-st.subheader("Search in bodies")
-with st.form("body_search"):
-    needle = st.text_input("Substring (searches request and response bodies as recorded, "
-                           "masked)", key="body_needle")
-    kind = st.selectbox("In", ["", "request", "response"], key="body_kind",
-                        format_func=lambda k: k or "both")
-    searched = st.form_submit_button("Search")
-if needle:
-    hits = data.body_search(user, needle, kind or None)
-    if hits:
-        st.dataframe(pd.DataFrame(hits), hide_index=True, width="stretch")
-    else:
-        st.info(f"No recorded body contains {needle!r}.")
+if body:
+    with st.expander(f"Bodies containing {body!r}", expanded=False):
+        hits = data.body_search(user, body)
+        if hits:
+            st.dataframe(pd.DataFrame(hits), hide_index=True, width="stretch",
+                         key="body_hits")
+        else:
+            st.info(f"No recorded body contains {body!r}.")
