@@ -33,10 +33,10 @@ from pipeline.warehouse._chdb import OUTPUT_SETTINGS, engine
 from pipeline.warehouse.base import LoadBatch, Warehouse, WriteResult
 from pipeline.warehouse.ddl import load_migrations, table_schemas
 from pipeline.warehouse.errors import MigrationError, WarehouseError, WarehouseUnavailable
+from pipeline.warehouse.parallel import ParallelProjector
 from pipeline.warehouse.projection import (
     TABLES,
     Projector,
-    project_batch_columnar,
     rows_after,
     to_arrow,
 )
@@ -68,7 +68,7 @@ class MergeTreeWarehouse(Warehouse):
         self.codec = codec or default_codec()
         self._schemas = table_schemas()
         self._lock = threading.Lock()
-        self._project: Projector = project_batch_columnar
+        self._project: Projector = ParallelProjector()
         self._known_marks: dict[tuple[str, int], dict[str, int]] = {}
 
     # -- what subclasses provide ---------------------------------------------

@@ -53,10 +53,10 @@ from pipeline.warehouse.ddl import (
     table_schemas,
 )
 from pipeline.warehouse.errors import MigrationError, WarehouseError, WarehouseUnavailable
+from pipeline.warehouse.parallel import ParallelProjector
 from pipeline.warehouse.projection import (
     TABLES,
     Projector,
-    project_batch_columnar,
     rows_after,
     to_arrow,
 )
@@ -98,8 +98,11 @@ class LakeWarehouse(Warehouse):
         self._schemas = table_schemas()
         self._tables: dict[str, DeltaTable] = {}
         self._lock = threading.Lock()
-        self._project: Projector = project_batch_columnar
+        self._project: Projector = ParallelProjector()
         self._executor: ThreadPoolExecutor | None = None
+        #: (table, app id) → (snapshot, its version, app-transaction version)
+        #: after this process's own last commit; see _write_batch
+        self._known: dict[tuple[str, str], tuple[DeltaTable, int, int]] = {}
 
     # -- helpers -------------------------------------------------------------
     def table_path(self, table: str) -> Path:
@@ -209,23 +212,35 @@ class LakeWarehouse(Warehouse):
         with self._lock:
             try:
                 return self._write_batch(batch)
-            except CommitFailedError as exc:
-                raise WarehouseUnavailable(
-                    f"{self.url}: Delta commit conflict, retry the batch: {exc}", retry_after=0.5
-                ) from None
-            except (DeltaError, OSError) as exc:
-                if isinstance(exc, WarehouseError):
-                    raise
-                raise WarehouseUnavailable(
-                    f"{self.url}: write failed: {exc}", retry_after=2.0
-                ) from None
+            except BaseException as exc:
+                self._known.clear()  # after a failure, read every version afresh
+                if isinstance(exc, CommitFailedError):
+                    raise WarehouseUnavailable(
+                        f"{self.url}: Delta commit conflict, retry the batch: {exc}",
+                        retry_after=0.5,
+                    ) from None
+                if isinstance(exc, DeltaError | OSError) and not isinstance(exc, WarehouseError):
+                    raise WarehouseUnavailable(
+                        f"{self.url}: write failed: {exc}", retry_after=2.0
+                    ) from None
+                raise
 
     def _write_batch(self, batch: LoadBatch) -> WriteResult:
         app_id = f"{batch.source}:{batch.partition}"
         last = batch.last_offset
-        done = self._table("loads").transaction_version(app_id)
-        if done is not None and done >= last:
-            return WriteResult(events=0, dead_letters=0, duplicate=True)
+        # A batch that carries on right after this process's last complete
+        # batch of the partition trusts the versions its own commits left
+        # (``_known``) instead of reading every table's log again; any other
+        # batch (the first, one after a failure or a rebalance) reads them.
+        # Trust is safe: a commit made from a snapshot that misses another
+        # writer's commit with the same app id fails as a concurrent
+        # transaction in delta-rs, and the retry reads afresh.
+        loads = self._known_version("loads", app_id)
+        trust = loads is not None and loads + 1 == batch.first_offset
+        if not trust:
+            done = self._table("loads").transaction_version(app_id)
+            if done is not None and done >= last:
+                return WriteResult(events=0, dead_letters=0, duplicate=True)
         loaded_at = datetime.now(UTC)
         tables = self._project(batch, self.codec, loaded_at)
         # The derived tables are independent (each has its own app transaction),
@@ -234,9 +249,11 @@ class LakeWarehouse(Warehouse):
         # them, and loads (the batch's completion mark) last.
         derived = [t for t in TABLES if t not in ("events", "loads")]
         pool = self._pool()
-        futures = {t: pool.submit(self._write_table, t, tables[t], app_id, last) for t in derived}
+        futures = {
+            t: pool.submit(self._write_table, t, tables[t], app_id, last, trust) for t in derived
+        }
         written = {t: f.result() for t, f in futures.items()}
-        written["events"] = self._write_table("events", tables["events"], app_id, last)
+        written["events"] = self._write_table("events", tables["events"], app_id, last, trust)
         marker = {
             "source": batch.source,
             "src_partition": batch.partition,
@@ -247,20 +264,26 @@ class LakeWarehouse(Warehouse):
             "row_count": len(batch.records),
             "loaded_at": loaded_at,
         }
-        self._append(
-            self._table("loads"), "loads", to_arrow([marker], self._schemas["loads"]), app_id, last
-        )
+        dt = self._tables["loads"] if trust else self._table("loads")
+        self._append(dt, "loads", to_arrow([marker], self._schemas["loads"]), app_id, last)
+        self._known["loads", app_id] = (dt, dt.version(), last)
         return WriteResult(
             events=written.get("events", 0),
             dead_letters=written.get("dead_letters", 0),
             duplicate=False,
         )
 
-    def _write_table(self, table: str, data: pa.Table, app_id: str, last: int) -> int:
+    def _write_table(
+        self, table: str, data: pa.Table, app_id: str, last: int, trust: bool = False
+    ) -> int:
         """Append the rows of ``data`` past ``table``'s app-transaction version;
         return how many were written."""
-        dt = self._table(table)
-        v = dt.transaction_version(app_id)
+        v = self._known_version(table, app_id) if trust else None
+        if v is not None:
+            dt = self._tables[table]
+        else:
+            dt = self._table(table)
+            v = dt.transaction_version(app_id)
         if v is not None and v >= last:
             return 0
         todo = rows_after(data, v)
@@ -268,7 +291,20 @@ class LakeWarehouse(Warehouse):
         # progress for every table ordered before it.
         if todo.num_rows or table == "events":
             self._append(dt, table, todo, app_id, last)
+            self._known[table, app_id] = (dt, dt.version(), last)
         return int(todo.num_rows)
+
+    def _known_version(self, table: str, app_id: str) -> int | None:
+        """The app-transaction version this process's own last commit to
+        ``table`` left, if the table's snapshot is still that commit's (nothing
+        refreshed it since, e.g. compaction)."""
+        known = self._known.get((table, app_id))
+        if known is None:
+            return None
+        dt, version, txn = known
+        if self._tables.get(table) is not dt or dt.version() != version:
+            return None
+        return txn
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -379,6 +415,7 @@ class LakeWarehouse(Warehouse):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
 
 def _files_by_day(dt: DeltaTable) -> dict[str, list[str]]:
     actions = pa.table(dt.get_add_actions(flatten=True))
