@@ -300,3 +300,43 @@ def test_purge_cli_waits_for_unloaded_holds(scenario: Scenario, tmp_path: Path) 
         app, ["warehouse", "purge", "--warehouse", scenario.lake_url, "--log", scenario.log_url]
     )
     assert res.exit_code == 2 and "no body retention" in res.output
+
+
+def test_merge_tree_honours_the_exported_hold(
+    held_lake: dict[str, Any], scenario: Scenario
+) -> None:
+    """The same log loaded into chDB MergeTree by the in-process loader: the
+    lightweight-DELETE purge keeps exactly what the lake's purge keeps."""
+    import asyncio
+
+    from pipeline.loader import Loader, LoaderConfig
+    from pipeline.transport import open_log
+    from tests.pipeline.warehouse.scenario import chdb_warehouse
+
+    wh = chdb_warehouse()
+    wh.body_retention_days = 30
+    wh.migrate()
+
+    async def load() -> None:
+        async with open_log(scenario.log_url) as lg:
+            config = LoaderConfig(tail=True, compact_interval=None)
+            await Loader(lg, wh, config).run(once=True)
+
+    asyncio.run(load())
+    ours = held_lake["hold"]["hold_id"]
+    assert [h.hold_id for h in holds(wh) if h.hold_id == ours] == [ours]
+    now = datetime.now(UTC) + timedelta(days=400)
+    held = {
+        r["item"]
+        for r in wh.query(
+            "SELECT item FROM {evidence_holds} WHERE item_kind = 'body' "
+            "AND held_until > parseDateTime64BestEffort({now:String}, 6, 'UTC')",
+            {"now": now.isoformat()},
+        )
+    }
+    assert held_lake["bundled"] <= held
+    before = {r["sha256"] for r in wh.query("SELECT DISTINCT sha256 FROM {bodies}", {})}
+    assert before - held
+    purge_bodies(wh, now=now)
+    after = {r["sha256"] for r in wh.query("SELECT DISTINCT sha256 FROM {bodies}", {})}
+    assert after == before & held
