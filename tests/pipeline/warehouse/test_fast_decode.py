@@ -207,3 +207,46 @@ def test_rows_after_keeps_only_later_offsets() -> None:
     assert rows_after(events, None).num_rows == 5
     assert rows_after(events, 42).column("src_offset").to_pylist() == [43, 44]
     assert rows_after(events, 99).num_rows == 0
+
+
+TRICKY = [
+    "plain",
+    "".join(chr(c) for c in range(0x80)),  # every ASCII character, controls and DEL
+    "caf\u00e9 \u2028 \U0001f600 \u00a0",
+    "\x7f",
+    'quote " backslash \\ slash /',
+    "",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY, ids=range(len(TRICKY)))
+def test_operations_json_is_json_dumps_byte_for_byte(text: str) -> None:
+    import json
+
+    from pipeline.warehouse.projection import _ops_json_raw
+
+    ops = [
+        {"action": "write", "collection": text, "ids": [text, "a"], "vector_count": 2},
+        {"action": "delete", "collection": None, "ids": [], "filter_present": True},
+    ]
+    assert _ops_json_raw(ops) == json.dumps(ops, separators=(",", ":"))
+
+
+def test_tricky_ids_project_the_same_rows_on_both_paths() -> None:
+    from schemas.models import ActionClass, Operation, RequestReceived
+
+    codec = default_codec()
+    base = sample_event(RequestReceived)
+    events = [
+        base.model_copy(
+            update={
+                "operations": [
+                    Operation(action=ActionClass.WRITE, collection=text or None, ids=[text, "x"])
+                ]
+            }
+        )
+        for text in TRICKY
+    ]
+    ref, fast = _both([codec.encode(e) for e in events])
+    _assert_same(ref, fast)
+    assert fast["dead_letters"].num_rows == 0
