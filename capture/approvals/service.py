@@ -112,6 +112,8 @@ MAX_REASON = 2000
 CLAIM_KEY = "approval_claim"
 #: how long a release that the log refused is retried
 RELEASE_RETRY_S = 3600.0
+#: how long close() waits for releases being recorded
+RELEASE_AT_CLOSE_S = 5.0
 
 
 def now_utc() -> datetime:
@@ -239,6 +241,8 @@ class ApprovalService:
         self.started.set()
 
     async def close(self) -> None:
+        if self._release_tasks:  # give claims back while the log is still open
+            await asyncio.wait(list(self._release_tasks), timeout=RELEASE_AT_CLOSE_S)
         for t in [*self._tasks, *self._release_tasks]:
             t.cancel()
         for t in [*self._tasks, *self._release_tasks]:
