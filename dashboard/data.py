@@ -782,7 +782,7 @@ def export_evidence(
                                         name="embedguard-export")
     hold = EvidenceHold(c.log_url, held_by=user.subject, held_by_issuer=user.issuer,
                         hold_days=configured_hold_days(),
-                        stream=f"dashboard:{socket.gethostname()}:{os.getpid()}:holds")
+                        stream=f"dashboard:{socket.gethostname()}:{os.getpid()}")
     _audit(user, "evidence_export", out.name, filters.to_json())
 
     def progress(stage: str, done: int, total: int) -> None:

@@ -585,10 +585,8 @@ def export_command(
     except SigningKeyError as exc:
         raise _fail(str(exc), 2) from None
     who = viewer or os.environ.get("EMBEDGUARD_VIEWER") or getpass.getuser()
-    from uuid_utils import uuid7
-
     hold = EvidenceHold(
-        log or settings.log_url, held_by=who, hold_days=days, stream=f"embedguard-cli/{uuid7()}"
+        log or settings.log_url, held_by=who, hold_days=days, stream="embedguard-cli"
     )
     try:
         _emit_audit_viewed(log or settings.log_url, who, str(out), filters.to_json())

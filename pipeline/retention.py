@@ -220,7 +220,10 @@ class EvidenceHold:
     """The hold of one export: its id and end are fixed first (they go in the
     signed manifest, ``manifest_fields``); called with the signed bundle's
     contents (``export_bundle(before_handout=...)``) it records the hold in the
-    log, durably, before the bundle is handed out."""
+    log, durably, before the bundle is handed out.
+
+    Its events form their own stream, ``<stream>/<hold id>`` (numbered from 0),
+    so holds from one process never share a stream's numbering."""
 
     def __init__(
         self,
@@ -241,7 +244,7 @@ class EvidenceHold:
         self.held_by = held_by
         self.held_by_issuer = held_by_issuer
         self.reason = reason
-        self.stream = stream
+        self.stream = f"{stream}/{self.hold_id}"
         self.hold_days = hold_days
         self.held_until = (now or datetime.now(UTC)) + timedelta(days=hold_days)
         self.event_ids: list[str] = []
