@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,10 +204,13 @@ def test_two_gateways_racing_for_a_ticket_never_forward_more_than_it_allows(
 
     wait_for(a.log_url, settled, what="the refused requests' claims given back")
     n = len(ok)
+    deadline = time.monotonic() + WAIT
     while n < 3:
+        assert time.monotonic() < deadline, "the ticket's operations never came back"
         r = put_points([a, b][n % 2].url, oscar, collection, [100 + n], hdr)
         if r.status_code == 403:  # a release not folded yet by that gateway: retry
             assert "allows 3 operation" in r.json()["reason"], r.text
+            time.sleep(0.2)
             continue
         assert r.status_code == 200, r.text
         n += 1
