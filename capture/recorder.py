@@ -27,7 +27,7 @@ from capture.checkpointer import Checkpointer
 from capture.config import GatewayConfig
 from capture.control_api import CONTROL_FLOW
 from capture.intake import raw_headers
-from capture.redact import redact_headers
+from capture.redact import redact_header_records
 from capture.sessions import SESSION_HEADER, Session, SessionTracker
 from capture.signing_keys import SigningKeyError, load_or_create_signing_key
 from capture.state import FlowState, block, error_response, fail_closed, state_of
@@ -145,6 +145,20 @@ class _RecordableStamper(EventStamper):
             return super().stamp(cls, **fields)
         except InvalidEvent:
             return super().stamp(cls, **{k: recordable(v) for k, v in fields.items()})
+
+    def stamp_record(self, cls: Any, **fields: Any) -> StampedEvent:
+        try:
+            return super().stamp_record(cls, **fields)
+        except InvalidEvent:
+            fields["body"] = recordable(fields["body"])
+            fields["request_id"] = recordable(fields.get("request_id"))
+            return super().stamp_record(cls, **fields)
+
+
+def _records(items: Sequence[BaseModel]) -> list[dict[str, Any]]:
+    """Nested models as the plain records ``stamp_record`` takes (their
+    ``__dict__`` holds exactly the validated field values)."""
+    return [item.__dict__ for item in items]
 
 
 class Recorder:
@@ -536,34 +550,40 @@ class Recorder:
         body = st.client_body
         limit = self.config.record_body_limit
         cls = st.classification
+        path, _, query = flow.request.path.partition("?")
         out.append(
-            stamp(
+            self.stamper.stamp_record(
                 RequestReceived,
                 session_id=sid,
                 request_id=rid,
                 occurred_at=now,
-                method=flow.request.method,
-                # as the client sent it, like host: reverse mode rewrites
-                # flow.request to the upstream's scheme
-                scheme="https" if flow.client_conn.tls_established else "http",
-                host=st.client_host,
-                path=flow.request.path.split("?", 1)[0],
-                query=flow.request.path.partition("?")[2],
-                headers=redact_headers(st.extra.get("client_headers", [])),
-                body=body if len(body) <= limit else None,
-                body_sha256=_sha256(body),
-                body_size=len(body),
-                content_type=flow.request.headers.get("content-type"),
-                product=cls.product
-                if cls
-                else (st.route.kind if st.route.kind != "auto" else "unknown"),
-                operations=list(cls.operations) if cls else [],
+                body={
+                    "method": flow.request.method,
+                    # as the client sent it, like host: reverse mode rewrites
+                    # flow.request to the upstream's scheme
+                    "scheme": "https" if flow.client_conn.tls_established else "http",
+                    "host": st.client_host,
+                    "path": path,
+                    "query": query,
+                    "headers": redact_header_records(st.extra.get("client_headers", [])),
+                    "body": body if len(body) <= limit else None,
+                    "body_sha256": _sha256(body),
+                    "body_size": len(body),
+                    "content_type": flow.request.headers.get("content-type"),
+                    "product": cls.product
+                    if cls
+                    else (st.route.kind if st.route.kind != "auto" else "unknown"),
+                    "operations": _records(cls.operations) if cls else [],
+                },
             )
         )
         if st.decision is not None:
+            fields = st.decision.to_event_fields()
+            fields["obligations"] = _records(fields["obligations"])
+            fields["operation_decisions"] = _records(fields["operation_decisions"])
             out.append(
-                stamp(
-                    PolicyDecided, session_id=sid, request_id=rid, **st.decision.to_event_fields()
+                self.stamper.stamp_record(
+                    PolicyDecided, session_id=sid, request_id=rid, body=fields
                 )
             )
         return out
@@ -571,7 +591,7 @@ class Recorder:
     def _outcome_events(self, st: FlowState) -> list[StampedEvent]:
         sid, rid = st.session_id, st.request_id
         assert sid is not None, "outcome recorded before the request was received"
-        stamp = self.stamper.stamp
+        stamp = self.stamper.stamp_record
         out: list[StampedEvent] = []
         if st.blocked is not None:
             b = st.blocked
@@ -580,10 +600,8 @@ class Recorder:
                     RequestBlocked,
                     session_id=sid,
                     request_id=rid,
-                    status=b.status,
-                    error=b.error,
-                    reason=b.reason,
-                    stage=b.stage,
+                    body={"status": b.status, "error": b.error, "reason": b.reason,
+                          "stage": b.stage},
                 )
             )
         else:
@@ -592,11 +610,13 @@ class Recorder:
                     RequestForwarded,
                     session_id=sid,
                     request_id=rid,
-                    upstream=st.route.upstream,
-                    credential_ref=st.route.credential_ref,
-                    approval_id=st.extra.get(APPROVAL_ID),
-                    grant_id=st.decision.grant_id if st.decision else None,
-                    injected_filter=st.injected_filter,
+                    body={
+                        "upstream": st.route.upstream,
+                        "credential_ref": st.route.credential_ref,
+                        "approval_id": st.extra.get(APPROVAL_ID),
+                        "grant_id": st.decision.grant_id if st.decision else None,
+                        "injected_filter": st.injected_filter,
+                    },
                 )
             )
         return out
@@ -607,19 +627,22 @@ class Recorder:
         if flow.response.headers.get("content-encoding"):
             delivered = flow.response.get_content(strict=False) or b""
         limit = self.config.record_body_limit
-        return self.stamper.stamp(
+        delivered_sha256 = _sha256(delivered)
+        return self.stamper.stamp_record(
             ResponseRecorded,
             session_id=st.session_id or self.system_session,
             request_id=st.request_id,
-            status=flow.response.status_code,
-            headers=redact_headers(raw_headers(flow.response.headers)),
-            body=delivered if len(delivered) <= limit else None,
-            body_sha256=_sha256(delivered),
-            body_size=len(delivered),
-            original_body_sha256=st.extra.get("original_body_sha256", _sha256(delivered)),
-            masked_fields=st.extra.get("masked_fields", []),
-            result_ids=st.extra.get("result_ids", [])[:10_000],
-            upstream_error=st.extra.get("upstream_error"),
-            latency_us=(time.perf_counter_ns() - st.started_ns) // 1000,
+            body={
+                "status": flow.response.status_code,
+                "headers": redact_header_records(raw_headers(flow.response.headers)),
+                "body": delivered if len(delivered) <= limit else None,
+                "body_sha256": delivered_sha256,
+                "body_size": len(delivered),
+                "original_body_sha256": st.extra.get("original_body_sha256", delivered_sha256),
+                "masked_fields": _records(st.extra.get("masked_fields", [])),
+                "result_ids": st.extra.get("result_ids", [])[:10_000],
+                "upstream_error": st.extra.get("upstream_error"),
+                "latency_us": (time.perf_counter_ns() - st.started_ns) // 1000,
+            },
         )
 

@@ -8,7 +8,13 @@ from collections.abc import Iterable
 
 from schemas.models import Header
 
-__all__ = ["CLIENT_CREDENTIAL_HEADERS", "REDACTED", "is_secret_header", "redact_headers"]
+__all__ = [
+    "CLIENT_CREDENTIAL_HEADERS",
+    "REDACTED",
+    "is_secret_header",
+    "redact_header_records",
+    "redact_headers",
+]
 
 REDACTED = "[REDACTED]"
 
@@ -42,4 +48,11 @@ def is_secret_header(name: str) -> bool:
 def redact_headers(headers: Iterable[tuple[str, str]]) -> list[Header]:
     return [
         Header(name=k.lower(), value=REDACTED if is_secret_header(k) else v) for k, v in headers
+    ]
+
+
+def redact_header_records(headers: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """``redact_headers`` as the plain records the recorder's events take."""
+    return [
+        {"name": k.lower(), "value": REDACTED if is_secret_header(k) else v} for k, v in headers
     ]

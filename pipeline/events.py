@@ -28,7 +28,7 @@ class EventPublisher:
 
     def to_record(self, item: Event | StampedEvent) -> AppendRecord:
         if isinstance(item, StampedEvent):
-            return AppendRecord(item.event.envelope.session_id.encode(), item.wire)
+            return AppendRecord(item.session_id.encode(), item.wire)
         return AppendRecord(item.envelope.session_id.encode(), self.codec.encode(item))
 
     async def publish(self, items: Sequence[Event | StampedEvent]) -> list[Position]:

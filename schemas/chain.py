@@ -13,7 +13,9 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
+
+from pydantic import BaseModel
 
 # uuid-utils, not uuid6: under load uuid6's uuid7 keeps ids monotonic by
 # adding a millisecond per id within the same millisecond, so at a few
@@ -22,7 +24,7 @@ from typing import Any, TypeVar
 from uuid_utils.compat import uuid7
 
 from schemas.codec import DecodedEvent, EventCodec, default_codec
-from schemas.models import GENESIS_HASH, Envelope, Event
+from schemas.models import EVENT_TYPES, GENESIS_HASH, Envelope, Event
 
 __all__ = [
     "GENESIS_HASH",
@@ -59,13 +61,82 @@ def hash_event(
     return hashlib.sha256(bytes.fromhex(prev_hash) + canonical).hexdigest()
 
 
-@dataclass(frozen=True)
 class StampedEvent:
-    event: Event
-    #: the bytes to put on the log (wire framing)
-    wire: bytes
-    #: this event's chain hash (the next event's prev_hash)
-    hash: str
+    """An event with its envelope filled in, encoded and chained.
+
+    ``wire`` is what goes on the log, ``hash`` the event's chain hash (the
+    next event's prev_hash). Events stamped from a plain record
+    (``EventStamper.stamp_record``) build their pydantic model only when
+    ``event`` is first read; the envelope fields the log and the Merkle tree
+    need are plain attributes.
+    """
+
+    __slots__ = (
+        "_event", "_record", "event_id", "gateway_id", "hash", "session_id", "stream_seq",
+        "type_name", "wire",
+    )
+
+    def __init__(self, event: Event | None, wire: bytes, hash: str, *,
+                 record: dict[str, Any] | None = None) -> None:
+        if event is None and record is None:
+            raise TypeError("StampedEvent needs an event or its record")
+        self._event = event
+        self._record = record
+        self.wire = wire
+        self.hash = hash
+        if event is not None:
+            env = event.envelope
+            self.type_name = event.avro_name
+            self.event_id, self.gateway_id = str(env.event_id), env.gateway_id
+            self.session_id, self.stream_seq = env.session_id, env.stream_seq
+        else:
+            assert record is not None
+            envelope = record["envelope"]
+            self.type_name = envelope["type"]
+            self.event_id, self.gateway_id = str(envelope["event_id"]), envelope["gateway_id"]
+            self.session_id, self.stream_seq = envelope["session_id"], envelope["stream_seq"]
+
+    @property
+    def event(self) -> Event:
+        """The event as its model (built on first use from the stamped record,
+        whose values the codec already held to every constraint of the model)."""
+        if self._event is None:
+            assert self._record is not None
+            self._event = _construct(self._record)
+        return self._event
+
+    def __repr__(self) -> str:
+        return (f"StampedEvent({self.type_name}, session={self.session_id}, "
+                f"stream_seq={self.stream_seq}, hash={self.hash[:12]}…)")
+
+
+def _construct(record: dict[str, Any]) -> Event:
+    """The model of a record that ``EventCodec.record_bytes`` accepted: built
+    without validating again (nested records become their models)."""
+    cls = EVENT_TYPES[record["envelope"]["type"]]
+    fields: dict[str, Any] = {}
+    for name, value in record.items():
+        if name == "envelope":
+            value = Envelope.model_construct(**value)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            item = _ITEM_MODELS[(cls.avro_name, name)]
+            value = [item.model_construct(**v) for v in value]
+        fields[name] = value
+    return cls.model_construct(**fields)
+
+
+def _item_models() -> dict[tuple[str, str], type[BaseModel]]:
+    out: dict[tuple[str, str], type[BaseModel]] = {}
+    for name, cls in EVENT_TYPES.items():
+        for field_name, field in cls.model_fields.items():
+            args = get_args(field.annotation)
+            if get_origin(field.annotation) is list and args and isinstance(args[0], type) \
+                    and issubclass(args[0], BaseModel):
+                out[(name, field_name)] = args[0]
+    return out
+
+
+_ITEM_MODELS = _item_models()
 
 
 @dataclass
@@ -134,6 +205,46 @@ class EventStamper:
             state.last_hash = digest
             self._stream_seq += 1
         return StampedEvent(event, wire, digest)
+
+    def stamp_record(
+        self,
+        cls: type[Event],
+        *,
+        session_id: str,
+        request_id: str | None = None,
+        occurred_at: datetime | None = None,
+        body: dict[str, Any],
+    ) -> StampedEvent:
+        """``stamp`` for a body the caller built in the schema's shape: every
+        body field present, plain values, nested records as dicts (a model's
+        ``__dict__``). No pydantic model is built on the way to the log; the
+        codec holds the record to every constraint of the model instead
+        (``EventCodec.record_bytes``) and raises InvalidEvent before any state
+        changes, like ``stamp``. The gateway's per-request events take this path.
+        """
+        with self._lock:
+            state = self._sessions.get(session_id)
+            prev = GENESIS_HASH if state is None else state.last_hash
+            record = dict(body)
+            record["envelope"] = {
+                "event_id": uuid7(),
+                "type": cls.avro_name,
+                "occurred_at": occurred_at or datetime.now(UTC),
+                "gateway_id": self.gateway_id,
+                "session_id": session_id,
+                "seq": 0 if state is None else state.seq,
+                "stream_seq": self._stream_seq,
+                "prev_hash": prev,
+                "request_id": request_id,
+            }
+            canonical, wire = self.codec.record_bytes(cls.avro_name, record)
+            digest = hashlib.sha256(bytes.fromhex(prev) + canonical).hexdigest()
+            if state is None:
+                state = self._sessions[session_id] = _SessionState()
+            state.seq += 1
+            state.last_hash = digest
+            self._stream_seq += 1
+        return StampedEvent(None, wire, digest, record=record)
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,60 @@ class EventCodec:
             raise InvalidEvent(_avro_error(exc, es.type_name)) from None
         return buf.getvalue()
 
+    def record_bytes(self, type_name: str, record: dict[str, Any]) -> tuple[bytes, bytes]:
+        """(canonical, wire) bytes of an event given as a plain record in its
+        schema's shape: every field present, nested records as dicts,
+        ``event_id`` a UUID, times aware datetimes (what ``decode_raw``
+        returns). The gateway's hot path builds its events this way, without a
+        pydantic model; the record is held to every constraint of its model
+        (the same predicates ``decode_raw`` applies), and a record that fails
+        one, or has a field too many or too few, is refused with the model's
+        own message (InvalidEvent). The bytes equal ``canonical(event)`` and
+        ``encode(event)`` for the model of the same values.
+        """
+        es = self.schemas.current.get(type_name)
+        check = _RECORD_CHECKS.get(type_name)
+        if es is None or check is None:
+            raise InvalidEvent(f"unknown event type {type_name!r}")
+        env = record.get("envelope")
+        if not (
+            record.keys() == _FIELD_NAMES[type_name]
+            and isinstance(env, dict)
+            and env.get("type") == type_name
+            and check(record)
+        ):
+            try:
+                EVENT_TYPES[type_name].model_validate(record)
+            except ValidationError as exc:
+                raise InvalidEvent(f"{type_name}: {_pydantic_error(exc)}") from None
+            raise InvalidEvent(  # the model accepts what the record check does not
+                f"{type_name}: the record does not have the schema's shape (fields "
+                f"{sorted(record)}; expected {sorted(_FIELD_NAMES[type_name])})"
+            )
+        buf = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(buf, es.parsed, record)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            try:
+                fastavro.validation.validate(record, es.parsed, raise_errors=True)
+            except fastavro.validation.ValidationError as verr:
+                raise InvalidEvent(_avro_error(verr, es.type_name)) from None
+            raise InvalidEvent(_avro_error(exc, es.type_name)) from None
+        body = buf.getvalue()
+        canonical = SINGLE_OBJECT_MAGIC + es.fingerprint + body
+        if self.registry is None:
+            return canonical, canonical
+        return canonical, CONFLUENT_MAGIC + struct.pack(">I", self._registry_id(es)) + body
+
+    def _registry_id(self, es: EventSchema) -> int:
+        assert self.registry is not None
+        schema_id = self._registry_ids.get(es.type_name)
+        if schema_id is None:
+            schema_id = self.registry.register(es.full_name, json.dumps(es.schema))
+            self._registry_ids[es.type_name] = schema_id
+            self._registry_writers[schema_id] = es
+        return schema_id
+
     def canonical(self, event: Event) -> bytes:
         """Single-object encoding: the form the hash chain covers."""
         es = self._schema_for(event)
@@ -217,12 +271,7 @@ class EventCodec:
         if self.registry is None:
             return self.canonical(event)
         es = self._schema_for(event)
-        schema_id = self._registry_ids.get(es.type_name)
-        if schema_id is None:
-            schema_id = self.registry.register(es.full_name, json.dumps(es.schema))
-            self._registry_ids[es.type_name] = schema_id
-            self._registry_writers[schema_id] = es
-        return CONFLUENT_MAGIC + struct.pack(">I", schema_id) + self.body(event)
+        return CONFLUENT_MAGIC + struct.pack(">I", self._registry_id(es)) + self.body(event)
 
     # -- decoding -----------------------------------------------------------
     def _confluent_writer(self, schema_id: int) -> EventSchema:
@@ -454,6 +503,10 @@ def _model_check(model: type[BaseModel]) -> _Check:
 
 #: Per event type: does a decoded record satisfy every constraint of its model?
 _RECORD_CHECKS: dict[str, _Check] = {name: _model_check(cls) for name, cls in EVENT_TYPES.items()}
+#: Per event type: the record's field names (``EventCodec.record_bytes`` wants all of them).
+_FIELD_NAMES: dict[str, frozenset[str]] = {
+    name: frozenset(cls.model_fields) for name, cls in EVENT_TYPES.items()
+}
 
 
 def _pydantic_error(exc: ValidationError) -> str:

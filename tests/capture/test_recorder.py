@@ -237,3 +237,54 @@ def test_async_response_whose_record_fails_is_logged_and_the_stream_starts_over(
     ]
     assert after_events and {d.event.envelope.gateway_id for d in after_events} == {"gw-recorder#1"}
     assert verify_chains(events) == []
+
+
+def test_gateway_built_events_decode_and_validate_against_the_models(
+    tmp_path: Path, dev_idp: str
+) -> None:
+    """The recorder builds its per-request events as plain records (no pydantic
+    model on the hot path); what reaches the log must still be exactly what
+    the models accept, and what the Merkle tree and publisher saw."""
+    from capture.devidp import mint_token
+    from schemas.models import EVENT_TYPES
+
+    cfg = config(tmp_path, dev_idp)
+    token = mint_token(dev_idp, "alice", ["Vector-Read"])
+    stamped: list[Any] = []
+
+    async def run() -> None:
+        log = SqliteEventLog(tmp_path / "events.db")
+        chain = Chain(cfg, log)
+        original = chain.recorder.append
+
+        async def keep(events: Any) -> None:
+            stamped.extend(events)
+            await original(events)
+
+        chain.recorder.append = keep  # type: ignore[method-assign]
+        await chain.start()
+        try:
+            for _ in range(2):
+                flow = await chain.exchange(token, answer())
+                assert b"bob@example.org" not in (flow.response.content or b"")  # type: ignore[union-attr]
+        finally:
+            await chain.stop()
+
+    asyncio.run(run())
+    events = read_events(cfg.log_url)
+    by_id = {str(d.event.envelope.event_id): d for d in events}
+    types = [s.type_name for s in stamped]
+    for name in ("RequestReceived", "PolicyDecided", "RequestForwarded", "ResponseRecorded"):
+        assert types.count(name) == 2, types
+    for s in stamped:
+        decoded = by_id[s.event_id]
+        assert decoded.canonical == s.wire
+        model = EVENT_TYPES[s.type_name]
+        # the model accepts the record again, field for field
+        assert model.model_validate(decoded.event.model_dump()) == decoded.event
+        assert s.event == decoded.event
+    responses = [d.event for d in events if d.event.envelope.type == "ResponseRecorded"]
+    masked = [m.path for r in responses for m in r.masked_fields]  # type: ignore[attr-defined]
+    assert masked == ["result.payload.email"] * 2
+    assert SECRET not in repr([d.event for d in events])
+    assert verify_chains(events) == []

@@ -2,12 +2,29 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from schemas.chain import EventStamper, hash_event, verify_chains
-from schemas.codec import DecodedEvent, default_codec
-from schemas.models import GENESIS_HASH, RequestBlocked, SessionStarted
+from schemas.codec import DecodedEvent, InvalidEvent, default_codec
+from schemas.models import (
+    GENESIS_HASH,
+    ActionClass,
+    Event,
+    Header,
+    MaskedField,
+    Obligation,
+    Operation,
+    OperationDecision,
+    PolicyDecided,
+    RequestBlocked,
+    RequestForwarded,
+    RequestReceived,
+    ResponseRecorded,
+    SessionStarted,
+)
 
 
 def _blocked(stamper: EventStamper, session: str, n: int = 0):  # type: ignore[no-untyped-def]
@@ -126,3 +143,105 @@ def test_event_ids_stay_on_the_clock_and_in_order_under_load() -> None:
     assert all(u.version == 7 for u in ids)
     ahead_ms = (ids[-1].int >> 80) - now_ms
     assert ahead_ms <= 1, f"the last event id is {ahead_ms} ms ahead of the clock"
+
+
+# -- stamp_record: the gateway's hot path builds plain records, no model --------
+
+_OPS = [
+    Operation(action=ActionClass.READ, collection="docs", ids=["1", "2"], limit=5),
+    Operation(action=ActionClass.WRITE, collection="docs", vector_count=3, bulk=True),
+]
+_HEADERS = [Header(name="host", value="db:6333"), Header(name="authorization", value="[REDACTED]")]
+
+
+def _received_fields() -> dict[str, Any]:
+    return {
+        "method": "POST",
+        "scheme": "https",
+        "host": "db:6333",
+        "path": "/collections/docs/points",
+        "query": "wait=true",
+        "headers": _HEADERS,
+        "body": b'{"points": []}',
+        "body_sha256": "a" * 64,
+        "body_size": 14,
+        "content_type": "application/json",
+        "product": "qdrant",
+        "operations": _OPS,
+    }
+
+
+def _as_record(fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: [x.__dict__ for x in v] if isinstance(v, list) and v and hasattr(v[0], "__dict__")
+        else v
+        for k, v in fields.items()
+    }
+
+
+def test_stamp_record_writes_the_same_bytes_as_the_model_path() -> None:
+    when = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    by_model, by_record = EventStamper("gw-1"), EventStamper("gw-1")
+    cases: list[tuple[type[Event], dict[str, Any]]] = [
+        (RequestReceived, _received_fields()),
+        (PolicyDecided, {
+            "outcome": "allow", "matched_rules": ["r1"], "reasons": ["ok"],
+            "obligations": [Obligation(kind="mask", params_json='{"fields":["email"]}')],
+            "operation_decisions": [OperationDecision(index=0, outcome="allow", reason="ok")],
+            "policy_sha256": "b" * 64, "grant_id": None, "ticket_id": None}),
+        (RequestForwarded, {"upstream": "http://db:6333", "credential_ref": "env:K",
+                            "approval_id": None, "grant_id": None, "injected_filter": True}),
+        (ResponseRecorded, {
+            "status": 200, "headers": _HEADERS, "body": None, "body_sha256": "c" * 64,
+            "body_size": 10, "original_body_sha256": "d" * 64,
+            "masked_fields": [MaskedField(path="result.payload.email", kind="email")],
+            "result_ids": ["1"], "upstream_error": None, "latency_us": 1234}),
+    ]
+    for cls, fields in cases:
+        a = by_model.stamp(cls, session_id="s", request_id="r", occurred_at=when, **fields)
+        b = by_record.stamp_record(
+            cls, session_id="s", request_id="r", occurred_at=when, body=_as_record(fields)
+        )
+        # Only the event id differs (a fresh UUIDv7); with it equal, so are the bytes.
+        same = by_model.codec.canonical(
+            a.event.model_copy(update={"envelope": a.event.envelope.model_copy(
+                update={"event_id": b.event.envelope.event_id,
+                        "prev_hash": b.event.envelope.prev_hash})}))
+        assert same == b.wire
+        decoded = default_codec().decode(b.wire).event
+        assert decoded == b.event  # the lazily built model is the event as written
+        assert type(decoded).model_validate(decoded.model_dump()) == decoded
+        assert (b.type_name, b.session_id, b.stream_seq, b.gateway_id) == (
+            cls.avro_name, "s", a.stream_seq, "gw-1")
+        assert b.event_id == str(decoded.envelope.event_id)
+    assert verify_chains(_decode([*[by_record.stamp_record(RequestForwarded, session_id="t", body={
+        "upstream": "u", "credential_ref": None, "approval_id": None, "grant_id": None,
+        "injected_filter": False}) for _ in range(3)]])) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"body_sha256": "not-hex"}, "body_sha256"),
+        ({"body_size": -1}, "body_size"),
+        ({"method": 7}, "method"),
+        ({"operations": [{"action": "rename"}]}, "operations"),
+        ({"bodyy": b""}, "bodyy"),  # a field the schema does not have
+        ({"product": None}, "product"),
+    ],
+)
+def test_stamp_record_refuses_what_the_model_refuses_and_leaves_no_gap(
+    change: dict[str, Any], names: str
+) -> None:
+    s = EventStamper("gw-1")
+    good = _as_record(_received_fields())
+    first = s.stamp_record(RequestReceived, session_id="a", body=good)
+    with pytest.raises(InvalidEvent, match=names):
+        s.stamp_record(RequestReceived, session_id="a", body={**good, **change})
+    missing = {k: v for k, v in good.items() if k != "host"}
+    with pytest.raises(InvalidEvent, match="host"):
+        s.stamp_record(RequestReceived, session_id="a", body=missing)
+    second = s.stamp_record(RequestReceived, session_id="a", body=good)
+    assert (second.event.envelope.seq, second.stream_seq) == (1, 1)
+    assert second.event.envelope.prev_hash == first.hash
+    assert verify_chains(_decode([first, second])) == []
