@@ -144,6 +144,7 @@ class _Release:
     request_id: str
     reason: str
     since: float = field(default_factory=time.monotonic)
+    attempts: int = 0
 
 
 def _trailing_nulls(writer: Any, fields: tuple[str, ...]) -> bytes | None:
@@ -565,7 +566,7 @@ class ApprovalService:
         """Take ``operations`` uses of approval or ticket ``ref`` for ``request_id``,
         once across every gateway on the log: append an ApprovalClaimed, read the
         log up to it, and keep it only if it fits after every earlier claim not
-        given back. Raises ApprovalError (``claim_lost`` for an approval,
+        given back. Raises ApprovalError (``already_used`` for an approval,
         ``ticket_exhausted`` for a ticket) if it does not fit, EventLogError if
         the claim cannot be made or read back; in both cases the claim is given
         back (:meth:`release`) and the request must not go upstream."""
@@ -624,6 +625,7 @@ class ApprovalService:
 
     async def _record_release(self, rel: _Release) -> None:
         key = (rel.ref, rel.request_id)
+        rel.attempts += 1
         try:
             await self._emit(EmitRequest(
                 [(ApprovalClaimed, {"approval_id": rel.ref, "kind": rel.kind, "released": True,
@@ -634,7 +636,7 @@ class ApprovalService:
                 log.error("approvals: giving up releasing the claim of %s on %s: %s",
                           rel.request_id, rel.ref, exc)
                 self._releases.pop(key, None)
-            else:  # the sweeper tries again
+            elif rel.attempts == 1:  # the sweeper tries again, quietly
                 log.warning("approvals: the claim of %s on %s could not be released yet (%s)",
                             rel.request_id, rel.ref, exc)
             return

@@ -90,7 +90,6 @@ ERROR_STATUS: dict[str, int] = {
     "already_voted": 409,
     "content_mismatch": 409,
     "already_used": 409,
-    "claim_lost": 409,
     "not_approved": 403,
     "wrong_requester": 403,
     "ticket_not_found": 403,
