@@ -652,6 +652,8 @@ class Policy(_Model):
 
     _source: str = PrivateAttr(default="<policy>")
     _sha256: str = PrivateAttr(default="")
+    #: which rules match, by what decides it (see _matching_rules)
+    _matches: dict[tuple[Any, ...], frozenset[int]] = PrivateAttr(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -1309,26 +1311,62 @@ def _caller(identity: Identity) -> str:
     return f"{identity.subject} (groups: {groups})"
 
 
-def _why_not(rule: Rule, identity: Identity, op: Operation) -> str | None:
-    """None when ``rule`` matches ``op`` for ``identity``, else why not."""
+_NO_MATCH = "no match"  # _why_not's answer when nobody will read why
+
+
+def _why_not(rule: Rule, identity: Identity, op: Operation, explain: bool = True) -> str | None:
+    """None when ``rule`` matches ``op`` for ``identity``, else why not (with
+    ``explain=False``, a fixed string: deciding needs only whether it matched,
+    and building every non-matching rule's message was a third of a decision)."""
     if op.action == ActionClass.UNKNOWN:
-        return "unknown operations match no rule"
+        return "unknown operations match no rule" if explain else _NO_MATCH
     if not rule.allows_action(op.action):
-        return f"action {op.action.value} is not in [{', '.join(rule.actions)}]"
+        return f"action {op.action.value} is not in [{', '.join(rule.actions)}]" \
+            if explain else _NO_MATCH
     if not rule.subjects.matches(identity):
-        return f"caller is not among {rule.subjects.describe()}"
+        return f"caller is not among {rule.subjects.describe()}" if explain else _NO_MATCH
     collection = op.collection or None
     if collection is None:
         if not rule.no_collection:
-            return "the operation has no collection and the rule does not set no_collection"
+            return "the operation has no collection and the rule does not set no_collection" \
+                if explain else _NO_MATCH
     elif not any(_glob_match(g, collection) for g in rule.collections):
-        return f"collection {collection!r} matches none of [{', '.join(rule.collections)}]"
+        return f"collection {collection!r} matches none of [{', '.join(rule.collections)}]" \
+            if explain else _NO_MATCH
     if collection is not None and rule.databases is not None:
         if op.database is None:
-            return "the operation names no database and the rule restricts databases"
+            return "the operation names no database and the rule restricts databases" \
+                if explain else _NO_MATCH
         if not any(_glob_match(g, op.database) for g in rule.databases):
-            return f"database {op.database!r} matches none of [{', '.join(rule.databases)}]"
+            return f"database {op.database!r} matches none of [{', '.join(rule.databases)}]" \
+                if explain else _NO_MATCH
     return None
+
+
+_MATCH_CACHE_SIZE = 4096
+
+
+def _matching_rules(policy: Policy, identity: Identity, op: Operation) -> frozenset[int]:
+    """The indices of the rules that match ``op`` for ``identity``.
+
+    Whether a rule matches depends only on the caller's issuer, subject and
+    groups and on the operation's action, collection and database (not on
+    time, tickets, ids or the body: those are conditions, checked on every
+    request), so it is remembered per policy for those values.
+    """
+    key = (identity.issuer, identity.subject, identity.groups, op.action, op.collection,
+           op.database)
+    cache = policy._matches
+    found = cache.get(key)
+    if found is None:
+        found = frozenset(
+            r for r, rule in enumerate(policy.rules)
+            if _why_not(rule, identity, op, explain=False) is None
+        )
+        if len(cache) >= _MATCH_CACHE_SIZE:
+            cache.clear()
+        cache[key] = found
+    return found
 
 
 @dataclass(frozen=True)
@@ -1531,7 +1569,14 @@ def _evaluate(
         return Decision(outcome="deny", status=403, error="policy_denied", reasons=[reason],
                         per_operation=[], policy_sha256=policy.sha256)
 
-    why_not = [[_why_not(rule, identity, op) for rule in policy.rules] for op in ops]
+    if traces is not None:
+        why_not = [[_why_not(rule, identity, op) for rule in policy.rules] for op in ops]
+    else:
+        why_not = []
+        for op in ops:
+            matching = _matching_rules(policy, identity, op)
+            why_not.append([None if r in matching else _NO_MATCH
+                            for r in range(len(policy.rules))])
     ids_by_rule: dict[int, _IdCount] = {}
     for r, rule in enumerate(policy.rules):
         if rule.conditions.max_ids is not None:

@@ -1222,6 +1222,19 @@ def test_property_evaluate_never_raises_and_fails_closed(
                                                    for v in d.per_operation) else "allow")
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(identity=_identities, ops=st.lists(_ops, max_size=4), context=_contexts)
+def test_property_remembered_rule_matches_decide_like_the_full_trace(
+    example: Policy, identity: Identity, ops: list[Operation], context: RequestContext,
+) -> None:
+    """evaluate() remembers which rules match (per caller and operation target);
+    explain() works every rule out afresh. Both must decide alike, first time
+    and from the memory."""
+    traced = explain(example, identity, ops, context).decision
+    assert evaluate(example, identity, ops, context) == traced
+    assert evaluate(example, identity, ops, context) == traced
+
+
 # ------------------------------------------------------------------------ CLI
 
 @pytest.fixture
