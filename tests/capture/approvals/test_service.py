@@ -15,6 +15,7 @@ from capture.approvals.service import ApprovalError, ApprovalService, EmitReques
 from capture.approvals.state import ApprovalBook
 from capture.recorder import Recorder
 from pipeline.events import decode_records
+from pipeline.transport.errors import EventLogError
 from pipeline.transport.sqlite import SqliteEventLog
 from schemas.chain import verify_chains
 from schemas.models import (
@@ -449,3 +450,31 @@ async def test_the_tail_skips_only_records_the_fold_ignores(tmp_path: Path) -> N
         if isinstance(ev, RequestForwarded) and ev.approval_id is None and ev.grant_id is None:
             assert not svc._relevant(wire) or version != "current", ev  # noqa: SLF001
     assert skipped >= 30  # the common case (no ids) is skipped, not decoded
+
+
+async def test_a_release_the_log_refuses_is_retried_until_it_is_recorded(
+    tmp_path: Path,
+) -> None:
+    url = sqlite_url(tmp_path)
+    async with approval_stack(SqliteEventLog(tmp_path / "events.db"), "gw-a", url) as (ra, a):
+        t = await a.open_ticket(DANA, actions=["upsert"], collections=["docs"],
+                                window=timedelta(hours=1), max_operations=1, reason="one")
+        await a.decide(t.approval_id, ANN, "approve", "ok")
+        await a.claim(t.approval_id, kind="ticket", request_id="r1")
+        ra.started.clear()  # the recorder refuses appends (as while its log reopens)
+        with pytest.raises(EventLogError):  # a claim cannot be made now either
+            await a.claim(t.approval_id, kind="ticket", request_id="r2")
+        a.release(t.approval_id, kind="ticket", request_id="r1", reason="503: not forwarded")
+        await a.flush_releases()
+        assert a.pending_releases == 2  # r1's, and r2's (its claim may have been written)
+        await a.sync()
+        assert a.book.uses(t.approval_id) == 1
+        ra.started.set()
+        for _ in range(400):  # the sweeper retries every 0.05 s here
+            if a.pending_releases == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert a.pending_releases == 0
+        await a.sync()
+        assert a.book.uses(t.approval_id) == 0
+        await a.claim(t.approval_id, kind="ticket", request_id="r3")
