@@ -10,10 +10,15 @@ one process) write all records with ``write_batch`` in batches of 1k and 10k:
 
 * ``before``: the warehouse code of ``--before REV`` (pipeline/ and schemas/
   exported with ``git archive`` into a temporary directory and imported first),
-  by default the last commit before the fast load path;
+  by default the last commit before the load-throughput work of issue 5's
+  second round (``d0f9a43``; the first round compared against ``a5b31b3``);
 * ``model``: today's writer with the model projection
-  (``projection.project_tables_reference``: pydantic models, row dicts, Arrow);
-* ``now``: what the warehouse runs now (``projection.project_batch_columnar``).
+  (``projection.project_tables_reference``: pydantic models, row dicts, Arrow),
+  in this process only;
+* ``serial``: today's warehouse with ``EMBEDGUARD_PROJECT_WORKERS=0`` (the
+  projection in the writing process only);
+* ``now``: what the warehouse runs now (``ParallelProjector``: large batches are
+  projected on every core, see pipeline/warehouse/parallel.py).
 
 All run in the same invocation, one process per cell, in alternating order, so
 the printed ratios do not depend on how loaded the machine is.
@@ -38,9 +43,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-#: the parent of the first commit of the fast load path
-BEFORE = "a5b31b3"
-MODES = ("before", "model", "now")
+#: HEAD when the second round of load-throughput work started
+BEFORE = "d0f9a43"
+MODES = ("before", "model", "serial", "now")
 
 
 def records(events: int) -> list[Any]:
@@ -74,12 +79,19 @@ def _warehouse(kind: str, path: Path, mode: str) -> Any:
     return wh
 
 
+def _is_before_code(module: Any) -> bool:
+    import os
+
+    before = os.environ.get("EMBEDGUARD_BENCH_BEFORE")
+    return bool(before) and str(module.__file__).startswith(str(before))
+
+
 def cell(kind: str, mode: str, batch: int, events: int) -> dict[str, Any]:
     _before_first()
     import pipeline.warehouse.projection as projection
     from pipeline.warehouse.base import LoadBatch
 
-    if hasattr(projection, "project_batch_columnar") == (mode == "before"):
+    if _is_before_code(projection) != (mode == "before"):
         raise SystemExit(f"{mode} cell imported the wrong code: {projection.__file__}")
 
     recs = records(events)
@@ -87,9 +99,10 @@ def cell(kind: str, mode: str, batch: int, events: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         wh = _warehouse(kind, Path(tmp) / "wh", mode)
         wh.migrate()
-        # One-time costs (pyarrow's time zone database, chDB/Delta first writes)
-        # are paid before the clock starts, on another source.
-        wh.write_batch(LoadBatch("sqlite:warmup", 0, records(300)))
+        # One-time costs (pyarrow's time zone database, chDB/Delta first writes,
+        # starting projection workers) are paid before the clock starts, on
+        # another source.
+        wh.write_batch(LoadBatch("sqlite:warmup", 0, records(2_500)))
         batches = [
             LoadBatch("sqlite:bench", 0, recs[i : i + batch]) for i in range(0, len(recs), batch)
         ]
@@ -165,18 +178,21 @@ def run_all(args: argparse.Namespace, before_dir: Path) -> list[dict[str, Any]]:
         f"before = {args.before}"
     )
     head = f"{'warehouse':10} {'batch':>6}" + "".join(f" {m + ' ev/s':>12}" for m in MODES)
-    print(head + f" {'now/before':>11} {'now/model':>10}")
+    print(head + f" {'now/before':>11} {'now/serial':>11}")
     out = []
     for kind in args.kinds.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             res: dict[str, float] = {}
             for _ in range(args.repeat):
                 for mode in MODES:
-                    env = None
-                    if mode == "before":
-                        import os
+                    import os
 
-                        env = {**os.environ, "EMBEDGUARD_BENCH_BEFORE": str(before_dir)}
+                    env = {**os.environ}
+                    env.pop("EMBEDGUARD_BENCH_BEFORE", None)
+                    if mode == "before":
+                        env["EMBEDGUARD_BENCH_BEFORE"] = str(before_dir)
+                    if mode in ("model", "serial"):
+                        env["EMBEDGUARD_PROJECT_WORKERS"] = "0"
                     done = subprocess.run(
                         [
                             sys.executable,
@@ -200,7 +216,7 @@ def run_all(args: argparse.Namespace, before_dir: Path) -> list[dict[str, Any]]:
             print(
                 f"{kind:10} {batch:>6}"
                 + "".join(f" {res[m]:>12,.0f}" for m in MODES)
-                + f" {res['now'] / res['before']:>10.1f}x {res['now'] / res['model']:>9.1f}x"
+                + f" {res['now'] / res['before']:>10.2f}x {res['now'] / res['serial']:>10.2f}x"
             )
             out.append({"warehouse": kind, "batch": batch, **res})
     return out
