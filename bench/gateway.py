@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -186,6 +187,14 @@ def main() -> None:
         help="also run the gateway from another source tree (e.g. `git worktree add "
         "/tmp/base <commit>`) in the same run, as a baseline row",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every cell this many times, setups interleaved (their order rotates "
+        "each round), and report each cell's median: on a shared machine the load drifts "
+        "between cells, and interleaving spreads that drift over every setup",
+    )
     ap.add_argument("--serve-noop", nargs=2, metavar=("UPSTREAM", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_noop:
@@ -320,42 +329,62 @@ def main() -> None:
                 probe = httpx.get(url, headers=headers, timeout=10)
                 assert probe.status_code == 200 and "bob@example.org" not in probe.text, probe.text
             results = []
+            samples: dict[tuple[str, int], list[dict[str, float]]] = {}
+            load_before = os.getloadavg()
             fsync_before = fsync_probe(tmp)
+            def measure(name: str, url: str, headers: dict[str, str], conc: int) -> None:
+                spy = None
+                if args.py_spy and name == "embedguard gateway" and conc == 16:
+                    spy = subprocess.Popen(
+                        [
+                            str(Path(sys.executable).with_name("py-spy")),
+                            "record",
+                            "--pid",
+                            str(gw_pid),
+                            "--format",
+                            "raw",
+                            "--threads",
+                            "--nonblocking",
+                            "--duration",
+                            str(max(1, int(args.seconds))),
+                            "--output",
+                            str(args.py_spy),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                samples.setdefault((name, conc), []).append(
+                    wrk(url, conc, args.seconds, headers)
+                )
+                if spy is not None:
+                    spy.wait(60)
+                    console.print(f"[dim]py-spy profile of the gateway: {args.py_spy}[/]")
+                    args.py_spy = None  # one profile is enough
+
             for conc in (1, 16):
-                for name, url, headers in setups:
+                for _name, url, headers in setups:
                     wrk(url, conc, 2, headers)  # warm-up
-                    console.print(f"[dim]{name} × {conc} for {args.seconds:.0f}s…[/]")
-                    spy = None
-                    if args.py_spy and name == "embedguard gateway" and conc == 16:
-                        spy = subprocess.Popen(
-                            [
-                                str(Path(sys.executable).with_name("py-spy")),
-                                "record",
-                                "--pid",
-                                str(gw_pid),
-                                "--format",
-                                "raw",
-                                "--threads",
-                                "--nonblocking",
-                                "--duration",
-                                str(max(1, int(args.seconds))),
-                                "--output",
-                                str(args.py_spy),
-                            ],
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                        )
+                for rnd in range(args.rounds):
+                    shift = rnd % len(setups)
+                    for name, url, headers in setups[shift:] + setups[:shift]:
+                        console.print(f"[dim]{name} × {conc} for {args.seconds:.0f}s "
+                                      f"(round {rnd + 1}/{args.rounds})…[/]")
+                        measure(name, url, headers, conc)
+                for name, _url, _headers in setups:
+                    runs = samples[(name, conc)]
                     results.append(
                         {
                             "setup": name,
                             "concurrency": conc,
-                            **wrk(url, conc, args.seconds, headers),
+                            **{
+                                k: statistics.median(r[k] for r in runs)
+                                for k in ("rps", "p50_ms", "p99_ms")
+                            },
+                            "rounds": runs,
                         }
                     )
-                    if spy is not None:
-                        spy.wait(60)
-                        console.print(f"[dim]py-spy profile of the gateway: {args.py_spy}[/]")
             fsync_after = fsync_probe(tmp)
+            load_after = os.getloadavg()
             idp.shutdown()
         finally:
             for p in procs:
@@ -391,7 +420,15 @@ def main() -> None:
         f"ms, p99 {fsync_after['p99_ms']:.2f} ms after. In sync mode each request waits for "
         "two durable appends (request events, then its response event)."
     )
+    console.print(
+        f"load average (1/5/15 min): {' / '.join(f'{x:.2f}' for x in load_before)} before, "
+        f"{' / '.join(f'{x:.2f}' for x in load_after)} after; "
+        + (f"each cell is the median of {args.rounds} interleaved rounds of "
+           f"{args.seconds:.0f} s" if args.rounds > 1 else f"one {args.seconds:.0f} s run per cell")
+    )
     results.append({"setup": "fsync probe", "before": fsync_before, "after": fsync_after})
+    results.append({"setup": "load average", "before": list(load_before),
+                    "after": list(load_after), "rounds": args.rounds})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     console.print(f"[dim]wrote {args.out}[/]")

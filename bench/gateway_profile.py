@@ -301,6 +301,9 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             token = mint_token(idp.issuer_url, "alice", ["Vector-Read"], ttl=timedelta(hours=2))
             port = 6333
             extra: dict[str, Any] = {}
+            if not args.no_checkpoints:
+                # as `embedguard gateway` runs by default: signed Merkle checkpoints
+                extra["signing_key"] = tmp / "signing.key"
             if args.response_durability != "sync":
                 extra["response_durability"] = args.response_durability
             cfg = GatewayConfig(
@@ -458,6 +461,11 @@ def main() -> None:
         "N times each, and exit",
     )
     ap.add_argument("--response-durability", choices=("sync", "async"), default="sync")
+    ap.add_argument(
+        "--no-checkpoints",
+        action="store_true",
+        help="run without a signing key (the gateway signs Merkle checkpoints by default)",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument(
         "--summarise",

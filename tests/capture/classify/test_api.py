@@ -64,3 +64,42 @@ def test_ok_is_false_for_unknown() -> None:
 def test_error_messages_do_not_echo_control_characters() -> None:
     c = classify("qdrant", HttpRequest(method="GET\x1b[31m", path="/healthz"))
     assert c.error is not None and "\x1b" not in c.error
+
+
+def _linear_match(routes, method, path):  # type: ignore[no-untyped-def]
+    """match_route as it was: every pattern of the table, in order."""
+    allowed: set[str] = set()
+    for r in routes:
+        m = r.pattern.fullmatch(path)
+        if m is None:
+            continue
+        if method in r.methods:
+            return r, m.groupdict(), set()
+        allowed |= r.methods
+    return None, {}, allowed
+
+
+def test_route_index_matches_like_trying_every_route() -> None:
+    """match_route only tries the routes with as many slashes as the path; it
+    must find what trying every route in order finds, for every template of
+    every product (filled in, one segment more or less, or unknown)."""
+    from capture.classify import _common, chroma, milvus, pinecone, qdrant, weaviate
+
+    tables = [qdrant.ROUTES, chroma.ROUTES, chroma.V1_ROUTES, milvus.ROUTES, pinecone.ROUTES,
+              weaviate.ROUTES]
+    checked = 0
+    for table in tables:
+        paths = {"/", "/x", "/collections/docs/points/1/extra"}
+        for r in table:
+            filled = _common._PARAM.sub("p1", r.template)
+            paths |= {filled, filled + "/more", filled.rsplit("/", 1)[0] or "/"}
+        methods = {m for r in table for m in r.methods} | {"PATCH", "TRACE"}
+        for path in paths:
+            for method in methods:
+                got = _common.match_route(table, method, path)
+                route, params, allowed = _linear_match(table, method, path)
+                assert (got.route, got.params) == (route, params), (method, path)
+                if route is None:
+                    assert got.allowed == allowed, (method, path)
+                checked += 1
+    assert checked > 1000
