@@ -127,17 +127,40 @@ def migrate_command(warehouse: WarehouseOpt = None, as_json: JsonOpt = False) ->
 
 
 @warehouse_app.command("compact")
-def compact_command(warehouse: WarehouseOpt = None, as_json: JsonOpt = False) -> None:
-    """Compact small files and drop unreferenced ones (Delta), or merge parts (ClickHouse).
+def compact_command(
+    warehouse: WarehouseOpt = None,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            "--log",
+            help="The log the warehouse is loaded from: expired bodies are purged only if it "
+            "holds no evidence hold not yet loaded (default: EMBEDGUARD_LOG)",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compact small files and drop unreferenced ones (Delta), or merge parts (ClickHouse),
+    and purge expired bodies that no evidence hold keeps (with ?body_retention_days=N).
 
     Safe while the loader and readers run; the loader also does it periodically."""
+    import asyncio
+
+    from pipeline.retention import gate_purge_url
+
     with _warehouse(warehouse) as wh:
+        deferred = None
+        if getattr(wh, "body_retention_days", None) is not None:
+            deferred = asyncio.run(gate_purge_url(log or _settings_log(), wh))
         wh.compact()
         stats = wh.stats()
+        if deferred:
+            stats["body_purge_deferred"] = deferred
         if as_json:
             _print_json(stats)
         else:
             _out.print(f"{wh.url}: compacted; {stats['tables'].get('events', 0)} events")
+            if deferred:
+                _out.print(f"bodies were not purged: {deferred}")
 
 
 @warehouse_app.command("stats")

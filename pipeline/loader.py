@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from pipeline.loader_status import LoaderStatus, RateMeter, scrub, status_path, write_status
+from pipeline.retention import gate_purge
 from pipeline.transport.base import EventLog, LogReader, LogRecord
 from pipeline.transport.errors import EventLogError, LogUnavailable, TruncatedLog
 from pipeline.warehouse.base import LoadBatch, Warehouse, WriteResult
@@ -625,6 +626,9 @@ class Loader:
                 return
             async with self._write_lock:
                 try:
+                    # compact() also purges expired bodies: not while the log holds
+                    # evidence holds this warehouse has not loaded yet
+                    await gate_purge(self.log, self.warehouse)
                     await asyncio.to_thread(self.warehouse.compact)
                 except Exception as err:  # compaction is an optimisation: never fatal
                     log.warning("compaction failed: %s", scrub(str(err)))

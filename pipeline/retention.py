@@ -40,6 +40,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from pipeline.transport.base import EventLog
     from pipeline.warehouse.base import Warehouse
     from pipeline.warehouse.lake import LakeWarehouse
 
@@ -56,8 +57,11 @@ __all__ = [
     "configured_hold_days",
     "hold_event_bodies",
     "holds",
+    "gate_purge",
+    "gate_purge_url",
     "parse_days",
     "pending_holds",
+    "unloaded_holds",
     "purge_bodies",
     "purge_lake_bodies",
     "record_hold",
@@ -330,6 +334,8 @@ class RetentionReport:
     keep_young_bodies: int = 0
     #: rows the purge deleted (purge only)
     deleted_rows: int | None = None
+    #: why the purge did not run (the loader's maintenance check, ``gate_purge``)
+    deferred: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -443,6 +449,12 @@ def purge_bodies(wh: Warehouse, *, now: datetime | None = None) -> RetentionRepo
     if cutoff is None:
         report.deleted_rows = 0
         return report
+    deferred = getattr(wh, "_embedguard_purge_deferred", None)
+    if deferred:
+        report.deleted_rows = 0
+        report.deferred = deferred
+        log.warning("body retention on %s deferred: %s", wh.url, deferred)
+        return report
     if isinstance(wh, LakeWarehouse):
         report.deleted_rows = purge_lake_bodies(wh, now=now)
     elif isinstance(wh, MergeTreeWarehouse):
@@ -471,39 +483,101 @@ async def pending_holds(log_url: str, wh: Warehouse, *, timeout: float = 60.0) -
     would not see them. Reads the unloaded tail with a tail reader (no group,
     nothing committed)."""
     from pipeline.transport import open_log
-    from schemas.codec import default_codec
 
     options: dict[str, Any] = {"create_topic": False} if log_url.startswith("kafka:") else {}
-    codec = default_codec()
     async with open_log(log_url, **options) as event_log:
-        source = event_log.source_id
-        loaded = await asyncio.to_thread(wh.loaded_positions, source)
-        async with event_log.tail_reader() as reader:
-            ends = await reader.end_offsets()
-            todo = {p: end for p, end in ends.items() if loaded.get(p, 0) < end}
-            unloaded = sum(end - loaded.get(p, 0) for p, end in todo.items())
-            for p, end in ends.items():
-                reader.seek(p, loaded.get(p, 0) if p in todo else end)
-            held = 0
-            deadline = asyncio.get_running_loop().time() + timeout
-            while todo:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError(
-                        f"reading the {unloaded} unloaded record(s) of the log took over "
-                        f"{timeout:.0f} s"
-                    )
-                for rec in await reader.poll(max_records=5000, timeout=1.0):
-                    if rec.partition not in todo or rec.offset >= todo[rec.partition]:
-                        continue
-                    if b"EvidenceHeld" in rec.value:
-                        try:
-                            if codec.decode_raw(rec.value).type_name == "EvidenceHeld":
-                                held += 1
-                        except ValueError:
-                            pass  # a dead letter: it holds nothing
-                    if rec.offset + 1 >= todo[rec.partition]:
-                        del todo[rec.partition]
+        return await unloaded_holds(event_log, wh, timeout=timeout)
+
+
+async def unloaded_holds(
+    event_log: EventLog, wh: Warehouse, *, timeout: float = 60.0, max_records: int | None = None
+) -> tuple[int, int]:
+    """``pending_holds`` on an open log. With ``max_records``, a tail longer than
+    that is not read: (its length, -1)."""
+    from schemas.codec import default_codec
+
+    codec = default_codec()
+    loaded = await asyncio.to_thread(wh.loaded_positions, event_log.source_id)
+    async with event_log.tail_reader() as reader:
+        ends = await reader.end_offsets()
+        todo = {p: end for p, end in ends.items() if loaded.get(p, 0) < end}
+        unloaded = sum(end - loaded.get(p, 0) for p, end in todo.items())
+        if max_records is not None and unloaded > max_records:
+            return unloaded, -1
+        for p, end in ends.items():
+            reader.seek(p, loaded.get(p, 0) if p in todo else end)
+        held = 0
+        deadline = asyncio.get_running_loop().time() + timeout
+        while todo:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(
+                    f"reading the {unloaded} unloaded record(s) of the log took over "
+                    f"{timeout:.0f} s"
+                )
+            for rec in await reader.poll(max_records=5000, timeout=1.0):
+                if rec.partition not in todo or rec.offset >= todo[rec.partition]:
+                    continue
+                if b"EvidenceHeld" in rec.value:
+                    try:
+                        if codec.decode_raw(rec.value).type_name == "EvidenceHeld":
+                            held += 1
+                    except ValueError:
+                        pass  # a dead letter: it holds nothing
+                if rec.offset + 1 >= todo[rec.partition]:
+                    del todo[rec.partition]
     return unloaded, held
+
+
+async def gate_purge_url(log_url: str, wh: Warehouse) -> str | None:
+    """``gate_purge`` for a log given by URL (``warehouse compact``); a log that
+    cannot be opened defers the purge too."""
+    from pipeline.loader_status import scrub
+    from pipeline.transport import open_log
+
+    options: dict[str, Any] = {"create_topic": False} if log_url.startswith("kafka:") else {}
+    try:
+        async with open_log(log_url, **options) as event_log:
+            return await gate_purge(event_log, wh)
+    except Exception as exc:  # noqa: BLE001 - cannot check: do not purge
+        reason = f"could not open the log {scrub(log_url)} to check for unloaded holds: " + scrub(
+            str(exc)
+        )
+        wh._embedguard_purge_deferred = reason  # type: ignore[attr-defined]
+        return reason
+
+
+#: A tail longer than this is not scanned before a maintenance purge: the purge
+#: waits until the loader has caught up closer.
+MAINTENANCE_SCAN_LIMIT = 200_000
+
+
+async def gate_purge(event_log: EventLog, wh: Warehouse) -> str | None:
+    """The loader's maintenance hook, run before ``wh.compact()`` (which purges
+    bodies) while no batch is being written: if the log holds EvidenceHeld events
+    that ``wh`` has not loaded (or more unloaded records than can be checked, or
+    the check fails), the next purge on ``wh`` is deferred, with the reason; else
+    it may run. Returns the reason, or None."""
+    from pipeline.loader_status import scrub
+
+    if _retention_days(wh) is None:
+        return None  # no purge to gate
+    try:
+        unloaded, held = await unloaded_holds(
+            event_log, wh, timeout=30.0, max_records=MAINTENANCE_SCAN_LIMIT
+        )
+    except Exception as exc:  # noqa: BLE001 - cannot check: do not purge
+        reason: str | None = (
+            f"could not check the log for unloaded evidence holds: {scrub(str(exc))}"
+        )
+    else:
+        if held < 0:
+            reason = f"the loader is {unloaded} records behind (too many to check for holds)"
+        elif held:
+            reason = f"{held} evidence hold event(s) in the log are not loaded yet"
+        else:
+            reason = None
+    wh._embedguard_purge_deferred = reason  # type: ignore[attr-defined]
+    return reason
 
 
 def _purge_merge_tree(wh: Any, now: datetime, cutoff: datetime) -> int:
@@ -532,6 +606,10 @@ def purge_lake_bodies(wh: LakeWarehouse, *, now: datetime | None = None) -> int:
     now = now or datetime.now(UTC)
     cutoff = _cutoff(wh, now)
     if cutoff is None:
+        return 0
+    deferred = getattr(wh, "_embedguard_purge_deferred", None)
+    if deferred:
+        log.warning("body retention on %s deferred: %s", wh.url, deferred)
         return 0
     held = [str(r["item"]) for r in wh.query(_HELD, {"now": _ts(now)})]
     dt = DeltaTable(str(wh.table_path("bodies")))

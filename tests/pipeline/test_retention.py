@@ -246,3 +246,48 @@ def test_compact_applies_the_hold_aware_purge(wh: Warehouse) -> None:
     _, shas = _load_with_hold(wh, 1, datetime(2100, 1, 1, tzinfo=UTC))
     wh.compact()
     assert _body_shas(wh) == shas[:1]
+
+
+def test_the_loaders_maintenance_defers_the_purge_while_holds_are_unloaded(
+    wh: Warehouse, tmp_path: Path
+) -> None:
+    """A real SQLite log: the scenario is loaded, then a hold is appended but not
+    loaded. The maintenance check (run by the loader before compact) defers the
+    purge; once the loader has loaded the hold, compact purges around it."""
+    import asyncio
+
+    from pipeline.loader import Loader, LoaderConfig
+    from pipeline.retention import gate_purge, pending_holds
+    from pipeline.transport import AppendRecord, open_log
+
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    scenario = build_scenario(sessions=2)
+
+    async def append(records: list[AppendRecord]) -> None:
+        async with open_log(url) as lg:
+            await lg.append(records)
+
+    async def load() -> None:
+        async with open_log(url) as lg:
+            await Loader(lg, wh, LoaderConfig(compact_interval=None)).run(once=True)
+
+    async def gate() -> str | None:
+        async with open_log(url) as lg:
+            return await gate_purge(lg, wh)
+
+    asyncio.run(append([AppendRecord(b"k", ev.wire) for ev in scenario.events]))
+    asyncio.run(load())
+    shas = _body_shas(wh)
+    req = _req(shas[:1], datetime(2100, 1, 1, tzinfo=UTC))
+    st = EventStamper("embedguard-cli/test")
+    holds_ev = [st.stamp(EvidenceHeld, session_id="hold-1", **b) for b in hold_event_bodies(req)]
+    asyncio.run(append([AppendRecord(b"hold-1", e.wire) for e in holds_ev]))
+    assert asyncio.run(pending_holds(url, wh)) == (1, 1)
+    reason = asyncio.run(gate())
+    assert reason and "not loaded yet" in reason
+    wh.compact()
+    assert _body_shas(wh) == shas  # deferred: nothing purged
+    asyncio.run(load())
+    assert asyncio.run(gate()) is None
+    wh.compact()
+    assert _body_shas(wh) == shas[:1]

@@ -289,7 +289,16 @@ def test_purge_cli_waits_for_unloaded_holds(scenario: Scenario, tmp_path: Path) 
     assert (
         "evidence hold event(s) not yet loaded" in res.output and "nothing was purged" in res.output
     )
+    res = runner.invoke(
+        app, ["warehouse", "compact", "--warehouse", url, "--log", scenario.log_url, "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "not loaded yet" in json.loads(res.stdout)["body_purge_deferred"]
     _load(scenario.log_url, url, tmp_path / "status")
+    res = runner.invoke(
+        app, ["warehouse", "compact", "--warehouse", url, "--log", scenario.log_url, "--json"]
+    )
+    assert res.exit_code == 0 and "body_purge_deferred" not in json.loads(res.stdout)
     res = runner.invoke(
         app, ["warehouse", "purge", "--warehouse", url, "--log", scenario.log_url, "--json"]
     )
