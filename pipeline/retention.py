@@ -484,9 +484,24 @@ async def pending_holds(log_url: str, wh: Warehouse, *, timeout: float = 60.0) -
     nothing committed)."""
     from pipeline.transport import open_log
 
+    _require_log(log_url)
     options: dict[str, Any] = {"create_topic": False} if log_url.startswith("kafka:") else {}
     async with open_log(log_url, **options) as event_log:
+        if not await asyncio.to_thread(wh.loaded_positions, event_log.source_id):
+            raise LookupError(
+                f"{wh.url} holds nothing loaded from this log; name the log it is loaded "
+                "from with --log"
+            )
         return await unloaded_holds(event_log, wh, timeout=timeout)
+
+
+def _require_log(log_url: str) -> None:
+    """Checking a log must never create one (an empty new log would hide the
+    real one's unloaded holds)."""
+    if log_url.startswith("sqlite:"):
+        path = log_url.removeprefix("sqlite:").removeprefix("//")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no event log at {path}")
 
 
 async def unloaded_holds(
@@ -536,6 +551,7 @@ async def gate_purge_url(log_url: str, wh: Warehouse) -> str | None:
 
     options: dict[str, Any] = {"create_topic": False} if log_url.startswith("kafka:") else {}
     try:
+        _require_log(log_url)
         async with open_log(log_url, **options) as event_log:
             return await gate_purge(event_log, wh)
     except Exception as exc:  # noqa: BLE001 - cannot check: do not purge

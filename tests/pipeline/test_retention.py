@@ -291,3 +291,36 @@ def test_the_loaders_maintenance_defers_the_purge_while_holds_are_unloaded(
     assert asyncio.run(gate()) is None
     wh.compact()
     assert _body_shas(wh) == shas[:1]
+
+
+def test_checking_a_log_never_creates_one_nor_accepts_a_foreign_one(
+    wh: Warehouse, tmp_path: Path
+) -> None:
+    """The purge's check must name the warehouse's own log: a missing file is
+    not created (an empty new log would hide the real one's holds) and a log the
+    warehouse loaded nothing from is refused; either way the purge is deferred."""
+    import asyncio
+
+    from pipeline.retention import gate_purge_url, pending_holds
+    from pipeline.transport import AppendRecord, open_log
+
+    _load_with_hold(wh, 1, T0 + timedelta(days=100))
+    missing = tmp_path / "no-log.db"
+    with pytest.raises(FileNotFoundError):
+        asyncio.run(pending_holds(f"sqlite:{missing}", wh))
+    assert not missing.exists()
+    reason = asyncio.run(gate_purge_url(f"sqlite:{missing}", wh))
+    assert reason and "no event log" in reason and not missing.exists()
+    n = len(_body_shas(wh))
+    wh.compact()
+    assert len(_body_shas(wh)) == n  # deferred
+
+    other = f"sqlite:{tmp_path / 'other.db'}"
+
+    async def make_other() -> None:
+        async with open_log(other) as lg:
+            await lg.append([AppendRecord(b"k", build_scenario(sessions=1).events[0].wire)])
+
+    asyncio.run(make_other())
+    with pytest.raises(LookupError, match="holds nothing loaded from this log"):
+        asyncio.run(pending_holds(other, wh))
