@@ -106,9 +106,10 @@ def cell(kind: str, mode: str, batch: int, events: int) -> dict[str, Any]:
         batches = [
             LoadBatch("sqlite:bench", 0, recs[i : i + batch]) for i in range(0, len(recs), batch)
         ]
-        start = time.perf_counter()
+        cpu0, start = _cpu_seconds(), time.perf_counter()
         written = sum(wh.write_batch(b).events for b in batches)
         elapsed = time.perf_counter() - start
+        cpu = _cpu_seconds() - cpu0
         n = int(
             wh.query("SELECT count() AS n FROM {events} WHERE source = 'sqlite:bench'", {})[0]["n"]
         )
@@ -119,7 +120,33 @@ def cell(kind: str, mode: str, batch: int, events: int) -> dict[str, Any]:
             engine().close()
     if written != events or n != events:
         raise SystemExit(f"{kind}/{mode}: wrote {written}, counted {n}, expected {events}")
-    return {"events": events, "seconds": elapsed, "eps": events / elapsed}
+    return {
+        "events": events,
+        "seconds": elapsed,
+        "eps": events / elapsed,
+        "cpu_us_per_event": cpu / events * 1e6,
+    }
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (every thread: chDB's, delta-rs's) plus its
+    projection workers: unlike wall time, it barely depends on what else the
+    machine runs."""
+    import os
+
+    total = time.process_time()
+    try:
+        from pipeline.warehouse import parallel
+    except ImportError:  # the 'before' code has no workers
+        return total
+    tick = os.sysconf("SC_CLK_TCK")
+    for worker in parallel._POOL._idle:
+        try:
+            fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def profile(events: int) -> None:
@@ -178,11 +205,13 @@ def run_all(args: argparse.Namespace, before_dir: Path) -> list[dict[str, Any]]:
         f"before = {args.before}"
     )
     head = f"{'warehouse':10} {'batch':>6}" + "".join(f" {m + ' ev/s':>12}" for m in MODES)
-    print(head + f" {'now/before':>11} {'now/serial':>11}")
+    head += f" {'now/before':>11} {'now/serial':>11}  CPU µs/event: "
+    print(head + " ".join(f"{m:>7}" for m in MODES) + f" {'before/now':>11}")
     out = []
     for kind in args.kinds.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             res: dict[str, float] = {}
+            cpu: dict[str, float] = {}
             for _ in range(args.repeat):
                 for mode in MODES:
                     import os
@@ -211,14 +240,25 @@ def run_all(args: argparse.Namespace, before_dir: Path) -> list[dict[str, Any]]:
                     )
                     if done.returncode:
                         raise SystemExit(done.stderr[-3000:])
-                    eps = json.loads(done.stdout.strip().splitlines()[-1])["eps"]
-                    res[mode] = max(res.get(mode, 0.0), eps)
+                    got = json.loads(done.stdout.strip().splitlines()[-1])
+                    res[mode] = max(res.get(mode, 0.0), got["eps"])
+                    cpu[mode] = min(cpu.get(mode, float("inf")), got["cpu_us_per_event"])
             print(
                 f"{kind:10} {batch:>6}"
                 + "".join(f" {res[m]:>12,.0f}" for m in MODES)
                 + f" {res['now'] / res['before']:>10.2f}x {res['now'] / res['serial']:>10.2f}x"
+                + "                "
+                + " ".join(f"{cpu[m]:>7.0f}" for m in MODES)
+                + f" {cpu['before'] / cpu['now']:>10.2f}x"
             )
-            out.append({"warehouse": kind, "batch": batch, **res})
+            out.append(
+                {
+                    "warehouse": kind,
+                    "batch": batch,
+                    **res,
+                    **{f"cpu_us_{m}": round(v, 1) for m, v in cpu.items()},
+                }
+            )
     return out
 
 
