@@ -25,6 +25,11 @@ merges: ClickHouse and chDB run one lightweight ``DELETE ... NOT IN (held)``
 rewrites only the day partitions that hold a deletable row, keeping the held
 ones. ``retention_report`` shows what the next purge would delete and keep.
 
+A purge must not run ahead of a hold that is in the log but not yet loaded:
+before compacting, the loader scans the log's unloaded tail (``gate_purge``) and
+defers the purge while it holds an EvidenceHeld event; ``warehouse purge`` and
+``warehouse compact`` run the same check (``pending_holds``, ``gate_purge_url``).
+
 Every query here is ClickHouse SQL run through ``Warehouse.query``, so the same
 text runs on chDB over Delta, chDB MergeTree and ClickHouse server.
 """
