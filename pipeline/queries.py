@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline.warehouse.base import Warehouse
@@ -54,6 +54,7 @@ __all__ = [
     "session_requests",
     "sessions_count",
     "sessions_list",
+    "SESSION_WINDOWS",
     "stats_over_time",
     "stream_raw_events",
     "streams",
@@ -180,44 +181,65 @@ GROUP BY session_id
 #: repeated inside its sub-query, so an unused filter's sub-query is constant
 #: false and reads nothing (ClickHouse runs IN sub-queries before the outer
 #: WHERE, whatever the OR around them).
-_SESSION_FILTER = """
+#:
+#: ``{window}`` (a time, or '' for none) restricts everything to the sessions
+#: whose rows all lie at or after it (see ``sessions_list``): every filter then
+#: only needs rows at or after the window too (a session with an older row is
+#: excluded anyway), so every sub-query skips the older files/partitions. The
+#: bodies sub-query is the exception: a body is stored once, at its first
+#: sending, which may be older than the session that sent it again.
+_W = "parseDateTime64BestEffortOrNull({window:String}, 6, 'UTC')"
+_IN_WINDOW = "({window:String} = '' OR occurred_at >= " + _W + ")"
+_SESSION_FILTER = (
+    """
     ({actor:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
-        WHERE {actor:String} != '' AND subject = {actor:String}))
+        WHERE {actor:String} != '' AND subject = {actor:String} AND %(w)s))
     AND ({group:String} = '' OR session_id IN (
         SELECT session_id FROM {events}
-        WHERE {group:String} != '' AND type = 'IdentityResolved'
+        WHERE {group:String} != '' AND type = 'IdentityResolved' AND %(w)s
         AND has(JSONExtract(coalesce(payload_json, '{}'), 'groups', 'Array(String)'),
                 {group:String})))
     AND ({collection:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
-        WHERE {collection:String} != '' AND has(collections, {collection:String})))
+        WHERE {collection:String} != '' AND has(collections, {collection:String}) AND %(w)s))
     AND ({action:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
-        WHERE {action:String} != '' AND has(actions, {action:String})))
+        WHERE {action:String} != '' AND has(actions, {action:String}) AND %(w)s))
     AND ({decision:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
-        WHERE {decision:String} != '' AND outcome = {decision:String}))
+        WHERE {decision:String} != '' AND outcome = {decision:String} AND %(w)s))
     AND ({since:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
-        WHERE {since:String} != ''
+        WHERE {since:String} != '' AND %(w)s
           AND occurred_at >= parseDateTime64BestEffortOrNull({since:String}, 6, 'UTC')))
     AND ({until:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
-        WHERE {until:String} != ''
+        WHERE {until:String} != '' AND %(w)s
           AND occurred_at < parseDateTime64BestEffortOrNull({until:String}, 6, 'UTC')))
     AND ({body:String} = '' OR session_id IN (
         SELECT session_id FROM {requests}
-        WHERE {body:String} != '' AND type IN ('RequestReceived', 'ResponseRecorded')
+        WHERE {body:String} != '' AND type IN ('RequestReceived', 'ResponseRecorded') AND %(w)s
           AND coalesce(request_body_sha256, response_body_sha256) IN (
             SELECT sha256 FROM {bodies}
             WHERE {body:String} != '' AND position(body, {body:String}) > 0)))
+    AND %(w)s
+    AND ({window:String} = '' OR session_id NOT IN (
+        SELECT session_id FROM {sessions}
+        WHERE {window:String} != '' AND occurred_at < """
+    + _W
+    + """
+          AND session_id IN (
+            SELECT session_id FROM {sessions}
+            WHERE {window:String} != '' AND occurred_at >= """
+    + _W
+    + """)))
 """
+) % {"w": _IN_WINDOW}
 
 #: The page's session ids: only session_id and occurred_at are read (on
-#: MergeTree, from the sessions table's per-session projection, migration
-#: 0002), newest first; ``LIMIT n + 1`` tells whether a next page exists
-#: without counting every match.
+#: MergeTree without a window, from the sessions table's per-session
+#: projection, migration 0002), newest first.
 _SESSION_PAGE = (
     """session_id IN (
     SELECT session_id FROM (
@@ -230,14 +252,21 @@ _SESSION_PAGE = (
         ORDER BY first_at DESC, session_id
         LIMIT {limit:UInt32} OFFSET {offset:UInt32}
     )
-)"""
+) AND """
+    + _IN_WINDOW
 )
 SESSIONS_LIST = Query(
     "sessions_list",
     "SELECT * FROM ("
     + _SESSION_FOLD % {"where": _SESSION_PAGE}
     + ") ORDER BY started_at DESC, session_id",
-    "Sessions matching the filters, newest first, one page.",
+    "Sessions matching the filters, newest first, one page; with a window, only among "
+    "the sessions that lie entirely at or after it.",
+)
+SESSIONS_LATEST = Query(
+    "sessions_latest",
+    "SELECT toString(max(occurred_at)) AS latest FROM {sessions}",
+    "The time of the newest session row (where the sessions list's windows start).",
 )
 SESSIONS_COUNT = Query(
     "sessions_count",
@@ -621,6 +650,7 @@ QUERIES: dict[str, Query] = {
     for q in (
         SESSIONS_LIST,
         SESSIONS_COUNT,
+        SESSIONS_LATEST,
         SESSION,
         SESSION_EVENTS,
         SESSION_RAW_EVENTS,
@@ -705,15 +735,46 @@ class SessionFilter:
         }
 
 
+#: The windows ``sessions_list`` tries, back from the newest session row.
+SESSION_WINDOWS = (timedelta(hours=1), timedelta(days=1), timedelta(days=7), timedelta(days=31))
+
+
 def sessions_list(
     wh: Warehouse, filters: SessionFilter | None = None, *, limit: int = 50, offset: int = 0
 ) -> list[dict[str, Any]]:
+    """One page of the sessions matching ``filters``, newest first (by their
+    first event).
+
+    The page is searched in windows back from the newest session row (1 h,
+    1 day, 7 days, 31 days, then everything): within a window W only the
+    sessions whose rows all lie at or after W's start are candidates, and only
+    W's rows are read. That is exact, not an estimate: if the window holds at
+    least ``offset + limit`` matching sessions, every session outside it
+    started earlier than all of them, so the page is the same as over
+    everything. Otherwise the next, wider window is tried."""
     params = (filters or SessionFilter()).params()
-    return SESSIONS_LIST.run(wh, **params, limit=_limit(limit), offset=_offset(offset))
+    limit, offset = _limit(limit), _offset(offset)
+    latest = SESSIONS_LATEST.run(wh)
+    end = _parse_time(str(latest[0]["latest"])) if latest and latest[0]["latest"] else None
+    if end is not None and params["until"]:
+        end = min(end, _parse_time(params["until"]))
+    # a table with no rows answers the epoch (ClickHouse's default for max())
+    if end is not None and end.year > 1970:
+        for span in SESSION_WINDOWS:
+            rows = SESSIONS_LIST.run(
+                wh, **params, window=_time(end - span), limit=limit, offset=offset
+            )
+            if len(rows) >= limit:
+                return rows
+    return SESSIONS_LIST.run(wh, **params, window="", limit=limit, offset=offset)
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 def sessions_count(wh: Warehouse, filters: SessionFilter | None = None) -> int:
-    rows = SESSIONS_COUNT.run(wh, **(filters or SessionFilter()).params())
+    rows = SESSIONS_COUNT.run(wh, **(filters or SessionFilter()).params(), window="")
     return int(rows[0]["total"]) if rows else 0
 
 

@@ -23,7 +23,7 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
     "sessions_list": [
         dict(
             actor="", group="", collection="", action="", decision="", since="", until="",
-            body="", limit=100, offset=0,
+            body="", window="", limit=100, offset=0,
         ),
         dict(
             actor="bob",
@@ -33,7 +33,7 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
             decision="deny",
             since="",
             until="",
-            body="",
+            body="", window="",
             limit=2,
             offset=1,
         ),
@@ -45,27 +45,32 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
             decision="",
             since="2026-03-01 09:00:00.100000",
             until="2026-03-01 09:00:00.300000",
-            body="",
+            body="", window="",
             limit=100,
             offset=0,
         ),
         dict(
             actor="", group="", collection="", action="", decision="", since="", until="",
-            body="needle-alice", limit=100, offset=0,
+            body="needle-alice", window="", limit=100, offset=0,
+        ),
+        dict(
+            actor="", group="", collection="", action="", decision="", since="", until="",
+            body="", window="2026-03-01 09:00:00.200000", limit=100, offset=0,
         ),
     ],
     "sessions_count": [
         dict(actor="", group="ml-writers", collection="", action="", decision="", since="",
-             until="", body=""),
+             until="", body="", window=""),
         dict(actor="", group="", collection="", action="", decision="", since="", until="",
-             body=""),
+             body="", window=""),
         dict(
             actor="alice", group="", collection="prod", action="", decision="", since="",
-            until="", body="",
+            until="", body="", window="",
         ),
         dict(actor="", group="", collection="", action="", decision="", since="", until="",
-             body='"status":"ok"'),
+             body='"status":"ok"', window=""),
     ],
+    "sessions_latest": [dict()],
     "session": [dict(session_id="s-bob-1"), dict(session_id="nope")],
     "session_events": [
         dict(session_id="s-alice-2", limit=100, offset=0),
@@ -244,6 +249,41 @@ def test_sessions_list_filters_and_pages(lake: Warehouse) -> None:
     assert s is not None
     assert s["request_count"] == 3 and s["denied_count"] == 1 and s["blocked_count"] == 1
     assert s["actions"] == ["delete", "search", "write"] and s["ended_reason"] == "idle"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["lake", "merge_tree"])
+def test_windowed_pages_are_exactly_the_unwindowed_pages(
+    backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sessions_list searches a page in time windows back from the newest row;
+    with windows that cut through sessions, every page (and every filter) is
+    still the page computed over all sessions."""
+    from datetime import timedelta
+
+    wh: Warehouse = request.getfixturevalue(backend)
+    latest = q.SESSIONS_LATEST.run(wh)[0]["latest"]
+    first = wh.query("SELECT toString(min(occurred_at)) AS t FROM {sessions}", {})[0]["t"]
+    span = q._parse_time(latest) - q._parse_time(first)
+    monkeypatch.setattr(q, "SESSION_WINDOWS", tuple(span * f for f in (0.05, 0.2, 0.5)))
+    assert span > timedelta(0)
+    windows_used = 0
+    real_run = q.Query.run
+
+    def counting_run(self: q.Query, w: Warehouse, **params: Any) -> list[dict[str, Any]]:
+        nonlocal windows_used
+        if self.name == "sessions_list" and params.get("window"):
+            windows_used += 1
+        return real_run(self, w, **params)
+
+    monkeypatch.setattr(q.Query, "run", counting_run)
+    for f in (q.SessionFilter(), q.SessionFilter(action="search"), q.SessionFilter(until=latest)):
+        everything = real_run(q.SESSIONS_LIST, wh, **f.params(), window="", limit=100, offset=0)
+        assert len(everything) == q.sessions_count(wh, f)
+        for limit, offset in ((1, 0), (3, 1), (2, len(everything) - 1)):
+            page = q.sessions_list(wh, f, limit=limit, offset=offset)
+            assert page == everything[offset : offset + limit], (f, limit, offset)
+    assert windows_used > 0
 
 
 def test_sessions_filter_by_a_substring_of_their_bodies(lake: Warehouse) -> None:
