@@ -120,9 +120,26 @@ def _construct(record: dict[str, Any]) -> Event:
             value = Envelope.model_construct(**value)
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             item = _ITEM_MODELS[(cls.avro_name, name)]
-            value = [item.model_construct(**v) for v in value]
+            value = [_item(item, v) for v in value]
         fields[name] = value
     return cls.model_construct(**fields)
+
+
+#: nested models whose fields are all strings, shared between events: they are
+#: frozen, and the same headers and masked fields recur on every request
+_SHARED: dict[tuple[type[BaseModel], tuple[tuple[str, Any], ...]], BaseModel] = {}
+
+
+def _item(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
+    if model not in _ALL_STRINGS:
+        return model.model_construct(**values)
+    key = (model, tuple(values.items()))
+    found = _SHARED.get(key)
+    if found is None:
+        if len(_SHARED) >= 4096:
+            _SHARED.clear()
+        found = _SHARED[key] = model.model_construct(**values)
+    return found
 
 
 def _item_models() -> dict[tuple[str, str], type[BaseModel]]:
@@ -137,6 +154,10 @@ def _item_models() -> dict[tuple[str, str], type[BaseModel]]:
 
 
 _ITEM_MODELS = _item_models()
+_ALL_STRINGS = frozenset(
+    m for m in _ITEM_MODELS.values()
+    if m.model_config.get("frozen") and all(f.annotation is str for f in m.model_fields.values())
+)
 
 
 @dataclass
