@@ -84,6 +84,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final, Literal, TypeAlias
 
 from schemas.models import MaskedField
@@ -160,6 +161,14 @@ def parse_path(path: str) -> tuple[Step, ...]:
         steps.append(m.group(1) if m.group(1) is not None else m.group(0).lstrip("."))
         pos = m.end()
     return tuple(steps)
+
+
+_parse_cached = lru_cache(maxsize=1024)(parse_path)
+
+
+def _steps(path: str) -> tuple[Step, ...]:
+    # every response of a route masks the same few paths; parse each once
+    return _parse_cached(path) if isinstance(path, str) else parse_path(path)
 
 
 _SIMPLE_KEY = re.compile(r"[A-Za-z_$][A-Za-z0-9_$-]*")
@@ -529,10 +538,10 @@ def mask_document(
     """
     wanted = _check_detectors(detectors)
     tokens = _Tokens(mode, hmac_key)
-    scan_roots = [parse_path(p) for p in paths]
-    whole_paths = [parse_path(p) for p in field_paths]
-    strip_paths = [parse_path(p) for p in strip_vector_paths]
-    protected_paths = [parse_path(p) for p in id_paths]
+    scan_roots = [_steps(p) for p in paths]
+    whole_paths = [_steps(p) for p in field_paths]
+    strip_paths = [_steps(p) for p in strip_vector_paths]
+    protected_paths = [_steps(p) for p in id_paths]
     field_names = frozenset(f.casefold() for f in fields)
 
     protected = _Trie()
