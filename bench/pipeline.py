@@ -11,18 +11,21 @@ Throughput (events/s through ``pipeline.loader.Loader``, ``--once``):
 
 Query latency: the five main queries of pipeline/queries.py (session timeline,
 sessions list with a filter, request by id, vector lineage, body substring
-search) over ``--query-events`` synthetic events (default 1M) loaded into the
-lake and into chDB MergeTree. Median and p95 of ``--repeat`` runs after a warm-up;
-the ratio is against ``SELECT count()`` on the same tables in the same run.
-10M events (``--query-events 10000000``) works but takes hours on a 2-core
-machine (loading is bound by decoding and projection at a few thousand events/s),
-so it is not the default.
+search), plus the dashboard's sessions list without a filter and with the body
+filter, over each of ``--query-events`` (default 1M and 10M) events in the lake
+and in chDB MergeTree. The data sets come from bench/warehouse_data.py (1M events
+loaded by the loader once, multiplied in the warehouse with SQL; cached under
+``--query-data``, so re-runs reuse them). Median and p95 wall time and median
+CPU time of the process (chDB runs in it) of ``--repeat`` runs after a warm-up;
+the ratio is against ``SELECT count()`` on the same tables in the same run. On a
+shared machine the CPU time is the steadier figure.
 
 Every cell runs in its own process: a chDB data directory is locked to one process,
 and a fresh process keeps the cells from sharing caches.
 
-    .venv/bin/python bench/pipeline.py [--events 50000] [--query-events 1000000]
-        [--skip-kafka] [--skip-queries] [--json bench/results/pipeline.json]
+    .venv/bin/python bench/pipeline.py [--events 50000] [--skip-kafka] [--skip-queries]
+        [--query-events 1000000,10000000] [--query-data DIR] [--skip-throughput]
+        [--json bench/results/pipeline.json]
 """
 
 from __future__ import annotations
@@ -133,65 +136,70 @@ def cell_kafka_chdb(bootstrap: str, topic: str, chdb: Path, batch: int) -> dict[
     )
 
 
-def cell_queries(warehouse_url: str, log_path: Path | None, repeat: int) -> dict[str, Any]:
-    """Load the log (if given) into ``warehouse_url``, then time the main queries."""
+def cell_queries(warehouse_url: str, repeat: int) -> dict[str, Any]:
+    """Time the main queries on a built data set (bench/warehouse_data.py)."""
     from pipeline import queries
     from pipeline.warehouse import open_warehouse
 
-    load = None
-    if log_path is not None:
-        load = _load(f"sqlite:{log_path}", warehouse_url, 10_000)
     wh = open_warehouse(warehouse_url)
-    if warehouse_url.startswith("lake:"):
-        wh.compact()  # what the loader does in the background
-
     pick = wh.query(
-        "SELECT session_id, request_id, subject FROM {events} "
-        "WHERE type = 'RequestReceived' ORDER BY src_offset LIMIT 1 OFFSET 5000",
+        "SELECT session_id, request_id FROM {requests} "
+        "WHERE type = 'RequestReceived' AND request_id LIKE '%-5' LIMIT 1",
         {},
     )[0]
     sid, rid = pick["session_id"], pick["request_id"]
-    subject = wh.query(
-        "SELECT subject FROM {events} WHERE session_id = {s:String} AND subject IS NOT NULL "
-        "LIMIT 1",
-        {"s": sid},
-    )[0]["subject"]
+    found = queries.session(wh, sid)
+    assert found is not None
+    subject = found["subject"]
     point = wh.query(
-        "SELECT collection, point_id FROM {vector_lineage} ORDER BY src_offset LIMIT 1 OFFSET 777",
+        "SELECT collection, point_id FROM {vector_lineage} WHERE point_id != '' "
+        "ORDER BY point_id LIMIT 1 OFFSET 777",
         {},
     )[0]
+    needle = f'"id":{777},'
     cases: list[tuple[str, Any]] = [
         ("baseline: count()", lambda: wh.query("SELECT count() AS n FROM {events}", {})),
         ("session timeline", lambda: queries.session_events(wh, sid)),
         (
             "sessions list (actor filter)",
-            lambda: queries.sessions_list(wh, queries.SessionFilter(actor=subject), limit=50),
+            lambda: queries.sessions_list(wh, queries.SessionFilter(actor=subject), limit=51),
         ),
         ("request by id", lambda: queries.request_by_id(wh, rid)),
         (
             "vector lineage",
             lambda: queries.vector_lineage(wh, point["collection"], point["point_id"]),
         ),
-        ("body substring search", lambda: queries.body_search(wh, f'"id":{777}', limit=20)),
+        ("body substring search", lambda: queries.body_search(wh, needle, limit=20)),
+        ("sessions list (no filter)", lambda: queries.sessions_list(wh, limit=51)),
+        (
+            "sessions list (body filter)",
+            lambda: queries.sessions_list(wh, queries.SessionFilter(body=needle), limit=51),
+        ),
+        (
+            "sessions count (actor filter)",
+            lambda: queries.sessions_count(wh, queries.SessionFilter(actor=subject)),
+        ),
     ]
     timings: dict[str, dict[str, float]] = {}
     for name, fn in cases:
         result = fn()  # warm-up, and a sanity check that the query finds something
         if name != "baseline: count()" and not result:
             raise SystemExit(f"{name} found nothing on {warehouse_url}: the benchmark is broken")
-        samples = []
+        samples, cpu = [], []
         for _ in range(repeat):
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), time.process_time()
             fn()
             samples.append((time.perf_counter() - start) * 1000)
+            cpu.append((time.process_time() - cpu0) * 1000)
         samples.sort()
         timings[name] = {
             "median_ms": statistics.median(samples),
             "p95_ms": samples[min(len(samples) - 1, int(len(samples) * 0.95))],
+            "cpu_median_ms": statistics.median(cpu),
         }
     events = int(wh.query("SELECT count() AS n FROM {events}", {})[0]["n"])
     wh.close()
-    return {"events": events, "load": load, "timings": timings}
+    return {"events": events, "timings": timings}
 
 
 # --------------------------------------------------------------------------- driver
@@ -209,11 +217,47 @@ def run_cell(*args: str) -> dict[str, Any]:
     return result
 
 
+def run_queries(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The query cells: every data set size × backend, each in its own process."""
+    from bench.warehouse_data import ensure
+
+    for size in (int(n) for n in args.query_events.split(",")):
+        backends = tuple(args.query_backends.split(","))
+        data = ensure(args.query_data, size, backends)
+        for backend in backends:
+            url = f"{backend}:{data / backend}"
+            console.print(f"timing the queries on {url} …")
+            cell = run_cell("queries", url, str(args.repeat))
+            results["queries"][f"{backend}@{size}"] = cell
+            base_ms = cell["timings"]["baseline: count()"]["median_ms"]
+            qt = Table(title=f"query latency on {backend}, {cell['events']:,} events "
+                             f"(median of {args.repeat})")
+            for col in ("query", "median ms", "p95 ms", "CPU ms", "× count()", "target"):
+                qt.add_column(col, justify="right" if col != "query" else "left")
+            for name, t in cell["timings"].items():
+                target = QUERY_TARGETS_MS.get(name)
+                met = target is not None and t["median_ms"] < target
+                verdict = (
+                    ""
+                    if target is None
+                    else f"<{target:g} ms at 10M; {'met' if met else 'NOT met'} here"
+                )
+                qt.add_row(
+                    name, f"{t['median_ms']:.1f}", f"{t['p95_ms']:.1f}",
+                    f"{t['cpu_median_ms']:.1f}", f"{t['median_ms'] / base_ms:.1f}×", verdict,
+                )  # fmt: skip
+            console.print(qt)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=50_000, help="events per throughput cell")
     parser.add_argument("--sessions", type=int, default=200)
-    parser.add_argument("--query-events", type=int, default=1_000_000)
+    parser.add_argument("--query-events", default="1000000,10000000",
+                        help="comma-separated data set sizes (multiples of 1M)")
+    parser.add_argument("--query-data", type=Path, default=Path("/tmp/embedguard-bench-queries"),
+                        help="where the query data sets are built once and reused")
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--skip-kafka", action="store_true")
     parser.add_argument("--skip-queries", action="store_true")
@@ -231,14 +275,18 @@ def main() -> None:
         elif kind == "kafka-chdb":
             out = cell_kafka_chdb(rest[0], rest[1], Path(rest[2]), int(rest[3]))
         elif kind == "queries":
-            log = Path(rest[1]) if rest[1] != "-" else None
-            out = cell_queries(rest[0], log, int(rest[2]))
+            out = cell_queries(rest[0], int(rest[1]))
         else:
             raise SystemExit(f"unknown cell {kind}")
         print(json.dumps(out))
         return
 
     results: dict[str, Any] = {"events": args.events, "throughput": {}, "queries": {}}
+    if args.skip_throughput:
+        run_queries(args, results)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        return
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp_name:
         tmp = Path(tmp_name)
         log_path = tmp / "events.db"
@@ -296,41 +344,8 @@ def main() -> None:
             }
         console.print(table)
 
-        if not args.skip_queries:
-            qlog = tmp / "queries.db"
-            console.print(
-                f"generating {args.query_events:,} events for the query benchmark "
-                f"({args.query_events // 500:,} sessions) …"
-            )
-            asyncio.run(_fill_sqlite(qlog, args.query_events, max(1, args.query_events // 500)))
-            for backend in args.query_backends.split(","):
-                url = f"{backend}:{tmp / ('q-' + backend)}"
-                console.print(f"loading them into {backend} and timing the queries …")
-                cell = run_cell("queries", url, str(qlog), str(args.repeat))
-                results["queries"][backend] = cell
-                base_ms = cell["timings"]["baseline: count()"]["median_ms"]
-                load = cell["load"]
-                title = (
-                    f"query latency on {backend}, {cell['events']:,} events "
-                    f"(loaded at {load['events'] / load['seconds']:,.0f} events/s)"
-                )
-                qt = Table(title=title)
-                for col in ("query", "median ms", "p95 ms", "× count()", "target"):
-                    qt.add_column(col, justify="right" if col != "query" else "left")
-                for name, t in cell["timings"].items():
-                    target = QUERY_TARGETS_MS.get(name)
-                    met = target is not None and t["median_ms"] < target
-                    verdict = (
-                        ""
-                        if target is None
-                        else f"<{target:g} ms at 10M; {'met' if met else 'NOT met'} here"
-                    )
-                    qt.add_row(
-                        name, f"{t['median_ms']:.1f}", f"{t['p95_ms']:.1f}",
-                        f"{t['median_ms'] / base_ms:.1f}×", verdict,
-                    )  # fmt: skip
-                console.print(qt)
-
+    if not args.skip_queries:
+        run_queries(args, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     console.print(f"results written to {args.json}")

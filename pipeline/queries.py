@@ -736,7 +736,7 @@ class SessionFilter:
 
 
 #: The windows ``sessions_list`` tries, back from the newest session row.
-SESSION_WINDOWS = (timedelta(hours=1), timedelta(days=1), timedelta(days=7), timedelta(days=31))
+SESSION_WINDOWS = (timedelta(days=1), timedelta(days=7), timedelta(days=31))
 
 
 def sessions_list(
@@ -745,8 +745,8 @@ def sessions_list(
     """One page of the sessions matching ``filters``, newest first (by their
     first event).
 
-    The page is searched in windows back from the newest session row (1 h,
-    1 day, 7 days, 31 days, then everything): within a window W only the
+    The page is searched in windows back from the newest session row (1 day,
+    7 days, 31 days, then everything): within a window W only the
     sessions whose rows all lie at or after W's start are candidates, and only
     W's rows are read. That is exact, not an estimate: if the window holds at
     least ``offset + limit`` matching sessions, every session outside it
