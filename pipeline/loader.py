@@ -207,6 +207,10 @@ class Loader:
             applied = await self._warehouse_call(self.warehouse.migrate, stop)
             if applied:
                 log.info("warehouse %s: applied migrations %s", self.warehouse.url, applied)
+            try:
+                self.warehouse.start_loading()
+            except Exception as err:  # an optimisation: the first batch does it anyway
+                log.warning("could not prepare loading: %s", scrub(str(err)))
             reader = self._make_reader()
             self._reader = reader
             await self._retrying(reader.start, "open the log reader", stop)

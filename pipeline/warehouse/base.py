@@ -82,6 +82,12 @@ class Warehouse(abc.ABC):
     def loaded_positions(self, source: str) -> dict[int, int]:
         """partition → NEXT offset to load (last loaded offset + 1) for ``source``."""
 
+    def start_loading(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
+        """Called by a loader once, before its first batch: start what loading
+        needs ahead of time (projection workers), so that it overlaps with the
+        loader joining its group. Only an optimisation: the first batch starts
+        whatever is still missing."""
+
     @abc.abstractmethod
     def write_batch(self, batch: LoadBatch) -> WriteResult:
         """Decode, project and write one batch idempotently. Undecodable or

@@ -142,6 +142,10 @@ class MergeTreeWarehouse(Warehouse):
         if rows and " TTL " in str(rows[0]["q"]):
             self._command(f"ALTER TABLE {self.db}.bodies REMOVE TTL")
 
+    def start_loading(self) -> None:
+        if isinstance(self._project, ParallelProjector):
+            self._project.warm()
+
     def loaded_positions(self, source: str) -> dict[int, int]:
         rows = self.query(
             "SELECT src_partition, max(last_offset) + 1 AS next_offset FROM {loads} "

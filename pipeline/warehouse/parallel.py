@@ -79,6 +79,11 @@ class ParallelProjector:
         self.workers = project_workers() if workers is None else workers
         self.min_chunk = min_chunk
 
+    def warm(self) -> None:
+        """Start the workers now (they import and parse schemas meanwhile)."""
+        if self.workers > 0:
+            _POOL.give_back(_POOL.take(self.workers))
+
     def __call__(
         self, batch: LoadBatch, codec: EventCodec, loaded_at: datetime
     ) -> dict[str, pa.Table]:

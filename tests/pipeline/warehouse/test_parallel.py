@@ -164,3 +164,20 @@ def test_worker_count_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
         project_workers()
     monkeypatch.delenv(parallel.WORKERS_ENV)
     assert project_workers() == max(0, min(3, (os.cpu_count() or 1) - 1))
+
+
+def test_warm_starts_the_workers_a_batch_then_uses(tmp_path: Path) -> None:
+    from pipeline.warehouse.lake import LakeWarehouse
+
+    wh = LakeWarehouse(tmp_path / "lake")
+    assert isinstance(wh._project, ParallelProjector)
+    wh._project = ParallelProjector(1, min_chunk=20)
+    wh.start_loading()  # what the loader calls before its first batch
+    [worker] = parallel._POOL._idle
+    assert worker.alive()
+    batch = _mixed_batch()
+    codec = default_codec()
+    _assert_same(wh._project(batch, codec, LOADED), project_batch_columnar(batch, codec, LOADED))
+    assert [w.proc.pid for w in parallel._POOL._idle] == [worker.proc.pid]
+    ParallelProjector(0).warm()  # no workers: nothing starts
+    assert len(parallel._POOL._idle) == 1
