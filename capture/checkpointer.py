@@ -50,7 +50,7 @@ def canonical_bytes(stamped: StampedEvent, codec: EventCodec) -> bytes:
     if wire[:2] == SINGLE_OBJECT_MAGIC:
         return wire
     # Confluent framing (0x00 + 4-byte id + body): same body, current schema.
-    fingerprint = codec.schemas.current[stamped.event.avro_name].fingerprint
+    fingerprint = codec.schemas.current[stamped.type_name].fingerprint
     return SINGLE_OBJECT_MAGIC + fingerprint + wire[5:]
 
 
@@ -120,8 +120,9 @@ class Checkpointer:
     def observe(self, events: Sequence[StampedEvent]) -> None:
         """Take events that were just made durable (any order, any stream)."""
         for st in events:
-            env = st.event.envelope
-            stream = env.gateway_id
+            # the envelope fields StampedEvent carries: reading st.event would
+            # build the model of every event the gateway stamps from a record
+            stream = st.gateway_id
             if stream in self._closed:
                 continue  # finalised after a failed append; no checkpoint covers it
             tree = self.trees.get(stream)
@@ -129,9 +130,9 @@ class Checkpointer:
                 tree = self.trees[stream] = StreamTree(stream)
             data = canonical_bytes(st, self.codec)
             leaf = hashlib.sha256(b"\x00" + data).digest()
-            if env.stream_seq == 0:
-                tree.first_event_id = str(env.event_id)
-            tree.add(env.stream_seq, leaf, content=not isinstance(st.event, Checkpoint))
+            if st.stream_seq == 0:
+                tree.first_event_id = st.event_id
+            tree.add(st.stream_seq, leaf, content=st.type_name != Checkpoint.avro_name)
             if tree.new_content >= self.every:
                 self._wake.set()
 
