@@ -265,8 +265,9 @@ SESSIONS_LIST = Query(
 )
 SESSIONS_LATEST = Query(
     "sessions_latest",
-    "SELECT toString(max(occurred_at)) AS latest FROM {sessions}",
-    "The time of the newest session row (where the sessions list's windows start).",
+    "SELECT toString(min(occurred_at)) AS earliest, toString(max(occurred_at)) AS latest "
+    "FROM {sessions}",
+    "The times of the oldest and newest session rows (the sessions list's windows).",
 )
 SESSIONS_COUNT = Query(
     "sessions_count",
@@ -751,21 +752,29 @@ def sessions_list(
     W's rows are read. That is exact, not an estimate: if the window holds at
     least ``offset + limit`` matching sessions, every session outside it
     started earlier than all of them, so the page is the same as over
-    everything. Otherwise the next, wider window is tried."""
+    everything. Otherwise the next, wider window is tried. A window that
+    reaches back past the oldest row, or a body filter, means one plain pass."""
     params = (filters or SessionFilter()).params()
     limit, offset = _limit(limit), _offset(offset)
-    latest = SESSIONS_LATEST.run(wh)
-    end = _parse_time(str(latest[0]["latest"])) if latest and latest[0]["latest"] else None
-    if end is not None and params["until"]:
-        end = min(end, _parse_time(params["until"]))
-    # a table with no rows answers the epoch (ClickHouse's default for max())
-    if end is not None and end.year > 1970:
-        for span in SESSION_WINDOWS:
-            rows = SESSIONS_LIST.run(
-                wh, **params, window=_time(end - span), limit=limit, offset=offset
-            )
-            if len(rows) >= limit:
-                return rows
+    # The body filter scans every stored body whatever the window (a body is
+    # stored at its first sending), so repeating it per window costs more
+    # than one pass over everything.
+    if not params["body"]:
+        span_rows = SESSIONS_LATEST.run(wh)
+        # an empty table answers the epoch (ClickHouse's default for min/max)
+        if span_rows and not str(span_rows[0]["latest"]).startswith("1970"):
+            start = _parse_time(str(span_rows[0]["earliest"]))
+            end = _parse_time(str(span_rows[0]["latest"]))
+            if params["until"]:
+                end = min(end, _parse_time(params["until"]))
+            for span in SESSION_WINDOWS:
+                if end - span <= start:
+                    break  # this window holds everything: one plain pass
+                rows = SESSIONS_LIST.run(
+                    wh, **params, window=_time(end - span), limit=limit, offset=offset
+                )
+                if len(rows) >= limit:
+                    return rows
     return SESSIONS_LIST.run(wh, **params, window="", limit=limit, offset=offset)
 
 
