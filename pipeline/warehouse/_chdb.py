@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +47,13 @@ class ChdbEngine:
         self._session: Any = None
         self.path: str | None = None
         self._spool_dir: Path | None = None
+        self._spool_on_disk = False
         atexit.register(self._remove_spool)
 
     def _remove_spool(self) -> None:
         if self._spool_dir is not None:
             shutil.rmtree(self._spool_dir, ignore_errors=True)
+            self._spool_dir = None
 
     def _open(self, path: str | None) -> None:
         try:
@@ -135,10 +137,8 @@ class ChdbEngine:
         size, which was half of a small batch's time."""
         cols = ", ".join(f"`{c}`" for c in columns)
         with self.lock:
-            path = self._spool() / "insert.arrow"
+            path = self._spool_file(data)
             try:
-                with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, data.schema) as w:
-                    w.write_table(data)
                 sql = (
                     f"INSERT INTO {table_ref} ({cols}) "  # noqa: S608 - names from the DDL
                     f"SETTINGS insert_deduplicate = 1, insert_deduplication_token = {{tok:String}} "
@@ -146,13 +146,40 @@ class ChdbEngine:
                 )
                 self._run(sql, {"tok": token}, "CSV")
             finally:
-                path.unlink(missing_ok=True)
+                with suppress(OSError):
+                    path.unlink(missing_ok=True)
+
+    def _spool_file(self, data: pa.Table) -> Path:
+        """Write ``data`` to the spool. /dev/shm can be small (64 MB in many
+        containers): when it is full, the spool moves to the temporary
+        directory on disk for good."""
+        for _attempt in range(2):
+            path = self._spool() / "insert.arrow"
+            try:
+                with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, data.schema) as w:
+                    w.write_table(data)
+                return path
+            except OSError as exc:
+                with suppress(OSError):
+                    path.unlink(missing_ok=True)
+                if self._spool_on_disk:
+                    raise WarehouseUnavailable(
+                        f"chDB insert spool {path.parent} is not writable: {exc}; free space "
+                        "there or set TMPDIR to a larger directory",
+                        retry_after=5.0,
+                    ) from None
+                self._remove_spool()
+                self._spool_on_disk = True
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _spool(self) -> Path:
         if self._spool_dir is None or not self._spool_dir.is_dir():
             shm = Path("/dev/shm")  # noqa: S108 - a private mkdtemp directory inside it
-            base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-            self._spool_dir = Path(tempfile.mkdtemp(prefix="embedguard-chdb-", dir=base))
+            in_memory = shm.is_dir() and os.access(shm, os.W_OK) and not self._spool_on_disk
+            self._spool_on_disk = not in_memory
+            self._spool_dir = Path(
+                tempfile.mkdtemp(prefix="embedguard-chdb-", dir=shm if in_memory else None)
+            )
         return self._spool_dir
 
     def close(self) -> None:

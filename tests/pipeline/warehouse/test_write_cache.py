@@ -209,3 +209,37 @@ def test_chdb_inserts_leave_no_spool_files() -> None:
         assert json.loads(bytes.fromhex(body["b"]))
     finally:
         wh._command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_chdb_spool_moves_to_disk_when_memory_is_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/dev/shm is 64 MB in many containers: a spool write that fails there
+    moves the spool to the temporary directory on disk, and the insert goes on;
+    one that fails on disk too is a WarehouseUnavailable (retried), never a crash."""
+    eng = engine()
+    real = eng._spool
+    full = Path("/dev/null")  # writing /dev/null/insert.arrow fails (not a directory)
+
+    def spool() -> Path:
+        return real() if eng._spool_on_disk else full
+
+    db = unique_database()
+    wh = _chdb(db)
+    monkeypatch.setattr(eng, "_spool", spool)
+    try:
+        recs = _records()
+        assert not _write(wh, recs, 0, len(recs) // 2)
+        assert eng._spool_on_disk and eng._spool_dir is not None
+        assert not str(eng._spool_dir).startswith("/dev/shm")
+        monkeypatch.setattr(eng, "_spool", lambda: full)
+        REFUSED.clear()
+        with pytest.raises(AssertionError, match="never went in"):
+            _write(wh, recs, len(recs) // 2, len(recs))
+        assert REFUSED and "TMPDIR" in REFUSED[0]
+        monkeypatch.setattr(eng, "_spool", real)
+        assert not _write(wh, recs, len(recs) // 2, len(recs))
+        _assert_once(wh, len(recs))
+    finally:
+        monkeypatch.undo()
+        eng._remove_spool()
+        eng._spool_on_disk = False
+        wh._command(f"DROP DATABASE IF EXISTS {db}")
