@@ -408,6 +408,11 @@ class _Writer:
         self._max_bytes = max_bytes
         self._stats = stats
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        #: held while a transaction runs on the connection (writer thread or inline)
+        self._busy = threading.Lock()
+        #: jobs submitted and not yet finished; guarded by _state
+        self._outstanding = 0
+        self._state = threading.Lock()
         self._thread = threading.Thread(
             target=self._run, name=f"embedguard-sqlite-writer:{path.name}", daemon=True
         )
@@ -416,7 +421,30 @@ class _Writer:
         self._thread.start()
 
     def submit(self, job: _Job) -> None:
+        with self._state:
+            self._outstanding += 1
         self._queue.put(job)
+
+    def _finished(self, jobs: int) -> None:
+        with self._state:
+            self._outstanding -= jobs
+
+    def commit_inline(self, job: _AppendJob) -> bool:
+        """Commit ``job`` on the calling thread if the writer has nothing queued
+        or running; False (nothing done) otherwise. Order holds: no earlier job
+        is unfinished, and a later one waits for ``_busy`` in the writer."""
+        with self._state:
+            if self._outstanding or not self._thread.is_alive():
+                return False
+            if not self._busy.acquire(blocking=False):
+                return False
+            self._outstanding += 1
+        try:
+            self._commit([job], settle=_settle_on_loop)
+        finally:
+            self._busy.release()
+            self._finished(1)
+        return True
 
     def join(self) -> None:
         self._thread.join()
@@ -448,9 +476,12 @@ class _Writer:
             job = carry if carry is not None else self._queue.get()
             carry = None
             if isinstance(job, _Stop):
+                self._finished(1)
                 break
             if isinstance(job, _CallJob):
-                self._run_call(job)
+                with self._busy:
+                    self._run_call(job)
+                self._finished(1)
                 continue
             batch = [job]
             if self._group_commit:
@@ -465,7 +496,9 @@ class _Writer:
                         break
                     batch.append(nxt)
                     count += len(nxt.rows)
-            self._commit(batch)
+            with self._busy:
+                self._commit(batch)
+            self._finished(len(batch))
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -489,7 +522,11 @@ class _Writer:
         if _primary_code(exc) not in (_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL):
             self._drop_connection()
 
-    def _commit(self, batch: list[_AppendJob]) -> None:
+    def _commit(
+        self,
+        batch: list[_AppendJob],
+        settle: Callable[[list[_Outcome]], None] = _settle_all,
+    ) -> None:
         try:
             conn = self._connection()
             positions = _write_transaction(
@@ -499,12 +536,12 @@ class _Writer:
             self._stats.failed_commits += 1
             self._after_failure(exc)
             error = _translate(exc, self._path, "append to")
-            _settle_all([(job, None, error) for job in batch])
+            settle([(job, None, error) for job in batch])
             return
         self._stats.commits += 1
         self._stats.appends += len(batch)
         self._stats.records += sum(len(job.rows) for job in batch)
-        _settle_all([(job, pos, None) for job, pos in zip(batch, positions, strict=True)])
+        settle([(job, pos, None) for job, pos in zip(batch, positions, strict=True)])
 
     def _run_call(self, job: _CallJob) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -577,6 +614,14 @@ class SqliteEventLog(EventLog):
     ``max_bytes`` caps the database file (SQLite's max_page_count), so a runaway
     client gets LogFull and a 503 before it fills the disk everything else needs.
     ``poll_interval`` is the longest sleep between a reader's checks for new records.
+
+    ``commit_inline_when_idle``: an append that finds the writer thread with
+    nothing queued or running is committed on the caller's thread instead of
+    being handed over; the same transaction and fsync, in the same order, but
+    without two thread wake-ups. It blocks the caller's event loop for that
+    commit, so it pays off where appends rarely overlap (one request at a
+    time); once they do, the writer thread's group commit takes over by itself.
+    The gateway turns it on (bench/gateway.py, docs/benchmarks.md).
     """
 
     def __init__(
@@ -588,6 +633,7 @@ class SqliteEventLog(EventLog):
         max_batch_records: int = 10_000,
         max_bytes: int | None = None,
         poll_interval: float = 0.05,
+        commit_inline_when_idle: bool = False,
     ) -> None:
         if busy_timeout <= 0:
             raise ValueError(f"busy_timeout must be positive, got {busy_timeout}")
@@ -604,6 +650,7 @@ class SqliteEventLog(EventLog):
         self.max_batch_records = max_batch_records
         self.max_bytes = max_bytes
         self.poll_interval = poll_interval
+        self.commit_inline_when_idle = commit_inline_when_idle
         self.stats = SqliteLogStats()
         self._writer: _Writer | None = None
         self._log_id: str | None = None
@@ -702,7 +749,13 @@ class SqliteEventLog(EventLog):
         if not rows:
             future.set_result([])
             return future
-        self._submit(_AppendJob(rows, loop, future))
+        job = _AppendJob(rows, loop, future)
+        if self.commit_inline_when_idle:
+            with self._submit_lock:
+                writer = self._writer
+                if writer is not None and writer.commit_inline(job):
+                    return future
+        self._submit(job)
         return future
 
     async def _call_writer(self, fn: Callable[[sqlite3.Connection], _T], doing: str) -> _T:

@@ -21,10 +21,10 @@ def crash_value(i: int) -> bytes:
     return f"crash-{i:06d}-".encode() + hashlib.sha256(str(i).encode()).hexdigest().encode() * 4
 
 
-async def append_many(path: str, total: int, window: int) -> None:
+async def append_many(path: str, total: int, window: int, inline: bool = False) -> None:
     """Keep ``window`` single-record appends in flight until ``total`` are acknowledged,
     printing ``offset i`` for each, so the writer thread is always mid-transaction."""
-    async with SqliteEventLog(path) as log:
+    async with SqliteEventLog(path, commit_inline_when_idle=inline) as log:
         slots = asyncio.Semaphore(window)
 
         async def one(i: int) -> None:
@@ -86,6 +86,7 @@ def main() -> int:
     a.add_argument("path")
     a.add_argument("--total", type=int, required=True)
     a.add_argument("--window", type=int, default=500)
+    a.add_argument("--inline", action="store_true", help="commit_inline_when_idle")
     s = sub.add_parser("sessions")
     s.add_argument("path")
     s.add_argument("--prefix", required=True)
@@ -98,7 +99,7 @@ def main() -> int:
     t.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
     if args.role == "append":
-        asyncio.run(append_many(args.path, args.total, args.window))
+        asyncio.run(append_many(args.path, args.total, args.window, args.inline))
     elif args.role == "sessions":
         asyncio.run(sessions(args.path, args.prefix, args.keys, args.per_key))
     else:

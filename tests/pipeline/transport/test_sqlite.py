@@ -237,6 +237,62 @@ async def test_append_nowait_on_a_closed_log_fails_at_once(sqlite_log_path: Path
         log.append_nowait([rec("late")])
 
 
+async def test_inline_when_idle_commits_on_the_loop_and_keeps_order(
+    sqlite_log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """commit_inline_when_idle: an append to an idle writer is committed at once,
+    on the caller's thread (no wake-up); appends that overlap go to the writer
+    thread, and every record still lands in call order."""
+    loop = asyncio.get_running_loop()
+    wakeups = 0
+    original = loop.call_soon_threadsafe
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal wakeups
+        wakeups += 1
+        return original(*args, **kwargs)
+
+    async with SqliteEventLog(sqlite_log_path, commit_inline_when_idle=True) as log:
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counting)  # opened: count from here
+        first = log.append_nowait([rec("a0"), rec("a1")])
+        assert first.done(), "an idle writer: committed before append_nowait returned"
+        assert first.result() == [Position(0, 0), Position(0, 1)]
+        for i in range(20):  # one at a time, like a gateway at concurrency 1
+            assert await log.append([rec(f"b{i}")]) == [Position(0, 2 + i)]
+        assert wakeups == 0 and log.stats.commits == 21
+        # A burst queued before any is awaited: the first may go inline, the rest
+        # find it unfinished or queued and wait for the writer thread, in order.
+        burst = [log.append_nowait([rec(f"c{i}")]) for i in range(50)]
+        results = await asyncio.gather(*burst)
+        assert [p.offset for [p] in results] == list(range(22, 72))
+        assert await log.append([rec("d")]) == [Position(0, 72)]
+        async with log.reader("check") as reader:
+            stored = [r.value.decode() for r in await reader.poll(max_records=500, timeout=0)]
+    assert stored == ["a0", "a1", *(f"b{i}" for i in range(20)), *(f"c{i}" for i in range(50)),
+                      "d"]
+    # reopened: everything acknowledged was durable
+    async with SqliteEventLog(sqlite_log_path) as log, log.reader("again") as reader:
+        assert len(await reader.poll(max_records=500, timeout=0)) == 73
+
+
+async def test_inline_when_idle_failure_is_the_callers_error_and_stores_nothing(
+    sqlite_log_path: Path,
+) -> None:
+    async with SqliteEventLog(
+        sqlite_log_path, max_bytes=64 * 1024, commit_inline_when_idle=True
+    ) as log:
+        acknowledged: list[bytes] = []
+        with pytest.raises(LogFull, match="max_bytes"):
+            for i in range(100):
+                batch = [rec(f"{i}-{j}-" + "y" * 3000) for j in range(3)]
+                await log.append(batch)
+                acknowledged += [r.value for r in batch]
+        assert log.stats.failed_commits == 1
+        async with log.reader("check") as reader:
+            stored = [r.value for r in await reader.poll(max_records=1000, timeout=0)]
+        assert stored == acknowledged
+
+
 # --- failures: nothing from a failed commit is visible ------------------------------
 
 
@@ -480,11 +536,22 @@ def _worker(*args: str) -> subprocess.Popen[str]:
 
 
 @pytest.mark.slow
-async def test_kill_9_during_appends_loses_nothing_acknowledged(sqlite_log_path: Path) -> None:
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ["--window", "500"],
+        # two in flight: appends alternate between inline commits and the writer thread
+        ["--window", "2", "--inline"],
+    ],
+    ids=["writer-thread", "inline-when-idle"],
+)
+async def test_kill_9_during_appends_loses_nothing_acknowledged(
+    sqlite_log_path: Path, mode: list[str]
+) -> None:
     from tests.pipeline.transport.sqlite_worker import crash_value
 
     total, kill_after = 10_000, 3_000
-    proc = _worker("append", str(sqlite_log_path), "--total", str(total), "--window", "500")
+    proc = _worker("append", str(sqlite_log_path), "--total", str(total), *mode)
     assert proc.stdout is not None
     acknowledged: dict[int, int] = {}
 
