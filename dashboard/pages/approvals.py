@@ -51,9 +51,9 @@ for a in pending:
             "ids": ", ".join(map(str, o.get("ids") or [])) or "-",
             "vectors": o.get("vector_count", 0), "filter": o.get("filter_present", False),
         } for o in ops]), hide_index=True, width="stretch")
-        if a.get("blast_radius"):
-            st.markdown("**Blast radius**")
-            st.json(a["blast_radius"], expanded=True)
+        if a.get("blast_radius") is not None:
+            # a count of points (ids named plus what a filter matches upstream)
+            st.metric("Blast radius: points this request would touch", a["blast_radius"])
         if a.get("approvals"):
             st.caption("approved so far by " + ", ".join(v["subject"] for v in a["approvals"]))
         context = data.approval_context(user, a)
