@@ -74,11 +74,10 @@ if rows:
 else:
     st.info("No session matches these filters.")
 
-if body:
-    with st.expander(f"Bodies containing {body!r}", expanded=False):
-        hits = data.body_search(user, body)
-        if hits:
-            st.dataframe(pd.DataFrame(hits), hide_index=True, width="stretch",
-                         key="body_hits")
-        else:
-            st.info(f"No recorded body contains {body!r}.")
+# The matching bodies are a second full scan of the bodies: shown on request only.
+if body and st.toggle(f"Show the recorded bodies containing {body!r}", key="show_bodies"):
+    hits = data.body_search(user, body)
+    if hits:
+        st.dataframe(pd.DataFrame(hits), hide_index=True, width="stretch", key="body_hits")
+    else:
+        st.info(f"No recorded body contains {body!r}.")
