@@ -21,6 +21,7 @@ from pipeline.warehouse.errors import MigrationError
 __all__ = [
     "DDL_DIR",
     "AddColumn",
+    "ClickHouseOnly",
     "CreateTable",
     "Migration",
     "arrow_type",
@@ -34,6 +35,14 @@ DDL_DIR = Path(__file__).parent / "ddl"
 _FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _CREATE = re.compile(
     r"^\s*CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?\{db\}\.(\w+)\s*\((.*)\)\s*ENGINE\b",
+    re.S | re.I,
+)
+#: ALTERs that only concern ClickHouse's physical layout (projections, skipping
+#: indexes, table settings); the lake has nothing to change for them.
+_CLICKHOUSE_ONLY = re.compile(
+    r"^\s*ALTER\s+TABLE\s+\{db\}\.(\w+)\s+("
+    r"MODIFY\s+SETTING|ADD\s+PROJECTION|MATERIALIZE\s+PROJECTION|DROP\s+PROJECTION|"
+    r"ADD\s+INDEX|MATERIALIZE\s+INDEX|DROP\s+INDEX)\b",
     re.S | re.I,
 )
 _ALTER_ADD = re.compile(
@@ -53,6 +62,15 @@ class Migration:
 class CreateTable:
     table: str
     columns: tuple[tuple[str, str], ...]  # (name, ClickHouse type)
+
+
+@dataclass(frozen=True)
+class ClickHouseOnly:
+    """A statement about ClickHouse's physical layout (projection, index,
+    setting); the lake skips it."""
+
+    table: str
+    action: str
 
 
 @dataclass(frozen=True)
@@ -120,9 +138,10 @@ def _column_type(spec: str) -> str:
     return spec
 
 
-def parse_statement(stmt: str) -> CreateTable | AddColumn | None:
-    """Parse what the lake needs of a statement; None for ClickHouse-only ones
-    (OPTIMIZE, ALTER ... MODIFY TTL, ADD INDEX ...)."""
+def parse_statement(stmt: str) -> CreateTable | AddColumn | ClickHouseOnly | None:
+    """Parse what the lake needs of a statement: a table, a column, or a
+    layout-only ALTER it skips (projections, indexes, settings); None for a
+    statement this module does not know."""
     m = _CREATE.match(stmt)
     if m:
         cols: list[tuple[str, str]] = []
@@ -132,6 +151,9 @@ def parse_statement(stmt: str) -> CreateTable | AddColumn | None:
                 continue
             cols.append((head[0], _column_type(head[1].strip())))
         return CreateTable(m.group(1), tuple(cols))
+    m = _CLICKHOUSE_ONLY.match(stmt)
+    if m:
+        return ClickHouseOnly(m.group(1), " ".join(m.group(2).upper().split()))
     m = _ALTER_ADD.match(stmt)
     if m:
         return AddColumn(m.group(1), m.group(2), _column_type(m.group(3).strip()))

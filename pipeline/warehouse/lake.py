@@ -47,6 +47,7 @@ from pipeline.warehouse._chdb import engine
 from pipeline.warehouse.base import LoadBatch, Warehouse, WriteResult
 from pipeline.warehouse.ddl import (
     AddColumn,
+    ClickHouseOnly,
     CreateTable,
     load_migrations,
     parse_statement,
@@ -187,7 +188,7 @@ class LakeWarehouse(Warehouse):
                 os.replace(tmp, marker)
         return now
 
-    def _apply(self, parsed: CreateTable | AddColumn | None) -> None:
+    def _apply(self, parsed: CreateTable | AddColumn | ClickHouseOnly | None) -> None:
         if isinstance(parsed, CreateTable):
             path = self.table_path(parsed.table)
             if DeltaTable.is_deltatable(str(path)):

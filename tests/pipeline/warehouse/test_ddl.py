@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.warehouse.ddl import (
     AddColumn,
+    ClickHouseOnly,
     CreateTable,
     arrow_type,
     load_migrations,
@@ -118,3 +119,38 @@ def test_unmapped_type_is_a_migration_error() -> None:
         arrow_type("UInt8")
     with pytest.raises(MigrationError, match="only precision Delta stores"):
         arrow_type("DateTime64(3, 'UTC')")
+
+
+@pytest.mark.parametrize(
+    ("stmt", "action"),
+    [
+        ("ALTER TABLE {db}.sessions ADD PROJECTION IF NOT EXISTS p (SELECT a GROUP BY a)",
+         "ADD PROJECTION"),
+        ("ALTER TABLE {db}.sessions MATERIALIZE PROJECTION p", "MATERIALIZE PROJECTION"),
+        ("ALTER TABLE {db}.sessions MODIFY SETTING x = 'y'", "MODIFY SETTING"),
+        ("alter table {db}.bodies add  index ix body TYPE minmax", "ADD INDEX"),
+    ],
+)
+def test_layout_only_alters_are_known_to_the_lake(stmt: str, action: str) -> None:
+    parsed = parse_statement(stmt)
+    assert isinstance(parsed, ClickHouseOnly) and parsed.action == action
+
+
+def test_the_projection_migration_changes_no_column_and_exists_on_merge_tree(
+    tmp_path: Path,
+) -> None:
+    migs = load_migrations()
+    assert table_schemas(migs) == table_schemas([m for m in migs if "projection" not in m.id])
+    lake = LakeWarehouse(tmp_path / "lake")
+    assert "0002_session_span_projection" in lake.migrate()
+    wh = chdb_warehouse()
+    try:
+        wh.migrate()
+        rows = wh.query(
+            "SELECT name FROM system.projections WHERE database = {db:String} "
+            "AND table = 'sessions'",
+            {"db": wh.db},
+        )
+        assert [r["name"] for r in rows] == ["p_session_span"]
+    finally:
+        wh._command(f"DROP DATABASE IF EXISTS {wh.db}")
