@@ -179,6 +179,21 @@ def _write_transaction(
     return result
 
 
+def _begin_without_waiting(conn: sqlite3.Connection, busy_timeout: float) -> bool:
+    """BEGIN IMMEDIATE if the write lock is free now; False if another
+    connection holds it (nothing begun)."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            return False
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000):d}")
+    return True
+
+
 def _end_offset(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
     return 0 if row is None else int(row[0])
@@ -440,10 +455,37 @@ class _Writer:
                 return False
             self._outstanding += 1
         try:
-            self._commit([job], settle=_settle_on_loop)
+            return self._commit_now(job)
         finally:
             self._busy.release()
             self._finished(1)
+
+    def _commit_now(self, job: _AppendJob) -> bool:
+        # Never wait on the caller's thread for anything but our own commit:
+        # no reopening a dropped connection, no waiting for another process's
+        # write lock (a loader committing its position, say). Either goes to
+        # the writer thread, which may wait.
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            if not _begin_without_waiting(conn, self._busy_timeout):
+                return False
+            try:
+                [positions] = _insert_batch(conn, [job])
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback_quietly(conn)
+                raise
+        except Exception as exc:
+            self._stats.failed_commits += 1
+            self._after_failure(exc)
+            _settle_on_loop([(job, None, _translate(exc, self._path, "append to"))])
+            return True
+        self._stats.commits += 1
+        self._stats.appends += 1
+        self._stats.records += len(job.rows)
+        _settle_on_loop([(job, positions, None)])
         return True
 
     def join(self) -> None:
@@ -522,11 +564,7 @@ class _Writer:
         if _primary_code(exc) not in (_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL):
             self._drop_connection()
 
-    def _commit(
-        self,
-        batch: list[_AppendJob],
-        settle: Callable[[list[_Outcome]], None] = _settle_all,
-    ) -> None:
+    def _commit(self, batch: list[_AppendJob]) -> None:
         try:
             conn = self._connection()
             positions = _write_transaction(
@@ -536,12 +574,12 @@ class _Writer:
             self._stats.failed_commits += 1
             self._after_failure(exc)
             error = _translate(exc, self._path, "append to")
-            settle([(job, None, error) for job in batch])
+            _settle_all([(job, None, error) for job in batch])
             return
         self._stats.commits += 1
         self._stats.appends += len(batch)
         self._stats.records += sum(len(job.rows) for job in batch)
-        settle([(job, pos, None) for job, pos in zip(batch, positions, strict=True)])
+        _settle_all([(job, pos, None) for job, pos in zip(batch, positions, strict=True)])
 
     def _run_call(self, job: _CallJob) -> None:
         if not job.future.set_running_or_notify_cancel():

@@ -275,6 +275,25 @@ async def test_inline_when_idle_commits_on_the_loop_and_keeps_order(
         assert len(await reader.poll(max_records=500, timeout=0)) == 73
 
 
+async def test_inline_when_idle_never_waits_on_the_loop_for_another_process_lock(
+    sqlite_log_path: Path,
+) -> None:
+    async with SqliteEventLog(sqlite_log_path, commit_inline_when_idle=True) as log:
+        assert await log.append([rec("first")]) == [Position(0, 0)]
+        blocker = raw(sqlite_log_path)  # another process's writer, mid-transaction
+        blocker.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        future = log.append_nowait([rec("second")])
+        # handed to the writer thread at once, which waits for the lock
+        assert time.monotonic() - started < 0.5 and not future.done()
+        await asyncio.sleep(0.2)
+        assert not future.done()
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert await asyncio.wait_for(future, 10) == [Position(0, 1)]
+        assert await log.append([rec("third")]) == [Position(0, 2)]
+
+
 async def test_inline_when_idle_failure_is_the_callers_error_and_stores_nothing(
     sqlite_log_path: Path,
 ) -> None:
