@@ -288,3 +288,24 @@ def test_gateway_built_events_decode_and_validate_against_the_models(
     assert masked == ["result.payload.email"] * 2
     assert SECRET not in repr([d.event for d in events])
     assert verify_chains(events) == []
+
+
+def test_a_record_with_lone_surrogates_is_recorded_with_them_escaped() -> None:
+    """mitmproxy hands over undecodable path bytes as lone surrogates; Avro
+    strings are UTF-8, so the recorder's stamper retries with them escaped
+    (the first attempt changes no chain state)."""
+    from capture.recorder import _RecordableStamper
+    from schemas.models import RequestReceived
+
+    stamper = _RecordableStamper("gw-surrogates")
+    body = {
+        "method": "GET", "scheme": "http", "host": "h", "path": "/collections/d\udc80cs",
+        "query": "", "headers": [{"name": "x-note", "value": "caf\udce9"}], "body": b"",
+        "body_sha256": "0" * 64, "body_size": 0, "content_type": None, "product": "qdrant",
+        "operations": [],
+    }
+    st = stamper.stamp_record(RequestReceived, session_id="s", request_id="r", body=body)
+    event = default_codec().decode(st.wire).event
+    assert event.path == "/collections/d\\x80cs"  # type: ignore[attr-defined]
+    assert event.headers[0].value == "caf\\xe9"  # type: ignore[attr-defined]
+    assert (event.envelope.seq, st.stream_seq) == (0, 0)
