@@ -766,7 +766,13 @@ class SqliteEventLog(EventLog):
         """
         if not records:
             return []
-        return await self.append_nowait(records)
+        future = self.append_nowait(records)
+        if future.done():
+            # Committed inline: still let other tasks run, as an append that
+            # waited for the writer thread always did (a caller appending in
+            # a loop would otherwise starve them, checkpoints included).
+            await asyncio.sleep(0)
+        return await future
 
     def append_nowait(self, records: Sequence[AppendRecord]) -> asyncio.Future[list[Position]]:
         """Queue ``records`` for the writer *now*, in call order, and return the
