@@ -222,6 +222,8 @@ class EventCodec:
         check = _RECORD_CHECKS.get(type_name)
         if es is None or check is None:
             raise InvalidEvent(f"unknown event type {type_name!r}")
+        if record.keys() != _FIELD_NAMES[type_name]:
+            record = _with_defaults(type_name, record)
         env = record.get("envelope")
         if not (
             record.keys() == _FIELD_NAMES[type_name]
@@ -507,6 +509,18 @@ _RECORD_CHECKS: dict[str, _Check] = {name: _model_check(cls) for name, cls in EV
 _FIELD_NAMES: dict[str, frozenset[str]] = {
     name: frozenset(cls.model_fields) for name, cls in EVENT_TYPES.items()
 }
+
+
+def _with_defaults(type_name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with every missing field that has a default filled in (a
+    field added to a schema later, with its default, does not break a caller
+    that builds records); a missing required field stays missing."""
+    fields = EVENT_TYPES[type_name].model_fields
+    out = dict(record)
+    for name in _FIELD_NAMES[type_name] - record.keys():
+        if not fields[name].is_required():
+            out[name] = fields[name].get_default(call_default_factory=True)
+    return out
 
 
 def _pydantic_error(exc: ValidationError) -> str:

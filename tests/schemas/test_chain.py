@@ -245,3 +245,15 @@ def test_stamp_record_refuses_what_the_model_refuses_and_leaves_no_gap(
     assert (second.event.envelope.seq, second.stream_seq) == (1, 1)
     assert second.event.envelope.prev_hash == first.hash
     assert verify_chains(_decode([first, second])) == []
+
+
+def test_stamp_record_fills_fields_left_out_that_have_defaults() -> None:
+    """A field added to a gateway event later, with a default, must not make
+    every request fail closed until the recorder learns of it."""
+    s = EventStamper("gw-1")
+    body = {"upstream": "http://db:6333"}  # every other field has a default
+    st = s.stamp_record(RequestForwarded, session_id="a", body=body)
+    event = default_codec().decode(st.wire).event
+    assert event == RequestForwarded(envelope=event.envelope, upstream="http://db:6333")
+    with pytest.raises(InvalidEvent, match="upstream"):
+        s.stamp_record(RequestForwarded, session_id="a", body={"injected_filter": True})
