@@ -333,12 +333,22 @@ def sessions_list_command(
         str | None, typer.Option("--since", help="ISO 8601 time (UTC if no zone)")
     ] = None,
     until: Annotated[str | None, typer.Option("--until", help="ISO 8601 time, exclusive")] = None,
+    body: Annotated[
+        str | None,
+        typer.Option(
+            "--body",
+            help="Text that a request or response body of the session contains "
+            "(as recorded, masked; case-sensitive; scans every stored body)",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=queries.MAX_LIMIT)] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
     warehouse: WarehouseOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Sessions matching the filters, newest first (paged with --limit/--offset)."""
+    if body is not None and body == "":
+        raise _fail("--body is empty; give the text to look for, or leave --body out", 2)
     if action is not None and action not in _ACTIONS:
         raise _fail(f"--action {action!r} is not one of {', '.join(sorted(_ACTIONS))}", 2)
     if decision is not None and decision not in _DECISIONS:
@@ -350,6 +360,7 @@ def sessions_list_command(
         decision=decision,
         since=since,
         until=until,
+        body=body,
     )
     with _warehouse(warehouse) as wh:
         rows = queries.sessions_list(wh, filters, limit=limit, offset=offset)

@@ -62,6 +62,30 @@ def test_sessions_list_filters_and_pages(lake: str) -> None:
     assert 0 < later["total"] < 5 and early["total"] == 1
 
 
+def test_sessions_list_by_body_substring(lake: str) -> None:
+    """--body keeps the sessions one of whose request or response bodies holds the
+    text: alice's writes carry "needle-alice", bob's "needle-bob"."""
+    alice = _json(["sessions", "list", "--body", "needle-alice", "--warehouse", lake])
+    assert {s["session_id"] for s in alice["sessions"]} == {"s-alice-0", "s-alice-1"}
+    assert alice["total"] == 2
+    second = _json(["sessions", "list", "--body", '"id":"p-1-1"', "--warehouse", lake])
+    assert {s["session_id"] for s in second["sessions"]} == {"s-alice-1", "s-bob-1"}
+    unfiltered = _json(["sessions", "list", "--warehouse", lake])["sessions"]
+    by_id = {s["session_id"]: s for s in unfiltered}
+    assert all(s == by_id[s["session_id"]] for s in alice["sessions"])  # same rows, fewer
+    both = _json(
+        ["sessions", "list", "--body", "needle-alice", "--actor", "bob", "--warehouse", lake]
+    )
+    assert both == {"total": 0, "limit": 50, "offset": 0, "sessions": []}
+    for absent in ("NEEDLE-ALICE", "%_' OR 1=1 --"):
+        assert _json(["sessions", "list", "--body", absent, "--warehouse", lake])["total"] == 0
+    table = runner.invoke(app, ["sessions", "list", "--body", "needle-bob", "--warehouse", lake])
+    assert table.exit_code == 0, table.output
+    assert "2 of 2 sessions" in table.stdout
+    assert "s-bob-0" in table.stdout and "s-bob-1" in table.stdout
+    assert "s-alice" not in table.stdout and "s-dave" not in table.stdout
+
+
 def test_sessions_show(lake: str) -> None:
     out = _json(["sessions", "show", "s-bob-0", "--warehouse", lake])
     assert out["session"]["subject"] == "bob"
@@ -99,6 +123,7 @@ def test_stats_and_compact(lake: str) -> None:
         (["sessions", "list", "--action", "fly"], 2, "--action 'fly' is not one of"),
         (["sessions", "list", "--decision", "maybe"], 2, "--decision 'maybe'"),
         (["sessions", "list", "--since", "yesterday"], 2, "ISO 8601"),
+        (["sessions", "list", "--body", ""], 2, "--body is empty"),
     ],
 )
 def test_bad_input_gets_a_clear_message(
