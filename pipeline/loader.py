@@ -628,7 +628,10 @@ class Loader:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
                 return
-            async with self._write_lock:
+            # the lake compacts beside loading (sorting a day partition takes
+            # about a minute per million events); other warehouses pause loading
+            beside = self.warehouse.compacts_beside_writes
+            async with contextlib.nullcontext() if beside else self._write_lock:
                 try:
                     # compact() also purges expired bodies: not while the log holds
                     # evidence holds this warehouse has not loaded yet

@@ -72,6 +72,11 @@ class Warehouse(abc.ABC):
 
     #: Names the warehouse; never contains a password.
     url: str
+    #: ``compact()`` may run while ``write_batch`` runs in another thread (the
+    #: lake: Delta OPTIMIZE and vacuum commits do not conflict with appends), so
+    #: the loader keeps loading while it compacts. Otherwise the loader pauses
+    #: loading for the compaction.
+    compacts_beside_writes: bool = False
 
     @abc.abstractmethod
     def migrate(self) -> list[str]:
