@@ -340,17 +340,44 @@ async def test_continuous_loader_follows_appends_and_stops_cleanly(
             await lg.append(records[i : i + 250])
             await asyncio.sleep(0.05)
         source = lg.source_id
-        for _ in range(600):
-            if lake.loaded_positions(source).get(0) == 2_000:
-                break
+        # Event-driven waits with generous deadlines (a loaded 2-core CI machine can
+        # stall the loader's thread for seconds); a missed deadline fails loudly here
+        # rather than as a confusing assertion below.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 180  # well under pytest-timeout's 300 s
+
+        def loaded() -> int | str:
+            try:
+                return lake.loaded_positions(source).get(0, 0)
+            except WarehouseError as err:  # the loader has not created its tables yet
+                return str(err)
+
+        while (now_loaded := loaded()) != 2_000:
+            if task.done() or loop.time() > deadline:
+                stop.set()
+                await asyncio.wait_for(task, 60)  # re-raises the loader's error, if any
+                pytest.fail(f"not all loaded: {now_loaded}")
             await asyncio.sleep(0.1)
-        for _ in range(300):  # the status catches up within a few rounds
+        # The warehouse commit is visible before the loader records it, and the
+        # status's end offset is refreshed on its own timer: wait for a status that
+        # has seen every append AND recorded every load, not merely "lag 0" (a
+        # stale end offset also reads as lag 0).
+        caught_up = {"loaded": 2_000, "end": 2_000, "lag": 0}
+        statuses = read_statuses(tmp_path / "status")
+        while not (
+            statuses
+            and statuses[0][0].partitions.get("0") == caught_up
+            and statuses[0][0].events_loaded == 2_000
+        ):
+            if task.done() or loop.time() > deadline:
+                stop.set()
+                await asyncio.wait_for(task, 60)
+                # (a status stuck at "starting" means the loader's status loop died)
+                pytest.fail(f"the loader's status never caught up: {statuses[:1]}")
+            await asyncio.sleep(0.1)
             statuses = read_statuses(tmp_path / "status")
-            if statuses and statuses[0][0].partitions.get("0", {}).get("lag") == 0:
-                break
-            await asyncio.sleep(0.1)
         stop.set()
-        summary = await asyncio.wait_for(task, 60)
+        summary = await asyncio.wait_for(task, 120)
     assert summary.events == 2_000
     (status, running), *_ = statuses
     assert running and status.state == "running"
