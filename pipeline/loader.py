@@ -181,6 +181,8 @@ class Loader:
         self.on_progress = on_progress
         self.source = ""
         self._reader: LogReader | None = None
+        #: the status loop asks the reader for end offsets only once it started
+        self._reader_started = False
         self._expected: dict[int, int] = {}
         self._sought: dict[int, int] = {}
         self._unloaded: set[int] = set()
@@ -212,8 +214,9 @@ class Loader:
             except Exception as err:  # an optimisation: the first batch does it anyway
                 log.warning("could not prepare loading: %s", scrub(str(err)))
             reader = self._make_reader()
-            self._reader = reader
+            self._reader = reader  # before start: Kafka's assignment callbacks use it
             await self._retrying(reader.start, "open the log reader", stop)
+            self._reader_started = True
             await self._anchor_initial(reader, stop)
             targets = await self._targets(reader, stop) if once else {}
             if self.config.compact_interval:
@@ -238,6 +241,7 @@ class Loader:
                 with contextlib.suppress(Exception):
                     await self._reader.close()
                 self._reader = None
+                self._reader_started = False
             self.summary.elapsed_s = time.monotonic() - self._started
             self.summary.positions = dict(self._expected)
             await self._refresh_totals()
@@ -699,10 +703,17 @@ class Loader:
     async def _status_loop(self, stop: asyncio.Event) -> None:
         last_lag = 0.0
         while not stop.is_set():
-            if time.monotonic() - last_lag >= self.config.lag_interval and self._reader:
+            reader = self._reader if self._reader_started else None
+            if time.monotonic() - last_lag >= self.config.lag_interval and reader is not None:
                 last_lag = time.monotonic()
-                with contextlib.suppress(EventLogError, TimeoutError):
-                    ends = await self._reader.end_offsets()
+                try:
+                    ends = await reader.end_offsets()
+                except (EventLogError, TimeoutError):
+                    pass  # the log is busy or down: the lag is stale, retried next time
+                except Exception as err:  # noqa: BLE001 - the status must outlive it
+                    # the status loop is what `loader status` reads: never let it die
+                    log.warning("loader status: could not read the log's end: %s", scrub(str(err)))
+                else:
                     for partition, end in ends.items():
                         self._ends[partition] = max(end, self._ends.get(partition, 0))
                 await self._refresh_totals()

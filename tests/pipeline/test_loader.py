@@ -447,3 +447,38 @@ async def test_loads_into_a_clickhouse_server_exactly_once(tmp_path: Path) -> No
     finally:
         server._command(f"DROP DATABASE IF EXISTS {server.db}")  # type: ignore[attr-defined]
         server.close()
+
+
+async def test_status_shows_the_log_end_when_the_reader_was_slow_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status loop ticks while the reader is still starting: it must not ask
+    the reader then (it used to raise 'not started', which killed the status
+    loop for good: `loader status` kept saying 'starting' while it loaded)."""
+    import time
+
+    from pipeline.transport.sqlite import SqliteLogReader
+
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    await append_records(url, list(chained_records(40, sessions=2)))
+    real_start = SqliteLogReader.start
+
+    async def slow_start(self: SqliteLogReader) -> None:
+        await asyncio.sleep(0.3)  # several status ticks
+        await real_start(self)
+
+    monkeypatch.setattr(SqliteLogReader, "start", slow_start)
+
+    class WaitsForStatus(LakeWarehouse):
+        def write_batch(self, batch: LoadBatch) -> WriteResult:
+            deadline = time.monotonic() + 60  # liveness bound only
+            while time.monotonic() < deadline:
+                statuses = read_statuses(tmp_path / "status")
+                if statuses and (statuses[0][0].partitions.get("0") or {}).get("end") == 40:
+                    return super().write_batch(batch)
+                time.sleep(0.02)
+            raise WarehouseError("the loader's status never showed the log's end")
+
+    cfg = config(tmp_path, status_interval=0.02, lag_interval=0)
+    summary, _ = await load_once(url, WaitsForStatus(tmp_path / "lake"), cfg)
+    assert summary.records == 40
