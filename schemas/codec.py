@@ -165,6 +165,22 @@ class DecodedEvent:
     canonical: bytes
 
 
+def _schemaless(es: EventSchema, datum: Mapping[str, Any]) -> bytes:
+    """Schemaless Avro bytes of ``datum`` under ``es`` (a parsed event schema);
+    InvalidEvent naming the offending field if it does not fit."""
+    buf = io.BytesIO()
+    try:
+        fastavro.schemaless_writer(buf, es.parsed, datum)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        # Name the field: the validator walks the datum and reports its path.
+        try:
+            fastavro.validation.validate(datum, es.parsed, raise_errors=True)
+        except fastavro.validation.ValidationError as verr:
+            raise InvalidEvent(_avro_error(verr, es.type_name)) from None
+        raise InvalidEvent(_avro_error(exc, es.type_name)) from None
+    return buf.getvalue()
+
+
 def _avro_error(exc: Exception, event_type: str) -> str:
     text = str(exc)
     return f"{event_type}: {text}" if text else f"{event_type}: {type(exc).__name__}"
@@ -194,18 +210,7 @@ class EventCodec:
     def body(self, event: Event) -> bytes:
         """Schemaless Avro bytes of the event under the current schema."""
         es = self._schema_for(event)
-        datum = event.model_dump(mode="python")
-        buf = io.BytesIO()
-        try:
-            fastavro.schemaless_writer(buf, es.parsed, datum)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-            # Name the field: the validator walks the datum and reports its path.
-            try:
-                fastavro.validation.validate(datum, es.parsed, raise_errors=True)
-            except fastavro.validation.ValidationError as verr:
-                raise InvalidEvent(_avro_error(verr, es.type_name)) from None
-            raise InvalidEvent(_avro_error(exc, es.type_name)) from None
-        return buf.getvalue()
+        return _schemaless(es, event.model_dump(mode="python"))
 
     def record_bytes(self, type_name: str, record: dict[str, Any]) -> tuple[bytes, bytes]:
         """(canonical, wire) bytes of an event given as a plain record in its
@@ -239,16 +244,7 @@ class EventCodec:
                 f"{type_name}: the record does not have the schema's shape (fields "
                 f"{sorted(record)}; expected {sorted(_FIELD_NAMES[type_name])})"
             )
-        buf = io.BytesIO()
-        try:
-            fastavro.schemaless_writer(buf, es.parsed, record)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-            try:
-                fastavro.validation.validate(record, es.parsed, raise_errors=True)
-            except fastavro.validation.ValidationError as verr:
-                raise InvalidEvent(_avro_error(verr, es.type_name)) from None
-            raise InvalidEvent(_avro_error(exc, es.type_name)) from None
-        body = buf.getvalue()
+        body = _schemaless(es, record)
         canonical = SINGLE_OBJECT_MAGIC + es.fingerprint + body
         if self.registry is None:
             return canonical, canonical
