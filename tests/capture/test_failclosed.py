@@ -5,8 +5,6 @@ each test arms one."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +14,8 @@ from mitmproxy import http
 
 from capture import build_addons
 from capture.config import GatewayConfig, Route
-from capture.gateway import run_gateway
 from capture.state import fail_closed
+from tests.support.gateway import gateway_in_process
 from tests.support.services import free_port
 from tests.support.upstream import RecordingUpstream, recording_upstream
 
@@ -55,23 +53,8 @@ def rig(
         addons.insert(0, bombs[0])
         addons.insert(4, bombs[1])
         addons.insert(len(addons) - 1, bombs[2])
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        stop = asyncio.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(run_gateway(cfg, addons, on_ready=ready.set, stop=stop))
-            loop.close()
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        assert ready.wait(30), "in-process gateway did not start"
-        try:
+        with gateway_in_process(cfg, addons):
             yield f"http://127.0.0.1:{port}", bombs, up
-        finally:
-            loop.call_soon_threadsafe(stop.set)
-            thread.join(30)
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])

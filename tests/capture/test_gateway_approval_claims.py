@@ -14,7 +14,6 @@ recording upstream that counts what reached the database.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import threading
 import time
@@ -31,7 +30,12 @@ from capture.state import fail_closed
 from schemas.chain import verify_chains
 from tests.support.approval_e2e import decide, events_of, wait_for
 from tests.support.events import read_events
-from tests.support.gateway import UPSTREAM_SECRET, GatewayProcess, gateway_process
+from tests.support.gateway import (
+    UPSTREAM_SECRET,
+    GatewayProcess,
+    gateway_in_process,
+    gateway_process,
+)
 from tests.support.upstream import RecordingUpstream, recording_upstream
 
 POLICY = """\
@@ -242,7 +246,6 @@ class Bomb:
 def rig(tmp_path: Path, dev_idp: str) -> Iterator[tuple[str, Bomb, RecordingUpstream, str]]:
     from capture import build_addons
     from capture.config import GatewayConfig, Route
-    from capture.gateway import run_gateway
     from tests.support.services import free_port
 
     policy = tmp_path / "policy.yaml"
@@ -258,23 +261,8 @@ def rig(tmp_path: Path, dev_idp: str) -> Iterator[tuple[str, Bomb, RecordingUpst
         )
         addons = build_addons(cfg)
         addons.insert(len(addons) - 1, bomb)  # just before the Recorder
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        stop = asyncio.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(run_gateway(cfg, addons, on_ready=ready.set, stop=stop))
-            loop.close()
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        assert ready.wait(30), "in-process gateway did not start"
-        try:
+        with gateway_in_process(cfg, addons):
             yield f"http://127.0.0.1:{port}", bomb, up, log_url
-        finally:
-            loop.call_soon_threadsafe(stop.set)
-            thread.join(30)
 
 
 def test_a_request_refused_after_its_claim_does_not_use_up_the_ticket(

@@ -29,7 +29,6 @@ Requests are sent with httpcore (httpx's transport): httpx itself normalises
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import gzip
 import hashlib
@@ -66,7 +65,6 @@ from pydantic import SecretStr
 from capture import build_addons
 from capture.classify import chroma, milvus, pinecone, qdrant, weaviate
 from capture.config import CREDENTIAL_HEADERS, GatewayConfig, Route
-from capture.gateway import run_gateway
 from capture.redact import is_secret_header
 from capture.state import REQUEST_ID_HEADER
 from tests.capture.classify import test_chroma as chroma_rows
@@ -76,6 +74,7 @@ from tests.capture.classify import test_qdrant as qdrant_rows
 from tests.capture.classify import test_weaviate as weaviate_rows
 from tests.capture.classify.table import Row
 from tests.support.events import read_events
+from tests.support.gateway import gateway_in_process
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.slow
@@ -271,26 +270,13 @@ def rig(tmp_path_factory: pytest.TempPathFactory, dev_idp: str) -> Iterator[Rig]
     addons = build_addons(cfg)
     collect = _Collect()
     logging.getLogger().addHandler(collect)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop = asyncio.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(run_gateway(cfg, addons, on_ready=ready.set, stop=stop))
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
     pool = httpcore.ConnectionPool(max_connections=8, retries=0)
     try:
-        assert ready.wait(30), "in-process gateway did not start"
-        token = mint_token(dev_idp, "fuzzer", ["fuzz-admin"], ttl=timedelta(hours=1))
-        yield Rig(ports, upstreams, cfg.log_url, dev_idp, token, collect, pool)
+        with gateway_in_process(cfg, addons):
+            token = mint_token(dev_idp, "fuzzer", ["fuzz-admin"], ttl=timedelta(hours=1))
+            yield Rig(ports, upstreams, cfg.log_url, dev_idp, token, collect, pool)
     finally:
         pool.close()
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
         logging.getLogger().removeHandler(collect)
         for up in upstreams.values():
             up.close()

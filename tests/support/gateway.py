@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support.services import free_port, wait_for_port
 
-__all__ = ["GatewayProcess", "UPSTREAM_SECRET", "gateway_process"]
+__all__ = ["GatewayProcess", "UPSTREAM_SECRET", "gateway_in_process", "gateway_process"]
 
 #: The upstream API key the gateway holds. Tests grep events, logs and
 #: responses for it: it must never appear.
@@ -100,3 +103,28 @@ def gateway_process(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def gateway_in_process(cfg: Any, addons: list[Any]) -> Iterator[None]:
+    """Run ``run_gateway(cfg, addons)`` on its own event loop in a thread (for
+    tests that insert addons of their own); stop it on exit."""
+    from capture.gateway import run_gateway
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(run_gateway(cfg, addons, on_ready=ready.set, stop=stop))
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30), "in-process gateway did not start"
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
