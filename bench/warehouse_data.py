@@ -180,8 +180,15 @@ def step_lake(data: Path, events: int) -> dict[str, Any]:
                         DeltaTable(str(target / table)), arrow.cast(schema), mode="append"
                     )
                 progress.advance(task)
+    return _finish(wh, "lake: compacting (sorted files, checkpoints)", target, events, copies, t0)
+
+
+def _finish(
+    wh: Any, label: str, target: Path, events: int, copies: int, t0: float
+) -> dict[str, Any]:
+    """Compact the copied data set, record its timings next to it, close it."""
     written = time.perf_counter() - t0
-    with console.status("lake: compacting (sorted files, checkpoints) …"):
+    with console.status(f"{label} …"):
         t1 = time.perf_counter()
         wh.compact()
         compact_s = time.perf_counter() - t1
@@ -212,16 +219,7 @@ def step_chdb(data: Path, events: int) -> dict[str, Any]:
                 cols = ", ".join(f"`{c}`" for c in names)
                 wh._command(f"INSERT INTO {wh.db}.{table} ({cols}) {sql}")
                 progress.advance(task)
-    written = time.perf_counter() - t0
-    with console.status("chdb: compacting (OPTIMIZE) …"):
-        t1 = time.perf_counter()
-        wh.compact()
-        compact_s = time.perf_counter() - t1
-    info = {"events": events, "copies": copies, "write_s": round(written, 1),
-            "compact_s": round(compact_s, 1)}
-    wh.close()
-    _mark(target, info)
-    return info
+    return _finish(wh, "chdb: compacting (OPTIMIZE)", target, events, copies, t0)
 
 
 def ensure(data: Path, events: int, backends: tuple[str, ...] = ("lake", "chdb")) -> Path:
