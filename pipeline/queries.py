@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from pipeline.warehouse.base import Warehouse
@@ -190,41 +191,43 @@ GROUP BY session_id
 #: sending, which may be older than the session that sent it again.
 _W = "parseDateTime64BestEffortOrNull({window:String}, 6, 'UTC')"
 _IN_WINDOW = "({window:String} = '' OR occurred_at >= " + _W + ")"
-_SESSION_FILTER = (
-    """
-    ({actor:String} = '' OR session_id IN (
+#: One guarded fragment per filter (see above), in this order.
+_FILTERS: dict[str, str] = {
+    "actor": """({actor:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
-        WHERE {actor:String} != '' AND subject = {actor:String} AND %(w)s))
-    AND ({group:String} = '' OR session_id IN (
+        WHERE {actor:String} != '' AND subject = {actor:String} AND %(w)s))""",
+    "group": """({group:String} = '' OR session_id IN (
         SELECT session_id FROM {events}
         WHERE {group:String} != '' AND type = 'IdentityResolved' AND %(w)s
         AND has(JSONExtract(coalesce(payload_json, '{}'), 'groups', 'Array(String)'),
-                {group:String})))
-    AND ({collection:String} = '' OR session_id IN (
+                {group:String})))""",
+    "collection": """({collection:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
-        WHERE {collection:String} != '' AND has(collections, {collection:String}) AND %(w)s))
-    AND ({action:String} = '' OR session_id IN (
+        WHERE {collection:String} != '' AND has(collections, {collection:String}) AND %(w)s))""",
+    "action": """({action:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
-        WHERE {action:String} != '' AND has(actions, {action:String}) AND %(w)s))
-    AND ({decision:String} = '' OR session_id IN (
+        WHERE {action:String} != '' AND has(actions, {action:String}) AND %(w)s))""",
+    "decision": """({decision:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
-        WHERE {decision:String} != '' AND outcome = {decision:String} AND %(w)s))
-    AND ({since:String} = '' OR session_id IN (
+        WHERE {decision:String} != '' AND outcome = {decision:String} AND %(w)s))""",
+    "since": """({since:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
         WHERE {since:String} != '' AND %(w)s
-          AND occurred_at >= parseDateTime64BestEffortOrNull({since:String}, 6, 'UTC')))
-    AND ({until:String} = '' OR session_id IN (
+          AND occurred_at >= parseDateTime64BestEffortOrNull({since:String}, 6, 'UTC')))""",
+    "until": """({until:String} = '' OR session_id IN (
         SELECT session_id FROM {sessions}
         WHERE {until:String} != '' AND %(w)s
-          AND occurred_at < parseDateTime64BestEffortOrNull({until:String}, 6, 'UTC')))
-    AND ({body:String} = '' OR session_id IN (
+          AND occurred_at < parseDateTime64BestEffortOrNull({until:String}, 6, 'UTC')))""",
+    "body": """({body:String} = '' OR session_id IN (
         SELECT session_id FROM {requests}
         WHERE {body:String} != '' AND type IN ('RequestReceived', 'ResponseRecorded') AND %(w)s
           AND coalesce(request_body_sha256, response_body_sha256) IN (
             SELECT sha256 FROM {bodies}
-            WHERE {body:String} != '' AND position(body, {body:String}) > 0)))
-    AND %(w)s
-    AND ({window:String} = '' OR session_id NOT IN (
+            WHERE {body:String} != '' AND position(body, {body:String}) > 0)))""",
+}
+#: Only sessions lying wholly at or after the window (none has an older row).
+_WINDOW_ONLY = (
+    """({window:String} = '' OR session_id NOT IN (
         SELECT session_id FROM {sessions}
         WHERE {window:String} != '' AND occurred_at < """
     + _W
@@ -233,50 +236,87 @@ _SESSION_FILTER = (
             SELECT session_id FROM {sessions}
             WHERE {window:String} != '' AND occurred_at >= """
     + _W
-    + """)))
-"""
-) % {"w": _IN_WINDOW}
+    + """)))"""
+)
 
-#: The page's session ids: only session_id and occurred_at are read (on
-#: MergeTree without a window, from the sessions table's per-session
-#: projection, migration 0002), newest first.
-_SESSION_PAGE = (
-    """session_id IN (
+
+def _session_filter(used: frozenset[str] | None = None, windowed: bool = True) -> str:
+    """The sessions-list predicate: every filter's fragment (``used=None``, the
+    generic text in ``QUERIES``), or only those of ``used``, and the window
+    exclusion only when ``windowed``. An unused fragment is constant true, but
+    each of its table references still costs the lake a Delta snapshot (~13 ms
+    of CPU each at 10M events), so ``sessions_list`` runs the trimmed text; a
+    test checks that it answers exactly like the generic one."""
+    parts = [f for name, f in _FILTERS.items() if used is None or name in used]
+    parts.append("%(w)s")
+    if windowed:
+        parts.append(_WINDOW_ONLY)
+    return ("\n    AND ".join(parts)) % {"w": _IN_WINDOW}
+
+
+def _sessions_list_sql(where: str) -> str:
+    #: The page's session ids: only session_id and occurred_at are read (on
+    #: MergeTree without a window, from the sessions table's per-session
+    #: projection, migration 0002), newest first.
+    page = (
+        """session_id IN (
     SELECT session_id FROM (
         SELECT session_id, min(occurred_at) AS first_at
         FROM {sessions}
         WHERE """
-    + _SESSION_FILTER
-    + """
+        + where
+        + """
         GROUP BY session_id
         ORDER BY first_at DESC, session_id
         LIMIT {limit:UInt32} OFFSET {offset:UInt32}
     )
 ) AND """
-    + _IN_WINDOW
-)
-SESSIONS_LIST = Query(
-    "sessions_list",
-    "SELECT * FROM ("
-    + _SESSION_FOLD % {"where": _SESSION_PAGE}
-    + ") ORDER BY started_at DESC, session_id",
+        + _IN_WINDOW
+    )
+    return (
+        "SELECT * FROM ("
+        + _SESSION_FOLD % {"where": page}
+        + ") ORDER BY started_at DESC, session_id"
+    )
+
+
+def _sessions_count_sql(where: str) -> str:
+    return (
+        """SELECT count() AS total FROM (
+        SELECT session_id FROM {sessions} WHERE """
+        + where
+        + """
+        GROUP BY session_id)"""
+    )
+
+
+_LIST_DOC = (
     "Sessions matching the filters, newest first, one page; with a window, only among "
-    "the sessions that lie entirely at or after it.",
+    "the sessions that lie entirely at or after it."
 )
+_COUNT_DOC = "How many sessions match the filters (for pagination)."
+SESSIONS_LIST = Query("sessions_list", _sessions_list_sql(_session_filter()), _LIST_DOC)
+SESSIONS_COUNT = Query("sessions_count", _sessions_count_sql(_session_filter()), _COUNT_DOC)
+
+
+@lru_cache(maxsize=512)
+def _trimmed(kind: str, used: frozenset[str], windowed: bool) -> Query:
+    """SESSIONS_LIST or SESSIONS_COUNT with only the fragments in use."""
+    where = _session_filter(used, windowed)
+    if kind == "sessions_list":
+        return Query(kind, _sessions_list_sql(where), _LIST_DOC)
+    return Query(kind, _sessions_count_sql(where), _COUNT_DOC)
+
+
+def _used(params: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(name for name in _FILTERS if params.get(name))
+
+
 SESSIONS_LATEST = Query(
     "sessions_latest",
     "SELECT toString(min(occurred_at)) AS earliest, toString(max(occurred_at)) AS latest "
     "FROM {sessions}",
     "The times of the oldest and newest session rows (the sessions list's windows).",
-)
-SESSIONS_COUNT = Query(
-    "sessions_count",
-    """SELECT count() AS total FROM (
-        SELECT session_id FROM {sessions} WHERE """
-    + _SESSION_FILTER
-    + """
-        GROUP BY session_id)""",
-    "How many sessions match the filters (for pagination).",
 )
 SESSION = Query(
     "session",
@@ -755,6 +795,7 @@ def sessions_list(
     everything. Otherwise the next, wider window is tried. A window that
     reaches back past the oldest row, or a body filter, means one plain pass."""
     params = (filters or SessionFilter()).params()
+    used = _used(params)
     limit, offset = _limit(limit), _offset(offset)
     # The body filter scans every stored body whatever the window (a body is
     # stored at its first sending), so repeating it per window costs more
@@ -770,12 +811,14 @@ def sessions_list(
             for span in SESSION_WINDOWS:
                 if end - span <= start:
                     break  # this window holds everything: one plain pass
-                rows = SESSIONS_LIST.run(
+                rows = _trimmed("sessions_list", used, True).run(
                     wh, **params, window=_time(end - span), limit=limit, offset=offset
                 )
                 if len(rows) >= limit:
                     return rows
-    return SESSIONS_LIST.run(wh, **params, window="", limit=limit, offset=offset)
+    return _trimmed("sessions_list", used, False).run(
+        wh, **params, window="", limit=limit, offset=offset
+    )
 
 
 def _parse_time(text: str) -> datetime:
@@ -783,7 +826,8 @@ def _parse_time(text: str) -> datetime:
 
 
 def sessions_count(wh: Warehouse, filters: SessionFilter | None = None) -> int:
-    rows = SESSIONS_COUNT.run(wh, **(filters or SessionFilter()).params(), window="")
+    params = (filters or SessionFilter()).params()
+    rows = _trimmed("sessions_count", _used(params), False).run(wh, **params, window="")
     return int(rows[0]["total"]) if rows else 0
 
 
@@ -946,5 +990,7 @@ def bodies(wh: Warehouse, sha256s: list[str]) -> dict[str, bytes]:
         raise ValueError(f"at most {MAX_LIMIT} bodies at once, not {len(wanted)}")
     if any(not c.isalnum() for sha in wanted for c in sha):
         raise ValueError("a sha256 is hex digits only")
-    return {r["sha256"]: base64.b64decode(r["body_b64"])
-            for r in BODIES.run(wh, sha256s=",".join(wanted))}
+    return {
+        r["sha256"]: base64.b64decode(r["body_b64"])
+        for r in BODIES.run(wh, sha256s=",".join(wanted))
+    }
