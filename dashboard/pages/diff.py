@@ -36,6 +36,16 @@ def show_diff(diff: dict[str, Any]) -> None:
         st.caption(diff["note"])
 
 
+# Links from the Sessions page (two selected sessions) and Session detail (a request)
+# arrive as query parameters; they only pre-fill the forms.
+for param, key in (("then_request", "diff_a"), ("now_request", "diff_b"),
+                   ("then_session", "diff_sa"), ("now_session", "diff_sb")):
+    if param in st.query_params and key not in st.session_state:
+        st.session_state[key] = st.query_params[param]
+if "then_session" in st.query_params:
+    st.info("Comparing the two sessions chosen on the Sessions page: see the "
+            "**Two sessions** tab.")
+
 by_request, by_session = st.tabs(["Two requests", "Two sessions"])
 with by_request:
     with st.form("diff_requests"):

@@ -72,6 +72,9 @@ for req in detail["requests"]:
                       + (f" · grant {req['grant_id']}" if req.get("grant_id") else ""))
         c[3].markdown(f"**latency** {(req.get('latency_us') or 0) / 1000:.1f} ms"
                       f" · request id `{req['request_id']}`")
+        st.page_link("pages/diff.py", label="Compare this request with another",
+                     icon=":material/difference:",
+                     query_params={"then_request": str(req["request_id"])})
         if req.get("reasons"):
             st.caption("; ".join(req["reasons"]))
         if req.get("blocked_reason"):

@@ -64,13 +64,22 @@ if rows:
                                 "actions", "collections", "decisions", "denied_count",
                                 "blocked_count", "client_session_name"]]
     picked = st.dataframe(table, hide_index=True, width="stretch",
-                          on_select="rerun", selection_mode="single-row", key="sessions_table")
+                          on_select="rerun", selection_mode="multi-row", key="sessions_table")
     chosen = picked.selection.rows if picked is not None else []
-    if chosen:
+    st.caption("Select a session to open it, or two to compare them.")
+    if len(chosen) == 1:
         sid = str(table.iloc[chosen[0]]["session_id"])
         st.session_state["session_id"] = sid
         st.page_link("pages/session.py", label=f"Open session {sid}", icon=":material/timeline:",
                      query_params={"session": sid})
+    elif len(chosen) == 2:
+        # the older one is "then": rows are newest first
+        now_sid, then_sid = (str(table.iloc[i]["session_id"]) for i in sorted(chosen))
+        st.page_link("pages/diff.py", label=f"Compare {then_sid} (then) with {now_sid} (now)",
+                     icon=":material/difference:",
+                     query_params={"then_session": then_sid, "now_session": now_sid})
+    elif len(chosen) > 2:
+        st.warning(f"{len(chosen)} sessions selected: select one to open it, or two to compare.")
 else:
     st.info("No session matches these filters.")
 

@@ -216,6 +216,28 @@ def test_diff_of_two_requests(dash_env: Seeded) -> None:
     assert any("Identical" in s.value for s in at.success)
 
 
+def test_two_sessions_chosen_on_the_sessions_page_open_in_diff(dash_env: Seeded) -> None:
+    """Selecting two sessions links to Diff with both ids; the link's query
+    parameters pre-fill the form and the comparison shows at once."""
+    wh = data._warehouse(dash_env.warehouse_url)
+    from pipeline import queries
+
+    rows = [r for r in wh.run(queries.sessions_list, queries.SessionFilter(), limit=50)
+            if r["request_count"]]
+    assert len(rows) >= 2
+    now_sid, then_sid = str(rows[0]["session_id"]), str(rows[1]["session_id"])
+    at = app(dash_env, AUDITOR)
+    at.query_params["then_session"] = then_sid
+    at.query_params["now_session"] = now_sid
+    at.switch_page("pages/diff.py")
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.text_input(key="diff_sa").value == then_sid
+    assert at.text_input(key="diff_sb").value == now_sid
+    labels = [e.label for e in at.expander]
+    assert any(label.startswith("#0 ") for label in labels), (labels, texts(at))
+
+
 def pending_ids(at: AppTest) -> str:
     return "\n".join(e.label for e in at.expander) + texts(at)
 
