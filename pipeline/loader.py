@@ -36,6 +36,7 @@ record that does not decode is the warehouse's business: it lands in
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -43,7 +44,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from pipeline.loader_status import LoaderStatus, RateMeter, scrub, status_path, write_status
 from pipeline.retention import gate_purge
@@ -67,6 +68,28 @@ DEFAULT_GROUP = "embedguard-loader"
 
 _T = TypeVar("_T")
 FlushReason = Literal["size", "time", "drain"]
+
+
+@runtime_checkable
+class PreparingWarehouse(Protocol):
+    """A warehouse whose ``write_batch`` splits into a CPU-only part
+    (``prepare_batch``: decode and project; touches no stored state) and the
+    write (``write_prepared``, idempotent as ``write_batch``), so that the loader
+    prepares batch N+1 while batch N is written."""
+
+    def prepare_batch(self, batch: LoadBatch) -> Any: ...
+
+    def write_prepared(self, prepared: Any) -> WriteResult: ...
+
+
+@dataclass(eq=False)
+class _Flight:
+    """A batch in the write pipeline: prepared, then written, in flush order."""
+
+    batch: LoadBatch
+    epoch: int
+    prepared: asyncio.Task[Any]
+    written: asyncio.Task[None] = field(init=False)
 
 
 class LoaderError(Exception):
@@ -96,6 +119,9 @@ class LoaderConfig:
     status_interval: float = 1.0
     #: how often the status refreshes log end offsets and warehouse totals
     lag_interval: float = 5.0
+    #: batches in the write pipeline at once: 2 prepares (decodes, projects)
+    #: batch N+1 while batch N is written; 1 writes strictly one after the other
+    pipeline_depth: int = 2
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.initial_batch <= self.max_batch:
@@ -111,6 +137,8 @@ class LoaderConfig:
             raise ValueError("retries need 0 < retry_initial <= retry_max")
         if not self.group:
             raise ValueError("a loader needs a non-empty consumer group name")
+        if self.pipeline_depth < 1:
+            raise ValueError("pipeline_depth must be at least 1")
 
 
 class BatchPolicy:
@@ -187,6 +215,14 @@ class Loader:
         self._sought: dict[int, int] = {}
         self._unloaded: set[int] = set()
         self._buffer: dict[int, list[LogRecord]] = {}
+        #: partition → the offset after its last batch still in the write pipeline
+        self._queued: dict[int, int] = {}
+        #: partition → incremented whenever its in-flight batches become void
+        #: (revoked, or sought to the warehouse's position again)
+        self._epoch: dict[int, int] = {}
+        self._flights: collections.deque[_Flight] = collections.deque()
+        #: partition → offset to commit to the log (a hint) once the loop gets to it
+        self._to_commit: dict[int, int] = {}
         self._first_buffered_at: float | None = None
         self._write_lock = asyncio.Lock()
         self._rate = RateMeter()
@@ -222,7 +258,8 @@ class Loader:
             if self.config.compact_interval:
                 tasks.append(asyncio.create_task(self._compact_loop(stop)))
             await self._loop(reader, once=once, targets=targets, stop=stop)
-            await self._flush(reader, "drain", stop)
+            await self._flush("drain", stop)
+            await self._drain(reader)
         except LoaderError as err:
             self._set_state("failed", str(err))
             raise
@@ -232,6 +269,7 @@ class Loader:
         else:
             self._set_state("stopped")
         finally:
+            await self._abandon_flights()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -265,15 +303,31 @@ class Loader:
         # the next owner reads the warehouse's position after it.
         async with self._write_lock:
             for partition in partitions:
-                dropped = self._buffer.pop(partition, [])
+                dropped = len(self._buffer.pop(partition, []))
+                dropped += sum(
+                    len(f.batch.records)
+                    for f in self._flights
+                    if f.batch.partition == partition
+                    and f.epoch == self._epoch.get(partition, 0)
+                    and not f.written.done()
+                )
+                self._void(partition)
+                self._to_commit.pop(partition, None)
                 self._expected.pop(partition, None)
                 self._sought.pop(partition, None)
                 if dropped:
                     log.info(
                         "partition %d revoked; %d buffered record(s) left to its next owner",
                         partition,
-                        len(dropped),
+                        dropped,
                     )
+
+    def _void(self, partition: int) -> None:
+        """Void the batches of ``partition`` in the write pipeline: they are
+        skipped when their turn comes. Caller holds the write lock, so none of
+        them is being written."""
+        self._epoch[partition] = self._epoch.get(partition, 0) + 1
+        self._queued.pop(partition, None)
 
     async def _on_assigned(self, partitions: frozenset[int]) -> None:
         try:
@@ -291,6 +345,7 @@ class Loader:
         reader = self._reader
         assert reader is not None
         self._buffer.pop(partition, None)
+        self._void(partition)
         self._sought.pop(partition, None)
         loaded = positions.get(partition)
         if loaded is not None:
@@ -351,6 +406,10 @@ class Loader:
                 wait = self._first_buffered_at + self.policy.flush_interval - now
             else:
                 wait = self.policy.flush_interval
+            if once and not buffered and self._read_to(reader, targets):
+                # everything to load was read: do not sit out a flush interval in
+                # a poll that has nothing to return (Kafka still settles, below)
+                wait = min(wait, 0.0 if self._is_sqlite() else 0.1)
             records = await self._poll(
                 reader, max(1, self.policy.batch_size - buffered), max(wait, 0.02), stop
             )
@@ -358,18 +417,24 @@ class Loader:
                 await self._accept(reader, records)
             buffered = sum(len(r) for r in self._buffer.values())
             if buffered >= self.policy.batch_size:
-                await self._flush(reader, "size", stop)
+                await self._flush("size", stop)
             elif buffered and (
                 time.monotonic() - (self._first_buffered_at or 0) >= self.policy.flush_interval
                 or (once and not records)
             ):
-                await self._flush(reader, "time", stop)
-            elif not buffered and not records:
+                await self._flush("time", stop)
+            elif not buffered and not records and not self._flights:
                 self.policy.on_flush("time", 0)
+            self._reap()
+            await self._commit_written(reader)
 
             buffered = sum(len(r) for r in self._buffer.values())
             if not once or records or buffered:
                 idle_since = None
+                continue
+            if self._flights:
+                # the log gave nothing more: wait for the batches being written
+                await self._drain(reader)
                 continue
             idle_since = idle_since or time.monotonic()
             own = self._own_done(targets)
@@ -392,6 +457,13 @@ class Loader:
             self._total += sum(e - targets.get(p, 0) for p, e in grown.items())
             targets.update(grown)
             idle_since = None
+
+    def _read_to(self, reader: LogReader, targets: Mapping[int, int]) -> bool:
+        """Whether the reader is past every target (``--once``: all was read)."""
+        if not targets:
+            return False
+        positions = reader.positions()
+        return all(positions.get(p, 0) >= t for p, t in targets.items() if t > 0)
 
     def _own_done(self, targets: Mapping[int, int]) -> bool | None:
         """Whether the partitions this loader has anchored reached their targets
@@ -451,8 +523,14 @@ class Loader:
         by_partition: dict[int, list[LogRecord]] = {}
         for record in records:
             by_partition.setdefault(record.partition, []).append(record)
-        async with self._write_lock:
-            for partition, recs in by_partition.items():
+        for partition, recs in by_partition.items():
+            if partition in self._expected:
+                # no await from here to the end of _take: a revocation (which
+                # takes the write lock) cannot interleave, so no lock is needed,
+                # and reading goes on while a batch is written
+                self._take(reader, partition, recs)
+                continue
+            async with self._write_lock:
                 if partition not in self._expected:
                     positions = await self._warehouse_call(
                         lambda: self.warehouse.loaded_positions(self.source), None
@@ -465,7 +543,10 @@ class Loader:
 
     def _take(self, reader: LogReader, partition: int, recs: list[LogRecord]) -> None:
         buffer = self._buffer.setdefault(partition, [])
-        expected = buffer[-1].offset + 1 if buffer else self._expected[partition]
+        if buffer:
+            expected = buffer[-1].offset + 1
+        else:
+            expected = self._queued.get(partition, self._expected[partition])
         for index, record in enumerate(recs):
             if record.offset < expected:
                 self.summary.skipped_records += 1  # already in the warehouse
@@ -482,8 +563,9 @@ class Loader:
                     log.warning(note)
                     if self._status is not None:
                         self._status.notes.append(note)
-                    if buffer:
-                        # A batch must be contiguous: park the rest for the next poll.
+                    if buffer or partition in self._queued:
+                        # A batch must be contiguous: park the rest for the next poll
+                        # (after the batches in the write pipeline).
                         reader.seek(partition, record.offset)
                         self._sought[partition] = record.offset
                         return
@@ -503,37 +585,122 @@ class Loader:
         elif self._first_buffered_at is None:
             self._first_buffered_at = time.monotonic()
 
-    async def _flush(self, reader: LogReader, reason: FlushReason, stop: asyncio.Event) -> None:
+    async def _flush(self, reason: FlushReason, stop: asyncio.Event) -> None:
+        """Hand every buffered partition's run to the write pipeline as a batch.
+        Returns once each is in the pipeline, not written: the loop reads on while
+        the pipeline prepares and writes (``_flights``)."""
         count = sum(len(r) for r in self._buffer.values())
         self.policy.on_flush(reason, count)
         self._first_buffered_at = None
         for partition in sorted(self._buffer):
-            records = self._buffer.get(partition)
+            records = self._buffer.pop(partition, None)
             if not records:
-                self._buffer.pop(partition, None)
                 continue
-            batch = LoadBatch(self.source, partition, list(records))
-            result = await self._write(batch, stop)
-            if result is None:
-                continue  # revoked meanwhile, or stopping
-            if not self.config.tail:
-                try:
-                    await reader.commit({partition: batch.last_offset + 1})
-                except LogUnavailable as err:
-                    # Only a hint: the warehouse already knows this position.
-                    log.warning("commit failed (the warehouse keeps the position): %s", err)
-                except ValueError as err:
-                    log.warning("commit refused: %s", err)
+            batch = LoadBatch(self.source, partition, records)
+            # taken now: a revocation while we wait for room voids this batch
+            epoch = self._epoch.get(partition, 0)
+            self._queued[partition] = batch.last_offset + 1
+            await self._make_room(self.config.pipeline_depth - 1)
+            self._launch(batch, epoch, stop)
 
-    async def _write(self, batch: LoadBatch, stop: asyncio.Event) -> WriteResult | None:
+    def _launch(self, batch: LoadBatch, epoch: int, stop: asyncio.Event) -> None:
+        prev = self._flights[-1] if self._flights else None
+        prepared = asyncio.create_task(self._prepare(batch, prev.prepared if prev else None))
+        flight = _Flight(batch, epoch, prepared)
+        flight.written = asyncio.create_task(
+            self._write_flight(flight, prev.written if prev else None, stop)
+        )
+        self._flights.append(flight)
+
+    def _reap(self) -> None:
+        """Drop written batches from the head of the pipeline; re-raise the
+        error that stopped one (a ``LoaderError``)."""
+        while self._flights and self._flights[0].written.done():
+            self._flights.popleft().written.result()
+
+    async def _make_room(self, limit: int) -> None:
+        """Wait until at most ``limit`` batches are in the write pipeline."""
+        while True:
+            self._reap()
+            if len(self._flights) <= limit:
+                return
+            await asyncio.wait([self._flights[0].written])
+
+    async def _drain(self, reader: LogReader) -> None:
+        await self._make_room(0)
+        await self._commit_written(reader)
+
+    async def _abandon_flights(self) -> None:
+        """Cancel the pipeline (the loader stops); collect every outcome."""
+        flights, self._flights = list(self._flights), collections.deque()
+        for flight in flights:
+            flight.written.cancel()
+            flight.prepared.cancel()
+        for flight in flights:
+            for task in (flight.written, flight.prepared):
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _prepare(self, batch: LoadBatch, prev: asyncio.Task[Any] | None) -> Any:
+        """Decode and project ``batch`` on a thread, after the batch before it
+        (one projection at a time: it already uses every core)."""
+        if prev is not None:
+            await asyncio.wait([prev])
+        warehouse = self.warehouse
+        if isinstance(warehouse, PreparingWarehouse):
+            return await asyncio.to_thread(warehouse.prepare_batch, batch)
+        return None
+
+    async def _write_flight(
+        self, flight: _Flight, prev: asyncio.Task[None] | None, stop: asyncio.Event
+    ) -> None:
+        if prev is not None:
+            await prev  # batches are written in flush order; a failure stops the rest
+        try:
+            prepared = await flight.prepared
+        except Exception as err:  # noqa: BLE001 - write_batch does it again and reports it
+            log.debug(
+                "preparing batch %s failed (%s); writing it unprepared", flight.batch.token, err
+            )
+            prepared = None
+        result = await self._write(flight, prepared, stop)
+        if result is not None and not self.config.tail:
+            # committed by the loop: only a hint, the warehouse keeps the position
+            self._to_commit[flight.batch.partition] = flight.batch.last_offset + 1
+
+    async def _commit_written(self, reader: LogReader) -> None:
+        if not self._to_commit:
+            return
+        positions, self._to_commit = self._to_commit, {}
+        try:
+            await reader.commit(positions)
+        except LogUnavailable as err:
+            # Only a hint: the warehouse already knows this position.
+            log.warning("commit failed (the warehouse keeps the position): %s", err)
+        except ValueError as err:
+            log.warning("commit refused: %s", err)
+
+    async def _write(
+        self, flight: _Flight, prepared: Any, stop: asyncio.Event
+    ) -> WriteResult | None:
+        batch = flight.batch
+        partition = batch.partition
         delay = self.config.retry_initial
         while True:
             async with self._write_lock:
-                current = self._buffer.get(batch.partition)
-                if not current or current[0].offset != batch.first_offset:
-                    return None  # revoked (and maybe re-anchored) meanwhile
+                if (
+                    self._epoch.get(partition, 0) != flight.epoch
+                    or self._expected.get(partition) != batch.first_offset
+                ):
+                    # revoked or sought again meanwhile, or a batch before it was
+                    # not written (stopping): writing it would leave a gap
+                    return None
+                warehouse = self.warehouse
                 try:
-                    result = await asyncio.to_thread(self.warehouse.write_batch, batch)
+                    if prepared is not None and isinstance(warehouse, PreparingWarehouse):
+                        result = await asyncio.to_thread(warehouse.write_prepared, prepared)
+                    else:
+                        result = await asyncio.to_thread(warehouse.write_batch, batch)
                 except WarehouseUnavailable as err:
                     failure: WarehouseUnavailable = err
                 except WarehouseError as err:
@@ -549,10 +716,11 @@ class Loader:
                         "Restart the loader; it resumes at this batch."
                     ) from err
                 else:
-                    del self._buffer[batch.partition]
-                    self._expected[batch.partition] = batch.last_offset + 1
-                    self._sought.pop(batch.partition, None)
-                    self._unloaded.discard(batch.partition)
+                    self._expected[partition] = batch.last_offset + 1
+                    if self._queued.get(partition) == batch.last_offset + 1:
+                        del self._queued[partition]
+                    self._sought.pop(partition, None)
+                    self._unloaded.discard(partition)
                     self._record(batch, result)
                     return result
             if stop.is_set():

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ from pipeline.warehouse.projection import (
 )
 from schemas.codec import EventCodec, default_codec
 
-__all__ = ["LakeWarehouse"]
+__all__ = ["LakeWarehouse", "PreparedBatch"]
 
 #: Tables partitioned by day (the ones that grow with traffic).
 DAY_PARTITIONED = {"events", "requests", "sessions", "vector_lineage", "bodies"}
@@ -89,6 +90,15 @@ _WRITER = WriterProperties(
     compression="ZSTD",
     compression_level=1,
 )
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch decoded and projected ahead of its write (``prepare_batch``)."""
+
+    batch: LoadBatch
+    loaded_at: datetime
+    tables: dict[str, pa.Table]
 
 
 class LakeWarehouse(Warehouse):
@@ -226,9 +236,23 @@ class LakeWarehouse(Warehouse):
         return {int(r["src_partition"]): int(r["next_offset"]) for r in rows}
 
     def write_batch(self, batch: LoadBatch) -> WriteResult:
+        return self._locked_write(batch, None)
+
+    def prepare_batch(self, batch: LoadBatch) -> PreparedBatch:
+        """Decode and project ``batch`` (CPU only: reads and writes nothing of
+        the lake), so that a loader can project the next batch while this one
+        commits. ``write_prepared`` then writes it exactly as ``write_batch``
+        would (a batch the lake already holds writes nothing)."""
+        loaded_at = datetime.now(UTC)
+        return PreparedBatch(batch, loaded_at, self._project(batch, self.codec, loaded_at))
+
+    def write_prepared(self, prepared: PreparedBatch) -> WriteResult:
+        return self._locked_write(prepared.batch, prepared)
+
+    def _locked_write(self, batch: LoadBatch, prepared: PreparedBatch | None) -> WriteResult:
         with self._lock:
             try:
-                return self._write_batch(batch)
+                return self._write_batch(batch, prepared)
             except BaseException as exc:
                 self._known.clear()  # after a failure, read every version afresh
                 if isinstance(exc, CommitFailedError):
@@ -242,7 +266,7 @@ class LakeWarehouse(Warehouse):
                     ) from None
                 raise
 
-    def _write_batch(self, batch: LoadBatch) -> WriteResult:
+    def _write_batch(self, batch: LoadBatch, prepared: PreparedBatch | None) -> WriteResult:
         app_id = f"{batch.source}:{batch.partition}"
         last = batch.last_offset
         # A batch that carries on right after this process's last complete
@@ -258,8 +282,9 @@ class LakeWarehouse(Warehouse):
             done = self._table("loads").transaction_version(app_id)
             if done is not None and done >= last:
                 return WriteResult(events=0, dead_letters=0, duplicate=True)
-        loaded_at = datetime.now(UTC)
-        tables = self._project(batch, self.codec, loaded_at)
+        if prepared is None:
+            prepared = self.prepare_batch(batch)
+        loaded_at, tables = prepared.loaded_at, prepared.tables
         # The derived tables are independent (each has its own app transaction),
         # so they commit concurrently: delta-rs writes without the GIL, and a
         # commit mostly waits on the file system. events commits after all of

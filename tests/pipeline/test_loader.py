@@ -11,6 +11,7 @@ import os
 import sqlite3
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from pipeline.transport import AppendRecord, open_log
 from pipeline.transport.kafka import KafkaEventLog
 from pipeline.transport.sqlite import SqliteEventLog
 from pipeline.warehouse import LoadBatch, WarehouseError, WarehouseUnavailable, WriteResult
-from pipeline.warehouse.lake import LakeWarehouse
+from pipeline.warehouse.lake import LakeWarehouse, PreparedBatch
 from schemas.chain import verify_chains
 from schemas.codec import FIXTURES_DIR
 from tests.pipeline.loader_helpers import append_records, chained_records, decode_raw
@@ -283,13 +284,20 @@ class FlakyLake(LakeWarehouse):
         self.tokens: list[str] = []
 
     def write_batch(self, batch: LoadBatch) -> WriteResult:
+        return self._flaky(batch, lambda: super(FlakyLake, self).write_batch(batch))
+
+    def write_prepared(self, prepared: PreparedBatch) -> WriteResult:
+        # the loader's path: batches projected ahead, then written
+        return self._flaky(prepared.batch, lambda: super(FlakyLake, self).write_prepared(prepared))
+
+    def _flaky(self, batch: LoadBatch, write: Callable[[], WriteResult]) -> WriteResult:
         self.tokens.append(batch.token)
         if self.failures > 0:
             self.failures -= 1
             if self.after_write:
-                super().write_batch(batch)
+                write()
             raise WarehouseUnavailable("lake busy (injected)", retry_after=0.01)
-        return super().write_batch(batch)
+        return write()
 
 
 async def test_unavailable_warehouse_is_retried_with_the_same_batch(tmp_path: Path) -> None:
@@ -306,6 +314,9 @@ async def test_unavailable_warehouse_is_retried_with_the_same_batch(tmp_path: Pa
 class BrokenLake(LakeWarehouse):
     def write_batch(self, batch: LoadBatch) -> WriteResult:
         raise WarehouseError("table events has an incompatible schema (injected)")
+
+    def write_prepared(self, prepared: PreparedBatch) -> WriteResult:
+        return self.write_batch(prepared.batch)
 
 
 async def test_a_permanent_warehouse_error_stops_the_loader_with_a_clear_error(
@@ -478,6 +489,9 @@ async def test_status_shows_the_log_end_when_the_reader_was_slow_to_start(
                     return super().write_batch(batch)
                 time.sleep(0.02)
             raise WarehouseError("the loader's status never showed the log's end")
+
+        def write_prepared(self, prepared: PreparedBatch) -> WriteResult:
+            return self.write_batch(prepared.batch)
 
     cfg = config(tmp_path, status_interval=0.02, lag_interval=0)
     summary, _ = await load_once(url, WaitsForStatus(tmp_path / "lake"), cfg)
