@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 import signal
 import tempfile
 from collections.abc import Callable, Sequence
@@ -66,6 +68,34 @@ def _install_json_protocol_errors() -> None:
     _http1.make_error_response = _json_protocol_error
 
 
+def _install_reuse_port() -> None:
+    """Make this process's reverse-proxy listeners bind with SO_REUSEPORT, so
+    that several gateway worker processes share each listen address and the
+    kernel spreads connections over them (``embedguard gateway --workers N``).
+
+    mitmproxy 11 has no option for it: its listener calls
+    ``asyncio.start_server(handler, host, port)`` with asyncio's defaults. This
+    replaces that one call for reverse mode, in the worker process only."""
+    from mitmproxy.proxy.mode_servers import ReverseInstance
+
+    async def listen(self: ReverseInstance, host: str, port: int) -> list[Any]:
+        if port == 0:
+            raise OSError(
+                errno.EINVAL, "workers share one fixed port; give --listen HOST:PORT, not port 0"
+            )
+        return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+
+    ReverseInstance.listen = listen  # type: ignore[method-assign,assignment]
+
+
+def _listen_failure(server: Any) -> str:
+    exc = server.last_exception
+    where = f"{server.mode.custom_listen_host or '*'}:{server.mode.custom_listen_port}"
+    code = getattr(exc, "errno", None)
+    why = os.strerror(code) if isinstance(code, int) else str(exc)
+    return f"cannot listen on {where}: {why}"
+
+
 def _proxy_options(config: GatewayConfig, confdir: Path) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "mode": [r.mode_spec for r in config.routes],
@@ -116,9 +146,17 @@ async def run_gateway(
     *,
     on_ready: Callable[[], None] | None = None,
     stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
+    on_listen_error: Callable[[str], None] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set). ``addons`` are the
-    embedguard addons in order."""
+    embedguard addons in order.
+
+    ``reuse_port``: bind the listeners with SO_REUSEPORT (a worker of
+    ``--workers N``). ``on_listen_error(message)``: if a listener cannot bind,
+    call it and shut down instead of announcing readiness."""
+    if reuse_port:
+        _install_reuse_port()
     with tempfile.TemporaryDirectory(prefix="embedguard-mitm-") as tmp:
         m = build_master(config, addons, Path(tmp))
         loop = asyncio.get_running_loop()
@@ -134,7 +172,20 @@ async def run_gateway(
             for _ in range(200):
                 if ps is not None and ps.servers and all(s.is_running for s in ps.servers):
                     break
+                if on_listen_error is not None and ps is not None and any(
+                    s.last_exception is not None for s in ps.servers
+                ):
+                    break
                 await asyncio.sleep(0.05)
+            if on_listen_error is not None:
+                failed = [s for s in (ps.servers if ps is not None else []) if not s.is_running]
+                if failed or ps is None or not ps.servers:
+                    on_listen_error(
+                        "; ".join(_listen_failure(s) for s in failed if s.last_exception)
+                        or "the listeners did not start"
+                    )
+                    m.shutdown()
+                    return
             # ... and every addon that opens something (the audit log) is ready.
             for addon in addons:
                 started = getattr(addon, "started", None)

@@ -903,6 +903,14 @@ def gateway(
             "treated as a secret, never logged",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Gateway processes sharing each --listen port (SO_REUSEPORT, Linux); each "
+            "records its own stream <gateway-id>/w<k>. 1: one process, as before",
+        ),
+    ] = 1,
 ) -> None:
     """Run the gateway: a mitmproxy reverse proxy with embedguard's addons."""
     import logging
@@ -924,6 +932,8 @@ def gateway(
         raise fail(
             f"give one --listen per --upstream ({len(upstream)} upstreams, {len(listen)} listens)"
         )
+    if workers < 1:
+        raise fail(f"--workers {workers}: give 1 or more gateway processes (1 runs one process)")
     kinds = kind or ["auto"] * len(upstream)
     envs = credential_env or []
     files = credential_file or []
@@ -1004,9 +1014,21 @@ def gateway(
             )
 
     try:
-        addons = build_addons(config)
+        addons = build_addons(config)  # with --workers, checks the configuration once
     except (ConfigError, ValueError) as exc:
         raise fail(str(exc)) from None
+    if workers > 1:
+        from capture.workers import WorkersFailed, run_supervisor
+
+        if any(r.listen_port == 0 for r in config.routes):
+            raise fail("--workers shares fixed ports: give --listen HOST:PORT with a port, not 0")
+        try:
+            code = run_supervisor(config, workers, on_ready=ready)
+        except WorkersFailed as exc:
+            raise fail(str(exc), 1) from None
+        if code:
+            raise fail("the gateway workers did not all stop cleanly (see the log above)", code)
+        return
     run(lambda: run_gateway(config, addons, on_ready=ready))
 
 
