@@ -193,6 +193,8 @@ def replay_command(
                 "added": d.added_ids if d else None,
                 "removed": d.removed_ids if d else None,
                 "moved": d.moved_ids if d else None,
+                "note": s.note
+                or (f"sent to {s.path_sent} (target's collection UUID)" if s.path_sent else None),
             }
         )
     _out.print(
@@ -211,6 +213,7 @@ def replay_command(
                 "added",
                 "removed",
                 "moved",
+                "note",
             ],
         )
     )

@@ -11,6 +11,11 @@ no target names is treated as production: it is replayed read-only.
 * Authentication: ``token`` (sent as a bearer token), ``as_recorded_identity``
   (a token minted for each step's recorded subject and groups by the target's
   dev issuer; staging gateways only), else the target's credential variable.
+* Chroma addresses a collection by a UUID that each server assigns: a step's
+  recorded UUID is replaced by the target's UUID of the same collection name
+  (the name the gateway resolved and recorded), looked up once per name on the
+  target with the step's own credentials. A name the target does not have is
+  sent as recorded, with a note saying so.
 
 Each step reports the status then and now and a :class:`replay.diff.BodyDiff`.
 """
@@ -18,9 +23,11 @@ Each step reports the status then and now and a :class:`replay.diff.BodyDiff`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -59,6 +66,10 @@ class StepResult:
     status_now: int | None = None
     error: str | None = None
     diff: BodyDiff | None = None
+    #: the path sent, when it differs from the recorded one (a Chroma collection
+    #: UUID replaced by the target's)
+    path_sent: str | None = None
+    note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +84,8 @@ class StepResult:
             "status_now": self.status_now,
             "error": self.error,
             "diff": self.diff.to_json() if self.diff else None,
+            "path_sent": self.path_sent,
+            "note": self.note,
         }
 
 
@@ -179,6 +192,74 @@ def _mint(issuer: str, subject: str, groups: list[str]) -> str:
     return mint_token(issuer, subject, groups)
 
 
+#: A Chroma record path: its prefix up to ``collections/`` (v2 with tenant and
+#: database, or v1), the collection UUID, and the rest.
+_CHROMA_PATH = re.compile(
+    r"^(?P<prefix>/api/v2/tenants/[^/]+/databases/[^/]+/collections/|/api/v1/collections/)"
+    r"(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+    r"(?P<rest>(?:/.*)?)$"
+)
+
+
+class _ChromaIds:
+    """The target's UUID for each recorded collection name, looked up once."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+        self.known: dict[tuple[str, str], str] = {}
+
+    def forget(self, step: Step) -> None:
+        """After an admin step (a collection created, deleted or changed), look
+        its collections up again: a re-created collection has a new UUID."""
+        if "admin" in step.actions:
+            self.known = {k: v for k, v in self.known.items() if k[1] not in step.collections}
+
+    def remap(self, step: Step, headers: dict[str, str]) -> tuple[str | None, str | None]:
+        """(the path to send, a note); (None, None) when nothing changes."""
+        if step.product != "chroma" or not step.path:
+            return None, None
+        m = _CHROMA_PATH.match(step.path)
+        if m is None:
+            return None, None
+        names = sorted(set(step.collections))
+        if len(names) != 1:
+            return None, (
+                f"collection UUID {m['uuid']} sent as recorded: the recording names "
+                f"{len(names)} collections for it, not one"
+            )
+        name = names[0]
+        key = (m["prefix"], name)
+        uuid = self.known.get(key)
+        if uuid is None:
+            # a miss is not remembered: a later step may create the collection
+            uuid = self._lookup(m["prefix"], name, headers)
+            if uuid is not None:
+                self.known[key] = uuid
+        if uuid is None:
+            return None, (
+                f"the target has no collection {name!r} (or refused the lookup): sent with "
+                f"the recorded UUID {m['uuid']}"
+            )
+        if uuid == m["uuid"]:
+            return None, None
+        return f"{m['prefix']}{uuid}{m['rest']}", None
+
+    def _lookup(self, prefix: str, name: str, headers: dict[str, str]) -> str | None:
+        lookup = {k: v for k, v in headers.items() if k != "content-type"}
+        try:
+            r = self.client.get(prefix + quote(name, safe=""), headers=lookup)
+        except httpx.HTTPError:
+            return None
+        if r.status_code != 200:
+            return None
+        try:
+            found = r.json()
+        except ValueError:
+            return None
+        uuid = found.get("id") if isinstance(found, dict) else None
+        return uuid if isinstance(uuid, str) and _CHROMA_PATH.match(prefix + uuid) else None
+
+
 def replay_session(
     session: RecordedSession,
     target: ReplayTarget,
@@ -203,6 +284,7 @@ def replay_session(
         session.session_id, target.url, target.production, include_writes, session.chain_ok
     )
     with httpx.Client(base_url=target.url, timeout=timeout_s, trust_env=False) as client:
+        chroma = _ChromaIds(client)
         for step in session.steps:
             res = StepResult(
                 step.index,
@@ -220,7 +302,8 @@ def replay_session(
                 res.replayed = True
                 try:
                     headers = _headers(step, target, token, as_recorded_identity, mint)
-                    url = step.path or "/"
+                    res.path_sent, res.note = chroma.remap(step, headers)
+                    url = res.path_sent or step.path or "/"
                     if step.query:
                         url += "?" + step.query.lstrip("?")
                     resp = client.request(
@@ -239,6 +322,7 @@ def replay_session(
                         res.diff.note = "the recorded response body expired or was redacted"
                 except httpx.HTTPError as exc:
                     res.error = f"{type(exc).__name__}: {exc}"
+                chroma.forget(step)
             report.steps.append(res)
             if on_step is not None:
                 on_step(res)

@@ -62,5 +62,7 @@ if run and session_id.strip():
             "ids changed": ", ".join((step["diff"] or {}).get("changed_ids", [])),
             "ids added": ", ".join((step["diff"] or {}).get("added_ids", [])),
             "ids removed": ", ".join((step["diff"] or {}).get("removed_ids", [])),
+            "note": step.get("note") or (f"sent to {step['path_sent']} (the target's "
+                                         "collection UUID)" if step.get("path_sent") else ""),
         } for step in report["steps"]]
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

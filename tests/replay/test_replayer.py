@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -15,6 +16,8 @@ from pipeline.warehouse import open_warehouse
 from replay.replayer import ReplayError, ReplayRefused, replay_session, resolve_target
 from replay.sessions import load_session
 from tests.replay.conftest import Scenario, chroma_ids, chroma_update_document
+from tests.support.approval_e2e import CHROMA_T
+from tests.support.services import chroma_server
 from tests.support.upstream import recording_upstream
 
 runner = CliRunner()
@@ -180,7 +183,12 @@ def test_credentials_sent_to_the_target(
         )
         replay_session(carol, target, as_recorded_identity=True, mint=mint)
         assert minted == [("carol", ["Vector-Read"])] * 2
-        first = up.requests[0]
+        # Chroma: the target's UUID of the recorded collection name is looked up
+        # first, with the step's own credential (this target has no such collection)
+        lookup, first = up.requests[0], up.requests[1]
+        assert lookup.method == "GET"
+        assert lookup.path.endswith("/collections/" + carol.steps[0].collections[0])
+        assert lookup.headers["authorization"] == first.headers["authorization"]
         assert first.method == "POST" and first.path == carol.steps[0].path
         assert json.loads(first.body) == scenario.query_body
         assert first.headers["authorization"].startswith("Bearer ey")
@@ -193,3 +201,58 @@ def test_credentials_sent_to_the_target(
         report = replay_session(carol, target)
         assert up.requests[-1].headers["authorization"] == "Bearer s3cret-value"
         assert "s3cret-value" not in json.dumps(report.to_json())
+
+
+def test_chroma_collection_uuids_follow_the_name_on_another_server(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """Chroma assigns each collection its own UUID, so a staging server holding a
+    copy of the recorded collection knows it under another one: the replayer
+    sends each step to the target's UUID of the recorded collection name, and
+    says so when the target has no such collection."""
+    with open_warehouse(scenario.lake_url) as wh:
+        dave = load_session(wh, scenario.sessions["dave"])
+    (recorded,) = dave.steps
+    assert recorded.path and scenario.cid in recorded.path
+    (name,) = recorded.collections  # the name the gateway resolved and recorded
+    base = f"{scenario.chroma_url}{CHROMA_T}/collections"
+    source = httpx.get(f"{base}/{name}", trust_env=False).json()  # Chroma: by name
+    assert source["id"] == scenario.cid
+    records = httpx.post(
+        f"{base}/{scenario.cid}/get",
+        json={"include": ["embeddings", "documents", "metadatas"]},
+        trust_env=False,
+    ).json()
+    with chroma_server(tmp_path / "staging-chroma" / "data") as staging:
+        target = ReplayTarget(name="staging", url=staging, production=False)
+        (missing,) = replay_session(dave, target).steps
+        assert missing.replayed and missing.path_sent is None
+        assert missing.note and f"no collection {name!r}" in missing.note
+        assert missing.status_now != 200
+
+        created = httpx.post(
+            f"{staging}{CHROMA_T}/collections",
+            json={
+                "name": name,
+                **({"metadata": source["metadata"]} if source.get("metadata") else {}),
+                **(
+                    {"configuration": source["configuration_json"]}
+                    if source.get("configuration_json")
+                    else {}
+                ),
+            },
+            trust_env=False,
+        )
+        assert created.status_code == 200, created.text
+        new_cid = created.json()["id"]
+        assert new_cid != scenario.cid
+        added = httpx.post(
+            f"{staging}{CHROMA_T}/collections/{new_cid}/add",
+            json={k: records[k] for k in ("ids", "embeddings", "documents", "metadatas")},
+            trust_env=False,
+        )
+        assert added.status_code in (200, 201), added.text
+        (step,) = replay_session(dave, target).steps
+        assert step.path_sent == recorded.path.replace(scenario.cid, new_cid)
+        assert step.note is None and step.status_now == 200
+        assert step.diff is not None and step.diff.identical, step.diff.to_json()
