@@ -11,6 +11,11 @@ Qdrant-style JSON point), for these setups:
    ``--response-durability async``: requests are still recorded before
    forwarding, but a response goes out while its record is made durable.
    It is reported on its own row and never counts towards the target.
+5. (unless --workers 1) the full gateway with ``--workers 2``: two gateway
+   processes share the listen port (SO_REUSEPORT), each with its own event
+   stream, all on the same SQLite log. wrk's keep-alive connections are
+   spread over the workers by the kernel (per connection, by hash: at
+   concurrency 1 a single connection, so a single worker, serves the run).
 
 The load comes from wrk in another process. Needs nginx and wrk from Debian
 (`make bench-gateway` installs them). Targets (issue 3): the full gateway at
@@ -195,6 +200,12 @@ def main() -> None:
         "each round), and report each cell's median: on a shared machine the load drifts "
         "between cells, and interleaving spreads that drift over every setup",
     )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also measure the full gateway with --workers N (1: skip that setup)",
+    )
     ap.add_argument("--serve-noop", nargs=2, metavar=("UPSTREAM", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_noop:
@@ -296,6 +307,12 @@ def main() -> None:
                 else None
             )
 
+            gw_workers_port = (
+                start_gateway("bench-workers", ["--workers", str(args.workers)])[0]
+                if args.workers > 1
+                else None
+            )
+
             path = "/collections/docs/points/1"
             setups = [
                 ("direct", f"{upstream}{path}", {}),
@@ -319,6 +336,14 @@ def main() -> None:
                     (
                         "gateway, async responses (opt-in)",
                         f"http://127.0.0.1:{gw_async_port}{path}",
+                        {"Authorization": f"Bearer {token}"},
+                    )
+                )
+            if gw_workers_port is not None:
+                setups.append(
+                    (
+                        f"embedguard gateway, --workers {args.workers}",
+                        f"http://127.0.0.1:{gw_workers_port}{path}",
                         {"Authorization": f"Bearer {token}"},
                     )
                 )
