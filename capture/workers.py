@@ -187,9 +187,6 @@ def worker_main() -> int:
     from capture.identity import IdentityCheck
     from pipeline.transport.errors import EventLogError
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     status = os.fdopen(int(os.environ.pop(STATUS_FD_ENV)), "w", buffering=1)
 
     def report(line: str) -> None:
@@ -198,6 +195,10 @@ def worker_main() -> int:
 
     spec = json.loads(sys.stdin.readline())
     index = int(spec["index"])
+    logging.basicConfig(  # the CLI's format, with the worker's index
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s %(name)s [w{index}]: %(message)s",
+    )
     config = GatewayConfig.model_validate(spec["config"])
     try:
         addons = build_addons(config)
