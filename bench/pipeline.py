@@ -8,6 +8,14 @@ Throughput (events/s through ``pipeline.loader.Loader``, ``--once``):
   codec (``decode_raw``) and nothing else: the floor any loader pays. Ratios are
   against it. Each cell's clock includes starting the loader's projection
   workers (pipeline/warehouse/parallel.py), as a ``--once`` run pays it.
+  ``--events 50000,200000`` runs every cell at each size; from two sizes the
+  report derives the steady rate ((N2 - N1) / (t2 - t1)) and the fixed cost per
+  run (t1 - N1 / steady rate), separating the loader's start from its pace.
+  ``--before REV`` also runs every cell on the loader and warehouse code of git
+  revision REV (pipeline/ and schemas/ exported with ``git archive``), in the
+  same invocation, alternating with today's code, so before/after ratios do not
+  depend on the machine's load; ``--pipeline-depth 1`` runs today's loader
+  strictly serially (no batch prepared while another is written).
 
 Query latency: the five main queries of pipeline/queries.py (session timeline,
 sessions list with a filter, request by id, vector lineage, body substring
@@ -23,9 +31,10 @@ shared machine the CPU time is the steadier figure.
 Every cell runs in its own process: a chDB data directory is locked to one process,
 and a fresh process keeps the cells from sharing caches.
 
-    .venv/bin/python bench/pipeline.py [--events 50000] [--skip-kafka] [--skip-queries]
-        [--query-events 1000000,10000000] [--query-data DIR] [--skip-throughput]
-        [--json bench/results/pipeline.json]
+    .venv/bin/python bench/pipeline.py [--events 50000[,200000]] [--batches 1000,10000]
+        [--before REV] [--pipeline-depth N] [--repeat-throughput R] [--skip-kafka]
+        [--skip-lake] [--skip-queries] [--query-events 1000000,10000000]
+        [--query-data DIR] [--skip-throughput] [--json bench/results/pipeline.json]
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -43,6 +53,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+#: set in a cell that runs the code of ``--before``: its exported tree goes first
+BEFORE_ENV = "EMBEDGUARD_BENCH_BEFORE"
+if os.environ.get(BEFORE_ENV):
+    sys.path.insert(0, os.environ[BEFORE_ENV])
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -94,9 +108,18 @@ def cell_decode(log_path: Path) -> dict[str, Any]:
 
 
 def _load(log_url: str, warehouse_url: str, batch: int, **log_options: Any) -> dict[str, Any]:
+    import pipeline.loader
     from pipeline.loader import Loader, LoaderConfig
     from pipeline.transport import open_log
     from pipeline.warehouse import open_warehouse
+
+    before = os.environ.get(BEFORE_ENV)
+    if not str(pipeline.loader.__file__).startswith(f"{before or ROOT}{os.sep}"):
+        raise SystemExit(f"the cell imported the wrong code: {pipeline.loader.__file__}")
+    options: dict[str, Any] = {}
+    depth = os.environ.get("EMBEDGUARD_BENCH_PIPELINE_DEPTH")
+    if depth and not before:
+        options["pipeline_depth"] = int(depth)
 
     async def run() -> dict[str, Any]:
         warehouse = open_warehouse(warehouse_url)
@@ -107,21 +130,42 @@ def _load(log_url: str, warehouse_url: str, batch: int, **log_options: Any) -> d
             initial_batch=batch,
             max_batch=batch,
             compact_interval=None,
+            **options,
         )
         async with open_log(log_url, **log_options) as lg:
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), _cpu_seconds()
             summary = await Loader(lg, warehouse, config).run(once=True)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
         rows = warehouse.query("SELECT count() AS n FROM {events}", {})
         warehouse.close()
         return {
             "events": summary.events,
             "batches": summary.batches,
             "seconds": elapsed,
+            "cpu_seconds": cpu,
             "rows": int(rows[0]["n"]),
         }
 
     return asyncio.run(run())
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (every thread: chDB's, delta-rs's) and of its
+    projection workers (alive ones; they live as long as the process)."""
+    total = time.process_time()
+    try:
+        from pipeline.warehouse import parallel
+    except ImportError:
+        return total
+    tick = os.sysconf("SC_CLK_TCK")
+    pool = getattr(parallel, "_POOL", None)
+    for worker in pool._idle if pool is not None else []:
+        try:
+            fields = Path(f"/proc/{worker.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def cell_sqlite_lake(log_path: Path, lake: Path, batch: int) -> dict[str, Any]:
@@ -205,10 +249,14 @@ def cell_queries(warehouse_url: str, repeat: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- driver
 
 
-def run_cell(*args: str) -> dict[str, Any]:
+def run_cell(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one cell in a fresh process; it prints its result as JSON."""
     done = subprocess.run(
-        [sys.executable, __file__, "--cell", *args], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--cell", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     if done.returncode != 0:
         console.print(done.stderr[-3000:])
@@ -249,9 +297,156 @@ def run_queries(args: argparse.Namespace, results: dict[str, Any]) -> None:
             console.print(qt)
 
 
+def _code_env(code: str, before_dir: Path | None, depth: int | None) -> dict[str, str]:
+    env = {**os.environ}
+    env.pop(BEFORE_ENV, None)
+    env.pop("EMBEDGUARD_BENCH_PIPELINE_DEPTH", None)
+    if code == "before":
+        assert before_dir is not None
+        env[BEFORE_ENV] = str(before_dir)
+    elif depth is not None:
+        env["EMBEDGUARD_BENCH_PIPELINE_DEPTH"] = str(depth)
+    return env
+
+
+def _export(rev: str, into: Path) -> None:
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "pipeline", "schemas"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+
+
+def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any]) -> None:
+    sizes = [int(n) for n in str(args.events).split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    codes = ["now"]
+    before_dir: Path | None = None
+    if args.before:
+        before_dir = tmp / "before"
+        before_dir.mkdir()
+        _export(args.before, before_dir)
+        codes = ["before", "now"]
+    #: (path, batch, code, size) → best of the repeats (seconds, cpu seconds)
+    cells: dict[tuple[str, int, str, int], dict[str, float]] = {}
+    base_rates: dict[int, float] = {}
+
+    def keep(key: tuple[str, int, str, int], cell: dict[str, Any], size: int) -> None:
+        assert cell["rows"] == size, cell
+        best = cells.get(key)
+        if best is None or cell["seconds"] < best["seconds"]:
+            cells[key] = {"seconds": cell["seconds"], "cpu": cell["cpu_seconds"]}
+
+    for size in sizes:
+        log_path = tmp / f"events-{size}.db"
+        console.print(f"generating {size:,} chained events into {log_path} …")
+        asyncio.run(_fill_sqlite(log_path, size, args.sessions))
+        base = run_cell("decode", str(log_path))
+        base_rates[size] = base["events"] / base["seconds"]
+        if not args.skip_lake:
+            for rep in range(args.repeat_throughput):
+                for batch in batches:
+                    # alternate which code goes first, so neither always meets
+                    # the same neighbours
+                    for code in codes if (rep + batch // 1000) % 2 == 0 else codes[::-1]:
+                        lake = tmp / f"lake-{size}-{batch}-{code}-{rep}"
+                        cell = run_cell(
+                            "sqlite-lake", str(log_path), str(lake), str(batch),
+                            env=_code_env(code, before_dir, args.pipeline_depth),
+                        )  # fmt: skip
+                        keep(("sqlite→lake", batch, code, size), cell, size)
+        log_path.unlink()
+        if not args.skip_kafka:
+            from pipeline.transport import open_log
+            from tests.support.services import tansu_broker
+
+            records = _records(size, args.sessions)
+            with tansu_broker(tmp / f"tansu-{size}") as bootstrap:
+                for rep in range(args.repeat_throughput):
+                    for batch in batches:
+                        for code in codes if (rep + batch // 1000) % 2 == 0 else codes[::-1]:
+                            topic = f"bench.{size}.{batch}.{code}.{rep}"
+
+                            async def produce(topic: str = topic, records: Any = records) -> None:
+                                url = f"kafka://{bootstrap}?topic={topic}&partitions=4"
+                                async with open_log(url) as lg:
+                                    for i in range(0, len(records), 5_000):
+                                        await lg.append(records[i : i + 5_000])
+
+                            asyncio.run(produce())
+                            chdb = tmp / f"chdb-{size}-{batch}-{code}-{rep}"
+                            cell = run_cell(
+                                "kafka-chdb", bootstrap, topic, str(chdb), str(batch),
+                                env=_code_env(code, before_dir, args.pipeline_depth),
+                            )  # fmt: skip
+                            keep(("kafka→chdb", batch, code, size), cell, size)
+
+    title = f"loader throughput (best of {args.repeat_throughput}; load average now "
+    title += f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})"
+    table = Table(title=title)
+    cols = ("path", "batch", "code", "events", "seconds", "events/s", "CPU µs/event",
+            "× read+decode", "now/before", "target")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="right" if col not in ("path", "code") else "left")
+    for size in sizes:
+        rate = base_rates[size]
+        table.add_row("read + decode only (baseline)", "-", "-", f"{size:,}", "", f"{rate:,.0f}",
+                      "", "1.00×", "", "")  # fmt: skip
+        results["throughput"][f"read+decode@{size}"] = {"events_per_s": round(rate)}
+    def order(item: tuple[tuple[str, int, str, int], Any]) -> tuple[str, int, int, str]:
+        path, batch, code, size = item[0]
+        return path, batch, size, code
+
+    for (path, batch, code, size), got in sorted(cells.items(), key=order):
+        eps = size / got["seconds"]
+        target = TARGETS.get(path)
+        verdict = "" if target is None else f"{target:,} {'met' if eps >= target else 'NOT met'}"
+        other = cells.get((path, batch, "before", size))
+        ratio = f"{other['seconds'] / got['seconds']:.2f}×" if other and code == "now" else ""
+        table.add_row(
+            path, str(batch), code, f"{size:,}", f"{got['seconds']:.2f}", f"{eps:,.0f}",
+            f"{got['cpu'] / size * 1e6:.0f}", f"{eps / base_rates[size]:.2f}×", ratio, verdict,
+        )  # fmt: skip
+        results["throughput"][f"{path}@{batch}/{code}/{size}"] = {
+            "events": size,
+            "seconds": round(got["seconds"], 3),
+            "events_per_s": round(eps),
+            "cpu_us_per_event": round(got["cpu"] / size * 1e6, 1),
+            "ratio_to_decode": round(eps / base_rates[size], 3),
+        }
+    console.print(table)
+    if len(sizes) >= 2:
+        small, large = sizes[0], sizes[-1]
+        steady = Table(title=f"steady rate and fixed cost per run, from {small:,} and {large:,}")
+        for col in ("path", "batch", "code", "steady events/s", "fixed s per run"):
+            steady.add_column(col, justify="right" if col not in ("path", "code") else "left")
+        for (path, batch, code, size), got in sorted(cells.items()):
+            if size != small or (path, batch, code, large) not in cells:
+                continue
+            t1, t2 = got["seconds"], cells[path, batch, code, large]["seconds"]
+            if t2 <= t1:
+                continue
+            rate = (large - small) / (t2 - t1)
+            fixed = t1 - small / rate
+            steady.add_row(path, str(batch), code, f"{rate:,.0f}", f"{fixed:.2f}")
+            results["throughput"][f"{path}@{batch}/{code}/steady"] = {
+                "events_per_s": round(rate),
+                "fixed_s": round(fixed, 2),
+            }
+        console.print(steady)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=50_000, help="events per throughput cell")
+    parser.add_argument("--events", default="50000",
+                        help="events per throughput cell; a comma-separated list runs each size")
+    parser.add_argument("--batches", default="1000,10000", help="batch sizes, comma-separated")
+    parser.add_argument("--before", help="also run the cells on this git revision's loader")
+    parser.add_argument("--pipeline-depth", type=int,
+                        help="today's loader with this LoaderConfig.pipeline_depth (1 = serial)")
+    parser.add_argument("--repeat-throughput", type=int, default=1,
+                        help="runs per throughput cell (the fastest is kept)")
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--query-events", default="1000000,10000000",
                         help="comma-separated data set sizes (multiples of 1M)")
@@ -260,11 +455,12 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--skip-kafka", action="store_true")
+    parser.add_argument("--skip-lake", action="store_true")
     parser.add_argument("--skip-queries", action="store_true")
     parser.add_argument("--query-backends", default="lake,chdb")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "pipeline.json")
     parser.add_argument("--cell", nargs="+", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args()  # fmt: skip
 
     if args.cell:
         kind, *rest = args.cell
@@ -282,68 +478,9 @@ def main() -> None:
         return
 
     results: dict[str, Any] = {"events": args.events, "throughput": {}, "queries": {}}
-    if args.skip_throughput:
-        run_queries(args, results)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp_name:
-        tmp = Path(tmp_name)
-        log_path = tmp / "events.db"
-        console.print(f"generating {args.events:,} chained events into {log_path} …")
-        asyncio.run(_fill_sqlite(log_path, args.events, args.sessions))
-
-        base = run_cell("decode", str(log_path))
-        base_rate = base["events"] / base["seconds"]
-        rows = [("baseline: read + decode only", "-", base["events"], base["seconds"], base_rate)]
-        for batch in (1_000, 10_000):
-            cell = run_cell("sqlite-lake", str(log_path), str(tmp / f"lake-{batch}"), str(batch))
-            assert cell["rows"] == args.events, cell
-            rows.append(("sqlite→lake", batch, cell["events"], cell["seconds"], None))
-
-        if not args.skip_kafka:
-            from pipeline.transport import open_log
-            from tests.support.services import tansu_broker
-
-            with tansu_broker(tmp / "tansu") as bootstrap:
-                for batch in (1_000, 10_000):
-                    topic = f"bench.{batch}"
-
-                    async def produce(topic: str = topic) -> None:
-                        records = _records(args.events, args.sessions)
-                        url = f"kafka://{bootstrap}?topic={topic}&partitions=4"
-                        async with open_log(url) as lg:
-                            for i in range(0, len(records), 5_000):
-                                await lg.append(records[i : i + 5_000])
-
-                    asyncio.run(produce())
-                    cell = run_cell(
-                        "kafka-chdb", bootstrap, topic, str(tmp / f"chdb-{batch}"), str(batch)
-                    )
-                    assert cell["rows"] == args.events, cell
-                    rows.append(("kafka→chdb", batch, cell["events"], cell["seconds"], None))
-
-        table = Table(title=f"loader throughput, {args.events:,} events per cell")
-        for col in ("path", "batch", "events", "seconds", "events/s", "× baseline", "target"):
-            table.add_column(col, justify="right" if col != "path" else "left")
-        for path, batch, n, seconds, _ in rows:
-            rate = n / seconds
-            target = TARGETS.get(path)
-            verdict = (
-                "" if target is None else f"{target:,} {'met' if rate >= target else 'NOT met'}"
-            )
-            table.add_row(
-                path, str(batch), f"{n:,}", f"{seconds:.2f}", f"{rate:,.0f}",
-                f"{rate / base_rate:.2f}×", verdict,
-            )  # fmt: skip
-            results["throughput"][f"{path}@{batch}"] = {
-                "events": n,
-                "seconds": round(seconds, 3),
-                "events_per_s": round(rate),
-                "ratio_to_decode": round(rate / base_rate, 3),
-            }
-        console.print(table)
-
+    if not args.skip_throughput:
+        with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp_name:
+            run_throughput(args, Path(tmp_name), results)
     if not args.skip_queries:
         run_queries(args, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -456,7 +456,10 @@ class Loader:
                 return
             self._total += sum(e - targets.get(p, 0) for p, e in grown.items())
             targets.update(grown)
-            idle_since = None
+            if self._own_done(targets) is not True:
+                idle_since = None
+            # else: the quiet spell came after loading past the grown ends (they
+            # were only under-reported at start), so it still counts
 
     def _read_to(self, reader: LogReader, targets: Mapping[int, int]) -> bool:
         """Whether the reader is past every target (``--once``: all was read)."""
