@@ -254,6 +254,9 @@ async def test_a_poison_record_is_dead_lettered_and_loading_goes_on(
     assert bytes.fromhex(row["raw_hex"]) == poison
     # the events after the poison record are there, and the chains still verify
     assert_exactly_once(lake, 300)
+    # `loader status` counts the warehouse's dead letters
+    [(status, _)] = read_statuses(tmp_path / "status")
+    assert status.dead_letters_total == 1
 
 
 async def test_events_of_an_older_schema_version_still_load(
