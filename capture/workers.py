@@ -81,6 +81,8 @@ MAX_BACKOFF_S = 30.0
 STABLE_S = 10.0
 #: how long workers get to shut down cleanly before they are killed
 SHUTDOWN_GRACE_S = 60.0
+#: a worker not serving this long after its start counts as a failed start
+START_TIMEOUT_S = 120.0
 
 
 class WorkersFailed(RuntimeError):
@@ -187,6 +189,10 @@ def worker_main() -> int:
     from capture.identity import IdentityCheck
     from pipeline.transport.errors import EventLogError
 
+    # Told to stop before the gateway's own handlers are in place: stop at once.
+    early_stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: early_stop.set())
     status = os.fdopen(int(os.environ.pop(STATUS_FD_ENV)), "w", buffering=1)
 
     def report(line: str) -> None:
@@ -222,6 +228,10 @@ def worker_main() -> int:
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # run_gateway replaces these
+            loop.add_signal_handler(sig, stop.set)
+        if early_stop.is_set():
+            stop.set()
         stdin = sys.stdin.fileno()
 
         def lifeline() -> None:
@@ -465,6 +475,12 @@ class Supervisor:
                 self._read_status(key.data)
         now = time.monotonic()
         for slot in self.slots:
+            if (slot.proc is not None and not slot.ready and not self._stopping
+                    and now - slot.started_at > START_TIMEOUT_S
+                    and slot.proc.poll() is None):
+                slot.last_error = f"not serving {START_TIMEOUT_S:.0f}s after its start"
+                slot.proc.kill()
+                slot.proc.wait()
             code = self._reap(slot)
             # (a signal may have reached the workers too, e.g. systemd's stop)
             if code is not None and not (self._stopping or self._signals):
