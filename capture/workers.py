@@ -199,7 +199,10 @@ def worker_main() -> int:
         with contextlib.suppress(OSError):
             status.write(line.replace("\n", " ") + "\n")
 
-    spec = json.loads(sys.stdin.readline())
+    line = sys.stdin.readline()
+    if not line:  # the supervisor went away before it said what to serve
+        return 2
+    spec = json.loads(line)
     index = int(spec["index"])
     logging.basicConfig(  # the CLI's format, with the worker's index
         level=logging.INFO,

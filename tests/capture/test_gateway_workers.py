@@ -278,6 +278,27 @@ def test_sigterm_stops_every_worker_cleanly(scenario: Scenario) -> None:
     assert UPSTREAM_SECRET not in scenario.stderr
 
 
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path, dev_idp: str) -> None:
+    """An unsupervised worker must not keep serving (a new supervisor would
+    share the port with it): it sees its stdin close and shuts down."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    with (
+        recording_upstream() as up,
+        gateway_process(tmp_path, upstream=up.url, kind="qdrant", policy=policy,
+                        issuer=dev_idp, extra_args=["--workers", "2"]) as gw,
+    ):
+        pids = list(_worker_pids(gw.stderr()).values())
+        assert len(pids) == 2
+        gw.proc.kill()
+        gw.proc.wait()
+        deadline = time.monotonic() + WAIT
+        while not all(_gone(pid) for pid in pids):
+            assert time.monotonic() < deadline, f"workers {pids} outlived their supervisor"
+            time.sleep(0.1)
+    assert "supervisor gone, shutting down" in gw.stderr()
+
+
 # -- errors ----------------------------------------------------------------------
 
 
