@@ -214,7 +214,11 @@ def worker_main() -> int:
     except (ConfigError, ValueError) as exc:
         report(f"error {exc}")
         return 2
-    cache = SqliteReplayCache(Path(spec["replay_db"]))
+    try:
+        cache = SqliteReplayCache(Path(spec["replay_db"]))
+    except sqlite3.Error as exc:
+        report(f"error cannot open the workers' shared DPoP replay cache: {exc}")
+        return 2
     for addon in addons:
         if isinstance(addon, IdentityCheck) and addon.verifier.dpop is not None:
             addon.verifier.dpop.replay_cache = cache
