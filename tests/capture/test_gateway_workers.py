@@ -324,6 +324,13 @@ def test_workers_must_be_one_or_more(tmp_path: Path, dev_idp: str, workers: str)
     assert "Traceback" not in r.stderr
 
 
+def test_workers_need_a_fixed_port(tmp_path: Path, dev_idp: str) -> None:
+    r = _gateway_cli(tmp_path, dev_idp, "--listen", "127.0.0.1:0", "--workers", "2")
+    assert r.returncode != 0
+    assert "--workers shares fixed ports" in " ".join(r.stderr.split()), r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_a_port_in_use_ends_the_supervisor_with_a_clear_error(
     tmp_path: Path, dev_idp: str
 ) -> None:
