@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 PEERS  := .venv-peers
 PEERS_STAMP := $(PEERS)/.installed
 
-.PHONY: up test lint venv bench-eventlog bench-gateway bench-pipeline clean-venv
+.PHONY: up test lint venv bench-eventlog bench-gateway bench-pipeline bench-plots clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,16 @@ bench-eventlog: $(STAMP)
 # Loader throughput and query latency over 1M events (~15-20 min on 2 cores).
 bench-pipeline: $(STAMP)
 	$(PY) bench/pipeline.py
+
+# Charts of the latest results (bench/results/*.json) into docs/img; matplotlib
+# comes from the `bench` extra, which the test suite does not need.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench-plots: $(BENCH_STAMP)
+	$(PY) bench/plots.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,147 @@
+"""Charts of the benchmark results, for docs/benchmarks.md.
+
+Reads the JSON the benchmarks write and draws the trends that a table hides:
+
+* ``queries.png``: each main query's median latency against the number of
+  events (1M → 10M), lake and MergeTree side by side, with the issue's targets
+  (timeline < 100 ms, filtered sessions list < 1 s) as lines;
+* ``dashboard.png``: each dashboard page's cold render time at every size
+  measured, with the 2 s target.
+
+    .venv/bin/python bench/plots.py [--pipeline bench/results/pipeline.json]
+        [--dashboard bench/results/dashboard.json ...] [--out docs/img]
+
+``make bench-plots`` installs matplotlib (the ``bench`` extra) first; the test
+suite never needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The queries with a target in issue 5, and the target in ms.
+TARGETS_MS = {"session timeline": 100.0, "sessions list (actor filter)": 1000.0}
+
+
+def _matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit(
+            "matplotlib is missing: run `make bench-plots` (it installs the bench extra)"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_queries(pipeline_json: Path, out: Path) -> Path:
+    plt = _matplotlib()
+    results = json.loads(pipeline_json.read_text())["queries"]
+    backends = {"lake": "lake (Delta via chDB)", "chdb": "MergeTree (chDB)"}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    for ax, (backend, title) in zip(axes, backends.items(), strict=True):
+        cells = sorted(
+            ((int(key.split("@")[1]), cell) for key, cell in results.items()
+             if key.split("@")[0] == backend),
+            key=lambda kv: kv[0],
+        )  # fmt: skip
+        if not cells:
+            ax.set_title(f"{title}: not measured")
+            continue
+        sizes = [size for size, _ in cells]
+        names = [n for n in cells[0][1]["timings"] if not n.startswith("baseline")]
+        for name in names:
+            ys = [cell["timings"][name]["median_ms"] for _, cell in cells]
+            style = "-o" if name in TARGETS_MS else "--."
+            ax.plot(sizes, ys, style, label=name, linewidth=2 if name in TARGETS_MS else 1)
+        for name, target in TARGETS_MS.items():
+            ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(
+                f"target: {name} < {target:g} ms",
+                (sizes[0], target),
+                textcoords="offset points",
+                xytext=(2, 3),
+                fontsize=7,
+                color="grey",
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(sizes, [f"{s / 1e6:g}M" for s in sizes])
+        ax.set_xlabel("events in the warehouse")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.2)
+    axes[0].set_ylabel("median latency, ms (log)")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Warehouse queries (pipeline/queries.py) against data size")
+    fig.tight_layout()
+    path = out / "queries.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_dashboard(dashboard_jsons: list[Path], out: Path, target_s: float = 2.0) -> Path:
+    plt = _matplotlib()
+    runs = sorted(
+        (json.loads(p.read_text()) for p in dashboard_jsons), key=lambda r: int(r["events"])
+    )
+    pages = [p for p in runs[0]["pages"] if p != "sign-in"]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(pages) + 1.5))
+    height = 0.8 / len(runs)
+    for i, run in enumerate(runs):
+        ys = [k + i * height for k in range(len(pages))]
+        xs = [run["pages"].get(p, {}).get("cold_median_s", 0.0) for p in pages]
+        errs = [
+            max(0.0, run["pages"].get(p, {}).get("cold_max_s", 0.0) - x)
+            for p, x in zip(pages, xs, strict=True)
+        ]
+        ax.barh(ys, xs, height=height, xerr=[[0] * len(xs), errs], capsize=2,
+                label=f"{int(run['events']) / 1e6:g}M events (median, whisker: max)")  # fmt: skip
+    ax.axvline(target_s, color="red", linestyle=":", label=f"target {target_s:g} s")
+    ax.set_yticks([k + height * (len(runs) - 1) / 2 for k in range(len(pages))], pages)
+    ax.invert_yaxis()
+    ax.set_xlabel("cold render, s (AppTest, result cache cleared)")
+    ax.set_title("Dashboard pages on the embedded lake")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(True, axis="x", alpha=0.2)
+    fig.tight_layout()
+    path = out / "dashboard.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pipeline", type=Path, default=ROOT / "bench/results/pipeline.json")
+    parser.add_argument("--dashboard", type=Path, nargs="+",
+                        default=[ROOT / "bench/results/dashboard.json"])  # fmt: skip
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    made = []
+    if args.pipeline.exists() and json.loads(args.pipeline.read_text()).get("queries"):
+        made.append(plot_queries(args.pipeline, args.out))
+    else:
+        print(f"{args.pipeline}: no query timings; run bench/pipeline.py first", file=sys.stderr)
+    present = [p for p in args.dashboard if p.exists()]
+    if present:
+        made.append(plot_dashboard(present, args.out))
+    else:
+        print("no dashboard results; run bench/dashboard.py first", file=sys.stderr)
+    for path in made:
+        print(f"wrote {path}")
+    if not made:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
