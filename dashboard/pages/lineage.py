@@ -10,6 +10,13 @@ from dashboard import data
 
 user = data.page_user("lineage")
 st.title("Lineage")
+# Links from Session detail arrive as query parameters; they pre-fill the forms.
+for param, key in (("collection", "lin_collection"), ("point", "lin_point"),
+                   ("approval", "lin_approval")):
+    if param in st.query_params and key not in st.session_state:
+        st.session_state[key] = st.query_params[param]
+if "approval" in st.query_params:
+    st.info("The approval you followed is under the **Approval** tab.")
 by_point, by_approval = st.tabs(["Point id", "Approval"])
 COLUMNS = ["occurred_at", "action", "subject", "decision", "state", "status", "approval_id",
            "ticket_id", "grant_id", "session_id", "request_id", "ids_known", "id_count"]

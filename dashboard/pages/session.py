@@ -4,9 +4,39 @@ and status; each step expands to the request and response as delivered
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import streamlit as st
 
 from dashboard import data
+
+#: point ids linked to Lineage per request (a bulk import names thousands)
+MAX_LINEAGE_LINKS = 5
+
+
+def lineage_links(req: dict[str, Any]) -> None:
+    """Links to Lineage for the points a write or delete named, and its approval."""
+    if req.get("approval_id"):
+        st.page_link("pages/lineage.py", label=f"What approval {req['approval_id']} released",
+                     icon=":material/account_tree:",
+                     query_params={"approval": str(req["approval_id"])})
+    if not set(req.get("actions") or []) & {"write", "delete"}:
+        return
+    try:
+        operations = json.loads(req.get("operations_json") or "[]")
+    except ValueError:
+        return
+    points = [(str(op.get("collection")), str(i)) for op in operations
+              if isinstance(op, dict) and op.get("action") in ("write", "delete")
+              and op.get("collection") for i in (op.get("ids") or [])]
+    for collection, point in points[:MAX_LINEAGE_LINKS]:
+        st.page_link("pages/lineage.py", label=f"Lineage of {point} in {collection}",
+                     icon=":material/account_tree:",
+                     query_params={"collection": collection, "point": point})
+    if len(points) > MAX_LINEAGE_LINKS:
+        st.caption(f"… and {len(points) - MAX_LINEAGE_LINKS} more point(s): look them up "
+                   "on the Lineage page.")
 
 user = data.page_user("session")
 st.title("Session detail")
@@ -75,6 +105,7 @@ for req in detail["requests"]:
         st.page_link("pages/diff.py", label="Compare this request with another",
                      icon=":material/difference:",
                      query_params={"then_request": str(req["request_id"])})
+        lineage_links(req)
         if req.get("reasons"):
             st.caption("; ".join(req["reasons"]))
         if req.get("blocked_reason"):

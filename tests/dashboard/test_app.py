@@ -323,6 +323,37 @@ def test_lineage_by_point_and_by_approval(dash_env: Seeded) -> None:
     assert any("denied" in m.value for m in at.markdown)
 
 
+def test_session_detail_links_written_points_to_lineage(dash_env: Seeded) -> None:
+    """A write in Session detail links each point it named to Lineage; the
+    link's query parameters pre-fill Lineage, which shows who wrote it."""
+    wh = data._warehouse(dash_env.warehouse_url)
+    from pipeline import queries
+
+    sids = [r["session_id"] for r in wh.run(queries.sessions_list,
+                                             queries.SessionFilter(actor="root"), limit=20)]
+    at = None
+    wanted = f"Lineage of p-1 in {dash_env.collection}"
+    for sid in sids:
+        at = app(dash_env, AUDITOR)
+        at.query_params["session"] = sid
+        at.switch_page("pages/session.py")
+        at.run()
+        assert not at.exception, [e.message for e in at.exception]
+        labels = [el.proto.label for el in at.get("page_link")]
+        if wanted in labels:
+            break
+    else:
+        raise AssertionError(f"no session of root links {wanted!r}")
+    at = app(dash_env, AUDITOR)
+    at.query_params["collection"] = dash_env.collection
+    at.query_params["point"] = "p-1"
+    at.switch_page("pages/lineage.py")
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    rows = at.dataframe[0].value
+    assert list(rows["subject"]) == ["root"] and list(rows["action"]) == ["write"]
+
+
 def test_policy_page_and_simulator(dash_env: Seeded) -> None:
     at = app(dash_env, APPROVER, "pages/policy.py")
     assert "ds-change" in "\n".join(str(df.value) for df in at.dataframe)
