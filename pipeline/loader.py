@@ -406,18 +406,22 @@ class Loader:
                 wait = self._first_buffered_at + self.policy.flush_interval - now
             else:
                 wait = self.policy.flush_interval
-            if once and not buffered and self._read_to(reader, targets):
+            if once and self._read_to(reader, targets):
                 # everything to load was read: do not sit out a flush interval in
                 # a poll that has nothing to return (Kafka still settles, below)
                 wait = min(wait, 0.0 if self._is_sqlite() else 0.1)
+            # The batch size is per partition (a batch is one partition's run):
+            # poll no more than the fullest partition has room for.
+            fullest = max((len(r) for r in self._buffer.values()), default=0)
             records = await self._poll(
-                reader, max(1, self.policy.batch_size - buffered), max(wait, 0.02), stop
+                reader, max(1, self.policy.batch_size - fullest), max(wait, 0.02), stop
             )
             if records:
                 await self._accept(reader, records)
             buffered = sum(len(r) for r in self._buffer.values())
-            if buffered >= self.policy.batch_size:
-                await self._flush("size", stop)
+            full = [p for p, r in self._buffer.items() if len(r) >= self.policy.batch_size]
+            if full:
+                await self._flush("size", stop, full)
             elif buffered and (
                 time.monotonic() - (self._first_buffered_at or 0) >= self.policy.flush_interval
                 or (once and not records)
@@ -588,23 +592,36 @@ class Loader:
         elif self._first_buffered_at is None:
             self._first_buffered_at = time.monotonic()
 
-    async def _flush(self, reason: FlushReason, stop: asyncio.Event) -> None:
-        """Hand every buffered partition's run to the write pipeline as a batch.
-        Returns once each is in the pipeline, not written: the loop reads on while
-        the pipeline prepares and writes (``_flights``)."""
-        count = sum(len(r) for r in self._buffer.values())
-        self.policy.on_flush(reason, count)
-        self._first_buffered_at = None
-        for partition in sorted(self._buffer):
+    async def _flush(
+        self, reason: FlushReason, stop: asyncio.Event, partitions: list[int] | None = None
+    ) -> None:
+        """Hand buffered runs to the write pipeline as batches of at most a batch
+        size: every partition's, or on "size" only the full ``partitions``' full
+        batches (the rest stays buffered, so that a partition that fills while
+        the others trickle does not cut theirs into small batches, each paying a
+        write's fixed costs). Returns once each is in the pipeline, not written:
+        the loop reads on while the pipeline prepares and writes (``_flights``)."""
+        size = self.policy.batch_size
+        chosen = sorted(self._buffer if partitions is None else partitions)
+        self.policy.on_flush(reason, sum(len(self._buffer.get(p, ())) for p in chosen))
+        for partition in chosen:
             records = self._buffer.pop(partition, None)
             if not records:
                 continue
-            batch = LoadBatch(self.source, partition, records)
-            # taken now: a revocation while we wait for room voids this batch
+            cut = len(records) - len(records) % size if reason == "size" else len(records)
+            if cut < len(records):
+                self._buffer[partition] = records[cut:]
+            # taken now: a revocation while we wait for room voids these batches
             epoch = self._epoch.get(partition, 0)
-            self._queued[partition] = batch.last_offset + 1
-            await self._make_room(self.config.pipeline_depth - 1)
-            self._launch(batch, epoch, stop)
+            for start in range(0, cut, size):
+                await self._make_room(self.config.pipeline_depth - 1)
+                if self._epoch.get(partition, 0) != epoch:
+                    break  # revoked or sought again meanwhile: the rest is void too
+                batch = LoadBatch(self.source, partition, records[start : start + size])
+                self._queued[partition] = batch.last_offset + 1
+                self._launch(batch, epoch, stop)
+        if not self._buffer:
+            self._first_buffered_at = None
 
     def _launch(self, batch: LoadBatch, epoch: int, stop: asyncio.Event) -> None:
         prev = self._flights[-1] if self._flights else None
@@ -895,4 +912,3 @@ class Loader:
             self._write_status_now()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.status_interval)
-

@@ -23,7 +23,8 @@ from pipeline.loader import Loader, LoaderConfig
 from pipeline.loader_status import LoaderStatus, read_statuses
 from pipeline.transport import AppendRecord
 from pipeline.transport.kafka import KafkaEventLog
-from pipeline.warehouse.lake import LakeWarehouse
+from pipeline.warehouse import WriteResult
+from pipeline.warehouse.lake import LakeWarehouse, PreparedBatch
 from schemas.chain import verify_chains
 from tests.pipeline.loader_helpers import chained_records, decode_raw
 
@@ -218,5 +219,72 @@ async def test_a_restarted_loader_resumes_from_the_warehouse_not_the_group(
         # whatever the consumer fetched before the seek landed was dropped, not loaded
         assert second.batches >= 1 and second.duplicate_batches == 0
         check_exactly_once(lake, 3_300, 12)
+    finally:
+        lake.close()
+
+
+class BatchSizes(LakeWarehouse):
+    """The real lake; remembers the size of every batch the loader writes."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.sizes: dict[int, list[int]] = {}
+
+    def write_prepared(self, prepared: PreparedBatch) -> WriteResult:
+        batch = prepared.batch
+        self.sizes.setdefault(batch.partition, []).append(len(batch.records))
+        return super().write_prepared(prepared)
+
+
+@pytest.mark.kafka
+async def test_the_batch_size_is_per_partition(
+    kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
+) -> None:
+    """A batch is one partition's run, so the batch size counts per partition: a
+    partition's records are written in full batches, not cut into small ones
+    (each paying a write's fixed costs) whenever the partitions together reach
+    the size. Continuous mode with long flush intervals: a batch ends only when
+    it is full, or when the loader stops (the rest)."""
+    log = KafkaEventLog(
+        kafka_bootstrap,
+        topic=kafka_topic,
+        partitions=3,
+        session_timeout=2.0,
+        heartbeat_interval=0.3,
+    )
+    records = list(chained_records(3_000, sessions=9, seed=8))
+    lake = BatchSizes(tmp_path / "lake")
+    cfg = LoaderConfig(
+        group="sizes",
+        min_batch=500,
+        initial_batch=500,
+        max_batch=500,
+        # long enough that no batch is cut by time; a poll waits up to this
+        # long, so a stop takes effect within it
+        min_flush_interval=10.0,
+        max_flush_interval=10.0,
+        compact_interval=None,
+    )
+    stop = asyncio.Event()
+    try:
+        async with log:
+            # a fresh topic: each partition's end offset is its record count
+            counts = ends_of([(p.partition, p.offset) for p in await log.append(records)])
+            loader = Loader(log, lake, cfg)
+            run = asyncio.create_task(loader.run(stop=stop))
+            full = sum(n - n % 500 for n in counts.values())
+            deadline = time.monotonic() + 120
+            while loader.summary.events < full:
+                assert time.monotonic() < deadline, f"loaded {loader.summary.events} of {full}"
+                assert not run.done(), run.result()
+                await asyncio.sleep(0.05)
+            stop.set()
+            summary = await asyncio.wait_for(run, 60)
+        assert summary.events == 3_000
+        expected = {
+            p: [500] * (n // 500) + ([n % 500] if n % 500 else []) for p, n in counts.items()
+        }
+        assert lake.sizes == expected
+        check_exactly_once(lake, 3_000, 9)
     finally:
         lake.close()
