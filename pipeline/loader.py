@@ -2,8 +2,18 @@
 
 Loop: poll records from a reader of the log (the SQLite reader group, or a Kafka
 consumer group with manual commit), buffer them per partition, hand each
-partition's run to ``warehouse.write_batch`` (on a worker thread), and only then
-commit the offsets.
+partition's run to the write pipeline as a batch, and only after its warehouse
+write commit its offsets.
+
+The write pipeline (``pipeline_depth`` batches, 2 by default): a batch is
+prepared (decoded and projected: ``prepare_batch``, on a thread, for warehouses
+that split their write that way, see ``PreparingWarehouse``) while the batch
+before it is written, and the loop reads the next one meanwhile. Writes happen
+one at a time, in flush order, under the write lock; a batch is written only if
+it starts exactly where the warehouse's position for its partition is and its
+partition was not revoked or sought again since it was flushed (an epoch per
+partition), so pipelining changes what runs at the same time, never what is
+written.
 
 Progress lives in the warehouse, not in the log's committed offsets
 (architecture.md, invariant 5). Before the first record of a partition is
@@ -19,12 +29,13 @@ seek back, so nothing is lost either.
 
 Rebalancing: when Kafka takes partitions away, the rebalance waits (in the
 reader's ``on_revoked`` hook) until the write in progress has finished and drops
-what was buffered for those partitions; the next owner then reads the
-warehouse's position after that write.
+what was buffered for those partitions and voids their batches still in the
+pipeline; the next owner then reads the warehouse's position after that write.
 
 Batching adapts (``BatchPolicy``): under backlog batches and the flush interval
-grow (up to ``max_batch`` records), when idle they shrink again, so a trickle is
-loaded within a fraction of a second and a backlog in few, large commits.
+grow (up to ``max_batch`` records of one partition), when idle they shrink
+again, so a trickle is loaded within a fraction of a second and a backlog in
+few, large commits.
 
 Failures: ``WarehouseUnavailable`` and ``LogUnavailable`` are retried with
 exponential backoff (the same batch, so the same token); anything else stops the
@@ -242,13 +253,15 @@ class Loader:
         # Status first, so a loader stuck retrying at start shows up as such.
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._status_loop(stop))]
         try:
-            applied = await self._warehouse_call(self.warehouse.migrate, stop)
-            if applied:
-                log.info("warehouse %s: applied migrations %s", self.warehouse.url, applied)
             try:
+                # first: the projection workers start (import, parse schemas)
+                # while the migrations run and the reader joins its group
                 self.warehouse.start_loading()
             except Exception as err:  # an optimisation: the first batch does it anyway
                 log.warning("could not prepare loading: %s", scrub(str(err)))
+            applied = await self._warehouse_call(self.warehouse.migrate, stop)
+            if applied:
+                log.info("warehouse %s: applied migrations %s", self.warehouse.url, applied)
             reader = self._make_reader()
             self._reader = reader  # before start: Kafka's assignment callbacks use it
             await self._retrying(reader.start, "open the log reader", stop)
