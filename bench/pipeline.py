@@ -304,6 +304,8 @@ def _code_env(code: str, before_dir: Path | None, depth: int | None) -> dict[str
     if code == "before":
         assert before_dir is not None
         env[BEFORE_ENV] = str(before_dir)
+    elif code == "serial":
+        env["EMBEDGUARD_BENCH_PIPELINE_DEPTH"] = "1"
     elif depth is not None:
         env["EMBEDGUARD_BENCH_PIPELINE_DEPTH"] = str(depth)
     return env
@@ -318,16 +320,23 @@ def _export(rev: str, into: Path) -> None:
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
 
 
+def _rotated(codes: list[str], turn: int) -> list[str]:
+    """``codes`` starting at a different one each turn, so that no code always
+    meets the same neighbours on a shared machine."""
+    k = turn % len(codes)
+    return codes[k:] + codes[:k]
+
+
 def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any]) -> None:
     sizes = [int(n) for n in str(args.events).split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    codes = ["now"]
+    codes = ["serial", "now"] if args.serial else ["now"]
     before_dir: Path | None = None
     if args.before:
         before_dir = tmp / "before"
         before_dir.mkdir()
         _export(args.before, before_dir)
-        codes = ["before", "now"]
+        codes.insert(0, "before")
     #: (path, batch, code, size) → best of the repeats (seconds, cpu seconds)
     cells: dict[tuple[str, int, str, int], dict[str, float]] = {}
     base_rates: dict[int, float] = {}
@@ -349,7 +358,7 @@ def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any])
                 for batch in batches:
                     # alternate which code goes first, so neither always meets
                     # the same neighbours
-                    for code in codes if (rep + batch // 1000) % 2 == 0 else codes[::-1]:
+                    for code in _rotated(codes, rep + batch // 1000):
                         lake = tmp / f"lake-{size}-{batch}-{code}-{rep}"
                         cell = run_cell(
                             "sqlite-lake", str(log_path), str(lake), str(batch),
@@ -365,7 +374,7 @@ def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any])
             with tansu_broker(tmp / f"tansu-{size}") as bootstrap:
                 for rep in range(args.repeat_throughput):
                     for batch in batches:
-                        for code in codes if (rep + batch // 1000) % 2 == 0 else codes[::-1]:
+                        for code in _rotated(codes, rep + batch // 1000):
                             topic = f"bench.{size}.{batch}.{code}.{rep}"
 
                             async def produce(topic: str = topic, records: Any = records) -> None:
@@ -386,27 +395,33 @@ def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any])
     title += f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})"
     table = Table(title=title)
     cols = ("path", "batch", "code", "events", "seconds", "events/s", "CPU µs/event",
-            "× read+decode", "now/before", "target")  # fmt: skip
+            "× read+decode", "× before", "now/serial", "target")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="right" if col not in ("path", "code") else "left")
     for size in sizes:
         rate = base_rates[size]
         table.add_row("read + decode only (baseline)", "-", "-", f"{size:,}", "", f"{rate:,.0f}",
-                      "", "1.00×", "", "")  # fmt: skip
+                      "", "1.00×", "", "", "")  # fmt: skip
         results["throughput"][f"read+decode@{size}"] = {"events_per_s": round(rate)}
-    def order(item: tuple[tuple[str, int, str, int], Any]) -> tuple[str, int, int, str]:
+    def order(item: tuple[tuple[str, int, str, int], Any]) -> tuple[str, int, int, int]:
         path, batch, code, size = item[0]
-        return path, batch, size, code
+        return path, batch, size, codes.index(code)
 
     for (path, batch, code, size), got in sorted(cells.items(), key=order):
         eps = size / got["seconds"]
         target = TARGETS.get(path)
         verdict = "" if target is None else f"{target:,} {'met' if eps >= target else 'NOT met'}"
-        other = cells.get((path, batch, "before", size))
-        ratio = f"{other['seconds'] / got['seconds']:.2f}×" if other and code == "now" else ""
+        before = cells.get((path, batch, "before", size))
+        serial = cells.get((path, batch, "serial", size))
+        vs_before = vs_serial = ""
+        if before and code != "before":
+            vs_before = f"{before['seconds'] / got['seconds']:.2f}×"
+        if serial and code == "now":
+            vs_serial = f"{serial['seconds'] / got['seconds']:.2f}×"
         table.add_row(
             path, str(batch), code, f"{size:,}", f"{got['seconds']:.2f}", f"{eps:,.0f}",
-            f"{got['cpu'] / size * 1e6:.0f}", f"{eps / base_rates[size]:.2f}×", ratio, verdict,
+            f"{got['cpu'] / size * 1e6:.0f}", f"{eps / base_rates[size]:.2f}×", vs_before,
+            vs_serial, verdict,
         )  # fmt: skip
         results["throughput"][f"{path}@{batch}/{code}/{size}"] = {
             "events": size,
@@ -443,6 +458,8 @@ def main() -> None:
                         help="events per throughput cell; a comma-separated list runs each size")
     parser.add_argument("--batches", default="1000,10000", help="batch sizes, comma-separated")
     parser.add_argument("--before", help="also run the cells on this git revision's loader")
+    parser.add_argument("--serial", action="store_true",
+                        help="also run today's loader with pipeline_depth=1 ('serial')")
     parser.add_argument("--pipeline-depth", type=int,
                         help="today's loader with this LoaderConfig.pipeline_depth (1 = serial)")
     parser.add_argument("--repeat-throughput", type=int, default=1,
