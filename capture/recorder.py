@@ -21,6 +21,7 @@ from typing import Any
 
 from mitmproxy import http
 from pydantic import BaseModel
+from uuid_utils import uuid7
 
 from capture.approvals.service import EmitRequest
 from capture.checkpointer import Checkpointer
@@ -189,9 +190,19 @@ class Recorder:
                 "--response-durability async: responses are delivered while their "
                 "record is being made durable; a crash can lose the record of a response"
             )
-        self.system_session = f"gateway:{config.gateway_id}"
+        #: this run of the gateway: a restart with the same --gateway-id (or a
+        #: restarted worker) begins new chains, so its system session is new too
+        self._run = str(uuid7())
         #: signed Merkle checkpoints of each stream (None without a signing key)
         self.checkpointer = _checkpointer(config)
+
+    @property
+    def system_session(self) -> str:
+        """The session of gateway-level events (GatewayStarted, PolicyChanged,
+        checkpoints, ...): one per stream of one run. A new stream after a failed
+        append, or a restart with the same gateway id, starts its chains again at
+        seq 0, so it must not continue the session of an earlier one."""
+        return f"gateway:{self.stamper.gateway_id}@{self._run}"
 
     def _stream_id(self) -> str:
         return (

@@ -239,6 +239,38 @@ def test_async_response_whose_record_fails_is_logged_and_the_stream_starts_over(
     assert verify_chains(events) == []
 
 
+def test_a_gateway_restarted_with_the_same_id_starts_new_chains(
+    tmp_path: Path, dev_idp: str
+) -> None:
+    """Production gateways keep their --gateway-id across restarts. Each run
+    begins its stream and its chains again, so its system session
+    (GatewayStarted, checkpoints, ...) is its own: the log's chains verify
+    after any number of restarts (they used to share gateway:<id> and report
+    the second run's seq 0 as out of order)."""
+    from capture.devidp import mint_token
+
+    cfg = config(tmp_path, dev_idp)
+    token = mint_token(dev_idp, "alice", ["Vector-Read"])
+
+    async def run_once() -> str:
+        chain = Chain(cfg, SqliteEventLog(tmp_path / "events.db"))
+        await chain.start()
+        try:
+            await chain.exchange(token, answer())
+            return chain.recorder.system_session
+        finally:
+            await chain.stop()
+
+    first, second = asyncio.run(run_once()), asyncio.run(run_once())
+    assert first != second
+    assert first.startswith("gateway:gw-recorder@") and second.startswith("gateway:gw-recorder@")
+    events = read_events(cfg.log_url)
+    system = [d for d in events if d.event.envelope.session_id in (first, second)]
+    assert {d.event.envelope.type for d in system} >= {"GatewayStarted"}
+    assert {d.event.envelope.session_id for d in system} == {first, second}
+    assert verify_chains(events) == []
+
+
 def test_gateway_built_events_decode_and_validate_against_the_models(
     tmp_path: Path, dev_idp: str
 ) -> None:
