@@ -1029,7 +1029,12 @@ def gateway(
         if code:
             raise fail("the gateway workers did not all stop cleanly (see the log above)", code)
         return
-    run(lambda: run_gateway(config, addons, on_ready=ready))
+    listen_failures: list[str] = []
+    run(lambda: run_gateway(config, addons, on_ready=ready,
+                            on_listen_error=listen_failures.append))
+    if listen_failures:
+        raise fail(f"{listen_failures[0]}: is another process using the "
+                   "port? Choose another with --listen HOST:PORT", 1)
 
 
 def main() -> None:

@@ -347,6 +347,24 @@ def test_a_port_in_use_ends_the_supervisor_with_a_clear_error(
     assert "embedguard gateway gw-err:" not in r.stderr  # never announced as listening
 
 
+def test_a_port_in_use_ends_a_single_gateway_with_a_clear_error(
+    tmp_path: Path, dev_idp: str
+) -> None:
+    """Without --workers too: the gateway used to log the bind error, announce
+    itself as listening anyway and serve nothing."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = _gateway_cli(tmp_path, dev_idp, "--listen", f"127.0.0.1:{port}")
+    assert r.returncode == 1, r.stderr[-3000:]
+    last = " ".join(r.stderr.rsplit("error:", 1)[-1].split())
+    assert f"cannot listen on 127.0.0.1:{port}" in last and "in use" in last, r.stderr[-3000:]
+    assert "--listen" in last
+    assert "Traceback" not in r.stderr
+    assert "embedguard gateway gw-err:" not in r.stderr  # never announced as listening
+
+
 # -- the shared replay cache -------------------------------------------------------
 
 
