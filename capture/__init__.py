@@ -61,6 +61,7 @@ def build_addons(config: GatewayConfig) -> list[object]:
         else None,
         ticket_requirement=lambda: ticket_requirement(enforcer.policy),
         grant_issuer_groups=approver_groups(enforcer.policy),
+        stream=lambda: recorder.stamper.gateway_id,
     )
     control = ControlApi(approvals, identity.verifier, ready=recorder.started,
                          require_tls=config.tls_cert is not None)

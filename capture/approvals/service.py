@@ -41,6 +41,7 @@ import builtins
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -197,8 +198,15 @@ class ApprovalService:
         grant_issuer_groups: Sequence[Sequence[str]] | None = None,
         sweep_interval_s: float = 1.0,
         ticket_requirement: Callable[[], ApprovalRequirement | None] | None = None,
+        stream: Callable[[], str] | None = None,
     ) -> None:
+        """``stream``: this gateway's current event stream (the recorder's), so
+        that of several gateways (or workers) that each recorded an approval's
+        expiry only the one whose record came first notifies the webhook."""
         self.log = log
+        self._stream = stream
+        #: the streams this service's expiries were recorded on (rotations too)
+        self._own_streams: set[str] = set()
         self._emit = emit
         self.clock = clock
         self.webhook = webhook
@@ -359,7 +367,8 @@ class ApprovalService:
             try:
                 now = self.clock()
                 due = [a.approval_id for a in self.book.approvals()
-                       if a.status == "pending" and a.expires_at <= now]
+                       if a.status == "pending" and a.expires_at + self._stagger(a.approval_id)
+                       <= now]
                 for aid in due:
                     await self.expire(aid)
             except asyncio.CancelledError:
@@ -369,6 +378,17 @@ class ApprovalService:
             for key, rel in list(self._releases.items()):
                 if not any(t.get_name() == f"release:{key}" for t in self._release_tasks):
                     self._spawn_release(rel)
+
+    def _stagger(self, approval_id: str) -> timedelta:
+        """How long after its deadline this gateway records an approval's expiry:
+        0 to 4 sweep intervals, spread by gateway stream and approval, so that
+        of several gateways (or workers) sweeping one log, usually one records
+        it and the others find it expired. A late record changes nothing: past
+        its deadline an approval is refused by the clock either way."""
+        if self._stream is None:
+            return timedelta(0)
+        spread = zlib.crc32(f"{self._stream()}|{approval_id}".encode()) % 1000 / 1000
+        return timedelta(seconds=spread * 4 * self.sweep_interval_s)
 
     async def _emit_and_sync(self, req: EmitRequest) -> None:
         await self._emit(req)  # EventLogError: nothing was recorded
@@ -529,6 +549,8 @@ class ApprovalService:
                 raise ApprovalError("not_found", f"there is no approval {approval_id!r}")
             if a.status != "pending" or (not force and now < a.expires_at):
                 return a
+            if self._stream is not None:
+                self._own_streams.add(self._stream())
             await self._emit_and_sync(EmitRequest(
                 [(ApprovalExpired, {"approval_id": approval_id,
                                     "expired_at": now if force else a.expires_at,
@@ -536,7 +558,10 @@ class ApprovalService:
                 request_id=a.request_id))
         result = self.get(approval_id)
         assert result is not None
-        if result.status == "expired":
+        first = self.book.first_expiry_stream(approval_id)
+        if result.status == "expired" and (
+            self._stream is None or first is None or first in self._own_streams
+        ):
             self._notify("expired", result)
         return result
 

@@ -282,6 +282,9 @@ class _Record:
     requested: ApprovalRequested | None = None
     votes: dict[UUID, _VoteRecord] = field(default_factory=dict)
     expiries: list[datetime] = field(default_factory=list)
+    #: the stream (envelope gateway_id) of the first ApprovalExpired in log order:
+    #: the one gateway that notifies the expiry when several recorded one
+    first_expiry_stream: str | None = None
     used: bool = False
     view: Approval | None = None
 
@@ -446,7 +449,10 @@ class ApprovalBook:
             changed.add(event.approval_id)
         elif isinstance(event, ApprovalExpired):
             self._seen.add(eid)
-            self._record(event.approval_id).expiries.append(event.expired_at)
+            rec_e = self._record(event.approval_id)
+            rec_e.expiries.append(event.expired_at)
+            if rec_e.first_expiry_stream is None:
+                rec_e.first_expiry_stream = event.envelope.gateway_id
             changed.add(event.approval_id)
         elif isinstance(event, GrantIssued):
             self._seen.add(eid)
@@ -493,6 +499,11 @@ class ApprovalBook:
         return changed
 
     # -- queries ------------------------------------------------------------------
+    def first_expiry_stream(self, approval_id: str) -> str | None:
+        """Which stream recorded the approval's first expiry (in log order)."""
+        rec = self._records.get(approval_id)
+        return rec.first_expiry_stream if rec is not None else None
+
     def get(self, approval_id: str) -> Approval | None:
         rec = self._records.get(approval_id)
         return rec.view if rec is not None else None

@@ -64,6 +64,7 @@ async def approval_stack(
     await recorder.running()
     service_kw.setdefault("poll_interval_s", 0.05)
     service_kw.setdefault("sweep_interval_s", 0.05)
+    service_kw.setdefault("stream", lambda: recorder.stamper.gateway_id)
     service = ApprovalService(log, recorder.emit, **service_kw)
     await service.start()
     try:

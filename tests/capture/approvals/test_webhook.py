@@ -141,6 +141,41 @@ async def test_requested_decided_expired_reach_the_receiver_after_failures(
     assert "HTTP Request: POST" in caplog.text  # httpx did log, without the path
 
 
+async def test_an_expiry_recorded_by_two_gateways_is_notified_once(tmp_path: Path) -> None:
+    """Several gateways (or --workers) share one log, and each sweeper may
+    record the same expiry: only the gateway whose record is first in the log
+    notifies. Both gateways expire each approval at once until one round has
+    two records (whether it does is up to the scheduler)."""
+    url = f"sqlite:{tmp_path / 'e.db'}"
+    with receiver() as rx:
+        hook_a, hook_b = Webhook(rx.url), Webhook(rx.url)
+        async with (
+            approval_stack(SqliteEventLog(tmp_path / "e.db"), "gw-a", url, webhook=hook_a,
+                           sweep_interval_s=3600) as (_, a),
+            approval_stack(SqliteEventLog(tmp_path / "e.db"), "gw-b", url, webhook=hook_b,
+                           sweep_interval_s=3600) as (_, b),
+        ):
+            doubled = 0
+            for _ in range(20):
+                aid = await _ask(a)
+                await b.sync()
+                done = await asyncio.gather(a.expire(aid, force=True),
+                                            b.expire(aid, force=True))
+                assert [x.status for x in done] == ["expired", "expired"]
+                await a.sync()
+                records = len(a.book._records[aid].expiries)
+                assert records in (1, 2)
+                doubled += records == 2
+                await hook_a.idle()
+                await hook_b.idle()
+                expired = [x for x in rx.bodies
+                           if x["event"] == "approval.expired" and x["approval_id"] == aid]
+                assert len(expired) == 1, (records, expired)
+                if doubled:
+                    break
+            assert doubled, "no round recorded the expiry twice; the check was not exercised"
+
+
 async def test_a_hanging_receiver_never_blocks_decisions(tmp_path: Path) -> None:
     with receiver(hang=True) as rx:
         hook = Webhook(rx.url, timeout_s=60)
