@@ -115,6 +115,9 @@ CLAIM_KEY = "approval_claim"
 RELEASE_RETRY_S = 3600.0
 #: how long close() waits for releases being recorded
 RELEASE_AT_CLOSE_S = 5.0
+#: a claim an earlier run of this gateway left unforwarded is given back at
+#: start only when at least this old (see ApprovalService._release_orphans)
+ORPHAN_AGE_S = 60.0
 
 
 def now_utc() -> datetime:
@@ -241,6 +244,7 @@ class ApprovalService:
             with contextlib.suppress(Exception):
                 await reader.close()
             raise
+        self._release_orphans()
         if self.webhook is not None:
             await self.webhook.start()
         self._tasks = [
@@ -248,6 +252,29 @@ class ApprovalService:
             asyncio.create_task(self._sweep(), name="approvals-sweeper"),
         ]
         self.started.set()
+
+    def _release_orphans(self) -> None:
+        """At start, give back the claims an earlier run of this gateway (same
+        gateway id, so same stream name) admitted but never forwarded: it
+        stopped in between, and the approved request could otherwise never be
+        sent again. Only claims older than ORPHAN_AGE_S count, in case another
+        process runs under the same id (a live one forwards within moments)."""
+        if self._stream is None:
+            return
+        base = self._stream().split("#", 1)[0]
+
+        def ours(stream: str) -> bool:
+            return stream == base or stream.startswith(base + "#")
+
+        before = self.clock() - timedelta(seconds=ORPHAN_AGE_S)
+        orphans = self.book.orphan_claims(ours, before)
+        for ref, request_id in orphans:
+            self.release(ref, kind="request", request_id=request_id,
+                         reason="an earlier run of this gateway claimed it and stopped "
+                                "before forwarding; given back at restart")
+        if orphans:
+            log.warning("approvals: giving back %d claim(s) an earlier run of %s made but "
+                        "never forwarded", len(orphans), base)
 
     async def close(self) -> None:
         if self._release_tasks:  # give claims back while the log is still open

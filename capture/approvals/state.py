@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -525,6 +525,26 @@ class ApprovalBook:
         if request_id in u.claimed or request_id in u.released:
             return request_id in u.claimed and request_id not in u.released
         return request_id in u.unclaimed
+
+    def orphan_claims(
+        self, by_stream: Callable[[str], bool], made_before: datetime
+    ) -> list[tuple[str, str]]:
+        """(approval id, request id) of every claim on a request approval that a
+        stream accepted by ``by_stream`` made before ``made_before``, that was
+        not given back, and whose request has no RequestForwarded under the
+        approval: the gateway stopped between claiming and forwarding (the
+        RequestForwarded record is durable before a request goes upstream)."""
+        out: list[tuple[str, str]] = []
+        for ref, u in self._uses.items():
+            rec = self._records.get(ref)
+            if rec is None or rec.requested is None or rec.requested.kind != "request":
+                continue
+            for c in u.claims:
+                if (c.request_id in u.released or c.request_id in u.unclaimed
+                        or not by_stream(c.gateway_id) or c.at >= made_before):
+                    continue
+                out.append((ref, c.request_id))
+        return out
 
     def claim_verdict(self, ref: str, request_id: str, limit: int | None) -> ClaimVerdict:
         """Is the claim of ``request_id`` on ``ref`` admitted under ``limit``?

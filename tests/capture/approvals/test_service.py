@@ -478,3 +478,50 @@ async def test_a_release_the_log_refuses_is_retried_until_it_is_recorded(
         await a.sync()
         assert a.book.uses(t.approval_id) == 0
         await a.claim(t.approval_id, kind="ticket", request_id="r3")
+
+
+async def test_a_restarted_gateway_gives_back_claims_it_never_forwarded(tmp_path: Path) -> None:
+    """A gateway that stops between claiming an approval's one use and
+    forwarding the request left the approval used up. Restarted under the same
+    gateway id, it gives such claims back (older than ORPHAN_AGE_S); a claim
+    whose request was forwarded, or another gateway's, stays counted."""
+    url = sqlite_url(tmp_path)
+    clock = Clock()
+    db = tmp_path / "events.db"
+    hour = timedelta(hours=1)
+    async with approval_stack(SqliteEventLog(db), "gw-a", url, clock=clock) as (ra, a):
+        orphan, forwarded = await ask(a, expires=hour), await ask(a, expires=hour)
+        for aid in (orphan, forwarded):
+            await a.decide(aid, ANN, "approve", "ok")
+        await a.claim(orphan, kind="request", request_id="req-orphan")  # then it "crashes"
+        await a.claim(forwarded, kind="request", request_id="req-fwd")
+        await ra.emit(EmitRequest([(RequestForwarded, {"upstream": "http://u",
+                                                       "approval_id": forwarded})],
+                                  identity=DANA, request_id="req-fwd"))
+    async with approval_stack(SqliteEventLog(db), "gw-b", url, clock=clock) as (_, b):
+        others = await ask(b, expires=hour)
+        await b.decide(others, ANN, "approve", "ok")
+        await b.claim(others, kind="request", request_id="req-b")
+    # restarted at once: the claims are too fresh to be taken for abandoned
+    async with approval_stack(SqliteEventLog(db), "gw-a", url, clock=clock) as (_, again):
+        assert again.pending_releases == 0
+        assert again.book.uses(orphan) == 1
+    clock.advance(timedelta(minutes=2))
+    async with approval_stack(SqliteEventLog(db), "gw-a", url, clock=clock) as (_, a2):
+        for _ in range(300):
+            if a2.pending_releases == 0 and a2.book.uses(orphan) == 0:
+                break
+            await asyncio.sleep(0.05)
+            await a2.sync()
+        assert a2.book.uses(orphan) == 0  # given back
+        assert a2.book.uses(forwarded) == 1 and a2.book.uses(others) == 1
+        # the approved request can go upstream now, once
+        await a2.claim(orphan, kind="request", request_id="req-orphan-again")
+        await refused("already_used", a2.claim(orphan, kind="request", request_id="req-3"))
+    released = [d.event for d in await asyncio.to_thread(read_events, url)
+                if d.event.envelope.type == "ApprovalClaimed" and d.event.released]
+    at_restart = [(e.approval_id, e.envelope.request_id) for e in released
+                  if "restart" in (e.reason or "")]
+    assert at_restart == [(orphan, "req-orphan")]
+    given_back = {e.envelope.request_id for e in released}
+    assert not given_back & {"req-fwd", "req-b"}  # forwarded, or not this gateway's
