@@ -669,10 +669,11 @@ class Loader:
         for flight in flights:
             flight.written.cancel()
             flight.prepared.cancel()
-        for flight in flights:
-            for task in (flight.written, flight.prepared):
-                with contextlib.suppress(BaseException):
-                    await task
+        tasks = [t for f in flights for t in (f.written, f.prepared)]
+        if tasks:
+            # outcomes collected (no "exception never retrieved"); a cancellation
+            # of this task itself still propagates
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _prepare(self, batch: LoadBatch, prev: asyncio.Task[Any] | None) -> Any:
         """Decode and project ``batch`` on a thread, after the batch before it
