@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.loader_status import read_statuses
 from pipeline.warehouse.lake import LakeWarehouse
 from schemas.chain import verify_chains
 from tests.pipeline.loader_helpers import append_records, chained_records, decode_raw
@@ -48,6 +49,38 @@ def loader_command(log_url: str, lake_url: str, status_dir: Path) -> list[str]:
     ]
 
 
+def _kill_at_a_random_point(
+    proc: subprocess.Popen[bytes], status_dir: Path, rng: random.Random
+) -> bool:
+    """SIGKILL ``proc`` at a random point; False if it finished first.
+
+    A third of the kills land at a random time after the start (often while it
+    starts: migrations, anchoring, the first batch); the others at a random
+    moment shortly after its status first shows it loading (``running``: a batch
+    is written), so that they land mid-load however fast the loader is: in a
+    Delta commit, between a batch's tables, between the write and the offset
+    commit, while the next batch is prepared. Each run thus loads at most a few
+    batches, and every kill lands before the log is drained."""
+    if rng.random() < 1 / 3:
+        delay = rng.uniform(0.3, 2.5)
+    else:
+        deadline = time.monotonic() + 120
+        while not any(
+            s.pid == proc.pid and s.state == "running" for s, _ in read_statuses(status_dir)
+        ):
+            if proc.poll() is not None:
+                return False
+            assert time.monotonic() < deadline, "the loader never started loading"
+            time.sleep(0.02)
+        delay = rng.uniform(0.0, 0.6)
+    try:
+        proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        return True
+    return False
+
+
 @pytest.mark.slow
 async def test_kill_9_at_random_points_loads_every_event_exactly_once(tmp_path: Path) -> None:
     log_url = f"sqlite:{tmp_path / 'events.db'}"
@@ -67,14 +100,10 @@ async def test_kill_9_at_random_points_loads_every_event_exactly_once(tmp_path: 
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
         )
-        if killed < KILLS:
-            try:
-                proc.wait(timeout=rng.uniform(1.0, 7.0))
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.communicate(timeout=30)  # reaps it and closes the pipes
-                killed += 1
-                continue
+        if killed < KILLS and _kill_at_a_random_point(proc, tmp_path / "status", rng):
+            proc.communicate(timeout=30)  # reaps it and closes the pipes
+            killed += 1
+            continue
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
         summary = json.loads(out.decode().strip().splitlines()[-1])
