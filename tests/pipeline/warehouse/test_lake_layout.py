@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 
 from pipeline.warehouse import LoadBatch, open_warehouse
@@ -83,6 +84,47 @@ def test_only_partitions_with_new_files_are_sorted_again(tmp_path: Path) -> None
     assert not any(_overlap(r) for r in _ranges(wh, "events").values())
     events_after = int(wh.query("SELECT count() AS n FROM {events}", {})[0]["n"])
     assert events_after == events_before + len(more)
+
+
+def test_the_open_day_is_sorted_again_only_once_enough_is_unsorted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Today's partition is still being loaded; sorting it rewrites all of it,
+    so a compaction sorts it again only when its unsorted files hold a quarter
+    of its rows (or are many). A closed day is sorted whenever it changed."""
+    wh = _loaded(tmp_path, sessions=8)
+    monkeypatch.setattr(wh, "_today", lambda: "2026-03-01")  # the scenario's day is open
+    wh.compact()  # all of it unsorted: sorted
+    assert not any(_overlap(r) for r in _ranges(wh, "events").values())
+    rows = int(wh.query("SELECT count() AS n FROM {events}", {})[0]["n"])
+    events = DeltaTable(str(wh.table_path("events")))
+    sorted_files = set(events.file_uris())
+
+    # a little more (one session, in one batch): left unsorted, the sorted files stay
+    little = renumber(build_scenario(sessions=1, gateway="gw-2").records(), start=10_000)
+    wh.write_batch(LoadBatch(SRC, 0, little))
+    wh.compact()
+    events.update_incremental()
+    assert sorted_files < set(events.file_uris())
+    assert any(_overlap(r) for r in _ranges(wh, "events").values())
+    assert int(wh.query("SELECT count() AS n FROM {events}", {})[0]["n"]) == rows + len(little)
+
+    # past a quarter of the day's rows unsorted: sorted again
+    more = renumber(build_scenario(sessions=3, gateway="gw-3").records(), start=20_000)
+    for lo in range(0, len(more), 50):
+        wh.write_batch(LoadBatch(SRC, 0, more[lo : lo + 50]))
+    wh.compact()
+    assert not any(_overlap(r) for r in _ranges(wh, "events").values())
+    total = rows + len(little) + len(more)
+    assert int(wh.query("SELECT count() AS n FROM {events}", {})[0]["n"]) == total
+
+    # once the day is closed, any change is sorted at the next compaction
+    monkeypatch.setattr(wh, "_today", lambda: "2026-03-02")
+    late = renumber(build_scenario(sessions=1, gateway="gw-4").records(), start=30_000)
+    wh.write_batch(LoadBatch(SRC, 0, late))
+    assert any(_overlap(r) for r in _ranges(wh, "events").values())
+    wh.compact()
+    assert not any(_overlap(r) for r in _ranges(wh, "events").values())
 
 
 def test_loading_goes_on_while_a_compaction_sorts(tmp_path: Path) -> None:
