@@ -1156,16 +1156,17 @@ def known_good(rig: Rig, kind: str) -> None:
         ),
     }
     method, path, body, host = cases[kind]
-    headers = {**auth, SEQ_HEADER: f"good-{kind}-{next(_seq)}"}
+    seq = f"good-{kind}-{next(_seq)}"
+    headers = {**auth, SEQ_HEADER: seq}
     if host:
         headers["host"] = host
-    before = len(rig.upstreams[kind].hits)
     r = httpx.request(
         method, f"http://127.0.0.1:{port}{path}", json=body, headers=headers, timeout=10
     )
     assert r.status_code == 200, (kind, r.status_code, r.text)
     assert r.headers.get(UPSTREAM_MARKER) == kind
-    assert len(rig.upstreams[kind].hits) == before + 1
+    # forwarded once; on a cold cache a Chroma name lookup (untagged) comes first
+    assert len(rig.upstreams[kind].by_seq(seq)) == 1
 
 
 #: Examples per fuzz run; EMBEDGUARD_FUZZ_EXAMPLES=2000 for a long local run.
@@ -1302,11 +1303,25 @@ def bad_auth(draw: st.DrawFn, token: str, issuer: str) -> list[tuple[str, str]]:
     return [("api-key", CLIENT_SECRET), ("x-chroma-token", CLIENT_SECRET)]
 
 
+def _settled_lookups(rig: Rig, quiet_s: float = 1.0, within_s: float = 30.0) -> int:
+    """The Chroma lookups so far, once none has arrived for ``quiet_s``: a lookup
+    of an earlier test's request that the client gave up on (a timeout on a
+    loaded machine) can still reach the upstream after that test ended."""
+    count, changed = len(rig.upstreams["chroma"].untagged()), time.monotonic()
+    deadline = changed + within_s
+    while time.monotonic() - changed < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = len(rig.upstreams["chroma"].untagged())
+        if now != count:
+            count, changed = now, time.monotonic()
+    return count
+
+
 def test_fuzz_unauthenticated_requests(rig: Rig) -> None:
     """No, garbage or forged credentials: 401, never forwarded, whatever else is sent."""
     exchanges: list[Exchange] = []
     since = len(rig.logs.records)
-    lookups = len(rig.upstreams["chroma"].untagged())
+    lookups = _settled_lookups(rig)
 
     @FUZZ
     @given(kind=st.sampled_from(KINDS), data=st.data())
