@@ -23,14 +23,16 @@ Each step reports the status then and now and a :class:`replay.diff.BodyDiff`.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
+from uuid import UUID
 
 import httpx
 
+from capture.classify import chroma_collection_refs
+from capture.types import HttpRequest
 from embedguard.settings import ReplayTarget
 from replay.diff import DEFAULT_TOLERANCE, BodyDiff, diff_bodies, parse_body
 from replay.sessions import RecordedSession, Step
@@ -192,15 +194,6 @@ def _mint(issuer: str, subject: str, groups: list[str]) -> str:
     return mint_token(issuer, subject, groups)
 
 
-#: A Chroma record path: its prefix up to ``collections/`` (v2 with tenant and
-#: database, or v1), the collection UUID, and the rest.
-_CHROMA_PATH = re.compile(
-    r"^(?P<prefix>/api/v2/tenants/[^/]+/databases/[^/]+/collections/|/api/v1/collections/)"
-    r"(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
-    r"(?P<rest>(?:/.*)?)$"
-)
-
-
 class _ChromaIds:
     """The target's UUID for each recorded collection name, looked up once."""
 
@@ -216,33 +209,40 @@ class _ChromaIds:
 
     def remap(self, step: Step, headers: dict[str, str]) -> tuple[str | None, str | None]:
         """(the path to send, a note); (None, None) when nothing changes."""
-        if step.product != "chroma" or not step.path:
+        if step.product != "chroma" or not step.path or not step.method:
             return None, None
-        m = _CHROMA_PATH.match(step.path)
-        if m is None:
+        # where the collection UUID sits: the classifier's own Chroma route table
+        refs = chroma_collection_refs(HttpRequest(step.method.upper(), step.path))
+        if not refs:
             return None, None
+        recorded = refs[0]
+        idx = step.path.lower().find(f"/collections/{recorded}")
+        if idx < 0:
+            return None, None
+        prefix = step.path[: idx + len("/collections/")]
+        rest = step.path[len(prefix) + len(recorded) :]
         names = sorted(set(step.collections))
         if len(names) != 1:
             return None, (
-                f"collection UUID {m['uuid']} sent as recorded: the recording names "
+                f"collection UUID {recorded} sent as recorded: the recording names "
                 f"{len(names)} collections for it, not one"
             )
         name = names[0]
-        key = (m["prefix"], name)
+        key = (prefix, name)
         uuid = self.known.get(key)
         if uuid is None:
             # a miss is not remembered: a later step may create the collection
-            uuid = self._lookup(m["prefix"], name, headers)
+            uuid = self._lookup(prefix, name, headers)
             if uuid is not None:
                 self.known[key] = uuid
         if uuid is None:
             return None, (
                 f"the target has no collection {name!r} (or refused the lookup): sent with "
-                f"the recorded UUID {m['uuid']}"
+                f"the recorded UUID {recorded}"
             )
-        if uuid == m["uuid"]:
+        if uuid.lower() == recorded:
             return None, None
-        return f"{m['prefix']}{uuid}{m['rest']}", None
+        return f"{prefix}{uuid}{rest}", None
 
     def _lookup(self, prefix: str, name: str, headers: dict[str, str]) -> str | None:
         lookup = {k: v for k, v in headers.items() if k != "content-type"}
@@ -257,7 +257,10 @@ class _ChromaIds:
         except ValueError:
             return None
         uuid = found.get("id") if isinstance(found, dict) else None
-        return uuid if isinstance(uuid, str) and _CHROMA_PATH.match(prefix + uuid) else None
+        try:
+            return str(UUID(uuid)) if isinstance(uuid, str) else None
+        except ValueError:
+            return None
 
 
 def replay_session(
