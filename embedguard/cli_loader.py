@@ -226,6 +226,18 @@ def loader_command(
         float,
         typer.Option("--compact-every", min=0, help="Seconds between compactions (0: never)"),
     ] = 600.0,
+    pipeline_depth: Annotated[
+        int,
+        typer.Option(
+            "--pipeline-depth",
+            min=1,
+            max=16,
+            help="Batches in the write pipeline at once: 2 decodes and "
+            "projects the next batch while one is written; 1 writes strictly one after "
+            "the other; more holds more prepared batches in memory. Writes stay one at a "
+            "time, in order, exactly once either way",
+        ),
+    ] = 2,
     status_dir: StatusDirOpt = None,
     as_json: JsonOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each retry")] = False,
@@ -246,6 +258,7 @@ def loader_command(
             min_batch=min(100, max_batch),
             compact_interval=compact_every or None,
             status_dir=_status_dir(status_dir),
+            pipeline_depth=pipeline_depth,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None

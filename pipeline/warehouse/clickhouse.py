@@ -22,6 +22,7 @@ import abc
 import re
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,20 @@ from pipeline.warehouse.projection import (
 )
 from schemas.codec import EventCodec, default_codec
 
-__all__ = ["ChdbWarehouse", "ClickHouseWarehouse", "MergeTreeWarehouse"]
+__all__ = ["ChdbWarehouse", "ClickHouseWarehouse", "MergeTreeWarehouse", "PreparedBatch"]
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 COMPLETE = "*"
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch decoded and projected ahead of its write (``prepare_batch``)."""
+
+    batch: LoadBatch
+    loaded_at: datetime
+    tables: dict[str, pa.Table]
 
 
 class MergeTreeWarehouse(Warehouse):
@@ -164,6 +174,22 @@ class MergeTreeWarehouse(Warehouse):
         return {str(r["table_name"]): int(r["last"]) for r in rows}
 
     def write_batch(self, batch: LoadBatch) -> WriteResult:
+        return self._locked_write(batch, None)
+
+    def prepare_batch(self, batch: LoadBatch) -> PreparedBatch:
+        """Decode and project ``batch`` (CPU only: reads and writes nothing of
+        the warehouse), so that a loader can project the next batch while this
+        one is inserted. ``write_prepared`` then writes it exactly as
+        ``write_batch`` would: the marks are read and checked under the write
+        lock, so a batch the warehouse already holds writes nothing, and a
+        partly written one only the rows past each table's mark."""
+        loaded_at = datetime.now(UTC)
+        return PreparedBatch(batch, loaded_at, self._project(batch, self.codec, loaded_at))
+
+    def write_prepared(self, prepared: PreparedBatch) -> WriteResult:
+        return self._locked_write(prepared.batch, prepared)
+
+    def _locked_write(self, batch: LoadBatch, prepared: PreparedBatch | None) -> WriteResult:
         with self._lock:
             # The marks this process wrote last for the partition stand for the
             # warehouse's only while the batch carries on right after them (the
@@ -177,8 +203,9 @@ class MergeTreeWarehouse(Warehouse):
             last = batch.last_offset
             if marks.get(COMPLETE, -1) >= last:
                 return WriteResult(events=0, dead_letters=0, duplicate=True)
-            loaded_at = datetime.now(UTC)
-            tables = self._project(batch, self.codec, loaded_at)
+            if prepared is None:
+                prepared = self.prepare_batch(batch)
+            loaded_at, tables = prepared.loaded_at, prepared.tables
             written: dict[str, int] = {}
             load_rows: list[dict[str, Any]] = []
             for table in TABLES:

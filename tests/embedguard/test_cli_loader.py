@@ -86,10 +86,12 @@ def test_loader_into_chdb_merge_tree_loads_once(tmp_path: Path) -> None:
     records.insert(700, AppendRecord(b"s-x", b"\xc3\x01 truncated"))
     asyncio.run(append_records(log, records))
     url = f"chdb:{tmp_path / 'chdb'}"
-    for expected in (1_500, 0):
+    # --pipeline-depth 3 prepares ahead (MergeTreeWarehouse.prepare_batch), 1 is serial
+    for expected, depth in ((1_500, "3"), (0, "1")):
         done = run(
             "loader", "--log", log, "--warehouse", url, "--once", "--json",
-            "--status-dir", str(tmp_path / "status"),
+            "--status-dir", str(tmp_path / "status"), "--max-batch", "400",
+            "--pipeline-depth", depth,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["events"] == expected
@@ -184,6 +186,16 @@ def test_bad_inputs_fail_with_exit_2_and_create_nothing(tmp_path: Path) -> None:
     assert done.returncode == 2 and "sqlite:PATH or kafka://" in done.stderr
     done = run("loader", "--log", f"sqlite:{missing}", "--warehouse", "s3://bucket", "--once")
     assert done.returncode == 2
+    for depth in ("0", "17", "two"):
+        done = run(
+            "loader", "--log", f"sqlite:{missing}", "--warehouse", f"lake:{tmp_path}/l",
+            "--once", "--pipeline-depth", depth,
+        )  # fmt: skip
+        assert done.returncode == 2 and "--pipeline-depth" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "l").exists()
+    helped = run("loader", "--help", COLUMNS="200")
+    assert helped.returncode == 0 and "--pipeline-depth" in helped.stdout
 
 
 def test_an_unreachable_warehouse_is_retried_and_no_secret_leaks(tmp_path: Path) -> None:
