@@ -7,13 +7,15 @@ meanwhile) still writes nothing twice."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from pipeline.transport.base import LogRecord
-from pipeline.warehouse import LoadBatch, WarehouseUnavailable
+from pipeline.warehouse import LoadBatch, WarehouseError, WarehouseUnavailable
 from pipeline.warehouse._chdb import engine
 from pipeline.warehouse.base import Warehouse
 from pipeline.warehouse.clickhouse import ChdbWarehouse
@@ -201,54 +203,52 @@ def test_mergetree_stale_cache_of_another_writer_writes_nothing_twice() -> None:
         a._command(f"DROP DATABASE IF EXISTS {db}")
 
 
-def test_chdb_inserts_leave_no_spool_files() -> None:
+def _spooled() -> set[Path]:
+    """What an insert could leave behind in the temporary directories."""
+    found: set[Path] = set()
+    for directory in (Path("/dev/shm"), Path(tempfile.gettempdir())):  # noqa: S108
+        if directory.is_dir():
+            found |= {p for p in directory.iterdir() if "chdb" in p.name and "insert" in p.name}
+            found |= set(directory.glob("embedguard-chdb-*/*.arrow"))
+    return found
+
+
+def test_chdb_inserts_stream_the_bytes_intact_and_write_no_files() -> None:
+    """Tables go to chDB as an Arrow stream (no spool file): every byte of
+    every event arrives as it was in the log."""
     db = unique_database()
     wh = _chdb(db)
+    before = _spooled()
     try:
         recs = renumber(_records())
         _write(wh, recs, 0, len(recs))
-        spool = engine()._spool_dir
-        assert spool is not None and spool.is_dir()
-        assert list(spool.iterdir()) == []
-        assert oct(spool.stat().st_mode & 0o777) == oct(0o700)
-        [row] = wh.query("SELECT count() AS n FROM {bodies}", {})
-        assert row["n"] > 0
-        # the bytes went through the spool intact
+        assert _spooled() <= before
+        rows = wh.query("SELECT src_offset, hex(raw) AS raw FROM {events} ORDER BY src_offset", {})
+        assert [(int(r["src_offset"]), r["raw"]) for r in rows] == [
+            (r.offset, r.value.hex().upper()) for r in recs
+        ]
         [body] = wh.query("SELECT hex(body) AS b FROM {bodies} ORDER BY src_offset LIMIT 1", {})
         assert json.loads(bytes.fromhex(body["b"]))
+        _assert_once(wh, len(recs))
     finally:
         wh._command(f"DROP DATABASE IF EXISTS {db}")
 
 
-def test_chdb_spool_moves_to_disk_when_memory_is_full(monkeypatch: pytest.MonkeyPatch) -> None:
-    """/dev/shm is 64 MB in many containers: a spool write that fails there
-    moves the spool to the temporary directory on disk, and the insert goes on;
-    one that fails on disk too is a WarehouseUnavailable (retried), never a crash."""
-    eng = engine()
-    real = eng._spool
-    full = Path("/dev/null")  # writing /dev/null/insert.arrow fails (not a directory)
-
-    def spool() -> Path:
-        return real() if eng._spool_on_disk else full
-
+def test_a_refused_chdb_insert_is_a_clear_error_and_the_engine_goes_on() -> None:
+    """An insert chDB refuses (data that does not fit the table, a missing
+    table) is a WarehouseError naming chDB's reason; the aborted insert
+    stream leaves the engine usable for the next batch."""
     db = unique_database()
     wh = _chdb(db)
-    monkeypatch.setattr(eng, "_spool", spool)
     try:
+        eng = engine()
+        wrong = pa.table({"src_partition": pa.array(["not a number"])})
+        with pytest.raises(WarehouseError, match="chDB insert failed"):
+            eng.insert_arrow(f"{db}.loads", wrong.column_names, wrong, "t1", path=wh.path)
+        with pytest.raises(WarehouseError, match="chDB insert failed.*nope"):
+            eng.insert_arrow(f"{db}.nope", wrong.column_names, wrong, "t2", path=wh.path)
         recs = _records()
-        assert not _write(wh, recs, 0, len(recs) // 2)
-        assert eng._spool_on_disk and eng._spool_dir is not None
-        assert not str(eng._spool_dir).startswith("/dev/shm")
-        monkeypatch.setattr(eng, "_spool", lambda: full)
-        REFUSED.clear()
-        with pytest.raises(AssertionError, match="never went in"):
-            _write(wh, recs, len(recs) // 2, len(recs))
-        assert REFUSED and "TMPDIR" in REFUSED[0]
-        monkeypatch.setattr(eng, "_spool", real)
-        assert not _write(wh, recs, len(recs) // 2, len(recs))
+        assert not _write(wh, recs, 0, len(recs))
         _assert_once(wh, len(recs))
     finally:
-        monkeypatch.undo()
-        eng._remove_spool()
-        eng._spool_on_disk = False
         wh._command(f"DROP DATABASE IF EXISTS {db}")
