@@ -7,8 +7,9 @@ It works on the pydantic models and is the reference.
 
 ``project_batch_columnar`` is what the warehouses run: the same tables, as Arrow
 tables, built from the plain decoded records (``EventCodec.decode_raw``) with
-no model in between; timestamps travel as integer microseconds. Both give
-equal Arrow tables for every event (tests/pipeline/warehouse/test_fast_decode.py).
+no model in between, one tuple per row of only the columns its event type sets
+(pipeline/warehouse/columnar.py). Both give equal Arrow tables for every event
+(tests/pipeline/warehouse/test_fast_decode.py).
 
 Derived tables get one *partial* row per contributing event (see
 ddl/0001_initial.sql): a request's row from RequestReceived carries its method
@@ -19,7 +20,6 @@ event it came from and its source position (source, partition, offset).
 
 from __future__ import annotations
 
-import functools
 import gc
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pydantic_core
 
 from pipeline.warehouse.base import LoadBatch
-from schemas.codec import DecodedEvent, DecodeError, EventCodec, RawEvent
+from schemas.codec import DecodedEvent, DecodeError, EventCodec
 from schemas.models import (
     ActionClass,
     ApprovalClaimed,
@@ -65,7 +65,6 @@ __all__ = [
     "project_batch",
     "project_batch_columnar",
     "project_event",
-    "project_raw",
     "project_tables_reference",
     "rows_after",
     "to_arrow",
@@ -529,17 +528,6 @@ def project_batch(batch: LoadBatch, codec: EventCodec, loaded_at: datetime) -> d
 Projector = Callable[[LoadBatch, EventCodec, datetime], dict[str, pa.Table]]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
-_LINEAGE_ACTION_VALUES = {a.value for a in _LINEAGE_ACTIONS}
-_SESSION_FIELDS = ("subject", "issuer", "client_address")
-
-
-@functools.cache
-def _blanks() -> dict[str, Row]:
-    """Every table's row with all columns null: derived rows start from it, so
-    ``to_arrow_columns`` reads them without filling the gaps."""
-    from pipeline.warehouse.ddl import table_schemas
-
-    return {t: dict.fromkeys(schema.names) for t, schema in table_schemas().items()}
 
 
 def _micros(when: datetime) -> int:
@@ -568,336 +556,6 @@ def _ops_json_raw(ops: list[dict[str, Any]]) -> str:
     text takes the slow path, so the stored bytes never depend on which one ran."""
     text = pydantic_core.to_json(ops).decode()
     return text if text.isascii() and "\x7f" not in text else _OPS_JSON.encode(ops)
-
-
-def project_raw(
-    raw: RawEvent,
-    source: str,
-    partition: int,
-    offset: int,
-    loaded_at_us: int,
-    out: dict[str, list[Row]],
-) -> None:
-    """``project_event`` on a plain record: appends its rows to ``out[table]``.
-    Timestamps are integer microseconds since the epoch (UTC)."""
-    ev = raw.record
-    env = ev["envelope"]
-    t = raw.type_name
-    blank = _blanks()
-    occurred = env["occurred_at"].astimezone(UTC)
-    at_us = _micros(occurred)
-    day = occurred.date()
-    event_id = str(env["event_id"])
-    session_id = env["session_id"]
-    gateway_id = env["gateway_id"]
-    request_id = env["request_id"]
-    fp = raw.fingerprint
-    tail = {
-        "schema_fingerprint": fp,
-        "source": source,
-        "src_partition": partition,
-        "src_offset": offset,
-    }
-
-    actions: list[str] = []
-    collections: list[str] = []
-    subject: str | None = None
-    outcome: str | None = None
-    status: int | None = None
-    approval_id: str | None = None
-    body_sha: str | None = None
-    sess: Row | None = None
-    req: Row | None = None
-    appr: Row | None = None
-
-    def session_row(**fields: Any) -> Row:
-        row = {
-            **blank["sessions"],
-            "event_id": event_id,
-            "type": t,
-            "occurred_at": at_us,
-            "day": day,
-            "session_id": session_id,
-            "gateway_id": gateway_id,
-            "request_id": request_id,
-            "actions": [],
-            "collections": [],
-            **tail,
-        }
-        row.update(fields)
-        return row
-
-    def request_row(**fields: Any) -> Row:
-        row = {
-            **blank["requests"],
-            "request_id": request_id,
-            "event_id": event_id,
-            "type": t,
-            "occurred_at": at_us,
-            "day": day,
-            "session_id": session_id,
-            "gateway_id": gateway_id,
-            "actions": [],
-            "collections": [],
-            "matched_rules": [],
-            "reasons": [],
-            "masked_fields": [],
-            **tail,
-        }
-        row.update(fields)
-        return row
-
-    def approval_row(aid: str, **fields: Any) -> Row:
-        row = {
-            **blank["approvals"],
-            "approval_id": aid,
-            "event_id": event_id,
-            "type": t,
-            "occurred_at": at_us,
-            "day": day,
-            "session_id": session_id,
-            "request_id": request_id,
-            "actions": [],
-            "collections": [],
-            **tail,
-        }
-        row.update(fields)
-        return row
-
-    def body_row(kind: str, sha: str, body: bytes, content_type: str | None) -> Row:
-        return {
-            "sha256": sha,
-            "kind": kind,
-            "event_id": event_id,
-            "request_id": request_id,
-            "occurred_at": at_us,
-            "day": day,
-            "content_type": content_type,
-            "size": len(body),
-            "body": body,
-            "source": source,
-            "src_partition": partition,
-            "src_offset": offset,
-        }
-
-    if t == "SessionStarted":
-        subject = ev["subject"]
-        sess = session_row(
-            subject=subject,
-            issuer=ev["issuer"],
-            client_address=ev["client_address"],
-            token_id=ev["token_id"],
-            client_session_name=ev["client_session_name"],
-            user_agent=ev["user_agent"],
-        )
-    elif t == "SessionEnded":
-        sess = session_row(ended_reason=ev["reason"])
-    elif t == "IdentityResolved":
-        subject = ev["subject"]
-        sess = session_row(**{k: ev[k] for k in _SESSION_FIELDS})
-        if request_id:
-            req = request_row(subject=subject)
-    elif t == "RequestReceived":
-        ops = ev["operations"]
-        actions, collections = _ops_fields_raw(ops)
-        body_sha = ev["body_sha256"]
-        sess = session_row(actions=actions, collections=collections)
-        req = request_row(
-            method=ev["method"],
-            host=ev["host"],
-            path=ev["path"],
-            query=ev["query"],
-            product=ev["product"],
-            actions=actions,
-            collections=collections,
-            operations_json=_ops_json_raw(ops),
-            op_count=len(ops),
-            id_count=sum(len(op["ids"]) for op in ops),
-            vector_count=sum(op["vector_count"] for op in ops),
-            request_body_sha256=body_sha,
-            request_body_size=ev["body_size"],
-        )
-        if ev["body"] is not None:
-            out["bodies"].append(body_row("request", body_sha, ev["body"], ev["content_type"]))
-        lineage = out["vector_lineage"]
-        for i, op in enumerate(ops):
-            if op["action"] not in _LINEAGE_ACTION_VALUES:
-                continue
-            common = {
-                "collection": op["collection"] or "",
-                "event_id": event_id,
-                "op_index": i,
-                "action": op["action"],
-                "occurred_at": at_us,
-                "day": day,
-                "session_id": session_id,
-                "request_id": request_id or "",
-                "product": ev["product"],
-                "ids_known": op["ids_known"],
-                "id_count": len(op["ids"]),
-                "vector_count": op["vector_count"],
-                "filter_present": op["filter_present"],
-                "filter_sha256": op["filter_sha256"],
-                "bulk": op["bulk"],
-                **tail,
-            }
-            if op["ids_known"] and op["ids"]:
-                lineage.extend({**common, "point_id": pid} for pid in dict.fromkeys(op["ids"]))
-            else:
-                lineage.append({**common, "point_id": ""})
-    elif t == "PolicyDecided":
-        outcome = ev["outcome"]
-        sess = session_row(outcome=outcome)
-        req = request_row(
-            outcome=outcome,
-            matched_rules=list(ev["matched_rules"]),
-            reasons=list(ev["reasons"]),
-            policy_sha256=ev["policy_sha256"],
-            grant_id=ev["grant_id"],
-            ticket_id=ev["ticket_id"],
-        )
-    elif t == "RequestForwarded":
-        approval_id = ev["approval_id"]
-        req = request_row(
-            forwarded=True,
-            upstream=ev["upstream"],
-            approval_id=approval_id,
-            grant_id=ev["grant_id"],
-        )
-    elif t == "ResponseRecorded":
-        status = ev["status"]
-        body_sha = ev["body_sha256"]
-        sess = session_row(status=status)
-        req = request_row(
-            status=status,
-            response_body_sha256=body_sha,
-            response_body_size=ev["body_size"],
-            original_body_sha256=ev["original_body_sha256"],
-            masked_fields=[f["path"] for f in ev["masked_fields"]],
-            result_count=len(ev["result_ids"]),
-            upstream_error=ev["upstream_error"],
-            latency_us=ev["latency_us"],
-        )
-        if ev["body"] is not None:
-            ctype = next(
-                (h["value"] for h in ev["headers"] if h["name"].lower() == "content-type"), None
-            )
-            out["bodies"].append(body_row("response", body_sha, ev["body"], ctype))
-    elif t == "RequestBlocked":
-        status = ev["status"]
-        sess = session_row(status=status, outcome="blocked")
-        req = request_row(
-            forwarded=False,
-            status=status,
-            blocked_error=ev["error"],
-            blocked_reason=ev["reason"],
-            blocked_stage=ev["stage"],
-        )
-    elif t == "ApprovalRequested":
-        approval_id = ev["approval_id"]
-        subject = ev["requester_subject"]
-        actions, collections = _ops_fields_raw(ev["operations"])
-        appr = approval_row(
-            approval_id,
-            kind=ev["kind"],
-            requester_subject=subject,
-            request_sha256=ev["request_sha256"],
-            min_approvals=ev["min_approvals"],
-            expires_at=_micros(ev["expires_at"]),
-            mode=ev["mode"],
-            reason=ev["reason"],
-            blast_radius=ev["blast_radius"],
-            actions=actions,
-            collections=collections,
-            operations_json=_ops_json_raw(ev["operations"]),
-        )
-        if request_id:
-            req = request_row(approval_id=approval_id)
-    elif t == "ApprovalDecided":
-        approval_id = ev["approval_id"]
-        subject = ev["approver_subject"]
-        outcome = ev["decision"]
-        appr = approval_row(
-            approval_id,
-            decision=outcome,
-            approver_subject=subject,
-            decision_reason=ev["reason"],
-        )
-    elif t == "ApprovalExpired":
-        approval_id = ev["approval_id"]
-        outcome = "expired"
-        appr = approval_row(approval_id, decision="expired")
-    elif t == "ApprovalClaimed":
-        approval_id = ev["approval_id"]
-        outcome = "released" if ev["released"] else "claimed"
-    elif t == "GrantIssued":
-        approval_id = ev["approval_id"]
-        subject = ev["subject"]
-        collections = list(ev["collections"])
-        actions = list(ev["actions"])
-        if approval_id:
-            appr = approval_row(approval_id, grant_id=ev["grant_id"])
-    elif t == "Checkpoint":
-        out["checkpoints"].append(
-            {
-                "origin": ev["origin"],
-                "tree_size": ev["tree_size"],
-                "event_id": event_id,
-                "occurred_at": at_us,
-                "day": day,
-                "gateway_id": gateway_id,
-                "session_id": session_id,
-                "root_hash": ev["root_hash"],
-                "signed_note": ev["signed_note"],
-                "key_id": ev["key_id"],
-                **tail,
-            }
-        )
-    elif t == "AuditViewed":
-        subject = ev["viewer_subject"]
-    elif t == "EvidenceHeld":
-        subject = ev["held_by"]
-        out["evidence_holds"].extend(
-            evidence_hold_rows(ev, event_id, at_us, _micros(ev["held_until"]), tail)
-        )
-
-    if sess is not None:
-        out["sessions"].append(sess)
-    if req is not None and request_id:
-        out["requests"].append(req)
-    if appr is not None:
-        out["approvals"].append(appr)
-    if "body" in ev:
-        payload = {k: v for k, v in ev.items() if k != "body"}
-    else:
-        payload = ev
-    out["events"].append(
-        {
-            "event_id": event_id,
-            "type": t,
-            "occurred_at": at_us,
-            "day": day,
-            **tail,
-            "gateway_id": gateway_id,
-            "session_id": session_id,
-            "seq": env["seq"],
-            "stream_seq": env["stream_seq"],
-            "prev_hash": env["prev_hash"],
-            "request_id": request_id,
-            "subject": subject,
-            "collections": collections,
-            "actions": actions,
-            "outcome": outcome,
-            "status": status,
-            "approval_id": approval_id,
-            "body_sha256": body_sha,
-            # the same JSON as the model's model_dump_json (same serializer)
-            "payload_json": pydantic_core.to_json(payload, bytes_mode="base64").decode(),
-            "raw": raw.canonical,
-            "writer_version": raw.writer_version,
-            "loaded_at": loaded_at_us,
-        }
-    )
 
 
 def to_arrow_columns(rows: list[Row], schema: pa.Schema) -> pa.Table:
@@ -939,8 +597,10 @@ def project_batch_columnar(
     """``project_batch`` as Arrow tables (every table but ``loads``), through
     ``EventCodec.decode_raw``. A record that does not decode or project becomes
     a dead letter, with the same error text as on the model path."""
+    from pipeline.warehouse.columnar import project_shapes
+
     with _gc_paused():
-        return _project_columnar(batch, codec, loaded_at)
+        return project_shapes(batch, codec, loaded_at)
 
 
 @contextmanager
@@ -958,44 +618,6 @@ def _gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-def _project_columnar(
-    batch: LoadBatch, codec: EventCodec, loaded_at: datetime
-) -> dict[str, pa.Table]:
-    from pipeline.warehouse.ddl import table_schemas
-
-    schemas = table_schemas()
-    out: dict[str, list[Row]] = {t: [] for t in TABLES if t != "loads"}
-    loaded_us = _micros(loaded_at)
-    source, partition = batch.source, batch.partition
-    decode = codec.decode_raw
-    for rec in batch.records:
-        try:
-            project_raw(decode(rec.value), source, partition, rec.offset, loaded_us, out)
-        except (DecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            _drop_partial(out, source, partition, rec.offset)
-            out["dead_letters"].append(
-                dead_letter_row(
-                    source,
-                    partition,
-                    rec.offset,
-                    rec.key,
-                    rec.value,
-                    f"{type(exc).__name__}: {exc}",
-                    rec.timestamp_ms,
-                    loaded_at,
-                )
-            )
-    return {t: to_arrow_columns(rows, schemas[t]) for t, rows in out.items()}
-
-
-def _drop_partial(out: dict[str, list[Row]], source: str, partition: int, offset: int) -> None:
-    """Rows a failing record appended before it failed (the model path builds
-    all of an event's rows before adding any)."""
-    for rows in out.values():
-        while rows and rows[-1].get("src_offset") == offset and rows[-1].get("source") == source:
-            rows.pop()
 
 
 def project_tables_reference(
