@@ -5,7 +5,10 @@ Throughput (events/s through ``pipeline.loader.Loader``, ``--once``):
   * Kafka (the Tansu broker) → chDB MergeTree tables (``chdb:``: ClickHouse-format
     inserts from the same DDL as ClickHouse server), at batch sizes 1k and 10k.
   The baseline, measured in the same run, is decoding the same records with the
-  codec (``decode_raw``) and nothing else: the floor any loader pays. Ratios are
+  codec (``decode_raw``) and nothing else: the floor any loader pays. For Kafka,
+  two more floors: a tail reader polling every record from Tansu ("Kafka read
+  only") and that plus ``decode_raw`` ("Kafka read + decode"), each in its own
+  process. Ratios are
   against it. Each cell's clock includes starting the loader's projection
   workers (pipeline/warehouse/parallel.py), as a ``--once`` run pays it.
   ``--events 50000,200000`` runs every cell at each size; from two sizes the
@@ -103,6 +106,33 @@ def cell_decode(log_path: Path) -> dict[str, Any]:
                     n += len(batch)
                 elapsed = time.perf_counter() - start
         return {"events": n, "seconds": elapsed}
+
+    return asyncio.run(run())
+
+
+def cell_kafka_read(bootstrap: str, topic: str, events: int, decode: bool) -> dict[str, Any]:
+    """The Kafka read floor: a tail reader (no group) polls every record of the
+    topic, as the loader polls (10k at most), and with ``decode`` decodes each
+    (``decode_raw``); nothing else. Clock from the reader's start."""
+    from pipeline.transport import open_log
+    from schemas.codec import default_codec
+
+    async def run() -> dict[str, Any]:
+        codec = default_codec()
+        async with open_log(f"kafka://{bootstrap}?topic={topic}&create_topic=false") as lg:
+            start, cpu0 = time.perf_counter(), _cpu_seconds()
+            n = 0
+            async with lg.tail_reader() as reader:
+                while n < events:
+                    batch = await reader.poll(max_records=10_000, timeout=5.0)
+                    if not batch:
+                        raise SystemExit(f"kafka read: {n} of {events} records, then nothing")
+                    if decode:
+                        for record in batch:
+                            codec.decode_raw(record.value)
+                    n += len(batch)
+            elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
+        return {"events": n, "seconds": elapsed, "cpu_seconds": cpu}
 
     return asyncio.run(run())
 
@@ -340,6 +370,8 @@ def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any])
     #: (path, batch, code, size) → best of the repeats (seconds, cpu seconds)
     cells: dict[tuple[str, int, str, int], dict[str, float]] = {}
     base_rates: dict[int, float] = {}
+    #: ("read" | "decode", size) → the Kafka read floor cell
+    kafka_floor: dict[tuple[str, int], dict[str, float]] = {}
 
     def keep(key: tuple[str, int, str, int], cell: dict[str, Any], size: int) -> None:
         assert cell["rows"] == size, cell
@@ -372,6 +404,24 @@ def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any])
 
             records = _records(size, args.sessions)
             with tansu_broker(tmp / f"tansu-{size}") as bootstrap:
+
+                async def produce_read(topic: str, records: Any = records) -> None:
+                    url = f"kafka://{bootstrap}?topic={topic}&partitions=4"
+                    async with open_log(url) as lg:
+                        for i in range(0, len(records), 5_000):
+                            await lg.append(records[i : i + 5_000])
+
+                read_topic = f"bench.{size}.read"
+                asyncio.run(produce_read(read_topic))
+                for mode in ("read", "decode"):
+                    best = None
+                    for _ in range(args.repeat_throughput):
+                        got = run_cell("kafka-read", bootstrap, read_topic, str(size), mode)
+                        assert got["events"] >= size, got
+                        if best is None or got["seconds"] < best["seconds"]:
+                            best = got
+                    assert best is not None
+                    kafka_floor[mode, size] = best
                 for rep in range(args.repeat_throughput):
                     for batch in batches:
                         for code in _rotated(codes, rep + batch // 1000):
@@ -403,6 +453,18 @@ def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any])
         table.add_row("read + decode only (baseline)", "-", "-", f"{size:,}", "", f"{rate:,.0f}",
                       "", "1.00×", "", "", "")  # fmt: skip
         results["throughput"][f"read+decode@{size}"] = {"events_per_s": round(rate)}
+        for mode, label in (("read", "Kafka read only"), ("decode", "Kafka read + decode")):
+            floor = kafka_floor.get((mode, size))
+            if floor is None:
+                continue
+            eps = floor["events"] / floor["seconds"]
+            table.add_row(label, "-", "-", f"{size:,}", f"{floor['seconds']:.2f}", f"{eps:,.0f}",
+                          f"{floor['cpu_seconds'] / floor['events'] * 1e6:.1f}",
+                          f"{eps / rate:.2f}×", "", "", "")  # fmt: skip
+            results["throughput"][f"kafka-{mode}@{size}"] = {
+                "events_per_s": round(eps),
+                "cpu_us_per_event": round(floor["cpu_seconds"] / floor["events"] * 1e6, 2),
+            }
     def order(item: tuple[tuple[str, int, str, int], Any]) -> tuple[str, int, int, int]:
         path, batch, code, size = item[0]
         return path, batch, size, codes.index(code)
@@ -485,6 +547,8 @@ def main() -> None:
             out = cell_decode(Path(rest[0]))
         elif kind == "sqlite-lake":
             out = cell_sqlite_lake(Path(rest[0]), Path(rest[1]), int(rest[2]))
+        elif kind == "kafka-read":
+            out = cell_kafka_read(rest[0], rest[1], int(rest[2]), rest[3] == "decode")
         elif kind == "kafka-chdb":
             out = cell_kafka_chdb(rest[0], rest[1], Path(rest[2]), int(rest[3]))
         elif kind == "queries":
