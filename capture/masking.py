@@ -331,11 +331,33 @@ _FINDERS: Final[dict[Detector, Callable[[str], Iterator[tuple[int, int]]]]] = {
 def detect(text: str, detectors: Iterable[str]) -> list[Span]:
     """Non-overlapping detector hits in ``text``, left to right. Where hits
     overlap, the earliest wins, then the longest, then the order of DETECTORS."""
-    wanted = _check_detectors(detectors)
+    return _detect(text, _check_detectors(detectors))
+
+
+#: What a hit of each detector cannot do without: an e-mail address has an
+#: ``@``; a card, phone number or national id has digits. A string without any
+#: (most payload text) skips that detector's regexes.
+_HAS_DIGIT = re.compile(r"\d")
+
+
+def _detect(text: str, wanted: frozenset[str]) -> list[Span]:
+    """``detect`` for detectors already checked."""
     hits: list[tuple[int, int, int, Detector]] = []
+    digits: bool | None = None
     for rank, kind in enumerate(DETECTORS):
-        if kind in wanted:
-            hits.extend((s, -(e - s), rank, kind) for s, e in _FINDERS[kind](text))
+        if kind not in wanted:
+            continue
+        if kind == "email":
+            if "@" not in text:
+                continue
+        else:
+            if digits is None:
+                digits = _HAS_DIGIT.search(text) is not None
+            if not digits:
+                continue
+        hits.extend((s, -(e - s), rank, kind) for s, e in _FINDERS[kind](text))
+    if not hits:
+        return []
     hits.sort()
     spans: list[Span] = []
     end = 0
@@ -400,12 +422,18 @@ def _mask_string(text: str, wanted: frozenset[str], tokens: _Tokens) -> tuple[st
     rescanned."""
     # each piece is (text, state): a token we inserted, text known to hold no
     # hit, or text still to scan
+    first: list[Span] | None = _detect(text, wanted)
+    if not first:  # most strings: nothing to replace
+        return text, []
     pieces: list[tuple[str, int]] = [(text, _DIRTY)]
     kinds: list[str] = []
     while any(state == _DIRTY for _, state in pieces):
         out: list[tuple[str, int]] = []
         for piece, state in pieces:
-            spans = detect(piece, wanted) if state == _DIRTY else []
+            if first is not None:
+                spans, first = first, None
+            else:
+                spans = _detect(piece, wanted) if state == _DIRTY else []
             if not spans:
                 out.append((piece, _CLEAN if state == _DIRTY else state))
                 continue
@@ -571,7 +599,8 @@ def mask_document(
 
     new_doc, applied = edits.apply(doc)
     masked = [
-        MaskedField(path=render_path(address), kind=kind)
+        # both strings by construction: no validation needed
+        MaskedField.model_construct(path=render_path(address), kind=kind)
         for address, kinds in applied
         for kind in kinds
     ]
