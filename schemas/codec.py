@@ -15,6 +15,8 @@ events written by every earlier version still decode.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import enum
 import io
 import json
@@ -215,8 +217,8 @@ class EventCodec:
     def record_bytes(self, type_name: str, record: dict[str, Any]) -> tuple[bytes, bytes]:
         """(canonical, wire) bytes of an event given as a plain record in its
         schema's shape: every field present, nested records as dicts,
-        ``event_id`` a UUID, times aware datetimes (what ``decode_raw``
-        returns). The gateway's hot path builds its events this way, without a
+        ``event_id`` a UUID or its string, times aware datetimes (what
+        ``decode_raw`` returns). The gateway's hot path builds its events this way, without a
         pydantic model; the record is held to every constraint of its model
         (the same predicates ``decode_raw`` applies), and a record that fails
         one, or has a field too many or too few, is refused with the model's
@@ -309,7 +311,15 @@ class EventCodec:
         return writer, reader, payload
 
     @staticmethod
-    def _read(writer: EventSchema, reader: EventSchema, payload: bytes) -> dict[str, Any]:
+    def _read(
+        writer: EventSchema,
+        reader: EventSchema,
+        payload: bytes,
+        named: EventSchema | None = None,
+    ) -> dict[str, Any]:
+        """Read ``payload`` written with ``writer`` as ``reader``; errors name
+        ``named`` (the wire's writer schema), by default ``writer``."""
+        named = named or writer
         buf = io.BytesIO(payload)
         try:
             # Same schema text: nothing to resolve, and fastavro reads faster.
@@ -320,11 +330,11 @@ class EventCodec:
             )
         except Exception as exc:  # noqa: BLE001 - fastavro raises many types on bad bytes
             raise DecodeError(
-                f"{writer.type_name} ({writer.fingerprint_hex}) body does not decode: {exc!r}"
+                f"{named.type_name} ({named.fingerprint_hex}) body does not decode: {exc!r}"
             ) from None
         if buf.tell() != len(payload):
             raise DecodeError(
-                f"{writer.type_name}: {len(payload) - buf.tell()} trailing bytes after the record"
+                f"{named.type_name}: {len(payload) - buf.tell()} trailing bytes after the record"
             )
         return record
 
@@ -347,10 +357,26 @@ class EventCodec:
         current reader schema) without building a pydantic model: the loader's
         fast path. The record is checked against every constraint of its model
         (``record_check``), so what ``decode`` refuses is refused here too, with
-        the same message."""
+        the same message.
+
+        ``envelope.event_id`` comes back as its canonical string, not a UUID:
+        it is read as the plain Avro string it is on the wire (building a UUID
+        and printing it again was a tenth of the decode) and only a string not
+        in canonical form goes through ``UUID``, as fastavro would have, with
+        the same error if it is none."""
         writer, reader, payload = self._frame(data)
-        record = self._read(writer, reader, payload)
+        record = self._read(_plain(writer), _plain(reader), payload, writer)
         env = record.get("envelope")
+        if isinstance(env, dict):
+            eid = env.get("event_id")
+            if type(eid) is str and _CANONICAL_UUID.fullmatch(eid) is None:
+                try:
+                    env["event_id"] = str(UUID(eid))
+                except ValueError as exc:
+                    raise DecodeError(
+                        f"{writer.type_name} ({writer.fingerprint_hex}) body does not decode: "
+                        f"{exc!r}"
+                    ) from None
         if not (
             isinstance(env, dict)
             and env.get("type") == writer.type_name
@@ -371,13 +397,37 @@ class EventCodec:
         )
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_PLAIN: dict[bytes, EventSchema] = {}
+
+
+def _plain(es: EventSchema) -> EventSchema:
+    """``es`` with the envelope's ``event_id`` read as a plain string (its
+    ``uuid`` logical type dropped; the bytes on the wire are the same), so the
+    same fingerprint: ``_read`` compares fingerprints to skip resolution."""
+    plain = _PLAIN.get(es.fingerprint)
+    if plain is not None:
+        return plain
+    schema = copy.deepcopy(es.schema)
+    env = schema["fields"][0] if schema.get("fields") else None
+    if isinstance(env, dict) and env.get("name") == "envelope" and isinstance(env["type"], dict):
+        for field in env["type"].get("fields", []):
+            if field.get("name") == "event_id" and isinstance(field.get("type"), dict):
+                field["type"] = {k: v for k, v in field["type"].items() if k != "logicalType"}
+    parsed = fastavro.parse_schema(schema, named_schemas={})
+    plain = dataclasses.replace(es, schema=schema, parsed=parsed)
+    _PLAIN[es.fingerprint] = plain
+    return plain
+
+
 @dataclass(frozen=True, slots=True)
 class RawEvent:
     """An event decoded to its plain record (``EventCodec.decode_raw``)."""
 
     type_name: str
     #: the record under the current reader schema: envelope and body fields,
-    #: uuid/timestamps as fastavro's logical types (UUID, aware datetime)
+    #: timestamps as fastavro's logical type (aware datetime), the envelope's
+    #: event_id as its canonical string
     record: dict[str, Any]
     fingerprint: str
     writer_version: str
@@ -475,7 +525,8 @@ def _type_check(annotation: Any, metadata: list[Any], where: str) -> _Check | No
     if annotation is AwareDatetime:
         return lambda v: isinstance(v, datetime) and v.tzinfo is not None
     if annotation in (str, int, bool, bytes, UUID):
-        # Avro delivers these types (uuid as UUID); only constraints remain.
+        # Avro delivers these types (uuid as UUID, or str from decode_raw's
+        # plain envelope); only constraints remain.
         return _constraint_check(metadata, where)
     raise TypeError(f"{where}: record_check cannot check {annotation!r}")
 

@@ -135,6 +135,7 @@ INVALID = [
     ("SessionStarted", "envelope.seq", -1),
     ("SessionStarted", "envelope.stream_seq", -5),
     ("SessionStarted", "envelope.type", "SessionEnded"),
+    ("SessionStarted", "envelope.event_id", "not-a-uuid"),
     ("PolicyDecided", "outcome", "maybe"),
     ("RequestReceived", "body_sha256", "AB" * 32),
     ("RequestReceived", "body_size", -1),
@@ -165,6 +166,26 @@ def test_a_record_that_breaks_its_model_is_a_dead_letter_on_both_paths(
     [dead] = fast["dead_letters"].to_pylist()
     assert dead["src_offset"] == 43 and dead["raw"] == bad
     assert fast["events"].num_rows == 6
+
+
+@pytest.mark.parametrize(
+    "form",
+    [str.upper, lambda u: "{" + u + "}", lambda u: "urn:uuid:" + u, lambda u: u.replace("-", "")],
+    ids=["upper", "braces", "urn", "hex"],
+)
+def test_an_event_id_not_in_canonical_form_is_read_as_its_uuid(form: Any) -> None:
+    """decode_raw reads the envelope's event_id as a plain string; a string
+    fastavro's UUID would have accepted in another form projects the same
+    canonical id as the model path."""
+    codec = default_codec()
+    event = sample_event(EVENT_TYPES["RequestReceived"])
+    odd = _encode_record(
+        "RequestReceived", _set("envelope.event_id", form(str(event.envelope.event_id)))
+    )
+    assert codec.decode_raw(odd).record["envelope"]["event_id"] == str(event.envelope.event_id)
+    ref, fast = _both([odd, codec.encode(event)])
+    _assert_same(ref, fast)
+    assert fast["events"].column("event_id").to_pylist() == [str(event.envelope.event_id)] * 2
 
 
 @pytest.mark.parametrize(
