@@ -13,7 +13,7 @@ from capture.config import CREDENTIAL_HEADERS
 from capture.redact import is_secret_header
 from capture.state import fail_closed, state_of
 
-__all__ = ["Credentials", "strip_client_credentials"]
+__all__ = ["Credentials", "rewrite_upstream_headers", "strip_client_credentials"]
 
 
 def strip_client_credentials(headers: http.Headers) -> list[str]:
@@ -33,27 +33,87 @@ def strip_client_credentials(headers: http.Headers) -> list[str]:
     return names
 
 
+def _encoded(value: str) -> bytes:
+    return value.encode("utf-8", "surrogateescape")  # as mitmproxy encodes header text
+
+
+def rewrite_upstream_headers(
+    fields: tuple[tuple[bytes, bytes], ...],
+    host: bytes,
+    credential: tuple[bytes, bytes] | None,
+) -> tuple[tuple[bytes, bytes], ...]:
+    """An HTTP/1 request's header fields as they go upstream, in one pass:
+    every client credential dropped (``strip_client_credentials``), the Host
+    header set to ``host`` and the ``credential`` (lower-case name, value) set,
+    each as mitmproxy's ``headers[name] = value`` sets it: the first field of
+    that name gets the value in place, later ones are dropped, and a name not
+    present is appended."""
+    cred_name = credential[0] if credential is not None else None
+    out: list[tuple[bytes, bytes]] = []
+    host_set = cred_set = False
+    for field in fields:
+        name = field[0].lower()
+        if name == b"host":
+            if not host_set:
+                out.append((field[0], host))
+                host_set = True
+        elif name == cred_name:
+            # a credential header is a secret header, so this is a client's:
+            # replaced by the gateway's below, never forwarded
+            if not cred_set and not is_secret_header(field[0].decode("latin-1")):
+                assert credential is not None
+                out.append((field[0], credential[1]))
+                cred_set = True
+        elif not is_secret_header(field[0].decode("latin-1")):
+            out.append(field)
+    if not host_set:
+        out.append((b"Host", host))
+    if credential is not None and not cred_set:
+        out.append(credential)
+    return tuple(out)
+
+
 class Credentials:
     @fail_closed("upstream")
     def request(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or flow.response is not None:
             return
-        strip_client_credentials(flow.request.headers)
         route = st.route
+        req = flow.request
+        if not (req.is_http2 or req.is_http3):
+            credential = None
+            if route.credential is not None:
+                kind = st.classification.product if st.classification else route.kind
+                header, fmt = CREDENTIAL_HEADERS.get(kind, ("authorization", "Bearer {secret}"))
+                credential = (
+                    _encoded(header).lower(),
+                    _encoded(fmt.format(secret=route.credential.get_secret_value())),
+                )
+            # Reverse mode keeps the client's Host header; upstream gets its own.
+            req.headers.fields = rewrite_upstream_headers(
+                req.headers.fields, _encoded(route.upstream_hostport), credential
+            )
+            self._origin_form(req)
+            return
+        strip_client_credentials(flow.request.headers)
         # Reverse mode keeps the client's Host header; upstream gets its own.
         flow.request.host_header = route.upstream_hostport
-        # mitmproxy reports the method upper-cased, so "get" was classified and
-        # recorded as GET: send it as GET too.
-        method = flow.request.method
-        if flow.request.data.method != method.encode("utf-8", "surrogateescape"):
-            flow.request.method = method
-        if not (flow.request.is_http2 or flow.request.is_http3) and flow.request.data.authority:
-            # An absolute-form target (GET http://other-host/path) would be
-            # forwarded as sent, and the upstream would route by its authority
-            # rather than the Host header: always send origin-form.
-            flow.request.authority = ""
+        self._origin_form(flow.request)
         if route.credential is not None:
             kind = st.classification.product if st.classification else route.kind
             header, fmt = CREDENTIAL_HEADERS.get(kind, ("authorization", "Bearer {secret}"))
             flow.request.headers[header] = fmt.format(secret=route.credential.get_secret_value())
+
+    @staticmethod
+    def _origin_form(req: http.Request) -> None:
+        # mitmproxy reports the method upper-cased, so "get" was classified and
+        # recorded as GET: send it as GET too.
+        method = req.method
+        if req.data.method != method.encode("utf-8", "surrogateescape"):
+            req.method = method
+        if not (req.is_http2 or req.is_http3) and req.data.authority:
+            # An absolute-form target (GET http://other-host/path) would be
+            # forwarded as sent, and the upstream would route by its authority
+            # rather than the Host header: always send origin-form.
+            req.authority = ""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import http
 
 from capture.filters import FilterInjectionError, inject_filters
+from capture.headers import header_value
 from capture.masker import PLAN_KEY, MaskPlan
 from capture.policy import (
     Decision,
@@ -57,6 +59,12 @@ log = logging.getLogger("embedguard.enforcer")
 
 Recorder = Callable[..., Awaitable[None]]
 RecordReceived = Callable[[http.HTTPFlow], Awaitable[None]]
+
+
+@functools.lru_cache(maxsize=64)
+def _header_key(name: str) -> bytes:
+    """A header name as ``header_value`` compares it (as mitmproxy does)."""
+    return name.encode("utf-8", "surrogateescape").lower()
 
 
 def grant_scope(g: Grant) -> GrantScope:
@@ -162,7 +170,9 @@ class Enforcer:
         policy = self.policy
         path = flow.request.path.split("?", 1)[0]
         now = datetime.now(UTC)
-        ticket_id = (flow.request.headers.get(policy.change_ticket_header) or "").strip()
+        ticket_id = (
+            header_value(flow.request.headers, _header_key(policy.change_ticket_header)) or ""
+        ).strip()
         grants: list[GrantScope] = []
         if self.approvals is not None:
             # The folded view may lag the log by a poll interval: a grant issued

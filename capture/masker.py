@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from mitmproxy import http
 
+from capture.headers import header_value
 from capture.masking import MaskingError, mask_document, parse_path
 from capture.state import FlowState, error_response, fail_closed, state_of
 
@@ -93,11 +94,16 @@ class Masker:
         if st is None or not st.forwarded or flow.response is None:
             return
         resp = flow.response
-        raw = resp.get_content(strict=False) or b""
+        headers = resp.headers
+        raw = (
+            resp.get_content(strict=False)
+            if header_value(headers, b"content-encoding")
+            else resp.raw_content
+        ) or b""
         st.extra["original_body_sha256"] = hashlib.sha256(raw).hexdigest()
         cls = st.classification
         plan: MaskPlan | None = st.extra.get(PLAN_KEY)
-        ctype = resp.headers.get("content-type", "")
+        ctype = header_value(headers, b"content-type") or ""
         if not raw or ("json" not in ctype and raw.lstrip()[:1] not in (b"{", b"[")):
             if plan is not None and plan.active and raw:
                 # A policy that masks cannot be honoured on a body we cannot read:

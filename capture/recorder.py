@@ -27,6 +27,7 @@ from capture.approvals.service import EmitRequest
 from capture.checkpointer import Checkpointer
 from capture.config import GatewayConfig
 from capture.control_api import CONTROL_FLOW
+from capture.headers import header_value
 from capture.intake import raw_headers
 from capture.redact import redact_header_records
 from capture.sessions import SESSION_HEADER, Session, SessionTracker
@@ -76,6 +77,7 @@ def approved_by_gate(st: FlowState) -> bool:
     )
 
 log = logging.getLogger("embedguard.recorder")
+_SESSION_HEADER = SESSION_HEADER.lower().encode()
 
 
 def _checkpointer(config: GatewayConfig) -> Checkpointer | None:
@@ -519,11 +521,13 @@ class Recorder:
         now = st.received_at
         ident = st.identity
         token_ref = (ident.dpop_jkt or ident.token_id) if ident else None
+        headers = flow.request.headers
+        session_name = header_value(headers, _SESSION_HEADER)
         key = self.sessions.key(
             ident.subject if ident else None,
             token_ref,
             st.client_address,
-            flow.request.headers.get(SESSION_HEADER),
+            session_name,
         )
         session, started, ended = self.sessions.touch(key, now)
         st.session_id = session.session_id
@@ -543,8 +547,8 @@ class Recorder:
                     client_address=st.client_address,
                     token_id=ident.token_id if ident else None,
                     dpop_jkt=ident.dpop_jkt if ident else None,
-                    client_session_name=flow.request.headers.get(SESSION_HEADER),
-                    user_agent=flow.request.headers.get("user-agent"),
+                    client_session_name=session_name,
+                    user_agent=header_value(headers, b"user-agent"),
                 )
             )
             if ident is not None:
@@ -588,7 +592,7 @@ class Recorder:
                     "body": body if len(body) <= limit else None,
                     "body_sha256": _sha256(body),
                     "body_size": len(body),
-                    "content_type": flow.request.headers.get("content-type"),
+                    "content_type": header_value(headers, b"content-type"),
                     "product": cls.product
                     if cls
                     else (st.route.kind if st.route.kind != "auto" else "unknown"),
@@ -643,7 +647,7 @@ class Recorder:
     def _response_event(self, flow: http.HTTPFlow, st: FlowState) -> StampedEvent:
         assert flow.response is not None
         delivered = flow.response.raw_content or b""
-        if flow.response.headers.get("content-encoding"):
+        if header_value(flow.response.headers, b"content-encoding"):
             delivered = flow.response.get_content(strict=False) or b""
         limit = self.config.record_body_limit
         delivered_sha256 = _sha256(delivered)

@@ -9,7 +9,7 @@ from mitmproxy.test import tflow
 from pydantic import SecretStr
 
 from capture.config import Route
-from capture.credentials import Credentials, strip_client_credentials
+from capture.credentials import Credentials, rewrite_upstream_headers, strip_client_credentials
 from capture.state import KEY, FlowState
 
 UPSTREAM_KEY = "eg-upstream-key-5d1e"
@@ -90,3 +90,53 @@ def test_weaviate_key_goes_in_authorization_replacing_the_clients() -> None:
     )
     Credentials().request(f)
     assert f.request.headers.get_all("authorization") == [f"Bearer {UPSTREAM_KEY}"]
+
+
+def _by_headers_api(
+    fields: list[tuple[bytes, bytes]], host: str, credential: tuple[str, str] | None
+) -> tuple[tuple[bytes, bytes], ...]:
+    """What the mitmproxy header API makes of the same request (the HTTP/2 path)."""
+    headers = http.Headers(fields)
+    strip_client_credentials(headers)
+    headers["Host"] = host
+    if credential is not None:
+        headers[credential[0]] = credential[1]
+    return headers.fields
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(b"Host", b"gw:6333"), (b"Accept", b"*/*")],
+        [(b"accept", b"*/*")],  # no Host at all
+        [(b"HOST", b"a"), (b"x-y", b"1"), (b"host", b"b"), (b"Authorization", b"Bearer t")],
+        [(b"api-key", b"client"), (b"Api-Key", b"client2"), (b"User-Agent", b"ua")],
+        [(b"Cookie", b"c"), (b"X-OpenAI-Api-Key", b"sk"), (b"x-chroma-token", b"t"),
+         (b"Content-Type", b"application/json"), (b"host", b"h"), (b"X-Caf\xc3\xa9", b"\xff")],
+        [],
+    ],
+)
+@pytest.mark.parametrize(
+    "credential", [None, ("api-key", UPSTREAM_KEY), ("authorization", f"Bearer {UPSTREAM_KEY}"),
+                   ("x-chroma-token", UPSTREAM_KEY)],
+)
+def test_one_pass_rewrite_equals_the_header_api(
+    fields: list[tuple[bytes, bytes]], credential: tuple[str, str] | None
+) -> None:
+    expected = _by_headers_api(fields, "db.internal:6333", credential)
+    got = rewrite_upstream_headers(
+        tuple(fields),
+        b"db.internal:6333",
+        None if credential is None else (credential[0].encode(), credential[1].encode()),
+    )
+    assert got == expected
+
+
+def test_http2_request_keeps_the_header_api_path() -> None:
+    f = flow_for("GET", "http://gw:6333/collections/docs/points/1",
+                 {"authorization": "Bearer client-token", "accept": "*/*"})
+    f.request.http_version = "HTTP/2.0"
+    Credentials().request(f)
+    assert f.request.authority == "db.internal:6333"
+    assert f.request.headers.get_all("api-key") == [UPSTREAM_KEY]
+    assert "client-token" not in str(f.request.headers.fields)
