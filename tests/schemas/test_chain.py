@@ -4,6 +4,7 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -257,3 +258,21 @@ def test_stamp_record_fills_fields_left_out_that_have_defaults() -> None:
     assert event == RequestForwarded(envelope=event.envelope, upstream="http://db:6333")
     with pytest.raises(InvalidEvent, match="upstream"):
         s.stamp_record(RequestForwarded, session_id="a", body={"injected_filter": True})
+
+
+def test_stamp_and_stamp_record_ids_are_uuids_in_order_when_interleaved() -> None:
+    s = EventStamper("gw-1")
+    forwarded = {"upstream": "u", "credential_ref": None, "approval_id": None,
+                 "grant_id": None, "injected_filter": False}
+    out = []
+    for i in range(2000):
+        if i % 2:
+            out.append(s.stamp_record(RequestForwarded, session_id="s", body=forwarded))
+        else:
+            out.append(s.stamp(RequestForwarded, session_id="s", **forwarded))
+    ids = [e.event_id for e in out]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for e in out[:4]:
+        assert isinstance(e.event.envelope.event_id, UUID)
+        assert str(e.event.envelope.event_id) == e.event_id
+        assert e.event.envelope.event_id.version == 7
