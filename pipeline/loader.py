@@ -375,6 +375,14 @@ class Loader:
     def _is_sqlite(self) -> bool:
         return self.source.startswith("sqlite:")
 
+    @staticmethod
+    def _caught_up(reader: LogReader) -> bool:
+        """Kafka: a fetch of every owned partition showed nothing past what was
+        polled, which is what the quiet spell waits for (``KafkaLogReader.caught_up``)."""
+        from pipeline.transport.kafka import KafkaLogReader
+
+        return isinstance(reader, KafkaLogReader) and reader.caught_up()
+
     async def _anchor_initial(self, reader: LogReader, stop: asyncio.Event) -> None:
         positions = await self._warehouse_call(
             lambda: self.warehouse.loaded_positions(self.source), stop
@@ -410,7 +418,8 @@ class Loader:
         idle_since: float | None = None
         # SQLite's end offsets are exact. Kafka's may lag (Tansu under-reports until
         # a partition was fetched), so there "drained" also needs a quiet spell in
-        # which every owned partition was fetched and returned nothing.
+        # which every owned partition was fetched and returned nothing, or the
+        # reader showing that its fetches of every partition found nothing more.
         settle = 0.0 if self._is_sqlite() else 1.0
         while not stop.is_set():
             now = time.monotonic()
@@ -457,7 +466,7 @@ class Loader:
             own = self._own_done(targets)
             if own is False or (own is None and time.monotonic() - last_done_check < 0.5):
                 continue
-            if time.monotonic() - idle_since < settle:
+            if time.monotonic() - idle_since < settle and not self._caught_up(reader):
                 continue
             last_done_check = time.monotonic()
             if not await self._done(targets, stop):

@@ -789,6 +789,25 @@ class KafkaLogReader(LogReader):
                 result[partition] = position
         return result
 
+    def caught_up(self) -> bool:
+        """Whether everything the broker reported holding, at the latest fetch
+        of each partition this reader owns, was returned by ``poll``: every
+        owned partition was fetched (Tansu under-reports end offsets until
+        then), no seek is pending, and its next poll starts at or past the high
+        watermark of that fetch. False while it owns nothing."""
+        consumer = self._consumer
+        if consumer is None or self._pending_seeks:
+            return False
+        owned = consumer.assignment()
+        if not owned:
+            return False
+        for tp in owned:
+            highwater = consumer.highwater(tp)
+            position = _known_position(consumer, tp)
+            if highwater is None or position is None or position < highwater:
+                return False
+        return True
+
     def seek(self, partition: int, offset: int) -> None:
         """Make the next poll of ``partition`` start at ``offset``. A partition the
         reader does not own yet is sought as soon as the group assigns it."""

@@ -308,6 +308,45 @@ async def test_end_offsets_count_records_per_partition(
 
 
 @kafka
+async def test_caught_up_only_once_every_partition_was_fetched_and_polled_to_its_end(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    """What a ``--once`` loader waits for instead of a quiet spell: every owned
+    partition fetched (an empty one too), everything fetched returned, no seek
+    pending. Records appended later are caught up with only once polled."""
+    async with make_log(kafka_bootstrap, kafka_topic, partitions=3) as log:
+        keys = [f"s{i}" for i in range(9)]
+        positions = await log.append(records_for(keys, 20))
+        used = {p.partition for p in positions}
+        reader = log.reader("caught-up", partitions=[0, 1, 2])
+        assert not reader.caught_up()  # not started
+        async with reader:
+            assert not reader.caught_up()  # nothing fetched yet
+            got = await poll_until(reader, len(positions))
+            assert len(got) == len(positions)
+
+            async def settles() -> None:
+                deadline = time.monotonic() + 20
+                while not reader.caught_up():
+                    assert time.monotonic() < deadline, "caught_up() never became True"
+                    assert await reader.poll(timeout=0.2) == []
+
+            await settles()
+            await log.append(records_for(keys, 3, start=20))
+            # a fetch brought records that a poll has not returned yet: not caught up
+            deadline = time.monotonic() + 20
+            first: list[LogRecord] = []
+            while not first:
+                assert time.monotonic() < deadline, "the appended records never arrived"
+                first = await reader.poll(max_records=1, timeout=0.2)
+            assert not reader.caught_up()
+            await poll_until(reader, 3 * len(keys) - 1)
+            await settles()
+            reader.seek(sorted(used)[0], 0)
+            assert not reader.caught_up()  # a seek back: those records come again
+
+
+@kafka
 async def test_a_new_group_not_from_beginning_reads_only_new_records(
     kafka_bootstrap: str, kafka_topic: str
 ) -> None:
