@@ -23,7 +23,7 @@ from capture.headers import header_value
 from capture.masking import MaskingError, mask_document, parse_path
 from capture.state import FlowState, error_response, fail_closed, state_of
 
-__all__ = ["MaskPlan", "Masker", "extract_ids"]
+__all__ = ["MaskPlan", "Masker", "extract_ids", "set_identity_body"]
 
 log = logging.getLogger("embedguard.masker")
 PLAN_KEY = "mask_plan"
@@ -41,6 +41,29 @@ class MaskPlan:
     @property
     def active(self) -> bool:
         return bool(self.detectors or self.fields or self.field_paths or self.strip_vectors)
+
+
+def set_identity_body(resp: http.Response, body: bytes) -> None:
+    """``resp.set_content(body)`` for a response without Content-Encoding, on
+    the raw fields: the body as is, and Content-Length fixed unless the message
+    is sent with Transfer-Encoding (as mitmproxy's ``set_content`` does)."""
+    resp.raw_content = body
+    fields = resp.headers.fields
+    if any(k.lower() == b"transfer-encoding" for k, _ in fields):
+        return
+    length = str(len(body)).encode()
+    out: list[tuple[bytes, bytes]] = []
+    done = False
+    for k, v in fields:
+        if k.lower() == b"content-length":
+            if not done:
+                out.append((k, length))
+                done = True
+        else:
+            out.append((k, v))
+    if not done:
+        out.append((b"content-length", length))
+    resp.headers.fields = tuple(out)
 
 
 def _walk(doc: Any, steps: Sequence[str]) -> Iterator[Any]:
@@ -95,11 +118,8 @@ class Masker:
             return
         resp = flow.response
         headers = resp.headers
-        raw = (
-            resp.get_content(strict=False)
-            if header_value(headers, b"content-encoding")
-            else resp.raw_content
-        ) or b""
+        encoded = header_value(headers, b"content-encoding") is not None
+        raw = (resp.get_content(strict=False) if encoded else resp.raw_content) or b""
         st.extra["original_body_sha256"] = hashlib.sha256(raw).hexdigest()
         cls = st.classification
         plan: MaskPlan | None = st.extra.get(PLAN_KEY)
@@ -142,7 +162,11 @@ class Masker:
             self._withhold(flow, st, "the masking obligation is misconfigured")
             return
         if result.masked_fields:
-            resp.set_content(json.dumps(result.doc, separators=(",", ":")).encode())
+            body = json.dumps(result.doc, separators=(",", ":")).encode()
+            if encoded:
+                resp.set_content(body)  # encoded again as the upstream encoded it
+            else:
+                set_identity_body(resp, body)
             st.extra["masked_fields"] = result.masked_fields
 
     @staticmethod

@@ -599,8 +599,7 @@ def mask_document(
 
     new_doc, applied = edits.apply(doc)
     masked = [
-        # both strings by construction: no validation needed
-        MaskedField.model_construct(path=render_path(address), kind=kind)
+        MaskedField(path=render_path(address), kind=kind)
         for address, kinds in applied
         for kind in kinds
     ]
