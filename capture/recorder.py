@@ -29,6 +29,7 @@ from capture.config import GatewayConfig
 from capture.control_api import CONTROL_FLOW
 from capture.headers import header_value
 from capture.intake import raw_headers
+from capture.policy import Decision, RequestObligations
 from capture.redact import redact_header_records
 from capture.sessions import SESSION_HEADER, Session, SessionTracker
 from capture.signing_keys import SigningKeyError, load_or_create_signing_key
@@ -58,6 +59,7 @@ __all__ = [
     "RECEIVED_RECORDED",
     "Recorder",
     "approved_by_gate",
+    "decided_body",
     "default_gateway_id",
 ]
 
@@ -163,6 +165,48 @@ def _records(items: Sequence[BaseModel]) -> list[dict[str, Any]]:
     """Nested models as the plain records ``stamp_record`` takes (their
     ``__dict__`` holds exactly the validated field values)."""
     return [item.__dict__ for item in items]
+
+
+#: obligations as event records, by what they contain (the policy merges a new
+#: MaskSpec per request; the same few recur)
+_OBLIGATIONS: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+
+
+def _obligation_records(ob: RequestObligations) -> list[dict[str, Any]]:
+    if ob.row_filters:  # rare, and their filters are nested models: not cached
+        return _records(ob.to_event())
+    m = ob.mask
+    key = (
+        None if m is None else tuple(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in m.__dict__.items()
+        ),
+        ob.strip_vectors,
+    )
+    found = _OBLIGATIONS.get(key)
+    if found is None:
+        if len(_OBLIGATIONS) >= 1024:
+            _OBLIGATIONS.clear()
+        found = _OBLIGATIONS[key] = _records(ob.to_event())
+    return found
+
+
+def decided_body(decision: Decision) -> dict[str, Any]:
+    """The PolicyDecided body of ``decision`` as plain records: what
+    ``Decision.to_event_fields`` gives, without building its nested models on
+    every request (tests/capture/test_recorder.py holds the two equal)."""
+    return {
+        "outcome": decision.outcome,
+        "matched_rules": list(decision.matched_rules),
+        "reasons": list(decision.reasons),
+        "obligations": _obligation_records(decision.obligations),
+        "operation_decisions": [
+            {"index": v.index, "outcome": v.outcome, "rule_id": v.rule_id, "reason": v.reason}
+            for v in decision.per_operation
+        ],
+        "policy_sha256": decision.policy_sha256,
+        "grant_id": decision.grant_id,
+        "ticket_id": decision.ticket_id,
+    }
 
 
 class Recorder:
@@ -601,9 +645,7 @@ class Recorder:
             )
         )
         if st.decision is not None:
-            fields = st.decision.to_event_fields()
-            fields["obligations"] = _records(fields["obligations"])
-            fields["operation_decisions"] = _records(fields["operation_decisions"])
+            fields = decided_body(st.decision)
             out.append(
                 self.stamper.stamp_record(
                     PolicyDecided, session_id=sid, request_id=rid, body=fields

@@ -341,3 +341,51 @@ def test_a_record_with_lone_surrogates_is_recorded_with_them_escaped() -> None:
     assert event.path == "/collections/d\\x80cs"  # type: ignore[attr-defined]
     assert event.headers[0].value == "caf\\xe9"  # type: ignore[attr-defined]
     assert (event.envelope.seq, st.stream_seq) == (0, 0)
+
+
+def _decision(obligations: Any, **extra: Any) -> Any:
+    from capture.policy import Decision, OperationVerdict
+
+    return Decision(
+        outcome="allow",
+        status=200,
+        per_operation=[
+            OperationVerdict(index=0, action="read", collection="docs", outcome="allow",
+                             rule_id="ds-read", reason="allowed by ds-read"),
+            OperationVerdict(index=1, action="search", outcome="deny", reason="no rule"),
+        ],
+        matched_rules=["ds-read"],
+        reasons=["allowed by ds-read"],
+        obligations=obligations,
+        policy_sha256="a" * 64,
+        **extra,
+    )
+
+
+@pytest.mark.parametrize(
+    "obligations",
+    [
+        {},
+        {"strip_vectors": True},
+        {"mask": {"detectors": ["email"], "fields": ["email"]}},
+        {"mask": {"detectors": ["email", "phone"], "fields": ["email"], "mode": "hmac"},
+         "strip_vectors": True},
+        {"mask": {"paths": ["result[].payload.ssn"]}},
+        {"row_filters": [{"rule_id": "rls", "filter": {
+            "qdrant": {"must": [{"key": "team", "match": {"value": "search"}}]}}}]},
+    ],
+)
+def test_decided_body_is_the_decisions_event_fields_as_records(obligations: dict[str, Any]) -> None:
+    from capture.policy import RequestObligations
+    from capture.recorder import decided_body
+
+    ob = RequestObligations.model_validate(obligations)
+    for extra in ({}, {"grant_id": "g-1", "ticket_id": "CHG-1"}):
+        decision = _decision(ob, **extra)
+        expected = decision.to_event_fields()
+        expected["obligations"] = [o.model_dump() for o in expected["obligations"]]
+        expected["operation_decisions"] = [
+            o.model_dump() for o in expected["operation_decisions"]]
+        # twice: the second comes from the cache of obligations
+        assert decided_body(decision) == expected
+        assert decided_body(_decision(ob.model_copy(deep=True), **extra)) == expected
