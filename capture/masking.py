@@ -546,6 +546,33 @@ def _sort_key(address: Address) -> tuple[tuple[int, int, str], ...]:
     return tuple((0, c, "") if isinstance(c, int) else (1, 0, c) for c in address)
 
 
+# Every response of a route names the same detectors and fields and masks the
+# same few addresses: work them out once (pure functions of hashable input).
+_rendered = lru_cache(maxsize=4096)(render_path)
+
+
+@lru_cache(maxsize=256)
+def _wanted_cached(detectors: tuple[str, ...]) -> frozenset[str]:
+    return _check_detectors(detectors)
+
+
+def _wanted(detectors: Sequence[str]) -> frozenset[str]:
+    if isinstance(detectors, tuple):
+        return _wanted_cached(detectors)
+    return _check_detectors(detectors)
+
+
+@lru_cache(maxsize=256)
+def _field_names_cached(fields: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(f.casefold() for f in fields)
+
+
+def _field_names(fields: Sequence[str]) -> frozenset[str]:
+    if isinstance(fields, tuple):
+        return _field_names_cached(fields)
+    return frozenset(f.casefold() for f in fields)
+
+
 def mask_document(
     doc: Any,
     *,
@@ -564,13 +591,13 @@ def mask_document(
     unknown detector, hmac mode without a usable key), before looking at the
     document, so a caller can fail closed.
     """
-    wanted = _check_detectors(detectors)
+    wanted = _wanted(detectors)
     tokens = _Tokens(mode, hmac_key)
     scan_roots = [_steps(p) for p in paths]
     whole_paths = [_steps(p) for p in field_paths]
     strip_paths = [_steps(p) for p in strip_vector_paths]
     protected_paths = [_steps(p) for p in id_paths]
-    field_names = frozenset(f.casefold() for f in fields)
+    field_names = _field_names(fields)
 
     protected = _Trie()
     for steps in protected_paths:
@@ -599,7 +626,7 @@ def mask_document(
 
     new_doc, applied = edits.apply(doc)
     masked = [
-        MaskedField(path=render_path(address), kind=kind)
+        MaskedField(path=_rendered(address), kind=kind)
         for address, kinds in applied
         for kind in kinds
     ]
