@@ -364,7 +364,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 ("+ durable appends (full chain)", chain.full),
             ]
             results: list[dict[str, Any]] = []
-            for conc in (1, 16):
+            for conc in () if args.hooks_only else (1, 16):
                 for name, fn in stages:
                     await _measure(fn, make, max(50, args.requests // 10), conc)  # warm-up
                     r = await _measure(fn, make, args.requests, conc)
@@ -488,6 +488,11 @@ def main() -> None:
         help="measure fsync, an SQLite commit, a thread hand-off and one durable append "
         "N times each, and exit",
     )
+    ap.add_argument(
+        "--hooks-only",
+        action="store_true",
+        help="with --per-hook or --profile: skip the table of stages (a quicker A/B run)",
+    )
     ap.add_argument("--response-durability", choices=("sync", "async"), default="sync")
     ap.add_argument(
         "--no-checkpoints",
@@ -512,6 +517,8 @@ def main() -> None:
             print(f"  {wall:8.1f} {cpu:8.1f}  {name}")
         return
     results = asyncio.run(run(args))
+    if not results:
+        return
     from rich.console import Console
     from rich.table import Table
 
