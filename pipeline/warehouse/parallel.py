@@ -315,5 +315,15 @@ def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
         out.flush()
 
 
+def _main() -> None:
+    # Results go out on a private copy of stdout; fd 1 itself now points at
+    # stderr, so nothing a library prints (Python or C) can slip into a frame.
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    with out:
+        _serve(sys.stdin.buffer, out)
+
+
 if __name__ == "__main__":
-    _serve(sys.stdin.buffer, sys.stdout.buffer)
+    _main()

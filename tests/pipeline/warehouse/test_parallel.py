@@ -110,6 +110,42 @@ def test_a_worker_that_dies_costs_nothing_but_time() -> None:
     assert broken not in parallel._POOL._idle
 
 
+def test_what_a_worker_prints_never_reaches_its_frames() -> None:
+    """Results travel on a private copy of the worker's stdout: text a library
+    prints while projecting (Python's print, or a C write to fd 1) goes to
+    stderr and cannot break a frame."""
+    batch = _mixed_batch()
+    serial = project_batch_columnar(batch, default_codec(), LOADED)
+    noisy = (
+        "import os, pipeline.warehouse.parallel as p\n"
+        "real = p.project_batch_columnar\n"
+        "def loud(*a):\n"
+        "    print('progress: 42%', flush=True)\n"
+        "    os.write(1, b'\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x09c-level!!')\n"
+        "    return real(*a)\n"
+        "p.project_batch_columnar = loud\n"
+        "p._main()\n"
+    )
+    worker = parallel._Worker.__new__(parallel._Worker)
+    worker.proc = subprocess.Popen(
+        [sys.executable, "-c", noisy],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        assert worker.send(batch.source, batch.partition, batch.records, LOADED)
+        got = worker.receive()
+        assert got is not None
+        _assert_same(got, serial)
+    finally:
+        worker.close()
+    assert worker.proc.stderr is not None
+    with worker.proc.stderr as err:
+        assert b"progress: 42%" in err.read()
+
+
 def test_workers_leave_with_a_parent_killed_by_sigkill(tmp_path: Path) -> None:
     script = tmp_path / "parent.py"
     script.write_text(
