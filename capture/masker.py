@@ -23,10 +23,15 @@ from capture.headers import header_value
 from capture.masking import MaskingError, mask_document, parse_path
 from capture.state import FlowState, error_response, fail_closed, state_of
 
-__all__ = ["MaskPlan", "Masker", "extract_ids", "set_identity_body"]
+__all__ = ["BODY_SEEN", "MaskPlan", "Masker", "extract_ids", "set_identity_body"]
 
 log = logging.getLogger("embedguard.masker")
 PLAN_KEY = "mask_plan"
+#: FlowState.extra: (the response's raw_content object the masker read, its
+#: Content-Encoding, that body decoded, its sha256). The recorder reuses the digest (and the decoded
+#: body) when the response still holds that very object, i.e. nothing changed
+#: it since: one SHA-256 (and one decompression) less per unmasked response.
+BODY_SEEN = "body_seen"
 
 
 @dataclass(frozen=True)
@@ -118,9 +123,12 @@ class Masker:
             return
         resp = flow.response
         headers = resp.headers
-        encoded = header_value(headers, b"content-encoding") is not None
+        encoding = header_value(headers, b"content-encoding")
+        encoded = encoding is not None
         raw = (resp.get_content(strict=False) if encoded else resp.raw_content) or b""
-        st.extra["original_body_sha256"] = hashlib.sha256(raw).hexdigest()
+        digest = hashlib.sha256(raw).hexdigest()
+        st.extra["original_body_sha256"] = digest
+        st.extra[BODY_SEEN] = (resp.raw_content, encoding, raw, digest)
         cls = st.classification
         plan: MaskPlan | None = st.extra.get(PLAN_KEY)
         ctype = header_value(headers, b"content-type") or ""

@@ -29,6 +29,7 @@ from capture.config import GatewayConfig
 from capture.control_api import CONTROL_FLOW
 from capture.headers import header_value
 from capture.intake import raw_headers
+from capture.masker import BODY_SEEN
 from capture.policy import Decision, RequestObligations
 from capture.redact import redact_header_records
 from capture.sessions import SESSION_HEADER, Session, SessionTracker
@@ -688,11 +689,17 @@ class Recorder:
 
     def _response_event(self, flow: http.HTTPFlow, st: FlowState) -> StampedEvent:
         assert flow.response is not None
-        delivered = flow.response.raw_content or b""
-        if header_value(flow.response.headers, b"content-encoding"):
-            delivered = flow.response.get_content(strict=False) or b""
+        seen = st.extra.get(BODY_SEEN)
+        encoding = header_value(flow.response.headers, b"content-encoding")
+        if seen is not None and seen[0] is flow.response.raw_content and seen[1] == encoding:
+            # the very body the masker read and hashed: nothing replaced it since
+            _, _, delivered, delivered_sha256 = seen
+        else:
+            delivered = flow.response.raw_content or b""
+            if encoding:
+                delivered = flow.response.get_content(strict=False) or b""
+            delivered_sha256 = _sha256(delivered)
         limit = self.config.record_body_limit
-        delivered_sha256 = _sha256(delivered)
         return self.stamper.stamp_record(
             ResponseRecorded,
             session_id=st.session_id or self.system_session,

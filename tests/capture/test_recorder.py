@@ -389,3 +389,74 @@ def test_decided_body_is_the_decisions_event_fields_as_records(obligations: dict
         # twice: the second comes from the cache of obligations
         assert decided_body(decision) == expected
         assert decided_body(_decision(ob.model_copy(deep=True), **extra)) == expected
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_response_hashes_whether_or_not_the_masker_changed_the_body(
+    tmp_path: Path, dev_idp: str, encoding: str | None
+) -> None:
+    """The recorder reuses the masker's digest of a body nothing changed since
+    (and hashes again a body the masker replaced): the recorded hashes are
+    those of the body delivered and of the upstream's, either way."""
+    import gzip
+    import hashlib
+
+    from capture.devidp import mint_token
+
+    cfg = config(tmp_path, dev_idp)
+    token = mint_token(dev_idp, "alice", ["Vector-Read"])
+    clean = json.dumps({"result": {"id": 1, "payload": {"team": "search"}}}).encode()
+    pii = answer()
+    delivered: list[bytes] = []
+
+    async def run() -> None:
+        log = SqliteEventLog(tmp_path / "events.db")
+        chain = Chain(cfg, log)
+        await chain.start()
+        try:
+            for body in (clean, pii):
+                flow = tflow.tflow()
+                flow.request = http.Request.make(
+                    "GET", "http://127.0.0.1:6333/collections/docs/points/1", b"",
+                    {"host": "127.0.0.1:6333", "authorization": f"Bearer {token}"})
+                await chain._each("requestheaders", flow)
+                await chain._each("request", flow)
+                headers = {"content-type": "application/json"}
+                if encoding:
+                    headers["content-encoding"] = encoding
+                # make() encodes the body as content-encoding says
+                flow.response = http.Response.make(200, body, headers)
+                if encoding:
+                    assert gzip.decompress(flow.response.raw_content or b"") == body
+                await chain._each("responseheaders", flow)
+                await chain._each("response", flow)
+                delivered.append(flow.response.get_content() or b"")
+        finally:
+            await chain.stop()
+
+    import capture.recorder as recorder_module
+
+    hashed: list[bytes] = []
+    original_sha256 = recorder_module._sha256
+
+    def spy(data: bytes) -> str:
+        hashed.append(data)
+        return original_sha256(data)
+
+    recorder_module._sha256 = spy  # type: ignore[assignment]
+    try:
+        asyncio.run(run())
+    finally:
+        recorder_module._sha256 = original_sha256  # type: ignore[assignment]
+    # the unchanged body's digest came from the masker; the masked one was hashed
+    assert clean not in hashed and delivered[1] in hashed
+    responses = [d.event for d in read_events(cfg.log_url)
+                 if d.event.envelope.type == "ResponseRecorded"]
+    assert len(responses) == 2
+    (unchanged, masked), sha = responses, (lambda b: hashlib.sha256(b).hexdigest())
+    assert delivered[0] == clean and b"bob@example.org" not in delivered[1]
+    assert unchanged.body == clean  # type: ignore[attr-defined]
+    assert unchanged.body_sha256 == unchanged.original_body_sha256 == sha(clean)  # type: ignore[attr-defined]
+    assert masked.body == delivered[1]  # type: ignore[attr-defined]
+    assert masked.body_sha256 == sha(delivered[1])  # type: ignore[attr-defined]
+    assert masked.original_body_sha256 == sha(pii)  # type: ignore[attr-defined]
