@@ -11,7 +11,7 @@ Throughput (events/s through ``pipeline.loader.Loader``, ``--once``):
   process. Ratios are
   against it. Each cell's clock includes starting the loader's projection
   workers (pipeline/warehouse/parallel.py), as a ``--once`` run pays it.
-  ``--events 50000,200000`` runs every cell at each size; from two sizes the
+  ``--events 50000,200000`` (the default) runs every cell at each size; from two sizes the
   report derives the steady rate ((N2 - N1) / (t2 - t1)) and the fixed cost per
   run (t1 - N1 / steady rate), separating the loader's start from its pace.
   ``--before REV`` also runs every cell on the loader and warehouse code of git
@@ -516,7 +516,7 @@ def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any])
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", default="50000",
+    parser.add_argument("--events", default="50000,200000",
                         help="events per throughput cell; a comma-separated list runs each size")
     parser.add_argument("--batches", default="1000,10000", help="batch sizes, comma-separated")
     parser.add_argument("--before", help="also run the cells on this git revision's loader")
