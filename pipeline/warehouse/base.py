@@ -16,11 +16,16 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.transport.base import LogRecord
 
-__all__ = ["LoadBatch", "Warehouse", "WriteResult"]
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    import pyarrow as pa
+
+__all__ = ["LoadBatch", "PreparedBatch", "Warehouse", "WriteResult"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,16 @@ class LoadBatch:
     def token(self) -> str:
         """The deterministic deduplication token of this batch."""
         return f"{self.source}:{self.partition}:{self.first_offset}-{self.last_offset}"
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch decoded and projected ahead of its write (a warehouse's
+    ``prepare_batch``), for its ``write_prepared``."""
+
+    batch: LoadBatch
+    loaded_at: datetime
+    tables: dict[str, pa.Table]
 
 
 @dataclass(frozen=True)

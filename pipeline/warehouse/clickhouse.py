@@ -22,7 +22,6 @@ import abc
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa
 
 from pipeline.warehouse._chdb import OUTPUT_SETTINGS, engine
-from pipeline.warehouse.base import LoadBatch, Warehouse, WriteResult
+from pipeline.warehouse.base import LoadBatch, PreparedBatch, Warehouse, WriteResult
 from pipeline.warehouse.ddl import load_migrations, table_schemas
 from pipeline.warehouse.errors import MigrationError, WarehouseError, WarehouseUnavailable
 from pipeline.warehouse.parallel import ParallelProjector
@@ -43,20 +42,11 @@ from pipeline.warehouse.projection import (
 )
 from schemas.codec import EventCodec, default_codec
 
-__all__ = ["ChdbWarehouse", "ClickHouseWarehouse", "MergeTreeWarehouse", "PreparedBatch"]
+__all__ = ["ChdbWarehouse", "ClickHouseWarehouse", "MergeTreeWarehouse"]
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 COMPLETE = "*"
-
-
-@dataclass(frozen=True)
-class PreparedBatch:
-    """A batch decoded and projected ahead of its write (``prepare_batch``)."""
-
-    batch: LoadBatch
-    loaded_at: datetime
-    tables: dict[str, pa.Table]
 
 
 class MergeTreeWarehouse(Warehouse):
@@ -291,9 +281,7 @@ class ChdbWarehouse(MergeTreeWarehouse):
         return engine().query_json(sql, params, path=self.path)
 
     def _insert(self, table: str, data: pa.Table, token: str) -> None:
-        engine().insert_arrow(
-            f"{self.db}.{table}", data.column_names, data, token, path=self.path
-        )
+        engine().insert_arrow(f"{self.db}.{table}", data.column_names, data, token, path=self.path)
 
     def close(self) -> None:
         """The process's chDB engine stays open (other warehouses may share it)."""

@@ -36,15 +36,16 @@ import pydantic_core
 
 from pipeline.warehouse.base import LoadBatch
 from pipeline.warehouse.projection import (
+    PROJECTION_ERRORS,
     TABLES,
     _micros,
     _ops_fields_raw,
     _ops_json_raw,
-    dead_letter_row,
     evidence_hold_rows,
+    failed_record_row,
     to_arrow_columns,
 )
-from schemas.codec import DecodeError, EventCodec
+from schemas.codec import EventCodec
 
 __all__ = ["project_shapes"]
 
@@ -458,19 +459,8 @@ def project_shapes(batch: LoadBatch, codec: EventCodec, loaded_at: datetime) -> 
                 to_json(payload, bytes_mode="base64").decode(),
                 raw.canonical, fp, raw.writer_version, offset,
             )  # fmt: skip
-        except (DecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            rare["dead_letters"].append(
-                dead_letter_row(
-                    source,
-                    partition,
-                    offset,
-                    rec.key,
-                    rec.value,
-                    f"{type(exc).__name__}: {exc}",
-                    rec.timestamp_ms,
-                    loaded_at,
-                )
-            )
+        except PROJECTION_ERRORS as exc:
+            rare["dead_letters"].append(failed_record_row(source, partition, rec, exc, loaded_at))
             continue
         # every row of the event is built: keep them all
         if sess is not None:

@@ -29,7 +29,6 @@ import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from deltalake import (
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from pipeline.warehouse._chdb import engine
-from pipeline.warehouse.base import LoadBatch, Warehouse, WriteResult
+from pipeline.warehouse.base import LoadBatch, PreparedBatch, Warehouse, WriteResult
 from pipeline.warehouse.ddl import (
     AddColumn,
     ClickHouseOnly,
@@ -64,7 +63,7 @@ from pipeline.warehouse.projection import (
 )
 from schemas.codec import EventCodec, default_codec
 
-__all__ = ["LakeWarehouse", "PreparedBatch"]
+__all__ = ["LakeWarehouse"]
 
 #: Tables partitioned by day (the ones that grow with traffic).
 DAY_PARTITIONED = {"events", "requests", "sessions", "vector_lineage", "bodies"}
@@ -90,15 +89,6 @@ _WRITER = WriterProperties(
     compression="ZSTD",
     compression_level=1,
 )
-
-
-@dataclass(frozen=True)
-class PreparedBatch:
-    """A batch decoded and projected ahead of its write (``prepare_batch``)."""
-
-    batch: LoadBatch
-    loaded_at: datetime
-    tables: dict[str, pa.Table]
 
 
 class LakeWarehouse(Warehouse):

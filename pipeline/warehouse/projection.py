@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic_core
 
+from pipeline.transport.base import LogRecord
 from pipeline.warehouse.base import LoadBatch
 from schemas.codec import DecodedEvent, DecodeError, EventCodec
 from schemas.models import (
@@ -57,11 +58,13 @@ from schemas.models import (
 )
 
 __all__ = [
+    "PROJECTION_ERRORS",
     "TABLES",
     "Projector",
     "Row",
     "dead_letter_row",
     "evidence_hold_rows",
+    "failed_record_row",
     "project_batch",
     "project_batch_columnar",
     "project_event",
@@ -479,6 +482,26 @@ def dead_letter_row(
     }
 
 
+#: What a record that does not decode or project raises: it becomes a dead letter.
+PROJECTION_ERRORS = (DecodeError, ValueError, TypeError, KeyError, AttributeError)
+
+
+def failed_record_row(
+    source: str, partition: int, rec: LogRecord, exc: BaseException, loaded_at: datetime
+) -> Row:
+    """The dead letter of ``rec``, which raised ``exc`` (one of PROJECTION_ERRORS)."""
+    return dead_letter_row(
+        source,
+        partition,
+        rec.offset,
+        rec.key,
+        rec.value,
+        f"{type(exc).__name__}: {exc}",
+        rec.timestamp_ms,
+        loaded_at,
+    )
+
+
 def to_arrow(rows: list[Row], schema: pa.Schema) -> pa.Table:
     """Rows as an Arrow table of ``schema`` (columns missing from a row are null).
 
@@ -504,18 +527,9 @@ def project_batch(batch: LoadBatch, codec: EventCodec, loaded_at: datetime) -> d
         try:
             dec = codec.decode(rec.value)
             rows = project_event(dec, batch.source, batch.partition, rec.offset, loaded_at)
-        except (DecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        except PROJECTION_ERRORS as exc:
             out["dead_letters"].append(
-                dead_letter_row(
-                    batch.source,
-                    batch.partition,
-                    rec.offset,
-                    rec.key,
-                    rec.value,
-                    f"{type(exc).__name__}: {exc}",
-                    rec.timestamp_ms,
-                    loaded_at,
-                )
+                failed_record_row(batch.source, batch.partition, rec, exc, loaded_at)
             )
             continue
         for table, table_rows in rows.items():

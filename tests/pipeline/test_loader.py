@@ -23,7 +23,8 @@ from pipeline.transport import AppendRecord, open_log
 from pipeline.transport.kafka import KafkaEventLog
 from pipeline.transport.sqlite import SqliteEventLog
 from pipeline.warehouse import LoadBatch, WarehouseError, WarehouseUnavailable, WriteResult
-from pipeline.warehouse.lake import LakeWarehouse, PreparedBatch
+from pipeline.warehouse.base import PreparedBatch
+from pipeline.warehouse.lake import LakeWarehouse
 from schemas.chain import verify_chains
 from schemas.codec import FIXTURES_DIR
 from tests.pipeline.loader_helpers import append_records, chained_records, decode_raw

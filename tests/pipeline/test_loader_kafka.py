@@ -24,7 +24,8 @@ from pipeline.loader_status import LoaderStatus, read_statuses
 from pipeline.transport import AppendRecord
 from pipeline.transport.kafka import KafkaEventLog
 from pipeline.warehouse import WriteResult
-from pipeline.warehouse.lake import LakeWarehouse, PreparedBatch
+from pipeline.warehouse.base import PreparedBatch
+from pipeline.warehouse.lake import LakeWarehouse
 from schemas.chain import verify_chains
 from tests.pipeline.loader_helpers import chained_records, decode_raw
 

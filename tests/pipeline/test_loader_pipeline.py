@@ -19,7 +19,8 @@ import pytest
 from pipeline.loader import Loader, LoaderConfig, LoaderError
 from pipeline.transport import open_log
 from pipeline.warehouse import LoadBatch, WarehouseError, WriteResult
-from pipeline.warehouse.lake import LakeWarehouse, PreparedBatch
+from pipeline.warehouse.base import PreparedBatch
+from pipeline.warehouse.lake import LakeWarehouse
 from tests.pipeline.loader_helpers import append_records, chained_records
 from tests.pipeline.test_loader import assert_exactly_once
 
