@@ -81,29 +81,26 @@ class Credentials:
             return
         route = st.route
         req = flow.request
-        if not (req.is_http2 or req.is_http3):
-            credential = None
-            if route.credential is not None:
-                kind = st.classification.product if st.classification else route.kind
-                header, fmt = CREDENTIAL_HEADERS.get(kind, ("authorization", "Bearer {secret}"))
-                credential = (
-                    _encoded(header).lower(),
-                    _encoded(fmt.format(secret=route.credential.get_secret_value())),
-                )
-            # Reverse mode keeps the client's Host header; upstream gets its own.
-            req.headers.fields = rewrite_upstream_headers(
-                req.headers.fields, _encoded(route.upstream_hostport), credential
-            )
-            self._origin_form(req)
-            return
-        strip_client_credentials(flow.request.headers)
-        # Reverse mode keeps the client's Host header; upstream gets its own.
-        flow.request.host_header = route.upstream_hostport
-        self._origin_form(flow.request)
+        credential: tuple[str, str] | None = None  # (header, value) upstream expects
         if route.credential is not None:
             kind = st.classification.product if st.classification else route.kind
             header, fmt = CREDENTIAL_HEADERS.get(kind, ("authorization", "Bearer {secret}"))
-            flow.request.headers[header] = fmt.format(secret=route.credential.get_secret_value())
+            credential = header, fmt.format(secret=route.credential.get_secret_value())
+        # Reverse mode keeps the client's Host header; upstream gets its own.
+        if not (req.is_http2 or req.is_http3):
+            req.headers.fields = rewrite_upstream_headers(
+                req.headers.fields,
+                _encoded(route.upstream_hostport),
+                None
+                if credential is None
+                else (_encoded(credential[0]).lower(), _encoded(credential[1])),
+            )
+        else:
+            strip_client_credentials(req.headers)
+            req.host_header = route.upstream_hostport
+            if credential is not None:
+                req.headers[credential[0]] = credential[1]
+        self._origin_form(req)
 
     @staticmethod
     def _origin_form(req: http.Request) -> None:

@@ -552,24 +552,12 @@ _rendered = lru_cache(maxsize=4096)(render_path)
 
 
 @lru_cache(maxsize=256)
-def _wanted_cached(detectors: tuple[str, ...]) -> frozenset[str]:
-    return _check_detectors(detectors)
-
-
-def _wanted(detectors: Sequence[str]) -> frozenset[str]:
-    if isinstance(detectors, tuple):
-        return _wanted_cached(detectors)
+def _wanted(detectors: tuple[str, ...]) -> frozenset[str]:
     return _check_detectors(detectors)
 
 
 @lru_cache(maxsize=256)
-def _field_names_cached(fields: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(f.casefold() for f in fields)
-
-
-def _field_names(fields: Sequence[str]) -> frozenset[str]:
-    if isinstance(fields, tuple):
-        return _field_names_cached(fields)
+def _field_names(fields: tuple[str, ...]) -> frozenset[str]:
     return frozenset(f.casefold() for f in fields)
 
 
@@ -591,13 +579,13 @@ def mask_document(
     unknown detector, hmac mode without a usable key), before looking at the
     document, so a caller can fail closed.
     """
-    wanted = _wanted(detectors)
+    wanted = _wanted(tuple(detectors))
     tokens = _Tokens(mode, hmac_key)
     scan_roots = [_steps(p) for p in paths]
     whole_paths = [_steps(p) for p in field_paths]
     strip_paths = [_steps(p) for p in strip_vector_paths]
     protected_paths = [_steps(p) for p in id_paths]
-    field_names = _field_names(fields)
+    field_names = _field_names(tuple(fields))
 
     protected = _Trie()
     for steps in protected_paths:
