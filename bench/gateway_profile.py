@@ -108,7 +108,7 @@ class Chain:
         self.recorder = addons[-1]
 
     async def _request_checks(self, flow: Any) -> None:
-        for a in self.addons:
+        for a in self.addons[:-1]:
             await _call(getattr(a, "requestheaders", None), flow)
         for a in self.addons[:-1]:
             await _call(getattr(a, "request", None), flow)
@@ -145,6 +145,7 @@ class Chain:
     async def full(self, flow: Any) -> None:
         """The whole chain, the recorder's durable appends included."""
         await self._request_checks(flow)
+        await _call(self.recorder.requestheaders, flow)  # type: ignore[attr-defined]
         await _call(self.recorder.request, flow)  # type: ignore[attr-defined]
         assert flow.response is None, flow.response and flow.response.content
         flow.response = _response()
@@ -397,6 +398,10 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     out = io.StringIO()
                     pstats.Stats(prof, stream=out).print_callers(args.callers)
                     print(out.getvalue())
+                if args.callees:
+                    out = io.StringIO()
+                    pstats.Stats(prof, stream=out).print_callees(args.callees)
+                    print(out.getvalue())
             for a in reversed(addons):
                 done = getattr(a, "done", None)
                 if done is not None:
@@ -473,6 +478,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print a cProfile of the full chain")
     ap.add_argument("--top", type=int, default=35)
     ap.add_argument("--callers", metavar="REGEX", help="with --profile: who calls these functions")
+    ap.add_argument("--callees", metavar="REGEX", help="with --profile: what these functions call")
     ap.add_argument("--per-hook", action="store_true", help="print CPU µs per addon hook")
     ap.add_argument(
         "--stat",

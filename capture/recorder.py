@@ -81,6 +81,9 @@ def approved_by_gate(st: FlowState) -> bool:
 
 log = logging.getLogger("embedguard.recorder")
 _SESSION_HEADER = SESSION_HEADER.lower().encode()
+#: a flow this old without a response or error hook is no longer counted as
+#: in flight (longer than any hold for approval, whose timeout is bounded)
+_STALE_FLOW_S = 3600.0
 
 
 def _checkpointer(config: GatewayConfig) -> Checkpointer | None:
@@ -232,6 +235,9 @@ class Recorder:
         self._sweeper: asyncio.Task[None] | None = None
         #: ResponseRecorded appends still in flight (--response-durability async)
         self._in_flight: set[asyncio.Future[Any]] = set()
+        #: flows between requestheaders and their response or error hook, by id,
+        #: with when they began (monotonic s): one alone may commit on the loop
+        self._live: dict[str, float] = {}
         if config.response_durability == "async":
             log.warning(
                 "--response-durability async: responses are delivered while their "
@@ -262,13 +268,15 @@ class Recorder:
     async def running(self) -> None:
         if self._log is None:
             self._log = open_log(self.config.log_url)
-            if isinstance(self._log, SqliteEventLog):
-                # One request at a time, an append finds the writer thread idle:
-                # committing it right here (same fsync, same order) saves two
-                # thread wake-ups per append, which under CPU contention cost
-                # more than the commit. Overlapping appends still group-commit
-                # on the writer thread (docs/benchmarks.md, Gateway overhead).
-                self._log.commit_inline_when_idle = True
+        if isinstance(self._log, SqliteEventLog):
+            # One request at a time, an append finds the writer thread idle:
+            # committing it right here (same fsync, same order) saves two
+            # thread wake-ups per append. With other flows in flight it would
+            # hold them all up for the fsync and defeat group commit, so only
+            # a flow that is alone commits inline (docs/benchmarks.md, Gateway
+            # overhead). Whoever opened the log (build_addons shares it with
+            # the approval service), the recorder's appends are the hot path.
+            self._log.commit_inline_when_idle = self.alone
         await self._log.start()
         self.publisher = EventPublisher(self._log)
         if self.config.response_durability == "async" and not hasattr(
@@ -315,12 +323,30 @@ class Recorder:
     async def _sweep_idle(self) -> None:
         while True:
             await asyncio.sleep(min(30.0, max(self.config.session_idle_s / 4, 0.05)))
+            self._forget_stale_flows(time.monotonic())
             ended = self.sessions.expire(datetime.now(UTC))
             if ended:
                 try:
                     await self.append([self._session_ended(s, "idle") for s in ended])
                 except EventLogError as exc:
                     log.error("could not record %d idle session end(s): %s", len(ended), exc)
+
+    # -- flows in flight ------------------------------------------------------
+    def alone(self) -> bool:
+        """Is at most one flow between its request headers and its end? (Then
+        an append may block the event loop for its own commit: nobody waits.)"""
+        return len(self._live) <= 1
+
+    def _forget_stale_flows(self, now: float) -> None:
+        # A flow mitmproxy never ended with a response or error hook would keep
+        # inline commits off for good; one older than any request could run
+        # (held approvals included) is forgotten. It only steers that choice.
+        horizon = now - _STALE_FLOW_S
+        for flow_id in [k for k, t in self._live.items() if t < horizon]:
+            del self._live[flow_id]
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._live[flow.id] = time.monotonic()
 
     # -- appending -----------------------------------------------------------
     async def append(self, events: Sequence[StampedEvent], *, key: str | None = None) -> None:
@@ -472,8 +498,14 @@ class Recorder:
             return
         st.forwarded = st.blocked is None
 
-    @fail_closed("log")
     async def response(self, flow: http.HTTPFlow) -> None:
+        try:
+            await self._record_response(flow)
+        finally:
+            self._live.pop(flow.id, None)
+
+    @fail_closed("log")
+    async def _record_response(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or not st.forwarded or flow.response is None:
             return
@@ -501,7 +533,8 @@ class Recorder:
         queue synchronously (the caller then appends and waits, as in sync mode)."""
         assert self.publisher is not None, "recorder used before running()"
         try:
-            future = self.publisher.publish_nowait([event])
+            # never inline: the point is not to hold the response for the commit
+            future = self.publisher.publish_nowait([event], inline=False)
         except EventLogError:
             self._rotate_stream()
             raise
@@ -527,6 +560,12 @@ class Recorder:
         self._rotate_stream()
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        try:
+            await self._record_error(flow)
+        finally:
+            self._live.pop(flow.id, None)
+
+    async def _record_error(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or not st.forwarded or flow.response is not None:
             return

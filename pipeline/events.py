@@ -36,16 +36,17 @@ class EventPublisher:
         return await self.log.append(records)
 
     def publish_nowait(
-        self, items: Sequence[Event | StampedEvent]
+        self, items: Sequence[Event | StampedEvent], *, inline: bool = True
     ) -> asyncio.Future[list[Position]] | None:
         """Hand ``items`` to the log now, in call order, and return the future of
         their durability; None if this log cannot queue an append synchronously
-        (then only ``publish`` keeps the order of appends)."""
+        (then only ``publish`` keeps the order of appends). ``inline=False``:
+        never commit on the caller's thread, even where the log would."""
         append_nowait = getattr(self.log, "append_nowait", None)
         if append_nowait is None:
             return None
         records = [self.to_record(item) for item in items]
-        future: asyncio.Future[list[Position]] = append_nowait(records)
+        future: asyncio.Future[list[Position]] = append_nowait(records, inline=inline)
         return future
 
 

@@ -92,6 +92,8 @@ class SqliteLogStats:
     records: int = 0
     commits: int = 0
     failed_commits: int = 0
+    #: of ``commits``, those made on the caller's thread (commit_inline_when_idle)
+    inline_commits: int = 0
 
 
 # --- errors -----------------------------------------------------------------------
@@ -483,6 +485,7 @@ class _Writer:
             _settle_on_loop([(job, None, _translate(exc, self._path, "append to"))])
             return True
         self._stats.commits += 1
+        self._stats.inline_commits += 1
         self._stats.appends += 1
         self._stats.records += len(job.rows)
         _settle_on_loop([(job, positions, None)])
@@ -657,9 +660,12 @@ class SqliteEventLog(EventLog):
     nothing queued or running is committed on the caller's thread instead of
     being handed over; the same transaction and fsync, in the same order, but
     without two thread wake-ups. It blocks the caller's event loop for that
-    commit, so it pays off where appends rarely overlap (one request at a
-    time); once they do, the writer thread's group commit takes over by itself.
-    The gateway turns it on (bench/gateway.py, docs/benchmarks.md).
+    commit, so it pays off only where nothing else waits on the loop (one
+    request at a time). True, or a predicate asked at each append: the
+    gateway's recorder passes "is this flow the only one in flight?", because
+    with several in flight an inline commit holds them all up for its fsync
+    and no append would ever find a queue to group-commit with
+    (bench/gateway.py, docs/benchmarks.md).
     """
 
     def __init__(
@@ -671,7 +677,7 @@ class SqliteEventLog(EventLog):
         max_batch_records: int = 10_000,
         max_bytes: int | None = None,
         poll_interval: float = 0.05,
-        commit_inline_when_idle: bool = False,
+        commit_inline_when_idle: bool | Callable[[], bool] = False,
     ) -> None:
         if busy_timeout <= 0:
             raise ValueError(f"busy_timeout must be positive, got {busy_timeout}")
@@ -688,7 +694,7 @@ class SqliteEventLog(EventLog):
         self.max_batch_records = max_batch_records
         self.max_bytes = max_bytes
         self.poll_interval = poll_interval
-        self.commit_inline_when_idle = commit_inline_when_idle
+        self.commit_inline_when_idle: bool | Callable[[], bool] = commit_inline_when_idle
         self.stats = SqliteLogStats()
         self._writer: _Writer | None = None
         self._log_id: str | None = None
@@ -774,11 +780,15 @@ class SqliteEventLog(EventLog):
             await asyncio.sleep(0)
         return await future
 
-    def append_nowait(self, records: Sequence[AppendRecord]) -> asyncio.Future[list[Position]]:
+    def append_nowait(
+        self, records: Sequence[AppendRecord], *, inline: bool = True
+    ) -> asyncio.Future[list[Position]]:
         """Queue ``records`` for the writer *now*, in call order, and return the
         future that resolves once they are durable (or fails with the
         EventLogError). Lets a caller go on while its records are made durable
         without letting later appends overtake them. Must run on the event loop.
+        With ``commit_inline_when_idle`` the commit may already be done when
+        this returns; ``inline=False`` always hands it to the writer thread.
         """
         rows: list[tuple[bytes, bytes]] = []
         for record in records:
@@ -794,7 +804,8 @@ class SqliteEventLog(EventLog):
             future.set_result([])
             return future
         job = _AppendJob(rows, loop, future)
-        if self.commit_inline_when_idle:
+        want = self.commit_inline_when_idle
+        if inline and (want() if callable(want) else want):
             with self._submit_lock:
                 writer = self._writer
                 if writer is not None and writer.commit_inline(job):

@@ -150,6 +150,47 @@ def test_sync_is_the_default_and_the_response_record_is_durable_before_delivery(
         assert stored_id == request_id
 
 
+def test_a_flow_alone_commits_on_the_loop_and_concurrent_flows_group_commit(
+    tmp_path: Path, dev_idp: str
+) -> None:
+    """One flow in flight: its appends commit inline (no thread hand-off). Several
+    in flight: none blocks the loop for its fsync; they share the writer's
+    commits. The async response path never commits inline."""
+    from capture.devidp import mint_token
+
+    token = mint_token(dev_idp, "alice", ["Vector-Read"])
+
+    async def run(cfg: GatewayConfig, flows: int, rounds: int) -> tuple[int, int, int]:
+        log = SqliteEventLog(tmp_path / f"events-{cfg.response_durability}-{flows}.db")
+        chain = Chain(cfg, log)
+        await chain.start()
+        try:
+            base_commits, base_inline = log.stats.commits, log.stats.inline_commits
+            for _ in range(rounds):
+                await asyncio.gather(*(chain.exchange(token, answer()) for _ in range(flows)))
+                # async responses: let the last round's records land first
+                await asyncio.gather(*chain.recorder._in_flight)
+            assert chain.recorder._live == {}, "every flow's end was seen"
+            return (
+                log.stats.commits - base_commits,
+                log.stats.inline_commits - base_inline,
+                log.stats.appends,
+            )
+        finally:
+            await chain.stop()
+
+    sync_cfg = config(tmp_path, dev_idp)
+    commits, inline, _ = asyncio.run(run(sync_cfg, 1, 5))
+    assert (commits, inline) == (10, 10), "alone: request and response commit inline"
+    commits, inline, _ = asyncio.run(run(sync_cfg, 8, 3))
+    # Only a flow left alone at the end of a round (its response) may go inline.
+    assert inline <= 3, "with other flows in flight no append holds the loop"
+    assert commits < 2 * 8 * 3, "concurrent flows share group commits"
+    async_cfg = config(tmp_path, dev_idp, response_durability="async")
+    commits, inline, _ = asyncio.run(run(async_cfg, 1, 5))
+    assert (commits, inline) == (10, 5), "requests commit inline; responses never wait"
+
+
 def test_async_responses_are_recorded_in_stream_order_and_chain(
     tmp_path: Path, dev_idp: str
 ) -> None:

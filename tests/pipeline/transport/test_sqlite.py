@@ -275,6 +275,26 @@ async def test_inline_when_idle_commits_on_the_loop_and_keeps_order(
         assert len(await reader.poll(max_records=500, timeout=0)) == 73
 
 
+async def test_inline_when_idle_asks_its_predicate_and_inline_false_always_hands_over(
+    sqlite_log_path: Path,
+) -> None:
+    alone = True
+    async with SqliteEventLog(sqlite_log_path, commit_inline_when_idle=lambda: alone) as log:
+        assert log.append_nowait([rec("a")]).done(), "the predicate allows: inline"
+        alone = False
+        handed_over = log.append_nowait([rec("b")])
+        assert not handed_over.done(), "the predicate refuses: the writer thread commits"
+        await handed_over
+        alone = True
+        not_inline = log.append_nowait([rec("c")], inline=False)
+        assert not not_inline.done(), "inline=False: the writer thread commits"
+        await not_inline
+        assert log.stats.inline_commits == 1 and log.stats.commits == 3
+        async with log.reader("check") as reader:
+            stored = [r.value for r in await reader.poll(max_records=10, timeout=0)]
+    assert stored == [b"a", b"b", b"c"]
+
+
 async def test_inline_when_idle_never_waits_on_the_loop_for_another_process_lock(
     sqlite_log_path: Path,
 ) -> None:
