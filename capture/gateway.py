@@ -17,6 +17,7 @@ from mitmproxy import master, options
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
 from mitmproxy.proxy import server_hooks
 
+from capture.chain import AddonChain
 from capture.config import GatewayConfig
 
 __all__ = ["UpstreamSni", "build_master", "run_gateway"]
@@ -134,7 +135,9 @@ def build_master(config: GatewayConfig, addons: Sequence[object], confdir: Path)
         tlsconfig.TlsConfig(),
         UpstreamSni(),
     )
-    m.addons.add(*addons)
+    # One registered addon that runs ours in order (capture/chain.py): mitmproxy
+    # walks every registered addon for every hook of every flow.
+    m.addons.add(AddonChain(addons))
     known = set(opts.keys())
     opts.update(**{k: v for k, v in _proxy_options(config, confdir).items() if k in known})
     return m
