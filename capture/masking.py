@@ -98,6 +98,7 @@ __all__ = [
     "Span",
     "detect",
     "mask_document",
+    "mask_document_reference",
     "mask_text",
     "parse_path",
     "render_path",
@@ -342,6 +343,11 @@ _HAS_DIGIT = re.compile(r"\d")
 
 def _detect(text: str, wanted: frozenset[str]) -> list[Span]:
     """``detect`` for detectors already checked."""
+    return [Span(s, e, kind) for s, e, kind in _spans(text, wanted)]
+
+
+def _spans(text: str, wanted: frozenset[str]) -> list[tuple[int, int, Detector]]:
+    """``_detect`` as plain (start, end, kind) tuples."""
     hits: list[tuple[int, int, int, Detector]] = []
     digits: bool | None = None
     for rank, kind in enumerate(DETECTORS):
@@ -358,12 +364,15 @@ def _detect(text: str, wanted: frozenset[str]) -> list[Span]:
         hits.extend((s, -(e - s), rank, kind) for s, e in _FINDERS[kind](text))
     if not hits:
         return []
+    if len(hits) == 1:
+        s, neg_len, _, kind = hits[0]
+        return [(s, s - neg_len, kind)]
     hits.sort()
-    spans: list[Span] = []
+    spans: list[tuple[int, int, Detector]] = []
     end = 0
     for s, neg_len, _, kind in hits:
         if s >= end:
-            spans.append(Span(s, s - neg_len, kind))
+            spans.append((s, s - neg_len, kind))
             end = s - neg_len
     return spans
 
@@ -450,6 +459,46 @@ def _mask_string(text: str, wanted: frozenset[str], tokens: _Tokens) -> tuple[st
     if not kinds:
         return text, []
     return "".join(p for p, _ in pieces), list(dict.fromkeys(kinds))
+
+
+def _mask_string_fast(
+    text: str, wanted: frozenset[str], tokens: _Tokens
+) -> tuple[str, list[str]]:
+    """``_mask_string`` on plain span tuples, with the same rounds (so the same
+    kinds in the same order); the tests compare the two."""
+    first: list[tuple[int, int, Detector]] | None = _spans(text, wanted)
+    if not first:
+        return text, []
+    pieces: list[tuple[str, int]] = [(text, _DIRTY)]
+    kinds: list[str] = []
+    dirty = True
+    while dirty:
+        dirty = False
+        out: list[tuple[str, int]] = []
+        for piece, state in pieces:
+            if state != _DIRTY:
+                out.append((piece, state))
+                continue
+            if first is not None:
+                spans, first = first, None
+            else:
+                spans = _spans(piece, wanted)
+            if not spans:
+                out.append((piece, _CLEAN))
+                continue
+            pos = 0
+            for start, end, kind in spans:
+                if start > pos:
+                    out.append((piece[pos:start], _DIRTY))
+                    dirty = True
+                out.append((tokens.token(kind, piece[start:end]), _TOKEN))
+                kinds.append(kind)
+                pos = end
+            if pos < len(piece):
+                out.append((piece[pos:], _DIRTY))
+                dirty = True
+        pieces = out
+    return "".join([p for p, _ in pieces]), list(dict.fromkeys(kinds))
 
 
 def mask_text(
@@ -561,7 +610,7 @@ def _field_names(fields: tuple[str, ...]) -> frozenset[str]:
     return frozenset(f.casefold() for f in fields)
 
 
-def mask_document(
+def mask_document_reference(
     doc: Any,
     *,
     paths: Sequence[str] = (),
@@ -573,11 +622,10 @@ def mask_document(
     field_paths: Sequence[str] = (),
     id_paths: Sequence[str] = (),
 ) -> MaskResult:
-    """Mask ``doc`` as the module docstring describes.
-
-    Raises :class:`MaskingError` only for bad arguments (a malformed path, an
-    unknown detector, hmac mode without a usable key), before looking at the
-    document, so a caller can fail closed.
+    """:func:`mask_document` by the general algorithm: every edit goes through
+    the edit trie, whatever the paths. ``mask_document`` uses it whenever its
+    edit paths may overlap; the tests compare the two on random documents and
+    specs.
     """
     wanted = _wanted(tuple(detectors))
     tokens = _Tokens(mode, hmac_key)
@@ -653,3 +701,269 @@ def _scan(
             masked, kinds = _mask_string(value, wanted, tokens)
             if kinds:
                 add(link, _SCAN, masked, kinds)
+
+
+# --------------------------------------------------------------------- fast path
+#
+# The common case -- the gateway masking one response -- has edit paths that
+# cannot reach the same location: ``result.points[].payload`` (scanned) and
+# ``result.points[].vector`` (stripped) part at their fourth step. Their edits
+# then never overlap, and need neither priorities nor the trie: they are
+# collected in a list and applied directly. Whether the paths of a spec part
+# like that is worked out once per spec (a pure function of the paths).
+
+
+def _may_meet(a: Sequence[Step], b: Sequence[Step]) -> bool:
+    """Whether paths ``a`` and ``b`` can select the same location, or one a
+    location at or below the other's. Both walk the same nodes as long as
+    their steps agree; ``[]`` selects list elements and never meets a key
+    step, two different names never meet, ``{*}`` meets any name."""
+    for x, y in zip(a, b, strict=False):
+        if x == y:
+            continue
+        if x == EACH_ELEMENT or y == EACH_ELEMENT:
+            return False
+        if x != EACH_VALUE and y != EACH_VALUE:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class _Plan:
+    scan: tuple[tuple[Step, ...], ...]
+    whole: tuple[tuple[Step, ...], ...]
+    strip: tuple[tuple[Step, ...], ...]
+    ids: tuple[tuple[Step, ...], ...]
+    field_names: frozenset[str]
+    #: no two edit paths (scanned, whole-value, stripped) can meet
+    disjoint: bool
+    #: some id path can meet an edit path: edits must be checked against ids
+    guard_ids: bool
+    #: what the source text must contain for anything to be masked (see _could_mask)
+    folded_fields: tuple[bytes, ...]
+
+
+@lru_cache(maxsize=256)
+def _plan(
+    paths: tuple[str, ...],
+    field_paths: tuple[str, ...],
+    strip_vector_paths: tuple[str, ...],
+    id_paths: tuple[str, ...],
+    fields: tuple[str, ...],
+) -> _Plan:
+    # parsed in the order mask_document_reference parses them, so a spec with
+    # several faults raises the same error
+    scan = tuple(_steps(p) for p in paths)
+    whole = tuple(_steps(p) for p in field_paths)
+    strip = tuple(_steps(p) for p in strip_vector_paths)
+    ids = tuple(_steps(p) for p in id_paths)
+    field_names = _field_names(fields)
+    edit_paths = scan + whole + strip
+    disjoint = not any(
+        _may_meet(a, b) for i, a in enumerate(edit_paths) for b in edit_paths[i + 1 :]
+    )
+    guard_ids = any(_may_meet(a, b) for a in ids for b in edit_paths)
+    # a key matches a field name when its casefold does; an ASCII key's casefold
+    # is ASCII, so only the ASCII names can match in an ASCII text
+    folded = tuple(f.encode() for f in sorted(field_names) if f.isascii())
+    return _Plan(scan, whole, strip, ids, field_names, disjoint, guard_ids, folded)
+
+
+#: a phone number, card or national id holds two adjacent digits, or a ``+``
+#: then at most two separators and a digit (``+1 415 ...``)
+_DIGITS_HIT = re.compile(rb"\d\d|\+[ .\-()]{0,2}\d")
+
+
+def _could_mask(source: bytes, plan: _Plan, wanted: frozenset[str]) -> bool:
+    """False only if masking the JSON document parsed from ``source`` certainly
+    changes nothing: the text is UTF-8 ASCII without escapes (so every string
+    and key appears in it as is), has no ``@`` for the e-mail detector, no
+    digits a phone, card or national id needs, and no key that is a field
+    name. (JSON in UTF-16 or UTF-32, which json.loads also reads, has NULs.)"""
+    if plan.whole or plan.strip:
+        return True
+    if not plan.scan:
+        return False
+    if not source.isascii() or b"\\" in source or b"\x00" in source:
+        return True
+    if "email" in wanted and b"@" in source:
+        return True
+    if len(wanted) > ("email" in wanted) and _DIGITS_HIT.search(source) is not None:
+        return True
+    if plan.folded_fields:
+        lowered = source.lower()
+        return any(b'"' + name + b'"' in lowered for name in plan.folded_fields)
+    return False
+
+
+@lru_cache(maxsize=4096)
+def _masked_field(address: Address, kind: str) -> MaskedField:
+    # MaskedField is frozen: one instance per (location, kind) can be shared
+    return MaskedField(path=_rendered(address), kind=kind)
+
+
+_Edit: TypeAlias = "tuple[_Link, Any, list[str]]"
+
+
+def mask_document(
+    doc: Any,
+    *,
+    paths: Sequence[str] = (),
+    detectors: Sequence[str] = (),
+    mode: MaskMode = "placeholder",
+    hmac_key: bytes | None = None,
+    strip_vector_paths: Sequence[str] = (),
+    fields: Sequence[str] = (),
+    field_paths: Sequence[str] = (),
+    id_paths: Sequence[str] = (),
+    source: bytes | None = None,
+) -> MaskResult:
+    """Mask ``doc`` as the module docstring describes.
+
+    ``source``, if given, is the JSON text ``doc`` was parsed from: when it
+    cannot hold anything to mask (see ``_could_mask``) the document is not
+    walked at all.
+
+    Raises :class:`MaskingError` only for bad arguments (a malformed path, an
+    unknown detector, hmac mode without a usable key), before looking at the
+    document, so a caller can fail closed.
+    """
+    wanted = _wanted(tuple(detectors))
+    tokens = _Tokens(mode, hmac_key)
+    try:
+        plan = _plan(
+            tuple(paths), tuple(field_paths), tuple(strip_vector_paths), tuple(id_paths),
+            tuple(fields),
+        )
+    except TypeError:  # an unhashable path or field: let the reference say what is wrong
+        plan = None
+    if plan is None or not plan.disjoint:
+        return mask_document_reference(
+            doc, paths=paths, detectors=detectors, mode=mode, hmac_key=hmac_key,
+            strip_vector_paths=strip_vector_paths, fields=fields, field_paths=field_paths,
+            id_paths=id_paths,
+        )
+    field_names = plan.field_names
+    if source is not None and not _could_mask(source, plan, wanted):
+        return MaskResult(doc=doc, masked_fields=[])
+
+    edits: list[_Edit] = []
+    for steps in plan.strip:
+        for link, value in _resolve(doc, steps):
+            if value is not None:
+                edits.append((link, None, ["vector"]))
+    for steps in plan.whole:
+        for link, value in _resolve(doc, steps):
+            if value is not None and _last(link) not in _ID_KEYS:
+                edits.append((link, tokens.token("field", _canonical(value)), ["field"]))
+    if wanted or field_names:
+        for steps in plan.scan:
+            for link, value in _resolve(doc, steps):
+                _scan_into(value, link, wanted, field_names, tokens, edits)
+    if not edits:
+        return MaskResult(doc=doc, masked_fields=[])
+
+    located = [(_address(link), value, kinds) for link, value, kinds in edits]
+    if plan.guard_ids:
+        protected = _Trie()
+        for steps in plan.ids:
+            for link, _ in _resolve(doc, steps):
+                protected.add(_address(link), _STRIP, None, [])
+        located = [e for e in located if not protected.covers(e[0])]
+        if not located:
+            return MaskResult(doc=doc, masked_fields=[])
+    if len(located) > 1:
+        located.sort(key=_located_order)
+    new_doc = _apply_disjoint(doc, located)
+    masked = [_masked_field(address, kind) for address, _, kinds in located for kind in kinds]
+    return MaskResult(doc=new_doc, masked_fields=masked)
+
+
+
+def _located_order(item: tuple[Address, Any, list[str]]) -> tuple[tuple[bool, Any], ...]:
+    # the order of _sort_key: at each step indexes (numerically) before keys
+    return tuple([(isinstance(c, str), c) for c in item[0]])
+
+
+def _apply_disjoint(doc: Any, located: list[tuple[Address, Any, list[str]]]) -> Any:
+    """``doc`` with each value replaced, copying only the containers on the way
+    to an edit (by location: one copy per container however many edits it
+    holds). No edit is at or below another."""
+    if not located[0][0]:  # the document itself (then it is the only edit)
+        return located[0][1]
+    new_doc = _shallow(doc)
+    copies: dict[Any, Any] = {}  # component -> (copy, its copies)
+    for address, value, _ in located:
+        container, below = new_doc, copies
+        for comp in address[:-1]:
+            entry = below.get(comp)
+            if entry is None:
+                entry = (_shallow(container[comp]), {})
+                container[comp] = entry[0]
+                below[comp] = entry
+            container, below = entry
+        container[address[-1]] = value
+    return new_doc
+
+
+def _scan_into(
+    root: Any,
+    root_link: _Link,
+    wanted: frozenset[str],
+    field_names: frozenset[str],
+    tokens: _Tokens,
+    edits: list[_Edit],
+) -> None:
+    """``_scan`` appending its edits to a list, with the detectors' cheapest
+    pre-filter (an ``@``, a digit) tried inline before ``_mask_string``."""
+    last = _last(root_link)
+    if last in _ID_KEYS:
+        return
+    if isinstance(last, str) and last.casefold() in field_names and root is not None:
+        edits.append((root_link, tokens.token("field", _canonical(root)), ["field"]))
+        return
+    email = "email" in wanted
+    digits = len(wanted) > email
+    has_digit = _HAS_DIGIT.search
+    if isinstance(root, str):
+        if (email and "@" in root) or (digits and has_digit(root) is not None):
+            masked, kinds = _mask_string_fast(root, wanted, tokens)
+            if kinds:
+                edits.append((root_link, masked, kinds))
+        return
+    # strings are masked where they are met; only containers go on the stack
+    stack: list[tuple[_Link, Any]] = [(root_link, root)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        link, value = pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if key in _ID_KEYS:
+                    continue
+                if isinstance(child, str):
+                    if field_names and isinstance(key, str) and key.casefold() in field_names:
+                        edits.append(((link, key), tokens.token("field", child), ["field"]))
+                    elif (email and "@" in child) or (digits and has_digit(child) is not None):
+                        masked, kinds = _mask_string_fast(child, wanted, tokens)
+                        if kinds:
+                            edits.append(((link, key), masked, kinds))
+                elif (
+                    field_names
+                    and child is not None
+                    and isinstance(key, str)
+                    and key.casefold() in field_names
+                ):
+                    edits.append(
+                        ((link, key), tokens.token("field", _canonical(child)), ["field"])
+                    )
+                elif isinstance(child, dict | list):
+                    push(((link, key), child))
+        elif isinstance(value, list):
+            for i, child in enumerate(value):
+                if isinstance(child, str):
+                    if (email and "@" in child) or (digits and has_digit(child) is not None):
+                        masked, kinds = _mask_string_fast(child, wanted, tokens)
+                        if kinds:
+                            edits.append(((link, i), masked, kinds))
+                elif isinstance(child, dict | list):
+                    push(((link, i), child))

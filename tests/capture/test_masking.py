@@ -431,3 +431,233 @@ _PII_ALPHABET = string.ascii_letters + string.digits + " @.+-()_\u0660\u0661\u00
 def test_detect_pre_filters_never_change_the_hits(text: str, detectors: set[str]) -> None:
     got = [(s.start, s.end, s.kind) for s in detect(text, detectors)]
     assert got == _detect_without_shortcuts(text, frozenset(detectors))
+
+
+# ------------------------------------------- fast path = reference (equivalence)
+#
+# mask_document takes shortcuts (edits applied without the trie when the edit
+# paths cannot meet, strings pre-filtered, the walk skipped when the source
+# text cannot hold anything to mask). mask_document_reference is the general
+# algorithm. On random documents and specs the two must give the same document,
+# the same bytes on the wire and the same list of masked fields.
+
+_KEYS = ["a", "b", "id", "_id", "ids", "email", "Email", "EMAIL", "payload", "points",
+         "vector", "note", "é", "ß", "ss", "K", "k", "\u212a"]
+_PII = st.sampled_from([
+    "bob@example.org", "Write to Carol@Example.com today", "a@x.io.b@y.io",
+    "+44 20 7946 0958", "call +1 (415) 555-2671", "415.555.2671", "020 7946 0958",
+    "4111 1111 1111 1111", "4111-1111-1111-1111", "card 5555555555554444 exp",
+    "ssn 123-45-6789.", "AB 12 34 56 C", "046 454 286", "4111 1111 1111 1111a@x.io",
+    "jürgen@bücher.de", "\u0661\u0662\u0663-\u0664\u0665-\u0666\u0667\u0668\u0669",
+    "1700000000000", "2024-01-15", "v1.2.3", "no pii", "",
+])
+_TEXT = st.one_of(_PII, _emails, _noise,
+                  st.builds(lambda a, b: f"{a} {b}", _PII, _PII),
+                  st.text(alphabet=_PII_ALPHABET, max_size=30))
+_SCALAR = st.none() | st.booleans() | st.integers(-10**20, 10**20) \
+    | st.floats(allow_nan=False, allow_infinity=False)
+_DOC = st.recursive(
+    _SCALAR | _TEXT,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(_KEYS), children, max_size=5),
+    max_leaves=40,
+)
+_STEP = st.one_of(st.sampled_from(["[]", "{*}"]), st.sampled_from(_KEYS[:10]))
+
+
+def _render_steps(steps: list[str]) -> str:
+    out = ""
+    for step in steps:
+        if step == "[]":
+            out += "[]"
+        elif step == "{*}":
+            out += ".{*}" if out else "{*}"
+        else:
+            out += f".{step}" if out else step
+    return out
+
+
+_RANDOM_PATH = st.lists(_STEP, min_size=1, max_size=4).map(_render_steps)
+
+
+def _locations(doc: object) -> list[list[str]]:
+    """Every location in ``doc`` as path steps (indexes as ``[]``)."""
+    out: list[list[str]] = []
+    stack: list[tuple[object, list[str]]] = [(doc, [])]
+    while stack:
+        value, steps = stack.pop()
+        if steps:
+            out.append(steps)
+        if isinstance(value, dict):
+            stack.extend((v, [*steps, k]) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, [*steps, "[]"]) for v in value)
+    return out
+
+
+@st.composite
+def _specs(draw: st.DrawFn, doc: object = None) -> dict[str, object]:
+    """A mask spec whose paths mostly select something in ``doc`` (some keys
+    widened to {*}, a few random paths beside them). Three in four have edit
+    paths that cannot meet (the fast path), the rest may overlap (the
+    fallback to the general algorithm)."""
+    from capture.masking import _may_meet
+
+    found = sorted({tuple(x) for x in _locations(doc)})
+
+    def some_paths(max_size: int) -> list[str]:
+        paths: list[str] = []
+        for _ in range(draw(st.integers(0, max_size))):
+            if found and draw(st.integers(0, 4)):
+                steps = list(draw(st.sampled_from(found)))
+                steps = [
+                    "{*}" if s != "[]" and draw(st.integers(0, 5)) == 0 else s for s in steps
+                ]
+                paths.append(_render_steps(steps))
+            else:
+                paths.append(draw(_RANDOM_PATH))
+        return paths
+
+    kinds = {"paths": some_paths(3), "field_paths": some_paths(2),
+             "strip_vector_paths": some_paths(2)}
+    if draw(st.integers(0, 3)):
+        kept: list[tuple[str, ...]] = []
+        for kind, paths in kinds.items():
+            disjoint = []
+            for path in paths:
+                steps = parse_path(path)
+                if not any(_may_meet(steps, other) for other in kept):
+                    kept.append(steps)
+                    disjoint.append(path)
+            kinds[kind] = disjoint
+    return {
+        **kinds,
+        "detectors": draw(st.lists(st.sampled_from(list(DETECTORS)), max_size=4, unique=True)),
+        "fields": draw(st.lists(st.sampled_from(["email", "EMAIL", "note", "SS", "ß", "k",
+                                                 "é", "id"]), max_size=3)),
+        "id_paths": some_paths(2),
+        "mode": draw(st.sampled_from(["placeholder", "hmac"])),
+        "hmac_key": KEY,
+    }
+
+
+def _wire(doc: object) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _sources(doc: object) -> list[bytes | None]:
+    # the texts a document may have been parsed from: ASCII-escaped, UTF-8,
+    # pretty-printed, UTF-16 (json.loads reads it too)
+    text = json.dumps(doc)
+    return [None, text.encode(), json.dumps(doc, ensure_ascii=False).encode(),
+            json.dumps(doc, indent=2, ensure_ascii=False).encode(), text.encode("utf-16"),
+            text.encode("utf-16-le"), text.encode("utf-32-be")]
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=st.dictionaries(st.sampled_from(_KEYS), _DOC, max_size=5) | _DOC, data=st.data())
+def test_fast_path_equals_the_reference(doc: object, data: st.DataObject) -> None:
+    from capture.masking import mask_document_reference
+
+    spec = data.draw(_specs(doc))
+    before = _wire(doc)
+    want = mask_document_reference(doc, **spec)  # type: ignore[arg-type]
+    for source in _sources(doc):
+        got = mask_document(doc, **spec, source=source)  # type: ignore[arg-type]
+        assert got.masked_fields == want.masked_fields
+        assert got.doc == want.doc
+        assert _wire(got.doc) == _wire(want.doc)
+        if not want.masked_fields:
+            assert got.doc is doc
+    assert _wire(doc) == before  # the input is never modified
+
+
+@settings(max_examples=200, deadline=None)
+@given(doc=_DOC, data=st.data())
+def test_fast_path_raises_what_the_reference_raises(doc: object, data: st.DataObject) -> None:
+    from capture.masking import mask_document_reference
+
+    spec = data.draw(_specs(doc))
+    broken = dict(spec)
+    broken["mode"] = "hmac"
+    broken["hmac_key"] = b"short"
+    for bad in (broken, {**spec, "detectors": ["ssn"]}, {**spec, "paths": ["a..b"]},
+                {**spec, "id_paths": ["]"]}, {**spec, "paths": [["a"]]}):
+        with pytest.raises(MaskingError) as ref:
+            mask_document_reference(doc, **bad)  # type: ignore[arg-type]
+        with pytest.raises(MaskingError) as fast:
+            mask_document(doc, **bad, source=_wire(doc))  # type: ignore[arg-type]
+        assert str(fast.value) == str(ref.value)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=_TEXT | st.lists(_PII, max_size=5).map("".join),
+       detectors=st.sets(st.sampled_from(list(DETECTORS)), min_size=1),
+       mode=st.sampled_from(["placeholder", "hmac"]))
+def test_fast_string_masking_equals_the_reference(text: str, detectors: set[str],
+                                                  mode: str) -> None:
+    from capture.masking import _mask_string, _mask_string_fast, _Tokens
+
+    tokens = _Tokens(mode, KEY)  # type: ignore[arg-type]
+    wanted = frozenset(detectors)
+    assert _mask_string_fast(text, wanted, tokens) == _mask_string(text, wanted, tokens)
+
+
+def test_fast_path_is_taken_for_the_gateways_specs() -> None:
+    """The classifier's paths for each product part from the vectors and ids
+    they sit beside, so the gateway's specs never need the trie."""
+    from capture.masking import _plan
+
+    for paths, strip, ids in [
+        (("result.payload",), ("result.vector",), ("result.id",)),
+        (("result.points[].payload",), ("result.points[].vector",),
+         ("result.points[].id",)),
+        (("result[].payload",), ("result[].vector",), ("result[].id",)),
+        (("documents[][]", "metadatas[][]"), ("embeddings",), ("ids[][]",)),
+        (("vectors{*}.metadata",), ("vectors{*}.values",), ("vectors{*}.id",)),
+    ]:
+        plan = _plan(paths, (), strip, ids, ("email",))
+        assert plan.disjoint
+        assert not plan.guard_ids
+    assert not _plan(("a", "a.b"), (), (), (), ()).disjoint
+    assert not _plan(("a.{*}",), ("a.v",), (), (), ()).disjoint
+    assert _plan(("a[]",), ("a.v",), (), (), ()).disjoint
+    assert _plan(("data[]",), (), (), ("data[].pk",), ()).guard_ids
+
+
+@pytest.mark.parametrize(
+    ("source", "may"),
+    [
+        (b'{"result":{"payload":{"team":"search"}}}', False),
+        (b'{"result":{"payload":{"text":"a@x.io"}}}', True),  # an @
+        (b'{"result":{"payload":{"EMAIL":null}}}', True),  # a field name, any case
+        (b'{"result":{"payload":{"t":"\\u0040"}}}', True),  # an escape
+        ('{"result":{"payload":{"t":"é"}}}'.encode(), True),  # not ASCII
+        ('{"result":{"payload":{"team":"search"}}}'.encode("utf-16"), True),
+        ('{"result":{"payload":{"team":"search"}}}'.encode("utf-16-le"), True),  # NULs
+        ('{"result":{"payload":{"team":"search"}}}'.encode("utf-32-be"), True),
+    ],
+)
+def test_source_pre_filter(source: bytes, may: bool) -> None:
+    from capture.masking import _could_mask, _plan
+
+    plan = _plan(("result.payload",), (), (), ("result.id",), ("email",))
+    assert _could_mask(source, plan, frozenset({"email"})) is may
+    doc = json.loads(source)
+    r = mask_document(doc, paths=["result.payload"], detectors=["email"], fields=["email"],
+                      source=source)
+    if not may:
+        assert r.doc is doc and r.masked_fields == []
+
+
+@pytest.mark.parametrize(
+    ("text", "may"),
+    [('"a b c 1 x 2"', False), ('"10"', True), ('"+1 2"', True), ('"+ (1"', True),
+     ('{"n":12}', True)],  # digits in a number count too: the filter over-approximates
+)
+def test_source_pre_filter_for_digit_detectors(text: str, may: bool) -> None:
+    from capture.masking import _could_mask, _plan
+
+    plan = _plan(("[]",), (), (), (), ())
+    wanted = frozenset({"phone", "card", "national_id"})
+    assert _could_mask(f"[{text}]".encode(), plan, wanted) is may
