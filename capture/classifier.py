@@ -16,13 +16,19 @@ from urllib.parse import parse_qsl
 import httpx
 from mitmproxy import http
 
-from capture.classify import chroma_collection_refs, classify, detect_product
+from capture.classify import (
+    HEADERS_PRESENT,
+    HEADERS_READ,
+    chroma_collection_refs,
+    classify,
+    detect_product,
+)
 from capture.classify.pinecone import index_from_host
 from capture.config import CREDENTIAL_HEADERS, GatewayConfig, Route
-from capture.state import block, fail_closed, state_of
-from capture.types import HttpRequest, Product
+from capture.state import FlowState, block, fail_closed, state_of
+from capture.types import Classification, HttpRequest, Product
 
-__all__ = ["Classifier", "ChromaNames"]
+__all__ = ["ClassificationCache", "Classifier", "ChromaNames", "classification_key"]
 
 log = logging.getLogger("embedguard.classifier")
 
@@ -92,6 +98,66 @@ class ChromaNames:
         return name if isinstance(name, str) and name else None
 
 
+#: what a classification depends on, for a request without a body: the
+#: route's product and upstream, method, path and query, the client's Host and
+#: the headers classification reads (HEADERS_READ by value, HEADERS_PRESENT
+#: by presence only)
+ClassificationKey = tuple[str, str, str, str, str, tuple[tuple[str, bytes | None], ...]]
+
+
+def classification_key(
+    route: Route, method: str, path: str, host: str, headers: http.Headers
+) -> ClassificationKey:
+    """The cache key of a body-less request: every input of its classification
+    (``to_http_request`` and ``Classifier.request`` read nothing else)."""
+    read: list[tuple[str, bytes | None]] = []
+    for k, v in headers.fields:
+        name = k.decode("latin-1").lower()  # as header_dict names them
+        if name in HEADERS_READ:
+            read.append((name, v))
+        elif name in HEADERS_PRESENT:
+            read.append((name, None))
+    return (route.kind, route.upstream, method, path, host, tuple(read))
+
+
+class ClassificationCache:
+    """Classifications of body-less requests by ``classification_key``.
+
+    Classification is a pure function of those inputs, and most traffic
+    repeats a few GETs; a hit skips building the request, matching the route
+    and building the operations. Only results that needed no Chroma name
+    lookup are kept (those follow ChromaNames' own expiry). Bounded: cleared
+    when full (``max_entries=0`` keeps nothing). Each hit gets its own
+    operations list (the models are frozen)."""
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[ClassificationKey, Classification] = {}
+
+    def get(self, key: ClassificationKey) -> Classification | None:
+        c = self._entries.get(key)
+        if c is None:
+            return None
+        return Classification(
+            product=c.product,
+            operations=list(c.operations),
+            error=c.error,
+            response_ids=c.response_ids,
+            user_data_paths=c.user_data_paths,
+            vector_paths=c.vector_paths,
+        )
+
+    def put(self, key: ClassificationKey, cls: Classification) -> None:
+        if self.max_entries <= 0:  # disabled
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = cls
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 def header_dict(headers: http.Headers) -> dict[str, str]:
     """Lower-case name → value (last one wins), straight from the raw fields:
     mitmproxy's multidict accessors cost more than the rest of classification."""
@@ -116,6 +182,7 @@ class Classifier:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.chroma = ChromaNames()
+        self.cache = ClassificationCache()
 
     async def done(self) -> None:
         await self.chroma.close()
@@ -125,6 +192,16 @@ class Classifier:
         st = state_of(flow)
         if st is None or flow.response is not None:
             return
+        key: ClassificationKey | None = None
+        if not st.client_body:
+            key = classification_key(
+                st.route, flow.request.method, flow.request.path, st.client_host,
+                flow.request.headers,
+            )
+            cached = self.cache.get(key)
+            if cached is not None:
+                self._classified(flow, st, cached)
+                return
         req = to_http_request(flow, st.client_host, st.client_body)
         product: Product | None = st.route.kind if st.route.kind != "auto" else detect_product(req)
         if product == "pinecone" and index_from_host(st.route.upstream_hostport) is not None:
@@ -144,11 +221,19 @@ class Classifier:
             )
             return
         names: dict[str, str] = {}
+        refs: list[str] = []
         if product == "chroma":
             refs = chroma_collection_refs(req)
             if refs:
                 names = await self.chroma.resolve(st.route, req.path, refs)
         cls = classify(product, req, chroma_names=names)
+        if key is not None and not refs:
+            self.cache.put(key, cls)
+            cls = self.cache.get(key) or cls  # the flow gets its own operations list
+        self._classified(flow, st, cls)
+
+    @staticmethod
+    def _classified(flow: http.HTTPFlow, st: FlowState, cls: Classification) -> None:
         st.classification = cls
         if not cls.ok:
             block(

@@ -24,6 +24,8 @@ from capture.classify.weaviate import classify_weaviate
 from capture.types import PRODUCTS, Classification, HttpRequest, Product
 
 __all__ = [
+    "HEADERS_PRESENT",
+    "HEADERS_READ",
     "chroma_collection_refs",
     "classify",
     "classify_chroma",
@@ -35,6 +37,15 @@ __all__ = [
 ]
 
 _EMPTY: Mapping[str, str] = {}
+
+#: The request headers whose values classification reads (detect_product, the
+#: Pinecone index from Host, Milvus' db-name); every other header is ignored.
+#: A classification cached by request (capture/classifier.py) is keyed by
+#: these, and tests/capture/classify/test_api.py holds the classifiers to them.
+HEADERS_READ = frozenset({"host", "x-pinecone-api-version", "db-name"})
+#: Headers of which only the presence counts (detect_product): a cache key
+#: records that they were sent, never their value (a credential).
+HEADERS_PRESENT = frozenset({"api-key"})
 
 
 def classify(
