@@ -61,7 +61,9 @@ __all__ = [
     "Recorder",
     "approved_by_gate",
     "decided_body",
+    "decided_key",
     "default_gateway_id",
+    "received_key",
 ]
 
 #: FlowState.extra keys the approval gate sets (capture/approval_gate.py)
@@ -162,6 +164,7 @@ class _RecordableStamper(EventStamper):
         except InvalidEvent:
             fields["body"] = recordable(fields["body"])
             fields["request_id"] = recordable(fields.get("request_id"))
+            fields["body_key"] = None  # rare: not worth keeping
             return super().stamp_record(cls, **fields)
 
 
@@ -176,16 +179,23 @@ def _records(items: Sequence[BaseModel]) -> list[dict[str, Any]]:
 _OBLIGATIONS: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
 
 
-def _obligation_records(ob: RequestObligations) -> list[dict[str, Any]]:
+def _obligation_key(ob: RequestObligations) -> tuple[Any, ...] | None:
+    """What the obligations' records are made of (None: not keyed)."""
     if ob.row_filters:  # rare, and their filters are nested models: not cached
-        return _records(ob.to_event())
+        return None
     m = ob.mask
-    key = (
+    return (
         None if m is None else tuple(
             (k, tuple(v) if isinstance(v, list) else v) for k, v in m.__dict__.items()
         ),
         ob.strip_vectors,
     )
+
+
+def _obligation_records(ob: RequestObligations) -> list[dict[str, Any]]:
+    key = _obligation_key(ob)
+    if key is None:
+        return _records(ob.to_event())
     found = _OBLIGATIONS.get(key)
     if found is None:
         if len(_OBLIGATIONS) >= 1024:
@@ -211,6 +221,52 @@ def decided_body(decision: Decision) -> dict[str, Any]:
         "grant_id": decision.grant_id,
         "ticket_id": decision.ticket_id,
     }
+
+
+def decided_key(decision: Decision) -> tuple[Any, ...] | None:
+    """Every input of ``decided_body(decision)``: its body's encoding is kept
+    under this key (``EventCodec.record_bytes(body_key=...)``)."""
+    obligations = _obligation_key(decision.obligations)
+    if obligations is None:
+        return None
+    return (
+        decision.outcome,
+        tuple(decision.matched_rules),
+        tuple(decision.reasons),
+        obligations,
+        tuple((v.index, v.outcome, v.rule_id, v.reason) for v in decision.per_operation),
+        decision.policy_sha256,
+        decision.grant_id,
+        decision.ticket_id,
+    )
+
+
+#: the largest request body a RequestReceived body key holds (a larger one is
+#: encoded every time rather than kept in the codec's cache)
+_KEYED_BODY_MAX = 1024
+_KEYED_OPERATIONS_MAX = 16
+
+
+def received_key(body: dict[str, Any], operations: Sequence[BaseModel]) -> tuple[Any, ...] | None:
+    """Every value of a RequestReceived ``body`` (its operations given as the
+    models it was built from), or None for one too big to keep. Header values
+    are the redacted ones: no credential is held by a key. Values come from
+    validated models and strings, so equal keys mean equal values of the same
+    types, as ``record_bytes(body_key=...)`` requires."""
+    raw = body["body"]
+    if (raw is not None and len(raw) > _KEYED_BODY_MAX) or len(
+        operations
+    ) > _KEYED_OPERATIONS_MAX:
+        return None
+    return (
+        body["method"], body["scheme"], body["host"], body["path"], body["query"],
+        tuple([(h["name"], h["value"]) for h in body["headers"]]),
+        raw, body["body_sha256"], body["body_size"], body["content_type"], body["product"],
+        tuple([
+            tuple([tuple(v) if type(v) is list else v for v in op.__dict__.values()])
+            for op in operations
+        ]),
+    )
 
 
 class Recorder:
@@ -658,37 +714,40 @@ class Recorder:
         limit = self.config.record_body_limit
         cls = st.classification
         path, _, query = flow.request.path.partition("?")
+        operations = cls.operations if cls else []
+        received = {
+            "method": flow.request.method,
+            # as the client sent it, like host: reverse mode rewrites
+            # flow.request to the upstream's scheme
+            "scheme": "https" if flow.client_conn.tls_established else "http",
+            "host": st.client_host,
+            "path": path,
+            "query": query,
+            "headers": redact_header_records(st.extra.get("client_headers", [])),
+            "body": body if len(body) <= limit else None,
+            "body_sha256": _sha256(body),
+            "body_size": len(body),
+            "content_type": header_value(headers, b"content-type"),
+            "product": cls.product
+            if cls
+            else (st.route.kind if st.route.kind != "auto" else "unknown"),
+            "operations": _records(operations),
+        }
         out.append(
             self.stamper.stamp_record(
                 RequestReceived,
                 session_id=sid,
                 request_id=rid,
                 occurred_at=now,
-                body={
-                    "method": flow.request.method,
-                    # as the client sent it, like host: reverse mode rewrites
-                    # flow.request to the upstream's scheme
-                    "scheme": "https" if flow.client_conn.tls_established else "http",
-                    "host": st.client_host,
-                    "path": path,
-                    "query": query,
-                    "headers": redact_header_records(st.extra.get("client_headers", [])),
-                    "body": body if len(body) <= limit else None,
-                    "body_sha256": _sha256(body),
-                    "body_size": len(body),
-                    "content_type": header_value(headers, b"content-type"),
-                    "product": cls.product
-                    if cls
-                    else (st.route.kind if st.route.kind != "auto" else "unknown"),
-                    "operations": _records(cls.operations) if cls else [],
-                },
+                body=received,
+                body_key=received_key(received, operations),
             )
         )
         if st.decision is not None:
-            fields = decided_body(st.decision)
             out.append(
                 self.stamper.stamp_record(
-                    PolicyDecided, session_id=sid, request_id=rid, body=fields
+                    PolicyDecided, session_id=sid, request_id=rid,
+                    body=decided_body(st.decision), body_key=decided_key(st.decision),
                 )
             )
         return out
@@ -710,18 +769,24 @@ class Recorder:
                 )
             )
         else:
+            forwarded = {
+                "upstream": st.route.upstream,
+                "credential_ref": st.route.credential_ref,
+                "approval_id": st.extra.get(APPROVAL_ID),
+                "grant_id": st.decision.grant_id if st.decision else None,
+                "injected_filter": st.injected_filter,
+            }
+            key = tuple(forwarded.values())
             out.append(
                 stamp(
                     RequestForwarded,
                     session_id=sid,
                     request_id=rid,
-                    body={
-                        "upstream": st.route.upstream,
-                        "credential_ref": st.route.credential_ref,
-                        "approval_id": st.extra.get(APPROVAL_ID),
-                        "grant_id": st.decision.grant_id if st.decision else None,
-                        "injected_filter": st.injected_filter,
-                    },
+                    body=forwarded,
+                    # all str, None or bool: hashable, and equal only if equal
+                    body_key=key if all(
+                        v is None or type(v) is str or type(v) is bool for v in key
+                    ) else None,
                 )
             )
         return out

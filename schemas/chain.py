@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, get_args, get_origin
@@ -239,6 +239,7 @@ class EventStamper:
         request_id: str | None = None,
         occurred_at: datetime | None = None,
         body: dict[str, Any],
+        body_key: Hashable | None = None,
     ) -> StampedEvent:
         """``stamp`` for a body the caller built in the schema's shape: every
         body field present, plain values, nested records as dicts (a model's
@@ -246,6 +247,8 @@ class EventStamper:
         codec holds the record to every constraint of the model instead
         (``EventCodec.record_bytes``) and raises InvalidEvent before any state
         changes, like ``stamp``. The gateway's per-request events take this path.
+        ``body_key``: see ``EventCodec.record_bytes`` (a value that determines
+        ``body`` exactly; its encoding is then kept and reused).
         """
         with self._lock:
             state = self._sessions.get(session_id)
@@ -265,7 +268,7 @@ class EventStamper:
                 "prev_hash": prev,
                 "request_id": request_id,
             }
-            canonical, wire = self.codec.record_bytes(cls.avro_name, record)
+            canonical, wire = self.codec.record_bytes(cls.avro_name, record, body_key=body_key)
             digest = hashlib.sha256(bytes.fromhex(prev) + canonical).hexdigest()
             if state is None:
                 state = self._sessions[session_id] = _SessionState()

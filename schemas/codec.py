@@ -22,7 +22,7 @@ import io
 import json
 import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ import fastavro.validation
 from pydantic import AwareDatetime, BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from schemas.models import EVENT_TYPES, Event
+from schemas.models import EVENT_TYPES, Envelope, Event
 from schemas.registry import SchemaRegistryClient
 
 __all__ = [
@@ -167,16 +167,18 @@ class DecodedEvent:
     canonical: bytes
 
 
-def _schemaless(es: EventSchema, datum: Mapping[str, Any]) -> bytes:
-    """Schemaless Avro bytes of ``datum`` under ``es`` (a parsed event schema);
-    InvalidEvent naming the offending field if it does not fit."""
+def _schemaless(es: EventSchema, datum: Mapping[str, Any], parsed: Any = None) -> bytes:
+    """Schemaless Avro bytes of ``datum`` under ``es`` (a parsed event schema),
+    or under ``parsed`` (a part of it); InvalidEvent naming the offending field
+    if it does not fit."""
+    schema = es.parsed if parsed is None else parsed
     buf = io.BytesIO()
     try:
-        fastavro.schemaless_writer(buf, es.parsed, datum)
+        fastavro.schemaless_writer(buf, schema, datum)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         # Name the field: the validator walks the datum and reports its path.
         try:
-            fastavro.validation.validate(datum, es.parsed, raise_errors=True)
+            fastavro.validation.validate(datum, schema, raise_errors=True)
         except fastavro.validation.ValidationError as verr:
             raise InvalidEvent(_avro_error(verr, es.type_name)) from None
         raise InvalidEvent(_avro_error(exc, es.type_name)) from None
@@ -201,6 +203,10 @@ class EventCodec:
         self.registry = registry
         self._registry_ids: dict[str, int] = {}
         self._registry_writers: dict[int, EventSchema] = {}
+        #: (type, caller's body key) -> the checked Avro bytes of every field
+        #: but the envelope (``record_bytes(body_key=...)``)
+        self._bodies: dict[tuple[str, Hashable], bytes] = {}
+        self._parts: dict[str, tuple[Any, Any]] = {}
 
     # -- encoding -----------------------------------------------------------
     def _schema_for(self, event: Event) -> EventSchema:
@@ -214,7 +220,28 @@ class EventCodec:
         es = self._schema_for(event)
         return _schemaless(es, event.model_dump(mode="python"))
 
-    def record_bytes(self, type_name: str, record: dict[str, Any]) -> tuple[bytes, bytes]:
+    def _split(self, es: EventSchema) -> tuple[Any, Any]:
+        """(envelope, rest) as two parsed schemas: an Avro record is its fields'
+        encodings one after the other, so the envelope's bytes followed by a
+        record of the remaining fields are the event's bytes (fastavro writes
+        both; the rest's writer takes only its own fields from the record)."""
+        parts = self._parts.get(es.type_name)
+        if parts is None:
+            fields = copy.deepcopy(es.schema["fields"])  # expanded: named types inline
+            if fields[0]["name"] != "envelope":
+                raise InvalidEvent(f"{es.type_name}: the first field is not the envelope")
+            envelope = fastavro.parse_schema(fields[0]["type"], named_schemas={})
+            rest = fastavro.parse_schema(
+                {"type": "record", "name": f"{NAMESPACE}._{es.type_name}Body",
+                 "fields": fields[1:]},
+                named_schemas={},
+            )
+            parts = self._parts[es.type_name] = (envelope, rest)
+        return parts
+
+    def record_bytes(
+        self, type_name: str, record: dict[str, Any], *, body_key: Hashable | None = None
+    ) -> tuple[bytes, bytes]:
         """(canonical, wire) bytes of an event given as a plain record in its
         schema's shape: every field present, nested records as dicts,
         ``event_id`` a UUID or its string, times aware datetimes (what
@@ -224,11 +251,29 @@ class EventCodec:
         one, or has a field too many or too few, is refused with the model's
         own message (InvalidEvent). The bytes equal ``canonical(event)`` and
         ``encode(event)`` for the model of the same values.
+
+        ``body_key``, if given, must determine every field but the envelope
+        exactly (equal keys, equal values of the same types): the checked
+        bytes of those fields are then kept under it, and a record with a key
+        seen before has only its envelope checked and encoded (the gateway's
+        per-request events repeat their bodies). Bounded; cleared when full.
         """
         es = self.schemas.current.get(type_name)
         check = _RECORD_CHECKS.get(type_name)
         if es is None or check is None:
             raise InvalidEvent(f"unknown event type {type_name!r}")
+        if body_key is not None:
+            rest = self._bodies.get((type_name, body_key))
+            env = record.get("envelope")
+            if (
+                rest is not None
+                and record.keys() == _FIELD_NAMES[type_name]
+                and isinstance(env, dict)
+                and env.get("type") == type_name
+                and _ENVELOPE_CHECK(env)
+            ):
+                body = _schemaless(es, env, self._split(es)[0]) + rest
+                return self._framed(es, body)
         if record.keys() != _FIELD_NAMES[type_name]:
             record = _with_defaults(type_name, record)
         env = record.get("envelope")
@@ -246,7 +291,18 @@ class EventCodec:
                 f"{type_name}: the record does not have the schema's shape (fields "
                 f"{sorted(record)}; expected {sorted(_FIELD_NAMES[type_name])})"
             )
-        body = _schemaless(es, record)
+        if body_key is None:
+            body = _schemaless(es, record)
+        else:
+            envelope, rest_schema = self._split(es)
+            rest = _schemaless(es, record, rest_schema)
+            if len(self._bodies) >= 4096:
+                self._bodies.clear()
+            self._bodies[(type_name, body_key)] = rest
+            body = _schemaless(es, record["envelope"], envelope) + rest
+        return self._framed(es, body)
+
+    def _framed(self, es: EventSchema, body: bytes) -> tuple[bytes, bytes]:
         canonical = SINGLE_OBJECT_MAGIC + es.fingerprint + body
         if self.registry is None:
             return canonical, canonical
@@ -552,6 +608,8 @@ def _model_check(model: type[BaseModel]) -> _Check:
 
 #: Per event type: does a decoded record satisfy every constraint of its model?
 _RECORD_CHECKS: dict[str, _Check] = {name: _model_check(cls) for name, cls in EVENT_TYPES.items()}
+#: Does an envelope record satisfy every constraint of Envelope?
+_ENVELOPE_CHECK: _Check = _model_check(Envelope)
 #: Per event type: the record's field names (``EventCodec.record_bytes`` wants all of them).
 _FIELD_NAMES: dict[str, frozenset[str]] = {
     name: frozenset(cls.model_fields) for name, cls in EVENT_TYPES.items()

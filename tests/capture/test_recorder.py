@@ -7,13 +7,17 @@ flows, the dev issuer's tokens, examples/policy.yaml and a real SQLite log.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import tflow
 from pydantic import SecretStr
@@ -168,8 +172,14 @@ def test_a_flow_alone_commits_on_the_loop_and_concurrent_flows_group_commit(
             base_commits, base_inline = log.stats.commits, log.stats.inline_commits
             for _ in range(rounds):
                 await asyncio.gather(*(chain.exchange(token, answer()) for _ in range(flows)))
-                # async responses: let the last round's records land first
+                # async responses: let the last round's records land first,
+                # and the writer finish with them (it resolves an append's
+                # future just before it counts the job done)
                 await asyncio.gather(*chain.recorder._in_flight)
+                for _ in range(2000):
+                    if log._writer is None or not log._writer._outstanding:
+                        break
+                    await asyncio.sleep(0.005)
             assert chain.recorder._live == {}, "every flow's end was seen"
             return (
                 log.stats.commits - base_commits,
@@ -356,6 +366,9 @@ def test_gateway_built_events_decode_and_validate_against_the_models(
         # the model accepts the record again, field for field
         assert model.model_validate(decoded.event.model_dump()) == decoded.event
         assert s.event == decoded.event
+        # the model path writes the same bytes (the second request's bodies
+        # came from the codec's kept encodings)
+        assert default_codec().canonical(decoded.event) == s.wire
     responses = [d.event for d in events if d.event.envelope.type == "ResponseRecorded"]
     masked = [m.path for r in responses for m in r.masked_fields]  # type: ignore[attr-defined]
     assert masked == ["result.payload.email"] * 2
@@ -501,3 +514,103 @@ def test_response_hashes_whether_or_not_the_masker_changed_the_body(
     assert masked.body == delivered[1]  # type: ignore[attr-defined]
     assert masked.body_sha256 == sha(delivered[1])  # type: ignore[attr-defined]
     assert masked.original_body_sha256 == sha(pii)  # type: ignore[attr-defined]
+
+
+def _decisions() -> list[Any]:
+    from capture.policy import OperationVerdict, RequestObligations
+
+    out = []
+    for obligations in [{}, {"strip_vectors": True}, {"mask": {"detectors": ["email"]}},
+                        {"mask": {"detectors": ["email"], "fields": ["email"]}},
+                        {"mask": {"detectors": ["email"], "fields": ["email"], "mode": "hmac"}}]:
+        ob = RequestObligations.model_validate(obligations)
+        base = _decision(ob)
+        out += [base] + [base.model_copy(update=u) for u in (
+            {"grant_id": "g-1"}, {"ticket_id": "CHG-1"}, {"policy_sha256": "b" * 64},
+            {"outcome": "deny"}, {"matched_rules": ["ds-read", "x"]}, {"reasons": ["r"]},
+            {"per_operation": [OperationVerdict(
+                index=0, action="read", outcome="allow", rule_id="ds-read",
+                reason="allowed by ds-read")]},
+            {"per_operation": [OperationVerdict(
+                index=0, action="read", outcome="allow", rule_id="ds-read", reason="other")]},
+        )]
+    return out
+
+
+def test_equal_decided_keys_mean_equal_decided_bodies() -> None:
+    """PolicyDecided's kept encoding (EventCodec.record_bytes body_key) is
+    looked up by decided_key: it must tell apart every two decisions whose
+    bodies differ, and only those."""
+    from capture.recorder import decided_body, decided_key
+
+    decisions = _decisions()
+    for a in decisions:
+        for b in decisions:
+            assert (decided_key(a) == decided_key(b)) == (decided_body(a) == decided_body(b))
+
+
+_HEADERS = st.lists(st.fixed_dictionaries({
+    "name": st.sampled_from(["accept", "user-agent", "authorization", "x-a"]),
+    "value": st.sampled_from(["", "a", "b", "[REDACTED]"])}), max_size=3)
+
+
+@st.composite
+def _received(draw: st.DrawFn) -> tuple[dict[str, Any], list[Any]]:
+    from schemas.models import ActionClass, Operation
+
+    operations = draw(st.lists(st.builds(
+        Operation,
+        action=st.sampled_from(list(ActionClass)),
+        collection=st.none() | st.sampled_from(["docs", "d2"]),
+        ids=st.lists(st.sampled_from(["1", "2", "x"]), max_size=3),
+        ids_known=st.booleans(),
+        vector_count=st.integers(0, 2),
+        limit=st.none() | st.integers(0, 2),
+        with_vectors=st.none() | st.booleans(),
+        detail=st.none() | st.just("get_point"),
+    ), max_size=3))
+    raw = draw(st.sampled_from([b"", b"{}", b"x" * 2000]))
+    body = {
+        "method": draw(st.sampled_from(["GET", "POST"])),
+        "scheme": draw(st.sampled_from(["http", "https"])),
+        "host": draw(st.sampled_from(["h", "h:1"])),
+        "path": draw(st.sampled_from(["/collections/docs/points/1", "/collections"])),
+        "query": draw(st.sampled_from(["", "wait=true"])),
+        "headers": draw(_HEADERS),
+        "body": raw if len(raw) <= 1000 else None,
+        "body_sha256": hashlib.sha256(raw).hexdigest(),
+        "body_size": len(raw),
+        "content_type": draw(st.none() | st.just("application/json")),
+        "product": draw(st.sampled_from(["qdrant", "chroma"])),
+        "operations": [op.__dict__ for op in operations],
+    }
+    return body, operations
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_received(), min_size=2, max_size=6))
+def test_equal_received_keys_mean_equal_bodies_and_the_same_bytes(
+    bodies: list[tuple[dict[str, Any], list[Any]]]
+) -> None:
+    """RequestReceived's kept encoding is looked up by received_key: equal
+    keys only for equal bodies, and a stamper that keeps encodings writes the
+    bytes of one that does not, event for event."""
+    from capture.recorder import received_key
+    from schemas.codec import EventCodec
+
+    for a, ops_a in bodies:
+        for b, ops_b in bodies:
+            ka, kb = received_key(a, ops_a), received_key(b, ops_b)
+            if ka is not None and ka == kb:
+                assert a == b
+    keeping = EventCodec(schemas=default_codec().schemas)
+    plain = EventCodec(schemas=default_codec().schemas)
+    for seq, (body, ops) in enumerate(bodies * 2):
+        record = {**body, "envelope": {
+            "event_id": "01a22b94-651e-707f-96f4-d3702362bf8a", "type": "RequestReceived",
+            "occurred_at": datetime(2026, 1, 1, tzinfo=UTC), "gateway_id": "g",
+            "session_id": "s", "seq": seq, "stream_seq": seq, "prev_hash": f"{seq:064x}",
+            "request_id": "r"}}
+        assert keeping.record_bytes(
+            "RequestReceived", record, body_key=received_key(body, ops)
+        ) == plain.record_bytes("RequestReceived", record)

@@ -9,6 +9,7 @@ import json
 import struct
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import avro.io
@@ -267,3 +268,65 @@ def test_registry_setting_switches_the_default_codec(registry_url: str) -> None:
     env = {**os.environ, "EMBEDGUARD_SCHEMA_REGISTRY": registry_url}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert res.stdout.strip() == "ok", res.stderr
+
+
+# -- record_bytes(body_key=...): the body's bytes kept, the envelope's written --
+
+_ENVELOPES = st.builds(
+    dict,
+    event_id=st.uuids().map(str),
+    occurred_at=st.datetimes(
+        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    ),
+    gateway_id=st.text(min_size=1, max_size=20),
+    session_id=st.text(min_size=1, max_size=20),
+    seq=st.integers(0, 2**63 - 1),
+    stream_seq=st.integers(0, 2**63 - 1),
+    prev_hash=st.text("0123456789abcdef", min_size=64, max_size=64),
+    request_id=st.none() | st.text(max_size=20),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.sampled_from(TYPES), envelopes=st.lists(_ENVELOPES, min_size=1, max_size=4))
+def test_a_kept_body_writes_the_bytes_of_the_whole_record(
+    name: str, envelopes: list[dict[str, object]]
+) -> None:
+    """The envelope's bytes and the kept bytes of the other fields are the
+    record's bytes, under a fresh key and under one seen before, for every
+    event type; and they are the model path's bytes."""
+    codec = EventCodec(schemas=default_codec().schemas)
+    body = sample_event(EVENT_TYPES[name]).model_dump(mode="python")
+    for env in envelopes:
+        record = {**body, "envelope": {**env, "type": name}}
+        plain = codec.record_bytes(name, record)
+        assert codec.record_bytes(name, record, body_key=("k", name)) == plain
+        model = EVENT_TYPES[name].model_validate(record)
+        assert plain == (codec.canonical(model), codec.encode(model))
+
+
+def test_a_kept_body_still_has_its_envelope_checked() -> None:
+    codec = EventCodec(schemas=default_codec().schemas)
+    body = sample_event(RequestReceived).model_dump(mode="python")
+    codec.record_bytes("RequestReceived", body, body_key="k")
+    for change in ({"prev_hash": "nothex"}, {"seq": -1}, {"type": "PolicyDecided"},
+                   {"occurred_at": datetime(2026, 1, 1)}):
+        bad = {**body, "envelope": {**body["envelope"], **change}}
+        with pytest.raises(InvalidEvent) as plain:
+            codec.record_bytes("RequestReceived", bad)
+        with pytest.raises(InvalidEvent) as kept:
+            codec.record_bytes("RequestReceived", bad, body_key="k")
+        assert str(kept.value) == str(plain.value)
+    # a field too few or too many is not taken from the kept bytes either
+    with pytest.raises(InvalidEvent):
+        codec.record_bytes("RequestReceived", {**body, "extra": 1}, body_key="k")
+
+
+def test_a_body_that_does_not_fit_is_not_kept() -> None:
+    codec = EventCodec(schemas=default_codec().schemas)
+    body = sample_event(RequestReceived).model_dump(mode="python")
+    with pytest.raises(InvalidEvent):
+        codec.record_bytes("RequestReceived", {**body, "body_size": -1}, body_key="k")
+    assert codec._bodies == {}
+    assert codec.record_bytes("RequestReceived", body, body_key="k") == codec.record_bytes(
+        "RequestReceived", body)
