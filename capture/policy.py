@@ -652,8 +652,8 @@ class Policy(_Model):
 
     _source: str = PrivateAttr(default="<policy>")
     _sha256: str = PrivateAttr(default="")
-    #: which rules match, by what decides it (see _matching_rules)
-    _matches: dict[tuple[Any, ...], frozenset[int]] = PrivateAttr(default_factory=dict)
+    #: the rules compiled for evaluation, with what it remembers (see _compiled)
+    _compiled: Any = PrivateAttr(default=None)
 
     @property
     def source(self) -> str:
@@ -661,7 +661,10 @@ class Policy(_Model):
 
     @property
     def sha256(self) -> str:
-        return self._sha256
+        # read straight from the private values: pydantic's __getattr__ for a
+        # private attribute cost more than the rest of a remembered decision
+        sha: str = _private(self)["_sha256"]
+        return sha
 
     def rule(self, rule_id: str) -> Rule | None:
         return next((r for r in self.rules if r.id == rule_id), None)
@@ -1344,29 +1347,153 @@ def _why_not(rule: Rule, identity: Identity, op: Operation, explain: bool = True
 
 
 _MATCH_CACHE_SIZE = 4096
+_DECISION_CACHE_SIZE = 4096
 
 
-def _matching_rules(policy: Policy, identity: Identity, op: Operation) -> frozenset[int]:
-    """The indices of the rules that match ``op`` for ``identity``.
+def _private(model: BaseModel) -> dict[str, Any]:
+    private = model.__pydantic_private__
+    assert private is not None  # every model with PrivateAttrs has them
+    return private
 
-    Whether a rule matches depends only on the caller's issuer, subject and
-    groups and on the operation's action, collection and database (not on
-    time, tickets, ids or the body: those are conditions, checked on every
-    request), so it is remembered per policy for those values.
-    """
-    key = (identity.issuer, identity.subject, identity.groups, op.action, op.collection,
-           op.database)
-    cache = policy._matches
-    found = cache.get(key)
-    if found is None:
-        found = frozenset(
-            r for r, rule in enumerate(policy.rules)
-            if _why_not(rule, identity, op, explain=False) is None
+
+def _star_or_match(star: bool, patterns: tuple[re.Pattern[str], ...], name: str) -> bool:
+    """``any(_glob_match(g, name) for g in globs)``, with the globs compiled."""
+    if name == "*":  # an operation over every collection: only the glob * matches it
+        return star
+    return star or any(p.fullmatch(name) is not None for p in patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleMatcher:
+    """A rule's subjects, actions, collections and databases, compiled:
+    ``matches`` is ``_why_not(rule, ...) is None`` (a property test holds them equal)."""
+
+    actions: frozenset[ActionClass]
+    issuer: str | None
+    anyone: bool
+    groups: frozenset[str]
+    names: frozenset[str]
+    no_collection: bool
+    any_collection: bool
+    collections: tuple[re.Pattern[str], ...]
+    any_database: bool
+    databases: tuple[re.Pattern[str], ...] | None
+
+    @classmethod
+    def of(cls, rule: Rule) -> _RuleMatcher:
+        s = rule.subjects
+        actions = (frozenset(a for a in ActionClass if a != ActionClass.UNKNOWN)
+                   if "*" in rule.actions else frozenset(ActionClass(a) for a in rule.actions))
+        dbs = rule.databases
+        return cls(
+            actions=actions, issuer=s.issuer, anyone=s.authenticated,
+            groups=frozenset(s.groups), names=frozenset(s.users) | frozenset(s.service_accounts),
+            no_collection=rule.no_collection, any_collection="*" in rule.collections,
+            collections=tuple(_glob_regex(g) for g in rule.collections if g != "*"),
+            any_database=dbs is not None and "*" in dbs,
+            databases=None if dbs is None else tuple(_glob_regex(g) for g in dbs if g != "*"),
         )
-        if len(cache) >= _MATCH_CACHE_SIZE:
-            cache.clear()
-        cache[key] = found
-    return found
+
+    def matches(self, identity: Identity, op: Operation) -> bool:
+        if op.action not in self.actions:  # never unknown
+            return False
+        if self.issuer is not None and identity.issuer != self.issuer:
+            return False
+        if not self.anyone and self.groups.isdisjoint(identity.groups) \
+                and identity.subject not in self.names:
+            return False
+        collection = op.collection or None
+        if collection is None:
+            return self.no_collection
+        if not _star_or_match(self.any_collection, self.collections, collection):
+            return False
+        if self.databases is not None:
+            if op.database is None:
+                return False
+            return _star_or_match(self.any_database, self.databases, op.database)
+        return True
+
+
+#: a matching rule's part in an operation's verdict: (rule index, outcome, reason)
+_Part: TypeAlias = tuple[int, Outcome, str]
+
+
+class _Compiled:
+    """What evaluating a policy needs, worked out once per :class:`Policy` object
+    (a reload makes a new one, so nothing remembered outlives its policy).
+
+    ``matches`` remembers which rules match, by what decides it: the caller's
+    issuer, subject and groups and the operation's action, collection and
+    database (not time, tickets, ids or the body: those are conditions, checked
+    on every request). ``decisions`` remembers whole decisions, keyed by every
+    input the decision is made of (see :func:`_decide`).
+    """
+
+    __slots__ = ("approvers", "decisions", "header", "matchers", "matches", "n", "needs_ticket",
+                 "passed", "rules", "sha256", "static")
+
+    def __init__(self, policy: Policy, sha256: str) -> None:
+        self.rules = policy.rules
+        self.n = len(policy.rules)
+        self.approvers = policy.approvers
+        self.header = policy.change_ticket_header
+        self.sha256 = sha256
+        self.matchers = tuple(_RuleMatcher.of(rule) for rule in policy.rules)
+        self.matches: dict[tuple[Any, ...], tuple[int, ...]] = {}
+        self.decisions: dict[tuple[Any, ...], Decision] = {}
+        #: what a rule contributes when its conditions hold (or it is a deny rule)
+        self.passed: list[tuple[Outcome, str]] = []
+        #: the same, for rules that contribute it whatever the request (no
+        #: conditions, no row filter to check); None: check per request
+        self.static: list[tuple[Outcome, str] | None] = []
+        self.needs_ticket = tuple(rule.conditions.needs_ticket for rule in policy.rules)
+        for rule in policy.rules:
+            if rule.effect == "deny":
+                part: tuple[Outcome, str] = (
+                    "deny", f"denied by rule {rule.id}"
+                    + (f": {rule.description}" if rule.description else ""))
+                fixed = True
+            else:
+                if rule.effect == "require_approval":
+                    part = ("require_approval", f"rule {rule.id} requires approval by "
+                            f"{_approval_text(policy.approvers_for(rule))}")
+                else:
+                    part = ("allow", f"allowed by rule {rule.id}")
+                fixed = rule.conditions.is_empty() and rule.obligations.inject_filter is None
+            self.passed.append(part)
+            self.static.append(part if fixed else None)
+
+    def fits(self, policy: Policy, sha256: str) -> bool:
+        return (policy.rules is self.rules and len(policy.rules) == self.n
+                and policy.approvers is self.approvers
+                and policy.change_ticket_header == self.header and sha256 == self.sha256)
+
+    def matching(self, identity: Identity, op: Operation) -> tuple[int, ...]:
+        """The indices of the rules that match ``op`` for ``identity``, in order."""
+        key = (identity.issuer, identity.subject, identity.groups, op.action, op.collection,
+               op.database)
+        found = self.matches.get(key)
+        if found is None:
+            found = tuple(r for r, m in enumerate(self.matchers) if m.matches(identity, op))
+            if len(self.matches) >= _MATCH_CACHE_SIZE:
+                self.matches.clear()
+            self.matches[key] = found
+        return found
+
+
+def _compiled(policy: Policy) -> _Compiled:
+    private = _private(policy)
+    sha256: str = private["_sha256"]
+    comp: _Compiled | None = private.get("_compiled")
+    if comp is None or not comp.fits(policy, sha256):
+        comp = private["_compiled"] = _Compiled(policy, sha256)
+    return comp
+
+
+def _matching_rules(policy: Policy, identity: Identity, op: Operation) -> tuple[int, ...]:
+    """The indices of the rules that match ``op`` for ``identity`` (remembered
+    per policy; see :class:`_Compiled`)."""
+    return _compiled(policy).matching(identity, op)
 
 
 @dataclass(frozen=True)
@@ -1525,7 +1652,18 @@ def evaluate(
     """Decide a request (see the module docstring). Never raises: an internal
     error becomes a deny whose reason says so."""
     try:
-        return _evaluate(policy, identity, list(operations), ctx, traces=None)
+        return _decide(policy, identity, list(operations), ctx)
+    except Exception as exc:  # noqa: BLE001 - fail closed, whatever went wrong
+        return _failed(policy, list(operations), exc)
+
+
+def _evaluate_reference(
+    policy: Policy, identity: Identity, operations: Sequence[Operation], ctx: RequestContext,
+) -> Decision:
+    """:func:`evaluate` worked out from scratch: nothing compiled, nothing
+    remembered. Tests hold :func:`evaluate` equal to it."""
+    try:
+        return _evaluate(policy, identity, list(operations), ctx, traces=None, remember=False)
     except Exception as exc:  # noqa: BLE001 - fail closed, whatever went wrong
         return _failed(policy, list(operations), exc)
 
@@ -1560,9 +1698,88 @@ def _failed(policy: Policy, operations: list[Operation], exc: BaseException) -> 
     )
 
 
+def _decide(
+    policy: Policy, identity: Identity, ops: list[Operation], ctx: RequestContext,
+) -> Decision:
+    """:func:`_evaluate`, remembered per policy.
+
+    A decision is made of the policy and, per operation, of its action,
+    collection, database (and detail, if unknown) and what each matching rule
+    contributed (rule, outcome, reason: the conditions, which depend on time,
+    the token, ids, limits, tickets and the client, are checked here on every
+    request and their failures named in the reason); of the caller's subject
+    and groups when an operation falls to the default deny (its reason names
+    them); and of the change ticket when a matching rule needs one and it was
+    verified. Those are the key. Grants depend on the clock: a request for
+    which a grant could lift an operation is decided afresh, and not remembered.
+    """
+    comp = _compiled(policy)
+    if not ops:
+        return _evaluate(policy, identity, ops, ctx, traces=None)
+    keys: list[tuple[Any, ...]] = []
+    who: tuple[str, frozenset[str]] | None = None
+    ticket: str | None = None
+    for op, parts in zip(ops, _contributions(comp, policy, identity, ops, ctx), strict=True):
+        unknown = op.action == ActionClass.UNKNOWN
+        if unknown or not parts:
+            if not unknown:
+                who = (identity.subject, identity.groups)
+            if ctx.grants:  # a grant may stand in for the default deny
+                return _evaluate(policy, identity, ops, ctx, traces=None)
+        elif ctx.grants and any(p[1] == "require_approval" for p in parts) \
+                and not any(p[1] == "deny" for p in parts):  # or for the approval
+            return _evaluate(policy, identity, ops, ctx, traces=None)
+        if ticket is None and any(comp.needs_ticket[p[0]] for p in parts):
+            ticket = ""
+        keys.append((op.action, op.collection, op.database, op.detail if unknown else None,
+                     parts))
+    if ticket is not None:  # a matching rule needs a change ticket
+        ticket = ctx.ticket.ticket_id if ctx.ticket is not None and ctx.ticket.valid else None
+    key = (tuple(keys), who, ticket)
+    decision = comp.decisions.get(key)
+    if decision is None:
+        decision = _evaluate(policy, identity, ops, ctx, traces=None)
+        if len(comp.decisions) >= _DECISION_CACHE_SIZE:
+            comp.decisions.clear()
+        comp.decisions[key] = decision
+    return decision
+
+
+def _contributions(comp: _Compiled, policy: Policy, identity: Identity, ops: list[Operation],
+                   ctx: RequestContext) -> list[tuple[_Part, ...]]:
+    """What each matching rule contributes to each operation, as :func:`_evaluate`
+    works it out: a deny rule its denial, another rule its effect, or a deny
+    naming the conditions that fail (checked now, for this request)."""
+    matchings = [comp.matching(identity, op) for op in ops]
+    ids_by_rule: dict[int, _IdCount] = {}
+    out: list[tuple[_Part, ...]] = []
+    for op, matching in zip(ops, matchings, strict=True):
+        parts: list[_Part] = []
+        for r in matching:
+            fixed = comp.static[r]
+            if fixed is not None:
+                parts.append((r, fixed[0], fixed[1]))
+                continue
+            rule = comp.rules[r]
+            ids = None
+            if rule.conditions.max_ids is not None:
+                ids = ids_by_rule.get(r)
+                if ids is None:
+                    ids = ids_by_rule[r] = _id_count(
+                        o for o, m in zip(ops, matchings, strict=True) if r in m)
+            failed = _condition_failures(policy, rule, op, identity, ctx, ids)
+            if failed:
+                parts.append((r, "deny", "; ".join(failed)))
+            else:
+                passed = comp.passed[r]
+                parts.append((r, passed[0], passed[1]))
+        out.append(tuple(parts))
+    return out
+
+
 def _evaluate(
     policy: Policy, identity: Identity, ops: list[Operation], ctx: RequestContext,
-    traces: list[OperationTrace] | None,
+    traces: list[OperationTrace] | None, *, remember: bool = True,
 ) -> Decision:
     if not ops:
         reason = "the request has no operations to allow"
@@ -1571,6 +1788,9 @@ def _evaluate(
 
     if traces is not None:
         why_not = [[_why_not(rule, identity, op) for rule in policy.rules] for op in ops]
+    elif not remember:
+        why_not = [[_why_not(rule, identity, op, explain=False) for rule in policy.rules]
+                   for op in ops]
     else:
         why_not = []
         for op in ops:
