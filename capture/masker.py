@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 from mitmproxy import http
 
-from capture.headers import header_value
 from capture.masking import (
     EACH_ELEMENT,
     EACH_VALUE,
@@ -136,6 +135,23 @@ def extract_ids(doc: Any, paths: Sequence[str], limit: int = 10_000) -> list[str
     return out
 
 
+def _encoding_and_type(headers: http.Headers) -> tuple[str | None, str]:
+    """``header_value`` of Content-Encoding and of Content-Type (``""`` when
+    absent), in one pass over the fields."""
+    encodings: list[bytes] = []
+    types: list[bytes] = []
+    for k, v in headers.fields:
+        name = k.lower()
+        if name == b"content-encoding":
+            encodings.append(v)
+        elif name == b"content-type":
+            types.append(v)
+    encoding = (
+        ", ".join(v.decode("utf-8", "surrogateescape") for v in encodings) if encodings else None
+    )
+    return encoding, ", ".join(v.decode("utf-8", "surrogateescape") for v in types)
+
+
 class Masker:
     def __init__(self, hmac_key: bytes | None = None, *, reference: bool = False) -> None:
         self.hmac_key = hmac_key
@@ -151,7 +167,7 @@ class Masker:
             return
         resp = flow.response
         headers = resp.headers
-        encoding = header_value(headers, b"content-encoding")
+        encoding, ctype = _encoding_and_type(headers)
         encoded = encoding is not None
         raw = (resp.get_content(strict=False) if encoded else resp.raw_content) or b""
         digest = hashlib.sha256(raw).hexdigest()
@@ -159,7 +175,6 @@ class Masker:
         st.extra[BODY_SEEN] = (resp.raw_content, encoding, raw, digest)
         cls = st.classification
         plan: MaskPlan | None = st.extra.get(PLAN_KEY)
-        ctype = header_value(headers, b"content-type") or ""
         if not raw or ("json" not in ctype and raw.lstrip()[:1] not in (b"{", b"[")):
             if plan is not None and plan.active and raw:
                 # A policy that masks cannot be honoured on a body we cannot read:

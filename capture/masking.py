@@ -78,9 +78,11 @@ Python stack.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac as _hmac
 import json
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -462,11 +464,12 @@ def _mask_string(text: str, wanted: frozenset[str], tokens: _Tokens) -> tuple[st
 
 
 def _mask_string_fast(
-    text: str, wanted: frozenset[str], tokens: _Tokens
+    text: str, find: Callable[[str], list[tuple[int, int, Detector]]], tokens: _Tokens
 ) -> tuple[str, list[str]]:
-    """``_mask_string`` on plain span tuples, with the same rounds (so the same
-    kinds in the same order); the tests compare the two."""
-    first: list[tuple[int, int, Detector]] | None = _spans(text, wanted)
+    """``_mask_string`` on plain span tuples (``find`` is ``_span_finder`` of
+    the detectors), with the same rounds (so the same kinds in the same
+    order); the tests compare the two."""
+    first: list[tuple[int, int, Detector]] | None = find(text)
     if not first:
         return text, []
     pieces: list[tuple[str, int]] = [(text, _DIRTY)]
@@ -482,7 +485,7 @@ def _mask_string_fast(
             if first is not None:
                 spans, first = first, None
             else:
-                spans = _spans(piece, wanted)
+                spans = find(piece)
             if not spans:
                 out.append((piece, _CLEAN))
                 continue
@@ -741,6 +744,8 @@ class _Plan:
     guard_ids: bool
     #: what the source text must contain for anything to be masked (see _could_mask)
     folded_fields: tuple[bytes, ...]
+    #: the detectors' hits in a string, as _spans finds them
+    find: Callable[[str], list[tuple[int, int, Detector]]]
 
 
 @lru_cache(maxsize=256)
@@ -750,6 +755,7 @@ def _plan(
     strip_vector_paths: tuple[str, ...],
     id_paths: tuple[str, ...],
     fields: tuple[str, ...],
+    wanted: frozenset[str] = frozenset(),
 ) -> _Plan:
     # parsed in the order mask_document_reference parses them, so a spec with
     # several faults raises the same error
@@ -766,7 +772,40 @@ def _plan(
     # a key matches a field name when its casefold does; an ASCII key's casefold
     # is ASCII, so only the ASCII names can match in an ASCII text
     folded = tuple(f.encode() for f in sorted(field_names) if f.isascii())
-    return _Plan(scan, whole, strip, ids, field_names, disjoint, guard_ids, folded)
+    return _Plan(scan, whole, strip, ids, field_names, disjoint, guard_ids, folded,
+                 _span_finder(wanted))
+
+
+@lru_cache(maxsize=256)
+def _spec(
+    detectors: tuple[str, ...],
+    mode: MaskMode,
+    hmac_key: bytes | None,
+    paths: tuple[str, ...],
+    field_paths: tuple[str, ...],
+    strip_vector_paths: tuple[str, ...],
+    id_paths: tuple[str, ...],
+    fields: tuple[str, ...],
+) -> tuple[frozenset[str], _Tokens, _Plan]:
+    # checked in the order of mask_document_reference, so a spec with several
+    # faults raises the same error (a raise is never cached)
+    wanted = _wanted(detectors)
+    tokens = _Tokens(mode, hmac_key)
+    return wanted, tokens, _plan(paths, field_paths, strip_vector_paths, id_paths, fields, wanted)
+
+
+def _email_spans(text: str) -> list[tuple[int, int, Detector]]:
+    # _spans for the e-mail detector alone: its matches never overlap and come
+    # in order, so sorting and overlap removal change nothing
+    if "@" not in text:
+        return []
+    return [(m.start(), m.end(), "email") for m in _EMAIL.finditer(text)]
+
+
+def _span_finder(wanted: frozenset[str]) -> Callable[[str], list[tuple[int, int, Detector]]]:
+    if wanted == {"email"}:
+        return _email_spans
+    return functools.partial(_spans, wanted=wanted)
 
 
 #: a phone number, card or national id holds two adjacent digits, or a ``+``
@@ -784,16 +823,17 @@ def _could_mask(source: bytes, plan: _Plan, wanted: frozenset[str]) -> bool:
         return True
     if not plan.scan:
         return False
-    if not source.isascii() or b"\\" in source or b"\x00" in source:
-        return True
+    # the signs of something to mask first (most bodies that have one have
+    # an @), then whether the text could hide one
     if "email" in wanted and b"@" in source:
         return True
     if len(wanted) > ("email" in wanted) and _DIGITS_HIT.search(source) is not None:
         return True
     if plan.folded_fields:
         lowered = source.lower()
-        return any(b'"' + name + b'"' in lowered for name in plan.folded_fields)
-    return False
+        if any(b'"' + name + b'"' in lowered for name in plan.folded_fields):
+            return True
+    return not source.isascii() or b"\\" in source or b"\x00" in source
 
 
 @lru_cache(maxsize=4096)
@@ -828,14 +868,12 @@ def mask_document(
     unknown detector, hmac mode without a usable key), before looking at the
     document, so a caller can fail closed.
     """
-    wanted = _wanted(tuple(detectors))
-    tokens = _Tokens(mode, hmac_key)
     try:
-        plan = _plan(
-            tuple(paths), tuple(field_paths), tuple(strip_vector_paths), tuple(id_paths),
-            tuple(fields),
+        wanted, tokens, plan = _spec(
+            tuple(detectors), mode, hmac_key, tuple(paths), tuple(field_paths),
+            tuple(strip_vector_paths), tuple(id_paths), tuple(fields),
         )
-    except TypeError:  # an unhashable path or field: let the reference say what is wrong
+    except TypeError:  # something unhashable: let the reference say what is wrong
         plan = None
     if plan is None or not plan.disjoint:
         return mask_document_reference(
@@ -857,9 +895,10 @@ def mask_document(
             if value is not None and _last(link) not in _ID_KEYS:
                 edits.append((link, tokens.token("field", _canonical(value)), ["field"]))
     if wanted or field_names:
+        find = plan.find
         for steps in plan.scan:
             for link, value in _resolve(doc, steps):
-                _scan_into(value, link, wanted, field_names, tokens, edits)
+                _scan_into(value, link, wanted, find, field_names, tokens, edits)
     if not edits:
         return MaskResult(doc=doc, masked_fields=[])
 
@@ -873,11 +912,20 @@ def mask_document(
         if not located:
             return MaskResult(doc=doc, masked_fields=[])
     if len(located) > 1:
-        located.sort(key=_located_order)
+        if source is not None:
+            # parsed from JSON, so every key is a str: where two locations first
+            # differ, both are keys of one object or indexes of one array, and
+            # comparing them as they are orders them as _sort_key does
+            located.sort(key=_first)
+        else:
+            located.sort(key=_located_order)
     new_doc = _apply_disjoint(doc, located)
     masked = [_masked_field(address, kind) for address, _, kinds in located for kind in kinds]
     return MaskResult(doc=new_doc, masked_fields=masked)
 
+
+
+_first = operator.itemgetter(0)
 
 
 def _located_order(item: tuple[Address, Any, list[str]]) -> tuple[tuple[bool, Any], ...]:
@@ -910,6 +958,7 @@ def _scan_into(
     root: Any,
     root_link: _Link,
     wanted: frozenset[str],
+    find: Callable[[str], list[tuple[int, int, Detector]]],
     field_names: frozenset[str],
     tokens: _Tokens,
     edits: list[_Edit],
@@ -927,24 +976,25 @@ def _scan_into(
     has_digit = _HAS_DIGIT.search
     if isinstance(root, str):
         if (email and "@" in root) or (digits and has_digit(root) is not None):
-            masked, kinds = _mask_string_fast(root, wanted, tokens)
+            masked, kinds = _mask_string_fast(root, find, tokens)
             if kinds:
                 edits.append((root_link, masked, kinds))
         return
     # strings are masked where they are met; only containers go on the stack
+    id_keys = _ID_KEYS
     stack: list[tuple[_Link, Any]] = [(root_link, root)]
     pop, push = stack.pop, stack.append
     while stack:
         link, value = pop()
         if isinstance(value, dict):
             for key, child in value.items():
-                if key in _ID_KEYS:
+                if key in id_keys:
                     continue
                 if isinstance(child, str):
                     if field_names and isinstance(key, str) and key.casefold() in field_names:
                         edits.append(((link, key), tokens.token("field", child), ["field"]))
                     elif (email and "@" in child) or (digits and has_digit(child) is not None):
-                        masked, kinds = _mask_string_fast(child, wanted, tokens)
+                        masked, kinds = _mask_string_fast(child, find, tokens)
                         if kinds:
                             edits.append(((link, key), masked, kinds))
                 elif (
@@ -962,7 +1012,7 @@ def _scan_into(
             for i, child in enumerate(value):
                 if isinstance(child, str):
                     if (email and "@" in child) or (digits and has_digit(child) is not None):
-                        masked, kinds = _mask_string_fast(child, wanted, tokens)
+                        masked, kinds = _mask_string_fast(child, find, tokens)
                         if kinds:
                             edits.append(((link, i), masked, kinds))
                 elif isinstance(child, dict | list):

@@ -244,3 +244,24 @@ def test_extract_ids_follows_key_paths_like_the_walk(doc: object, data: st.DataO
             want.extend(str(v) for v in vals
                         if isinstance(v, str | int) and not isinstance(v, bool))
     assert extract_ids(doc, paths) == want[:10_000]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [],
+        [(b"Content-Type", b"application/json")],
+        [(b"content-encoding", b"gzip"), (b"CONTENT-TYPE", b"text/plain")],
+        [(b"content-encoding", b"gzip"), (b"Content-Encoding", b"br"), (b"content-type", b"")],
+        [(b"content-type", b"a"), (b"x", b"y"), (b"content-type", b"\xff")],
+    ],
+)
+def test_encoding_and_type_read_as_header_value_does(fields: list[tuple[bytes, bytes]]) -> None:
+    from capture.headers import header_value
+    from capture.masker import _encoding_and_type
+
+    headers = http.Headers(fields)
+    assert _encoding_and_type(headers) == (
+        header_value(headers, b"content-encoding"),
+        header_value(headers, b"content-type") or "",
+    )
