@@ -896,9 +896,9 @@ def mask_document(
                 edits.append((link, tokens.token("field", _canonical(value)), ["field"]))
     if wanted or field_names:
         find = plan.find
+        is_field: dict[Any, bool] = {}  # key -> whether it names a field (for this call)
         for steps in plan.scan:
-            for link, value in _resolve(doc, steps):
-                _scan_into(value, link, wanted, find, field_names, tokens, edits)
+            _scan_into(_resolve(doc, steps), wanted, find, field_names, tokens, edits, is_field)
     if not edits:
         return MaskResult(doc=doc, masked_fields=[])
 
@@ -955,34 +955,37 @@ def _apply_disjoint(doc: Any, located: list[tuple[Address, Any, list[str]]]) -> 
 
 
 def _scan_into(
-    root: Any,
-    root_link: _Link,
+    roots: list[tuple[_Link, Any]],
     wanted: frozenset[str],
     find: Callable[[str], list[tuple[int, int, Detector]]],
     field_names: frozenset[str],
     tokens: _Tokens,
     edits: list[_Edit],
+    is_field: dict[Any, bool],
 ) -> None:
-    """``_scan`` appending its edits to a list, with the detectors' cheapest
-    pre-filter (an ``@``, a digit) tried inline before ``_mask_string``."""
-    last = _last(root_link)
-    if last in _ID_KEYS:
-        return
-    if isinstance(last, str) and last.casefold() in field_names and root is not None:
-        edits.append((root_link, tokens.token("field", _canonical(root)), ["field"]))
-        return
+    """``_scan`` of each root, appending the edits to a list, with the
+    detectors' cheapest pre-filter (an ``@``, a digit) tried inline before
+    ``_mask_string``."""
     email = "email" in wanted
     digits = len(wanted) > email
     has_digit = _HAS_DIGIT.search
-    if isinstance(root, str):
-        if (email and "@" in root) or (digits and has_digit(root) is not None):
-            masked, kinds = _mask_string_fast(root, find, tokens)
-            if kinds:
-                edits.append((root_link, masked, kinds))
-        return
+    stack: list[tuple[_Link, Any]] = []
+    for root_link, root in roots:
+        last = _last(root_link)
+        if last in _ID_KEYS:
+            continue
+        if isinstance(last, str) and last.casefold() in field_names and root is not None:
+            edits.append((root_link, tokens.token("field", _canonical(root)), ["field"]))
+            continue
+        if isinstance(root, str):
+            if (email and "@" in root) or (digits and has_digit(root) is not None):
+                masked, kinds = _mask_string_fast(root, find, tokens)
+                if kinds:
+                    edits.append((root_link, masked, kinds))
+        elif isinstance(root, dict | list):
+            stack.append((root_link, root))
     # strings are masked where they are met; only containers go on the stack
     id_keys = _ID_KEYS
-    stack: list[tuple[_Link, Any]] = [(root_link, root)]
     pop, push = stack.pop, stack.append
     while stack:
         link, value = pop()
@@ -990,22 +993,23 @@ def _scan_into(
             for key, child in value.items():
                 if key in id_keys:
                     continue
+                if field_names and child is not None:
+                    # the same keys recur in every point of a response: fold each once
+                    named = is_field.get(key)
+                    if named is None:
+                        named = is_field[key] = (
+                            isinstance(key, str) and key.casefold() in field_names
+                        )
+                    if named:
+                        edits.append(
+                            ((link, key), tokens.token("field", _canonical(child)), ["field"])
+                        )
+                        continue
                 if isinstance(child, str):
-                    if field_names and isinstance(key, str) and key.casefold() in field_names:
-                        edits.append(((link, key), tokens.token("field", child), ["field"]))
-                    elif (email and "@" in child) or (digits and has_digit(child) is not None):
+                    if (email and "@" in child) or (digits and has_digit(child) is not None):
                         masked, kinds = _mask_string_fast(child, find, tokens)
                         if kinds:
                             edits.append(((link, key), masked, kinds))
-                elif (
-                    field_names
-                    and child is not None
-                    and isinstance(key, str)
-                    and key.casefold() in field_names
-                ):
-                    edits.append(
-                        ((link, key), tokens.token("field", _canonical(child)), ["field"])
-                    )
                 elif isinstance(child, dict | list):
                     push(((link, key), child))
         elif isinstance(value, list):
