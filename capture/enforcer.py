@@ -41,6 +41,7 @@ from capture.policy import (
     Policy,
     PolicyError,
     RequestContext,
+    RequestObligations,
     TicketCheck,
     evaluate,
     load_policy,
@@ -58,6 +59,7 @@ __all__ = ["Enforcer", "grant_scope"]
 log = logging.getLogger("embedguard.enforcer")
 
 Recorder = Callable[..., Awaitable[None]]
+_PLAN_CACHE_SIZE = 256
 RecordReceived = Callable[[http.HTTPFlow], Awaitable[None]]
 
 
@@ -88,6 +90,7 @@ class Enforcer:
         #: makes a request's PolicyDecided durable now (the Recorder's)
         self.record_received = record_received
         self._ticket_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._plans: dict[tuple[int, tuple[str, ...]], tuple[RequestObligations, MaskPlan]] = {}
         self.path = policy_path
         self.reload_interval_s = reload_interval_s
         self.policy: Policy = load_policy(policy_path)  # PolicyError: fail at start
@@ -304,12 +307,26 @@ class Enforcer:
             flow.request.set_content(json.dumps(new, separators=(",", ":")).encode())
             st.injected_filter = True
         if ob.mask is not None or ob.strip_vectors:
-            m = ob.mask
-            st.extra[PLAN_KEY] = MaskPlan(
-                detectors=tuple(m.detectors) if m else (),
-                fields=tuple(m.fields) if m else (),
-                field_paths=tuple(m.paths) if m else (),
-                mode=m.mode if m else "placeholder",
-                strip_vectors=ob.strip_vectors,
-                user_data_paths=tuple(st.classification.user_data_paths),
-            )
+            st.extra[PLAN_KEY] = self._mask_plan(ob, tuple(st.classification.user_data_paths))
+
+    def _mask_plan(self, ob: RequestObligations, user_data_paths: tuple[str, ...]) -> MaskPlan:
+        """The response's masking plan. Remembered per obligations object: the
+        policy hands out the same one for every request it decides alike, and
+        holding it in the entry keeps its id from being reused."""
+        key = (id(ob), user_data_paths)
+        found = self._plans.get(key)
+        if found is not None and found[0] is ob:
+            return found[1]
+        m = ob.mask
+        plan = MaskPlan(
+            detectors=tuple(m.detectors) if m else (),
+            fields=tuple(m.fields) if m else (),
+            field_paths=tuple(m.paths) if m else (),
+            mode=m.mode if m else "placeholder",
+            strip_vectors=ob.strip_vectors,
+            user_data_paths=user_data_paths,
+        )
+        if len(self._plans) >= _PLAN_CACHE_SIZE:
+            self._plans.clear()
+        self._plans[key] = (ob, plan)
+        return plan

@@ -1347,7 +1347,7 @@ def _why_not(rule: Rule, identity: Identity, op: Operation, explain: bool = True
 
 
 _MATCH_CACHE_SIZE = 4096
-_DECISION_CACHE_SIZE = 4096
+_DECISION_CACHE_SIZE = 2048
 
 
 def _private(model: BaseModel) -> dict[str, Any]:

@@ -432,3 +432,19 @@ def test_a_copy_with_other_rules_does_not_reuse_the_compiled_rules() -> None:
     copy = allow.model_copy(update={"rules": deny.rules})
     assert evaluate(copy, who, op, c).outcome == "deny"
     assert evaluate(allow, who, op, c).outcome == "allow"
+
+
+def test_the_memory_is_bounded_and_still_decides_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    from capture import policy as policy_module
+
+    monkeypatch.setattr(policy_module, "_DECISION_CACHE_SIZE", 8)
+    monkeypatch.setattr(policy_module, "_MATCH_CACHE_SIZE", 8)
+    policy = load_policy(EXAMPLE)
+    who = Identity(subject="alice", issuer="i", groups=frozenset({"Vector-Read"}))
+    c = RequestContext(now=NOW)
+    for i in range(40):
+        name = f"restricted-{i}" if i % 3 == 0 else f"docs-{i}"
+        op = [Operation(action=ActionClass.READ, collection=name, ids=["1"])]
+        assert evaluate(policy, who, op, c) == _evaluate_reference(policy, who, op, c)
+        comp = _compiled(policy)
+        assert len(comp.decisions) <= 8 and len(comp.matches) <= 8
