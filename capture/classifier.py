@@ -120,6 +120,10 @@ def classification_key(
     return (route.kind, route.upstream, method, path, host, tuple(read))
 
 
+#: a longer path (and query) is classified every time: keys stay small
+_KEYED_PATH_MAX = 2048
+
+
 class ClassificationCache:
     """Classifications of body-less requests by ``classification_key``.
 
@@ -193,7 +197,7 @@ class Classifier:
         if st is None or flow.response is not None:
             return
         key: ClassificationKey | None = None
-        if not st.client_body:
+        if not st.client_body and len(flow.request.path) <= _KEYED_PATH_MAX:
             key = classification_key(
                 st.route, flow.request.method, flow.request.path, st.client_host,
                 flow.request.headers,

@@ -245,6 +245,7 @@ def decided_key(decision: Decision) -> tuple[Any, ...] | None:
 #: encoded every time rather than kept in the codec's cache)
 _KEYED_BODY_MAX = 1024
 _KEYED_OPERATIONS_MAX = 16
+_KEYED_TEXT_MAX = 4096
 
 
 def received_key(body: dict[str, Any], operations: Sequence[BaseModel]) -> tuple[Any, ...] | None:
@@ -258,9 +259,11 @@ def received_key(body: dict[str, Any], operations: Sequence[BaseModel]) -> tuple
         operations
     ) > _KEYED_OPERATIONS_MAX:
         return None
+    headers = tuple([(h["name"], h["value"]) for h in body["headers"]])
+    if len(body["path"]) + len(body["query"]) + sum(len(v) for _, v in headers) > _KEYED_TEXT_MAX:
+        return None  # kept keys and bytes stay small: at most ~1024 of a few kB
     return (
-        body["method"], body["scheme"], body["host"], body["path"], body["query"],
-        tuple([(h["name"], h["value"]) for h in body["headers"]]),
+        body["method"], body["scheme"], body["host"], body["path"], body["query"], headers,
         raw, body["body_sha256"], body["body_size"], body["content_type"], body["product"],
         tuple([
             tuple([tuple(v) if type(v) is list else v for v in op.__dict__.values()])

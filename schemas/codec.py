@@ -296,7 +296,7 @@ class EventCodec:
         else:
             envelope, rest_schema = self._split(es)
             rest = _schemaless(es, record, rest_schema)
-            if len(self._bodies) >= 4096:
+            if len(self._bodies) >= 1024:
                 self._bodies.clear()
             self._bodies[(type_name, body_key)] = rest
             body = _schemaless(es, record["envelope"], envelope) + rest

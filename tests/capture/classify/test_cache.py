@@ -299,6 +299,10 @@ def test_hits_are_counted_once_and_bodies_bypass_the_cache() -> None:
                        "body": b'{"ids": [1]}'})
         await c.request(f3)
         assert len(c.cache) == 1  # a body: classified, not kept
+        f4, s4 = _flow({**r, "path": "/collections/" + "d" * 3000 + "/points/1"})
+        await c.request(f4)
+        assert len(c.cache) == 1 and s4.classification is not None  # too long to keep
+        assert s4.classification.operations[0].collection == "d" * 3000
         await c.done()
 
     asyncio.run(go())
