@@ -443,8 +443,16 @@ class ApprovalService:
         return self.book.grants()
 
     def active_grants(self, subject: str, now: datetime) -> builtins.list[Grant]:
-        return [g for g in self.book.grants()
-                if g.kind == "jit" and g.subject == subject and g.active(now)]
+        # called for every request: build only the caller's grants in their window
+        # (book.grants() builds and sorts every grant ever issued, expired ones
+        # included), then order them as book.grants() does
+        book = self.book
+        mine = [g.grant_id for g in book._grants.values()
+                if g.kind == "jit" and g.subject == subject and g.valid_from <= now < g.valid_until]
+        if not mine:
+            return []
+        out = [g for gid in mine if (g := book.grant(gid)) is not None and g.active(now)]
+        return sorted(out, key=lambda g: (g.valid_from, g.grant_id))
 
     # -- requests ------------------------------------------------------------------
     async def request_approval(
