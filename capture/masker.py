@@ -115,14 +115,22 @@ def _id_values(doc: Any, steps: Sequence[str]) -> Iterator[Any] | tuple[Any, ...
     return (node,)
 
 
+@functools.lru_cache(maxsize=256)
+def _id_paths(paths: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The parsed ``paths`` that parse (the others select nothing)."""
+    out: list[tuple[str, ...]] = []
+    for path in paths:
+        try:
+            out.append(_parsed(path))
+        except MaskingError:
+            continue
+    return tuple(out)
+
+
 def extract_ids(doc: Any, paths: Sequence[str], limit: int = 10_000) -> list[str]:
     """Point ids found at ``paths`` (dotted, with [] and {*}), as strings."""
     out: list[str] = []
-    for path in paths:
-        try:
-            steps = _parsed(path)
-        except MaskingError:
-            continue
+    for steps in _id_paths(tuple(paths)):
         for value in _id_values(doc, steps):
             if isinstance(value, list):
                 out.extend(
@@ -193,7 +201,12 @@ class Masker:
                 st.extra["result_ids"] = []
             return
         try:
-            doc = json.loads(raw)
+            if not self.reference and raw[:1] in (b"{", b"[") and raw[1:2] != b"\x00":
+                # what json.loads does to bytes that json.detect_encoding takes
+                # for UTF-8 (no BOM, no NUL in the first two), minus the detection
+                doc = json.loads(raw.decode("utf-8", "surrogatepass"))
+            else:
+                doc = json.loads(raw)
         except (ValueError, RecursionError):
             if masking:
                 self._withhold(flow, st, "response body is not valid JSON")

@@ -131,11 +131,14 @@ def _case(draw: st.DrawFn) -> tuple[bytes, list[tuple[bytes, bytes]], Any, Any, 
     )
     if isinstance(doc, dict) and product == "milvus" and draw(st.booleans()):
         doc = {**doc, "code": draw(st.sampled_from([0, 1100, "x"])), "message": "bad a@x.io"}
-    text = draw(st.sampled_from([
-        json.dumps(doc), json.dumps(doc, ensure_ascii=False),
-        json.dumps(doc, separators=(",", ":")), json.dumps(doc)[:-1],  # the last: not JSON
+    text = json.dumps(doc)
+    body = draw(st.sampled_from([
+        text.encode(), json.dumps(doc, ensure_ascii=False).encode(),
+        json.dumps(doc, separators=(",", ":")).encode(), b" " + text.encode(),
+        text.encode("utf-16-le"), text.encode("utf-16"), b"\xef\xbb\xbf" + text.encode(),
+        # not JSON, not UTF-8
+        text[:-1].encode(), b"{\xff}", b"[\x00]",
     ]))
-    body = text.encode()
     headers = [(b"content-type", draw(st.sampled_from([b"application/json", b"text/plain"])))]
     if draw(st.booleans()):
         body = gzip.compress(body, mtime=0)
