@@ -107,6 +107,11 @@ take (a read by id, GraphQL) is denied here, with the reason. Approvers of
 several require_approval rules are merged so that each approval satisfies all
 of them. ``evaluate`` never raises: an internal error becomes a deny.
 
+``evaluate`` compiles a policy's rules once and remembers, per :class:`Policy`
+object, which rules match and whole decisions, keyed by everything a decision
+is made of (conditions are checked on every request; see ``_decide``). The
+decisions it returns are shared: treat them as read-only.
+
 A require_approval decision keeps status 403 and the error
 ``approval_required``; the gateway's approval gate (:mod:`capture.approval_gate`)
 holds such a request for the decision or answers 202 (async mode).
