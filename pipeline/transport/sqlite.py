@@ -542,8 +542,12 @@ class _Writer:
                     batch.append(nxt)
                     count += len(nxt.rows)
             with self._busy:
-                self._commit(batch)
+                outcomes = self._commit(batch)
+            # Counted as finished, and the connection free, before any caller
+            # wakes: a caller that appends again at once finds the writer idle
+            # (and may commit inline) instead of racing this thread's bookkeeping.
             self._finished(len(batch))
+            _settle_all(outcomes)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -567,7 +571,9 @@ class _Writer:
         if _primary_code(exc) not in (_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL):
             self._drop_connection()
 
-    def _commit(self, batch: list[_AppendJob]) -> None:
+    def _commit(self, batch: list[_AppendJob]) -> list[_Outcome]:
+        """Commit ``batch`` in one transaction; each job's outcome, for the
+        caller to settle once the writer's bookkeeping is done."""
         try:
             conn = self._connection()
             positions = _write_transaction(
@@ -577,12 +583,11 @@ class _Writer:
             self._stats.failed_commits += 1
             self._after_failure(exc)
             error = _translate(exc, self._path, "append to")
-            _settle_all([(job, None, error) for job in batch])
-            return
+            return [(job, None, error) for job in batch]
         self._stats.commits += 1
         self._stats.appends += len(batch)
         self._stats.records += sum(len(job.rows) for job in batch)
-        _settle_all([(job, pos, None) for job, pos in zip(batch, positions, strict=True)])
+        return [(job, pos, None) for job, pos in zip(batch, positions, strict=True)]
 
     def _run_call(self, job: _CallJob) -> None:
         if not job.future.set_running_or_notify_cancel():

@@ -295,6 +295,36 @@ async def test_inline_when_idle_asks_its_predicate_and_inline_false_always_hands
     assert stored == [b"a", b"b", b"c"]
 
 
+async def test_a_caller_woken_by_the_writer_finds_it_idle(
+    sqlite_log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer counts a batch finished before it wakes the batch's callers, so
+    a caller that appends again at once may commit inline (it used to race the
+    writer's bookkeeping and lose about one time in four). A slow bookkeeping
+    step makes the race certain to show if the order is wrong."""
+    from pipeline.transport import sqlite as sqlite_module
+
+    finished = sqlite_module._Writer._finished
+
+    def slow_finished(self: Any, jobs: int) -> None:
+        time.sleep(0.02)
+        finished(self, jobs)
+
+    monkeypatch.setattr(sqlite_module._Writer, "_finished", slow_finished)
+    use_thread = True
+    async with SqliteEventLog(
+        sqlite_log_path, commit_inline_when_idle=lambda: not use_thread
+    ) as log:
+        for i in range(10):
+            use_thread = True
+            await log.append([rec(f"t{i}")])  # committed by the writer thread
+            use_thread = False
+            follow_up = log.append_nowait([rec(f"i{i}")])
+            assert follow_up.done(), f"round {i}: the writer still looked busy"
+            await follow_up
+        assert log.stats.inline_commits == 10 and log.stats.commits == 20
+
+
 async def test_inline_when_idle_never_waits_on_the_loop_for_another_process_lock(
     sqlite_log_path: Path,
 ) -> None:
