@@ -6,10 +6,14 @@ Reads the JSON the benchmarks write and draws the trends that a table hides:
   events (1M → 10M), lake and MergeTree side by side, with the issue's targets
   (timeline < 100 ms, filtered sessions list < 1 s) as lines;
 * ``dashboard.png``: each dashboard page's cold render time at every size
-  measured, with the 2 s target.
+  measured, with the 2 s target;
+* ``gateway.png``: each proxy setup's throughput as a multiple of the no-op
+  mitmproxy's and its p50 over the no-op's, at concurrency 1 and 16, with
+  issue 3's targets (>= 0.8x, <= +2 ms) and the spread of the rounds.
 
     .venv/bin/python bench/plots.py [--pipeline bench/results/pipeline.json]
-        [--dashboard bench/results/dashboard.json ...] [--out docs/img]
+        [--dashboard bench/results/dashboard.json ...]
+        [--gateway bench/results/gateway.json] [--out docs/img]
 
 ``make bench-plots`` installs matplotlib (the ``bench`` extra) first; the test
 suite never needs it.
@@ -119,11 +123,54 @@ def plot_dashboard(dashboard_jsons: list[Path], out: Path, target_s: float = 2.0
     return path
 
 
+def plot_gateway(gateway_json: Path, out: Path) -> Path:
+    plt = _matplotlib()
+    rows = [r for r in json.loads(gateway_json.read_text()) if "concurrency" in r]
+    noop = {r["concurrency"]: r for r in rows if r["setup"].startswith("mitmproxy")}
+    setups = [s for s in dict.fromkeys(r["setup"] for r in rows)
+              if s != "direct" and not s.startswith("mitmproxy")]  # fmt: skip
+    concs = sorted(noop)
+    fig, (ax_rps, ax_p50) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(1, len(setups))
+    for i, setup in enumerate(setups):
+        xs, ratios, lo, hi, deltas = [], [], [], [], []
+        for k, conc in enumerate(concs):
+            cell = next((r for r in rows if r["setup"] == setup and r["concurrency"] == conc), None)
+            if cell is None:
+                continue
+            base = noop[conc]["rps"]
+            per_round = [r["rps"] / base for r in cell.get("rounds", [])] or [cell["rps"] / base]
+            xs.append(k + i * width)
+            ratios.append(cell["rps"] / base)
+            lo.append(ratios[-1] - min(per_round))
+            hi.append(max(per_round) - ratios[-1])
+            deltas.append(cell["p50_ms"] - noop[conc]["p50_ms"])
+        ax_rps.bar(xs, ratios, width, yerr=[lo, hi], capsize=2, label=setup)
+        bars = ax_p50.bar(xs, deltas, width, label=setup)
+        ax_p50.bar_label(bars, fmt="%+.1f", fontsize=7)
+    ticks = [k + width * (len(setups) - 1) / 2 for k in range(len(concs))]
+    for ax in (ax_rps, ax_p50):
+        ax.set_xticks(ticks, [f"concurrency {c}" for c in concs])
+        ax.grid(True, axis="y", alpha=0.2)
+    ax_rps.axhline(0.8, color="red", linestyle=":", label="target >= 0.8x")
+    ax_rps.set_ylabel("req/s as a multiple of the no-op mitmproxy (whiskers: rounds)")
+    ax_p50.axhline(2.0, color="red", linestyle=":", label="target <= +2 ms")
+    ax_p50.set_ylabel("p50 minus the no-op's p50, ms")
+    ax_p50.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Gateway overhead against mitmproxy with a no-op addon (bench/gateway.py)")
+    fig.tight_layout()
+    path = out / "gateway.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", type=Path, default=ROOT / "bench/results/pipeline.json")
     parser.add_argument("--dashboard", type=Path, nargs="+",
                         default=[ROOT / "bench/results/dashboard.json"])  # fmt: skip
+    parser.add_argument("--gateway", type=Path, default=ROOT / "bench/results/gateway.json")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -137,6 +184,10 @@ def main() -> None:
         made.append(plot_dashboard(present, args.out))
     else:
         print("no dashboard results; run bench/dashboard.py first", file=sys.stderr)
+    if args.gateway.exists():
+        made.append(plot_gateway(args.gateway, args.out))
+    else:
+        print(f"{args.gateway}: missing; run bench/gateway.py first", file=sys.stderr)
     for path in made:
         print(f"wrote {path}")
     if not made:
