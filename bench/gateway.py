@@ -99,10 +99,15 @@ http {{
     return proc, port
 
 
-def serve_noop(upstream: str, port: int) -> None:
-    """Child process: mitmproxy with the gateway's options and a no-op addon."""
+def serve_noop(upstream: str, port: int, reuse_port: bool = False) -> None:
+    """Child process: mitmproxy with the gateway's options and a no-op addon
+    (``reuse_port``: bind with SO_REUSEPORT, as ``--workers`` does, so that
+    several of them share the port: the control for the workers setup)."""
     from capture.config import GatewayConfig, Route
-    from capture.gateway import run_gateway
+    from capture.gateway import _install_reuse_port, run_gateway
+
+    if reuse_port:
+        _install_reuse_port()
 
     class NoOp:
         def request(self, flow: object) -> None:
@@ -136,6 +141,36 @@ def fsync_probe(directory: Path, n: int = 200) -> dict[str, float]:
         path.unlink()
     times.sort()
     return {"p50_ms": times[n // 2], "p99_ms": times[min(n - 1, n * 99 // 100)]}
+
+
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` and every descendant still alive
+    (a --workers supervisor's workers included), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user, system, todo, seen = 0.0, 0.0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            user += int(fields[11]) / tick
+            system += int(fields[12]) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                children = (task / "children").read_text().split()
+                todo.extend(int(c) for c in children)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return user, system
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = cpu[3] + cpu[4]  # idle + iowait
+    return float(sum(cpu) - idle), float(sum(cpu))
 
 
 def wrk(url: str, connections: int, seconds: float, headers: dict[str, str]) -> dict[str, float]:
@@ -206,10 +241,18 @@ def main() -> None:
         default=2,
         help="also measure the full gateway with --workers N (1: skip that setup)",
     )
+    ap.add_argument(
+        "--workers-only",
+        action="store_true",
+        help="skip the single-process gateway setups (and their baseline): measure "
+        "direct, the no-op, and the gateway with --workers N (and the baseline tree's "
+        "with --workers N, given --compare-with)",
+    )
     ap.add_argument("--serve-noop", nargs=2, metavar=("UPSTREAM", "PORT"), help=argparse.SUPPRESS)
+    ap.add_argument("--noop-reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_noop:
-        serve_noop(args.serve_noop[0], int(args.serve_noop[1]))
+        serve_noop(args.serve_noop[0], int(args.serve_noop[1]), args.noop_reuse_port)
         return
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
@@ -247,6 +290,26 @@ def main() -> None:
                 )
             )
             wait_port(noop_port)
+            #: setup name -> the proxy's pids, for its CPU time per request
+            proxy_pids: dict[str, list[int]] = {"mitmproxy, no-op addon": [procs[-1].pid]}
+            noop_n_port = None
+            if args.workers > 1:
+                # the control for --workers N: N no-op processes on one port
+                noop_n_port = free_port()
+                for _ in range(args.workers):
+                    procs.append(
+                        subprocess.Popen(
+                            [sys.executable, __file__, "--serve-noop", upstream,
+                             str(noop_n_port), "--noop-reuse-port"],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
+                    )
+                wait_port(noop_n_port)
+                time.sleep(1.0)  # every process listening before the runs
+                proxy_pids[f"mitmproxy, no-op addon, {args.workers} processes"] = [
+                    p.pid for p in procs[-args.workers :]
+                ]
 
             env = {**os.environ, "EG_BENCH_KEY": "bench-upstream-key"}
 
@@ -295,34 +358,57 @@ def main() -> None:
                     time.sleep(0.1)
                 return port, procs[-1].pid
 
-            gw_port, gw_pid = start_gateway("bench", [])
-            baseline_port = (
-                start_gateway("bench-baseline", [], args.compare_with)[0]
-                if args.compare_with
-                else None
+            if args.workers_only and args.workers < 2:
+                sys.exit("--workers-only needs --workers 2 or more")
+            gw_port, gw_pid = (None, 0) if args.workers_only else start_gateway("bench", [])
+            baseline_port, baseline_pid = (
+                start_gateway("bench-baseline", [], args.compare_with)
+                if args.compare_with and not args.workers_only
+                else (None, 0)
             )
-            gw_async_port = (
-                start_gateway("bench-async", ["--response-durability", "async"])[0]
-                if args.async_responses
-                else None
+            gw_async_port, gw_async_pid = (
+                start_gateway("bench-async", ["--response-durability", "async"])
+                if args.async_responses and not args.workers_only
+                else (None, 0)
+            )
+            baseline_workers_port, baseline_workers_pid = (
+                start_gateway(
+                    "bench-baseline-workers",
+                    ["--workers", str(args.workers)],
+                    args.compare_with,
+                )
+                if args.compare_with and args.workers > 1
+                else (None, 0)
             )
 
-            gw_workers_port = (
-                start_gateway("bench-workers", ["--workers", str(args.workers)])[0]
+            gw_workers_port, gw_workers_pid = (
+                start_gateway("bench-workers", ["--workers", str(args.workers)])
                 if args.workers > 1
-                else None
+                else (None, 0)
             )
 
             path = "/collections/docs/points/1"
             setups = [
                 ("direct", f"{upstream}{path}", {}),
                 ("mitmproxy, no-op addon", f"http://127.0.0.1:{noop_port}{path}", {}),
-                (
-                    "embedguard gateway",
-                    f"http://127.0.0.1:{gw_port}{path}",
-                    {"Authorization": f"Bearer {token}"},
-                ),
             ]
+            if noop_n_port is not None:
+                setups.append(
+                    (
+                        f"mitmproxy, no-op addon, {args.workers} processes",
+                        f"http://127.0.0.1:{noop_n_port}{path}",
+                        {},
+                    )
+                )
+            if gw_port is not None:
+                setups.append(
+                    (
+                        "embedguard gateway",
+                        f"http://127.0.0.1:{gw_port}{path}",
+                        {"Authorization": f"Bearer {token}"},
+                    )
+                )
+                proxy_pids["embedguard gateway"] = [gw_pid]
             if baseline_port is not None:
                 setups.append(
                     (
@@ -331,6 +417,7 @@ def main() -> None:
                         {"Authorization": f"Bearer {token}"},
                     )
                 )
+                proxy_pids[setups[-1][0]] = [baseline_pid]
             if gw_async_port is not None:
                 setups.append(
                     (
@@ -339,6 +426,7 @@ def main() -> None:
                         {"Authorization": f"Bearer {token}"},
                     )
                 )
+                proxy_pids[setups[-1][0]] = [gw_async_pid]
             if gw_workers_port is not None:
                 setups.append(
                     (
@@ -347,25 +435,41 @@ def main() -> None:
                         {"Authorization": f"Bearer {token}"},
                     )
                 )
+                proxy_pids[setups[-1][0]] = [gw_workers_pid]
+            if baseline_workers_port is not None:
+                setups.append(
+                    (
+                        f"gateway @ {args.compare_with.name}, --workers {args.workers} (baseline)",
+                        f"http://127.0.0.1:{baseline_workers_port}{path}",
+                        {"Authorization": f"Bearer {token}"},
+                    )
+                )
+                proxy_pids[setups[-1][0]] = [baseline_workers_pid]
             # one request first: it must be masked, proving the full path runs
             import httpx
 
-            for _name, url, headers in setups[2:]:
+            for _name, url, headers in [x for x in setups if x[2]]:
                 probe = httpx.get(url, headers=headers, timeout=10)
                 assert probe.status_code == 200 and "bob@example.org" not in probe.text, probe.text
             results = []
             samples: dict[tuple[str, int], list[dict[str, float]]] = {}
             load_before = os.getloadavg()
             fsync_before = fsync_probe(tmp)
+            # with --py-spy OUT, the no-op is recorded too, into OUT.noop
+            spy_noop = args.py_spy.with_name(args.py_spy.name + ".noop") if args.py_spy else None
+
             def measure(name: str, url: str, headers: dict[str, str], conc: int) -> None:
+                nonlocal spy_noop
                 spy = None
-                if args.py_spy and name == "embedguard gateway" and conc == 16:
+                spied = {"embedguard gateway": args.py_spy, "mitmproxy, no-op addon": spy_noop}
+                if spied.get(name) and conc == 16:
+                    spy_out = spied[name]
                     spy = subprocess.Popen(
                         [
                             str(Path(sys.executable).with_name("py-spy")),
                             "record",
                             "--pid",
-                            str(gw_pid),
+                            str(proxy_pids[name][0]),
                             "--format",
                             "raw",
                             "--threads",
@@ -373,18 +477,40 @@ def main() -> None:
                             "--duration",
                             str(max(1, int(args.seconds))),
                             "--output",
-                            str(args.py_spy),
+                            str(spy_out),
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
-                samples.setdefault((name, conc), []).append(
-                    wrk(url, conc, args.seconds, headers)
-                )
+                pids = proxy_pids.get(name, [])
+
+                def cpu() -> tuple[float, float]:
+                    each = [tree_cpu_seconds(p) for p in pids]
+                    return sum(u for u, _ in each), sum(s for _, s in each)
+
+                cpu_before = cpu()
+                busy_before = machine_busy()
+                result = wrk(url, conc, args.seconds, headers)
+                busy_after = machine_busy()
+                # the proxy's CPU per request (its threads and workers), and how
+                # busy the whole machine was: is the proxy or the machine the limit?
+                if pids:
+                    requests = result["rps"] * max(1, int(args.seconds))
+                    user, system = cpu()
+                    user, system = user - cpu_before[0], system - cpu_before[1]
+                    result["proxy_cpu_us_per_req"] = (user + system) / requests * 1e6
+                    result["proxy_sys_share_pct"] = 100 * system / max(1e-9, user + system)
+                jiffies = max(1.0, busy_after[1] - busy_before[1])
+                result["machine_busy_pct"] = 100 * (busy_after[0] - busy_before[0]) / jiffies
+                samples.setdefault((name, conc), []).append(result)
                 if spy is not None:
                     spy.wait(60)
-                    console.print(f"[dim]py-spy profile of the gateway: {args.py_spy}[/]")
-                    args.py_spy = None  # one profile is enough
+                    console.print(f"[dim]py-spy profile of {name}: {spy_out}[/]")
+                    spied[name] = None  # one profile each is enough
+                    if name == "embedguard gateway":
+                        args.py_spy = None
+                    else:
+                        spy_noop = None
 
             for conc in (1, 16):
                 for _name, url, headers in setups:
@@ -403,7 +529,9 @@ def main() -> None:
                             "concurrency": conc,
                             **{
                                 k: statistics.median(r[k] for r in runs)
-                                for k in ("rps", "p50_ms", "p99_ms")
+                                for k in ("rps", "p50_ms", "p99_ms", "proxy_cpu_us_per_req",
+                                          "proxy_sys_share_pct", "machine_busy_pct")
+                                if all(k in r for r in runs)
                             },
                             "rounds": runs,
                         }
@@ -421,13 +549,14 @@ def main() -> None:
                     p.kill()
 
     table = Table(title="gateway overhead (wrk, keep-alive, GET /collections/docs/points/1)")
-    for col in ("setup", "conc", "req/s", "p50 ms", "p99 ms", "× no-op req/s", "Δp50 vs no-op"):
+    for col in ("setup", "conc", "req/s", "p50 ms", "p99 ms", "× no-op req/s", "Δp50 vs no-op",
+                "proxy CPU µs/req (sys)", "machine busy"):
         table.add_column(col, justify="left" if col == "setup" else "right")
     for r in results:
         noop = next(
             x
             for x in results
-            if x["concurrency"] == r["concurrency"] and x["setup"].startswith("mitmproxy")
+            if x["concurrency"] == r["concurrency"] and x["setup"] == "mitmproxy, no-op addon"
         )
         table.add_row(
             str(r["setup"]),
@@ -437,6 +566,10 @@ def main() -> None:
             f"{r['p99_ms']:.2f}",
             f"{float(r['rps']) / float(noop['rps']):.2f}×",
             f"{float(r['p50_ms']) - float(noop['p50_ms']):+.2f} ms",
+            f"{r['proxy_cpu_us_per_req']:.0f} ({r['proxy_sys_share_pct']:.0f}%)"
+            if "proxy_cpu_us_per_req" in r
+            else "—",
+            f"{r['machine_busy_pct']:.0f}%",
         )
     console.print(table)
     console.print(
