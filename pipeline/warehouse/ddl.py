@@ -45,6 +45,13 @@ _CLICKHOUSE_ONLY = re.compile(
     r"ADD\s+INDEX|MATERIALIZE\s+INDEX|DROP\s+INDEX)\b",
     re.S | re.I,
 )
+#: A codec-only column change (``MODIFY COLUMN c CODEC(...)``, no type): how
+#: ClickHouse compresses the column, nothing the lake stores.
+_MODIFY_CODEC = re.compile(
+    r"^\s*ALTER\s+TABLE\s+\{db\}\.(\w+)\s+MODIFY\s+COLUMN\s+(?:IF\s+EXISTS\s+)?(\w+)\s+"
+    r"CODEC\s*\(.*\)\s*$",
+    re.S | re.I,
+)
 _ALTER_ADD = re.compile(
     r"^\s*ALTER\s+TABLE\s+\{db\}\.(\w+)\s+ADD\s+COLUMN\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\s+(.+?)\s*$",
     re.S | re.I,
@@ -67,7 +74,7 @@ class CreateTable:
 @dataclass(frozen=True)
 class ClickHouseOnly:
     """A statement about ClickHouse's physical layout (projection, index,
-    setting); the lake skips it."""
+    setting, a column's codec); the lake skips it."""
 
     table: str
     action: str
@@ -140,7 +147,7 @@ def _column_type(spec: str) -> str:
 
 def parse_statement(stmt: str) -> CreateTable | AddColumn | ClickHouseOnly | None:
     """Parse what the lake needs of a statement: a table, a column, or a
-    layout-only ALTER it skips (projections, indexes, settings); None for a
+    layout-only ALTER it skips (projections, indexes, settings, codecs); None for a
     statement this module does not know."""
     m = _CREATE.match(stmt)
     if m:
@@ -154,6 +161,9 @@ def parse_statement(stmt: str) -> CreateTable | AddColumn | ClickHouseOnly | Non
     m = _CLICKHOUSE_ONLY.match(stmt)
     if m:
         return ClickHouseOnly(m.group(1), " ".join(m.group(2).upper().split()))
+    m = _MODIFY_CODEC.match(stmt)
+    if m:
+        return ClickHouseOnly(m.group(1), f"MODIFY COLUMN {m.group(2)} CODEC")
     m = _ALTER_ADD.match(stmt)
     if m:
         return AddColumn(m.group(1), m.group(2), _column_type(m.group(3).strip()))

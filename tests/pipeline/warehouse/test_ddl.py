@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 
+from pipeline.transport.base import LogRecord
+from pipeline.warehouse import LoadBatch, clickhouse
+from pipeline.warehouse import lake as lake_module
+from pipeline.warehouse.clickhouse import ChdbWarehouse
 from pipeline.warehouse.ddl import (
     AddColumn,
     ClickHouseOnly,
@@ -20,7 +26,7 @@ from pipeline.warehouse.ddl import (
 )
 from pipeline.warehouse.errors import MigrationError
 from pipeline.warehouse.lake import LakeWarehouse
-from tests.pipeline.warehouse.scenario import chdb_warehouse
+from tests.pipeline.warehouse.scenario import build_scenario, chdb_warehouse, renumber
 
 
 def _base_type(t: str) -> str:
@@ -124,8 +130,10 @@ def test_unmapped_type_is_a_migration_error() -> None:
 @pytest.mark.parametrize(
     ("stmt", "action"),
     [
-        ("ALTER TABLE {db}.sessions ADD PROJECTION IF NOT EXISTS p (SELECT a GROUP BY a)",
-         "ADD PROJECTION"),
+        (
+            "ALTER TABLE {db}.sessions ADD PROJECTION IF NOT EXISTS p (SELECT a GROUP BY a)",
+            "ADD PROJECTION",
+        ),
         ("ALTER TABLE {db}.sessions MATERIALIZE PROJECTION p", "MATERIALIZE PROJECTION"),
         ("ALTER TABLE {db}.sessions MODIFY SETTING x = 'y'", "MODIFY SETTING"),
         ("alter table {db}.bodies add  index ix body TYPE minmax", "ADD INDEX"),
@@ -154,3 +162,124 @@ def test_the_projection_migration_changes_no_column_and_exists_on_merge_tree(
         assert [r["name"] for r in rows] == ["p_session_span"]
     finally:
         wh._command(f"DROP DATABASE IF EXISTS {wh.db}")
+
+
+def test_a_codec_only_modify_column_is_layout_only() -> None:
+    codec = parse_statement("ALTER TABLE {db}.events MODIFY COLUMN raw CODEC(ZSTD(1))")
+    assert codec == ClickHouseOnly("events", "MODIFY COLUMN raw CODEC")
+    # a type change is not layout: the lake must not skip it as one
+    assert parse_statement("ALTER TABLE {db}.events MODIFY COLUMN raw Nullable(String)") is None
+
+
+#: The large text columns 0004 moves from ZSTD(3) to ZSTD(1).
+BLOB_COLUMNS = {
+    ("events", "payload_json"),
+    ("events", "raw"),
+    ("requests", "operations_json"),
+    ("approvals", "operations_json"),
+    ("bodies", "body"),
+    ("dead_letters", "raw"),
+}
+CODEC_MIGRATION = "0004_blob_codecs"
+
+
+def _columns(wh: ChdbWarehouse) -> list[tuple[str, str, str, str]]:
+    rows = wh.query(
+        "SELECT table, name, type, compression_codec FROM system.columns "
+        "WHERE database = {db:String} ORDER BY table, position",
+        {"db": wh.db},
+    )
+    return [(r["table"], r["name"], r["type"], r["compression_codec"]) for r in rows]
+
+
+def _contents(wh: ChdbWarehouse, final: str = "") -> dict[str, Any]:
+    """Every table's rows, hashed whole, and the events' raw bytes and the bodies
+    in hex; with ``final="FINAL"`` as a merge leaves them (duplicate keys folded)."""
+    out: dict[str, Any] = {}
+    for table in table_schemas():
+        out[table] = wh.query(
+            f"SELECT count() AS n, groupBitXor(cityHash64(*)) AS h FROM {{{table}}} {final}", {}
+        )[0]
+    out["events.raw"] = wh.query(
+        f"SELECT src_offset, hex(raw) AS raw, payload_json FROM {{events}} {final} "
+        "ORDER BY src_offset",
+        {},
+    )
+    out["bodies.body"] = wh.query(
+        f"SELECT sha256, kind, hex(body) AS body FROM {{bodies}} {final} ORDER BY sha256, kind",
+        {},
+    )
+    return out
+
+
+def test_the_codec_migration_ends_where_a_fresh_warehouse_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A warehouse at 0003 with data in it, migrated to 0004, has the same columns
+    and codecs as one created at 0004 (read from system.columns), and its data,
+    loaded under ZSTD(3), reads back the same before and after a merge rewrote
+    it with ZSTD(1)."""
+    every = load_migrations()
+    before = [m for m in every if m.id < CODEC_MIGRATION]
+    since = [m.id for m in every if m.id >= CODEC_MIGRATION]
+    assert since[0] == CODEC_MIGRATION
+    records = build_scenario(sessions=2).records()
+    poison = LogRecord(0, len(records), b"k", b"\xc3\x01 not an event", 0)
+    old, fresh = chdb_warehouse(), chdb_warehouse()
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(clickhouse, "load_migrations", lambda: list(before))
+            assert old.migrate() == [m.id for m in before]
+        at_0003 = dict(((t, n), c) for t, n, _, c in _columns(old))
+        assert {at_0003[c] for c in BLOB_COLUMNS} == {"CODEC(ZSTD(3))"}
+        result = old.write_batch(LoadBatch("kafka:codecs", 0, [*records, poison]))
+        assert (result.events, result.dead_letters) == (len(records), 1)
+        loaded, merged = _contents(old), _contents(old, "FINAL")
+        assert loaded["bodies"]["n"] > 0 and loaded["dead_letters"]["n"] == 1
+        assert [bytes.fromhex(r["raw"]) for r in loaded["events.raw"]] == [r.value for r in records]
+
+        assert old.migrate() == since
+        assert fresh.migrate() == [m.id for m in every]
+        assert _columns(old) == _columns(fresh)
+        codecs = {(t, n): c for t, n, _, c in _columns(fresh)}
+        assert {codecs[c] for c in BLOB_COLUMNS} == {"CODEC(ZSTD(1))"}
+        assert "CODEC(ZSTD(3))" not in codecs.values()
+        # the rest of each table is as 0003 left it
+        assert {k: v for k, v in codecs.items() if k not in BLOB_COLUMNS} == {
+            k: v for k, v in at_0003.items() if k not in BLOB_COLUMNS
+        }
+        assert _contents(old) == loaded
+        for table in table_schemas():
+            old._command(f"OPTIMIZE TABLE {old.db}.{table} FINAL")  # rewritten as ZSTD(1)
+        assert _contents(old) == _contents(old, "FINAL") == merged
+        # and it goes on loading
+        more = renumber(build_scenario(sessions=1, gateway="gw-2").records(), 0, len(records) + 1)
+        assert old.write_batch(LoadBatch("kafka:codecs", 0, more)).events == len(more)
+    finally:
+        for wh in (old, fresh):
+            wh._command(f"DROP DATABASE IF EXISTS {wh.db}")
+
+
+def test_the_lake_takes_the_codec_migration_as_layout_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    every = load_migrations()
+    before = [m for m in every if m.id < CODEC_MIGRATION]
+    assert table_schemas(every[: len(before) + 1]) == table_schemas(before)
+    old = LakeWarehouse(tmp_path / "old")
+    with monkeypatch.context() as m:
+        m.setattr(lake_module, "load_migrations", lambda: list(before))
+        old.migrate()
+    old.write_batch(LoadBatch("kafka:codecs", 0, build_scenario(sessions=1).records()))
+    events = old.query("SELECT count() AS n FROM {events}", {})
+    assert old.migrate() == [m.id for m in every if m.id >= CODEC_MIGRATION]
+    fresh = LakeWarehouse(tmp_path / "fresh")
+    fresh.migrate()
+    for table in table_schemas():
+        assert (
+            DeltaTable(str(old.table_path(table))).schema().to_arrow()
+            == DeltaTable(str(fresh.table_path(table))).schema().to_arrow()
+        ), table
+    assert old.query("SELECT count() AS n FROM {events}", {}) == events
+    old.close()
+    fresh.close()
