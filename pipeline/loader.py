@@ -383,6 +383,18 @@ class Loader:
 
         return isinstance(reader, KafkaLogReader) and reader.caught_up()
 
+    def _read_all_of(self, reader: LogReader, records: list[LogRecord]) -> list[int]:
+        """The buffered partitions the reader has read to the end of: for Kafka
+        those ``KafkaLogReader.caught_up_partitions`` names (everything their
+        latest fetch reported was returned); for the SQLite reader, whose poll
+        reads the log itself, all of them once a poll found nothing."""
+        from pipeline.transport.kafka import KafkaLogReader
+
+        if isinstance(reader, KafkaLogReader):
+            caught_up = reader.caught_up_partitions()
+            return sorted(p for p in self._buffer if p in caught_up)
+        return [] if records else sorted(self._buffer)
+
     async def _anchor_initial(self, reader: LogReader, stop: asyncio.Event) -> None:
         positions = await self._warehouse_call(
             lambda: self.warehouse.loaded_positions(self.source), stop
@@ -446,9 +458,16 @@ class Loader:
                 await self._flush("size", stop, full)
             elif buffered and (
                 time.monotonic() - (self._first_buffered_at or 0) >= self.policy.flush_interval
-                or (once and not records)
             ):
                 await self._flush("time", stop)
+            elif buffered and once and (ended := self._read_all_of(reader, records)):
+                # --once: a partition whose reader reached the end of what the log
+                # holds will get no more records to fill its batch; write it now
+                # rather than wait out the flush interval. Never all partitions on
+                # any empty poll: one comes back empty while a fetch is in flight,
+                # and cutting every partial buffer then made small batches, each
+                # paying a whole batch's fixed write costs.
+                await self._flush("drain", stop, ended)
             elif not buffered and not records and not self._flights:
                 self.policy.on_flush("time", 0)
             self._reap()

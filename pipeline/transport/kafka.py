@@ -806,14 +806,26 @@ class KafkaLogReader(LogReader):
         if consumer is None or self._pending_seeks:
             return False
         owned = consumer.assignment()
-        if not owned:
-            return False
-        for tp in owned:
+        return bool(owned) and len(self.caught_up_partitions()) == len(owned)
+
+    def caught_up_partitions(self) -> frozenset[int]:
+        """The owned partitions whose every record the broker reported holding
+        at their latest fetch was returned by ``poll``: fetched at least once, no
+        seek pending, and the next poll starts at or past that fetch's high
+        watermark. A partition with a fetch still to come (or in flight) after
+        records already returned is not among them."""
+        consumer = self._consumer
+        if consumer is None:
+            return frozenset()
+        done: set[int] = set()
+        for tp in consumer.assignment():
+            if tp.partition in self._pending_seeks:
+                continue
             highwater = consumer.highwater(tp)
             position = _known_position(consumer, tp)
-            if highwater is None or position is None or position < highwater:
-                return False
-        return True
+            if highwater is not None and position is not None and position >= highwater:
+                done.add(tp.partition)
+        return frozenset(done)
 
     def seek(self, partition: int, offset: int) -> None:
         """Make the next poll of ``partition`` start at ``offset``. A partition the

@@ -16,18 +16,21 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline.loader import Loader, LoaderConfig
 from pipeline.loader_status import LoaderStatus, read_statuses
 from pipeline.transport import AppendRecord
-from pipeline.transport.kafka import KafkaEventLog
+from pipeline.transport.base import LogRecord
+from pipeline.transport.kafka import KafkaEventLog, KafkaLogReader
 from pipeline.warehouse import WriteResult
 from pipeline.warehouse.base import PreparedBatch
 from pipeline.warehouse.lake import LakeWarehouse
 from schemas.chain import verify_chains
 from tests.pipeline.loader_helpers import chained_records, decode_raw
+from tests.pipeline.warehouse.scenario import chdb_warehouse
 
 PARTITIONS = 4
 GROUP_TIMINGS = "session_timeout=2&heartbeat_interval=0.3&connect_timeout=10"
@@ -289,3 +292,83 @@ async def test_the_batch_size_is_per_partition(
         check_exactly_once(lake, 3_000, 9)
     finally:
         lake.close()
+
+
+class StutteringReader(KafkaLogReader):
+    """The real reader, but every other poll comes back empty at once without
+    asking the consumer, as a poll does whose timeout ends while a fetch is in
+    flight (on a busy machine, often)."""
+
+    def __init__(self, log: KafkaEventLog, group: str) -> None:
+        super().__init__(log, group)
+        self.polls = 0
+        self.stutters_amid_a_partition = 0
+
+    async def poll(self, max_records: int = 1000, timeout: float = 1.0) -> list[LogRecord]:
+        self.polls += 1
+        if self.polls % 2 == 0:
+            await asyncio.sleep(0)
+            if self.assignment - self.caught_up_partitions():
+                self.stutters_amid_a_partition += 1
+            return []
+        return await super().poll(max_records, timeout)
+
+
+class StutteringLog(KafkaEventLog):
+    def reader(self, group: str, **kw: Any) -> KafkaLogReader:
+        assert not kw
+        self.last_reader = StutteringReader(self, group)
+        return self.last_reader
+
+
+@pytest.mark.kafka
+async def test_once_writes_full_batches_despite_empty_polls(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    """``--once`` writes a partition's partial batch only once the reader has read
+    to its end: an empty poll while records are still to come cuts no batch, so
+    the ``loads`` table shows each partition in full batches plus its rest. (It
+    used to write every partition's partial buffer on any empty poll.) Flush
+    intervals are long, so time cuts nothing either."""
+    log = StutteringLog(
+        kafka_bootstrap,
+        topic=kafka_topic,
+        partitions=3,
+        session_timeout=2.0,
+        heartbeat_interval=0.3,
+    )
+    records = list(chained_records(3_000, sessions=9, seed=11))
+    wh = chdb_warehouse()
+    cfg = LoaderConfig(
+        group="once-sizes",
+        min_batch=400,
+        initial_batch=400,
+        max_batch=400,
+        min_flush_interval=60.0,
+        max_flush_interval=60.0,
+        compact_interval=None,
+    )
+    try:
+        async with log:
+            counts = ends_of([(p.partition, p.offset) for p in await log.append(records)])
+            summary = await asyncio.wait_for(Loader(log, wh, cfg).run(once=True), 240)
+        assert summary.events == 3_000 and summary.duplicate_batches == 0
+        assert log.last_reader.stutters_amid_a_partition > 0  # the case under test happened
+        rows = wh.query(
+            "SELECT src_partition, first_offset, last_offset FROM {loads} "
+            "WHERE table_name = '*' ORDER BY src_partition, first_offset",
+            {},
+        )
+        sizes: dict[int, list[int]] = {}
+        for row in rows:
+            sizes.setdefault(int(row["src_partition"]), []).append(
+                int(row["last_offset"]) - int(row["first_offset"]) + 1
+            )
+        expected = {
+            p: [400] * (n // 400) + ([n % 400] if n % 400 else []) for p, n in counts.items()
+        }
+        assert sizes == expected
+        got = wh.query("SELECT count() AS n, uniqExact(event_id) AS u FROM {events}", {})[0]
+        assert got == {"n": 3_000, "u": 3_000}
+    finally:
+        wh._command(f"DROP DATABASE IF EXISTS {wh.db}")

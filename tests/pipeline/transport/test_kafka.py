@@ -330,6 +330,7 @@ async def test_caught_up_only_once_every_partition_was_fetched_and_polled_to_its
                 while not reader.caught_up():
                     assert time.monotonic() < deadline, "caught_up() never became True"
                     assert await reader.poll(timeout=0.2) == []
+                assert reader.caught_up_partitions() == {0, 1, 2}
 
             await settles()
             await log.append(records_for(keys, 3, start=20))
@@ -340,10 +341,13 @@ async def test_caught_up_only_once_every_partition_was_fetched_and_polled_to_its
                 assert time.monotonic() < deadline, "the appended records never arrived"
                 first = await reader.poll(max_records=1, timeout=0.2)
             assert not reader.caught_up()
+            # per partition: the one whose fetch is only partly returned is not
+            assert first[0].partition not in reader.caught_up_partitions()
             await poll_until(reader, 3 * len(keys) - 1)
             await settles()
             reader.seek(sorted(used)[0], 0)
             assert not reader.caught_up()  # a seek back: those records come again
+            assert reader.caught_up_partitions() == {0, 1, 2} - {sorted(used)[0]}
 
 
 @kafka
