@@ -367,7 +367,8 @@ def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any])
         before_dir.mkdir()
         _export(args.before, before_dir)
         codes.insert(0, "before")
-    #: (path, batch, code, size) → best of the repeats (seconds, cpu seconds)
+    #: (path, batch, code, size) → best of the repeats (seconds, cpu seconds,
+    #: batches written)
     cells: dict[tuple[str, int, str, int], dict[str, float]] = {}
     base_rates: dict[int, float] = {}
     #: ("read" | "decode", size) → the Kafka read floor cell
@@ -377,7 +378,11 @@ def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any])
         assert cell["rows"] == size, cell
         best = cells.get(key)
         if best is None or cell["seconds"] < best["seconds"]:
-            cells[key] = {"seconds": cell["seconds"], "cpu": cell["cpu_seconds"]}
+            cells[key] = {
+                "seconds": cell["seconds"],
+                "cpu": cell["cpu_seconds"],
+                "batches": cell["batches"],
+            }
 
     for size in sizes:
         log_path = tmp / f"events-{size}.db"
@@ -444,21 +449,22 @@ def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any])
     title = f"loader throughput (best of {args.repeat_throughput}; load average now "
     title += f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})"
     table = Table(title=title)
-    cols = ("path", "batch", "code", "events", "seconds", "events/s", "CPU µs/event",
-            "× read+decode", "× before", "now/serial", "target")  # fmt: skip
+    cols = ("path", "batch", "code", "events", "batches", "seconds", "events/s",
+            "CPU µs/event", "× read+decode", "× before", "now/serial", "target")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="right" if col not in ("path", "code") else "left")
     for size in sizes:
         rate = base_rates[size]
-        table.add_row("read + decode only (baseline)", "-", "-", f"{size:,}", "", f"{rate:,.0f}",
-                      "", "1.00×", "", "", "")  # fmt: skip
+        table.add_row("read + decode only (baseline)", "-", "-", f"{size:,}", "", "",
+                      f"{rate:,.0f}", "", "1.00×", "", "", "")  # fmt: skip
         results["throughput"][f"read+decode@{size}"] = {"events_per_s": round(rate)}
         for mode, label in (("read", "Kafka read only"), ("decode", "Kafka read + decode")):
             floor = kafka_floor.get((mode, size))
             if floor is None:
                 continue
             eps = floor["events"] / floor["seconds"]
-            table.add_row(label, "-", "-", f"{size:,}", f"{floor['seconds']:.2f}", f"{eps:,.0f}",
+            table.add_row(label, "-", "-", f"{size:,}", "", f"{floor['seconds']:.2f}",
+                          f"{eps:,.0f}",
                           f"{floor['cpu_seconds'] / floor['events'] * 1e6:.1f}",
                           f"{eps / rate:.2f}×", "", "", "")  # fmt: skip
             results["throughput"][f"kafka-{mode}@{size}"] = {
@@ -481,12 +487,14 @@ def run_throughput(args: argparse.Namespace, tmp: Path, results: dict[str, Any])
         if serial and code == "now":
             vs_serial = f"{serial['seconds'] / got['seconds']:.2f}×"
         table.add_row(
-            path, str(batch), code, f"{size:,}", f"{got['seconds']:.2f}", f"{eps:,.0f}",
+            path, str(batch), code, f"{size:,}", f"{got['batches']:.0f}",
+            f"{got['seconds']:.2f}", f"{eps:,.0f}",
             f"{got['cpu'] / size * 1e6:.0f}", f"{eps / base_rates[size]:.2f}×", vs_before,
             vs_serial, verdict,
         )  # fmt: skip
         results["throughput"][f"{path}@{batch}/{code}/{size}"] = {
             "events": size,
+            "batches": int(got["batches"]),
             "seconds": round(got["seconds"], 3),
             "events_per_s": round(eps),
             "cpu_us_per_event": round(got["cpu"] / size * 1e6, 1),
