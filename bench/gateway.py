@@ -242,6 +242,19 @@ def main() -> None:
         help="also measure the full gateway with --workers N (1: skip that setup)",
     )
     ap.add_argument(
+        "--py-spy-concurrency",
+        type=int,
+        choices=(1, 16),
+        default=16,
+        help="with --py-spy: the concurrency whose cells are recorded",
+    )
+    ap.add_argument(
+        "--noop-without-token",
+        action="store_true",
+        help="also measure the no-op with requests that carry no Authorization header "
+        "(every proxy row is sent the gateway's bearer token, ~1 kB, by default)",
+    )
+    ap.add_argument(
         "--workers-only",
         action="store_true",
         help="skip the single-process gateway setups (and their baseline): measure "
@@ -388,16 +401,26 @@ def main() -> None:
             )
 
             path = "/collections/docs/points/1"
+            auth = {"Authorization": f"Bearer {token}"}
             setups = [
                 ("direct", f"{upstream}{path}", {}),
-                ("mitmproxy, no-op addon", f"http://127.0.0.1:{noop_port}{path}", {}),
+                ("mitmproxy, no-op addon", f"http://127.0.0.1:{noop_port}{path}", auth),
             ]
+            if args.noop_without_token:
+                setups.append(
+                    (
+                        "mitmproxy, no-op addon, no Authorization header",
+                        f"http://127.0.0.1:{noop_port}{path}",
+                        {},
+                    )
+                )
+                proxy_pids[setups[-1][0]] = proxy_pids["mitmproxy, no-op addon"]
             if noop_n_port is not None:
                 setups.append(
                     (
                         f"mitmproxy, no-op addon, {args.workers} processes",
                         f"http://127.0.0.1:{noop_n_port}{path}",
-                        {},
+                        auth,
                     )
                 )
             if gw_port is not None:
@@ -448,7 +471,8 @@ def main() -> None:
             # one request first: it must be masked, proving the full path runs
             import httpx
 
-            for _name, url, headers in [x for x in setups if x[2]]:
+            gateways = [x for x in setups if x[0].startswith(("embedguard", "gateway"))]
+            for _name, url, headers in gateways:
                 probe = httpx.get(url, headers=headers, timeout=10)
                 assert probe.status_code == 200 and "bob@example.org" not in probe.text, probe.text
             results = []
@@ -462,7 +486,7 @@ def main() -> None:
                 nonlocal spy_noop
                 spy = None
                 spied = {"embedguard gateway": args.py_spy, "mitmproxy, no-op addon": spy_noop}
-                if spied.get(name) and conc == 16:
+                if spied.get(name) and conc == args.py_spy_concurrency:
                     spy_out = spied[name]
                     spy = subprocess.Popen(
                         [

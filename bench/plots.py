@@ -126,11 +126,14 @@ def plot_dashboard(dashboard_jsons: list[Path], out: Path, target_s: float = 2.0
 def plot_gateway(gateway_json: Path, out: Path) -> Path:
     plt = _matplotlib()
     rows = [r for r in json.loads(gateway_json.read_text()) if "concurrency" in r]
-    noop = {r["concurrency"]: r for r in rows if r["setup"].startswith("mitmproxy")}
+    noop_name = "mitmproxy, no-op addon"
+    noop = {r["concurrency"]: r for r in rows if r["setup"] == noop_name}
     setups = [s for s in dict.fromkeys(r["setup"] for r in rows)
-              if s != "direct" and not s.startswith("mitmproxy")]  # fmt: skip
+              if s not in ("direct", noop_name)]  # fmt: skip
     concs = sorted(noop)
-    fig, (ax_rps, ax_p50) = plt.subplots(1, 2, figsize=(12, 4.5))
+    with_cpu = any("proxy_cpu_us_per_req" in r for r in rows)
+    fig, axes = plt.subplots(1, 3 if with_cpu else 2, figsize=(17 if with_cpu else 12, 4.8))
+    ax_rps, ax_p50 = axes[0], axes[1]
     width = 0.8 / max(1, len(setups))
     for i, setup in enumerate(setups):
         xs, ratios, lo, hi, deltas = [], [], [], [], []
@@ -149,6 +152,30 @@ def plot_gateway(gateway_json: Path, out: Path) -> Path:
         bars = ax_p50.bar(xs, deltas, width, label=setup)
         ax_p50.bar_label(bars, fmt="%+.1f", fontsize=7)
     ticks = [k + width * (len(setups) - 1) / 2 for k in range(len(concs))]
+    if with_cpu:
+        # CPU per request of every proxy (its process tree): what bounds req/s
+        # when the proxy's one event loop is the bottleneck
+        ax_cpu = axes[2]
+        proxies = [noop_name, *setups]
+        cpu_width = 0.8 / len(proxies)
+        for i, setup in enumerate(proxies):
+            xs, cpu = [], []
+            for k, conc in enumerate(concs):
+                cell = next(
+                    (r for r in rows if r["setup"] == setup and r["concurrency"] == conc), None
+                )
+                if cell is not None and "proxy_cpu_us_per_req" in cell:
+                    xs.append(k + i * cpu_width)
+                    cpu.append(cell["proxy_cpu_us_per_req"])
+            bars = ax_cpu.bar(xs, cpu, cpu_width, label=setup, color=f"C{(i - 1) % 10}"
+                              if i else "grey")  # fmt: skip
+            ax_cpu.bar_label(bars, fmt="%.0f", fontsize=7)
+        ax_cpu.set_xticks(
+            [k + cpu_width * (len(proxies) - 1) / 2 for k in range(len(concs))],
+            [f"concurrency {c}" for c in concs],
+        )
+        ax_cpu.set_ylabel("proxy CPU µs per request (all its threads/processes)")
+        ax_cpu.grid(True, axis="y", alpha=0.2)
     for ax in (ax_rps, ax_p50):
         ax.set_xticks(ticks, [f"concurrency {c}" for c in concs])
         ax.grid(True, axis="y", alpha=0.2)
@@ -156,7 +183,7 @@ def plot_gateway(gateway_json: Path, out: Path) -> Path:
     ax_rps.set_ylabel("req/s as a multiple of the no-op mitmproxy (whiskers: rounds)")
     ax_p50.axhline(2.0, color="red", linestyle=":", label="target <= +2 ms")
     ax_p50.set_ylabel("p50 minus the no-op's p50, ms")
-    ax_p50.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    (axes[-1]).legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle("Gateway overhead against mitmproxy with a no-op addon (bench/gateway.py)")
     fig.tight_layout()
     path = out / "gateway.png"
