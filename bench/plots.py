@@ -9,11 +9,14 @@ Reads the JSON the benchmarks write and draws the trends that a table hides:
   measured, with the 2 s target;
 * ``gateway.png``: each proxy setup's throughput as a multiple of the no-op
   mitmproxy's and its p50 over the no-op's, at concurrency 1 and 16, with
-  issue 3's targets (>= 0.8x, <= +2 ms) and the spread of the rounds.
+  issue 3's targets (>= 0.8x, <= +2 ms) and the spread of the rounds, and,
+  for results that have it, each proxy's CPU µs per request. Each
+  ``--gateway`` file gives one chart named after it (``gateway_cpu.json`` ->
+  ``gateway_cpu.png``).
 
     .venv/bin/python bench/plots.py [--pipeline bench/results/pipeline.json]
         [--dashboard bench/results/dashboard.json ...]
-        [--gateway bench/results/gateway.json] [--out docs/img]
+        [--gateway bench/results/gateway.json ...] [--out docs/img]
 
 ``make bench-plots`` installs matplotlib (the ``bench`` extra) first; the test
 suite never needs it.
@@ -186,7 +189,7 @@ def plot_gateway(gateway_json: Path, out: Path) -> Path:
     (axes[-1]).legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle("Gateway overhead against mitmproxy with a no-op addon (bench/gateway.py)")
     fig.tight_layout()
-    path = out / "gateway.png"
+    path = out / f"{gateway_json.stem}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -197,7 +200,9 @@ def main() -> None:
     parser.add_argument("--pipeline", type=Path, default=ROOT / "bench/results/pipeline.json")
     parser.add_argument("--dashboard", type=Path, nargs="+",
                         default=[ROOT / "bench/results/dashboard.json"])  # fmt: skip
-    parser.add_argument("--gateway", type=Path, default=ROOT / "bench/results/gateway.json")
+    parser.add_argument("--gateway", type=Path, nargs="+",
+                        default=[ROOT / "bench/results/gateway.json",
+                                 ROOT / "bench/results/gateway_cpu.json"])  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -211,10 +216,11 @@ def main() -> None:
         made.append(plot_dashboard(present, args.out))
     else:
         print("no dashboard results; run bench/dashboard.py first", file=sys.stderr)
-    if args.gateway.exists():
-        made.append(plot_gateway(args.gateway, args.out))
-    else:
-        print(f"{args.gateway}: missing; run bench/gateway.py first", file=sys.stderr)
+    for gateway in args.gateway:
+        if gateway.exists():
+            made.append(plot_gateway(gateway, args.out))
+        else:
+            print(f"{gateway}: missing; run bench/gateway.py first", file=sys.stderr)
     for path in made:
         print(f"wrote {path}")
     if not made:
