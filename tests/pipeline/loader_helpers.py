@@ -18,6 +18,7 @@ from pipeline.transport import AppendRecord, open_log
 from schemas.chain import EventStamper
 from schemas.codec import DecodedEvent, default_codec
 from schemas.models import (
+    ActionClass,
     Operation,
     PolicyDecided,
     RequestForwarded,
@@ -79,7 +80,10 @@ def chained_records(
                     product="qdrant",
                     operations=[
                         Operation(
-                            action="write", collection=collection, ids=[str(n)], vector_count=1
+                            action=ActionClass.WRITE,
+                            collection=collection,
+                            ids=[str(n)],
+                            vector_count=1,
                         )
                     ],
                     **common,
