@@ -17,6 +17,14 @@ Qdrant-style JSON point), for these setups:
    spread over the workers by the kernel (per connection, by hash: at
    concurrency 1 a single connection, so a single worker, serves the run).
 
+Every proxy row is sent the same request (the gateway's bearer token
+included). With ``--workers N`` a control runs too: N no-op mitmproxy
+processes sharing one port with SO_REUSEPORT, as the workers do. Besides
+req/s and latency, each cell reports the proxy's CPU per request (user +
+system time of its process tree over the requests served; the system share
+in brackets) and how busy the whole machine was, which tells a proxy bound
+by its one event loop (machine ~50 % busy) from a saturated machine.
+
 The load comes from wrk in another process. Needs nginx and wrk from Debian
 (`make bench-gateway` installs them). Targets (issue 3): the full gateway at
 >= 0.8x the no-op mitmproxy's throughput and <= +2 ms at p50.
