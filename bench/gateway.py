@@ -537,7 +537,11 @@ def main() -> None:
                 samples.setdefault((name, conc), []).append(result)
                 if spy is not None:
                     spy.wait(60)
-                    console.print(f"[dim]py-spy profile of {name}: {spy_out}[/]")
+                    served = round(samples[(name, conc)][-1]["rps"] * max(1, int(args.seconds)))
+                    console.print(
+                        f"[dim]py-spy profile of {name}: {spy_out} ({served} requests; "
+                        "bench/gateway_profile.py --compare)[/]"
+                    )
                     spied[name] = None  # one profile each is enough
                     if name == "embedguard gateway":
                         args.py_spy = None

@@ -472,6 +472,53 @@ def summarise(path: Path, top: int) -> None:
         print(f"  {n / total:6.1%}  {name}")
 
 
+#: frames of the process's entry point (typer, runpy, the CLI's gateway command)
+_ROOT_FRAMES = ("(typer/core.py)", "(typer/main.py)", "(typer/_click/core.py)",
+                "(<frozen runpy>)", "(embedguard/cli.py)")  # fmt: skip
+
+
+def _per_function_us(path: Path, requests: int, rate_hz: float) -> tuple[dict[str, float], float]:
+    """Main-thread samples of py-spy's collapsed stacks as µs per request,
+    inclusive, per function (``name (area)``); and the main thread's total."""
+    from collections import Counter
+
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = stack.split(";")
+        if frames[0].startswith("thread ("):
+            if not frames[0].endswith("MainThread"):
+                continue
+            frames = frames[1:]
+        count = int(count_text)
+        total += count
+        for key in {"{} ({})".format(*_frame_parts(f)) for f in frames}:
+            inclusive[key] += count
+    for key in [k for k in inclusive if k.endswith(_ROOT_FRAMES)]:
+        del inclusive[key]  # the process's entry point: in every stack that reaches it
+    scale = 1e6 / rate_hz / requests
+    return {k: v * scale for k, v in inclusive.items()}, total * scale
+
+
+def compare(a: Path, a_requests: int, b: Path, b_requests: int, top: int) -> None:
+    """Two py-spy profiles (``bench/gateway.py --py-spy OUT`` writes the
+    gateway's to OUT and the no-op's to OUT.noop, and prints how many requests
+    each served while recorded) side by side: each function's inclusive
+    main-thread time per request, largest differences first. py-spy samples
+    at 100 Hz and misses some of the time a process runs, so read the
+    differences, not the absolute µs."""
+    fa, ta = _per_function_us(a, a_requests, 100.0)
+    fb, tb = _per_function_us(b, b_requests, 100.0)
+    print(f"main thread, sampled µs per request: {a.name} {ta:.0f}, {b.name} {tb:.0f}")
+    print(f"{'A':>8} {'B':>8} {'A - B':>8}  function (inclusive)")
+    for key in sorted(set(fa) | set(fb), key=lambda k: -(fa.get(k, 0) - fb.get(k, 0)))[:top]:
+        va, vb = fa.get(key, 0.0), fb.get(key, 0.0)
+        print(f"{va:8.0f} {vb:8.0f} {va - vb:+8.0f}  {key[:110]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=3000)
@@ -512,7 +559,18 @@ def main() -> None:
         metavar="STACKS",
         help="summarise py-spy collapsed stacks (bench/gateway.py --py-spy) and exit",
     )
+    ap.add_argument(
+        "--compare",
+        nargs=4,
+        metavar=("STACKS_A", "REQUESTS_A", "STACKS_B", "REQUESTS_B"),
+        help="compare two py-spy profiles per request (e.g. the gateway's and the no-op's "
+        "from bench/gateway.py --py-spy) and exit",
+    )
     args = ap.parse_args()
+    if args.compare:
+        a, ra, b, rb = args.compare
+        compare(Path(a), int(ra), Path(b), int(rb), args.top)
+        return
     if args.summarise:
         summarise(args.summarise, args.top)
         return
