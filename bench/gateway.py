@@ -410,72 +410,28 @@ def main() -> None:
 
             path = "/collections/docs/points/1"
             auth = {"Authorization": f"Bearer {token}"}
-            setups = [
-                ("direct", f"{upstream}{path}", {}),
-                ("mitmproxy, no-op addon", f"http://127.0.0.1:{noop_port}{path}", auth),
-            ]
+            setups: list[tuple[str, str, dict[str, str]]] = [("direct", f"{upstream}{path}", {})]
+
+            def add(name: str, port: int | None, pids: list[int], headers: dict[str, str]) -> None:
+                """A proxy row, if that proxy was started, and the pids its CPU is read from."""
+                if port is not None:
+                    setups.append((name, f"http://127.0.0.1:{port}{path}", headers))
+                    proxy_pids[name] = pids
+
+            noop_pids = proxy_pids["mitmproxy, no-op addon"]
+            n = args.workers
+            add("mitmproxy, no-op addon", noop_port, noop_pids, auth)
             if args.noop_without_token:
-                setups.append(
-                    (
-                        "mitmproxy, no-op addon, no Authorization header",
-                        f"http://127.0.0.1:{noop_port}{path}",
-                        {},
-                    )
-                )
-                proxy_pids[setups[-1][0]] = proxy_pids["mitmproxy, no-op addon"]
-            if noop_n_port is not None:
-                setups.append(
-                    (
-                        f"mitmproxy, no-op addon, {args.workers} processes",
-                        f"http://127.0.0.1:{noop_n_port}{path}",
-                        auth,
-                    )
-                )
-            if gw_port is not None:
-                setups.append(
-                    (
-                        "embedguard gateway",
-                        f"http://127.0.0.1:{gw_port}{path}",
-                        {"Authorization": f"Bearer {token}"},
-                    )
-                )
-                proxy_pids["embedguard gateway"] = [gw_pid]
-            if baseline_port is not None:
-                setups.append(
-                    (
-                        f"gateway @ {args.compare_with.name} (baseline)",
-                        f"http://127.0.0.1:{baseline_port}{path}",
-                        {"Authorization": f"Bearer {token}"},
-                    )
-                )
-                proxy_pids[setups[-1][0]] = [baseline_pid]
-            if gw_async_port is not None:
-                setups.append(
-                    (
-                        "gateway, async responses (opt-in)",
-                        f"http://127.0.0.1:{gw_async_port}{path}",
-                        {"Authorization": f"Bearer {token}"},
-                    )
-                )
-                proxy_pids[setups[-1][0]] = [gw_async_pid]
-            if gw_workers_port is not None:
-                setups.append(
-                    (
-                        f"embedguard gateway, --workers {args.workers}",
-                        f"http://127.0.0.1:{gw_workers_port}{path}",
-                        {"Authorization": f"Bearer {token}"},
-                    )
-                )
-                proxy_pids[setups[-1][0]] = [gw_workers_pid]
-            if baseline_workers_port is not None:
-                setups.append(
-                    (
-                        f"gateway @ {args.compare_with.name}, --workers {args.workers} (baseline)",
-                        f"http://127.0.0.1:{baseline_workers_port}{path}",
-                        {"Authorization": f"Bearer {token}"},
-                    )
-                )
-                proxy_pids[setups[-1][0]] = [baseline_workers_pid]
+                add("mitmproxy, no-op addon, no Authorization header", noop_port, noop_pids, {})
+            add(f"mitmproxy, no-op addon, {n} processes", noop_n_port,
+                proxy_pids.get(f"mitmproxy, no-op addon, {n} processes", []), auth)  # fmt: skip
+            base = args.compare_with.name if args.compare_with else ""
+            add("embedguard gateway", gw_port, [gw_pid], auth)
+            add(f"gateway @ {base} (baseline)", baseline_port, [baseline_pid], auth)
+            add("gateway, async responses (opt-in)", gw_async_port, [gw_async_pid], auth)
+            add(f"embedguard gateway, --workers {n}", gw_workers_port, [gw_workers_pid], auth)
+            add(f"gateway @ {base}, --workers {n} (baseline)", baseline_workers_port,
+                [baseline_workers_pid], auth)  # fmt: skip
             # one request first: it must be masked, proving the full path runs
             import httpx
 

@@ -142,14 +142,9 @@ class ClassificationCache:
         c = self._entries.get(key)
         if c is None:
             return None
-        return Classification(
-            product=c.product,
-            operations=list(c.operations),
-            error=c.error,
-            response_ids=c.response_ids,
-            user_data_paths=c.user_data_paths,
-            vector_paths=c.vector_paths,
-        )
+        # every other field is immutable and carried over, whatever fields
+        # Classification gains later
+        return dataclasses.replace(c, operations=list(c.operations))
 
     def put(self, key: ClassificationKey, cls: Classification) -> None:
         if self.max_entries <= 0:  # disabled
