@@ -3,7 +3,12 @@ in one run, against the same local upstream (nginx answering a static
 Qdrant-style JSON point), for these setups:
 
 1. direct to the upstream;
-2. mitmproxy (same options) with a no-op addon;
+2. mitmproxy (same options) with a no-op addon: mitmproxy trimmed to the six
+   addons and the options the gateway runs it with, the strict baseline;
+2b. (unless --no-stock-mitmdump) mitmproxy as shipped: ``mitmdump -q`` in
+   reverse mode with its default addons and a no-op script
+   (bench/mitmdump_noop.py), the way mitmproxy's documentation runs an
+   addon; every row gets a second ratio against it ("× mitmdump");
 3. the full gateway: OIDC token check, classification, policy, masking and
    durable recording (SQLite, fsync, group commit), in its default mode: each
    response is delivered only once its ResponseRecorded is durable;
@@ -66,6 +71,10 @@ BODY = json.dumps(
         "time": 0.0001,
     }
 )
+
+
+#: the row of mitmproxy as shipped (bench/mitmdump_noop.py)
+STOCK = "mitmdump as shipped, no-op script"
 
 
 def free_port() -> int:
@@ -269,6 +278,14 @@ def main() -> None:
         "direct, the no-op, and the gateway with --workers N (and the baseline tree's "
         "with --workers N, given --compare-with)",
     )
+    ap.add_argument(
+        "--no-stock-mitmdump",
+        dest="stock_mitmdump",
+        action="store_false",
+        help="skip the row of mitmproxy as shipped: `mitmdump -q -s bench/mitmdump_noop.py` "
+        "in reverse mode, with its default addons (the no-op row runs mitmproxy trimmed to "
+        "the gateway's six addons and options)",
+    )
     ap.add_argument("--serve-noop", nargs=2, metavar=("UPSTREAM", "PORT"), help=argparse.SUPPRESS)
     ap.add_argument("--noop-reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -331,6 +348,23 @@ def main() -> None:
                 proxy_pids[f"mitmproxy, no-op addon, {args.workers} processes"] = [
                     p.pid for p in procs[-args.workers :]
                 ]
+
+            stock_port = None
+            if args.stock_mitmdump:
+                # mitmproxy as a user runs it: mitmdump, its default addons, a no-op script
+                stock_port = free_port()
+                procs.append(
+                    subprocess.Popen(
+                        [str(Path(sys.executable).with_name("mitmdump")), "-q",
+                         "--mode", f"reverse:{upstream}", "--listen-host", "127.0.0.1",
+                         "-p", str(stock_port), "-s", str(ROOT / "bench" / "mitmdump_noop.py"),
+                         "--set", f"confdir={tmp / 'mitmdump'}"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+                wait_port(stock_port)
+                proxy_pids[STOCK] = [procs[-1].pid]
 
             env = {**os.environ, "EG_BENCH_KEY": "bench-upstream-key"}
 
@@ -423,6 +457,7 @@ def main() -> None:
             add("mitmproxy, no-op addon", noop_port, noop_pids, auth)
             if args.noop_without_token:
                 add("mitmproxy, no-op addon, no Authorization header", noop_port, noop_pids, {})
+            add(STOCK, stock_port, proxy_pids.get(STOCK, []), auth)
             add(f"mitmproxy, no-op addon, {n} processes", noop_n_port,
                 proxy_pids.get(f"mitmproxy, no-op addon, {n} processes", []), auth)  # fmt: skip
             base = args.compare_with.name if args.compare_with else ""
@@ -541,7 +576,9 @@ def main() -> None:
                     p.kill()
 
     table = Table(title="gateway overhead (wrk, keep-alive, GET /collections/docs/points/1)")
+    stock = {r["concurrency"]: r for r in results if r["setup"] == STOCK}
     for col in ("setup", "conc", "req/s", "p50 ms", "p99 ms", "× no-op req/s", "Δp50 vs no-op",
+                *(("× mitmdump req/s",) if stock else ()),
                 "proxy CPU µs/req (sys)", "machine busy"):
         table.add_column(col, justify="left" if col == "setup" else "right")
     for r in results:
@@ -558,6 +595,8 @@ def main() -> None:
             f"{r['p99_ms']:.2f}",
             f"{float(r['rps']) / float(noop['rps']):.2f}×",
             f"{float(r['p50_ms']) - float(noop['p50_ms']):+.2f} ms",
+            *((f"{float(r['rps']) / float(stock[r['concurrency']]['rps']):.2f}×",)
+              if stock else ()),
             f"{r['proxy_cpu_us_per_req']:.0f} ({r['proxy_sys_share_pct']:.0f}%)"
             if "proxy_cpu_us_per_req" in r
             else "—",
