@@ -126,6 +126,10 @@ def plot_dashboard(dashboard_jsons: list[Path], out: Path, target_s: float = 2.0
     return path
 
 
+#: bench/gateway.py's row of mitmproxy as shipped
+STOCK = "mitmdump as shipped, no-op script"
+
+
 def plot_gateway(gateway_json: Path, out: Path) -> Path:
     plt = _matplotlib()
     rows = [r for r in json.loads(gateway_json.read_text()) if "concurrency" in r]
@@ -183,10 +187,20 @@ def plot_gateway(gateway_json: Path, out: Path) -> Path:
         ax.set_xticks(ticks, [f"concurrency {c}" for c in concs])
         ax.grid(True, axis="y", alpha=0.2)
     ax_rps.axhline(0.8, color="red", linestyle=":", label="target >= 0.8x")
+    stock = {r["concurrency"]: r for r in rows if r["setup"] == STOCK}
+    for k, conc in enumerate(concs):
+        # the same target read against mitmproxy as shipped (mitmdump, default addons)
+        if conc in stock:
+            level = 0.8 * stock[conc]["rps"] / noop[conc]["rps"]
+            ax_rps.hlines(level, k - width / 2, k + width * (len(setups) - 0.5),
+                          color="purple", linestyle="--",
+                          label="0.8x mitmdump as shipped" if k == 0 else None)
     ax_rps.set_ylabel("req/s as a multiple of the no-op mitmproxy (whiskers: rounds)")
     ax_p50.axhline(2.0, color="red", linestyle=":", label="target <= +2 ms")
     ax_p50.set_ylabel("p50 minus the no-op's p50, ms")
     (axes[-1]).legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    lines = [h for h in ax_rps.get_legend_handles_labels()[0] if not hasattr(h, "patches")]
+    ax_rps.legend(handles=lines, fontsize=7, loc="upper left")  # the target lines only
     fig.suptitle("Gateway overhead against mitmproxy with a no-op addon (bench/gateway.py)")
     fig.tight_layout()
     path = out / f"{gateway_json.stem}.png"
