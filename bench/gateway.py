@@ -120,15 +120,13 @@ def serve_noop(upstream: str, port: int, reuse_port: bool = False) -> None:
     """Child process: mitmproxy with the gateway's options and a no-op addon
     (``reuse_port``: bind with SO_REUSEPORT, as ``--workers`` does, so that
     several of them share the port: the control for the workers setup)."""
+    from mitmdump_noop import NoOp  # the same no-op as the mitmdump row's script
+
     from capture.config import GatewayConfig, Route
     from capture.gateway import _install_reuse_port, run_gateway
 
     if reuse_port:
         _install_reuse_port()
-
-    class NoOp:
-        def request(self, flow: object) -> None:
-            pass
 
     cfg = GatewayConfig(
         routes=[Route(kind="qdrant", upstream=upstream, listen_port=port)],

@@ -126,11 +126,9 @@ def plot_dashboard(dashboard_jsons: list[Path], out: Path, target_s: float = 2.0
     return path
 
 
-#: bench/gateway.py's row of mitmproxy as shipped
-STOCK = "mitmdump as shipped, no-op script"
-
-
 def plot_gateway(gateway_json: Path, out: Path) -> Path:
+    from gateway import STOCK  # bench/gateway.py's row of mitmproxy as shipped
+
     plt = _matplotlib()
     rows = [r for r in json.loads(gateway_json.read_text()) if "concurrency" in r]
     noop_name = "mitmproxy, no-op addon"

@@ -33,6 +33,8 @@ from tests.pipeline.loader_helpers import chained_records, decode_raw
 from tests.pipeline.warehouse.scenario import chdb_warehouse
 
 PARTITIONS = 4
+#: consumer groups that notice a dead member within seconds
+GROUP_TIMEOUTS: dict[str, Any] = {"session_timeout": 2.0, "heartbeat_interval": 0.3}
 GROUP_TIMINGS = "session_timeout=2&heartbeat_interval=0.3&connect_timeout=10"
 
 
@@ -84,6 +86,29 @@ def ends_of(positions: list[tuple[int, int]]) -> dict[int, int]:
     return ends
 
 
+def group_log(bootstrap: str, topic: str, partitions: int) -> KafkaEventLog:
+    """A log whose consumer groups notice a dead member within seconds."""
+    return KafkaEventLog(bootstrap, topic=topic, partitions=partitions, **GROUP_TIMEOUTS)
+
+
+def fixed_batches(group: str, size: int, flush_interval: float) -> LoaderConfig:
+    """Batches of exactly ``size`` records, cut by time only after ``flush_interval``."""
+    return LoaderConfig(
+        group=group,
+        min_batch=size,
+        initial_batch=size,
+        max_batch=size,
+        min_flush_interval=flush_interval,
+        max_flush_interval=flush_interval,
+        compact_interval=None,
+    )
+
+
+def full_batches(counts: dict[int, int], size: int) -> dict[int, list[int]]:
+    """Each partition's records as full batches of ``size`` and then the rest."""
+    return {p: [size] * (n // size) + ([n % size] if n % size else []) for p, n in counts.items()}
+
+
 def check_exactly_once(lake: LakeWarehouse, expected: int, sessions: int) -> None:
     counts = lake.query(
         "SELECT count() AS n, uniqExact(event_id) AS u, "
@@ -116,13 +141,7 @@ async def test_two_loaders_share_partitions_and_survive_a_kill_9(
     positions: list[tuple[int, int]] = []
     survivor: subprocess.Popen[bytes] | None = None
     victim: subprocess.Popen[bytes] | None = None
-    log = KafkaEventLog(
-        kafka_bootstrap,
-        topic=kafka_topic,
-        partitions=PARTITIONS,
-        session_timeout=2.0,
-        heartbeat_interval=0.3,
-    )
+    log = group_log(kafka_bootstrap, kafka_topic, PARTITIONS)
     try:
         async with log:
             first, rest = records[:4_000], records[4_000:]
@@ -197,13 +216,7 @@ async def test_a_restarted_loader_resumes_from_the_warehouse_not_the_group(
     """In process: load, then load again with a group that has committed nothing;
     the warehouse positions win and nothing is written twice. ``--once`` also
     finds the end despite Tansu's low end offsets."""
-    log = KafkaEventLog(
-        kafka_bootstrap,
-        topic=kafka_topic,
-        partitions=3,
-        session_timeout=2.0,
-        heartbeat_interval=0.3,
-    )
+    log = group_log(kafka_bootstrap, kafka_topic, 3)
     records = list(chained_records(3_000, sessions=9, seed=3))
     lake = LakeWarehouse(tmp_path / "lake")
     cfg = LoaderConfig(
@@ -249,26 +262,12 @@ async def test_the_batch_size_is_per_partition(
     (each paying a write's fixed costs) whenever the partitions together reach
     the size. Continuous mode with long flush intervals: a batch ends only when
     it is full, or when the loader stops (the rest)."""
-    log = KafkaEventLog(
-        kafka_bootstrap,
-        topic=kafka_topic,
-        partitions=3,
-        session_timeout=2.0,
-        heartbeat_interval=0.3,
-    )
+    log = group_log(kafka_bootstrap, kafka_topic, 3)
     records = list(chained_records(3_000, sessions=9, seed=8))
     lake = BatchSizes(tmp_path / "lake")
-    cfg = LoaderConfig(
-        group="sizes",
-        min_batch=500,
-        initial_batch=500,
-        max_batch=500,
-        # long enough that no batch is cut by time; a poll waits up to this
-        # long, so a stop takes effect within it
-        min_flush_interval=10.0,
-        max_flush_interval=10.0,
-        compact_interval=None,
-    )
+    # long enough that no batch is cut by time; a poll waits up to this long,
+    # so a stop takes effect within it
+    cfg = fixed_batches("sizes", 500, flush_interval=10.0)
     stop = asyncio.Event()
     try:
         async with log:
@@ -285,10 +284,7 @@ async def test_the_batch_size_is_per_partition(
             stop.set()
             summary = await asyncio.wait_for(run, 60)
         assert summary.events == 3_000
-        expected = {
-            p: [500] * (n // 500) + ([n % 500] if n % 500 else []) for p, n in counts.items()
-        }
-        assert lake.sizes == expected
+        assert lake.sizes == full_batches(counts, 500)
         check_exactly_once(lake, 3_000, 9)
     finally:
         lake.close()
@@ -330,24 +326,10 @@ async def test_once_writes_full_batches_despite_empty_polls(
     the ``loads`` table shows each partition in full batches plus its rest. (It
     used to write every partition's partial buffer on any empty poll.) Flush
     intervals are long, so time cuts nothing either."""
-    log = StutteringLog(
-        kafka_bootstrap,
-        topic=kafka_topic,
-        partitions=3,
-        session_timeout=2.0,
-        heartbeat_interval=0.3,
-    )
+    log = StutteringLog(kafka_bootstrap, topic=kafka_topic, partitions=3, **GROUP_TIMEOUTS)
     records = list(chained_records(3_000, sessions=9, seed=11))
     wh = chdb_warehouse()
-    cfg = LoaderConfig(
-        group="once-sizes",
-        min_batch=400,
-        initial_batch=400,
-        max_batch=400,
-        min_flush_interval=60.0,
-        max_flush_interval=60.0,
-        compact_interval=None,
-    )
+    cfg = fixed_batches("once-sizes", 400, flush_interval=60.0)
     try:
         async with log:
             counts = ends_of([(p.partition, p.offset) for p in await log.append(records)])
@@ -364,10 +346,7 @@ async def test_once_writes_full_batches_despite_empty_polls(
             sizes.setdefault(int(row["src_partition"]), []).append(
                 int(row["last_offset"]) - int(row["first_offset"]) + 1
             )
-        expected = {
-            p: [400] * (n // 400) + ([n % 400] if n % 400 else []) for p, n in counts.items()
-        }
-        assert sizes == expected
+        assert sizes == full_batches(counts, 400)
         got = wh.query("SELECT count() AS n, uniqExact(event_id) AS u FROM {events}", {})[0]
         assert got == {"n": 3_000, "u": 3_000}
     finally:
