@@ -2,8 +2,11 @@
 
 Thin adapter over ``capture.classify``. Chroma addresses records by collection
 UUID; policy globs match names, so UUIDs are resolved through the upstream
-with the gateway's credential (cached). An unresolved UUID stays a UUID, which
-no name glob matches: fail closed.
+with the gateway's credential (cached per tenant and database: the lookup goes
+to the path the client named). A UUID that does not resolve there is refused
+(403 ``collection_unresolved``, or 502 when the upstream cannot be asked):
+Chroma's record endpoints ignore the path's tenant, so a UUID under a made-up
+tenant would otherwise reach a collection its name's rules deny.
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ log = logging.getLogger("embedguard.classifier")
 
 
 class ChromaNames:
-    """UUID → collection name, resolved through the upstream and cached."""
+    """UUID → collection name, resolved through the upstream and cached.
+
+    Keyed by the path's tenant/database prefix and the UUID: the name is the
+    one the upstream gives for that collection *under that prefix*, and a
+    failed lookup under one prefix says nothing about another."""
 
     def __init__(
         self, ttl_s: float = 300.0, negative_ttl_s: float = 5.0, max_entries: int = 50_000
@@ -42,31 +49,50 @@ class ChromaNames:
         self.ttl_s = ttl_s
         self.negative_ttl_s = negative_ttl_s
         self.max_entries = max_entries
-        self._cache: dict[str, tuple[str | None, float]] = {}
+        self._cache: dict[tuple[str, str], tuple[str | None, float]] = {}
         self._http: httpx.AsyncClient | None = None
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
 
-    async def resolve(self, route: Route, path: str, uuids: list[str]) -> dict[str, str]:
+    async def resolve(
+        self, route: Route, path: str, uuids: list[str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """``(names, failures)``: the names found, and for each UUID not
+        resolved, why (``not_found`` or ``upstream_error``; the latter is
+        never cached)."""
         now = time.monotonic()
         out: dict[str, str] = {}
+        failed: dict[str, str] = {}
         for uuid in uuids:
-            hit = self._cache.get(uuid)
+            url = self._lookup_url(route, path, uuid)
+            if url is None:
+                failed[uuid] = "not_found"
+                continue
+            key = (url, uuid)
+            hit = self._cache.get(key)
             if hit is not None and hit[1] > now:
                 if hit[0] is not None:
                     out[uuid] = hit[0]
+                else:
+                    failed[uuid] = "not_found"
                 continue
-            name = await self._fetch(route, path, uuid)
+            name, why = await self._fetch(route, url, uuid)
+            if why == "upstream_error":
+                failed[uuid] = why
+                continue
             if len(self._cache) >= self.max_entries:
                 self._cache.clear()
-            self._cache[uuid] = (name, now + (self.ttl_s if name else self.negative_ttl_s))
+            self._cache[key] = (name, now + (self.ttl_s if name else self.negative_ttl_s))
             if name is not None:
                 out[uuid] = name
-        return out
+            else:
+                failed[uuid] = "not_found"
+        return out, failed
 
-    async def _fetch(self, route: Route, path: str, uuid: str) -> str | None:
+    @staticmethod
+    def _lookup_url(route: Route, path: str, uuid: str) -> str | None:
         # The collection segment itself, not the first place the UUID appears:
         # /tenants/{uuid}/.../collections/{uuid} must not look up the tenant.
         idx = path.find(f"/collections/{uuid}")
@@ -75,9 +101,10 @@ class ChromaNames:
             return None
         # v2: GET .../collections/{x} takes a *name*; a UUID is looked up by-id
         if path.startswith("/api/v2/"):
-            url = f"{route.upstream}{path[:idx]}/collections/by-id/{uuid}"
-        else:
-            url = route.upstream + path[:end]
+            return f"{route.upstream}{path[:idx]}/collections/by-id/{uuid}"
+        return route.upstream + path[:end]
+
+    async def _fetch(self, route: Route, url: str, uuid: str) -> tuple[str | None, str]:
         headers = {}
         if route.credential is not None:
             name, fmt = CREDENTIAL_HEADERS["chroma"]
@@ -88,14 +115,20 @@ class ChromaNames:
             resp = await self._http.get(url, headers=headers)
         except httpx.HTTPError as exc:
             log.warning("could not resolve Chroma collection %s: %s", uuid, type(exc).__name__)
-            return None
+            return None, "upstream_error"
+        if resp.status_code >= 500:
+            log.warning("could not resolve Chroma collection %s: HTTP %d", uuid,
+                        resp.status_code)
+            return None, "upstream_error"
         if resp.status_code != 200:
-            return None
+            return None, "not_found"
         try:
             name = resp.json().get("name")
-        except ValueError:
-            return None
-        return name if isinstance(name, str) and name else None
+        except (ValueError, AttributeError):
+            return None, "upstream_error"
+        if isinstance(name, str) and name:
+            return name, ""
+        return None, "upstream_error"
 
 
 #: what a classification depends on, for a request without a body: the
@@ -203,11 +236,17 @@ class Classifier:
                 return
         req = to_http_request(flow, st.client_host, st.client_body)
         product: Product | None = st.route.kind if st.route.kind != "auto" else detect_product(req)
-        if product == "pinecone" and index_from_host(st.route.upstream_hostport) is not None:
-            # The upstream is one index's host, and that is the Host it gets
-            # (Credentials sets it): the index is that one, whatever Host the
-            # client claimed.
-            req = dataclasses.replace(req, host=st.route.upstream_hostport)
+        pinecone_hosts: dict[str, str] = {}
+        if product == "pinecone":
+            # The request goes to the route's upstream, with the upstream's Host
+            # (Credentials sets it), whatever Host the client claimed: the
+            # index is the upstream's own (an index host), or the route's
+            # --pinecone-index, never the client's choice. With neither, data
+            # plane requests cannot name an index and are denied.
+            up = st.route.upstream_hostport
+            req = dataclasses.replace(req, host=up)
+            if st.route.pinecone_index and index_from_host(up) is None:
+                pinecone_hosts = {up: st.route.pinecone_index}
         if product is None:
             block(
                 flow,
@@ -224,8 +263,27 @@ class Classifier:
         if product == "chroma":
             refs = chroma_collection_refs(req)
             if refs:
-                names = await self.chroma.resolve(st.route, req.path, refs)
-        cls = classify(product, req, chroma_names=names)
+                names, failed = await self.chroma.resolve(st.route, req.path, refs)
+                if failed:
+                    uuid, why = next(iter(failed.items()))
+                    if why == "upstream_error":
+                        block(flow, st, 502, "upstream_error",
+                              f"collection_unresolved: could not look up Chroma collection "
+                              f"{uuid} upstream to check the policy for it; try again",
+                              "classify")
+                    else:
+                        tenant_db = req.path[: req.path.find("/collections/")]
+                        block(flow, st, 403, "forbidden",
+                              f"collection_unresolved: Chroma collection {uuid} does not "
+                              f"exist under {tenant_db[:200]}; denied by default. Use the "
+                              "tenant and database the collection belongs to", "classify")
+                    return
+        cls = classify(product, req, chroma_names=names, chroma_legacy_v1=st.route.chroma_v1,
+                       pinecone_hosts=pinecone_hosts)
+        if product == "pinecone" and not cls.ok and "cannot tell the index" in (cls.error or ""):
+            cls = dataclasses.replace(
+                cls, error=f"{cls.error}; this route's upstream {up[:120]} is not an index "
+                "host: start it with --pinecone-index NAME")
         if key is not None and not refs:
             self.cache.put(key, cls)
             cls = self.cache.get(key) or cls  # the flow gets its own operations list

@@ -45,6 +45,35 @@ class Route(BaseModel):
     credential_ref: str | None = Field(
         default=None, description="Where the credential came from (name, not value)"
     )
+    #: the URL clients reach this listener by (scheme://host[:port], no path),
+    #: when that is not the listen address itself (a DNS name, a load
+    #: balancer): DPoP proofs must be made for it. Without it, a proof must
+    #: name the address the connection arrived on (loopback names accepted for
+    #: a loopback listener); the client's Host header never decides.
+    public_url: str | None = None
+    #: Pinecone: the index every data-plane request of this route addresses,
+    #: when the upstream is not that index's own *.svc.*.pinecone.io host
+    #: (Pinecone Local serves each index on its own port). The client's Host
+    #: header never decides it.
+    pinecone_index: str | None = Field(
+        default=None, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,43}[a-z0-9])?$"
+    )
+    #: Chroma: classify the deprecated /api/v1 paths (a legacy Python server
+    #: still serves them) as their v2 twins instead of denying them
+    chroma_v1: bool = False
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        p = urllib.parse.urlsplit(v)
+        if (p.scheme not in ("http", "https") or not p.hostname or p.username or p.password
+                or p.path not in ("", "/") or p.query or p.fragment):
+            raise ValueError(
+                f"public URL {v!r} must be http(s)://host[:port] with no path, user or query"
+            )
+        return v.rstrip("/")
 
     @field_validator("upstream")
     @classmethod

@@ -19,6 +19,7 @@ from mitmproxy.proxy import server_hooks
 
 from capture.chain import AddonChain
 from capture.config import GatewayConfig
+from capture.state import REQUEST_ID_HEADER, state_of
 
 __all__ = ["UpstreamSni", "build_master", "run_gateway"]
 
@@ -56,17 +57,44 @@ def _json_protocol_error(status_code: int, message: str = "") -> bytes:
         reason = "the vector database could not be reached or did not answer properly"
     else:
         reason = message[:300] or "protocol error"
-    body = json.dumps({"error": error, "reason": reason, "request_id": None}).encode()
-    resp = mhttp.Response.make(
-        status_code, body, {"content-type": "application/json", "connection": "close"}
-    )
+    request_id = getattr(message, "request_id", None)
+    body = json.dumps({"error": error, "reason": reason, "request_id": request_id}).encode()
+    headers = {"content-type": "application/json", "connection": "close"}
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
+    resp = mhttp.Response.make(status_code, body, headers)
     return bytes(http1.assemble_response(resp))
 
 
+class _WithRequestId(str):
+    """An error message that carries the flow's request id to
+    ``_json_protocol_error``, which mitmproxy calls with only the status and
+    the message."""
+
+    request_id: str | None = None
+
+
 def _install_json_protocol_errors() -> None:
-    from mitmproxy.proxy.layers.http import _http1
+    from mitmproxy.proxy.layers.http import HttpStream, _http1
+    from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
     _http1.make_error_response = _json_protocol_error
+    if getattr(HttpStream.handle_protocol_error, "_embedguard", False):
+        return
+    original = HttpStream.handle_protocol_error
+
+    def handle_protocol_error(self, event):  # type: ignore[no-untyped-def]
+        # an upstream that cannot be reached: the request was recorded under
+        # an id, which the client's 502 names too
+        st = state_of(self.flow)
+        if isinstance(event, ResponseProtocolError) and st is not None and st.request_id:
+            tagged = _WithRequestId(event.message)
+            tagged.request_id = st.request_id
+            event = ResponseProtocolError(event.stream_id, tagged, event.code)
+        return (yield from original(self, event))
+
+    handle_protocol_error._embedguard = True  # type: ignore[attr-defined]
+    HttpStream.handle_protocol_error = handle_protocol_error  # type: ignore[method-assign]
 
 
 def _install_reuse_port() -> None:

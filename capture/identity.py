@@ -13,6 +13,7 @@ single-use and must be verified.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -116,8 +117,7 @@ class IdentityCheck:
             if cached is not None:
                 st.identity = cached
                 return
-        scheme = "https" if flow.client_conn.tls_established else "http"
-        url = f"{scheme}://{st.client_host}{flow.request.path.split('?', 1)[0]}"
+        url = dpop_url(flow, st.route.public_url, st.client_host)
         try:
             st.identity = await self.verifier.authenticate(
                 authorization=authorization,
@@ -134,3 +134,50 @@ class IdentityCheck:
             block(flow, st, exc.status, error, f"{exc.code}: {exc.message}", "identity")
             if flow.response is not None and exc.status == 401:
                 flow.response.headers["www-authenticate"] = exc.www_authenticate()
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def dpop_url(flow: http.HTTPFlow, public_url: str | None, client_host: str) -> str:
+    """The URL a DPoP proof must be made for (RFC 9449 §4.3: the request's).
+
+    The route's public URL when configured; otherwise the address the
+    connection arrived on. The client's Host header is taken only when it
+    names that address (or a loopback name, on a loopback listener): a Host
+    the client chose must not let a proof made for another server pass."""
+    path = flow.request.path.split("?", 1)[0]
+    if public_url:
+        return public_url + path
+    scheme = "https" if flow.client_conn.tls_established else "http"
+    default_port = 443 if scheme == "https" else 80
+    sock = flow.client_conn.sockname
+    sock_ip, sock_port = (str(sock[0]), int(sock[1])) if sock else ("", 0)
+    if client_host:
+        name, port = _split_authority(client_host, default_port)
+        if port == sock_port and (
+            name == sock_ip.lower()
+            or (_is_loopback(sock_ip) and name in _LOOPBACK_NAMES)
+        ):
+            return f"{scheme}://{client_host}{path}"
+    host = f"[{sock_ip}]" if ":" in sock_ip else sock_ip
+    authority = host if sock_port == default_port else f"{host}:{sock_port}"
+    return f"{scheme}://{authority}{path}"
+
+
+def _split_authority(authority: str, default_port: int) -> tuple[str, int]:
+    a = authority.strip().lower()
+    if a.startswith("["):
+        end = a.find("]")
+        name, rest = a[1:end], a[end + 1:]
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port = a.partition(":")
+    return name, int(port) if port.isdigit() else (default_port if not port else -1)
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False

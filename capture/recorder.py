@@ -31,7 +31,7 @@ from capture.headers import header_value
 from capture.intake import raw_headers
 from capture.masker import BODY_SEEN
 from capture.policy import Decision, RequestObligations
-from capture.redact import redact_header_records
+from capture.redact import body_holds_credentials, redact_header_records
 from capture.sessions import SESSION_HEADER, Session, SessionTracker
 from capture.signing_keys import SigningKeyError, load_or_create_signing_key
 from capture.state import FlowState, block, error_response, fail_closed, state_of
@@ -715,6 +715,10 @@ class Recorder:
                 )
         body = st.client_body
         limit = self.config.record_body_limit
+        if body_holds_credentials(body):
+            # Milvus users/create, an import's keys...: like an oversized body,
+            # recorded by its hash and size only
+            limit = -1
         cls = st.classification
         path, _, query = flow.request.path.partition("?")
         operations = cls.operations if cls else []

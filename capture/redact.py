@@ -1,10 +1,12 @@
-"""Redaction of credentials in recorded headers (pure)."""
+"""Redaction of credentials in recorded headers and request bodies (pure)."""
 
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from schemas.models import Header
 
@@ -12,8 +14,10 @@ __all__ = [
     "CLIENT_CREDENTIAL_HEADERS",
     "REDACTED",
     "is_secret_header",
+    "SECRET_BODY_KEYS",
     "redact_header_records",
     "redact_headers",
+    "body_holds_credentials",
 ]
 
 REDACTED = "[REDACTED]"
@@ -33,7 +37,9 @@ CLIENT_CREDENTIAL_HEADERS = frozenset(
     }
 )
 _SECRETISH = re.compile(
-    r"(api[-_]?key|token|secret|password|auth|cookie|credential|signature)", re.I
+    r"(api[-_]?key|access[-_]?key|private[-_]?key|token|secret|password|auth|cookie"
+    r"|credential|signature)",
+    re.I,
 )
 
 
@@ -56,3 +62,77 @@ def redact_header_records(headers: Iterable[tuple[str, str]]) -> list[dict[str, 
     return [
         {"name": k.lower(), "value": REDACTED if is_secret_header(k) else v} for k, v in headers
     ]
+
+
+#: JSON keys whose values are credentials in some product's request bodies,
+#: compared lower-case without '-' or '_': Milvus ``users/create`` (password)
+#: and ``users/update_password`` (password, newPassword), Zilliz Cloud's
+#: ``jobs/import/create`` (accessKey, secretKey, token; vector-db-apis.md),
+#: Qdrant's snapshot recovery from a URL (api_key), and the usual spellings
+#: of the same things. A key counts wherever it appears in the body, so a body
+#: with a user's own payload field named ``token`` or ``password`` is not
+#: recorded either: the record is an audit trail, never a credential store.
+SECRET_BODY_KEYS = frozenset(
+    {
+        "password",
+        "passwd",
+        "newpassword",
+        "oldpassword",
+        "secret",
+        "secretkey",
+        "secretaccesskey",
+        "clientsecret",
+        "accesskey",
+        "accesskeyid",
+        "apikey",
+        "privatekey",
+        "token",
+        "accesstoken",
+        "refreshtoken",
+        "sessiontoken",
+        "authtoken",
+        "bearertoken",
+        "idtoken",
+        "credential",
+        "credentials",
+    }
+)
+
+#: a cheap test on the raw bytes before any JSON is parsed: a quoted key that
+#: could be one of SECRET_BODY_KEYS...
+_KEY_HINT = re.compile(
+    rb'(?i)"[a-z_-]*(?:pass(?:word|wd)|secret|[a-z_-]key|token|credentials?)"\s*:'
+)
+#: ...or a backslash, since a key spelled with JSON escapes escapes that test
+
+
+def _norm(key: str) -> str:
+    return key.lower().replace("-", "").replace("_", "")
+
+
+def _holds_key(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(
+            _norm(k) in SECRET_BODY_KEYS or _holds_key(v) for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return any(_holds_key(v) for v in value)
+    return False
+
+
+def body_holds_credentials(body: bytes) -> bool:
+    """Whether a request body carries a credential: a JSON key of
+    SECRET_BODY_KEYS anywhere in it, or, for a body that is not JSON, what
+    looks like one. Such a body is never recorded (its sha256 and size are):
+    bodies are referenced by hash, and a copy with the values replaced would
+    not hash to it (invariant 4)."""
+    if not body:
+        return False
+    hinted = _KEY_HINT.search(body) is not None
+    if not hinted and b"\\" not in body:
+        return False
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return hinted
+    return _holds_key(doc)

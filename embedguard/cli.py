@@ -849,6 +849,32 @@ def gateway(
         list[Path] | None,
         typer.Option("--credential-file", help="File holding the upstream API key, per upstream"),
     ] = None,
+    public_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--public-url",
+            help="URL clients reach the listener by (http(s)://host[:port]), per upstream in "
+            "order ('-' for none): DPoP proofs must be made for it. Default: the address "
+            "the connection arrived on",
+        ),
+    ] = None,
+    pinecone_index: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pinecone-index",
+            help="Pinecone: the index a route's upstream serves, per upstream in order "
+            "('-' for none); needed when the upstream is not the index's own "
+            "*.svc.*.pinecone.io host (Pinecone Local)",
+        ),
+    ] = None,
+    chroma_v1: Annotated[
+        bool,
+        typer.Option(
+            "--chroma-v1",
+            help="Chroma: classify the deprecated /api/v1 paths a legacy server still serves "
+            "(denied otherwise)",
+        ),
+    ] = False,
     gateway_id: Annotated[str | None, typer.Option(help="Name of this gateway's stream")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate for client TLS")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key for client TLS")] = None,
@@ -937,9 +963,13 @@ def gateway(
     kinds = kind or ["auto"] * len(upstream)
     envs = credential_env or []
     files = credential_file or []
-    if len(kinds) != len(upstream) or len(envs) > len(upstream) or len(files) > len(upstream):
+    publics = [None if u == "-" else u for u in public_url or []]
+    indexes = [None if x == "-" else x for x in pinecone_index or []]
+    if (len(kinds) != len(upstream) or len(envs) > len(upstream) or len(files) > len(upstream)
+            or len(publics) > len(upstream) or len(indexes) > len(upstream)):
         raise fail(
-            "--kind, --credential-env and --credential-file go once per --upstream, in order"
+            "--kind, --credential-env, --credential-file, --public-url and --pinecone-index "
+            "go once per --upstream, in order"
         )
     if not policy.exists():
         raise fail(f"policy file {policy} does not exist")
@@ -960,6 +990,9 @@ def gateway(
                     listen_port=int(port),
                     credential=cred,
                     credential_ref=ref,
+                    public_url=publics[i] if i < len(publics) else None,
+                    pinecone_index=indexes[i] if i < len(indexes) else None,
+                    chroma_v1=chroma_v1,
                 )
             )
         hmac_key = None

@@ -203,3 +203,35 @@ def test_every_request_leaves_chained_events_and_no_secret(
         e.event for e in evs if e.event.avro_name == "ResponseRecorded" and e.event.masked_fields
     ]
     assert delivered and all(b"alice@example.com" not in (ev.body or b"") for ev in delivered)
+
+
+def test_a_collection_uuid_under_another_tenant_is_refused_not_let_through(
+    gw: GatewayProcess, dev_idp: str, chroma_url: str
+) -> None:
+    """Regression: Chroma's record endpoints ignore the path's tenant, while the
+    gateway looked the UUID's name up under it; the failed lookup left the UUID
+    as the "name", which ``collections: ["*"]`` matched and the restricted-*
+    deny rule did not, and the miss was cached for everyone."""
+    import httpx
+
+    base = "/api/v2/tenants/default_tenant/databases/default_database"
+    made = httpx.post(f"{chroma_url}{base}/collections",
+                      json={"name": "restricted-hr", "get_or_create": True},
+                      headers={"x-chroma-token": UPSTREAM_SECRET}, timeout=30)
+    assert made.status_code == 200, made.text
+    uid = made.json()["id"]
+    httpx.post(f"{chroma_url}{base}/collections/{uid}/add",
+               json={"ids": ["e1"], "embeddings": [[0.1, 0.2, 0.3]],
+                     "documents": ["salary of bob: 1M"]},
+               headers={"x-chroma-token": UPSTREAM_SECRET}, timeout=30).raise_for_status()
+    alice = {"authorization": f"Bearer {token(dev_idp, 'alice', ['Vector-Read'])}"}
+    forged = httpx.post(
+        f"{gw.url}/api/v2/tenants/other/databases/other/collections/{uid}/get",
+        json={"ids": ["e1"]}, headers=alice, timeout=30)
+    assert forged.status_code == 403, forged.text
+    assert "collection_unresolved" in forged.json()["reason"]
+    assert "salary" not in forged.text
+    honest = httpx.post(f"{gw.url}{base}/collections/{uid}/get", json={"ids": ["e1"]},
+                        headers=alice, timeout=30)
+    assert honest.status_code == 403 and "salary" not in honest.text, honest.text
+    assert "collection_unresolved" not in honest.json()["reason"]

@@ -126,7 +126,8 @@ def test_replayed_proof_is_refused(
     assert len(upstream.requests) == before
 
 
-@pytest.mark.parametrize("case", ["other-path", "other-method", "other-port", "other-key"])
+@pytest.mark.parametrize("case", ["other-path", "other-method", "other-port", "other-key",
+                                  "other-host"])
 def test_proof_for_another_request_is_refused(
     case: str,
     gw: GatewayProcess,
@@ -142,14 +143,42 @@ def test_proof_for_another_request_is_refused(
         method, code = "GET", "dpop_htm_mismatch"
     elif case == "other-port":
         url = f"http://127.0.0.1:{gw.port + 1}{PATH}"
+    elif case == "other-host":
+        # a proof made for another server, sent with that server's Host:
+        # the gateway checks the proof against its own address, not the Host
+        url = f"http://vectors.other-team.example{PATH}"
     else:
         signer = tmp_path / "thief.pem"
         generate_dpop_key(signer)
         code = "dpop_key_mismatch"
     before = len(upstream.requests)
-    r = _post(gw, bound_token, make_dpop_proof(signer, method, url, bound_token))
+    proof = make_dpop_proof(signer, method, url, bound_token)
+    if case == "other-host":
+        r = httpx.post(f"{gw.url}{PATH}", json=QUERY, timeout=30, headers={
+            "authorization": f"DPoP {bound_token}", "dpop": proof,
+            "host": "vectors.other-team.example"})
+    else:
+        r = _post(gw, bound_token, proof)
     _refused(r, 401, code)
     assert len(upstream.requests) == before
+
+
+def test_a_public_url_is_what_proofs_are_made_for(
+    tmp_path: Path, dev_idp: str, key: tuple[Path, str], bound_token: str,
+    upstream: RecordingUpstream,
+) -> None:
+    """Behind a load balancer clients reach the gateway by a name: with
+    --public-url, proofs for that URL pass, and proofs for the listen address
+    (or any Host the client sends) do not."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    public = "https://vectors.example.com"
+    with gateway_process(tmp_path, upstream=upstream.url, kind="qdrant", policy=policy,
+                         issuer=dev_idp, extra_args=["--public-url", public]) as g:
+        ok = make_dpop_proof(key[0], "POST", f"{public}{PATH}", bound_token)
+        assert _post(g, bound_token, ok).status_code == 200
+        own = make_dpop_proof(key[0], "POST", f"{g.url}{PATH}", bound_token)
+        _refused(_post(g, bound_token, own), 401, "dpop_htu_mismatch")
 
 
 def test_bearer_tokens_do_not_satisfy_require_dpop(

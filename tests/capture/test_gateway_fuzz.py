@@ -64,6 +64,7 @@ from pydantic import SecretStr
 
 from capture import build_addons
 from capture.classify import chroma, milvus, pinecone, qdrant, weaviate
+from capture.classify.pinecone import index_from_host
 from capture.config import CREDENTIAL_HEADERS, GatewayConfig, Route
 from capture.redact import is_secret_header
 from capture.state import REQUEST_ID_HEADER
@@ -257,6 +258,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory, dev_idp: str) -> Iterator[Rig]
                 listen_port=ports[k],  # type: ignore[arg-type]
                 credential=SecretStr(UPSTREAM_SECRETS[k]),
                 credential_ref=f"test:{k}",
+                # the upstream is a local server, not an index host: the route
+                # names its index (the client's Host never does)
+                pinecone_index=index_from_host(PINECONE_INDEX_HOST) if k == "pinecone" else None,
             )
             for k in KINDS
         ],
@@ -1514,6 +1518,46 @@ async def test_pinecone_index_is_the_upstream_host_not_the_clients() -> None:
             assert [op.collection for op in st.classification.operations] == [index], client_host
     finally:
         await classifier.done()
+
+
+async def test_pinecone_index_of_a_local_upstream_is_the_routes_never_the_clients() -> None:
+    """Regression: with an upstream that is not an index host (Pinecone Local,
+    a proxy), the index came from the client's Host header, so a caller allowed
+    on one index could delete everything in another by naming the first."""
+    from mitmproxy.test import tflow
+
+    from capture.classifier import Classifier
+    from capture.state import KEY, FlowState
+
+    allowed = "public-abc123.svc.aped-4627-b74a.pinecone.io"
+
+    async def classify_as(route: Route, client_host: str) -> Any:
+        cfg = GatewayConfig(routes=[route], policy_path=Path("unused.yaml"), log_url="sqlite:x",
+                            issuer="https://issuer.invalid", audience="a", gateway_id="g")
+        classifier = Classifier(cfg)
+        try:
+            flow = tflow.tflow()
+            flow.request.method = "POST"
+            flow.request.path = "/vectors/delete"
+            flow.request.headers["host"] = client_host
+            st = FlowState(route=route, client_host=client_host,
+                           client_body=b'{"deleteAll": true}')
+            flow.metadata[KEY] = st
+            await classifier.request(flow)
+            return st.classification
+        finally:
+            await classifier.done()
+
+    bare = Route(kind="pinecone", upstream="http://127.0.0.1:5081", listen_port=1)
+    for client_host in (allowed, "127.0.0.1:1"):
+        cls = await classify_as(bare, client_host)
+        assert cls is not None and not cls.ok, client_host
+        assert "--pinecone-index" in (cls.error or "")
+    pinned = bare.model_copy(update={"pinecone_index": "secret-index"})
+    for client_host in (allowed, "127.0.0.1:1", "evil.invalid"):
+        cls = await classify_as(pinned, client_host)
+        assert cls is not None and cls.ok, (client_host, cls)
+        assert [op.collection for op in cls.operations] == ["secret-index"], client_host
 
 
 # ----------------------------------------------------------------------------- raw HTTP

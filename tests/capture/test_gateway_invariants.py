@@ -265,3 +265,54 @@ def test_unreachable_upstream_is_a_json_502_without_topology(tmp_path: Path, dev
             e.event for e in read_events(gw.log_url) if e.event.avro_name == "ResponseRecorded"
         ]
         assert recorded and recorded[-1].status == 502 and recorded[-1].upstream_error
+        # the client can name the recorded request to whoever runs the gateway
+        rid = recorded[-1].envelope.request_id
+        assert rid and r.json()["request_id"] == rid
+        assert r.headers["x-embedguard-request-id"] == rid
+
+
+def test_credentials_in_bodies_and_module_headers_are_never_recorded(
+    tmp_path: Path, dev_idp: str, upstream: RecordingUpstream
+) -> None:
+    """Regression: Milvus passwords (users/create, update_password) and an
+    import's keys were recorded in RequestReceived.body as sent, allowed or
+    not; X-AWS-Access-Key (Weaviate's AWS modules) was forwarded and recorded.
+    Such a body is recorded by its hash and size only, as an oversized one."""
+    import hashlib
+
+    secrets = ["Sup3rSecretPw-111", "N3wSecretPw-222", "ImportSecretKey-333", "AKIAIMPORT9",
+               "AKIAHEADER77"]
+    bodies = {
+        "/v2/vectordb/users/create": {"userName": "svc", "password": secrets[0]},
+        "/v2/vectordb/users/update_password": {"userName": "svc", "password": secrets[0],
+                                               "newPassword": secrets[1]},
+        "/v2/vectordb/jobs/import/create": {"collectionName": "docs", "files": [["a.parquet"]],
+                                            "accessKey": secrets[3], "secretKey": secrets[2]},
+    }
+    ops = mint_token(dev_idp, "oscar", ["Vector-Write", "Vector-Admin"])
+    with gateway_process(tmp_path, upstream=upstream.url, kind="milvus", policy=POLICY,
+                         issuer=dev_idp) as gw:
+        sent = {}
+        for path, doc in bodies.items():
+            raw = json.dumps(doc).encode()
+            sent[path] = raw
+            r = httpx.post(f"{gw.url}{path}", content=raw, timeout=30, headers={
+                "authorization": f"Bearer {ops}", "content-type": "application/json"})
+            assert r.status_code in (200, 202, 403), r.text  # denied: no change ticket
+        alice = mint_token(dev_idp, "alice", ["Vector-Read"])
+        r = httpx.post(f"{gw.url}/v2/vectordb/entities/search", timeout=30,
+                       json={"collectionName": "docs", "data": [[0.1, 0.2]], "limit": 3},
+                       headers={"authorization": f"Bearer {alice}",
+                                "x-aws-access-key": secrets[4]})
+        assert r.status_code == 200 and len(upstream.requests) == 1, r.text
+        events = read_events(gw.log_url)
+    raw_log = b"".join(e.canonical for e in events)
+    for s in secrets:
+        assert s.encode() not in raw_log, s
+    for rec in upstream.requests:
+        assert "x-aws-access-key" not in rec.headers
+    received = {e.event.path: e.event for e in events if e.event.avro_name == "RequestReceived"}
+    for path, raw in sent.items():
+        ev = received[path]
+        assert ev.body is None
+        assert ev.body_sha256 == hashlib.sha256(raw).hexdigest() and ev.body_size == len(raw)

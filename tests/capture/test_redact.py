@@ -1,0 +1,56 @@
+"""Credential detection for recorded headers and request bodies (capture/redact.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from capture.redact import body_holds_credentials, is_secret_header
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["authorization", "x-api-key", "X-AWS-Access-Key", "X-AWS-Secret-Key",
+     "X-AWS-Session-Token", "X-OpenAI-Api-Key", "x-private-key"],
+)
+def test_secret_headers(name: str) -> None:
+    assert is_secret_header(name)
+
+
+@pytest.mark.parametrize("name", ["content-type", "x-embedguard-seq", "user-agent", "db-name"])
+def test_ordinary_headers(name: str) -> None:
+    assert not is_secret_header(name)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"userName": "svc", "password": "x"},  # Milvus users/create
+        {"userName": "svc", "password": "x", "newPassword": "y"},  # update_password
+        {"files": [["a"]], "accessKey": "AK", "secretKey": "SK", "token": "t"},  # import
+        {"location": "https://snap/x", "api_key": "k"},  # Qdrant snapshot recovery
+        {"nested": [{"deep": {"Client-Secret": "s"}}]},
+    ],
+)
+def test_bodies_with_credentials(doc: object) -> None:
+    assert body_holds_credentials(json.dumps(doc).encode())
+
+
+def test_a_key_spelled_with_escapes_or_a_broken_body_still_counts() -> None:
+    assert body_holds_credentials(b'{"p\\u0061ssword": "s"}')
+    assert body_holds_credentials(b'not json but "password": "s"')
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b'{"filter": {"must": [{"key": "city", "match": {"value": "x"}}]}}',  # Qdrant filter
+        b'{"points": [{"id": 1, "vector": [0.1], "payload": {"tokens": 12, "keys": ["a"]}}]}',
+        b'{"documents": ["a\\nb"]}',
+        b"not json at all \\ with a backslash",
+    ],
+)
+def test_bodies_without_credentials(body: bytes) -> None:
+    assert not body_holds_credentials(body)
