@@ -184,6 +184,9 @@ def test_two_appenders_and_a_follower_see_every_event_once_in_session_order(tmp_
         (["--policy", "/etc/hostname"], "the policy does not load"),
         (["--credential-env", "EG_SURELY_UNSET_VAR"], "EG_SURELY_UNSET_VAR is empty or unset"),
         (["--listen", "nonsense"], "must be HOST:PORT"),
+        (["--public-url", "https://vectors.example.com/api"], "must be http(s)://host[:port]"),
+        (["--pinecone-index", "Not_An_Index"], "pinecone_index"),
+        (["--public-url", "-", "--public-url", "http://a"], "go once per --upstream"),
     ],
 )
 def test_gateway_bad_options_fail_at_start_with_a_clear_error(
