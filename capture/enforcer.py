@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from capture.filters import FilterInjectionError, inject_filters
+from capture.filters import FilterInjectionError, MalformedFilterError, inject_filters
 from capture.headers import header_value
 from capture.masker import PLAN_KEY, MaskPlan
 from capture.policy import (
@@ -294,6 +294,11 @@ class Enforcer:
                     [rf.filter for rf in ob.row_filters],
                     st.identity,
                 )
+            except MalformedFilterError as exc:
+                # the client's own filter is at fault: say what to fix
+                block(flow, st, 400, "bad_request",
+                      f"the request's filter cannot take the row filter: {exc}", "policy")
+                return
             except (ValueError, FilterInjectionError) as exc:
                 block(
                     flow,

@@ -17,6 +17,9 @@ Where the filter goes (``shared/vector-db-apis.md`` section 8)
   ``{"$and": [old, new]}``.
 - **pinecone** -- ``/query`` and ``/vectors/fetch_by_metadata`` (field ``filter``);
   ``/records/namespaces/{ns}/search`` (``query.filter``). ``{"$and": [old, new]}``.
+  Each item of the deprecated ``/query`` ``queries[]`` may carry a ``filter`` that
+  *replaces* the request-level one, so every item gets its own (or else the
+  request-level) filter ANDed with the policy filter.
 - **weaviate** -- ``/v1/search/{class}/{kind}`` and ``/v1/aggregate/{class}``
   (field ``where``), combined as ``{"operator": "And", "operands": [old, new]}``.
 - **milvus** -- ``/v2/vectordb/entities/{search,query}`` (field ``filter``, a
@@ -24,6 +27,29 @@ Where the filter goes (``shared/vector-db-apis.md`` section 8)
   Combined as ``(old) and (new)``.
 
 An absent, null or empty filter is replaced by the policy filter.
+
+The client's own filter must not be able to change what the combination means
+(:class:`MalformedFilterError`, which the gateway answers with 400):
+
+* A Milvus filter is text, so ``(old) and (new)`` holds only if ``old`` is one
+  self-contained expression. Milvus' grammar binds ``and`` tighter than ``or``:
+  ``team == "b") or (1 == 1`` would turn the result into ``(...) or ((1 == 1)
+  and (new))``. :func:`milvus_expression_problem` scans it the way Milvus' lexer
+  does (``Plan.g4``: string literals in single or double quotes, a backslash
+  keeps the next character inside the literal, no line break inside one) and
+  requires ``()``, ``[]`` and ``{}`` to nest and close, and every literal to end.
+  The policy's own Milvus filter is held to the same rule, and may not contain a
+  ``{name}`` template variable (the client's ``exprParams`` would set it).
+* Milvus and Weaviate decode JSON with Go's ``encoding/json``, which matches keys
+  to fields case-insensitively and lets the last one win: a body with ``filter``
+  and ``FILTER`` would be filtered here and read unfiltered there. A key that
+  folds onto the filter field, or onto a key on the way to it (``search``,
+  ``searches``, ``query``, ``queries``, ``prefetch``), but is not it is refused,
+  for every product.
+* JSON filters (Qdrant, Chroma, Pinecone, Weaviate REST) are combined as data:
+  the client's filter becomes one operand, so no value in it can reach the
+  policy's operand. Weaviate GraphQL, where ``where:`` is text, is never
+  rewritten (see below).
 
 Everything else raises: reads by id (Qdrant retrieve, Pinecone fetch, Milvus
 ``get``) take no filter, Weaviate GraphQL would need a query rewrite, Qdrant
@@ -67,11 +93,13 @@ __all__ = [
     "TEMPLATE_NAMES",
     "FilterInjectionError",
     "JsonFilter",
+    "MalformedFilterError",
     "ProductFilters",
     "check_template",
     "filter_target",
     "inject_filter",
     "inject_filters",
+    "milvus_expression_problem",
     "render_filter",
 ]
 
@@ -86,6 +114,103 @@ MAX_TEMPLATE_DEPTH: Final = 32
 
 class FilterInjectionError(ValueError):
     """The filter cannot be added; the request must be refused."""
+
+
+class MalformedFilterError(FilterInjectionError):
+    """The request's own filter, or the body around it, is such that ANDing a
+    row filter into it could not be trusted to restrict it; the client must fix
+    the request (the gateway answers 400)."""
+
+
+# ------------------------------------------------------------ milvus expressions
+
+_CLOSES: Final = {")": "(", "]": "[", "}": "{"}
+#: what Milvus' lexer reads as a whole string literal (Plan.g4 StringLiteral and
+#: RawStringLiteral: a backslash keeps any next character but a line break in
+#: the literal), a quote that starts no complete literal, or a bracket
+_MILVUS_TOKEN = re.compile(
+    r""""(?:[^"\\\r\n]|\\[^\r\n])*"|'(?:[^'\\\r\n]|\\[^\r\n])*'|["'(){}\[\]]"""
+)
+
+
+def milvus_expression_problem(expr: str, *, templates: bool = True) -> str | None:
+    """Why ``expr`` is not one self-contained Milvus expression, or None.
+
+    Self-contained: outside string literals, every ``(``, ``[`` and ``{`` is
+    closed, in order, and nothing is closed that was not opened; every string
+    literal ends, on the line it starts. Then ``(expr)`` is a single operand
+    whatever the expression says. ``templates=False`` also refuses ``{name}``
+    template variables (their values come from the request's ``exprParams``).
+    Positions are 1-based characters.
+    """
+    stack: list[tuple[str, int]] = []
+    for m in _MILVUS_TOKEN.finditer(expr):
+        tok, at = m.group(), m.start()
+        if len(tok) > 1:
+            continue  # a complete string literal
+        if tok in "\"'":
+            return _unterminated(expr, at)
+        if tok in "([{":
+            if tok == "{" and not templates:
+                return (f"'{{' at character {at + 1} starts a Milvus template variable, "
+                        "whose value the request's exprParams would choose")
+            stack.append((tok, at))
+            continue
+        if not stack:
+            return f"'{tok}' at character {at + 1} closes nothing that was opened"
+        opener, opened_at = stack.pop()
+        if opener != _CLOSES[tok]:
+            return (f"'{tok}' at character {at + 1} does not close the '{opener}' "
+                    f"at character {opened_at + 1}")
+    if stack:
+        opener, opened_at = stack[-1]
+        return f"the '{opener}' at character {opened_at + 1} is never closed"
+    return None
+
+
+def _unterminated(expr: str, start: int) -> str:
+    quote, i = expr[start], start + 1
+    while i < len(expr):
+        ch = expr[i]
+        if ch in "\r\n" or (ch == "\\" and expr[i + 1 : i + 2] in ("\r", "\n")):
+            return (f"the string literal at character {start + 1} runs into a line break "
+                    f"at character {i + 1}; write it as \\n")
+        i += 2 if ch == "\\" else 1
+    return f"the string literal opened by {quote} at character {start + 1} is never closed"
+
+
+def _check_client_expression(expr: str, where: str) -> None:
+    problem = milvus_expression_problem(expr)
+    if problem is not None:
+        raise MalformedFilterError(
+            f"{where} is not one self-contained Milvus expression: {problem}. The gateway "
+            "must AND a row filter with it; send a single expression whose parentheses, "
+            "brackets, braces and string literals all close"
+        )
+
+
+# ------------------------------------------------------------ JSON keys
+
+#: Non-ASCII letters that Go's encoding/json (Milvus, Weaviate) folds onto an
+#: ASCII letter when it matches a JSON key to a field case-insensitively
+#: (Kelvin sign, long s, dotless i, dotted capital I).
+_GO_FOLDS: Final = {"\u212a": "k", "\u017f": "s", "\u0131": "i", "\u0130": "i"}
+
+
+def _fold(key: str) -> str:
+    return "".join(_GO_FOLDS.get(ch, ch.lower() if ch.isascii() else ch) for ch in key)
+
+
+def _check_keys(obj: Mapping[str, Any], name: str, where: str) -> None:
+    """Refuse keys that a case-insensitive decoder would read as ``name``."""
+    folded = _fold(name)
+    for key in obj:
+        if isinstance(key, str) and key != name and _fold(key) == folded:
+            raise MalformedFilterError(
+                f"{where} has the key {key!r}, which a case-insensitive JSON decoder "
+                f"(Milvus and Weaviate use one) reads as {name!r}, past the row filter; "
+                f"send it only as {name!r}"
+            )
 
 
 class ProductFilters(Protocol):
@@ -108,6 +233,12 @@ def check_template(spec: object, product: Product) -> list[str]:
                 problems.append(
                     f"write {{{name}}} without quotes; it expands to a quoted literal"
                 )
+        # each placeholder becomes one literal: check the shape with a stand-in
+        # of the same length, so that positions are the template's
+        shape = _PLACEHOLDER.sub(_stand_in, spec)
+        problem = milvus_expression_problem(shape, templates=False)
+        if problem is not None:
+            problems.append(f"the milvus filter must be one self-contained expression: {problem}")
         return problems
     if not isinstance(spec, dict) or not spec:
         return [f"the {product} filter must be a non-empty mapping"]
@@ -134,6 +265,15 @@ def check_template(spec: object, product: Product) -> list[str]:
         elif value is not None and not isinstance(value, bool | int | float):
             problems.append(f"filter value {value!r} is not JSON")
     return problems
+
+
+def _stand_in(m: re.Match[str]) -> str:
+    whole = m.group(0)
+    if whole == "{{":
+        return "{ "
+    if whole == "}}":
+        return " }"
+    return '"' + "x" * (len(whole) - 2) + '"'
 
 
 def _names(template: str, problems: list[str]) -> list[str]:
@@ -196,7 +336,11 @@ def render_filter(spec: JsonFilter, identity: Identity, product: Product) -> Jso
     if problems:
         raise FilterInjectionError("bad row filter: " + "; ".join(problems))
     if isinstance(spec, str):
-        return _substitute(spec, lambda name: _milvus_literal(_identity_value(identity, name)))
+        out = _substitute(spec, lambda name: _milvus_literal(_identity_value(identity, name)))
+        problem = milvus_expression_problem(out, templates=False)
+        if problem is not None:  # check_template rules this out; never send it regardless
+            raise FilterInjectionError(f"the rendered milvus row filter is malformed: {problem}")
+        return out
     return _render_json(spec, identity)  # type: ignore[no-any-return]
 
 
@@ -246,6 +390,9 @@ class _Target:
     prefetch: bool = False
     #: body keys whose presence makes the request unfilterable, with why
     forbidden: tuple[tuple[str, str], ...] = ()
+    #: a top-level list whose items may carry a ``field`` that replaces the
+    #: top-level one (Pinecone's deprecated ``queries[]``)
+    overrides: str | None = None
 
 
 _TOP: Final = ((),)
@@ -272,7 +419,7 @@ _TABLES: Final[dict[str, list[tuple[re.Pattern[str], _Target]]]] = {
         (re.compile(_CHROMA_C + r"/search"), _Target((("searches", "[]"),), "filter")),
     ],
     "pinecone": [
-        (re.compile(r"/query"), _Target(_TOP, "filter")),
+        (re.compile(r"/query"), _Target(_TOP, "filter", overrides="queries")),
         (re.compile(r"/vectors/fetch_by_metadata"), _Target(_TOP, "filter")),
         (re.compile(r"/records/namespaces/[^/]+/search"), _Target((("query",),), "filter")),
     ],
@@ -311,18 +458,19 @@ def filter_target(product: str, path: str) -> str | None:
 # --------------------------------------------------------------------- combining
 
 
-def _and(product: str, existing: Any, new: JsonFilter) -> JsonFilter:
+def _and(product: str, existing: Any, new: JsonFilter, where: str) -> JsonFilter:
     if product == "milvus":
         assert isinstance(new, str)
         if existing is None or (isinstance(existing, str) and not existing.strip()):
             return new
         if not isinstance(existing, str):
-            raise FilterInjectionError("the request's filter is not a string")
+            raise MalformedFilterError(f"{where} must be a Milvus expression string")
+        _check_client_expression(existing, where)
         return f"({existing}) and ({new})"
     if existing is None or existing == {}:
         return new
     if not isinstance(existing, dict):
-        raise FilterInjectionError("the request's filter is not an object")
+        raise MalformedFilterError(f"{where} must be a JSON object")
     if product == "qdrant":
         return {"must": [existing, new]}
     if product == "weaviate":
@@ -330,29 +478,31 @@ def _and(product: str, existing: Any, new: JsonFilter) -> JsonFilter:
     return {"$and": [existing, new]}  # chroma, pinecone
 
 
-def _holders(root: list[Any], keys: tuple[str, ...]) -> list[tuple[Any, Any]]:
-    """(parent, key) of each object that holds a filter, copying every container
-    on the way so the caller can replace the holder without touching the
-    original. ``root`` is a one-element list holding the body."""
-    current: list[tuple[Any, Any]] = [(root, 0)]
+def _holders(root: list[Any], keys: tuple[str, ...]) -> list[tuple[Any, Any, str]]:
+    """(parent, key, where) of each object that holds a filter, copying every
+    container on the way so the caller can replace the holder without touching
+    the original. ``root`` is a one-element list holding the body; ``where``
+    names the holder in the body (``body.search[1]``)."""
+    current: list[tuple[Any, Any, str]] = [(root, 0, "body")]
     for key in keys:
-        nxt: list[tuple[Any, Any]] = []
-        for parent, pkey in current:
+        nxt: list[tuple[Any, Any, str]] = []
+        for parent, pkey, where in current:
             value = parent[pkey]
             if key == "[]":
                 if not isinstance(value, list):
-                    raise FilterInjectionError("expected an array in the request body")
+                    raise FilterInjectionError(f"{where} must be an array")
                 copy_l = list(value)
                 parent[pkey] = copy_l
-                nxt.extend((copy_l, i) for i in range(len(copy_l)))
+                nxt.extend((copy_l, i, f"{where}[{i}]") for i in range(len(copy_l)))
             else:
                 if not isinstance(value, dict):
-                    raise FilterInjectionError("expected an object in the request body")
+                    raise FilterInjectionError(f"{where} must be an object")
+                _check_keys(value, key, where)
                 if value.get(key) is None:
                     raise FilterInjectionError(f"the request has no {key!r} to filter")
                 copy_d = dict(value)
                 parent[pkey] = copy_d
-                nxt.append((copy_d, key))
+                nxt.append((copy_d, key, f"{where}.{key}"))
         current = nxt
     return current
 
@@ -395,40 +545,75 @@ def inject_filter(
         return render_filter(spec, identity, product)
 
     root: list[Any] = [dict(body)]
-    holders: list[tuple[Any, Any]] = []
+    holders: list[tuple[Any, Any, str]] = []
     for keys in target.holders:
         holders.extend(_holders(root, keys))
-    for parent, key in holders:
+    for parent, key, where in holders:
         holder = parent[key]
         if not isinstance(holder, dict):
-            raise FilterInjectionError("expected an object in the request body")
+            raise FilterInjectionError(f"{where} must be an object")
         holder = dict(holder)
         parent[key] = holder
         if target.prefetch:
-            _qdrant_prefetch(holder, product, new)
-        holder[target.field] = _and(product, holder.get(target.field), new())
+            _qdrant_prefetch(holder, product, new, where)
+        _check_keys(holder, target.field, where)
+        existing = holder.get(target.field)
+        combined = _and(product, existing, new(), f"{where}.{target.field}")
+        if target.overrides is not None:
+            _overrides(holder, target, product, existing, new, where)
+        holder[target.field] = combined
     out: dict[str, Any] = root[0]
     return out
 
 
+def _overrides(holder: dict[str, Any], target: _Target, product: str, existing: Any,
+               new: Callable[[], JsonFilter], where: str) -> None:
+    """Filter each item of ``holder[target.overrides]``: an item's own filter
+    replaces the holder's upstream, so each item gets its own filter, or else
+    the holder's, ANDed with the row filter."""
+    name = target.overrides
+    assert name is not None
+    _check_keys(holder, name, where)
+    items = holder.get(name)
+    if items is None:
+        return
+    if not isinstance(items, list):
+        raise MalformedFilterError(f"{where}.{name} must be an array")
+    copies: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        at = f"{where}.{name}[{i}]"
+        if not isinstance(item, dict):
+            raise MalformedFilterError(f"{at} must be an object")
+        _check_keys(item, target.field, at)
+        copy = dict(item)
+        own = copy.get(target.field)
+        copy[target.field] = _and(product, existing if own is None else own, new(),
+                                  f"{at}.{target.field}")
+        copies.append(copy)
+    holder[name] = copies
+
+
 def _qdrant_prefetch(
-    holder: dict[str, Any], product: str, new: Callable[[], JsonFilter]
+    holder: dict[str, Any], product: str, new: Callable[[], JsonFilter], where: str
 ) -> None:
-    stack = [holder]
+    stack = [(holder, where)]
     while stack:
-        node = stack.pop()
+        node, at = stack.pop()
+        _check_keys(node, "prefetch", at)
         prefetch = node.get("prefetch")
         if prefetch is None:
             continue
         items = prefetch if isinstance(prefetch, list) else [prefetch]
         copies: list[dict[str, Any]] = []
-        for item in items:
+        for i, item in enumerate(items):
+            item_at = f"{at}.prefetch" + (f"[{i}]" if isinstance(prefetch, list) else "")
             if not isinstance(item, dict):
                 raise FilterInjectionError("prefetch must be an object or a list of objects")
+            _check_keys(item, "filter", item_at)
             copy = dict(item)
-            copy["filter"] = _and(product, copy.get("filter"), new())
+            copy["filter"] = _and(product, copy.get("filter"), new(), f"{item_at}.filter")
             copies.append(copy)
-            stack.append(copy)
+            stack.append((copy, item_at))
         node["prefetch"] = copies if isinstance(prefetch, list) else copies[0]
 
 

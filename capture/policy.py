@@ -57,8 +57,11 @@ Rules
   ``timezone``; ``start`` after ``end`` wraps past midnight and then belongs to
   the day it starts on; ``end`` may be ``24:00``), ``max_token_age`` (now minus
   the token's ``iat``), ``max_token_lifetime`` (``exp`` minus ``iat``),
-  ``require_dpop``, ``max_limit`` (limit/top_k of search and read operations;
-  a read by ids counts its ids; no limit at all fails), ``client_networks``
+  ``require_dpop``, ``max_limit`` (the most results a search or read
+  operation can return: its limit/top_k, times the number of queries when one
+  operation carries several -- Chroma ``query_embeddings``, Milvus search
+  ``data``/``ids`` and each ``hybrid_search`` part; a read by ids counts its
+  ids; no limit at all fails), ``client_networks``
   (CIDRs). Durations are written ``45s``, ``15m``, ``1h30m``, ``2d``.
 * ``obligations`` (allow and require_approval rules only): ``mask``
   (``detectors`` and ``fields`` apply inside the response's user data, i.e. the
@@ -207,6 +210,18 @@ ACTIONS: Final[tuple[str, ...]] = tuple(a.value for a in ActionClass if a != Act
 #: Action classes whose results a row filter restricts.
 _ROW_ACTIONS: Final = frozenset({ActionClass.SEARCH, ActionClass.READ})
 _FILTERABLE_RULE_ACTIONS: Final = frozenset({"search", "read", "schema", "health"})
+#: Operations that carry several queries in one, each answered with up to
+#: ``limit`` results: product → operation detail → (the request's name for the
+#: limit, whether ``ids`` are queries too). The classifiers record the
+#: per-query limit as ``limit`` and the query vectors as ``vector_count``; a
+#: Milvus search may name stored entities by id to search with instead.
+#: Products not listed split a batch into one operation per query (Qdrant,
+#: Pinecone ``queries[]``) or fold a per-group size into ``limit`` (Qdrant
+#: groups and matrix).
+_MULTI_QUERY: Final[dict[str, dict[str, tuple[str, bool]]]] = {
+    "chroma": {"query": ("n_results", False)},
+    "milvus": {"search": ("limit", True), "hybrid_search": ("limit", False)},
+}
 _DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_POLICY_BYTES: Final = 1024 * 1024
 MAX_TICKET_LENGTH: Final = 256
@@ -1580,8 +1595,9 @@ def _condition_failures(
         out.append(f"rule {rid} needs a DPoP-bound token; this request has a plain bearer "
                    "token")
     if c.max_limit is not None and op.action in _ROW_ACTIONS:
+        queries, limit_name = _queries(op, ctx.product)
         if op.limit is not None:
-            asked: int | None = op.limit
+            asked: int | None = op.limit * queries
         elif op.ids_known and op.ids and not op.bulk:
             asked = len(op.ids)
         else:
@@ -1589,6 +1605,10 @@ def _condition_failures(
         if asked is None:
             out.append(f"the request sets no limit; rule {rid} allows at most {c.max_limit} "
                        "results — set limit/top_k")
+        elif asked > c.max_limit and queries > 1:
+            out.append(f"the request asks for {queries} queries × {limit_name} {op.limit} = "
+                       f"{asked} results; rule {rid} allows at most {c.max_limit} (max_limit "
+                       "bounds the results of all queries together)")
         elif asked > c.max_limit:
             out.append(f"the request asks for {asked} results; rule {rid} allows at most "
                        f"{c.max_limit}")
@@ -1615,6 +1635,25 @@ def _condition_failures(
                 except _filters.FilterInjectionError as exc:
                     out.append(f"rule {rid}: {exc}")
     return out
+
+
+def _queries(op: Operation, product: Product | None) -> tuple[int, str]:
+    """How many queries ``op`` carries, each answered with up to ``op.limit``
+    results, and the request's name for that limit.
+
+    Without a product (``policy explain`` of hand-written operations) a search
+    with several query vectors counts each one: that may over-count (a Qdrant
+    recommend's examples are one query) but never under-counts.
+    """
+    if op.action != ActionClass.SEARCH:
+        return 1, "limit"
+    if product is None:
+        return max(1, op.vector_count), "limit"
+    shape = _MULTI_QUERY.get(product, {}).get(op.detail or "")
+    if shape is None:
+        return 1, "limit"
+    name, ids_are_queries = shape
+    return max(1, op.vector_count + (len(op.ids) if ids_are_queries else 0)), name
 
 
 def _parse_address(

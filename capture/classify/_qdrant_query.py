@@ -59,6 +59,12 @@ def has_id_ids(flt: object, where: str) -> list[str]:
     return ids
 
 
+#: Qdrant's defaults: points per group of a groups request, and points sampled
+#: by a distance matrix (``QueryGroupsRequest.group_size``, ``SearchMatrixRequest.sample``)
+_GROUP_SIZE = 3
+_MATRIX_SAMPLE = 10
+
+
 def limit_of(body: Mapping[str, object], key: str, where: str = "body") -> int | None:
     return as_int_limit(body.get(key), f"{where}.{key}")
 
@@ -236,15 +242,19 @@ def _one(
         _filter(body, where, acc)
     if grouped:
         _with_lookup(body, where, acc)
+    # limit is the most points the operation can return: groups × group_size
+    # and samples × neighbours, with Qdrant's defaults for an absent factor
     limit = limit_of(body, "limit", where)
     if grouped:
         size = limit_of(body, "group_size", where)
-        if limit is not None and size is not None:
-            limit = as_int_limit(limit * size, f"{where}.limit")
+        if limit is not None:
+            limit = as_int_limit(limit * (_GROUP_SIZE if size is None else size),
+                                 f"{where}.limit")
     elif base == "matrix":
         sample = limit_of(body, "sample", where)
-        if limit is not None and sample is not None:
-            limit = as_int_limit(limit * sample, f"{where}.limit")
+        if limit is not None:
+            limit = as_int_limit(limit * (_MATRIX_SAMPLE if sample is None else sample),
+                                 f"{where}.limit")
     ops = [
         op(
             ActionClass.SEARCH,

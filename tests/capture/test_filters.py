@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 
 from capture.filters import (
     FilterInjectionError,
+    MalformedFilterError,
     check_template,
     filter_target,
     inject_filter,
     inject_filters,
+    milvus_expression_problem,
     render_filter,
 )
 from capture.policy import RowFilter
@@ -274,3 +276,192 @@ def test_property_existing_filter_is_kept_verbatim(existing: dict[str, Any],
     combined = out[field]
     parts = combined.get("must") or combined.get("$and") or combined.get("operands")
     assert parts == [existing, {"owner": "alice"}]
+
+
+# ------------------------------------------------- the client's filter cannot escape
+
+MILVUS_PATHS = {
+    "search": "/v2/vectordb/entities/search",
+    "query": "/v2/vectordb/entities/query",
+    "hybrid": "/v2/vectordb/entities/hybrid_search",
+    "advanced": "/v2/vectordb/entities/advanced_search",
+}
+TEAM = "team in {groups}"
+TEAM_A = Identity(subject="alice", issuer="i", groups=frozenset({"team-a"}))
+
+
+def _milvus_body(kind: str, flt: Any) -> tuple[str, dict[str, Any], str]:
+    """A Milvus body whose (only, or second sub-request's) filter is ``flt``, and
+    where that filter sits."""
+    if kind in ("hybrid", "advanced"):
+        body = {"collectionName": "docs",
+                "search": [{"data": [[0.1]], "filter": "a == 1"}, {"data": [[0.2]], "filter": flt}]}
+        return MILVUS_PATHS[kind], body, "body.search[1].filter"
+    return MILVUS_PATHS[kind], {"collectionName": "docs", "filter": flt}, "body.filter"
+
+
+@pytest.mark.parametrize("kind", list(MILVUS_PATHS))
+@pytest.mark.parametrize(
+    ("flt", "problem"),
+    [
+        # the audit's repro: "and" binds tighter than "or" in Milvus
+        ('team == "team-b") or (1 == 1', "')' at character 17 closes nothing"),
+        ("1 == 1) or (1 == 1", "')' at character 7 closes nothing"),
+        ("(team == 'a'", "'(' at character 1 is never closed"),
+        ('team in ["a", "b"', "'[' at character 9 is never closed"),
+        ("a in [1, 2)", "')' at character 11 does not close the '['"),
+        ('team == "a) or (1 == 1', 'literal opened by " at character 9 is never closed'),
+        ("team == 'a\\' or 1 == 1", "literal opened by ' at character 9 is never closed"),
+        ('x == "a\n") or ("', "runs into a line break at character 8"),
+        ('x == "a\\', 'literal opened by " at character 6 is never closed'),
+        ("{t}) or (1 == 1", "')' at character 4 closes nothing"),
+    ],
+)
+def test_milvus_client_filter_must_be_one_expression(kind: str, flt: str, problem: str) -> None:
+    path, body, where = _milvus_body(kind, flt)
+    with pytest.raises(MalformedFilterError) as err:
+        inject_filter("milvus", path, body, TEAM, TEAM_A)
+    assert str(err.value).startswith(f"{where} is not one self-contained Milvus expression")
+    assert problem in str(err.value)
+    assert "send a single expression" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", list(MILVUS_PATHS))
+@pytest.mark.parametrize(
+    "flt",
+    [
+        'team == "team-b) or (1 == 1"',          # brackets inside a literal are text
+        "name == 'it\\'s (here'",
+        'tag == "\\"])"',
+        'meta["k)"] == r"\\d+(" and n in [1, (2)]',
+        "age > {min} and id in {ids}",            # template values come from exprParams
+        '"中文)" == name',
+        "a == 1\nand b == 2",                     # a line break outside literals is space
+    ],
+)
+def test_milvus_well_formed_filters_are_wrapped_whole(kind: str, flt: str) -> None:
+    path, body, where = _milvus_body(kind, flt)
+    out = inject_filter("milvus", path, body, TEAM, TEAM_A)
+    got = out["search"][1]["filter"] if where.startswith("body.search") else out["filter"]
+    assert got == f'({flt}) and (team in ["team-a"])'
+
+
+def _lex_depths(expr: str) -> list[int]:
+    """An independent model of Milvus' lexer (Plan.g4): the bracket depth at
+    each character outside string literals (-1 inside one), or raise ValueError
+    when it cannot lex the text (an unterminated literal)."""
+    depths: list[int] = []
+    depth, i = 0, 0
+    while i < len(expr):
+        ch = expr[i]
+        if ch in "\"'":
+            j = i + 1
+            while j < len(expr) and expr[j] != ch:
+                if expr[j] in "\r\n":
+                    raise ValueError("line break in a literal")
+                j += 2 if expr[j] == "\\" else 1
+            if j >= len(expr):
+                raise ValueError("unterminated literal")
+            depths.extend([-1] * (j + 1 - i))
+            i = j + 1
+            continue
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        depths.append(depth)
+        i += 1
+    return depths
+
+
+_expr_text = st.text(alphabet="()[]{}\"'\\ aor=1\n", max_size=24)
+
+
+@settings(max_examples=600)
+@given(existing=_expr_text)
+def test_property_no_milvus_filter_reaches_the_row_filter(existing: str) -> None:
+    """Whatever the client sends: either it is refused, or the combined
+    expression is ``(existing)`` as one operand, then ``and``, then the row
+    filter at depth 0 (nothing the client wrote is open around it)."""
+    try:
+        out = inject_filter("milvus", MILVUS_PATHS["query"], {"filter": existing}, TEAM, TEAM_A)
+    except MalformedFilterError:
+        return
+    combined = out["filter"]
+    if not existing.strip():
+        assert combined == 'team in ["team-a"]'
+        return
+    depths = _lex_depths(combined)
+    close = len(existing) + 1  # the ')' that ends the client's operand
+    assert combined[close] == ")" and depths[close] == 0 and depths[0] == 1
+    assert min(depths[1:close] or [1]) >= -1
+    assert all(d >= 1 or d == -1 for d in depths[1:close])
+    assert combined[close:].startswith(") and (team in ")
+    assert depths[close + 6] == 1 and depths[-1] == 0
+
+
+def test_milvus_expression_problem_names_the_place() -> None:
+    assert milvus_expression_problem('a == "x"') is None
+    assert milvus_expression_problem("a == {v}") is None
+    assert milvus_expression_problem("a == {v}", templates=False) == (
+        "'{' at character 6 starts a Milvus template variable, whose value the request's "
+        "exprParams would choose")
+    assert milvus_expression_problem("(a") == "the '(' at character 1 is never closed"
+
+
+@pytest.mark.parametrize(
+    ("product", "path", "body", "key"),
+    [
+        # Go's encoding/json matches keys case-insensitively and the last one wins
+        ("milvus", MILVUS_PATHS["query"], {"filter": "a == 1", "FILTER": "1 == 1"}, "'FILTER'"),
+        ("milvus", MILVUS_PATHS["query"], {"Filter": "1 == 1"}, "'Filter'"),
+        ("milvus", MILVUS_PATHS["hybrid"],
+         {"search": [], "\u017fearch": [{"data": [[0.1]], "filter": "1 == 1"}]}, "'\u017fearch'"),
+        ("milvus", MILVUS_PATHS["hybrid"],
+         {"search": [{"data": [[0.1]], "f\u0131lter": "1 == 1"}]}, "'f\u0131lter'"),
+        ("weaviate", "/v1/search/Doc/near-text", {"query": "q", "where": {}, "WHERE": {}},
+         "'WHERE'"),
+        ("weaviate", "/v1/aggregate/Doc", {"Where": {"path": ["a"]}}, "'Where'"),
+        ("qdrant", "/collections/d/points/query",
+         {"prefetch": {"query": [0.1], "Filter": {}}}, "'Filter'"),
+        ("qdrant", "/collections/d/points/query", {"query": [0.1], "PREFETCH": {}}, "'PREFETCH'"),
+        ("chroma", T + "/search", {"searches": [], "Searches": [{}]}, "'Searches'"),
+        ("pinecone", "/query", {"vector": [0.1], "queries": [{"FILTER": {}}]}, "'FILTER'"),
+    ],
+)
+def test_keys_that_fold_onto_the_filter_field_are_refused(
+    product: Product, path: str, body: dict[str, Any], key: str,
+) -> None:
+    spec: Any = {"milvus": TEAM, "qdrant": Q_MINE, "weaviate": {"path": ["o"]}}.get(
+        product, {"owner": "{subject}"})
+    with pytest.raises(MalformedFilterError, match=f"has the key {key}"):
+        inject_filter(product, path, body, spec, ALICE)
+
+
+def test_pinecone_queries_each_get_the_row_filter() -> None:
+    """A ``queries[]`` item's own filter replaces the request-level one."""
+    body: dict[str, Any] = {"filter": {"a": 1}, "topK": 3,
+            "queries": [{"values": [0.1]}, {"values": [0.2], "filter": {}},
+                        {"values": [0.3], "filter": {"b": 2}}]}
+    out = inject_filter("pinecone", "/query", body, {"owner": "{subject}"}, ALICE)
+    mine = {"owner": "alice"}
+    assert out["filter"] == {"$and": [{"a": 1}, mine]}
+    assert [q["filter"] for q in out["queries"]] == [
+        {"$and": [{"a": 1}, mine]}, mine, {"$and": [{"b": 2}, mine]}]
+    assert "filter" not in body["queries"][0]  # the input is not modified
+    with pytest.raises(MalformedFilterError, match=r"body.queries\[0\] must be an object"):
+        inject_filter("pinecone", "/query", {"queries": [1]}, {"o": "{subject}"}, ALICE)
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("owner == {subject}) or (1 == 1", "')' at character 19 closes nothing"),
+        ("(team in {groups}", "'(' at character 1 is never closed"),
+        ('owner == "x', "never closed"),
+        ("owner == {{who}}", "starts a Milvus template variable"),
+    ],
+)
+def test_milvus_policy_filter_must_be_one_expression(spec: str, problem: str) -> None:
+    problems = check_template(spec, "milvus")
+    assert any("one self-contained expression" in p and problem in p for p in problems), problems

@@ -33,7 +33,7 @@ from capture.policy import (
     policy_diff,
     policy_sha256,
 )
-from capture.types import Identity
+from capture.types import Identity, Product
 from schemas.models import ActionClass, Envelope, Operation, PolicyDecided
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "policy.yaml"
@@ -468,6 +468,28 @@ CONDITIONS = [
     ("{max_limit: 2}", [op(A.READ, ids=["1", "2", "3"])], {}, {},
      "the request asks for 3 results"),
     ("{max_limit: 2}", [op(A.WRITE, ids=["1", "2", "3"])], {}, {}, None),  # not a read
+    # max limit bounds every query an operation carries (limit × queries)
+    ("{max_limit: 100}", [op(A.SEARCH, limit=100, vector_count=500, detail="query")],
+     {"product": "chroma"}, {},
+     "the request asks for 500 queries × n_results 100 = 50000 results; rule c allows at "
+     "most 100"),
+    ("{max_limit: 100}", [op(A.SEARCH, limit=50, vector_count=2, detail="query")],
+     {"product": "chroma"}, {}, None),
+    ("{max_limit: 100}", [op(A.SEARCH, limit=100, vector_count=500, detail="search")],
+     {"product": "milvus"}, {}, "500 queries × limit 100 = 50000 results"),
+    ("{max_limit: 100}", [op(A.SEARCH, limit=100, ids=[str(i) for i in range(3)],
+                             ids_known=False, detail="search")],
+     {"product": "milvus"}, {}, "3 queries × limit 100 = 300 results"),
+    ("{max_limit: 100}", [op(A.SEARCH, limit=10, vector_count=20, detail="hybrid_search")],
+     {"product": "milvus"}, {}, "20 queries × limit 10 = 200 results"),
+    # a Qdrant search's vectors are one query (recommend examples, prefetches)
+    ("{max_limit: 100}", [op(A.SEARCH, limit=100, vector_count=3, detail="recommend")],
+     {"product": "qdrant"}, {}, None),
+    # without a product, every query vector counts
+    ("{max_limit: 100}", [op(A.SEARCH, limit=100, vector_count=3)], {}, {},
+     "3 queries × limit 100 = 300 results"),
+    ("{max_limit: 100}", [op(A.SEARCH, vector_count=3)], {}, {},
+     "the request sets no limit"),
     # client networks
     ("{client_networks: [10.0.0.0/8, 'fd00::/8']}", [op(A.WRITE)],
      {"client_address": "10.1.2.3"}, {}, None),
@@ -495,6 +517,55 @@ def test_each_condition_passes_and_fails(conditions: str, ops: list[Operation],
         assert d.outcome == "deny"
         assert d.per_operation[0].rule_id == "c"
         assert failure in d.per_operation[0].reason
+
+
+_CHROMA_QUERY = ("/api/v2/tenants/t/databases/d/collections/"
+                 "2f3b7c1e-0000-4000-8000-000000000001/query")
+
+
+def _classified(product: Product, path: str, body: dict[str, Any]) -> list[Operation]:
+    from capture.classify import classify
+    from capture.types import HttpRequest
+
+    cls = classify(product, HttpRequest(method="POST", path=path,
+                                        body=json.dumps(body).encode()),
+                   chroma_names={"2f3b7c1e-0000-4000-8000-000000000001": "docs"})
+    assert cls.ok, cls.error
+    return cls.operations
+
+
+@pytest.mark.parametrize(
+    ("product", "path", "body", "queries", "reason"),
+    [
+        ("chroma", _CHROMA_QUERY, {"n_results": 100}, "query_embeddings",
+         "500 queries × n_results 100 = 50000 results"),
+        ("milvus", "/v2/vectordb/entities/search",
+         {"collectionName": "docs", "limit": 100}, "data",
+         "500 queries × limit 100 = 50000 results"),
+    ],
+)
+def test_max_limit_counts_every_query_of_a_classified_request(
+    product: Product, path: str, body: dict[str, Any], queries: str, reason: str,
+) -> None:
+    """The audit's repro: 500 query vectors with limit 100 passed max_limit 100
+    and could return 50000 results."""
+    policy = cond("{max_limit: 100}")
+    many = _classified(product, path, {**body, queries: [[0.1]] * 500})
+    assert many[0].limit == 100 and many[0].vector_count == 500  # the event stays as sent
+    d = evaluate(policy, ident("g"), many, ctx(product=product))
+    assert d.outcome == "deny"
+    assert reason in d.per_operation[0].reason
+    one = _classified(product, path, {**body, queries: [[0.1]]})
+    assert evaluate(policy, ident("g"), one, ctx(product=product)).allowed
+
+
+def test_max_limit_counts_the_queries_of_each_hybrid_search_part() -> None:
+    body = {"collectionName": "docs", "limit": 10,
+            "search": [{"data": [[0.1]] * 20, "limit": 10}, {"data": [[0.2]] * 20}]}
+    ops = _classified("milvus", "/v2/vectordb/entities/hybrid_search", body)
+    d = evaluate(cond("{max_limit: 100}"), ident("g"), ops, ctx(product="milvus"))
+    assert d.outcome == "deny"
+    assert "20 queries × limit 10 = 200 results" in d.reasons[0]
 
 
 def test_every_failing_condition_is_reported() -> None:

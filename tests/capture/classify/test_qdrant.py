@@ -405,6 +405,24 @@ SEARCHES = [
         expect=[E("search", "docs")],
         response_ids=["result.ids[]"],
     ),
+    # limit is the most points returned; an absent factor has Qdrant's default
+    Row(
+        "matrix pairs, default sample of 10",
+        "POST",
+        C + "/points/search/matrix/pairs",
+        body={"limit": 2},
+        expect=[E("search", "docs", limit=20)],
+        response_ids=["result.pairs[].a", "result.pairs[].b"],
+    ),
+    Row(
+        "query groups, default group_size of 3",
+        "POST",
+        C + "/points/query/groups",
+        body={"query": [0.1], "group_by": "doc", "limit": 5},
+        expect=[E("search", "docs", vector_count=1, limit=15)],
+        response_ids=["result.groups[].hits[].id", "result.groups[].lookup.id"],
+        user_data=["result.groups[].hits[].payload", "result.groups[].lookup.payload"],
+    ),
 ]
 
 WRITES = [
