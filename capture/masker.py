@@ -5,14 +5,21 @@ obligations (placed on the flow by the enforcer as a MaskPlan), strips vectors,
 collects the point ids in the response for lineage, and notes product-level
 errors (Milvus answers errors as HTTP 200 with a non-zero ``code``). The
 original body's hash is kept so the record proves what the upstream said.
+
+A query may rename the fields it selects (GraphQL aliases: ``{ s: salary }``
+answers ``{"s": ...}``). The classification lists those renames, and
+:func:`aliased_fields` widens the plan's field names and field paths by them,
+so a renamed field is masked as the field itself would be.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,7 +36,14 @@ from capture.masking import (
 )
 from capture.state import FlowState, error_response, fail_closed, state_of
 
-__all__ = ["BODY_SEEN", "MaskPlan", "Masker", "extract_ids", "set_identity_body"]
+__all__ = [
+    "BODY_SEEN",
+    "MaskPlan",
+    "Masker",
+    "aliased_fields",
+    "extract_ids",
+    "set_identity_body",
+]
 
 log = logging.getLogger("embedguard.masker")
 PLAN_KEY = "mask_plan"
@@ -143,6 +157,65 @@ def extract_ids(doc: Any, paths: Sequence[str], limit: int = 10_000) -> list[str
     return out
 
 
+#: A policy path with more renamed spellings than this is widened instead: each
+#: renamed step becomes {*} (masks more, never less).
+MAX_ALIAS_VARIANTS = 64
+
+
+def _render_steps(steps: Sequence[str]) -> str:
+    out = ""
+    for step in steps:
+        if step == EACH_ELEMENT:
+            out += step
+        else:
+            out += f".{step}" if out else step
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def aliased_fields(
+    fields: tuple[str, ...],
+    field_paths: tuple[str, ...],
+    aliases: tuple[tuple[str, str], ...],
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``fields`` and ``field_paths`` widened by a query's ``aliases``
+    ((response key, field name) pairs, the classification's ``field_aliases``).
+
+    A response key that renames a masked field becomes a masked field name
+    (compared case-insensitively, like ``fields``), and a path through a
+    renamed key is masked along every renamed spelling too. Aliases are
+    matched by name wherever they occur in the query, not by position: a key
+    that renames a masked field in one selection is masked in all of them,
+    which can only mask more."""
+    if not aliases:
+        return fields, field_paths
+    folded = {f.casefold() for f in fields}
+    more_fields = [a for a, name in aliases if name.casefold() in folded and a != name]
+    renames: dict[str, list[str]] = {}
+    for alias, name in aliases:
+        if alias != name and alias not in renames.setdefault(name, []):
+            renames[name].append(alias)
+    more_paths: list[str] = []
+    for path in field_paths:
+        try:
+            steps = _parsed(path)
+        except MaskingError:
+            continue  # mask_document reports it
+        options = [
+            [s] if s in (EACH_ELEMENT, EACH_VALUE) else [s, *renames.get(s, ())] for s in steps
+        ]
+        count = math.prod(len(o) for o in options)
+        if count == 1:
+            continue
+        if count > MAX_ALIAS_VARIANTS:
+            options = [o if len(o) == 1 else [EACH_VALUE] for o in options]
+        more_paths.extend(_render_steps(combo) for combo in itertools.product(*options))
+    return (
+        tuple(dict.fromkeys((*fields, *more_fields))),
+        tuple(dict.fromkeys((*field_paths, *more_paths))),
+    )
+
+
 def _encoding_and_type(headers: http.Headers) -> tuple[str | None, str]:
     """``header_value`` of Content-Encoding and of Content-Type (``""`` when
     absent), in one pass over the fields."""
@@ -220,17 +293,20 @@ class Masker:
                     st.extra["upstream_error"] = f"milvus code {code}: {message}"
         if plan is None or not masking:
             return
+        fields, field_paths = plan.fields, plan.field_paths
+        if cls is not None and cls.field_aliases:
+            fields, field_paths = aliased_fields(fields, field_paths, cls.field_aliases)
+        strip = plan.strip_vectors and cls is not None
         try:
             if self.reference:
                 result = mask_document_reference(
                     doc,
                     paths=list(plan.user_data_paths),
                     detectors=plan.detectors,
-                    fields=plan.fields,
-                    field_paths=plan.field_paths,
-                    strip_vector_paths=list(cls.vector_paths)
-                    if (plan.strip_vectors and cls)
-                    else [],
+                    fields=fields,
+                    field_paths=field_paths,
+                    strip_vector_paths=list(cls.vector_paths) if (strip and cls) else [],
+                    vector_scan_paths=list(cls.vector_scan_paths) if (strip and cls) else [],
                     id_paths=list(cls.response_ids) if cls else [],
                     mode=plan.mode,
                     hmac_key=self.hmac_key,
@@ -240,9 +316,10 @@ class Masker:
                     doc,
                     paths=plan.user_data_paths,
                     detectors=plan.detectors,
-                    fields=plan.fields,
-                    field_paths=plan.field_paths,
-                    strip_vector_paths=cls.vector_paths if (plan.strip_vectors and cls) else (),
+                    fields=fields,
+                    field_paths=field_paths,
+                    strip_vector_paths=cls.vector_paths if (strip and cls) else (),
+                    vector_scan_paths=cls.vector_scan_paths if (strip and cls) else (),
                     id_paths=cls.response_ids if cls else (),
                     mode=plan.mode,
                     hmac_key=self.hmac_key,

@@ -36,12 +36,17 @@ root (kind ``field``). ``field_paths`` -- absolute paths whose whole value is
 masked (kind ``field``), e.g. Milvus ``data[].email``. ``strip_vector_paths`` --
 absolute paths whose value is replaced by ``null`` (kind ``vector``); the key is
 kept, so typed clients that expect the field still parse the response.
+``vector_scan_paths`` -- absolute paths under which every *vector-shaped* value
+(see :func:`is_vector_shaped`) is replaced by ``null`` (kind ``vector``), for
+responses whose vector fields cannot be named in advance (Milvus rows).
 
-Ids are never masked: values under the keys ``id``, ``_id`` and ``ids`` inside a
-root are skipped, and no edit is made at or below a location named by
-``id_paths`` (the classifier's ``response_ids``). A whole-value mask or strip
-that a policy places on a container *above* an id replaces that container; that
-is the policy author's explicit choice.
+Record ids are protected by position, never by name: no edit is made at or
+below a location named by ``id_paths`` (the classifier's ``response_ids``, such
+as Qdrant's ``result.points[].id`` or Milvus' ``data[].id``). A key called
+``id``, ``_id`` or ``ids`` *inside* user data (a payload, metadata or a
+property) is user data like any other key. A whole-value mask or strip that a
+policy places on a container *above* an id replaces that container; that is the
+policy author's explicit choice.
 
 When edits overlap, a strip beats a whole-value mask, which beats a detector
 replacement, and an edit of a container replaces any edit inside it.
@@ -110,6 +115,7 @@ __all__ = [
     "MaskingError",
     "Span",
     "detect",
+    "is_vector_shaped",
     "mask_document",
     "mask_document_reference",
     "mask_text",
@@ -129,9 +135,6 @@ EACH_ELEMENT: Final = "[]"
 EACH_VALUE: Final = "{*}"
 #: A concrete location: object keys (str) and array indexes (int).
 Address: TypeAlias = tuple[str | int, ...]
-
-_ID_KEYS: Final = frozenset({"id", "_id", "ids"})
-
 
 class MaskingError(ValueError):
     """The masking arguments are wrong (never raised because of a document)."""
@@ -235,6 +238,56 @@ def _resolve(doc: Any, steps: Sequence[Step]) -> list[tuple[_Link, Any]]:
                 nxt.append(((link, step), value[step]))
         current = nxt
     return current
+
+
+# ------------------------------------------------------------------- vector shapes
+
+#: Padded standard base64 (Go's ``encoding/base64.StdEncoding``): how a JSON API
+#: written in Go, such as Milvus', writes ``[]byte`` -- binary, float16 and
+#: bfloat16 vectors.
+_B64 = "[A-Za-z0-9+/]"
+_BASE64 = re.compile(f"(?:{_B64}{{4}})*(?:{_B64}{{4}}|{_B64}{{3}}=|{_B64}{{2}}==)")
+#: a sparse vector's keys: decimal dimension indexes (Go writes map[uint32]float32 so)
+_INDEX_KEY = re.compile(r"[0-9]+")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_vector_shaped(value: Any) -> bool:
+    """Whether ``value`` may be a vector as a JSON API writes one: a non-empty
+    array of numbers (dense float or int8), a non-empty object whose keys are
+    all decimal indexes and whose values are all numbers (sparse), or a string
+    of padded standard base64 (raw bytes: binary, float16, bfloat16).
+
+    Shape cannot tell a vector from a scalar that looks like one (an array of
+    integers, the string ``"2024"``): ``vector_scan_paths`` strips those too,
+    failing closed."""
+    if isinstance(value, list):
+        return bool(value) and all(_is_number(v) for v in value)
+    if isinstance(value, dict):
+        return bool(value) and all(
+            isinstance(k, str) and _INDEX_KEY.fullmatch(k) is not None and _is_number(v)
+            for k, v in value.items()
+        )
+    if isinstance(value, str):
+        return _BASE64.fullmatch(value) is not None
+    return False
+
+
+def _vector_links(roots: Iterable[tuple[_Link, Any]]) -> Iterator[_Link]:
+    """The location of every vector-shaped value at or below each root; a
+    vector's own elements are not visited."""
+    stack = list(roots)
+    while stack:
+        link, value = stack.pop()
+        if is_vector_shaped(value):
+            yield link
+        elif isinstance(value, dict):
+            stack.extend(((link, k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend(((link, i), v) for i, v in enumerate(value))
 
 
 # ----------------------------------------------------------------------- detectors
@@ -635,6 +688,7 @@ def mask_document_reference(
     fields: Sequence[str] = (),
     field_paths: Sequence[str] = (),
     id_paths: Sequence[str] = (),
+    vector_scan_paths: Sequence[str] = (),
 ) -> MaskResult:
     """:func:`mask_document` by the general algorithm: every edit goes through
     the edit trie, whatever the paths. ``mask_document`` uses it whenever its
@@ -646,6 +700,7 @@ def mask_document_reference(
     scan_roots = [_steps(p) for p in paths]
     whole_paths = [_steps(p) for p in field_paths]
     strip_paths = [_steps(p) for p in strip_vector_paths]
+    vector_roots = [_steps(p) for p in vector_scan_paths]
     protected_paths = [_steps(p) for p in id_paths]
     field_names = _field_names(tuple(fields))
 
@@ -665,9 +720,12 @@ def mask_document_reference(
         for link, value in _resolve(doc, steps):
             if value is not None:
                 add(link, _STRIP, None, ["vector"])
+    for steps in vector_roots:
+        for link in _vector_links(_resolve(doc, steps)):
+            add(link, _STRIP, None, ["vector"])
     for steps in whole_paths:
         for link, value in _resolve(doc, steps):
-            if value is not None and _last(link) not in _ID_KEYS:
+            if value is not None:
                 add(link, _WHOLE, tokens.token("field", _canonical(value)), ["field"])
     if wanted or field_names:
         for steps in scan_roots:
@@ -692,8 +750,6 @@ def _scan(
     add: Callable[[_Link, int, Any, list[str]], None],
 ) -> None:
     last = _last(root_link)
-    if last in _ID_KEYS:
-        return
     if isinstance(last, str) and last.casefold() in field_names and root is not None:
         add(root_link, _WHOLE, tokens.token("field", _canonical(root)), ["field"])
         return
@@ -702,8 +758,6 @@ def _scan(
         link, value = stack.pop()
         if isinstance(value, dict):
             for key, child in value.items():
-                if key in _ID_KEYS:
-                    continue
                 child_link: _Link = (link, key)
                 if isinstance(key, str) and key.casefold() in field_names and child is not None:
                     add(child_link, _WHOLE, tokens.token("field", _canonical(child)), ["field"])
@@ -747,9 +801,10 @@ class _Plan:
     scan: tuple[tuple[Step, ...], ...]
     whole: tuple[tuple[Step, ...], ...]
     strip: tuple[tuple[Step, ...], ...]
+    vector: tuple[tuple[Step, ...], ...]
     ids: tuple[tuple[Step, ...], ...]
     field_names: frozenset[str]
-    #: no two edit paths (scanned, whole-value, stripped) can meet
+    #: no two edit paths (scanned, whole-value, stripped, vector-scanned) can meet
     disjoint: bool
     #: some id path can meet an edit path: edits must be checked against ids
     guard_ids: bool
@@ -767,15 +822,17 @@ def _plan(
     id_paths: tuple[str, ...],
     fields: tuple[str, ...],
     wanted: frozenset[str] = frozenset(),
+    vector_scan_paths: tuple[str, ...] = (),
 ) -> _Plan:
     # parsed in the order mask_document_reference parses them, so a spec with
     # several faults raises the same error
     scan = tuple(_steps(p) for p in paths)
     whole = tuple(_steps(p) for p in field_paths)
     strip = tuple(_steps(p) for p in strip_vector_paths)
+    vector = tuple(_steps(p) for p in vector_scan_paths)
     ids = tuple(_steps(p) for p in id_paths)
     field_names = _field_names(fields)
-    edit_paths = scan + whole + strip
+    edit_paths = scan + whole + strip + vector
     disjoint = not any(
         _may_meet(a, b) for i, a in enumerate(edit_paths) for b in edit_paths[i + 1 :]
     )
@@ -783,7 +840,7 @@ def _plan(
     # a key matches a field name when its casefold does; an ASCII key's casefold
     # is ASCII, so only the ASCII names can match in an ASCII text
     folded = tuple(f.encode() for f in sorted(field_names) if f.isascii())
-    return _Plan(scan, whole, strip, ids, field_names, disjoint, guard_ids, folded,
+    return _Plan(scan, whole, strip, vector, ids, field_names, disjoint, guard_ids, folded,
                  _span_finder(wanted))
 
 
@@ -797,12 +854,14 @@ def _spec(
     strip_vector_paths: tuple[str, ...],
     id_paths: tuple[str, ...],
     fields: tuple[str, ...],
+    vector_scan_paths: tuple[str, ...] = (),
 ) -> tuple[frozenset[str], _Tokens, _Plan]:
     # checked in the order of mask_document_reference, so a spec with several
     # faults raises the same error (a raise is never cached)
     wanted = _wanted(detectors)
     tokens = _Tokens(mode, hmac_key)
-    return wanted, tokens, _plan(paths, field_paths, strip_vector_paths, id_paths, fields, wanted)
+    return wanted, tokens, _plan(paths, field_paths, strip_vector_paths, id_paths, fields,
+                                 wanted, vector_scan_paths)
 
 
 def _email_spans(text: str) -> list[tuple[int, int, Detector]]:
@@ -830,7 +889,7 @@ def _could_mask(source: bytes, plan: _Plan, wanted: frozenset[str]) -> bool:
     and key appears in it as is), has no ``@`` for the e-mail detector, no
     digits a phone, card or national id needs, and no key that is a field
     name. (JSON in UTF-16 or UTF-32, which json.loads also reads, has NULs.)"""
-    if plan.whole or plan.strip:
+    if plan.whole or plan.strip or plan.vector:
         return True
     if not plan.scan:
         return False
@@ -867,6 +926,7 @@ def mask_document(
     fields: Sequence[str] = (),
     field_paths: Sequence[str] = (),
     id_paths: Sequence[str] = (),
+    vector_scan_paths: Sequence[str] = (),
     source: bytes | None = None,
 ) -> MaskResult:
     """Mask ``doc`` as the module docstring describes.
@@ -882,7 +942,7 @@ def mask_document(
     try:
         wanted, tokens, plan = _spec(
             tuple(detectors), mode, hmac_key, tuple(paths), tuple(field_paths),
-            tuple(strip_vector_paths), tuple(id_paths), tuple(fields),
+            tuple(strip_vector_paths), tuple(id_paths), tuple(fields), tuple(vector_scan_paths),
         )
     except TypeError:  # something unhashable: let the reference say what is wrong
         plan = None
@@ -890,7 +950,7 @@ def mask_document(
         return mask_document_reference(
             doc, paths=paths, detectors=detectors, mode=mode, hmac_key=hmac_key,
             strip_vector_paths=strip_vector_paths, fields=fields, field_paths=field_paths,
-            id_paths=id_paths,
+            id_paths=id_paths, vector_scan_paths=vector_scan_paths,
         )
     field_names = plan.field_names
     if source is not None and not _could_mask(source, plan, wanted):
@@ -901,9 +961,13 @@ def mask_document(
         for link, value in _resolve(doc, steps):
             if value is not None:
                 edits.append((link, None, ["vector"]))
+    for steps in plan.vector:
+        # one root's vectors never nest, and roots that could meet make the
+        # plan not disjoint
+        edits.extend((link, None, ["vector"]) for link in _vector_links(_resolve(doc, steps)))
     for steps in plan.whole:
         for link, value in _resolve(doc, steps):
-            if value is not None and _last(link) not in _ID_KEYS:
+            if value is not None:
                 edits.append((link, tokens.token("field", _canonical(value)), ["field"]))
     if wanted or field_names:
         find = plan.find
@@ -983,8 +1047,6 @@ def _scan_into(
     stack: list[tuple[_Link, Any]] = []
     for root_link, root in roots:
         last = _last(root_link)
-        if last in _ID_KEYS:
-            continue
         if isinstance(last, str) and last.casefold() in field_names and root is not None:
             edits.append((root_link, tokens.token("field", _canonical(root)), ["field"]))
             continue
@@ -996,14 +1058,11 @@ def _scan_into(
         elif isinstance(root, dict | list):
             stack.append((root_link, root))
     # strings are masked where they are met; only containers go on the stack
-    id_keys = _ID_KEYS
     pop, push = stack.pop, stack.append
     while stack:
         link, value = pop()
         if isinstance(value, dict):
             for key, child in value.items():
-                if key in id_keys:
-                    continue
                 if field_names and child is not None:
                     # the same keys recur in every point of a response: fold each once
                     named = is_field.get(key)

@@ -57,8 +57,15 @@ class Classification:
     ``error`` is set when the request could not be classified (unknown
     endpoint, unparseable body); it is then denied by default and the error
     says why. ``response_ids`` names where ids appear in the response (dotted
-    path, ``[]`` for each element), for lineage; ``user_data_paths`` names the
-    response fields that carry user data, for masking.
+    path, ``[]`` for each element), for lineage, and they are the only
+    places masking leaves alone (keys named ``id`` inside user data are user
+    data); ``user_data_paths`` names the response fields that carry user data,
+    for masking. ``vector_paths`` names vector fields, stripped as they are;
+    ``vector_scan_paths`` names subtrees whose vectors cannot be named (Milvus
+    rows, whose field names come from the collection schema): every
+    vector-shaped value in them is stripped. ``field_aliases`` pairs each
+    response key a query renamed (GraphQL aliases) with the field it selects,
+    so that masking by field name or path applies to the renamed key too.
     """
 
     product: Product
@@ -67,6 +74,8 @@ class Classification:
     response_ids: tuple[str, ...] = ()
     user_data_paths: tuple[str, ...] = ()
     vector_paths: tuple[str, ...] = ()
+    vector_scan_paths: tuple[str, ...] = ()
+    field_aliases: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -73,6 +73,9 @@ class Result:
     response_ids: tuple[str, ...] = ()
     user_data_paths: tuple[str, ...] = ()
     vector_paths: tuple[str, ...] = ()
+    vector_scan_paths: tuple[str, ...] = ()
+    #: (response key, field name) for each GraphQL alias
+    field_aliases: tuple[tuple[str, str], ...] = ()
     #: Set when the endpoint is recognised but deliberately unclassified
     #: (inference, validation, utility endpoints): the operation is unknown
     #: and this says why.
@@ -281,6 +284,8 @@ def _run(
         response_ids=result.response_ids,
         user_data_paths=result.user_data_paths,
         vector_paths=result.vector_paths,
+        vector_scan_paths=result.vector_scan_paths,
+        field_aliases=result.field_aliases,
     )
 
 

@@ -6,6 +6,21 @@ rules"): the selected operation's top-level ``Get`` / ``Aggregate`` /
 substituted and fragments expanded. Weaviate has no mutations or
 subscriptions, so those are refused. Response paths use the aliases the
 query gives, since that is where the data appears in the response.
+
+Aliases also rename the keys that masking by field name looks for
+(``{ s: salary }`` answers ``{"s": ...}``), so every alias in the query is
+listed in ``field_aliases`` as (response key, field name), at any depth and
+through fragments; the masker masks a renamed key as the field it selects.
+Two renames are refused because they would pass user data off as an object's
+metadata: a field aliased ``_additional``, and a field other than ``id``
+aliased ``id`` inside ``_additional`` (``_additional.id`` is a record id,
+which masking leaves alone).
+
+Inside a class, ``_additional`` holds the object's id (a response id), its
+vectors, and everything else Weaviate adds (generated text, answers, group
+hits, ...), which is user data. Cross-references are lists of objects that
+carry their own ``_additional``: their ids and vectors are listed as well, so
+that they are kept and stripped as the top-level object's are.
 """
 
 from __future__ import annotations
@@ -50,12 +65,20 @@ __all__ = [
 
 _MAX_TOKENS = 50_000
 _MAX_FRAGMENT_DEPTH = 16
+#: fields visited per request (fragments expand, so a small query can name many)
+_MAX_FIELDS = 20_000
 _PARSE_KW: dict[str, object] = (
     {"max_tokens": _MAX_TOKENS}
     if "max_tokens" in inspect.signature(graphql.parse).parameters
     else {}
 )
 _SEARCH_ARGS = frozenset({"hybrid", "bm25", "ask", "groupBy"})
+#: ``_additional`` fields that hold only numbers Weaviate computes; the others
+#: (generate, answer, summary, group, rerank, explainScore, ...) carry user
+#: data, modules add more, so any other is treated as user data
+_ADDITIONAL_SCALARS = frozenset(
+    {"distance", "certainty", "score", "creationTimeUnix", "lastUpdateTimeUnix", "isConsistent"}
+)
 _ID_VALUE_KEYS = ("valueText", "valueString", "valueTextArray", "valueStringArray")
 
 
@@ -101,6 +124,8 @@ class _Out:
     response_ids: list[str] = field(default_factory=list)
     user_data: list[str] = field(default_factory=list)
     vectors: list[str] = field(default_factory=list)
+    aliases: list[tuple[str, str]] = field(default_factory=list)
+    visited: int = 0
 
 
 def graphql_result(body: object, where: str) -> Result:
@@ -127,6 +152,7 @@ def _result(out: _Out) -> Result:
         response_ids=dedupe(out.response_ids),
         user_data_paths=dedupe(out.user_data),
         vector_paths=dedupe(out.vectors),
+        field_aliases=tuple(dict.fromkeys(out.aliases)),
     )
 
 
@@ -219,9 +245,26 @@ class _Walker:
             out[a.name.value] = value
         return out
 
+    def key(self, f: FieldNode, out: _Out) -> str:
+        """The response key of ``f``; its alias, if any, is recorded."""
+        out.visited += 1
+        if out.visited > _MAX_FIELDS:
+            raise BadRequest(f"{self.where}.query selects more than {_MAX_FIELDS} fields")
+        name = f.name.value
+        if f.alias is None or f.alias.value == name:
+            return name
+        alias = f.alias.value
+        if alias == "_additional":
+            raise BadRequest(
+                f"{self.where}.query aliases {name[:60]!r} as _additional, which "
+                "Weaviate reserves for object metadata"
+            )
+        out.aliases.append((alias, name))
+        return alias
+
     def top_level(self, f: FieldNode, root: str, out: _Out) -> None:
         name = f.name.value
-        key = f.alias.value if f.alias else name
+        key = self.key(f, out)
         if name in ("Get", "Aggregate"):
             classes = list(self.fields(f.selection_set))
             if not classes:
@@ -243,6 +286,10 @@ class _Walker:
                 )
             )
             out.response_ids.append(f"{root}.{key}[].beacon")
+            for sub in self.fields(f.selection_set):
+                skey = self.key(sub, out)
+                if sub.name.value == "beacon" and skey != "beacon":
+                    out.response_ids.append(f"{root}.{key}[].{skey}")
         elif name in ("__schema", "__type", "__typename"):
             out.ops.append(op(ActionClass.SCHEMA, detail=f"graphql.{name}"))
         else:
@@ -255,7 +302,8 @@ class _Walker:
         if c.name.value.startswith("__"):
             return  # __typename inside Get/Aggregate carries no data
         cls = class_name(c.name.value)
-        base = f"{root}.{c.alias.value if c.alias else c.name.value}[]"
+        objects = f"{root}.{self.key(c, out)}"
+        base = f"{objects}[]"
         args = self.args(c)
         ids, vectors = _near_inputs(args)
         filters: list[object] = []
@@ -270,31 +318,36 @@ class _Walker:
         with_vectors = False
         generate = False
         for prop in self.fields(c.selection_set):
-            pkey = prop.alias.value if prop.alias else prop.name.value
-            if prop.name.value == "_additional":
-                for extra in self.fields(prop.selection_set):
-                    ename = extra.name.value
-                    ekey = extra.alias.value if extra.alias else ename
-                    if ename in ("vector", "vectors"):
-                        with_vectors = True
-                        out.vectors.append(f"{base}._additional.{ekey}")
-                    elif ename == "generate":
-                        generate = True
-                        out.user_data.append(f"{base}._additional.{ekey}")
-            elif prop.name.value.startswith("_"):
+            name = prop.name.value
+            pkey = self.key(prop, out)
+            if name == "_additional":
+                v, g = self.additional(prop, base, pkey, out, top=True)
+                with_vectors = with_vectors or v
+                generate = generate or g
+            elif name.startswith("__"):
                 continue
             elif kind == "Get":
+                # a property (Weaviate property names may start with one _)
                 out.user_data.append(f"{base}.{pkey}")
+                self.nested(prop.selection_set, f"{base}.{pkey}", out)
             else:
                 for sub in self.fields(prop.selection_set):
-                    skey = sub.alias.value if sub.alias else sub.name.value
+                    skey = self.key(sub, out)
                     if sub.name.value == "topOccurrences":
                         out.user_data.append(f"{base}.{pkey}.{skey}[].value")
-                    elif prop.name.value == "groupedBy" and sub.name.value == "value":
+                        for occ in self.fields(sub.selection_set):
+                            okey = self.key(occ, out)
+                            if occ.name.value == "value" and okey != "value":
+                                out.user_data.append(f"{base}.{pkey}.{skey}[].{okey}")
+                    elif name == "groupedBy" and sub.name.value == "value":
                         out.user_data.append(f"{base}.{pkey}.{skey}")
+                    else:
+                        self.nested(sub.selection_set, f"{base}.{pkey}.{skey}", out)
         if kind == "Get":
             search = any(k.startswith("near") or k in _SEARCH_ARGS for k in args)
             action = ActionClass.SEARCH if search else ActionClass.READ
+            # where the id is when _additional { id } is selected unrenamed (no
+            # other field may take that key, see key())
             out.response_ids.append(f"{base}._additional.id")
         else:
             action = ActionClass.READ
@@ -313,6 +366,55 @@ class _Walker:
                 detail=detail,
             )
         )
+
+    def additional(
+        self, f: FieldNode, base: str, akey: str, out: _Out, *, top: bool
+    ) -> tuple[bool, bool]:
+        """``_additional`` of the objects at ``base`` (a path ending in ``[]``):
+        the id, the vectors, and, at the top level (below, the property that
+        holds the reference is user data already), everything else as user
+        data. Returns (vectors selected, generate selected)."""
+        with_vectors = generate = False
+        for extra in self.fields(f.selection_set):
+            ename = extra.name.value
+            ekey = self.key(extra, out)
+            here = f"{base}.{akey}.{ekey}"
+            if ekey == "id" and ename != "id":
+                raise BadRequest(
+                    f"{self.where}.query aliases _additional {ename[:60]!r} as id, "
+                    "which is the object's id"
+                )
+            if ename == "id":
+                out.response_ids.append(here)
+            elif ename in ("vector", "vectors"):
+                with_vectors = True
+                out.vectors.append(here)
+            elif ename.startswith("__") or ename in _ADDITIONAL_SCALARS:
+                continue
+            else:
+                generate = generate or ename == "generate"
+                if top:
+                    out.user_data.append(here)
+                if ename == "group":
+                    # groupBy: the group's hits are objects with properties and
+                    # their own _additional
+                    for sub in self.fields(extra.selection_set):
+                        skey = self.key(sub, out)
+                        self.nested(sub.selection_set, f"{here}.{skey}", out)
+                else:
+                    self.nested(extra.selection_set, here, out)
+        return with_vectors, generate
+
+    def nested(self, sel: SelectionSetNode | None, objects: str, out: _Out) -> None:
+        """The selection of a property: nested object properties, or
+        cross-references (``objects`` is then a list of objects, each with
+        its own ``_additional``). Records aliases at every depth."""
+        for f in self.fields(sel):
+            key = self.key(f, out)
+            if f.name.value == "_additional":
+                self.additional(f, f"{objects}[]", key, out, top=False)
+            else:
+                self.nested(f.selection_set, f"{objects}[].{key}", out)
 
 
 def _near_inputs(args: Mapping[str, object]) -> tuple[list[str], int]:

@@ -6,6 +6,32 @@ name depends on the collection schema, which a request does not carry: ids
 are read from the field ``id`` (the name the quick-setup schema and the
 SDKs use by default). A filter counts as an id list only when it is exactly
 ``id in [...]`` or ``id == v``; anything else leaves the ids unknown.
+
+Vectors in responses. Which fields of a row are vectors is in the collection
+schema, which a request does not carry, so search, hybrid search, query and
+get cannot name them. Their classification asks instead for every
+vector-shaped value under ``data`` to be stripped (``vector_scan_paths``, see
+:func:`capture.masking.is_vector_shaped`), at any depth, since struct-array
+fields hold vectors inside their elements and some versions nest search rows
+per query vector. The shapes are the encodings Milvus' REST API writes:
+
+* an array of numbers: FloatVector, Int8Vector, and Float16/BFloat16Vector on
+  servers that convert them to floats;
+* an object of decimal index -> number: SparseFloatVector;
+* a padded base64 string: BinaryVector, Float16Vector and BFloat16Vector, which
+  Go writes as ``[]byte``.
+
+Limits. Shape cannot tell a vector from a scalar that looks like one, and
+those are stripped too (failing closed): an ARRAY field of numbers, a JSON or
+dynamic field that holds a list of numbers or an index map, and any VARCHAR
+that happens to be valid base64 (``"2024"``, ``"Oslo"``, a hex digest). The
+primary key is kept only at ``data[].id`` (``PK_FIELD``, the quick-setup
+name, which older servers also give every search hit); a primary key of
+another name that looks like base64 is stripped, and a scalar field called
+``id`` beside such a key is left unmasked, taken for the key. The searched
+field (``annsField``) is also stripped by name, whatever its shape. An empty
+vector, or one in an encoding none of these shapes match, would not be
+recognised; none is known to exist.
 """
 
 from __future__ import annotations
@@ -34,6 +60,9 @@ __all__ = ["ROUTES", "classify_milvus", "pk_ids"]
 
 A = ActionClass
 PK_FIELD = "id"
+#: where the vectors of entity rows may be (see the module docstring)
+ROW_VECTORS = ("data",)
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _Handler = Callable[[HttpRequest, Mapping[str, str]], Result]
 
 
@@ -106,12 +135,29 @@ def _output_fields(body: Mapping[str, object]) -> list[str] | None:
     ]
 
 
-def _row_paths(fields: list[str] | None, default_all: bool) -> tuple[str, ...]:
+def _row_paths(
+    fields: list[str] | None, default_all: bool, rows: tuple[str, ...] = ("data[]",)
+) -> tuple[str, ...]:
     if fields is None:
         return ("data[]",) if default_all else ()
     if "*" in fields:
         return ("data[]",)
-    return tuple(f"data[].{f}" for f in fields)
+    return tuple(f"{r}.{f}" for f in fields for r in rows)
+
+
+#: Search rows: some Milvus versions answer a search of several query vectors
+#: with one list of rows per vector.
+_HITS = ("data[]", "data[][]")
+
+
+def _anns_paths(*anns: object) -> tuple[str, ...]:
+    """The searched vector fields, by name, in each search row."""
+    return tuple(
+        dict.fromkeys(
+            f"{r}.{a}" for a in anns if isinstance(a, str) and _FIELD_NAME.fullmatch(a)
+            for r in _HITS
+        )
+    )
 
 
 def _ids_param(value: object, where: str) -> list[str]:
@@ -179,8 +225,10 @@ def _search(req: HttpRequest, _p: Mapping[str, str]) -> Result:
                 detail="search",
             )
         ],
-        response_ids=("data[].id",),
-        user_data_paths=_row_paths(fields, False),
+        response_ids=tuple(f"{r}.{PK_FIELD}" for r in _HITS),
+        user_data_paths=_row_paths(fields, False, _HITS),
+        vector_paths=_anns_paths(anns),
+        vector_scan_paths=ROW_VECTORS,
     )
 
 
@@ -192,11 +240,13 @@ def _hybrid_search(req: HttpRequest, _p: Mapping[str, str]) -> Result:
         raise BadRequest("body.search is empty")
     fields = _output_fields(body)
     ops = []
+    anns: list[object] = []
     for i, item in enumerate(searches):
         where = f"body.search[{i}]"
         s = as_obj(item, where)
         flt = _filter(s, where)
         data = s.get("data")
+        anns.append(s.get("annsField"))
         ops.append(
             op(
                 A.SEARCH,
@@ -210,7 +260,13 @@ def _hybrid_search(req: HttpRequest, _p: Mapping[str, str]) -> Result:
                 detail="hybrid_search",
             )
         )
-    return Result(ops, response_ids=("data[].id",), user_data_paths=_row_paths(fields, False))
+    return Result(
+        ops,
+        response_ids=tuple(f"{r}.{PK_FIELD}" for r in _HITS),
+        user_data_paths=_row_paths(fields, False, _HITS),
+        vector_paths=_anns_paths(*anns),
+        vector_scan_paths=ROW_VECTORS,
+    )
 
 
 def _query(req: HttpRequest, _p: Mapping[str, str]) -> Result:
@@ -230,6 +286,7 @@ def _query(req: HttpRequest, _p: Mapping[str, str]) -> Result:
         ],
         response_ids=(f"data[].{PK_FIELD}",),
         user_data_paths=_row_paths(fields, True),
+        vector_scan_paths=ROW_VECTORS,
     )
 
 
@@ -251,6 +308,7 @@ def _get(req: HttpRequest, _p: Mapping[str, str]) -> Result:
         ],
         response_ids=(f"data[].{PK_FIELD}",),
         user_data_paths=_row_paths(fields, True),
+        vector_scan_paths=ROW_VECTORS,
     )
 
 

@@ -7,6 +7,7 @@ import copy
 import json
 import re
 import string
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,9 @@ from capture.masking import (
     DETECTORS,
     MaskingError,
     detect,
+    is_vector_shaped,
     mask_document,
+    mask_document_reference,
     mask_text,
     parse_path,
     render_path,
@@ -228,7 +231,8 @@ def test_fields_mask_whole_values_case_insensitively_at_any_depth() -> None:
 def test_field_paths_mask_whole_values() -> None:
     doc = {"code": 0, "data": [{"id": 1, "email": "a@x.io", "age": 40},
                                {"id": 2, "email": None}]}
-    r = mask_document(doc, field_paths=["data[].email", "data[].id"])
+    # the record id is protected by its position (the classifier's id path)
+    r = mask_document(doc, field_paths=["data[].email", "data[].id"], id_paths=["data[].id"])
     assert r.doc["data"] == [{"id": 1, "email": "[MASKED:field]", "age": 40},
                              {"id": 2, "email": None}]
     assert r.masked_fields == [MaskedField(path="data[0].email", kind="field")]
@@ -261,11 +265,43 @@ def test_paths_that_do_not_fit_select_nothing() -> None:
     assert r.masked_fields == []
 
 
-def test_id_keys_and_id_paths_are_protected() -> None:
-    doc = {"rows": [{"id": "a@x.io", "_id": "b@x.io", "ids": ["c@x.io"], "pk": "d@x.io"}]}
-    r = mask_document(doc, paths=["rows[]"], detectors=["email"], fields=["id"],
-                      id_paths=["rows[].pk"])
-    assert r.doc == doc
+def test_id_paths_are_protected() -> None:
+    doc = {"rows": [{"pk": "d@x.io", "pk2": {"deep": "e@x.io"}, "note": "f@x.io"}]}
+    r = mask_document(doc, paths=["rows[]"], detectors=["email"], fields=["pk"],
+                      id_paths=["rows[].pk", "rows[].pk2"])
+    assert r.doc["rows"][0] == {"pk": "d@x.io", "pk2": {"deep": "e@x.io"},
+                                "note": "[MASKED:email]"}
+
+
+# The audit's bypass: keys named id, _id or ids inside user data were skipped,
+# with everything under them. Only the positions the classifier names as
+# record ids are protected.
+QDRANT_ID_KEYS = {"result": {"points": [{
+    "id": 1, "score": 0.9,
+    "payload": {"owner": "carol@x.io", "id": "alice@x.io", "_id": "dave@x.io",
+                "ids": {"contact": "bob@x.io", "phone": "+1 415 555 2671"}}}]},
+    "status": "ok"}
+
+
+@pytest.mark.parametrize("masker", [mask_document, mask_document_reference])
+def test_id_named_keys_inside_user_data_are_masked(masker: Any) -> None:
+    source = json.dumps(QDRANT_ID_KEYS).encode()
+    r = masker(json.loads(source), paths=["result.points[].payload"],
+               detectors=["email", "phone"], id_paths=["result.points[].id"],
+               **({"source": source} if masker is mask_document else {}))
+    point = r.doc["result"]["points"][0]
+    assert point["id"] == 1
+    assert point["payload"] == {
+        "owner": "[MASKED:email]", "id": "[MASKED:email]", "_id": "[MASKED:email]",
+        "ids": {"contact": "[MASKED:email]", "phone": "[MASKED:phone]"}}
+    # and by field name, at the root and below
+    r = masker({"metadatas": [{"id": "x", "m": {"_id": 7}}]}, paths=["metadatas[]"],
+               fields=["id", "_id"])
+    assert r.doc == {"metadatas": [{"id": "[MASKED:field]", "m": {"_id": "[MASKED:field]"}}]}
+    # a policy path that ends in a payload key named id
+    r = masker(QDRANT_ID_KEYS, field_paths=["result.points[].payload.id"],
+               id_paths=["result.points[].id"])
+    assert r.doc["result"]["points"][0]["payload"]["id"] == "[MASKED:field]"
 
 
 def test_strip_vectors_replaces_with_null_and_wins_over_masks() -> None:
@@ -277,6 +313,53 @@ def test_strip_vectors_replaces_with_null_and_wins_over_masks() -> None:
     assert r.doc["result"][0]["payload"] == {"e": "[MASKED:email]"}
     assert MaskedField(path="result[0].vector", kind="vector") in r.masked_fields
     assert not any(f.path.startswith("result[0].vector.") for f in r.masked_fields)
+
+
+@pytest.mark.parametrize(
+    ("value", "shaped"),
+    [
+        ([0.11, 0.22, 0.33], True),  # FloatVector (and float16 converted to floats)
+        ([1, -2, 127], True),  # Int8Vector, BinaryVector as integers
+        ({"3": 0.5, "1024": 0.25}, True),  # SparseFloatVector
+        ("AAECAw==", True), ("AQID", True), ("QUJD", True),  # []byte: binary, float16
+        ("Oslo", True), ("2024", True),  # scalars that cannot be told apart: stripped
+        ([], False), ({}, False), ("", False), ([True, 1], False), ([0.1, "x"], False),
+        ({"a": 1.0}, False), ({"3": "x"}, False), ("a note", False), ("abc", False),
+        ("AQ=D", False), ("a@x.io", False), (None, False), (3, False), (True, False),
+    ],
+)
+def test_is_vector_shaped(value: object, shaped: bool) -> None:
+    assert is_vector_shaped(value) is shaped
+
+
+# Milvus rows: the vector fields' names come from the collection schema, so
+# vectors are found by shape under a scan root, at any depth.
+MILVUS_ROWS = {"code": 0, "cost": 0, "data": [
+    {"id": "AQID", "distance": 0.9, "embedding": [0.11, 0.22, 0.33], "bin": "AAECAw==",
+     "sparse": {"3": 0.5}, "int8": [1, -2], "title": "a note", "n": 7, "tags": [],
+     "chunks": [{"text": "x y", "emb": [0.3, 0.4]}], "nested": [[0.5, 0.6], [0.7]]},
+]}
+
+
+@pytest.mark.parametrize("masker", [mask_document, mask_document_reference])
+def test_vector_scan_paths_strip_every_vector_shape_below_and_keep_ids(masker: Any) -> None:
+    before = copy.deepcopy(MILVUS_ROWS)
+    r = masker(MILVUS_ROWS, vector_scan_paths=["data"], id_paths=["data[].id"])
+    assert MILVUS_ROWS == before
+    assert r.doc["data"][0] == {
+        "id": "AQID", "distance": 0.9, "embedding": None, "bin": None, "sparse": None,
+        "int8": None, "title": "a note", "n": 7, "tags": [],
+        "chunks": [{"text": "x y", "emb": None}], "nested": [None, None]}
+    assert {(f.path, f.kind) for f in r.masked_fields} == {
+        (f"data[0].{p}", "vector")
+        for p in ("embedding", "bin", "sparse", "int8", "chunks[0].emb", "nested[0]",
+                  "nested[1]")}
+    # a vector also wins over masks and scans of the same row
+    r = masker(MILVUS_ROWS, paths=["data[]"], detectors=["email"], fields=["bin", "title"],
+               vector_scan_paths=["data"], id_paths=["data[].id"])
+    row = r.doc["data"][0]
+    assert row["bin"] is None and row["embedding"] is None and row["id"] == "AQID"
+    assert row["title"] == "[MASKED:field]"
 
 
 def test_root_document_can_be_masked() -> None:
@@ -359,22 +442,21 @@ def test_property_documents_mask_every_email_and_keep_the_rest(doc: object) -> N
     r = mask_document({"root": doc}, paths=["root"], detectors=["email"])
     assert json.dumps(doc, sort_keys=True) == before  # input untouched
 
-    def strings(value: object, under_id: bool = False) -> list[tuple[str, bool]]:
-        out: list[tuple[str, bool]] = []
-        stack: list[tuple[object, bool]] = [(value, under_id)]
+    def strings(value: object) -> list[str]:
+        out: list[str] = []
+        stack: list[object] = [value]
         while stack:
-            v, protected = stack.pop()
+            v = stack.pop()
             if isinstance(v, dict):
-                stack.extend((c, protected or k in ("id", "_id", "ids")) for k, c in v.items())
+                stack.extend(v.values())  # keys named id are user data too
             elif isinstance(v, list):
-                stack.extend((c, protected) for c in v)
+                stack.extend(v)
             elif isinstance(v, str):
-                out.append((v, protected))
+                out.append(v)
         return out
 
-    for s, protected in strings(r.doc):
-        if not protected:
-            assert _EMAIL_SHAPE.search(s) is None
+    for s in strings(r.doc):
+        assert _EMAIL_SHAPE.search(s) is None
     # numbers, booleans and nulls are never touched
     def scalars(value: object) -> list[object]:
         return [v for v in _leaves(value) if not isinstance(v, str)]
@@ -442,14 +524,14 @@ def test_detect_pre_filters_never_change_the_hits(text: str, detectors: set[str]
 # the same bytes on the wire and the same list of masked fields.
 
 _KEYS = ["a", "b", "id", "_id", "ids", "email", "Email", "EMAIL", "payload", "points",
-         "vector", "note", "é", "ß", "ss", "K", "k", "\u212a"]
+         "vector", "note", "é", "ß", "ss", "K", "k", "\u212a", "0", "17"]
 _PII = st.sampled_from([
     "bob@example.org", "Write to Carol@Example.com today", "a@x.io.b@y.io",
     "+44 20 7946 0958", "call +1 (415) 555-2671", "415.555.2671", "020 7946 0958",
     "4111 1111 1111 1111", "4111-1111-1111-1111", "card 5555555555554444 exp",
     "ssn 123-45-6789.", "AB 12 34 56 C", "046 454 286", "4111 1111 1111 1111a@x.io",
     "jürgen@bücher.de", "\u0661\u0662\u0663-\u0664\u0665-\u0666\u0667\u0668\u0669",
-    "1700000000000", "2024-01-15", "v1.2.3", "no pii", "",
+    "1700000000000", "2024-01-15", "v1.2.3", "no pii", "", "QUJDRA==",
 ])
 _TEXT = st.one_of(_PII, _emails, _noise,
                   st.builds(lambda a, b: f"{a} {b}", _PII, _PII),
@@ -519,7 +601,7 @@ def _specs(draw: st.DrawFn, doc: object = None) -> dict[str, object]:
         return paths
 
     kinds = {"paths": some_paths(3), "field_paths": some_paths(2),
-             "strip_vector_paths": some_paths(2)}
+             "strip_vector_paths": some_paths(2), "vector_scan_paths": some_paths(1)}
     if draw(st.integers(0, 3)):
         kept: list[tuple[str, ...]] = []
         for kind, paths in kinds.items():

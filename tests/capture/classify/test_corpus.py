@@ -370,8 +370,10 @@ MILVUS = [
                 limit=3,
             )
         ],
-        response_ids=["data[].id"],
-        user_data=["data[].email"],
+        # and the same in the per-query-vector lists some versions nest rows in
+        response_ids=["data[].id", "data[][].id"],
+        user_data=["data[].email", "data[][].email"],
+        vectors=["data[].vector", "data[][].vector"],
     ),
     Row(
         "M3",

@@ -1,7 +1,10 @@
 """capture/classify/milvus.py: every RESTful v2 and legacy v1 route, database
-resolution, primary-key filter parsing and malformed bodies."""
+resolution, primary-key filter parsing, malformed bodies and where response
+rows' vectors are looked for."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -13,6 +16,7 @@ from capture.classify.milvus import (
     classify_milvus,
     pk_ids,
 )
+from capture.types import HttpRequest
 from tests.capture.classify.table import E, Row, assert_routes_covered, params, run_rows
 
 V = "/v2/vectordb"
@@ -70,8 +74,9 @@ ENTITIES = [
             E("search", "docs", limit=2, vector_count=1),
             E("search", "docs", limit=5, filter_present=True),
         ],
-        response_ids=["data[].id"],
-        user_data=["data[].title"],
+        response_ids=["data[].id", "data[][].id"],
+        user_data=["data[].title", "data[][].title"],
+        vectors=[],
     ),
     P(
         "advanced search",
@@ -410,3 +415,53 @@ def test_every_route_has_a_row() -> None:
 )
 def test_pk_ids(expr: str, ids: list[str] | None) -> None:
     assert pk_ids(expr) == ids
+
+
+# Vectors in responses: their field names are in the collection schema, so
+# rows are scanned for vector shapes (capture.masking.is_vector_shaped); the
+# searched field is also named.
+def _req(path: str, body: dict[str, object]) -> HttpRequest:
+    return HttpRequest(method="POST", path=path, body=json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "vectors"),
+    [
+        ("/v2/vectordb/entities/query", {"collectionName": "c", "filter": "x"}, ()),
+        ("/v2/vectordb/entities/get", {"collectionName": "c", "id": [1]}, ()),
+        ("/v2/vectordb/entities/search", {"collectionName": "c", "data": [[0.1]]}, ()),
+        ("/v2/vectordb/entities/search",
+         {"collectionName": "c", "data": [[0.1]], "annsField": "emb"},
+         ("data[].emb", "data[][].emb")),
+        ("/v2/vectordb/entities/hybrid_search",
+         {"collectionName": "c", "search": [{"data": [[0.1]], "annsField": "a"},
+                                            {"data": [[0.2]], "annsField": "b c"}]},
+         ("data[].a", "data[][].a")),
+        ("/v2/vectordb/entities/advanced_search",
+         {"collectionName": "c", "search": [{"data": [[0.1]]}]}, ()),
+        ("/v1/vector/query", {"collectionName": "c", "filter": "x"}, ()),
+        ("/v1/vector/search", {"collectionName": "c", "vector": [0.1]}, ()),
+        ("/v1/vector/get", {"collectionName": "c", "id": 1}, ()),
+    ],
+)
+def test_entity_reads_scan_their_rows_for_vectors(
+    path: str, body: dict[str, object], vectors: tuple[str, ...]
+) -> None:
+    c = classify_milvus(_req(path, body))
+    assert c.ok, c.error
+    assert c.vector_scan_paths == ("data",)
+    assert c.vector_paths == vectors
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v2/vectordb/entities/insert", {"collectionName": "c", "data": [{"id": 1}]}),
+        ("/v2/vectordb/entities/delete", {"collectionName": "c", "filter": "id in [1]"}),
+        ("/v2/vectordb/collections/describe", {"collectionName": "c"}),
+    ],
+)
+def test_other_routes_have_no_rows_to_scan(path: str, body: dict[str, object]) -> None:
+    c = classify_milvus(_req(path, body))
+    assert c.ok, c.error
+    assert c.vector_scan_paths == () and c.vector_paths == ()

@@ -3,9 +3,12 @@ GraphQL rules (search vs read, ids, aliases, fragments, variables), MCP."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from capture.classify.weaviate import ROUTES, classify_weaviate
+from capture.types import Classification, HttpRequest
 from tests.capture.classify.table import E, Row, assert_routes_covered, params, run_rows
 
 OID = "6b1b5c3e-6f0e-4b6a-9a57-3f3c8f0b2a11"
@@ -697,3 +700,88 @@ def test_every_route_has_a_row() -> None:
     from tests.capture.classify.test_corpus import WEAVIATE
 
     assert_routes_covered(ROUTES, ALL + WEAVIATE)
+
+
+# ------------------------------------------------------------- GraphQL aliases
+#
+# An alias renames the response key, so masking by field name or path needs
+# the (response key, field name) pairs, at every depth and through fragments;
+# ids and vectors are listed where the aliases put them.
+
+
+def _gql(query: str) -> Classification:
+    c = classify_weaviate(
+        HttpRequest(method="POST", path="/v1/graphql", body=json.dumps({"query": query}).encode())
+    )
+    return c
+
+
+def test_every_alias_is_listed_with_its_field() -> None:
+    c = _gql(
+        "{ g: Get { d: Doc { s: salary ...F ... on Doc { t: title } "
+        "profile { pay: salary } author { ... on Person { n: name } } "
+        "a: _additional { i: id v: vector } } } } fragment F on Doc { e: email }"
+    )
+    assert c.ok, c.error
+    assert set(c.field_aliases) == {
+        ("g", "Get"), ("d", "Doc"), ("s", "salary"), ("t", "title"), ("e", "email"),
+        ("pay", "salary"), ("n", "name"), ("a", "_additional"), ("i", "id"), ("v", "vector"),
+    }
+    assert c.user_data_paths == (
+        "data.g.d[].s", "data.g.d[].e", "data.g.d[].t", "data.g.d[].profile",
+        "data.g.d[].author",
+    )
+    assert c.response_ids == ("data.g.d[].a.i", "data.g.d[]._additional.id")
+    assert c.vector_paths == ("data.g.d[].a.v",)
+    assert _gql("{ Get { Doc { title } } }").field_aliases == ()
+
+
+def test_references_and_group_hits_list_their_ids_and_vectors() -> None:
+    c = _gql(
+        '{ Get { Doc(groupBy:{path:["t"], groups:2, objectsPerGroup:2}) { _prop '
+        "author { ... on Person { name _additional { id vector } "
+        "org { ... on Org { x: _additional { k: id } } } } } "
+        "_additional { distance group { id hits { title _additional { id vectors { v } } } } "
+        "answer { result } } } } }"
+    )
+    assert c.ok, c.error
+    assert c.response_ids == (
+        "data.Get.Doc[].author[]._additional.id",
+        "data.Get.Doc[].author[].org[].x.k",
+        "data.Get.Doc[]._additional.group.hits[]._additional.id",
+        "data.Get.Doc[]._additional.id",
+    )
+    assert c.vector_paths == (
+        "data.Get.Doc[].author[]._additional.vector",
+        "data.Get.Doc[]._additional.group.hits[]._additional.vectors",
+    )
+    # a property named with one leading underscore is user data; so is every
+    # _additional field but the id, the vectors and Weaviate's own numbers
+    assert c.user_data_paths == (
+        "data.Get.Doc[]._prop", "data.Get.Doc[].author", "data.Get.Doc[]._additional.group",
+        "data.Get.Doc[]._additional.answer",
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("{ Get { Doc { _additional: salary } } }", "aliases 'salary' as _additional"),
+        ("{ Get { Doc { author { ... on P { _additional: name } } } } }",
+         "aliases 'name' as _additional"),
+        ("{ Get { Doc { _additional { id: distance } } } }",
+         "aliases _additional 'distance' as id"),
+        ('{ Get { Doc { _additional { id: generate(singleResult:{prompt:"x"}) '
+         "{ singleResult } } } } }", "aliases _additional 'generate' as id"),
+        ("{ Get { Doc { ...A } } } fragment A on Doc { ...B ...B ...B ...B ...B ...B } "
+         "fragment B on Doc { ...C ...C ...C ...C ...C ...C } "
+         "fragment C on Doc { ...D ...D ...D ...D ...D ...D } "
+         "fragment D on Doc { ...E ...E ...E ...E ...E ...E } "
+         "fragment E on Doc { ...G ...G ...G ...G ...G ...G } "
+         "fragment G on Doc { a b c d e f }", "selects more than 20000 fields"),
+    ],
+)
+def test_renames_that_would_hide_user_data_are_refused(query: str, error: str) -> None:
+    c = _gql(query)
+    assert not c.ok
+    assert c.error is not None and error in c.error, c.error
