@@ -87,6 +87,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeAlias
 
+from capture.classify._common import go_fold
 from capture.types import Identity, Product
 
 __all__ = [
@@ -191,21 +192,11 @@ def _check_client_expression(expr: str, where: str) -> None:
 
 # ------------------------------------------------------------ JSON keys
 
-#: Non-ASCII letters that Go's encoding/json (Milvus, Weaviate) folds onto an
-#: ASCII letter when it matches a JSON key to a field case-insensitively
-#: (Kelvin sign, long s, dotless i, dotted capital I).
-_GO_FOLDS: Final = {"\u212a": "k", "\u017f": "s", "\u0131": "i", "\u0130": "i"}
-
-
-def _fold(key: str) -> str:
-    return "".join(_GO_FOLDS.get(ch, ch.lower() if ch.isascii() else ch) for ch in key)
-
-
 def _check_keys(obj: Mapping[str, Any], name: str, where: str) -> None:
     """Refuse keys that a case-insensitive decoder would read as ``name``."""
-    folded = _fold(name)
+    folded = go_fold(name)
     for key in obj:
-        if isinstance(key, str) and key != name and _fold(key) == folded:
+        if isinstance(key, str) and key != name and go_fold(key) == folded:
             raise MalformedFilterError(
                 f"{where} has the key {key!r}, which a case-insensitive JSON decoder "
                 f"(Milvus and Weaviate use one) reads as {name!r}, past the row filter; "

@@ -25,6 +25,7 @@ from capture.types import ActionClass, Classification, HttpRequest, Operation, P
 __all__ = [
     "MAX_JSON_DEPTH",
     "BadRequest",
+    "GoObject",
     "Handler",
     "Result",
     "Route",
@@ -44,6 +45,7 @@ __all__ = [
     "match_route",
     "normalize_path",
     "op",
+    "go_fold",
     "parse_json",
     "query_limit",
     "route",
@@ -314,8 +316,72 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return out
 
 
-def parse_json(body: bytes, *, what: str = "body") -> object:
-    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, bounded depth."""
+#: Non-ASCII letters that Go's case-insensitive key matching folds onto an
+#: ASCII letter (Kelvin sign, long s; dotted/dotless i kept for safety).
+_GO_FOLDS = {"\u212a": "k", "\u017f": "s", "\u0131": "i", "\u0130": "i"}
+
+
+def go_fold(key: str) -> str:
+    """``key`` as Go's encoding/json compares keys with struct fields."""
+    return "".join(_GO_FOLDS.get(ch, ch.lower() if ch.isascii() else ch) for ch in key)
+
+
+class GoObject(dict[str, object]):
+    """A JSON object as a Go server (Milvus, Weaviate: encoding/json) reads it
+    into a struct: a field takes the key spelled exactly like it or, failing
+    that, one equal to it ignoring case. ``get``, ``[]`` and ``in`` look keys
+    up the same way, so ``{"CollectionName": "x"}`` is classified as naming
+    collection x, as the server will read it. Keys equal ignoring case are
+    refused when parsed (the server would let the last one win)."""
+
+    __slots__ = ("_folded",)
+
+    def __init__(self, pairs: list[tuple[str, object]]) -> None:
+        super().__init__(pairs)
+        self._folded = {go_fold(k): k for k in self}
+
+    def _key(self, key: object) -> str | None:
+        if dict.__contains__(self, key):
+            return key  # type: ignore[return-value]
+        return self._folded.get(go_fold(key)) if isinstance(key, str) else None
+
+    def __getitem__(self, key: str) -> object:
+        k = self._key(key)
+        if k is None:
+            raise KeyError(key)
+        return dict.__getitem__(self, k)
+
+    def __contains__(self, key: object) -> bool:
+        return self._key(key) is not None
+
+    def get(self, key: str, default: object = None) -> object:
+        k = self._key(key)
+        return default if k is None else dict.__getitem__(self, k)
+
+
+def _go_object(pairs: list[tuple[str, object]]) -> GoObject:
+    seen: dict[str, str] = {}
+    for key, _ in pairs:
+        folded = go_fold(key)
+        first = seen.get(folded)
+        if first is None:
+            seen[folded] = key
+        else:
+            if first == key:
+                raise BadRequest(f"body has duplicate key {key[:80]!r} in one JSON object")
+            raise BadRequest(
+                f"body has keys {first[:80]!r} and {key[:80]!r} in one JSON object; the "
+                "server matches keys ignoring case and would read only the last: send one"
+            )
+    return GoObject(pairs)
+
+
+def parse_json(body: bytes, *, what: str = "body", go: bool = False) -> object:
+    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, bounded depth.
+
+    ``go``: the server decodes with Go's encoding/json (Milvus, Weaviate), which
+    matches keys to fields ignoring case; objects are then :class:`GoObject`
+    and keys equal ignoring case are refused as duplicates."""
     if not body.strip():
         raise BadRequest(f"{what} is empty; a JSON body is required")
     try:
@@ -327,7 +393,7 @@ def parse_json(body: bytes, *, what: str = "body") -> object:
             text,
             parse_constant=_reject_constant,
             parse_float=_parse_float,
-            object_pairs_hook=_no_duplicates,
+            object_pairs_hook=_go_object if go else _no_duplicates,
         )
     except BadRequest:
         raise

@@ -99,7 +99,7 @@ def pk_ids(expr: str) -> list[str] | None:
 def _body(req: HttpRequest) -> dict[str, object]:
     if not req.body.strip():
         return {}
-    return as_obj(parse_json(req.body), "body")
+    return as_obj(parse_json(req.body, go=True), "body")
 
 
 def _db(req: HttpRequest, body: Mapping[str, object]) -> str:

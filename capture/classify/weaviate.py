@@ -50,7 +50,7 @@ def classify_weaviate(req: HttpRequest) -> Classification:
 
 
 def _body(req: HttpRequest) -> dict[str, object]:
-    return as_obj(parse_json(req.body), "body")
+    return as_obj(parse_json(req.body, go=True), "body")
 
 
 def _q(req: HttpRequest, key: str) -> str | None:
@@ -180,7 +180,7 @@ def _reference(req: HttpRequest, p: Mapping[str, str]) -> Result:
         if "className" in p
         else (class_name(q) if (q := _q(req, "class")) else "*")
     )
-    parsed = parse_json(req.body)
+    parsed = parse_json(req.body, go=True)
     refs = parsed if isinstance(parsed, list) else [parsed]
     ids = [oid]
     for i, ref in enumerate(refs):
@@ -259,7 +259,7 @@ def _batch_delete(req: HttpRequest, _p: Mapping[str, str]) -> Result:
 
 
 def _batch_references(req: HttpRequest, _p: Mapping[str, str]) -> Result:
-    refs = as_list(parse_json(req.body), "body")
+    refs = as_list(parse_json(req.body, go=True), "body")
     if not refs:
         raise BadRequest("body is empty")
     groups: dict[tuple[str, str | None], list[str]] = {}
@@ -290,11 +290,11 @@ def _batch_references(req: HttpRequest, _p: Mapping[str, str]) -> Result:
 
 
 def _graphql(req: HttpRequest, _p: Mapping[str, str]) -> Result:
-    return graphql_result(parse_json(req.body), "body")
+    return graphql_result(parse_json(req.body, go=True), "body")
 
 
 def _graphql_batch(req: HttpRequest, _p: Mapping[str, str]) -> Result:
-    return graphql_batch_result(parse_json(req.body), "body")
+    return graphql_batch_result(parse_json(req.body, go=True), "body")
 
 
 def _rest_search(req: HttpRequest, p: Mapping[str, str]) -> Result:
@@ -485,7 +485,7 @@ def _mcp_message(msg: object, where: str) -> Operation:
 def _mcp(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     if req.method != "POST":
         raise BadRequest(f"{req.method} /v1/mcp (stream or session control) is not classified")
-    body = parse_json(req.body)
+    body = parse_json(req.body, go=True)
     msgs = body if isinstance(body, list) else [body]
     if not msgs:
         raise BadRequest("body is an empty JSON-RPC batch")

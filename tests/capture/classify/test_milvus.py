@@ -465,3 +465,20 @@ def test_other_routes_have_no_rows_to_scan(path: str, body: dict[str, object]) -
     c = classify_milvus(_req(path, body))
     assert c.ok, c.error
     assert c.vector_scan_paths == () and c.vector_paths == ()
+
+
+def _milvus(body: bytes, path: str = "/entities/delete") -> object:
+    return classify_milvus(HttpRequest(method="POST", path=V + path, host="m", body=body,
+                                       headers={"content-type": "application/json"}))
+
+
+def test_keys_are_read_ignoring_case_as_milvus_reads_them() -> None:
+    """Regression: Milvus' Go JSON decoder matches keys to fields ignoring case
+    (the last one wins); the classifier read exact keys only, so a body could
+    name one collection here and another upstream."""
+    cls = _milvus(b'{"CollectionName": "secret", "FILTER": "id in [1]"}')
+    assert cls.ok and [op.collection for op in cls.operations] == ["secret"]  # type: ignore[attr-defined]
+    for body in (b'{"collectionName": "public", "COLLECTIONNAME": "secret", "filter": "id in [1]"}',
+                 b'{"collectionName": "public", "Collectionname": "x", "filter": "id in [1]"}'):
+        refused = _milvus(body)
+        assert not refused.ok and "ignoring case" in (refused.error or ""), body  # type: ignore[attr-defined]

@@ -785,3 +785,17 @@ def test_renames_that_would_hide_user_data_are_refused(query: str, error: str) -
     c = _gql(query)
     assert not c.ok
     assert c.error is not None and error in c.error, c.error
+
+
+def test_keys_are_read_ignoring_case_as_weaviate_reads_them() -> None:
+    """Regression: Weaviate's Go JSON decoder matches keys ignoring case; the
+    classifier read exact keys only."""
+    def post(body: bytes) -> Classification:
+        return classify_weaviate(HttpRequest(method="POST", path="/v1/objects", host="w",
+                                             body=body,
+                                             headers={"content-type": "application/json"}))
+
+    cls = post(b'{"CLASS": "Secret", "properties": {"a": 1}}')
+    assert cls.ok and [op.collection for op in cls.operations] == ["Secret"], cls
+    refused = post(b'{"class": "Public", "Class": "Secret", "properties": {"a": 1}}')
+    assert not refused.ok and "ignoring case" in (refused.error or "")
