@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from embedguard import __version__
 from embedguard.settings import Settings
@@ -53,7 +54,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Text, not markup: messages carry paths, URLs and ids that may hold "[...]"
+    err.print(Text.assemble(("error:", "bold red"), " ", message))
     return typer.Exit(code)
 
 

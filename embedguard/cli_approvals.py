@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from capture.approvals.client import ControlApiError, ControlClient
 
@@ -27,9 +27,10 @@ approvals_app = typer.Typer(help="List and decide approval requests.", no_args_i
 tickets_app = typer.Typer(help="Open and inspect change tickets.", no_args_is_help=True)
 grants_app = typer.Typer(help="Issue and list time-boxed (JIT) grants.", no_args_is_help=True)
 
-# markup off: approver groups print as "[Vector-Approve]", which rich would eat
-_out = Console(soft_wrap=True, highlight=False, markup=False)
-_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
+# markup off: approver groups print as "[Vector-Approve]", which rich would eat;
+# emoji codes off: a reason ":white_check_mark:" is shown as typed
+_out = Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
+_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False)
 
 GatewayOpt = Annotated[
     str | None,
@@ -53,7 +54,7 @@ WindowOpt = Annotated[str, typer.Option("--window", help="How long it is valid, 
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
+    _err.print(Text.assemble(("error:", "bold red"), " ", message))
     return typer.Exit(code)
 
 
@@ -104,7 +105,9 @@ def _approval_line(a: dict[str, Any]) -> str:
 
 
 def _show_approval(a: dict[str, Any]) -> None:
-    _out.print(f"approval {a['approval_id']} ({a['kind']}): [bold]{a['status']}[/]", markup=True)
+    _out.print(
+        Text.assemble(f"approval {a['approval_id']} ({a['kind']}): ", (str(a["status"]), "bold"))
+    )
     _out.print(f"  requester  {a['requester']['subject']} ({a['requester']['issuer']})")
     _out.print(f"  requested  {a.get('requested_at')}   expires {a.get('expires_at')}")
     groups = " or ".join("[" + " and ".join(s) + "]" for s in a.get("approver_groups", []))
@@ -170,9 +173,9 @@ def _decide(decision: str, approval_id: str, reason: str, gateway: str | None,
         _print_json(a)
         return
     verb = "approved" if decision == "approve" else "denied"
-    _out.print(f"you {verb} {a['approval_id']}; it is now [bold]{a['status']}[/] "
-               f"({len(a.get('approvals', []))} of {a.get('min_approvals')} approvals)",
-               markup=True)
+    _out.print(Text.assemble(
+        f"you {verb} {a['approval_id']}; it is now ", (str(a["status"]), "bold"),
+        f" ({len(a.get('approvals', []))} of {a.get('min_approvals')} approvals)"))
 
 
 @approvals_app.command("approve")

@@ -25,16 +25,18 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 __all__ = ["dashboard_command", "register", "streamlit_command", "write_auth_secrets"]
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 CLIENT_ID = "embedguard-dashboard"
-_err = Console(stderr=True)
+# no markup, no emoji codes: messages carry paths and variable names as given
+_err = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    _err.print(f"[red]error:[/] {message}", highlight=False)
+    _err.print(Text.assemble(("error:", "red"), " ", message))
     return typer.Exit(code)
 
 

@@ -32,9 +32,16 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from embedguard.settings import Settings
-from pipeline.loader import DEFAULT_GROUP, LoaderConfig, LoaderError, LoadSummary
+from pipeline.loader import (
+    DEFAULT_GROUP,
+    LoaderConfig,
+    LoaderError,
+    LoadSummary,
+    dead_letter_count,
+)
 from pipeline.loader_status import read_statuses, scrub
 
 __all__ = ["loader_app", "register", "rebuild_command"]
@@ -44,8 +51,10 @@ loader_app = typer.Typer(
     invoke_without_command=True,
     no_args_is_help=False,
 )
-_out = Console(soft_wrap=True, highlight=False)
-_err = Console(stderr=True, soft_wrap=True, highlight=False)
+# No markup, no emoji codes: URLs, paths, group names and error messages are
+# printed as they are ("[/x]" in a path is text, not a closing tag).
+_out = Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
+_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False)
 
 LogOpt = Annotated[
     str | None,
@@ -74,10 +83,24 @@ StatusDirOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
+#: how long a run that should end (--once, rebuild) retries an unreachable log or
+#: warehouse before it exits 1 naming it
+ONCE_GIVE_UP_AFTER_S = 60.0
+GiveUpOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--give-up-after",
+        min=0.1,
+        help="Seconds to keep retrying an unreachable log or warehouse before exiting "
+        f"with an error (default: {ONCE_GIVE_UP_AFTER_S:.0f} with --once and for a rebuild; "
+        "a loader without --once retries until stopped, and `loader status` shows it "
+        "retrying)",
+    ),
+]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {scrub(message)}", highlight=False)
+    _err.print(Text.assemble(("error:", "bold red"), " ", scrub(message)))
     return typer.Exit(code)
 
 
@@ -131,7 +154,7 @@ def _progress(enabled: bool, label: str) -> Iterator[Any]:
         yield None
         return
     progress = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TaskProgressColumn(),
@@ -239,6 +262,7 @@ def loader_command(
         ),
     ] = 2,
     status_dir: StatusDirOpt = None,
+    give_up_after: GiveUpOpt = None,
     as_json: JsonOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each retry")] = False,
 ) -> None:
@@ -259,6 +283,7 @@ def loader_command(
             compact_interval=compact_every or None,
             status_dir=_status_dir(status_dir),
             pipeline_depth=pipeline_depth,
+            give_up_after=give_up_after or (ONCE_GIVE_UP_AFTER_S if once else None),
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -295,12 +320,10 @@ async def _live_lag(
     warehouse = open_warehouse(warehouse_url)
     try:
         loaded = await asyncio.to_thread(warehouse.loaded_positions, source)
-        dead = await asyncio.to_thread(
-            warehouse.query, "SELECT count() AS n FROM {dead_letters}", {}
-        )
+        dead = await asyncio.to_thread(dead_letter_count, warehouse)
     finally:
         warehouse.close()
-    return source, ends, loaded, int(dead[0]["n"]) if dead else 0
+    return source, ends, loaded, dead
 
 
 def status_report(log_url: str, warehouse_url: str, group: str, status_dir: Path) -> dict[str, Any]:
@@ -405,8 +428,13 @@ def loader_status_command(
     )
     table = Table("partition", "log end", "loaded", "lag")
     for partition, row in report["partitions"].items():
-        table.add_row(partition, str(row.get("end")), str(row.get("loaded")), str(row.get("lag")))
+        table.add_row(
+            *(Text(str(v)) for v in (partition, row.get("end"), row.get("loaded"), row.get("lag")))
+        )
     _out.print(table)
+    for loader in report["loaders"]:
+        if loader["running"]:  # e.g. "retrying": the warehouse or log is down
+            _out.print(f"loader {loader['host']} pid {loader['pid']}: {loader['state']}")
     if report["last_error"]:
         _out.print(f"last error ({report['last_error_at']}): {report['last_error']}")
     for problem in report["problems"]:
@@ -429,24 +457,26 @@ def rebuild_command(
     ] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1)] = 10_000,
     status_dir: StatusDirOpt = None,
+    give_up_after: GiveUpOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Replay the whole log into a fresh warehouse (every table is a projection)."""
     log_url, live_url = _urls(log, warehouse)
     swap: tuple[Path, Path] | None = None
+    options = ""
     if into is None:
         if not live_url.startswith("lake:"):
             raise _fail(
                 f"rebuilding {scrub(live_url)} in place is only done for lake: warehouses; "
                 "pass --into with a fresh (empty) warehouse URL"
             )
-        live_dir = Path(live_url.removeprefix("lake:"))
+        live_dir, options = _lake_dir(live_url)
         running = [s for s, alive in read_statuses(_status_dir(status_dir)) if alive]
         busy = [
             s
             for s in running
             if s.warehouse.startswith("lake:")
-            and Path(s.warehouse.removeprefix("lake:")).resolve() == live_dir.resolve()
+            and _lake_dir(s.warehouse)[0].resolve() == live_dir.resolve()
         ]
         if busy:
             raise _fail(
@@ -456,7 +486,8 @@ def rebuild_command(
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         target_dir = live_dir.with_name(f"{live_dir.name}.rebuild-{stamp}")
         swap = (live_dir, target_dir)
-        into = f"lake:{target_dir}"
+        # the live URL's options (?body_retention_days=N) hold for the rebuilt lake
+        into = f"lake:{target_dir}{options}"
     _check_fresh(log_url, into)
     config = LoaderConfig(
         group=DEFAULT_GROUP,
@@ -466,6 +497,7 @@ def rebuild_command(
         min_batch=min(100, max_batch),
         compact_interval=None,
         status_dir=None,
+        give_up_after=give_up_after or ONCE_GIVE_UP_AFTER_S,
     )
     summary = _run_loader(log_url, into, config, once=True, show_progress=True, label="rebuilding")
     _compact(into)
@@ -476,7 +508,7 @@ def rebuild_command(
             moved_to = live_dir.with_name(f"{live_dir.name}.before-rebuild-{int(time.time())}")
             live_dir.rename(moved_to)
         target_dir.rename(live_dir)
-        into = f"lake:{live_dir}"
+        into = f"lake:{live_dir}{options}"
     if as_json:
         result = _summary_json(summary)
         result["warehouse"] = scrub(into)
@@ -489,13 +521,19 @@ def rebuild_command(
             _err.print(f"the previous warehouse is kept at {moved_to}; delete it when done")
 
 
+def _lake_dir(url: str) -> tuple[Path, str]:
+    """A ``lake:DIR?OPTIONS`` URL's directory, and its options ("" or "?...")."""
+    path, sep, query = url.removeprefix("lake:").partition("?")
+    return Path(path), sep + query
+
+
 def _check_fresh(log_url: str, warehouse_url: str) -> None:
     """Refuse to 'rebuild' into a warehouse that already holds this log."""
     from pipeline.transport import EventLogError, open_log
     from pipeline.warehouse import WarehouseError, open_warehouse
 
     if warehouse_url.startswith(("lake:", "chdb:")):
-        path = Path(warehouse_url.split(":", 1)[1])
+        path = Path(warehouse_url.split(":", 1)[1].partition("?")[0])
         if path.exists() and any(path.iterdir()):
             raise _fail(
                 f"{path} is not empty; rebuild into a new path (--into lake:NEW_DIR) "

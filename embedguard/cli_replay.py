@@ -23,11 +23,11 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from embedguard.cli_warehouse import JsonOpt, WarehouseOpt, _warehouse
+from embedguard.cli_warehouse import JsonOpt, WarehouseOpt, _reject_empty, _warehouse
 from embedguard.settings import Settings
 from pipeline import queries
 from pipeline.loader_status import scrub
@@ -35,8 +35,16 @@ from pipeline.loader_status import scrub
 __all__ = ["register"]
 
 # Piped output is not squeezed into 80 columns (tables of ids become unreadable).
-_out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 240)
-_err = Console(stderr=True, soft_wrap=True, highlight=False)
+# No markup, no emoji codes: recorded values (subjects, collections, ids, paths)
+# come from clients, and "[/]" or ":skull:" in them is text to show.
+_out = Console(
+    soft_wrap=True,
+    highlight=False,
+    markup=False,
+    emoji=False,
+    width=None if sys.stdout.isatty() else 240,
+)
+_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False)
 
 VkeyOpt = Annotated[
     list[str] | None,
@@ -51,7 +59,7 @@ VkeyFileOpt = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(scrub(message))}")
+    _err.print(Text.assemble(("error:", "bold red"), " ", scrub(message)))
     return typer.Exit(code)
 
 
@@ -68,7 +76,7 @@ def _print_json(data: Any) -> None:
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # it names the session
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -86,13 +94,14 @@ def _cell(value: Any) -> str:
 
 
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
-    table = Table(title=title)
+    # Text, not str: recorded values and arguments are never parsed as markup
+    table = Table(title=Text(title, style="table.title"))
     for c in columns:
         # ids stay on one line: people copy them
         ids = c.endswith("_id") or c in ("point_id", "#") or c.endswith("_at")
         table.add_column(c, no_wrap=ids, overflow="fold", min_width=min(len(c), 10))
     for r in rows:
-        table.add_row(*(escape(_cell(r.get(c))) for c in columns))
+        table.add_row(*(Text(_cell(r.get(c))) for c in columns))
     return table
 
 
@@ -153,7 +162,7 @@ def replay_command(
         except SessionNotFound as exc:
             raise _fail(str(exc)) from None
     for issue in session.chain_issues:
-        _err.print(f"[yellow]warning:[/] session chain: {escape(str(issue))}")
+        _err.print(Text.assemble(("warning:", "yellow"), f" session chain: {issue}"))
     with _progress() as progress:
         task = progress.add_task(f"replaying {session_id}", total=len(session.steps))
         try:
@@ -288,36 +297,35 @@ def diff_command(
     if as_json:
         _print_json({"kind": kind, "a": a, "b": b, "pairs": results})
         return
-    table = Table(title=f"diff of {kind} {a} | {b}")
+    table = Table(title=Text(f"diff of {kind} {a} | {b}", style="table.title"))
     table.add_column("", style="bold")
-    table.add_column(a, overflow="fold")
-    table.add_column(b, overflow="fold")
+    table.add_column(Text(a), overflow="fold")
+    table.add_column(Text(b), overflow="fold")
+
+    def row(label: str, then: str, now: str) -> None:
+        # Text, not str: recorded ids and paths are never parsed as markup
+        table.add_row(Text(label), Text(then), Text(now))
+
     for n, r in enumerate(results):
         dj: dict[str, Any] = r["diff"]
-        table.add_row(
-            f"#{n}", escape(_cell(r["a"]["request_id"])), escape(_cell(r["b"]["request_id"]))
-        )
-        table.add_row(
+        row(f"#{n}", _cell(r["a"]["request_id"]), _cell(r["b"]["request_id"]))
+        row(
             "request",
-            escape(f"{r['a']['method']} {r['a']['path']}"),
-            escape(f"{r['b']['method']} {r['b']['path']}"),
+            f"{r['a']['method']} {r['a']['path']}",
+            f"{r['b']['method']} {r['b']['path']}",
         )
-        table.add_row("status", _cell(dj["status_then"]), _cell(dj["status_now"]))
+        row("status", _cell(dj["status_then"]), _cell(dj["status_now"]))
         for rk in dj["ranked"]:
-            table.add_row(
-                f"ids[{rk['index']}]", escape(_cell(rk["then"])), escape(_cell(rk["now"]))
-            )
-        table.add_row(
+            row(f"ids[{rk['index']}]", _cell(rk["then"]), _cell(rk["now"]))
+        row(
             "changes",
             "same" if dj["identical"] else "",
-            escape(
-                "; ".join(
-                    f"{k}: {_cell(dj[k])}"
-                    for k in ("added_ids", "removed_ids", "moved_ids", "changed_ids")
-                    if dj[k]
-                )
-                + (f"; other: {', '.join(dj['structural'])}" if dj["structural"] else "")
-            ),
+            "; ".join(
+                f"{k}: {_cell(dj[k])}"
+                for k in ("added_ids", "removed_ids", "moved_ids", "changed_ids")
+                if dj[k]
+            )
+            + (f"; other: {', '.join(dj['structural'])}" if dj["structural"] else ""),
         )
     _out.print(table)
 
@@ -353,6 +361,12 @@ def lineage_command(
     state at a time with the writer of each point (--at), or an approval's writes."""
     from replay.lineage import approval_lineage, point_history, state_at
 
+    _reject_empty(
+        ("--collection", collection, "the collection's name"),
+        ("--id", point_id, "a point id"),
+        ("--at", at, "an ISO 8601 time or 'now'"),
+        ("--approval", approval, "an approval or ticket id"),
+    )
     modes = [m for m in (point_id, at, approval) if m is not None]
     if len(modes) != 1:
         raise _fail("give exactly one of --id, --at or --approval", 2)
@@ -569,6 +583,13 @@ def export_command(
     )
     from replay.export import ExportFilters, export_bundle
 
+    _reject_empty(
+        ("--since", since, "an ISO 8601 time"),
+        ("--until", until, "an ISO 8601 time"),
+        ("--actor", actor, "a subject"),
+        ("--collection", collection, "a collection name"),
+        *(("--session", s, "a session id") for s in session or ()),
+    )
     try:
         days = parse_days(hold_days, "--hold-days") if hold_days else configured_hold_days()
     except RetentionError as exc:
@@ -701,11 +722,10 @@ def verify_command(
         _print_json({"target": what, **report.to_json()})
     else:
         for f in report.findings:
-            style = "red" if f.severity == "error" else "yellow"
-            _out.print(f"[{style}]{escape(str(f))}[/]")
+            _out.print(Text(str(f), style="red" if f.severity == "error" else "yellow"))
         verdict = "OK" if report.ok else f"FAILED ({len(report.errors)} error(s))"
         _out.print(
-            f"{escape(what)}: {verdict}: {report.events} events, {report.sessions} sessions, "
+            f"{what}: {verdict}: {report.events} events, {report.sessions} sessions, "
             f"{report.checkpoints_verified} checkpoints, {report.inclusion_verified} inclusion "
             f"and {report.consistency_verified} consistency proofs verified"
         )

@@ -22,6 +22,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from embedguard.settings import Settings
 from pipeline import queries
@@ -37,8 +38,17 @@ warehouse_app = typer.Typer(
 sessions_app = typer.Typer(help="Recorded sessions, from the warehouse.", no_args_is_help=True)
 
 # Piped output is not squeezed into 80 columns (tables of ids become unreadable).
-_out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 240)
-_err = Console(stderr=True, soft_wrap=True, highlight=False)
+# No markup, no emoji codes: what is printed (subjects, collections, ids, paths,
+# error messages) comes from clients and users, and "[/]" or ":skull:" in it is
+# text to show, not a style to apply.
+_out = Console(
+    soft_wrap=True,
+    highlight=False,
+    markup=False,
+    emoji=False,
+    width=None if sys.stdout.isatty() else 240,
+)
+_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False)
 
 WarehouseOpt = Annotated[
     str | None,
@@ -52,8 +62,17 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {scrub(message)}", highlight=False, markup=True)
+    _err.print(Text.assemble(("error:", "bold red"), " ", scrub(message)))
     return typer.Exit(code)
+
+
+def _reject_empty(*options: tuple[str, str | None, str]) -> None:
+    """Exit 2 on the first filter given as "": an empty value would match
+    everything (an unfiltered list or export) instead of what was meant.
+    Each option is (its flag, its value, what to give instead)."""
+    for flag, value, what in options:
+        if value == "":
+            raise _fail(f"{flag} is empty; give {what}, or leave {flag} out", 2)
 
 
 def _url(warehouse: str | None) -> str:
@@ -96,11 +115,13 @@ def _print_json(data: Any) -> None:
 
 
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
-    table = Table(title=title, show_lines=False)
+    # Text, not str: a str cell or title is parsed as markup by a console that
+    # allows it, and warehouse values are whatever clients sent
+    table = Table(title=Text(title, style="table.title"), show_lines=False)
     for c in columns:
         table.add_column(c)
     for r in rows:
-        table.add_row(*(_cell(r.get(c)) for c in columns))
+        table.add_row(*(Text(_cell(r.get(c))) for c in columns))
     return table
 
 
@@ -347,8 +368,15 @@ def sessions_list_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Sessions matching the filters, newest first (paged with --limit/--offset)."""
-    if body is not None and body == "":
-        raise _fail("--body is empty; give the text to look for, or leave --body out", 2)
+    _reject_empty(
+        ("--actor", actor, "a subject"),
+        ("--collection", collection, "a collection name"),
+        ("--action", action, "an action"),
+        ("--decision", decision, "a decision"),
+        ("--since", since, "an ISO 8601 time"),
+        ("--until", until, "an ISO 8601 time"),
+        ("--body", body, "the text to look for"),
+    )
     if action is not None and action not in _ACTIONS:
         raise _fail(f"--action {action!r} is not one of {', '.join(sorted(_ACTIONS))}", 2)
     if decision is not None and decision not in _DECISIONS:

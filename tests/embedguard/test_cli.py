@@ -230,3 +230,21 @@ def test_events_verify_names_the_altered_event(tmp_path: Path) -> None:
     assert res.returncode == 1
     text = " ".join(res.stderr.split())
     assert "01a22900-0000-7000-8000-000000000001" in text and "altered" in text
+
+
+def test_markup_in_an_error_message_is_shown_as_typed(tmp_path: Path) -> None:
+    """A path holding rich markup or an emoji code is printed as it is, not
+    parsed (it raised MarkupError, a traceback, or printed a skull)."""
+    import os
+
+    for missing in (tmp_path / "[/x]" / "events.db", tmp_path / "[bold]:skull:[/].db"):
+        res = subprocess.run(
+            [*EMBEDGUARD, "events", "tail", "--log", f"sqlite:{missing}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "400"},
+        )
+        assert res.returncode == 2, res.stderr
+        assert f"error: no event log at {missing};" in res.stderr
+        assert "Traceback" not in res.stderr and "💀" not in res.stderr

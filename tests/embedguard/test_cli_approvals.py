@@ -207,6 +207,23 @@ def test_clear_errors_without_token_bad_token_or_gateway(gw: GatewayProcess, idp
     assert r.exit_code == 1 and "not_found" in r.stderr
 
 
+def test_markup_and_emoji_codes_are_shown_as_typed(gw: GatewayProcess, idp: str) -> None:
+    """A requester's reason is shown to approvers as written: not styled, not
+    turned into an emoji, and never a MarkupError."""
+    pat = mint_token(idp, "pat", ["Vector-Write", "Vector-Approve"])
+    reason = "[bold]urgent[/] :skull: [/]"
+    tid = open_ticket(gw, pat, reason=reason)["approval_id"]
+    shown = cli(gw, pat, "tickets", "show", tid)
+    assert shown.exit_code == 0, shown.output + shown.stderr
+    assert f"reason     {reason}" in shown.stdout and "💀" not in shown.stdout
+    assert f"approval {tid} (ticket): pending" in shown.stdout
+    listed = cli(gw, pat, "approvals", "list")
+    assert listed.exit_code == 0 and f"reason: {reason}" in listed.stdout
+    missing = cli(gw, pat, "approvals", "show", "[/x]:skull:")
+    assert missing.exit_code == 1 and "error: " in missing.stderr
+    assert "Traceback" not in missing.stderr and "💀" not in missing.stderr
+
+
 def test_real_cli_process_refuses_self_approval(gw: GatewayProcess, idp: str) -> None:
     """The installed command, as a person runs it, token from the environment."""
     pat = mint_token(idp, "pat", ["Vector-Write", "Vector-Approve"])

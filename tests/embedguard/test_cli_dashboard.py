@@ -64,3 +64,10 @@ def test_no_client_secret_is_a_clear_error(tmp_path: Path) -> None:
     r = run("--data", str(tmp_path), "--client-secret-env", "EG_NOT_SET_ANYWHERE")
     assert r.returncode == 2 and "EG_NOT_SET_ANYWHERE" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_markup_in_an_error_message_is_shown_as_typed(tmp_path: Path) -> None:
+    r = run("--data", str(tmp_path), "--client-secret-env", "[/EG]:skull:", env={"COLUMNS": "400"})
+    assert r.returncode == 2, r.stderr
+    assert "error: --client-secret-env [/EG]:skull:: that variable is empty" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -198,13 +198,17 @@ def test_bad_inputs_fail_with_exit_2_and_create_nothing(tmp_path: Path) -> None:
     assert helped.returncode == 0 and "--pipeline-depth" in helped.stdout
 
 
-def test_an_unreachable_warehouse_is_retried_and_no_secret_leaks(tmp_path: Path) -> None:
+def test_a_running_loader_retries_an_unreachable_warehouse_and_no_secret_leaks(
+    tmp_path: Path,
+) -> None:
+    """Without --once the loader waits for the warehouse to come back, and `loader
+    status` shows it retrying (in JSON and in text)."""
     log = f"sqlite:{tmp_path / 'events.db'}"
     asyncio.run(append_records(log, list(chained_records(20, sessions=1))))
     url = f"clickhouse://loader:{SECRET}@127.0.0.1:9/audit"  # nothing listens on port 9
     status_dir = tmp_path / "status"
     proc = subprocess.Popen(
-        [*EMBEDGUARD, "loader", "--log", log, "--warehouse", url, "--once",
+        [*EMBEDGUARD, "loader", "--log", log, "--warehouse", url,
          "--status-dir", str(status_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -227,6 +231,12 @@ def test_an_unreachable_warehouse_is_retried_and_no_secret_leaks(tmp_path: Path)
         assert report["loaders"][0]["state"] == "retrying", report
         assert report["running"] == 1 and report["last_error"]
         assert report["live"] is False and report["problems"]
+        shown = run(
+            "loader", "status", "--log", log, "--warehouse", url, "--status-dir", str(status_dir),
+        )  # fmt: skip
+        pid = report["loaders"][0]["pid"]
+        assert shown.returncode == 0 and f"pid {pid}: retrying" in shown.stdout, shown.stdout
+        assert SECRET not in shown.stdout + shown.stderr
         assert proc.poll() is None  # still retrying, not crashed
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -235,6 +245,87 @@ def test_an_unreachable_warehouse_is_retried_and_no_secret_leaks(tmp_path: Path)
     assert "Traceback" not in err
     for text in (out, err, *(p.read_text() for p in status_dir.glob("*"))):
         assert SECRET not in text
+
+
+def test_once_gives_up_on_an_unreachable_warehouse_and_names_it(tmp_path: Path) -> None:
+    """--once must end: after --give-up-after seconds of retrying it exits 1 with
+    an error naming the warehouse (without its password)."""
+    log = f"sqlite:{tmp_path / 'events.db'}"
+    asyncio.run(append_records(log, list(chained_records(20, sessions=1))))
+    url = f"clickhouse://loader:{SECRET}@127.0.0.1:9/audit"  # nothing listens on port 9
+    status_dir = tmp_path / "status"
+    started = time.monotonic()
+    done = run(
+        "loader", "--log", log, "--warehouse", url, "--once", "--give-up-after", "2",
+        "--status-dir", str(status_dir), timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 90
+    assert "error: gave up after" in done.stderr
+    assert "the warehouse clickhouse://loader@127.0.0.1:9/audit is unavailable" in done.stderr
+    assert "Traceback" not in done.stderr
+    report = json.loads(
+        run(
+            "loader", "status", "--log", log, "--warehouse", url,
+            "--status-dir", str(status_dir), "--json",
+        ).stdout
+    )  # fmt: skip
+    assert report["loaders"][0]["state"] == "failed"
+    assert "gave up after" in report["last_error"]
+    for text in (done.stdout, done.stderr, *(p.read_text() for p in status_dir.glob("*"))):
+        assert SECRET not in text
+    refused = run("loader", "--log", log, "--warehouse", url, "--once", "--give-up-after", "0")
+    assert refused.returncode == 2 and "--give-up-after" in refused.stderr
+
+
+def test_markup_in_arguments_is_shown_as_typed(tmp_path: Path) -> None:
+    """rich markup in a path or a name is text: no MarkupError traceback."""
+    missing = tmp_path / "[/nolog].db"
+    done = run(
+        "loader", "--log", f"sqlite:{missing}", "--warehouse", f"lake:{tmp_path}/l", "--once"
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"error: no event log at {missing};" in done.stderr
+    assert "Traceback" not in done.stderr
+    log = f"sqlite:{tmp_path / 'events.db'}"
+    asyncio.run(append_records(log, list(chained_records(10, sessions=1))))
+    status = run(
+        "loader", "status", "--log", log, "--warehouse", f"lake:{tmp_path / '[b]lake[/]'}",
+        "--group", "[red]ops[/]", "--status-dir", str(tmp_path / "status"),
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert "loader group [red]ops[/]: 0 running" in status.stdout
+    assert "Traceback" not in status.stderr
+
+
+def test_status_counts_each_dead_letter_once_before_a_merge(tmp_path: Path) -> None:
+    """After a kill -9 and a re-write with other batch boundaries a MergeTree table
+    holds rows twice until a merge; `loader status` counts records, not rows."""
+    from embedguard.cli_loader import status_report
+    from pipeline.loader import DEFAULT_GROUP
+    from pipeline.warehouse.clickhouse import ChdbWarehouse
+    from tests.pipeline.loader_helpers import read_records, write_dead_letters_twice
+    from tests.pipeline.warehouse.scenario import shared_chdb_dir, unique_database
+
+    log = f"sqlite:{tmp_path / 'events.db'}"
+    records = list(chained_records(30, sessions=2))
+    for at in (2, 9, 17, 25):
+        records.insert(at, AppendRecord(b"s-x", b"\x00 poison %d" % at))
+    asyncio.run(append_records(log, records))
+    source, read = asyncio.run(read_records(log))
+    database = unique_database()
+    crashing = ChdbWarehouse(str(shared_chdb_dir()), database=database)
+    crashing.migrate()
+    crashing._command(f"SYSTEM STOP MERGES {crashing.db}.dead_letters")  # keep the duplicates
+    restarted = ChdbWarehouse(str(shared_chdb_dir()), database=database)
+    write_dead_letters_twice(crashing, restarted, source, read)
+    assert restarted.query("SELECT count() AS n FROM {dead_letters}", {}) == [{"n": 8}]
+
+    url = f"chdb:{shared_chdb_dir()}?database={database}"
+    report = status_report(log, url, DEFAULT_GROUP, tmp_path / "status")
+    assert report["live"] is True, report["problems"]
+    assert report["dead_letters"] == 4
+    assert report["partitions"] == {"0": {"end": 34, "loaded": 34, "lag": 0}}
 
 
 # --------------------------------------------------------------------------- rebuild
@@ -277,3 +368,30 @@ def test_rebuild_in_place_swaps_the_lake_and_keeps_the_old_one(loaded: dict[str,
     before.pop("loads"), after.pop("loads")
     assert after == before
     assert "rebuilding" in done.stderr  # the progress bar
+
+
+def test_rebuild_in_place_keeps_the_warehouse_url_options(loaded: dict[str, Any]) -> None:
+    """`?body_retention_days=N` is an option of the warehouse, not part of its
+    directory: the rebuilt lake replaces DIR and is compacted with the option."""
+    lake: Path = loaded["lake"]
+    before = counts(lake)
+    assert before["bodies"] > 0
+    done = run(
+        "warehouse", "rebuild", "--log", loaded["log"],
+        "--warehouse", f"lake:{lake}?body_retention_days=30",
+        "--status-dir", str(loaded["status"]), "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["warehouse"] == f"lake:{lake}?body_retention_days=30"
+    assert Path(result["previous"]).parent == lake.parent
+    assert [p.name for p in lake.parent.iterdir() if ".rebuild-" in p.name] == []
+    after = counts(lake)
+    # the log's bodies are from 2026-03-01: past 30 days, purged when it was compacted
+    assert after["events"] == before["events"] == 2_000 and after["bodies"] == 0
+    # a lake that holds data is refused as --into, whatever its options
+    again = run(
+        "warehouse", "rebuild", "--log", loaded["log"],
+        "--into", f"lake:{lake}?body_retention_days=30",
+    )  # fmt: skip
+    assert again.returncode == 2 and f"{lake} is not empty" in again.stderr

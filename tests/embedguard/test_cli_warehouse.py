@@ -15,6 +15,13 @@ from embedguard.cli import app
 from pipeline.warehouse import LoadBatch
 from pipeline.warehouse.ddl import load_migrations
 from pipeline.warehouse.lake import LakeWarehouse
+from tests.embedguard.hostile import (
+    COLLECTION,
+    EMOJI_SUBJECT,
+    SESSION,
+    STYLED_SUBJECT,
+    hostile_lake,
+)
 from tests.pipeline.warehouse.scenario import build_scenario
 
 runner = CliRunner()
@@ -124,6 +131,7 @@ def test_stats_and_compact(lake: str) -> None:
         (["sessions", "list", "--decision", "maybe"], 2, "--decision 'maybe'"),
         (["sessions", "list", "--since", "yesterday"], 2, "ISO 8601"),
         (["sessions", "list", "--body", ""], 2, "--body is empty"),
+        (["sessions", "list", "--actor", ""], 2, "--actor is empty"),
     ],
 )
 def test_bad_input_gets_a_clear_message(
@@ -160,3 +168,68 @@ def test_real_entry_point(lake: str) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["total"] == 5
+
+
+# -- hostile text: markup and emoji codes in arguments and in recorded data ------------------
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return hostile_lake(tmp_path_factory.mktemp("hostile") / "lake")
+
+
+def _shown(res: Any, code: int) -> str:
+    """What the command printed; it exited with ``code`` and raised nothing."""
+    text: str = res.stdout + res.stderr
+    assert res.exit_code == code, text
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in text and "MarkupError" not in text
+    return text
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "literal"),
+    [
+        (["sessions", "show", "[/x]"], 1, "no session '[/x]' in lake:"),
+        (["sessions", "list", "--action", "[/x]"], 2, "--action '[/x]' is not one of"),
+        (["sessions", "list", "--decision", "[bold]deny[/]"], 2, "'[bold]deny[/]'"),
+        (["sessions", "list", "--since", ":skull:[/]"], 2, ":skull:[/]"),
+        (["sessions", "list", "--actor", "[/nobody]"], 0, "0 of 0 sessions"),
+    ],
+)
+def test_markup_in_arguments_is_shown_as_typed(
+    hostile: str, args: list[str], code: int, literal: str
+) -> None:
+    assert literal in _shown(runner.invoke(app, [*args, "--warehouse", hostile]), code)
+
+
+def test_markup_in_a_warehouse_path_is_shown_as_typed(tmp_path: Path) -> None:
+    missing = tmp_path / "[/x]" / ":skull:"
+    res = runner.invoke(app, ["sessions", "list", "--warehouse", f"lake:{missing}"])
+    assert f"no warehouse at {missing}" in _shown(res, 1)
+
+
+def test_recorded_markup_and_emoji_codes_are_shown_as_recorded(hostile: str) -> None:
+    """A client that names its collection "x[/]" must not stop auditors listing
+    sessions, and one whose subject is "[bold]rich[/]" must not appear as "rich"."""
+    listed = _shown(runner.invoke(app, ["sessions", "list", "--warehouse", hostile]), 0)
+    for recorded in (SESSION, STYLED_SUBJECT, COLLECTION, EMOJI_SUBJECT):
+        assert recorded in listed
+    assert "💀" not in listed
+
+    shown = _shown(runner.invoke(app, ["sessions", "show", SESSION, "--warehouse", hostile]), 0)
+    for recorded in (f"session {SESSION}", STYLED_SUBJECT, f"/collections/{COLLECTION}/points"):
+        assert recorded in shown
+    filtered = runner.invoke(
+        app, ["sessions", "list", "--collection", COLLECTION, "--warehouse", hostile, "--json"]
+    )
+    assert [s["subject"] for s in json.loads(_shown(filtered, 0))["sessions"]] == [STYLED_SUBJECT]
+
+
+@pytest.mark.parametrize("flag", ["--actor", "--collection", "--action", "--decision",
+                                  "--since", "--until", "--body"])  # fmt: skip
+def test_an_empty_filter_is_refused_not_ignored(lake: str, flag: str) -> None:
+    """An empty value would list every session as if it had matched."""
+    res = runner.invoke(app, ["sessions", "list", flag, "", "--warehouse", lake])
+    assert f"{flag} is empty" in _shown(res, 2)
+    assert f"or leave {flag} out" in res.stderr

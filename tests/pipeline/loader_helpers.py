@@ -12,9 +12,11 @@ import hashlib
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.transport import AppendRecord, open_log
+from pipeline.transport.base import LogRecord
+from pipeline.warehouse import LoadBatch, WarehouseUnavailable
 from schemas.chain import EventStamper
 from schemas.codec import DecodedEvent, default_codec
 from schemas.models import (
@@ -27,7 +29,16 @@ from schemas.models import (
     SessionStarted,
 )
 
-__all__ = ["append_records", "chained_records", "decode_raw"]
+if TYPE_CHECKING:
+    from pipeline.warehouse.clickhouse import MergeTreeWarehouse
+
+__all__ = [
+    "append_records",
+    "chained_records",
+    "decode_raw",
+    "read_records",
+    "write_dead_letters_twice",
+]
 
 _T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -128,3 +139,45 @@ def decode_raw(raw_hex: str) -> DecodedEvent:
     """Decode a warehouse ``events.raw`` value, selected as ``hex(raw)`` (JSON
     output cannot carry binary), back into the canonical bytes as written."""
     return default_codec().decode(bytes.fromhex(raw_hex))
+
+
+async def read_records(log_url: str) -> tuple[str, list[LogRecord]]:
+    """(the log's source id, every record it holds), as a loader reads them."""
+    async with open_log(log_url) as lg:
+        async with lg.tail_reader() as reader:
+            ends = await reader.end_offsets()
+            records: list[LogRecord] = []
+            while len(records) < sum(ends.values()):
+                records += await reader.poll(max_records=1_000, timeout=1.0)
+            return lg.source_id, records
+
+
+def write_dead_letters_twice(
+    crashing: MergeTreeWarehouse,
+    restarted: MergeTreeWarehouse,
+    source: str,
+    records: list[LogRecord],
+) -> None:
+    """Leave every row of ``records`` twice in the MergeTree tables until a merge,
+    as a kill -9 does: ``crashing`` writes them all but dies before the batch's
+    ``loads`` mark, then ``restarted`` (the same database, opened afresh) writes
+    them again in batches with other boundaries, so other insert dedup tokens."""
+    real = crashing._insert
+
+    def crash_on_loads(table: str, *args: Any) -> None:
+        if table == "loads":
+            raise WarehouseUnavailable("simulated kill -9 before the loads mark", retry_after=0)
+        real(table, *args)
+
+    crashing._insert = crash_on_loads  # type: ignore[method-assign,assignment]
+    try:
+        crashing.write_batch(LoadBatch(source, 0, records))
+    except WarehouseUnavailable:
+        pass
+    else:
+        raise AssertionError("the simulated crash did not happen")
+    finally:
+        del crashing._insert
+    half = len(records) // 2
+    for part in (records[:half], records[half:]):
+        restarted.write_batch(LoadBatch(source, 0, part))

@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from pipeline.loader import BatchPolicy, Loader, LoaderConfig, LoaderError, LoadSummary
+from pipeline.loader import (
+    BatchPolicy,
+    Loader,
+    LoaderConfig,
+    LoaderError,
+    LoadSummary,
+    dead_letter_count,
+)
 from pipeline.loader_status import RateMeter, read_statuses, scrub
 from pipeline.transport import AppendRecord, open_log
 from pipeline.transport.kafka import KafkaEventLog
@@ -27,7 +34,13 @@ from pipeline.warehouse.base import PreparedBatch
 from pipeline.warehouse.lake import LakeWarehouse
 from schemas.chain import verify_chains
 from schemas.codec import FIXTURES_DIR
-from tests.pipeline.loader_helpers import append_records, chained_records, decode_raw
+from tests.pipeline.loader_helpers import (
+    append_records,
+    chained_records,
+    decode_raw,
+    read_records,
+    write_dead_letters_twice,
+)
 
 FAST = {"min_flush_interval": 0.05, "max_flush_interval": 0.3, "retry_initial": 0.05}
 
@@ -111,6 +124,8 @@ def test_batch_policy_grows_under_backlog_and_shrinks_when_idle() -> None:
         ({"min_flush_interval": 0}, "flush"),
         ({"retry_initial": 0}, "retr"),
         ({"group": ""}, "group"),
+        ({"give_up_after": 0}, "give_up_after"),
+        ({"give_up_after": -1.0}, "give_up_after"),
     ],
 )
 def test_bad_config_is_refused(kwargs: dict[str, Any], complaint: str) -> None:
@@ -313,6 +328,69 @@ async def test_unavailable_warehouse_is_retried_with_the_same_batch(tmp_path: Pa
     # the retried batch carried the same dedup token each time
     assert lake.tokens[0] == lake.tokens[1] == lake.tokens[2] == lake.tokens[3]
     assert_exactly_once(lake, 500)
+
+
+class DownLake(LakeWarehouse):
+    """A lake that is never available: it cannot even be migrated."""
+
+    def migrate(self) -> list[str]:
+        raise WarehouseUnavailable(f"{self.url}: disk not mounted (injected)", retry_after=0.05)
+
+
+@pytest.mark.parametrize("down", ["at start", "while writing"])
+async def test_a_run_that_should_end_gives_up_on_an_unavailable_warehouse(
+    tmp_path: Path, down: str
+) -> None:
+    """With give_up_after (``loader --once``, a rebuild) the loader stops with an
+    error naming the warehouse instead of retrying forever; the status says so."""
+    import time
+
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    await append_records(url, list(chained_records(50, sessions=2)))
+    if down == "at start":
+        lake: LakeWarehouse = DownLake(tmp_path / "lake")
+    else:
+        lake = FlakyLake(tmp_path / "lake", failures=1_000_000)
+    started = time.monotonic()
+    with pytest.raises(LoaderError) as caught:
+        await load_once(url, lake, config(tmp_path, give_up_after=0.5))
+    assert time.monotonic() - started < 30
+    message = str(caught.value)
+    assert message.startswith("gave up after ")
+    assert f"the warehouse {lake.url} is unavailable" in message
+    assert "(injected)" in message and "run the loader again" in message
+    (status, running), *_ = read_statuses(tmp_path / "status")
+    assert not running and status.state == "failed"
+    assert status.last_error is not None and "gave up after" in status.last_error
+
+
+async def test_the_dead_letter_total_counts_each_once_before_a_merge(tmp_path: Path) -> None:
+    """A batch written again after a kill -9 with other boundaries leaves rows
+    twice in a MergeTree table until a merge: the status's dead letter total
+    counts each record once (count() said 8 for 4)."""
+    from pipeline.warehouse.clickhouse import ChdbWarehouse
+    from tests.pipeline.warehouse.scenario import shared_chdb_dir, unique_database
+
+    url = f"sqlite:{tmp_path / 'events.db'}"
+    records = list(chained_records(40, sessions=2))
+    for at in (3, 11, 19, 30):
+        records.insert(at, AppendRecord(b"s-x", b"\x00 poison %d" % at))
+    await append_records(url, records)
+    source, read = await read_records(url)
+    database = unique_database()
+    crashing = ChdbWarehouse(str(shared_chdb_dir()), database=database)
+    crashing.migrate()
+    # no background merge may fold the duplicates before they are counted
+    crashing._command(f"SYSTEM STOP MERGES {crashing.db}.dead_letters")
+    restarted = ChdbWarehouse(str(shared_chdb_dir()), database=database)
+    write_dead_letters_twice(crashing, restarted, source, read)
+    assert restarted.query("SELECT count() AS n FROM {dead_letters}", {}) == [{"n": 8}]
+    assert dead_letter_count(restarted) == 4
+
+    summary, _ = await load_once(url, restarted, config(tmp_path))  # type: ignore[arg-type]
+    assert summary.records == 0  # all loaded already
+    ((status, _),) = read_statuses(tmp_path / "status")
+    assert status.dead_letters_total == 4
 
 
 class BrokenLake(LakeWarehouse):
