@@ -31,8 +31,15 @@ events_app = typer.Typer(help="Append to and read the event log.", no_args_is_he
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(events_app, name="events")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
+# No markup or emoji codes: printed text carries session ids, subjects, paths
+# and reasons that clients choose; styling goes through rich.text.Text.
+out = Console(soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, markup=False, emoji=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Plain text with some styled pieces: ("✓", "green")."""
+    return Text.assemble(*parts)
 
 LogOpt = Annotated[
     str | None,
@@ -111,11 +118,11 @@ def schemas_check(as_json: JsonOpt = False) -> None:
         print(json.dumps({"ok": report.ok, "errors": report.errors, "notes": report.notes}))
     else:
         for note in report.notes:
-            out.print(f"[yellow]note:[/] {note}", highlight=False)
+            out.print(styled(("note:", "yellow"), f" {note}"), highlight=False)
         for e in report.errors:
-            err.print(f"[red]✗[/] {e}", highlight=False)
+            err.print(styled(("✗", "red"), f" {e}"), highlight=False)
         if report.ok:
-            out.print("[green]✓[/] schemas, models and every frozen version agree")
+            out.print(styled(("✓", "green"), " schemas, models and every frozen version agree"))
     if not report.ok:
         raise typer.Exit(1)
 
@@ -128,7 +135,7 @@ def schemas_freeze(version: Annotated[str, typer.Argument(help="Version name, e.
     report = check_schemas()
     if not report.ok:
         for e in report.errors:
-            err.print(f"[red]✗[/] {e}", highlight=False)
+            err.print(styled(("✗", "red"), f" {e}"), highlight=False)
         raise fail("fix the errors above before freezing", 1)
     try:
         path = freeze(version)
@@ -169,7 +176,7 @@ def _read_jsonl(path: Path) -> list[Any]:
             problems.append(f"{path}:{n}: {exc}")
     if problems:
         for p in problems[:20]:
-            err.print(f"[red]✗[/] {p}", highlight=False)
+            err.print(styled(("✗", "red"), f" {p}"), highlight=False)
         if len(problems) > 20:
             err.print(f"… and {len(problems) - 20} more")
         raise fail(
@@ -367,21 +374,20 @@ def events_verify(
 
     count, problems, undecodable, report = run(go)
     if report is not None:
-        from rich.markup import escape
-
         ok = report.ok and not undecodable
         if as_json:
             print(json.dumps({**report.to_json(), "ok": ok, "undecodable": undecodable}))
         else:
             for line in undecodable:
-                err.print(f"[red]✗[/] undecodable record {line}", highlight=False)
+                err.print(styled(("✗", "red"), f" undecodable record {line}"), highlight=False)
             for f in report.findings:
-                mark = "[red]✗[/]" if f.severity == "error" else "[yellow]![/]"
-                err.print(f"{mark} {escape(str(f))}", highlight=False)
+                mark = ("✗", "red") if f.severity == "error" else ("!", "yellow")
+                err.print(styled(mark, f" {f}"), highlight=False)
             if ok:
                 out.print(
-                    f"[green]✓[/] {count} events; every session's hash chain verifies; "
-                    f"{report.checkpoints_verified} signed checkpoint(s) match their streams",
+                    styled(("✓", "green"), f" {count} events; every session's hash chain "
+                           f"verifies; {report.checkpoints_verified} signed checkpoint(s) match "
+                           "their streams"),
                     highlight=False,
                 )
         if not ok:
@@ -400,11 +406,12 @@ def events_verify(
         )
     else:
         for line in undecodable:
-            err.print(f"[red]✗[/] undecodable record {line}", highlight=False)
+            err.print(styled(("✗", "red"), f" undecodable record {line}"), highlight=False)
         for problem in problems:
-            err.print(f"[red]✗[/] {problem}", highlight=False)
+            err.print(styled(("✗", "red"), f" {problem}"), highlight=False)
         if not problems and not undecodable:
-            out.print(f"[green]✓[/] {count} events; every session's hash chain verifies")
+            out.print(styled(("✓", "green"),
+                             f" {count} events; every session's hash chain verifies"))
     if problems or undecodable:
         raise typer.Exit(1)
 
@@ -424,14 +431,17 @@ def _print_event(line: dict[str, Any], as_json: bool) -> None:
         return
     if line.get("event") is None:
         out.print(
-            f"{line['partition']}:{line['offset']} [red]undecodable[/] {line['error']}",
+            styled(f"{line['partition']}:{line['offset']} ", ("undecodable", "red"),
+                   f" {line['error']}"),
             highlight=False,
         )
         return
     env = line["event"]["envelope"]
     out.print(
-        f"{line['partition']}:{line['offset']:>8} {env['occurred_at']} [bold]{line['type']:<18}[/] "
-        f"session={env['session_id']} seq={env['seq']} request={env.get('request_id') or '-'}",
+        styled(f"{line['partition']}:{line['offset']:>8} {env['occurred_at']} ",
+               (f"{line['type']:<18}", "bold"),
+               f" session={env['session_id']} seq={env['seq']} "
+               f"request={env.get('request_id') or '-'}"),
         highlight=False,
     )
 
@@ -684,7 +694,7 @@ def up(
         if as_json:
             print(json.dumps(info), flush=True)
         else:
-            out.print("[bold]embedguard embedded stack is up[/]")
+            out.print(styled(("embedguard embedded stack is up", "bold")))
             for k in ("gateway", "dashboard", "chroma", "issuer", "log", "warehouse", "policy",
                       "data_dir"):
                 out.print(f"  {k:<10} {info[k]}", highlight=False)

@@ -248,3 +248,18 @@ def test_markup_in_an_error_message_is_shown_as_typed(tmp_path: Path) -> None:
         assert res.returncode == 2, res.stderr
         assert f"error: no event log at {missing};" in res.stderr
         assert "Traceback" not in res.stderr and "💀" not in res.stderr
+
+
+def test_client_chosen_text_is_printed_as_is_never_as_markup(tmp_path: Path) -> None:
+    """Regression: events tail/verify printed session ids (a client may name
+    its session) through rich markup: "[/x]" crashed the command with a
+    MarkupError traceback, and "[bold]...[/]" or ":skull:" were rendered."""
+    log = f"sqlite:{tmp_path / 'events.db'}"
+    src = tmp_path / "in.jsonl"
+    write_events(src, "[/x] :skull: [bold]gw[/]", sessions=1, per_session=2)
+    assert run("events", "append", "--log", log, "--file", str(src)).returncode == 0
+    tail = run("events", "tail", "--log", log)
+    assert tail.returncode == 0 and "Traceback" not in tail.stderr, tail.stderr
+    assert "session=[/x] :skull: [bold]gw[/]-s0" in tail.stdout, tail.stdout
+    verify = run("events", "verify", "--log", log)
+    assert verify.returncode == 0 and "Traceback" not in verify.stderr, verify.stderr
