@@ -152,20 +152,30 @@ def _request_fold(where: str) -> str:
     return _REQUEST_FOLD % {"where": where}
 
 
+#: A session's summary: the fold of its partial ``sessions`` rows (restricted
+#: by ``{rows}``, e.g. to a time window) and its number of events, which only
+#: ``events`` knows (``sessions`` has no rows for RequestForwarded, approvals,
+#: grants and the like). Both tables are read in one UNION ALL under one
+#: ``{where}`` naming the sessions: ClickHouse pushes that filter into both
+#: branches, evaluating an ``IN`` sub-query (a sessions-list page) once, and
+#: ``events`` is ordered (in the lake: sorted) by session_id, so only these
+#: sessions' rows are read. uniqExactIf(event_id) counts an event loaded twice
+#: once; the other aggregates only see the ``sessions`` rows, as before (the
+#: ``events`` branch reads no other column, and a session needs a row there).
 _SESSION_FOLD = """
 SELECT
     session_id,
-    any(gateway_id) AS gateway_id,
+    anyIf(gateway_id, in_sessions) AS gateway_id,
     any(subject) AS subject,
     any(issuer) AS issuer,
     any(client_address) AS client_address,
     any(token_id) AS token_id,
     any(client_session_name) AS client_session_name,
     any(user_agent) AS user_agent,
-    min(occurred_at) AS started_at,
-    max(occurred_at) AS last_event_at,
+    minIf(occurred_at, in_sessions) AS started_at,
+    maxIf(occurred_at, in_sessions) AS last_event_at,
     any(ended_reason) AS ended_reason,
-    uniqExact(event_id) AS event_count,
+    uniqExactIf(event_id, NOT in_sessions) AS event_count,
     uniqExactIf(request_id, type = 'RequestReceived') AS request_count,
     arraySort(groupUniqArrayArray(actions)) AS actions,
     arraySort(groupUniqArrayArray(collections)) AS collections,
@@ -173,9 +183,23 @@ SELECT
         AS decisions,
     uniqExactIf(request_id, type = 'PolicyDecided' AND outcome = 'deny') AS denied_count,
     uniqExactIf(request_id, type = 'RequestBlocked') AS blocked_count
-FROM {sessions}
+FROM (
+    SELECT
+        session_id, gateway_id, subject, issuer, client_address, token_id,
+        client_session_name, user_agent, occurred_at, ended_reason, event_id, request_id,
+        type, actions, collections, outcome, true AS in_sessions
+    FROM {sessions}
+    WHERE %(rows)s
+    UNION ALL
+    SELECT
+        session_id, '', NULL, NULL, NULL, NULL,
+        NULL, NULL, toDateTime64(0, 6, 'UTC'), NULL, event_id, NULL,
+        '', [], [], NULL, false
+    FROM {events}
+)
 WHERE %(where)s
 GROUP BY session_id
+HAVING countIf(in_sessions) > 0
 """
 
 #: The sessions-list filters; an empty string means "no filter". Each guard is
@@ -270,14 +294,10 @@ def _sessions_list_sql(where: str) -> str:
         ORDER BY first_at DESC, session_id
         LIMIT {limit:UInt32} OFFSET {offset:UInt32}
     )
-) AND """
-        + _IN_WINDOW
+)"""
     )
-    return (
-        "SELECT * FROM ("
-        + _SESSION_FOLD % {"where": page}
-        + ") ORDER BY started_at DESC, session_id"
-    )
+    fold = _SESSION_FOLD % {"rows": _IN_WINDOW, "where": page}
+    return "SELECT * FROM (" + fold + ") ORDER BY started_at DESC, session_id"
 
 
 def _sessions_count_sql(where: str) -> str:
@@ -320,7 +340,7 @@ SESSIONS_LATEST = Query(
 )
 SESSION = Query(
     "session",
-    _SESSION_FOLD % {"where": "session_id = {session_id:String}"},
+    _SESSION_FOLD % {"rows": "1", "where": "session_id = {session_id:String}"},
     "One session's summary.",
 )
 

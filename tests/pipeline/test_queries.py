@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,15 @@ from pipeline.transport.base import LogRecord
 from pipeline.warehouse import LoadBatch, Warehouse
 from pipeline.warehouse.clickhouse import ChdbWarehouse
 from pipeline.warehouse.lake import LakeWarehouse
-from tests.pipeline.warehouse.scenario import Scenario, build_scenario, chdb_warehouse, renumber
+from tests.pipeline.warehouse.scenario import (
+    HOSTILE_TEXTS,
+    Scenario,
+    build_hostile_scenario,
+    build_scenario,
+    chdb_warehouse,
+    hostile_body,
+    renumber,
+)
 
 SRC = "sqlite:queries-test"
 
@@ -420,6 +429,26 @@ def test_sessions_filter_by_a_substring_of_their_bodies(lake: Warehouse) -> None
         assert q.sessions_count(lake, q.SessionFilter(body=hostile)) == 0
 
 
+@pytest.mark.parametrize("backend", ["lake", "merge_tree"])
+def test_event_count_is_the_number_of_the_sessions_events(
+    backend: str, request: pytest.FixtureRequest, scenario: Scenario
+) -> None:
+    """A session's event_count counts all its events, also those that leave no
+    row in the sessions table (RequestForwarded, approvals, grants)."""
+    wh: Warehouse = request.getfixturevalue(backend)
+    events = Counter(e.event.envelope.session_id for e in scenario.events)
+    listed = {r["session_id"]: r["event_count"] for r in q.sessions_list(wh, limit=100)}
+    assert listed == {sid: events[sid] for sid in listed} and len(listed) == 7
+    partial = wh.query(
+        "SELECT session_id, uniqExact(event_id) AS n FROM {sessions} GROUP BY session_id", {}
+    )
+    assert any(r["n"] < events[r["session_id"]] for r in partial)  # the case that matters
+    for sid in listed:
+        summary = q.session(wh, sid)
+        assert summary is not None
+        assert summary["event_count"] == events[sid] == len(q.session_events(wh, sid))
+
+
 def test_session_timeline_is_the_chain_order(lake: Warehouse, scenario: Scenario) -> None:
     events = q.session_events(lake, "s-alice-2")
     expected = [e.event for e in scenario.events if e.event.envelope.session_id == "s-alice-2"]
@@ -497,3 +526,46 @@ def test_lake_reads_work_from_any_current_directory(
     monkeypatch.chdir(tmp_path)
     assert q.sessions_count(lake) == 7
     assert Path.cwd() == tmp_path
+
+
+@pytest.fixture(scope="module")
+def hostile_lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
+    wh = LakeWarehouse(tmp_path_factory.mktemp("hostile-lake"))
+    _load(wh, build_hostile_scenario().records(), 50)
+    yield wh
+    wh.close()
+
+
+@pytest.fixture(scope="module")
+def hostile_merge_tree() -> Iterator[ChdbWarehouse]:
+    wh = chdb_warehouse()
+    _load(wh, build_hostile_scenario().records(), 50)
+    yield wh
+    wh._command(f"DROP DATABASE IF EXISTS {wh.db}")
+
+
+@pytest.mark.parametrize("backend", ["hostile_lake", "hostile_merge_tree"])
+@pytest.mark.parametrize("n", range(len(HOSTILE_TEXTS)))
+def test_parameter_values_match_stored_text_exactly(
+    n: int, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A subject, point id or body text with backslashes, quotes, tabs,
+    newlines, NUL, braces or non-ASCII finds exactly its rows on Delta and on
+    MergeTree: parameter values reach ClickHouse unchanged."""
+    wh: Warehouse = request.getfixturevalue(backend)
+    text, sid, rid = HOSTILE_TEXTS[n], f"s-hostile-{n}", f"r-hostile-{n}"
+    by_actor = q.SessionFilter(actor=text)
+    assert [r["session_id"] for r in q.sessions_list(wh, by_actor)] == [sid]
+    assert q.sessions_count(wh, by_actor) == 1
+    summary = q.session(wh, sid)
+    assert summary is not None and summary["subject"] == text
+    [write] = q.vector_lineage(wh, "files", text, include_unknown=False)
+    assert (write["session_id"], write["request_id"], write["subject"]) == (sid, rid, text)
+    senders = {
+        f"r-hostile-{k}"
+        for k, other in enumerate(HOSTILE_TEXTS)
+        if text.encode() in hostile_body(other)
+    }
+    hits = q.body_search(wh, text, kind="request", limit=100)
+    assert {r for h in hits for r in h["request_ids"]} == senders
+    assert q.sessions_count(wh, q.SessionFilter(body=text)) == len(senders)

@@ -273,6 +273,43 @@ def build_scenario(sessions: int = 3, gateway: str = "gw-1") -> Scenario:
     return Scenario(b.out)
 
 
+#: Strings that ClickHouse's "escaped" query-parameter format would decode or
+#: refuse if a backend passed them on as they are: backslash sequences as text,
+#: a trailing backslash, a real tab, newline, carriage return and NUL, quotes,
+#: something that looks like a placeholder, and non-ASCII text.
+HOSTILE_TEXTS = [
+    "C:\\docs\\new.txt",
+    "dom\\alice",
+    "tail\\",
+    "two\\\\backslashes",
+    "as text: \\n \\t \\0 \\x41 \\N \\' \\\"",
+    "tab\there",
+    "new\nline",
+    "cr\rhere",
+    "nul\x00byte",
+    'quote\'s "double" `back`',
+    "{p:String} {x}",
+    "ünïcödé ✓ 😀",
+]
+
+
+def hostile_body(text: str) -> bytes:
+    return b"<" + text.encode() + b">"
+
+
+def build_hostile_scenario() -> Scenario:
+    """One session per HOSTILE_TEXTS value ``s-hostile-N``, whose subject, the
+    point id it writes (collection ``files``) and its request body (in
+    ``hostile_body``) are that value."""
+    b = _Builder("gw-hostile")
+    for n, text in enumerate(HOSTILE_TEXTS):
+        sid, rid = f"s-hostile-{n}", f"r-hostile-{n}"
+        b.session(sid, text, rid)
+        write = Operation(action=ActionClass.WRITE, collection="files", ids=[text], vector_count=1)
+        b.request(sid, rid, [write], hostile_body(text), path="/collections/files/points")
+    return Scenario(b.out)
+
+
 _CHDB_DIR: Path | None = None
 
 
