@@ -10,6 +10,17 @@ A query may rename the fields it selects (GraphQL aliases: ``{ s: salary }``
 answers ``{"s": ...}``). The classification lists those renames, and
 :func:`aliased_fields` widens the plan's field names and field paths by them,
 so a renamed field is masked as the field itself would be.
+
+A response may also carry a field's value away from the field's key: a Qdrant
+group id is the value of the ``group_by`` field, a facet hit or an
+``order_value`` that of the faceted or ordered field, a Weaviate aggregate
+summarises a property's values. The classification lists those locations
+with the field (``field_aliases`` entries whose first element is a path), and
+:func:`field_plan` masks each one whole when its field is masked by name, with
+the token the field's own value gets (so HMAC tokens still join). Such a
+location is then no longer a response id: it is neither protected from
+masking nor recorded as a result id (a Qdrant ``with_lookup`` record's id is
+the group id).
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ __all__ = [
     "Masker",
     "aliased_fields",
     "extract_ids",
+    "field_plan",
     "set_identity_body",
 ]
 
@@ -216,6 +228,42 @@ def aliased_fields(
     )
 
 
+def _is_value_path(key: str) -> bool:
+    """Whether a ``field_aliases`` entry names a response path (a location
+    holding the field's value) rather than a response key (a GraphQL alias,
+    which cannot contain these characters)."""
+    return "." in key or "[" in key or "{" in key
+
+
+@functools.lru_cache(maxsize=256)
+def field_plan(
+    fields: tuple[str, ...],
+    field_paths: tuple[str, ...],
+    field_aliases: tuple[tuple[str, str], ...],
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The field names and whole-value paths to mask, given a classification's
+    ``field_aliases``, and the value paths among them: the response paths
+    listed as holding a value of a field in ``fields`` (compared
+    case-insensitively, as masking compares keys). Renamed keys widen
+    ``fields`` and ``field_paths`` (:func:`aliased_fields`); the value paths
+    are added to the whole-value paths."""
+    if not field_aliases:
+        return fields, field_paths, ()
+    renames = tuple(a for a in field_aliases if not _is_value_path(a[0]))
+    fields_out, paths_out = aliased_fields(fields, field_paths, renames)
+    folded = {f.casefold() for f in fields}
+    values = tuple(
+        dict.fromkeys(
+            path
+            for path, name in field_aliases
+            if _is_value_path(path) and name.casefold() in folded
+        )
+    )
+    if values:
+        paths_out = tuple(dict.fromkeys((*paths_out, *values)))
+    return fields_out, paths_out, values
+
+
 def _encoding_and_type(headers: http.Headers) -> tuple[str | None, str]:
     """``header_value`` of Content-Encoding and of Content-Type (``""`` when
     absent), in one pass over the fields."""
@@ -263,6 +311,13 @@ class Masker:
                 self._withhold(flow, st, f"response is {ctype or 'untyped'}, not JSON")
             return
         masking = plan is not None and plan.active
+        id_paths = cls.response_ids if cls is not None else ()
+        if masking and plan is not None and cls is not None and cls.field_aliases:
+            _, _, value_paths = field_plan(plan.fields, plan.field_paths, cls.field_aliases)
+            if value_paths:
+                # a location holding a masked field's value is masked even where
+                # it is also a record id, and not recorded as one
+                id_paths = tuple(p for p in id_paths if p not in value_paths)
         if (
             not masking
             and not self.reference
@@ -285,7 +340,7 @@ class Masker:
                 self._withhold(flow, st, "response body is not valid JSON")
             return
         if cls is not None:
-            st.extra["result_ids"] = extract_ids(doc, cls.response_ids)
+            st.extra["result_ids"] = extract_ids(doc, id_paths)
             if cls.product == "milvus" and isinstance(doc, dict):
                 code = doc.get("code")
                 if isinstance(code, int) and code != 0:
@@ -295,7 +350,7 @@ class Masker:
             return
         fields, field_paths = plan.fields, plan.field_paths
         if cls is not None and cls.field_aliases:
-            fields, field_paths = aliased_fields(fields, field_paths, cls.field_aliases)
+            fields, field_paths, _ = field_plan(fields, field_paths, cls.field_aliases)
         strip = plan.strip_vectors and cls is not None
         try:
             if self.reference:
@@ -307,7 +362,7 @@ class Masker:
                     field_paths=field_paths,
                     strip_vector_paths=list(cls.vector_paths) if (strip and cls) else [],
                     vector_scan_paths=list(cls.vector_scan_paths) if (strip and cls) else [],
-                    id_paths=list(cls.response_ids) if cls else [],
+                    id_paths=list(id_paths),
                     mode=plan.mode,
                     hmac_key=self.hmac_key,
                 )
@@ -320,7 +375,7 @@ class Masker:
                     field_paths=field_paths,
                     strip_vector_paths=cls.vector_paths if (strip and cls) else (),
                     vector_scan_paths=cls.vector_scan_paths if (strip and cls) else (),
-                    id_paths=cls.response_ids if cls else (),
+                    id_paths=id_paths,
                     mode=plan.mode,
                     hmac_key=self.hmac_key,
                     source=raw,  # lets it skip the walk when the text holds nothing to mask

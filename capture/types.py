@@ -66,6 +66,13 @@ class Classification:
     vector-shaped value in them is stripped. ``field_aliases`` pairs each
     response key a query renamed (GraphQL aliases) with the field it selects,
     so that masking by field name or path applies to the renamed key too.
+    Its first element may instead be a response *path* (it then has a ``.``,
+    ``[`` or ``{``, which a GraphQL name cannot): a location that holds a
+    value of the named field, or one computed from its values, outside the
+    field's own key (a Qdrant group id is the value of the ``group_by``
+    field; a Weaviate aggregate of a property summarises its values). When
+    that field is masked by name, the location is masked whole with the token
+    the field's value would get, and it is no longer a response id.
     """
 
     product: Product

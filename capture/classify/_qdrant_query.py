@@ -7,10 +7,21 @@ collected in request order; the ids a search touches only come back in the
 response, so search operations are always ``ids_known=False``.
 ``lookup_from`` / ``with_lookup`` read a second collection and add a read
 operation on it (vector-db-apis.md §7).
+
+Some responses carry a payload field's value outside the payload, where
+masking that field by name would not find it: a group's id
+(``result.groups[].id``) is the value of the ``group_by`` field, and so is the
+id of the point ``with_lookup`` found for it (``result.groups[].lookup.id``);
+a point's ``order_value`` is the value of the ``order_by`` field. Those
+locations are listed in ``field_aliases`` with each field name the key goes
+through (:func:`key_names`), so the masker masks them whole, with the field's
+token, when that field is masked. Group ids are also user data, scanned by the
+detectors; a lookup id stays a record id unless its field is masked.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -29,7 +40,15 @@ from capture.classify._common import (
 )
 from capture.types import ActionClass, Operation
 
-__all__ = ["SEARCH_KINDS", "has_id_ids", "limit_of", "search_ops", "with_vectors_of"]
+__all__ = [
+    "SEARCH_KINDS",
+    "has_id_ids",
+    "key_names",
+    "limit_of",
+    "order_by_names",
+    "search_ops",
+    "with_vectors_of",
+]
 
 SEARCH_KINDS = (
     "query",
@@ -57,6 +76,31 @@ def has_id_ids(flt: object, where: str) -> list[str]:
         if isinstance(node, dict) and "has_id" in node:
             ids.extend(id_strs(node["has_id"], f"{where} has_id"))
     return ids
+
+
+_QUOTED = re.compile(r'"([^"]*)"')
+_INDEX = re.compile(r"\[\d*\]")
+
+
+def key_names(key: object, where: str) -> tuple[str, ...]:
+    """The payload field names a Qdrant key goes through: ``meta.email`` ->
+    (``meta``, ``email``); array steps (``tags[]``, ``a[0].b``) and quotes
+    (``"a.b"``, a key with a dot) are understood, and a quoted key is also
+    split at its dots, which can only name more fields."""
+    text = as_str(key, where)
+    names = list(_QUOTED.findall(text))
+    names.extend(re.split(r'[."]+', _INDEX.sub(".", text)))
+    out = tuple(dict.fromkeys(n for n in names if n))
+    if not out:
+        raise BadRequest(f"{where} names no payload field")
+    return out
+
+
+def order_by_names(value: object, where: str) -> tuple[str, ...]:
+    """The field names of an ``order_by`` (a key, or ``{"key": ...}``)."""
+    if isinstance(value, dict):
+        return key_names(value.get("key"), f"{where}.key")
+    return key_names(value, where)
 
 
 #: Qdrant's defaults: points per group of a groups request, and points sampled
@@ -88,6 +132,27 @@ class _Acc:
     filters: list[object] = field(default_factory=list)
     #: (collection, ids looked up there, ids_known)
     lookups: list[tuple[str, list[str], bool]] = field(default_factory=list)
+    #: field names of every order_by query (the points' order_value)
+    order_by: list[str] = field(default_factory=list)
+
+
+#: the ids that are the group_by field's value: a group's, and that of the
+#: point with_lookup found for it
+_GROUP_IDS = ("result.groups[].id", "result.groups[].lookup.id")
+
+
+@dataclass
+class _Fields:
+    """Payload fields whose values a response carries outside the payload."""
+
+    group_by: list[str] = field(default_factory=list)
+    order_by: list[str] = field(default_factory=list)
+
+    def locations(self, roots: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        """(response path, field name) pairs, for points at ``roots``."""
+        pairs = [(g, name) for name in self.group_by for g in _GROUP_IDS]
+        pairs.extend((f"{r}.order_value", name) for name in self.order_by for r in roots)
+        return tuple(dict.fromkeys(pairs))
 
 
 def _vector_input(value: object, where: str, acc: _Acc) -> None:
@@ -158,6 +223,8 @@ def _query(value: object, where: str, acc: _Acc) -> None:
     elif "context" in value:
         _context_pairs(value["context"], f"{where}.context", acc)
     elif any(k in value for k in _NO_INPUT_QUERIES):
+        if "order_by" in value:
+            acc.order_by.extend(order_by_names(value["order_by"], f"{where}.order_by"))
         if "formula" in value:
             acc.ids.extend(has_id_ids(value["formula"], f"{where}.formula"))
     else:
@@ -217,8 +284,17 @@ def _query_like(body: Mapping[str, object], where: str, acc: _Acc, depth: int) -
 
 
 def _one(
-    base: str, grouped: bool, body: Mapping[str, object], where: str, collection: str, detail: str
+    base: str,
+    grouped: bool,
+    body: Mapping[str, object],
+    where: str,
+    collection: str,
+    detail: str,
+    fields: _Fields | None = None,
 ) -> list[Operation]:
+    """The operations of one search; ``fields`` gets the payload fields whose
+    values the response carries outside the payload (see the module
+    docstring)."""
     acc = _Acc()
     if base == "query":
         _query_like(body, where, acc, 0)
@@ -242,6 +318,10 @@ def _one(
         _filter(body, where, acc)
     if grouped:
         _with_lookup(body, where, acc)
+        if fields is not None and body.get("group_by") is not None:
+            fields.group_by.extend(key_names(body["group_by"], f"{where}.group_by"))
+    if fields is not None:
+        fields.order_by.extend(acc.order_by)
     # limit is the most points the operation can return: groups × group_size
     # and samples × neighbours, with Qdrant's defaults for an absent factor
     limit = limit_of(body, "limit", where)
@@ -299,6 +379,7 @@ def search_ops(kind: str, body: Mapping[str, object], collection: str) -> Result
         else:
             resp = ("result.ids[]",)
         return Result(ops, response_ids=resp)
+    fields = _Fields()
     if variant == "batch":
         searches = as_list(body.get("searches"), "body.searches")
         if not searches:
@@ -306,16 +387,19 @@ def search_ops(kind: str, body: Mapping[str, object], collection: str) -> Result
         ops = []
         for i, item in enumerate(searches):
             w = f"body.searches[{i}]"
-            ops.extend(_one(base, False, as_obj(item, w), w, collection, kind))
+            ops.extend(_one(base, False, as_obj(item, w), w, collection, kind, fields))
         key = "query_batch" if base == "query" else "batch"
     else:
         grouped = variant == "groups"
-        ops = _one(base, grouped, body, "body", collection, kind)
+        ops = _one(base, grouped, body, "body", collection, kind, fields)
         key = "groups" if grouped else ("query" if base == "query" else "single")
     roots = _PATHS[key]
+    # a group id is a payload value (not a record id): the detectors scan it
+    group_ids = ("result.groups[].id",) if key == "groups" else ()
     return Result(
         ops,
         response_ids=tuple(f"{r}.id" for r in roots),
-        user_data_paths=tuple(f"{r}.payload" for r in roots),
+        user_data_paths=(*(f"{r}.payload" for r in roots), *group_ids),
         vector_paths=tuple(f"{r}.vector" for r in roots),
+        field_aliases=fields.locations(roots),
     )

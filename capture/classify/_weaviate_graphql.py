@@ -21,6 +21,31 @@ vectors, and everything else Weaviate adds (generated text, answers, group
 hits, ...), which is user data. Cross-references are lists of objects that
 carry their own ``_additional``: their ids and vectors are listed as well, so
 that they are kept and stripped as the top-level object's are.
+
+Aggregates and groups answer a property's values under other keys than the
+property's own, where masking it by name would not look: ``Aggregate { Doc {
+salary { minimum topOccurrences { value } } } }`` answers
+``{"salary": {"minimum": ..., "topOccurrences": [{"value": ...}]}}``, and a
+``groupBy`` answers the grouped property's value as ``groupedBy.value``. Each
+such location is listed in ``field_aliases`` as (response path, property
+name), under whatever aliases the query gives, so that masking the property
+by name masks it too (see capture/types.py). What an aggregate of a masked
+property may still show is chosen so as to reveal no value of it:
+
+* ``count`` (how many objects have the property) and ``type`` (its data
+  type), and ``occurs`` in ``topOccurrences`` (how many objects share a value
+  that is itself masked). These say no more than a ``Get`` does, which masks
+  a value but leaves a missing one ``null``.
+* Everything else is masked: ``topOccurrences.value``, ``minimum``,
+  ``maximum``, ``median`` and ``mode`` (each is some object's value), ``mean``
+  and ``sum`` (an object's value, when a ``where`` leaves one object),
+  ``totalTrue``/``totalFalse``/``percentageTrue``/``percentageFalse`` (the same
+  for booleans), ``pointingTo``, and any field Weaviate adds later.
+
+A ``groupBy`` on a path through a masked property masks ``groupedBy.value``
+(``path`` only echoes the request). A ``where`` filter on a masked property
+can still confirm a guessed value through counts; masking responses cannot
+prevent that, a policy has to deny such filters.
 """
 
 from __future__ import annotations
@@ -80,6 +105,10 @@ _ADDITIONAL_SCALARS = frozenset(
     {"distance", "certainty", "score", "creationTimeUnix", "lastUpdateTimeUnix", "isConsistent"}
 )
 _ID_VALUE_KEYS = ("valueText", "valueString", "valueTextArray", "valueStringArray")
+#: aggregate fields of a property that reveal none of its values (see the
+#: module docstring); every other one is masked with the property
+_AGGREGATE_SAFE = frozenset({"count", "type", "__typename"})
+_OCCURRENCE_SAFE = frozenset({"occurs", "__typename"})
 
 
 def class_name(name: str) -> str:
@@ -125,6 +154,9 @@ class _Out:
     user_data: list[str] = field(default_factory=list)
     vectors: list[str] = field(default_factory=list)
     aliases: list[tuple[str, str]] = field(default_factory=list)
+    #: (response path, property name): where a property's values appear
+    #: outside its own key (aggregates, groupedBy)
+    values: list[tuple[str, str]] = field(default_factory=list)
     visited: int = 0
 
 
@@ -152,7 +184,7 @@ def _result(out: _Out) -> Result:
         response_ids=dedupe(out.response_ids),
         user_data_paths=dedupe(out.user_data),
         vector_paths=dedupe(out.vectors),
-        field_aliases=tuple(dict.fromkeys(out.aliases)),
+        field_aliases=tuple(dict.fromkeys((*out.aliases, *out.values))),
     )
 
 
@@ -315,13 +347,18 @@ class _Walker:
         database = tenant if isinstance(tenant, str) else None
         lw = f"{kind}.{cls}"
         limit = as_int_limit(args.get("limit", args.get("objectLimit")), f"{lw}.limit")
+        grouped_on = (
+            _group_names(args["groupBy"], f"{self.where}: {lw} groupBy")
+            if args.get("groupBy") is not None
+            else ()
+        )
         with_vectors = False
         generate = False
         for prop in self.fields(c.selection_set):
             name = prop.name.value
             pkey = self.key(prop, out)
             if name == "_additional":
-                v, g = self.additional(prop, base, pkey, out, top=True)
+                v, g = self.additional(prop, base, pkey, out, top=True, grouped_on=grouped_on)
                 with_vectors = with_vectors or v
                 generate = generate or g
             elif name.startswith("__"):
@@ -330,19 +367,10 @@ class _Walker:
                 # a property (Weaviate property names may start with one _)
                 out.user_data.append(f"{base}.{pkey}")
                 self.nested(prop.selection_set, f"{base}.{pkey}", out)
+            elif name == "groupedBy":
+                self.grouped_by(prop, f"{base}.{pkey}", grouped_on, out, scan=True)
             else:
-                for sub in self.fields(prop.selection_set):
-                    skey = self.key(sub, out)
-                    if sub.name.value == "topOccurrences":
-                        out.user_data.append(f"{base}.{pkey}.{skey}[].value")
-                        for occ in self.fields(sub.selection_set):
-                            okey = self.key(occ, out)
-                            if occ.name.value == "value" and okey != "value":
-                                out.user_data.append(f"{base}.{pkey}.{skey}[].{okey}")
-                    elif name == "groupedBy" and sub.name.value == "value":
-                        out.user_data.append(f"{base}.{pkey}.{skey}")
-                    else:
-                        self.nested(sub.selection_set, f"{base}.{pkey}.{skey}", out)
+                self.aggregate(prop, f"{base}.{pkey}", out)
         if kind == "Get":
             search = any(k.startswith("near") or k in _SEARCH_ARGS for k in args)
             action = ActionClass.SEARCH if search else ActionClass.READ
@@ -367,8 +395,52 @@ class _Walker:
             )
         )
 
+    def aggregate(self, prop: FieldNode, at: str, out: _Out) -> None:
+        """The aggregate of a property (``meta`` too: its ``count`` is safe),
+        answered at ``at``: each field that reveals values is listed with the
+        property (see the module docstring)."""
+        name = prop.name.value
+        if prop.selection_set is None:
+            out.values.append((at, name))
+        for sub in self.fields(prop.selection_set):
+            skey = self.key(sub, out)
+            here = f"{at}.{skey}"
+            if sub.name.value == "topOccurrences":
+                out.user_data.append(f"{here}[].value")
+                out.values.append((f"{here}[].value", name))
+                for occ in self.fields(sub.selection_set):
+                    okey = self.key(occ, out)
+                    if occ.name.value == "value" and okey != "value":
+                        out.user_data.append(f"{here}[].{okey}")
+                    if occ.name.value not in _OCCURRENCE_SAFE:
+                        out.values.append((f"{here}[].{okey}", name))
+            elif sub.name.value not in _AGGREGATE_SAFE:
+                out.values.append((here, name))
+                self.nested(sub.selection_set, here, out)
+
+    def grouped_by(
+        self, f: FieldNode, at: str, grouped_on: tuple[str, ...], out: _Out, *, scan: bool
+    ) -> None:
+        """``groupedBy { value path }`` at ``at``: ``value`` is the value of
+        the grouped property, listed with each name on the groupBy path (and
+        as user data when ``scan``, i.e. not already under user data)."""
+        for sub in self.fields(f.selection_set):
+            skey = self.key(sub, out)
+            if sub.name.value == "value":
+                here = f"{at}.{skey}"
+                if scan:
+                    out.user_data.append(here)
+                out.values.extend((here, n) for n in grouped_on)
+
     def additional(
-        self, f: FieldNode, base: str, akey: str, out: _Out, *, top: bool
+        self,
+        f: FieldNode,
+        base: str,
+        akey: str,
+        out: _Out,
+        *,
+        top: bool,
+        grouped_on: tuple[str, ...] = (),
     ) -> tuple[bool, bool]:
         """``_additional`` of the objects at ``base`` (a path ending in ``[]``):
         the id, the vectors, and, at the top level (below, the property that
@@ -397,10 +469,13 @@ class _Walker:
                     out.user_data.append(here)
                 if ename == "group":
                     # groupBy: the group's hits are objects with properties and
-                    # their own _additional
+                    # their own _additional; groupedBy holds the grouped value
                     for sub in self.fields(extra.selection_set):
                         skey = self.key(sub, out)
-                        self.nested(sub.selection_set, f"{here}.{skey}", out)
+                        if sub.name.value == "groupedBy":
+                            self.grouped_by(sub, f"{here}.{skey}", grouped_on, out, scan=False)
+                        else:
+                            self.nested(sub.selection_set, f"{here}.{skey}", out)
                 else:
                     self.nested(extra.selection_set, here, out)
         return with_vectors, generate
@@ -415,6 +490,21 @@ class _Walker:
                 self.additional(f, f"{objects}[]", key, out, top=False)
             else:
                 self.nested(f.selection_set, f"{objects}[].{key}", out)
+
+
+def _group_names(value: object, where: str) -> tuple[str, ...]:
+    """The names on a ``groupBy`` path: ``["cat"]`` or ``"cat"`` (Aggregate),
+    ``{path: ["cat"], ...}`` (Get); a reference path names the reference,
+    the class and the property, each treated as a field name."""
+    if isinstance(value, dict):
+        return _group_names(value.get("path"), f"{where}.path")
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(
+        isinstance(v, str) and v for v in value
+    ):
+        raise BadRequest(f"{where} must be a property name or a list of them")
+    return tuple(dict.fromkeys(value))
 
 
 def _near_inputs(args: Mapping[str, object]) -> tuple[list[str], int]:

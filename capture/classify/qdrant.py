@@ -4,6 +4,12 @@ Reference: shared/vector-db-apis.md §2 (routes), §7 (batches), §8 (filter
 writes). Query-style bodies (``query``, ``search``, ``recommend``,
 ``discover`` and their batch/groups variants) are read by
 :mod:`capture.classify._qdrant_query`.
+
+A facet answers the faceted payload field's values (``result.hits[].value``)
+and a scroll ordered by a payload field answers each point's value of it
+(``result.points[].order_value``): both locations are listed in
+``field_aliases`` with the field's names, so masking that field by name
+masks them (see _qdrant_query's docstring).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from capture.classify._common import (
 from capture.classify._qdrant_query import (
     SEARCH_KINDS,
     has_id_ids,
+    key_names,
     limit_of,
+    order_by_names,
     search_ops,
     with_vectors_of,
 )
@@ -39,6 +47,9 @@ A = ActionClass
 C = "/collections/{collection}"
 _Build = Callable[[Mapping[str, object], str, str], list[Operation]]
 _Handler = Callable[[HttpRequest, Mapping[str, str]], Result]
+#: (body key naming a payload field, response path holding its values, the
+#: field names the body key's value goes through)
+_Located = tuple[str, str, Callable[[object, str], tuple[str, ...]]]
 
 
 def classify_qdrant(req: HttpRequest) -> Classification:
@@ -224,7 +235,11 @@ def _get_point(req: HttpRequest, p: Mapping[str, str]) -> Result:
 
 
 def _filtered_read(
-    detail: str, resp: tuple[str, ...], data: tuple[str, ...], vectors: tuple[str, ...]
+    detail: str,
+    resp: tuple[str, ...],
+    data: tuple[str, ...],
+    vectors: tuple[str, ...],
+    located: _Located | None = None,
 ) -> _Handler:
     def handler(req: HttpRequest, p: Mapping[str, str]) -> Result:
         body = _body(req)
@@ -233,6 +248,10 @@ def _filtered_read(
         if body.get("filter") is not None:
             filters.append(as_obj(body["filter"], "body.filter"))
             ids = has_id_ids(body["filter"], "body.filter")
+        values: tuple[tuple[str, str], ...] = ()
+        if located is not None and body.get(located[0]) is not None:
+            key, path, names = located
+            values = tuple((path, name) for name in names(body[key], f"body.{key}"))
         return Result(
             [
                 op(
@@ -249,9 +268,14 @@ def _filtered_read(
             response_ids=resp,
             user_data_paths=data,
             vector_paths=vectors,
+            field_aliases=values,
         )
 
     return handler
+
+
+_ORDERED_POINTS: _Located = ("order_by", "result.points[].order_value", order_by_names)
+_FACET_VALUES: _Located = ("key", "result.hits[].value", key_names)
 
 
 def _search(kind: str) -> _Handler:
@@ -446,10 +470,15 @@ ROUTES: list[Route[HttpRequest]] = [
             ("result.points[].id", "result.next_page_offset"),
             ("result.points[].payload",),
             ("result.points[].vector",),
+            _ORDERED_POINTS,
         ),
     ),
     route("POST", f"{C}/points/count", _filtered_read("count", (), (), ())),
-    route("POST", f"{C}/facet", _filtered_read("facet", (), ("result.hits[].value",), ())),
+    route(
+        "POST",
+        f"{C}/facet",
+        _filtered_read("facet", (), ("result.hits[].value",), (), _FACET_VALUES),
+    ),
     route("POST", f"{C}/shards/{{shard}}/points", _retrieve),
     route(
         "POST",
@@ -459,6 +488,7 @@ ROUTES: list[Route[HttpRequest]] = [
             ("result.points[].id", "result.next_page_offset"),
             ("result.points[].payload",),
             ("result.points[].vector",),
+            _ORDERED_POINTS,
         ),
     ),
     route("POST", f"{C}/shards/{{shard}}/points/count", _filtered_read("shard_count", (), (), ())),

@@ -328,8 +328,24 @@ def _rest_search(req: HttpRequest, p: Mapping[str, str]) -> Result:
 
 
 def _rest_aggregate(req: HttpRequest, p: Mapping[str, str]) -> Result:
+    """``groups[].groupedBy.value`` is the ``groupBy`` property's value, so it
+    is listed with that property for masking by name. A ``returnMetrics``
+    entry ``property:statistic`` is reserved (servers answer 422); as its
+    answer's shape is not defined, naming a property there lists the whole
+    response with it (masks everything if that property is masked)."""
     body = _body(req) if req.body.strip() else {}
     filters = [as_obj(body["where"], "body.where")] if body.get("where") is not None else []
+    values: list[tuple[str, str]] = []
+    if body.get("groupBy") is not None:
+        group = as_str(body["groupBy"], "body.groupBy")
+        if group:
+            values.append(("groups[].groupedBy.value", group))
+    metrics = body.get("returnMetrics")
+    if metrics is not None:
+        for i, metric in enumerate(as_list(metrics, "body.returnMetrics")):
+            name, sep, _ = as_str(metric, f"body.returnMetrics[{i}]").partition(":")
+            if sep and name:
+                values.append(("{*}", name))
     return Result(
         [
             op(
@@ -342,6 +358,7 @@ def _rest_aggregate(req: HttpRequest, p: Mapping[str, str]) -> Result:
             )
         ],
         user_data_paths=("groups[]",),
+        field_aliases=tuple(dict.fromkeys(values)),
     )
 
 

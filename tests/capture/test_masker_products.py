@@ -10,17 +10,25 @@ Regressions of the third audit:
 (B) a Weaviate GraphQL alias renamed a field out of reach of masking by name;
 (C) keys named ``id``, ``_id`` or ``ids`` anywhere in user data were skipped,
     with everything under them.
+
+Regressions of the fourth audit: a field's value answered away from the
+field's key escaped masking by that field's name:
+(D) Qdrant point groups: a group's id is the ``group_by`` field's value (and
+    so is the id of the point ``with_lookup`` finds for it); likewise a facet
+    hit's value and an ``order_by`` query's ``order_value``;
+(E) Weaviate aggregates (``topOccurrences``, ``minimum``, ``mean``, ...) of a
+    property, and ``groupedBy.value`` of a ``groupBy`` on it.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from capture.classify import classify
-from capture.masker import Masker, MaskPlan, aliased_fields
+from capture.masker import Masker, MaskPlan, aliased_fields, field_plan
 from capture.types import Classification, HttpRequest, Product
 from schemas.models import MaskedField
 from tests.capture.test_masker import HMAC_KEY, _run
@@ -52,7 +60,17 @@ def deliver(cls: Classification, answer: Any, *, detectors: tuple[str, ...] = ()
             strip_vectors: bool = False) -> tuple[Any, list[MaskedField]]:
     """The body the client receives and the fields recorded as masked; the
     fast and the reference Masker must agree on both."""
-    plan = MaskPlan(detectors=detectors, fields=fields, field_paths=field_paths,
+    out, masked, _ = deliver_ids(cls, answer, detectors=detectors, fields=fields,
+                                 field_paths=field_paths, strip_vectors=strip_vectors)
+    return out, masked
+
+
+def deliver_ids(cls: Classification, answer: Any, *, detectors: tuple[str, ...] = (),
+                fields: tuple[str, ...] = (), field_paths: tuple[str, ...] = (),
+                strip_vectors: bool = False, mode: Literal["placeholder", "hmac"] = "placeholder",
+                ) -> tuple[Any, list[MaskedField], list[str]]:
+    """:func:`deliver`, in either mask mode, and the result ids recorded."""
+    plan = MaskPlan(detectors=detectors, fields=fields, field_paths=field_paths, mode=mode,
                     strip_vectors=strip_vectors, user_data_paths=cls.user_data_paths)
     body = json.dumps(answer).encode()
     headers = [(b"content-type", b"application/json"),
@@ -60,9 +78,9 @@ def deliver(cls: Classification, answer: Any, *, detectors: tuple[str, ...] = ()
     fast = _run(Masker(HMAC_KEY), body, headers, cls, plan)
     reference = _run(Masker(HMAC_KEY, reference=True), body, headers, cls, plan)
     assert fast == reference
-    status, raw, _, masked, *_ = fast
+    status, raw, _, masked, ids, *_ = fast
     assert status == 200
-    return json.loads(raw), list(masked or [])
+    return json.loads(raw), list(masked or []), list(ids)
 
 
 # ------------------------------------------------------------ (A) Milvus vectors
@@ -307,3 +325,285 @@ def test_id_fields_named_by_a_policy_are_masked_but_record_ids_are_kept() -> Non
                      fields=("id", "ids"))
     assert out["result"][0] == {"id": 1, "payload": {"id": "[MASKED:field]",
                                                      "ids": "[MASKED:field]"}}
+
+
+# -------------------------------- (D) Qdrant: group ids, facets, order values
+
+GROUPS = "/collections/docs/points/{}/groups"
+ALICE, BOB = "Alice@x.io", "bob@y.io"
+
+
+def _groups(*, lookup: bool = False, key: str = "email",
+            values: tuple[Any, Any] = (ALICE, BOB)) -> dict[str, Any]:
+    def group(gid: Any, pid: int) -> dict[str, Any]:
+        g: dict[str, Any] = {"id": gid, "hits": [{"id": pid, "score": 0.9,
+                                                  "payload": {key: gid, "t": "x"}}]}
+        if lookup:
+            g["lookup"] = {"id": gid, "payload": {"title": "a doc"}}
+        return g
+
+    return {"result": {"groups": [group(values[0], 1), group(values[1], 2)]}, "status": "ok"}
+
+
+@pytest.mark.parametrize("kind", ["query", "search", "recommend"])
+def test_qdrant_group_ids_are_scanned_by_the_detectors(kind: str) -> None:
+    body = {"query": [0.1], "vector": [0.1], "positive": [7], "group_by": "email"}
+    cls = classified("qdrant", "POST", GROUPS.format(kind), body)
+    out, masked, ids = deliver_ids(cls, _groups(), detectors=("email",))
+    groups = out["result"]["groups"]
+    assert [g["id"] for g in groups] == ["[MASKED:email]"] * 2
+    assert [g["hits"][0]["id"] for g in groups] == [1, 2]  # record ids are kept
+    assert ALICE not in json.dumps(out) and BOB not in json.dumps(out)
+    assert MaskedField(path="result.groups[0].id", kind="email") in masked
+    assert ids == ["1", "2"]
+
+
+def test_qdrant_group_ids_of_a_masked_field_get_its_hmac_token() -> None:
+    """Grouped by a field masked by name: each group id is masked as the
+    field itself is, so HMAC tokens still join a group to its hits."""
+    cls = classified("qdrant", "POST", GROUPS.format("query"),
+                     {"query": [0.1], "group_by": "email", "limit": 2})
+    out, masked, _ = deliver_ids(cls, _groups(), fields=("EMAIL",), mode="hmac")
+    for g in out["result"]["groups"]:
+        token = g["hits"][0]["payload"]["email"]
+        assert token.startswith("[HMAC:field:") and g["id"] == token
+    assert out["result"]["groups"][0]["id"] != out["result"]["groups"][1]["id"]
+    assert {f.path for f in masked} == {
+        "result.groups[0].id", "result.groups[1].id",
+        "result.groups[0].hits[0].payload.email", "result.groups[1].hits[0].payload.email",
+    }
+
+
+@pytest.mark.parametrize(
+    ("group_by", "fields"),
+    [("email", ("email",)), ("meta.email", ("email",)), ("meta.email", ("meta",)),
+     ("emails[]", ("emails",)), ('"contact.email"', ("contact.email",))],
+)
+def test_qdrant_group_by_through_a_masked_field_masks_group_ids(
+    group_by: str, fields: tuple[str, ...]
+) -> None:
+    cls = classified("qdrant", "POST", GROUPS.format("search"),
+                     {"vector": [0.1], "group_by": group_by})
+    out, _, _ = deliver_ids(cls, _groups(), fields=fields)
+    assert [g["id"] for g in out["result"]["groups"]] == ["[MASKED:field]"] * 2
+
+
+def test_qdrant_group_ids_of_other_fields_are_kept() -> None:
+    cls = classified("qdrant", "POST", GROUPS.format("query"),
+                     {"query": [0.1], "group_by": "doc_id", "with_lookup": "docs_meta"})
+    answer = _groups(lookup=True, key="doc_id", values=(11, REF))
+    out, masked, ids = deliver_ids(cls, answer, fields=("email", "title"),
+                                   detectors=("email", "card"))
+    assert [g["id"] for g in out["result"]["groups"]] == [11, REF]
+    assert [g["lookup"]["id"] for g in out["result"]["groups"]] == [11, REF]
+    assert {f.path for f in masked} == {"result.groups[0].lookup.payload.title",
+                                        "result.groups[1].lookup.payload.title"}
+    assert ids == ["1", "2", "11", REF]
+
+
+def test_qdrant_lookup_ids_of_a_masked_group_by_field_are_masked_and_not_recorded() -> None:
+    """with_lookup finds the point whose id is the group id: under a mask of
+    the group_by field that id is the masked value, so it is masked (with the
+    same token) and kept out of the recorded result ids."""
+    cls = classified("qdrant", "POST", GROUPS.format("query"),
+                     {"query": [0.1], "group_by": "doc_id",
+                      "with_lookup": {"collection": "docs_meta", "with_payload": True}})
+    answer = _groups(lookup=True, key="doc_id", values=(11, REF))
+    out, _, ids = deliver_ids(cls, answer, fields=("doc_id",), mode="hmac")
+    for g in out["result"]["groups"]:
+        assert g["lookup"]["id"] == g["id"] == g["hits"][0]["payload"]["doc_id"]
+        assert g["id"].startswith("[HMAC:field:")
+        assert g["lookup"]["payload"] == {"title": "a doc"}
+    assert ids == ["1", "2"]
+    assert REF not in json.dumps(out)
+
+
+def test_qdrant_facet_values_of_a_masked_field_are_masked() -> None:
+    cls = classified("qdrant", "POST", "/collections/docs/facet", {"key": "email"})
+    answer = {"result": {"hits": [{"value": ALICE, "count": 3}, {"value": 42, "count": 1}]}}
+    out, _, _ = deliver_ids(cls, answer, fields=("email",))
+    assert out["result"]["hits"] == [{"value": "[MASKED:field]", "count": 3},
+                                     {"value": "[MASKED:field]", "count": 1}]
+    kept, _, _ = deliver_ids(cls, answer, fields=("salary",))
+    assert kept == answer
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "points"),
+    [
+        ("/collections/docs/points/scroll", {"order_by": "salary"}, "result.points"),
+        ("/collections/docs/points/scroll", {"order_by": {"key": "salary"}}, "result.points"),
+        ("/collections/docs/points/query", {"query": {"order_by": "salary"}}, "result.points"),
+        ("/collections/docs/points/query",
+         {"prefetch": [{"query": {"order_by": {"key": "salary", "direction": "desc"}}}],
+          "query": {"fusion": "rrf"}}, "result.points"),
+    ],
+)
+def test_qdrant_order_values_of_a_masked_field_are_masked(
+    path: str, body: dict[str, Any], points: str
+) -> None:
+    cls = classified("qdrant", "POST", path, body)
+    answer = {"result": {"points": [{"id": 1, "payload": {"salary": 120000},
+                                     "order_value": 120000}]}}
+    out, _, ids = deliver_ids(cls, answer, fields=("salary",), mode="hmac")
+    point = out["result"]["points"][0]
+    assert point["order_value"] == point["payload"]["salary"] != 120000
+    assert ids == ["1"]
+
+
+# ----------------------------------------------- (E) Weaviate aggregates
+
+SALARIES = {"count": 3, "type": "int", "minimum": 50000, "maximum": 120000, "mean": 85000.0,
+            "median": 85000, "mode": 50000, "sum": 255000}
+FLAGS = {"count": 2, "type": "boolean", "totalTrue": 1, "totalFalse": 1,
+         "percentageTrue": 0.5, "percentageFalse": 0.5}
+
+
+def _aggregate_answer(**classes: Any) -> dict[str, Any]:
+    return {"data": {"Aggregate": classes}}
+
+
+def test_weaviate_aggregate_top_occurrences_of_a_masked_property_are_masked() -> None:
+    query = "{ Aggregate { Doc { salary { count type topOccurrences { value occurs } } } } }"
+    answer = _aggregate_answer(Doc=[{"salary": {
+        "count": 2, "type": "text",
+        "topOccurrences": [{"value": SALARY, "occurs": 2}, {"value": "90000 EUR", "occurs": 1}],
+    }}])
+    out, masked = graphql(query, answer, fields=("salary",))
+    salary = out["data"]["Aggregate"]["Doc"][0]["salary"]
+    assert salary == {"count": 2, "type": "text", "topOccurrences": [
+        {"value": "[MASKED:field]", "occurs": 2}, {"value": "[MASKED:field]", "occurs": 1}]}
+    assert [f.path for f in masked] == [
+        "data.Aggregate.Doc[0].salary.topOccurrences[0].value",
+        "data.Aggregate.Doc[0].salary.topOccurrences[1].value",
+    ]
+    # another property's aggregate is left alone
+    kept, none = graphql(query, answer, fields=("title",))
+    assert kept == answer and none == []
+
+
+def test_weaviate_aggregate_value_keeps_the_fields_hmac_token() -> None:
+    cls = classified("weaviate", "POST", "/v1/graphql", {"query": (
+        "{ Get { Doc { salary } } "
+        "Aggregate { Doc { salary { topOccurrences { value } } } } }")})
+    answer = {"data": {"Get": {"Doc": [{"salary": SALARY}]},
+                       "Aggregate": {"Doc": [{"salary": {"topOccurrences": [{"value": SALARY}]}}]}}}
+    out, _, _ = deliver_ids(cls, answer, fields=("salary",), mode="hmac")
+    token = out["data"]["Get"]["Doc"][0]["salary"]
+    assert token.startswith("[HMAC:field:")
+    assert out["data"]["Aggregate"]["Doc"][0]["salary"]["topOccurrences"][0]["value"] == token
+
+
+def test_weaviate_numeric_and_boolean_aggregates_of_a_masked_property_are_masked() -> None:
+    stats = " ".join(SALARIES)
+    flags = " ".join(FLAGS)
+    query = f"{{ Aggregate {{ Doc {{ salary {{ {stats} }} manager {{ {flags} }} " \
+            "meta { count } } } }"
+    answer = _aggregate_answer(Doc=[{"salary": SALARIES, "manager": FLAGS,
+                                     "meta": {"count": 3}}])
+    out, masked = graphql(query, answer, fields=("salary", "manager"))
+    doc = out["data"]["Aggregate"]["Doc"][0]
+    # count and type reveal no value; every statistic does (see _weaviate_graphql)
+    assert doc["salary"] == {k: v if k in ("count", "type") else "[MASKED:field]"
+                             for k, v in SALARIES.items()}
+    assert doc["manager"] == {k: v if k in ("count", "type") else "[MASKED:field]"
+                              for k, v in FLAGS.items()}
+    assert doc["meta"] == {"count": 3}
+    assert len(masked) == len(SALARIES) - 2 + len(FLAGS) - 2
+
+
+@pytest.mark.parametrize(
+    ("query", "answer", "where"),
+    [
+        ("{ Aggregate { Doc { s: salary { t: topOccurrences { v: value o: occurs } } } } }",
+         {"Aggregate": {"Doc": [{"s": {"t": [{"v": SALARY, "o": 1}]}}]}},
+         "Aggregate.Doc[0].s.t[0].v"),
+        ("{ a: Aggregate { d: Doc { s: salary { hi: maximum } } } }",
+         {"a": {"d": [{"s": {"hi": 120000}}]}}, "a.d[0].s.hi"),
+        ("{ Aggregate { Doc { ...F } } } fragment F on AggregateDoc { pay: salary { mean } }",
+         {"Aggregate": {"Doc": [{"pay": {"mean": 85000.0}}]}}, "Aggregate.Doc[0].pay.mean"),
+        ("{ Aggregate { Doc(nearVector: {vector: [0.1]}, objectLimit: 1) "
+         "{ salary { ... on AggregateDocsalaryNumeric { median } } } } }",
+         {"Aggregate": {"Doc": [{"salary": {"median": 120000}}]}},
+         "Aggregate.Doc[0].salary.median"),
+    ],
+)
+def test_weaviate_aggregate_under_aliases_and_fragments_is_masked(
+    query: str, answer: Any, where: str
+) -> None:
+    out, masked = graphql(query, {"data": answer}, fields=("salary",))
+    assert masked == [MaskedField(path=f"data.{where}", kind="field")]
+    assert "120000" not in json.dumps(out) and SALARY not in json.dumps(out)
+
+
+def test_weaviate_aggregate_group_by_a_masked_property_masks_grouped_by_value() -> None:
+    query = ('{ Aggregate { Doc(groupBy: ["salary"]) { g: groupedBy { value path } '
+             "meta { count } } } }")
+    answer = _aggregate_answer(Doc=[
+        {"g": {"value": SALARY, "path": ["salary"]}, "meta": {"count": 2}},
+        {"g": {"value": "a@x.io", "path": ["salary"]}, "meta": {"count": 1}},
+    ])
+    out, masked = graphql(query, answer, fields=("salary",))
+    assert [d["g"] for d in out["data"]["Aggregate"]["Doc"]] == [
+        {"value": "[MASKED:field]", "path": ["salary"]}] * 2
+    assert len(masked) == 2
+    # grouped on another property: kept, but still scanned by the detectors
+    other = query.replace('["salary"]', '"team"')
+    out, masked = graphql(other, answer, fields=("salary",), detectors=("email",))
+    assert [d["g"]["value"] for d in out["data"]["Aggregate"]["Doc"]] == [
+        SALARY, "[MASKED:email]"]
+
+
+def test_weaviate_get_group_by_a_masked_property_masks_grouped_by_value() -> None:
+    query = ('{ Get { Doc(nearText: {concepts: ["x"]}, groupBy: {path: ["email"], groups: 2, '
+             "objectsPerGroup: 1}) { _additional { group { id groupedBy { value path } "
+             "hits { email _additional { id } } } } } } }")
+    answer = {"data": {"Get": {"Doc": [{"_additional": {"group": {
+        "id": 0, "groupedBy": {"value": "Alice", "path": ["email"]},
+        "hits": [{"email": "Alice", "_additional": {"id": OID}}]}}}]}}}
+    out, masked = graphql(query, answer, fields=("email",))
+    group = out["data"]["Get"]["Doc"][0]["_additional"]["group"]
+    assert group["groupedBy"] == {"value": "[MASKED:field]", "path": ["email"]}
+    assert group["hits"] == [{"email": "[MASKED:field]", "_additional": {"id": OID}}]
+    assert group["id"] == 0
+
+
+def test_weaviate_graphql_batch_aggregate_is_masked() -> None:
+    cls = classified("weaviate", "POST", "/v1/graphql/batch", [
+        {"query": "{ Aggregate { Doc { salary { topOccurrences { value } } } } }"}])
+    answer = [{"data": {"Aggregate": {"Doc": [{"salary": {"topOccurrences": [
+        {"value": SALARY}]}}]}}}]
+    out, masked = deliver(cls, answer, fields=("salary",))
+    assert out[0]["data"]["Aggregate"]["Doc"][0]["salary"]["topOccurrences"][0] == {
+        "value": "[MASKED:field]"}
+    assert masked == [MaskedField(
+        path="[0].data.Aggregate.Doc[0].salary.topOccurrences[0].value", kind="field")]
+
+
+def test_weaviate_rest_aggregate_group_by_a_masked_property_is_masked() -> None:
+    cls = classified("weaviate", "POST", "/v1/aggregate/Doc", {"groupBy": "salary"})
+    answer = {"groups": [{"groupedBy": {"path": ["salary"], "value": 120000}, "count": 2}],
+              "tookMs": 1}
+    out, _ = deliver(cls, answer, fields=("salary",))
+    assert out["groups"] == [{"groupedBy": {"path": ["salary"], "value": "[MASKED:field]"},
+                              "count": 2}]
+    kept, _ = deliver(cls, answer, fields=("title",))
+    assert kept == answer
+    # a property statistic (reserved; its answer's shape is not defined) masks it all
+    cls = classified("weaviate", "POST", "/v1/aggregate/Doc",
+                     {"returnMetrics": ["count", "salary:mean"]})
+    out, _ = deliver(cls, {"count": 2, "salary": {"mean": 85000.0}, "tookMs": 1},
+                     fields=("salary",))
+    assert out == {"count": "[MASKED:field]", "salary": "[MASKED:field]",
+                   "tookMs": "[MASKED:field]"}
+
+
+def test_field_plan_splits_renamed_keys_from_value_paths() -> None:
+    aliases = (("s", "salary"), ("result.groups[].id", "email"),
+               ("result.groups[].lookup.id", "Email"), ("{*}", "title"))
+    fields, paths, values = field_plan(("salary", "EMAIL"), ("x.salary",), aliases)
+    assert fields == ("salary", "EMAIL", "s")
+    assert values == ("result.groups[].id", "result.groups[].lookup.id")
+    assert paths == ("x.salary", "x.s", *values)
+    assert field_plan(("a",), (), ()) == (("a",), (), ())
+    assert field_plan(("title",), (), aliases)[2] == ("{*}",)

@@ -325,7 +325,11 @@ SEARCHES = [
             E("read", "docs_meta", ids_known=False, detail="with_lookup"),
         ],
         response_ids=["result.groups[].hits[].id", "result.groups[].lookup.id"],
-        user_data=["result.groups[].hits[].payload", "result.groups[].lookup.payload"],
+        user_data=[
+            "result.groups[].hits[].payload",
+            "result.groups[].lookup.payload",
+            "result.groups[].id",
+        ],
     ),
     Row(
         "legacy search named vector",
@@ -421,7 +425,11 @@ SEARCHES = [
         body={"query": [0.1], "group_by": "doc", "limit": 5},
         expect=[E("search", "docs", vector_count=1, limit=15)],
         response_ids=["result.groups[].hits[].id", "result.groups[].lookup.id"],
-        user_data=["result.groups[].hits[].payload", "result.groups[].lookup.payload"],
+        user_data=[
+            "result.groups[].hits[].payload",
+            "result.groups[].lookup.payload",
+            "result.groups[].id",
+        ],
     ),
 ]
 
@@ -691,3 +699,85 @@ def test_prefetch_nesting_is_bounded() -> None:
         body = {"prefetch": body}
     c = classify_qdrant(Row("", "POST", C + "/points/query", body=body).request())
     assert c.error is not None and "prefetch deeper than 16" in c.error
+
+
+# ------------------------------------------- field values outside the payload
+#
+# A group id is the group_by field's value (and so is its with_lookup point's
+# id), a facet hit the faceted field's, an order_value the order_by field's:
+# each is listed in field_aliases with the field names the key goes through,
+# so that masking by field name reaches it.
+
+_GROUP_IDS = ("result.groups[].id", "result.groups[].lookup.id")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "values"),
+    [
+        (C + "/points/query/groups", {"query": [0.1], "group_by": "email"},
+         [(p, "email") for p in _GROUP_IDS]),
+        (C + "/points/search/groups", {"vector": [0.1], "group_by": "user.email"},
+         [(p, n) for n in ("user", "email") for p in _GROUP_IDS]),
+        (C + "/points/recommend/groups", {"positive": [1], "group_by": 'a[0]."b.c"[]'},
+         [(p, n) for n in ("b.c", "a", "b", "c") for p in _GROUP_IDS]),
+        (C + "/points/query/groups", {"query": [0.1]}, []),  # Qdrant refuses it
+        (C + "/points/scroll", {"order_by": "salary"},
+         [("result.points[].order_value", "salary")]),
+        (C + "/shards/0/points/scroll", {"order_by": {"key": "pay.salary"}},
+         [("result.points[].order_value", "pay"), ("result.points[].order_value", "salary")]),
+        (C + "/points/query", {"query": {"order_by": "salary"}},
+         [("result.points[].order_value", "salary")]),
+        (C + "/points/query/batch", {"searches": [{"query": [0.1]},
+                                                  {"query": {"order_by": "salary"}}]},
+         [("result[].points[].order_value", "salary")]),
+        (C + "/points/query/groups",
+         {"prefetch": {"query": {"order_by": "at"}}, "query": {"fusion": "rrf"},
+          "group_by": "email"},
+         [*[(p, "email") for p in _GROUP_IDS],
+          ("result.groups[].hits[].order_value", "at"),
+          ("result.groups[].lookup.order_value", "at")]),
+        (C + "/facet", {"key": "email"}, [("result.hits[].value", "email")]),
+        (C + "/points/scroll", {"limit": 3}, []),
+    ],
+)
+def test_field_values_outside_the_payload_are_listed(
+    path: str, body: dict[str, object], values: list[tuple[str, str]]
+) -> None:
+    c = classify_qdrant(Row("", "POST", path, body=body).request())
+    assert c.ok, c.error
+    assert sorted(c.field_aliases) == sorted(values)
+
+
+def test_group_ids_are_user_data_and_hit_ids_record_ids() -> None:
+    c = classify_qdrant(
+        Row("", "POST", C + "/points/search/groups", body={"vector": [0.1], "group_by": "e"})
+        .request()
+    )
+    assert "result.groups[].id" in c.user_data_paths
+    assert "result.groups[].id" not in c.response_ids
+    assert "result.groups[].hits[].id" in c.response_ids
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        (C + "/points/query/groups", {"query": [0.1], "group_by": 5},
+         "body.group_by must be a string"),
+        (C + "/points/search/groups", {"vector": [0.1], "group_by": "[]"},
+         "body.group_by names no payload field"),
+        (C + "/points/scroll", {"order_by": {"direction": "asc"}},
+         "body.order_by.key must be a string"),
+        (C + "/points/query", {"query": {"order_by": ["salary"]}},
+         "body.query.order_by must be a string"),
+        (C + "/facet", {"key": None, "limit": 1}, None),  # no key: nothing listed
+        (C + "/facet", {"key": {"k": "email"}}, "body.key must be a string"),
+    ],
+)
+def test_unreadable_field_keys_are_refused(
+    path: str, body: dict[str, object], error: str | None
+) -> None:
+    c = classify_qdrant(Row("", "POST", path, body=body).request())
+    if error is None:
+        assert c.ok and c.field_aliases == ()
+    else:
+        assert not c.ok and c.error is not None and error in c.error, c.error

@@ -799,3 +799,94 @@ def test_keys_are_read_ignoring_case_as_weaviate_reads_them() -> None:
     assert cls.ok and [op.collection for op in cls.operations] == ["Secret"], cls
     refused = post(b'{"class": "Public", "Class": "Secret", "properties": {"a": 1}}')
     assert not refused.ok and "ignoring case" in (refused.error or "")
+
+
+# ------------------------------------------- aggregates and groups by property
+#
+# An aggregate of a property, and the groupedBy value of a groupBy on it,
+# answer its values away from its key: each such location is listed in
+# field_aliases as (response path, property name), under the query's aliases.
+
+
+def _values(c: Classification) -> list[tuple[str, str]]:
+    return [(k, n) for k, n in c.field_aliases if "." in k or "[" in k or "{" in k]
+
+
+def test_aggregate_statistics_are_listed_with_their_property() -> None:
+    c = _gql(
+        "{ Aggregate { Doc { salary { count type minimum maximum mean median mode sum "
+        "topOccurrences { value occurs } } active { totalTrue percentageFalse count } "
+        "author { pointingTo type } meta { count } } } }"
+    )
+    assert c.ok, c.error
+    base = "data.Aggregate.Doc[]"
+    assert _values(c) == [
+        *[(f"{base}.salary.{s}", "salary")
+          for s in ("minimum", "maximum", "mean", "median", "mode", "sum")],
+        (f"{base}.salary.topOccurrences[].value", "salary"),
+        (f"{base}.active.totalTrue", "active"),
+        (f"{base}.active.percentageFalse", "active"),
+        (f"{base}.author.pointingTo", "author"),
+    ]
+    assert c.user_data_paths == (f"{base}.salary.topOccurrences[].value",)
+
+
+def test_aggregate_values_are_listed_under_aliases_and_in_batches() -> None:
+    c = _gql("{ a: Aggregate { d: Doc(groupBy: \"salary\") { s: salary { t: topOccurrences "
+             "{ v: value o: occurs } hi: maximum n: count } g: groupedBy { v: value p: path } "
+             "} } }")
+    assert c.ok, c.error
+    assert _values(c) == [
+        ("data.a.d[].s.t[].value", "salary"),
+        ("data.a.d[].s.t[].v", "salary"),
+        ("data.a.d[].s.hi", "salary"),
+        ("data.a.d[].g.v", "salary"),
+    ]
+    batch = classify_weaviate(HttpRequest(
+        method="POST", path="/v1/graphql/batch",
+        body=json.dumps([{"query": "{ Aggregate { Doc { n { median } } } }"}]).encode()))
+    assert batch.ok and _values(batch) == [("[].data.Aggregate.Doc[].n.median", "n")]
+
+
+def test_group_by_lists_the_grouped_value_with_every_name_on_its_path() -> None:
+    agg = _gql('{ Aggregate { City(groupBy: ["inCountry", "Country", "name"]) '
+               "{ groupedBy { value path } meta { count } } } }")
+    assert agg.ok, agg.error
+    assert _values(agg) == [("data.Aggregate.City[].groupedBy.value", n)
+                            for n in ("inCountry", "Country", "name")]
+    get = _gql('{ Get { Doc(groupBy: {path: ["email"], groups: 2, objectsPerGroup: 1}) '
+               "{ x: _additional { group { g: groupedBy { value } hits { email } } } } } }")
+    assert get.ok, get.error
+    assert _values(get) == [("data.Get.Doc[].x.group.g.value", "email")]
+    # under _additional.group, which is user data already
+    assert get.user_data_paths == ("data.Get.Doc[].x.group",)
+    # no groupBy: groupedBy values are user data, listed with no property
+    plain = _gql("{ Aggregate { Doc { groupedBy { value } } } }")
+    assert plain.ok and _values(plain) == []
+    assert plain.user_data_paths == ("data.Aggregate.Doc[].groupedBy.value",)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "{ Aggregate { Doc(groupBy: 5) { meta { count } } } }",
+        "{ Aggregate { Doc(groupBy: []) { meta { count } } } }",
+        '{ Get { Doc(groupBy: {groups: 2}) { _additional { group { id } } } } }',
+        '{ Get { Doc(groupBy: {path: [1]}) { title } } }',
+    ],
+)
+def test_unreadable_group_by_is_refused(query: str) -> None:
+    c = _gql(query)
+    assert not c.ok and c.error is not None and "groupBy" in c.error, c.error
+
+
+def test_rest_aggregate_lists_the_grouped_property() -> None:
+    def agg(body: dict[str, object]) -> Classification:
+        return classify_weaviate(HttpRequest(method="POST", path="/v1/aggregate/Doc",
+                                             body=json.dumps(body).encode()))
+
+    assert agg({"groupBy": "salary"}).field_aliases == (("groups[].groupedBy.value", "salary"),)
+    assert agg({"GroupBy": "salary"}).field_aliases == (("groups[].groupedBy.value", "salary"),)
+    assert agg({"returnMetrics": ["count", "salary:mean"]}).field_aliases == (("{*}", "salary"),)
+    assert agg({}).field_aliases == ()
+    assert not agg({"groupBy": ["salary"]}).ok
