@@ -76,7 +76,9 @@ class Result:
     user_data_paths: tuple[str, ...] = ()
     vector_paths: tuple[str, ...] = ()
     vector_scan_paths: tuple[str, ...] = ()
-    #: (response key, field name) for each GraphQL alias
+    #: (response key or response path, field name): a GraphQL alias, or a
+    #: location holding a field's value outside its own key (see
+    #: capture.types.Classification)
     field_aliases: tuple[tuple[str, str], ...] = ()
     #: Set when the endpoint is recognised but deliberately unclassified
     #: (inference, validation, utility endpoints): the operation is unknown
