@@ -186,7 +186,12 @@ def compact_command(
 
 @warehouse_app.command("stats")
 def stats_command(warehouse: WarehouseOpt = None, as_json: JsonOpt = False) -> None:
-    """Row counts per table and the last load time."""
+    """Stored rows per table and the last load time.
+
+    These are storage figures: a row written twice (a retried batch, an event
+    the log holds twice) counts twice until a ClickHouse merge drops the copy,
+    and forever on the lake, while every query of `sessions`, `lineage` and the
+    dashboard counts it once."""
     with _warehouse(warehouse) as wh:
         stats = wh.stats()
         if as_json:
