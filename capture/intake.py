@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import zlib
 
 import brotli
@@ -124,6 +125,44 @@ def raw_headers(headers: http.Headers) -> list[tuple[str, str]]:
     ]
 
 
+#: A request target holds no control character and no space (RFC 9112 §3.2):
+#: the upstream gets HTTP/1.1, where a CR/LF in it ends the request line and
+#: starts a request nobody classified (an HTTP/2 :path may carry any byte).
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+#: A field value holds no CR, LF, NUL or other control character but HTAB
+#: (RFC 9110 §5.5); a name is a token (RFC 9110 §5.6.2).
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: Connection-specific fields, malformed in an HTTP/2 request (RFC 9113
+#: §8.2.2); forwarded as HTTP/1.1, a Transfer-Encoding would frame the body
+#: the upstream reads differently from the one the gateway classified.
+_H2_FORBIDDEN = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade"}
+)
+
+
+def malformed(request: http.Request) -> str | None:
+    """Why ``request`` cannot be forwarded as the request it was classified
+    as, or None. mitmproxy's HTTP/1 parser refuses most of this itself; its
+    HTTP/2 layer does not, and forwards HTTP/2 requests upstream as HTTP/1.1."""
+    if _BAD_TARGET.search(request.data.path):
+        return ("the request target holds a space or a control character; "
+                "percent-encode it")
+    h2 = request.http_version.startswith("HTTP/2")
+    for name, value in request.headers.fields:
+        if not _TOKEN.match(name):
+            return f"header name {name[:40]!r} is not a valid HTTP token"
+        if _BAD_VALUE.search(value):
+            return (f"header {name.decode('latin-1')[:40]!r} holds a control character "
+                    "(CR, LF, NUL...); remove it")
+        if h2 and name.lower() in _H2_FORBIDDEN:
+            if name.lower() == b"te" and value.strip().lower() == b"trailers":
+                continue
+            return (f"header {name.decode('latin-1')!r} is connection-specific and not "
+                    "allowed in an HTTP/2 request (RFC 9113 section 8.2.2)")
+    return None
+
+
 class Intake:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
@@ -179,6 +218,10 @@ class Intake:
                 "identity",
             )
             return
+        problem = malformed(flow.request)
+        if problem is not None:
+            block(flow, st, 400, "bad_request", problem, "classify")
+            return
         body = flow.request.raw_content or b""
         coding = flow.request.headers.get("content-encoding")
         if coding:
@@ -201,6 +244,13 @@ class Intake:
                 return
             del flow.request.headers["content-encoding"]
             flow.request.content = body
+        elif (body and "content-length" not in flow.request.headers
+              and "transfer-encoding" not in flow.request.headers):
+            # An HTTP/2 body needs no length; forwarded as HTTP/1.1 without one,
+            # the upstream would read it as the next request. (HTTP/1 framing
+            # was checked by mitmproxy's parser; Transfer-Encoding is refused
+            # above for HTTP/2.)
+            flow.request.headers["content-length"] = str(len(body))
         if len(body) > self.config.max_body_size:
             block(
                 flow,

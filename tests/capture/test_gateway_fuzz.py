@@ -1624,7 +1624,9 @@ RAW_CASES = [
         "gateway",
     ),
     ("absolute-form", "GET http://evil.invalid/collections HTTP/1.1\r\n{h}{a}\r\n", "forwarded"),
-    ("obs-fold", "GET /collections HTTP/1.1\r\n{h}{a}X-A: 1\r\n  folded\r\n\r\n", "forwarded"),
+    # mitmproxy keeps a folded value with its CR/LF inside, which would go
+    # upstream as written; RFC 9112 section 5.2 lets a server refuse it
+    ("obs-fold", "GET /collections HTTP/1.1\r\n{h}{a}X-A: 1\r\n  folded\r\n\r\n", "gateway"),
     (
         "lf-only",
         "GET /collections HTTP/1.1\n" + "Host: gw\n{sq}{a}Connection: close\n\n",

@@ -301,3 +301,88 @@ def test_untrusted_upstream_is_a_recorded_failure(
         received = [e for e in evs if e.avro_name == "RequestReceived"]
         assert recorded[0].envelope.request_id == received[0].envelope.request_id
         assert UPSTREAM_SECRET not in gw.stderr()
+
+
+def _h2(port: int, ca: Path, headers: list[tuple[bytes, bytes]],
+        body: bytes = b"") -> tuple[int | None, bytes]:
+    """One raw HTTP/2 request with headers no well-behaved client would send
+    (the h2 library's own checks off): (status, body)."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    ctx = trusting(ca)
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        assert s.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False,
+            normalize_outbound_headers=False, header_encoding=None))
+        conn.initiate_connection()
+        conn.send_headers(1, headers, end_stream=not body)
+        if body:
+            conn.send_data(1, body, end_stream=True)
+        s.sendall(conn.data_to_send())
+        status, data = None, b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return status, data
+            for ev in conn.receive_data(chunk):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = int(dict(ev.headers)[b":status"])
+                elif isinstance(ev, h2.events.DataReceived):
+                    data += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset):
+                    return status, data
+            s.sendall(conn.data_to_send())
+
+
+def test_http2_requests_cannot_smuggle_a_second_request_upstream(
+    tmp_path: Path, dev_idp: str, pki: dict[str, Pki], policy: Path, reader: dict[str, str]
+) -> None:
+    """Regression: HTTP/2 requests are forwarded upstream as HTTP/1.1. A CR/LF
+    in the :path's query or in a header value, a Transfer-Encoding, or a body
+    sent without content-length made the upstream read a second request that
+    was never classified or recorded, with the gateway's own upstream key."""
+    import json
+
+    g = pki["gateway"]
+    body = json.dumps(QUERY).encode()
+    smuggled = (b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                b"POST /collections/secret/points/delete HTTP/1.1\r\nX-Pad: y")
+
+    def headers(path: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+        return [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
+                (b":path", path), (b"authorization", reader["authorization"].encode()),
+                (b"content-type", b"application/json"), *extra]
+
+    with (
+        recording_upstream() as up,
+        gateway_process(tmp_path, upstream=up.url, kind="qdrant", policy=policy,
+                        issuer=dev_idp,
+                        extra_args=["--tls-cert", str(g.cert), "--tls-key", str(g.key)]) as gw,
+    ):
+        length = (b"content-length", str(len(body)).encode())
+        refused = {
+            "crlf in the query": headers(PATH.encode() + b"?a=b" + smuggled, length),
+            "crlf in a header": headers(PATH.encode(), length, (b"x-pad", b"x\r\n" + smuggled)),
+            "transfer-encoding": headers(PATH.encode(), (b"transfer-encoding", b"chunked")),
+        }
+        for case, h in refused.items():
+            status, data = _h2(gw.port, g.ca, h, body)
+            if status is None:  # the HTTP/2 layer reset the stream itself
+                assert case == "transfer-encoding", case
+                continue
+            assert status == 400, (case, status, data[:300])
+            assert json.loads(data)["error"] == "bad_request", case
+        assert up.requests == []
+        # a body without content-length goes upstream with its length, as one request
+        status, data = _h2(gw.port, g.ca, headers(PATH.encode()), body)
+        assert status == 200, data[:300]
+        assert [(r.path, r.body) for r in up.requests] == [(PATH, body)]
+        assert up.requests[0].headers["content-length"] == str(len(body))
