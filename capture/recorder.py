@@ -38,7 +38,7 @@ from capture.state import FlowState, block, error_response, fail_closed, state_o
 from embedguard import __version__
 from pipeline.events import EventPublisher
 from pipeline.transport import EventLog, EventLogError, open_log
-from pipeline.transport.sqlite import SqliteEventLog
+from pipeline.transport.sqlite import AppendFence, SqliteEventLog
 from schemas.chain import EventStamper, StampedEvent
 from schemas.codec import InvalidEvent
 from schemas.models import (
@@ -149,6 +149,14 @@ def recordable(value: Any) -> Any:
 
 
 class _RecordableStamper(EventStamper):
+    """The stamper of one stream of this gateway run. ``fence``: its appends
+    (AppendFence), so that after one fails no later one of the stream is
+    stored; the recorder then starts a new stream (``_rotate_stream``)."""
+
+    def __init__(self, gateway_id: str) -> None:
+        super().__init__(gateway_id)
+        self.fence = AppendFence()
+
     def stamp(self, cls: Any, **fields: Any) -> StampedEvent:
         # Almost every event encodes as it is; walking every value first would
         # cost more than the encoding. A failed stamp changes no state, so the
@@ -294,6 +302,9 @@ class Recorder:
         self._sweeper: asyncio.Task[None] | None = None
         #: ResponseRecorded appends still in flight (--response-durability async)
         self._in_flight: set[asyncio.Future[Any]] = set()
+        #: sessions of abandoned streams (when abandoned, monotonic s): a flow
+        #: that began in one has no chain left to continue (``_retired``)
+        self._retired: dict[str, float] = {}
         #: flows between requestheaders and their response or error hook, by id,
         #: with when they began (monotonic s): one alone may commit on the loop
         self._live: dict[str, float] = {}
@@ -368,7 +379,7 @@ class Recorder:
         events = [self._session_ended(s, "shutdown") for s in self.sessions.close_all()]
         if events and self.publisher:
             try:
-                await self.publisher.publish(events)
+                await self.publisher.publish(events, fence=self.stamper.fence)
                 self._observe(events)
             except EventLogError as exc:
                 log.error("could not record %d session end(s) at shutdown: %s", len(events), exc)
@@ -403,23 +414,26 @@ class Recorder:
         horizon = now - _STALE_FLOW_S
         for flow_id in [k for k, t in self._live.items() if t < horizon]:
             del self._live[flow_id]
+        for sid in [k for k, t in self._retired.items() if t < horizon]:
+            del self._retired[sid]
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self._live[flow.id] = time.monotonic()
 
     # -- appending -----------------------------------------------------------
     async def append(self, events: Sequence[StampedEvent], *, key: str | None = None) -> None:
+        """Append ``events``, just stamped by ``self.stamper``, durably (in its
+        stream's order: nothing may be awaited between stamping and this call).
+        ``key``: one partition for a key (claims on one approval), whatever the
+        session. Raises EventLogError, and the stream is then abandoned."""
         assert self.publisher is not None, "recorder used before running()"
+        stamper = self.stamper
         try:
-            if key is None:
-                await self.publisher.publish(events)
-            else:  # one partition for a key (claims on one approval), whatever the session
-                from pipeline.transport.base import AppendRecord
-
-                await self.publisher.log.append(
-                    [AppendRecord(key.encode(), e.wire) for e in events])
+            await self.publisher.publish(
+                events, key=None if key is None else key.encode(), fence=stamper.fence
+            )
         except EventLogError:
-            self._rotate_stream()
+            self._rotate_stream(stamper)
             raise
         self._observe(events)
 
@@ -428,13 +442,32 @@ class Recorder:
         if self.checkpointer is not None:
             self.checkpointer.observe(events)
 
-    def _rotate_stream(self) -> None:
-        """After a failed append, some stamped events never reached the log. Start
-        a new stream and new sessions so no chain continues over the hole."""
+    def _rotate_stream(self, failed: EventStamper | None = None) -> None:
+        """After a failed append of ``failed``'s stream, some stamped events never
+        reached the log. Its fence refuses every later append of it, so what the
+        log holds of it is a contiguous prefix. Start a new stream and new
+        sessions so no chain continues over the hole (once per stream: the
+        appends refused after the first failure find it already done).
+        ``failed``: the stream's stamper (default: the current one)."""
+        if failed is not None and failed is not self.stamper:
+            return
         self._epoch += 1
         self.stamper = _RecordableStamper(self._stream_id())
-        self.sessions.close_all()
+        now = time.monotonic()
+        for s in self.sessions.close_all():
+            self._retired[s.session_id] = now
         log.warning("event log refused an append; continuing on stream %s", self._stream_id())
+
+    def _check_session(self, session_id: str | None) -> None:
+        """Raise EventLogError if ``session_id`` is a session of an abandoned
+        stream: its chain ends at the failed append, and this stream's chain of
+        it would begin again at seq 0 (a flow that was in flight then, e.g. its
+        response, or the outcome of a request held for approval)."""
+        if self._retired and session_id in self._retired:
+            raise EventLogError(
+                f"session {session_id} belonged to a stream that was abandoned after a "
+                "failed append; its chain cannot continue"
+            )
 
     async def record_system(self, cls: type[Event], **body: Any) -> None:
         """Record a gateway-level event (GatewayStarted, PolicyChanged, ...)."""
@@ -457,6 +490,7 @@ class Recorder:
             # a session of this stream for the key, so its chain stays in one partition
             sid = f"{req.partition_key}@{self.stamper.gateway_id}"
         elif req.session_id:
+            self._check_session(req.session_id)
             sid = req.session_id
         elif ident is not None:
             now = datetime.now(UTC)
@@ -535,13 +569,14 @@ class Recorder:
                 "the request was not fully checked; it was not forwarded",
                 "policy",
             )
-        if st.extra.get(RECEIVED_RECORDED):
-            # the approval gate made RequestReceived and PolicyDecided durable
-            # before it held the flow; only the outcome is left to record
-            events = self._outcome_events(st)
-        else:
-            events = self._received_events(flow, st) + self._outcome_events(st)
         try:
+            if st.extra.get(RECEIVED_RECORDED):
+                # the approval gate made RequestReceived and PolicyDecided durable
+                # before it held the flow; only the outcome is left to record
+                self._check_session(st.session_id)
+                events = self._outcome_events(st)
+            else:
+                events = self._received_events(flow, st) + self._outcome_events(st)
             await self.append(events)
         except EventLogError as exc:
             log.error("request %s refused: event log unavailable: %s", st.request_id, exc)
@@ -568,8 +603,9 @@ class Recorder:
         st = state_of(flow)
         if st is None or not st.forwarded or flow.response is None:
             return
-        event = self._response_event(flow, st)
         try:
+            self._check_session(st.session_id)
+            event = self._response_event(flow, st)
             if self.config.response_durability == "async" and self._publish_in_background(
                 event, st.request_id
             ):
@@ -591,22 +627,26 @@ class Recorder:
         let the response go while it is made durable. False if the log cannot
         queue synchronously (the caller then appends and waits, as in sync mode)."""
         assert self.publisher is not None, "recorder used before running()"
+        stamper = self.stamper
         try:
             # never inline: the point is not to hold the response for the commit
-            future = self.publisher.publish_nowait([event], inline=False)
+            future = self.publisher.publish_nowait([event], inline=False, fence=stamper.fence)
         except EventLogError:
-            self._rotate_stream()
+            self._rotate_stream(stamper)
             raise
         if future is None:
             return False
         self._in_flight.add(future)
-        future.add_done_callback(functools.partial(self._background_done, request_id))
+        future.add_done_callback(
+            functools.partial(self._background_done, request_id, stamper))
         future.add_done_callback(
             lambda f: None if f.cancelled() or f.exception() else self._observe([event])
         )
         return True
 
-    def _background_done(self, request_id: str, future: asyncio.Future[Any]) -> None:
+    def _background_done(
+        self, request_id: str, stamper: EventStamper, future: asyncio.Future[Any]
+    ) -> None:
         self._in_flight.discard(future)
         if future.cancelled() or future.exception() is None:
             return
@@ -616,7 +656,7 @@ class Recorder:
             request_id,
             future.exception(),
         )
-        self._rotate_stream()
+        self._rotate_stream(stamper)
 
     async def error(self, flow: http.HTTPFlow) -> None:
         try:
@@ -629,6 +669,10 @@ class Recorder:
         if st is None or not st.forwarded or flow.response is not None:
             return
         message = flow.error.msg if flow.error else "unknown upstream error"
+        if self._retired and st.session_id in self._retired:
+            log.error("could not record upstream error of %s: its session's stream was "
+                      "abandoned after a failed append", st.request_id)
+            return
         ev = self.stamper.stamp(
             ResponseRecorded,
             session_id=st.session_id or self.system_session,

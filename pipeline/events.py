@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.transport.base import AppendRecord, EventLog, LogRecord, Position
+from pipeline.transport.errors import EventLogError
+from pipeline.transport.sqlite import AppendFence, SqliteEventLog
 from schemas.chain import StampedEvent
 from schemas.codec import DecodedEvent, DecodeError, EventCodec, default_codec
 from schemas.models import Event
@@ -31,22 +33,58 @@ class EventPublisher:
             return AppendRecord(item.session_id.encode(), item.wire)
         return AppendRecord(item.envelope.session_id.encode(), self.codec.encode(item))
 
-    async def publish(self, items: Sequence[Event | StampedEvent]) -> list[Position]:
+    async def publish(
+        self,
+        items: Sequence[Event | StampedEvent],
+        *,
+        key: bytes | None = None,
+        fence: AppendFence | None = None,
+    ) -> list[Position]:
+        """Append ``items`` durably, keyed by their session (or by ``key``).
+        ``fence``: the stream they were stamped on (AppendFence); once an
+        append of it has failed, this one fails too and stores nothing (with a
+        log that completes appends out of order, such as Kafka, one that was
+        already in flight may be stored but is not acknowledged)."""
         records = [self.to_record(item) for item in items]  # encode all first: all or nothing
-        return await self.log.append(records)
+        if key is not None:
+            records = [AppendRecord(key, r.value) for r in records]
+        if fence is None:
+            return await self.log.append(records)
+        if isinstance(self.log, SqliteEventLog):
+            return await self.log.append(records, fence=fence)  # checked by its writer
+        if fence.failed is not None:
+            raise fence.refusal()
+        number = fence.issue()
+        try:
+            positions = await self.log.append(records)
+        except EventLogError as exc:
+            fence.fail(exc, number)
+            raise
+        if fence.failed_at is not None and fence.failed_at < number:
+            # sent before an earlier append failed, acknowledged after: its
+            # events follow the hole in the stream, so its request must not go on
+            raise fence.refusal(stored=True)
+        return positions
 
     def publish_nowait(
-        self, items: Sequence[Event | StampedEvent], *, inline: bool = True
+        self,
+        items: Sequence[Event | StampedEvent],
+        *,
+        inline: bool = True,
+        fence: AppendFence | None = None,
     ) -> asyncio.Future[list[Position]] | None:
         """Hand ``items`` to the log now, in call order, and return the future of
         their durability; None if this log cannot queue an append synchronously
         (then only ``publish`` keeps the order of appends). ``inline=False``:
-        never commit on the caller's thread, even where the log would."""
+        never commit on the caller's thread, even where the log would.
+        ``fence``: as for ``publish``."""
         append_nowait = getattr(self.log, "append_nowait", None)
         if append_nowait is None:
             return None
         records = [self.to_record(item) for item in items]
-        future: asyncio.Future[list[Position]] = append_nowait(records, inline=inline)
+        future: asyncio.Future[list[Position]] = append_nowait(
+            records, inline=inline, fence=fence
+        )
         return future
 
 

@@ -51,7 +51,14 @@ from pipeline.transport.errors import (
     TruncatedLog,
 )
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SqliteEventLog", "SqliteLogReader", "SqliteLogStats"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "AppendFence",
+    "SqliteEventLog",
+    "SqliteLogReader",
+    "SqliteLogStats",
+]
 
 FORMAT_NAME = "embedguard-event-log"
 FORMAT_VERSION = 1
@@ -94,6 +101,56 @@ class SqliteLogStats:
     failed_commits: int = 0
     #: of ``commits``, those made on the caller's thread (commit_inline_when_idle)
     inline_commits: int = 0
+
+
+class AppendFence:
+    """One series of appends whose stored part must be a prefix of it: a
+    gateway stream, whose events are numbered contiguously and hash-chained
+    per session as they are stamped, before they are appended.
+
+    Once an append of the series fails, every later one fails too, without
+    being stored, including those already queued behind it. Otherwise an
+    append stamped before the failure was known could commit after it, and
+    the stream and its chains would go on over the hole (a false tamper
+    alarm, and a tail no checkpoint covers). ``failed`` is the first failure.
+    The SQLite log checks the fence on its writer, just before each commit
+    (appends commit in queue order there). ``EventPublisher`` checks it
+    around the append of any other log, whose appends may complete out of
+    order: there ``issue`` numbers each append and ``failed_at`` is the
+    lowest number that failed.
+    """
+
+    __slots__ = ("_issued", "failed", "failed_at")
+
+    def __init__(self) -> None:
+        self.failed: EventLogError | None = None
+        self.failed_at: int | None = None
+        self._issued = 0
+
+    def issue(self) -> int:
+        """The number of the next append of the series (in the order sent)."""
+        n = self._issued
+        self._issued = n + 1
+        return n
+
+    def fail(self, error: EventLogError, number: int | None = None) -> None:
+        if self.failed is None:
+            self.failed = error
+        if number is not None and (self.failed_at is None or number < self.failed_at):
+            self.failed_at = number
+
+    def refusal(self, *, stored: bool = False) -> LogUnavailable:
+        """The error of an append refused because an earlier one failed."""
+        what = (
+            "its records were stored, but after the hole the failure left, so they are "
+            "not acknowledged" if stored else "nothing of it was stored"
+        )
+        err = LogUnavailable(
+            "an earlier append of the same stream failed, so this one was refused "
+            f"({what}); the earlier failure: {self.failed}"
+        )
+        err.__cause__ = self.failed
+        return err
 
 
 # --- errors -----------------------------------------------------------------------
@@ -356,6 +413,7 @@ class _AppendJob:
     rows: list[tuple[bytes, bytes]]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Position]]
+    fence: AppendFence | None = None
 
 
 @dataclass(slots=True)
@@ -470,6 +528,10 @@ class _Writer:
         conn = self._conn
         if conn is None:
             return False
+        fence = job.fence
+        if fence is not None and fence.failed is not None:
+            _settle_on_loop([(job, None, fence.refusal())])
+            return True
         try:
             if not _begin_without_waiting(conn, self._busy_timeout):
                 return False
@@ -482,7 +544,9 @@ class _Writer:
         except Exception as exc:
             self._stats.failed_commits += 1
             self._after_failure(exc)
-            _settle_on_loop([(job, None, _translate(exc, self._path, "append to"))])
+            error = _translate(exc, self._path, "append to")
+            _fail_fences([job], error)
+            _settle_on_loop([(job, None, error)])
             return True
         self._stats.commits += 1
         self._stats.inline_commits += 1
@@ -511,6 +575,7 @@ class _Writer:
                     break
                 error = LogUnavailable(f"the writer of the event log {self._path} stopped")
                 if isinstance(job, _AppendJob):
+                    _fail_fences([job], error)
                     _settle(job, None, error)
                 elif isinstance(job, _CallJob) and job.future.set_running_or_notify_cancel():
                     job.future.set_exception(error)
@@ -573,7 +638,20 @@ class _Writer:
 
     def _commit(self, batch: list[_AppendJob]) -> list[_Outcome]:
         """Commit ``batch`` in one transaction; each job's outcome, for the
-        caller to settle once the writer's bookkeeping is done."""
+        caller to settle once the writer's bookkeeping is done. A job whose
+        fence an earlier failure broke is refused, not committed."""
+        refused: list[_Outcome] = []
+        if any(job.fence is not None and job.fence.failed is not None for job in batch):
+            live: list[_AppendJob] = []
+            for job in batch:
+                fence = job.fence
+                if fence is not None and fence.failed is not None:
+                    refused.append((job, None, fence.refusal()))
+                else:
+                    live.append(job)
+            batch = live
+            if not batch:
+                return refused
         try:
             conn = self._connection()
             positions = _write_transaction(
@@ -583,11 +661,12 @@ class _Writer:
             self._stats.failed_commits += 1
             self._after_failure(exc)
             error = _translate(exc, self._path, "append to")
-            return [(job, None, error) for job in batch]
+            _fail_fences(batch, error)
+            return refused + [(job, None, error) for job in batch]
         self._stats.commits += 1
         self._stats.appends += len(batch)
         self._stats.records += sum(len(job.rows) for job in batch)
-        return [(job, pos, None) for job, pos in zip(batch, positions, strict=True)]
+        return refused + [(job, pos, None) for job, pos in zip(batch, positions, strict=True)]
 
     def _run_call(self, job: _CallJob) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -600,6 +679,15 @@ class _Writer:
             job.future.set_exception(_translate(exc, self._path, job.doing))
         else:
             job.future.set_result(result)
+
+
+def _fail_fences(jobs: Sequence[_AppendJob], error: BaseException) -> None:
+    """Break the fence of every failed job, before any later job is taken up
+    (on the thread that commits: the writer's, or the caller's inline)."""
+    for job in jobs:
+        fence = job.fence
+        if fence is not None:
+            fence.fail(error if isinstance(error, EventLogError) else LogUnavailable(str(error)))
 
 
 def _insert_batch(conn: sqlite3.Connection, batch: list[_AppendJob]) -> list[list[Position]]:
@@ -769,15 +857,18 @@ class SqliteEventLog(EventLog):
                 )
             self._writer.submit(job)
 
-    async def append(self, records: Sequence[AppendRecord]) -> list[Position]:
-        """Durably append ``records``; see EventLog.append.
+    async def append(
+        self, records: Sequence[AppendRecord], *, fence: AppendFence | None = None
+    ) -> list[Position]:
+        """Durably append ``records``; see EventLog.append. ``fence``: see
+        AppendFence (refused at once if an earlier append of it failed).
 
         If the awaiting task is cancelled, the records may still be committed: the
         log errs towards recording, never towards acknowledging what it lost.
         """
         if not records:
             return []
-        future = self.append_nowait(records)
+        future = self.append_nowait(records, fence=fence)
         if future.done():
             # Committed inline: still let other tasks run, as an append that
             # waited for the writer thread always did (a caller appending in
@@ -786,7 +877,11 @@ class SqliteEventLog(EventLog):
         return await future
 
     def append_nowait(
-        self, records: Sequence[AppendRecord], *, inline: bool = True
+        self,
+        records: Sequence[AppendRecord],
+        *,
+        inline: bool = True,
+        fence: AppendFence | None = None,
     ) -> asyncio.Future[list[Position]]:
         """Queue ``records`` for the writer *now*, in call order, and return the
         future that resolves once they are durable (or fails with the
@@ -794,6 +889,9 @@ class SqliteEventLog(EventLog):
         without letting later appends overtake them. Must run on the event loop.
         With ``commit_inline_when_idle`` the commit may already be done when
         this returns; ``inline=False`` always hands it to the writer thread.
+        ``fence``: the series this append belongs to (AppendFence); checked by
+        whoever commits, so an append queued behind a failed one of the same
+        series fails too, and what is stored of the series stays a prefix.
         """
         rows: list[tuple[bytes, bytes]] = []
         for record in records:
@@ -808,14 +906,18 @@ class SqliteEventLog(EventLog):
         if not rows:
             future.set_result([])
             return future
-        job = _AppendJob(rows, loop, future)
+        job = _AppendJob(rows, loop, future, fence)
         want = self.commit_inline_when_idle
         if inline and (want() if callable(want) else want):
             with self._submit_lock:
                 writer = self._writer
                 if writer is not None and writer.commit_inline(job):
                     return future
-        self._submit(job)
+        try:
+            self._submit(job)
+        except EventLogError as exc:
+            _fail_fences([job], exc)
+            raise
         return future
 
     async def _call_writer(self, fn: Callable[[sqlite3.Connection], _T], doing: str) -> _T:

@@ -618,3 +618,121 @@ def test_equal_received_keys_mean_equal_bodies_and_the_same_bytes(
         assert keeping.record_bytes(
             "RequestReceived", record, body_key=received_key(body, ops)
         ) == plain.record_bytes("RequestReceived", record)
+
+
+class _LogLock:
+    """Another connection that holds the log's write lock (as a loader, the
+    CLI or a second gateway may) until the gateway's writer has failed one
+    commit on it; then it lets go, so the commits queued behind that one would
+    find the lock free."""
+
+    def __init__(self, path: Path, log: SqliteEventLog) -> None:
+        import sqlite3
+
+        self._log = log
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._failed_before = log.stats.failed_commits
+
+    async def release_after_first_failure(self) -> None:
+        for _ in range(4000):
+            if self._log.stats.failed_commits > self._failed_before:
+                break
+            await asyncio.sleep(0.001)
+        else:
+            raise AssertionError("the gateway's writer never failed a commit")
+        self._conn.execute("COMMIT")
+        self._conn.close()
+
+
+async def _request(chain: Chain, token: str) -> http.HTTPFlow:
+    """A flow's request hooks only: forwarded if it leaves with no response."""
+    flow = tflow.tflow()
+    flow.request = http.Request.make(
+        "GET",
+        "http://127.0.0.1:6333/collections/docs/points/1",
+        b"",
+        {"host": "127.0.0.1:6333", "authorization": f"Bearer {token}"},
+    )
+    await chain._each("requestheaders", flow)
+    await chain._each("request", flow)
+    return flow
+
+
+async def _respond(chain: Chain, flow: http.HTTPFlow) -> None:
+    flow.response = http.Response.make(200, answer(), {"content-type": "application/json"})
+    await chain._each("responseheaders", flow)
+    await chain._each("response", flow)
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+def test_a_failed_append_leaves_no_gap_when_later_appends_were_already_queued(
+    tmp_path: Path, dev_idp: str, durability: str
+) -> None:
+    """Another connection holds the log's write lock past busy_timeout. One
+    flow's request batch fails; the request batches of flows that were stamped
+    meanwhile on the same stream (and, with async responses, a response record)
+    are queued behind it, and the lock is free by the time the writer takes
+    them up. They must fail too (503, not forwarded): committing them would
+    continue the stream and a session's chain over the failed batch's events
+    (the audit's "gap: expected seq ..." and a tail no checkpoint covers). The
+    next requests go on, on a new stream."""
+    from capture.devidp import mint_token
+    from replay.verify_core import verify_log
+
+    cfg = config(
+        tmp_path, dev_idp, response_durability=durability, signing_key=tmp_path / "gw.key",
+        checkpoint_interval_s=3600.0,
+    )
+    token = mint_token(dev_idp, "alice", ["Vector-Read"])
+    path = tmp_path / "events.db"
+
+    async def run() -> tuple[list[http.HTTPFlow], http.HTTPFlow | None, list[http.HTTPFlow], str]:
+        log = SqliteEventLog(path, busy_timeout=1.0)
+        chain = Chain(cfg, log)
+        await chain.start()
+        recorder = chain.recorder
+        try:
+            await chain.exchange(token, answer())  # the session exists: later flows continue it
+            in_flight = None
+            if durability == "async":
+                # forwarded; upstream answers while the log is locked
+                in_flight = await _request(chain, token)
+            lock = _LogLock(path, log)
+            first = asyncio.create_task(_request(chain, token))
+            await asyncio.sleep(0.2)  # the writer has taken its batch and waits for the lock
+            later = [asyncio.create_task(_request(chain, token)) for _ in range(3)]
+            if in_flight is not None:
+                await _respond(chain, in_flight)  # its record is queued behind the batch
+            await asyncio.sleep(0.05)
+            await lock.release_after_first_failure()
+            refused = [await first] + [await t for t in later]
+            await asyncio.gather(*recorder._in_flight, return_exceptions=True)
+            await asyncio.sleep(0)
+            after = [await chain.exchange(token, answer()) for _ in range(2)]
+            assert recorder.checkpointer is not None
+            return refused, in_flight, after, recorder.checkpointer.signer.verifier.vkey
+        finally:
+            await chain.stop()
+
+    refused, in_flight, after, vkey = asyncio.run(run())
+    events = read_events(cfg.log_url)
+    forwarded_ids = {
+        d.event.envelope.request_id for d in events if d.event.envelope.type == "RequestForwarded"
+    }
+    for flow in refused:
+        st_ = state_of(flow)
+        assert st_ is not None
+        if st_.request_id in forwarded_ids:  # durable in time: went upstream
+            assert st_.forwarded and flow.response is None
+        else:  # not durably recorded: 503, and nothing forwarded
+            assert not st_.forwarded
+            assert flow.response is not None and flow.response.status_code == 503
+    assert state_of(refused[0]).request_id not in forwarded_ids  # type: ignore[union-attr]
+    if in_flight is not None:  # async: the client has its answer; no record of it follows a hole
+        assert in_flight.response is not None and in_flight.response.status_code == 200
+    assert all(state_of(f).forwarded for f in after)  # type: ignore[union-attr]
+    assert {d.event.envelope.gateway_id for d in events} == {"gw-recorder", "gw-recorder#1"}
+    assert verify_chains(events) == []
+    report = verify_log(events, [vkey], require_checkpoint=True)
+    assert report.ok and not report.findings, [str(f) for f in report.findings]

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.transport.base import AppendRecord, Position
 from pipeline.transport.errors import LogCorrupt, LogFull, LogUnavailable, TruncatedLog
-from pipeline.transport.sqlite import SqliteEventLog
+from pipeline.transport.sqlite import AppendFence, SqliteEventLog
 
 WORKER = Path(__file__).with_name("sqlite_worker.py")
 
@@ -425,6 +425,67 @@ async def test_lock_held_too_long_is_log_unavailable(sqlite_log_path: Path) -> N
         blocker.execute("ROLLBACK")
         blocker.close()
         assert await log.append([rec("ok")]) == [Position(0, 0)]
+
+
+# --- fences: what is stored of a series of appends is a prefix of it -------------
+
+
+async def test_appends_queued_behind_a_failed_one_of_their_fence_are_refused(
+    sqlite_log_path: Path,
+) -> None:
+    """The first append of a stream waits for a lock another connection holds,
+    past busy_timeout; more of the stream queue behind it. The lock is free by
+    the time the writer takes them up, yet none of them may commit: the stream
+    would go on over the failed one. Appends of other fences, or none, do."""
+    async with SqliteEventLog(sqlite_log_path, busy_timeout=0.5) as log:
+        stream, other = AppendFence(), AppendFence()
+        blocker = raw(sqlite_log_path)
+        blocker.execute("BEGIN IMMEDIATE")
+        first = asyncio.create_task(log.append([rec("s-0")], fence=stream))
+        await asyncio.sleep(0.1)  # the writer holds it, waiting for the lock
+        queued = [
+            log.append_nowait([rec("s-1")], fence=stream),
+            log.append_nowait([rec("o-0", key="s2")], fence=other),
+            log.append_nowait([rec("s-2")], fence=stream),
+            log.append_nowait([rec("none", key="s3")]),
+        ]
+        while log.stats.failed_commits == 0:
+            await asyncio.sleep(0.001)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        with pytest.raises(LogUnavailable, match="busy_timeout"):
+            await first
+        outcomes = await asyncio.gather(*queued, return_exceptions=True)
+        assert isinstance(outcomes[0], LogUnavailable) and isinstance(outcomes[2], LogUnavailable)
+        assert "earlier append of the same stream failed" in str(outcomes[0])
+        assert "nothing of it was stored" in str(outcomes[2])
+        assert outcomes[1] == [Position(0, 0)] and outcomes[3] == [Position(0, 1)]
+        assert stream.failed is not None and other.failed is None
+        assert log.stats.failed_commits == 1, "the refused ones were never tried"
+        with pytest.raises(LogUnavailable, match="earlier append"):
+            await log.append([rec("s-3")], fence=stream)
+        async with log.reader("check") as reader:
+            stored = [r.value for r in await reader.poll(timeout=0)]
+        assert stored == [b"o-0", b"none"]
+
+
+async def test_an_inline_failure_breaks_its_fence_before_the_caller_resumes(
+    sqlite_log_path: Path,
+) -> None:
+    async with SqliteEventLog(
+        sqlite_log_path, max_bytes=64 * 1024, commit_inline_when_idle=True
+    ) as log:
+        fence = AppendFence()
+        with pytest.raises(LogFull):
+            for i in range(100):
+                future = log.append_nowait([rec(f"{i}-" + "y" * 9000)], fence=fence)
+                assert future.done(), "committed (or failed) inline"
+                await future
+        assert isinstance(fence.failed, LogFull) and log.stats.failed_commits == 1
+        later = log.append_nowait([rec("small")], fence=fence)
+        with pytest.raises(LogUnavailable, match="earlier append"):
+            await later
+        assert log.stats.failed_commits == 1
 
 
 # --- files that are not (intact) logs -----------------------------------------------
