@@ -25,7 +25,9 @@ Placed after the Enforcer and before Credentials and the Recorder. For a
      answers 202 ``{approval_id, status_url}``. After approval the client sends
      the same request again with ``X-Embedguard-Approval: ID``; it is accepted
      once, for the same requester and the same content hash
-     (:meth:`ApprovalService.consume`).
+     (:meth:`ApprovalService.consume`): on another route (listener or
+     upstream), with another Milvus ``db-name`` or any other bound difference
+     it is refused as ``content_mismatch``.
 
 Either way the approved request claims the approval's one use through the log
 before it goes on (:meth:`ApprovalService.claim`, an ApprovalClaimed event):
@@ -46,14 +48,16 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from mitmproxy import connection, http
 
 from capture.approvals.service import CLAIM_KEY
-from capture.config import GatewayConfig
+from capture.classify import HEADERS_PRESENT, HEADERS_READ
+from capture.config import GatewayConfig, Route
 from capture.recorder import APPROVAL_ID, APPROVAL_STATUS
 from capture.review import Review, blast_radius
 from capture.state import REQUEST_ID_HEADER, Blocked, FlowState, fail_closed, state_of
@@ -67,8 +71,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APPROVAL_HEADER",
+    "BINDING_VERSION",
     "ApprovalGate",
+    "RequestBinding",
     "approval_mode",
+    "binding_of",
     "request_sha256",
     "status_url",
 ]
@@ -83,18 +90,144 @@ RecordReceived = Callable[[http.HTTPFlow], Awaitable[None]]
 RecordSystem = Callable[[str, list[tuple[type[Event], dict[str, Any]]]], Awaitable[None]]
 
 
-def request_sha256(method: str, path: str, body: bytes) -> str:
-    """The content hash an approval binds: method, path with its query, body.
+#: The first field of every binding: a binding of another shape never shares a
+#: hash with this one (v1 was method, path and body alone).
+BINDING_VERSION = "embedguard.approval-binding.v2"
 
-    The one definition used for ApprovalRequested.request_sha256 and for the
-    check of a re-sent request. Fields are length-prefixed, so no two requests
-    share a hash by moving bytes between them.
+
+@dataclass(frozen=True)
+class RequestBinding:
+    """Everything that decides what a held request does upstream; an approval
+    binds its :attr:`sha256` (ApprovalRequested.request_sha256, "the request
+    content hash") and a re-sent request must hash the same.
+
+    * the route it arrived on: the upstream URL, the product (``kind``), the
+      upstream credential's reference (its name, never the secret: one
+      upstream reached with two keys may be two projects), the Pinecone index
+      and the Chroma v1 switch, which both change what a path means. Not the
+      listen address: any gateway replica serving the same route may take a
+      re-send;
+    * the method and the full request target (path with its query, as sent);
+    * every value, in order, of each header classification reads
+      (``capture.classify.HEADERS_READ``, e.g. Milvus' ``db-name``): repeated
+      fields are bound as sent, whichever one the upstream takes. The client's
+      Host only on an ``auto`` route, where it can pick the product; on a route
+      with a product it is never read (Pinecone's index is the route's, and
+      the upstream gets the route's Host). On an ``auto`` route also whether
+      each ``HEADERS_PRESENT`` header (``api-key``) was sent, never its value;
+    * the body as the client sent it (decoded from any Content-Encoding).
+
+    Fields are length-prefixed, so no two bindings share a hash by moving bytes
+    between fields. :meth:`describe` is what approvers are shown of it.
     """
-    h = hashlib.sha256()
-    for part in (method.upper().encode(), path.encode("utf-8", "surrogateescape"), body):
-        h.update(len(part).to_bytes(8, "big"))
-        h.update(part)
-    return h.hexdigest()
+
+    kind: str
+    upstream: str
+    credential_ref: str | None
+    pinecone_index: str | None
+    chroma_v1: bool
+    method: str
+    target: str
+    headers: tuple[tuple[str, tuple[str, ...]], ...]
+    present: tuple[str, ...]
+    body: bytes
+
+    @classmethod
+    def of(cls, route: Route, method: str, target: str,
+           header_fields: Iterable[tuple[bytes, bytes]], client_host: str,
+           body: bytes) -> RequestBinding:
+        """The binding of a request with these raw header fields (name, value)
+        that arrived on ``route`` with Host ``client_host``."""
+        auto = route.kind == "auto"
+        read: dict[str, list[str]] = {}
+        sent: set[str] = set()
+        for k, v in header_fields:
+            name = k.decode("latin-1").lower()
+            if name in HEADERS_READ and name != "host":
+                read.setdefault(name, []).append(v.decode("utf-8", "surrogateescape"))
+            elif auto and name in HEADERS_PRESENT:
+                sent.add(name)
+        if auto:
+            read["host"] = [client_host]
+        return cls(
+            kind=route.kind, upstream=route.upstream, credential_ref=route.credential_ref,
+            pinecone_index=route.pinecone_index, chroma_v1=route.chroma_v1,
+            method=method.upper(), target=target,
+            headers=tuple((n, tuple(read[n])) for n in sorted(read)),
+            present=tuple(sorted(sent)), body=body,
+        )
+
+    @property
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+
+        def put(part: str | bytes) -> None:
+            raw = part if isinstance(part, bytes) else part.encode("utf-8", "surrogateescape")
+            h.update(len(raw).to_bytes(8, "big"))
+            h.update(raw)
+
+        def put_optional(part: str | None) -> None:
+            put("0" if part is None else "1")
+            if part is not None:
+                put(part)
+
+        put(BINDING_VERSION)
+        put(self.kind)
+        put(self.upstream)
+        put_optional(self.credential_ref)
+        put_optional(self.pinecone_index)
+        put("1" if self.chroma_v1 else "0")
+        put(self.method)
+        put(self.target)
+        put(str(len(self.headers)))
+        for name, values in self.headers:
+            put(name)
+            put(str(len(values)))
+            for v in values:
+                put(v)
+        put(str(len(self.present)))
+        for name in self.present:
+            put(name)
+        put(self.body)
+        return h.hexdigest()
+
+    def describe(self, max_target: int = 300) -> str:
+        """One line for approvers: what the approval will let through. Values a
+        client chose are JSON-quoted; only an over-long target is shortened
+        (the hash binds all of it)."""
+        target = self.target
+        if len(target) > max_target:
+            target = f"{target[:max_target]}… ({len(self.target)} characters)"
+        route = f"{self.kind} upstream {self.upstream}"
+        if self.pinecone_index:
+            route += f" index {self.pinecone_index}"
+        if self.chroma_v1:
+            route += " (Chroma v1 paths)"
+        if self.credential_ref:
+            route += f" with credential {self.credential_ref}"
+        parts = [f"{self.method} {json.dumps(target)} to {route}"]
+        for name, values in self.headers:
+            shown = ", ".join(json.dumps(v[:200]) for v in values) or "(none)"
+            parts.append(f"header {name}: {shown}")
+        for name in self.present:
+            parts.append(f"header {name}: (sent)")
+        body_sha = hashlib.sha256(self.body).hexdigest()
+        parts.append(f"body {len(self.body)} bytes, sha256 {body_sha}")
+        return "; ".join(parts)
+
+
+def binding_of(flow: http.HTTPFlow, st: FlowState) -> RequestBinding:
+    """The binding of a flow as the gate sees it (after classification, before
+    any filter injection reaches the body the client sent)."""
+    return RequestBinding.of(st.route, flow.request.method, flow.request.path,
+                             flow.request.headers.fields, st.client_host, st.client_body)
+
+
+def request_sha256(binding: RequestBinding) -> str:
+    """The content hash an approval binds (ApprovalRequested.request_sha256):
+    :attr:`RequestBinding.sha256`. The one definition used when the approval
+    is asked for and when a re-sent request is checked."""
+    return binding.sha256
 
 
 def approval_mode(policy_mode: str, prefer: str | None) -> Literal["hold", "async"]:
@@ -189,7 +322,8 @@ class ApprovalGate:
             if APPROVAL_HEADER in flow.request.headers:
                 del flow.request.headers[APPROVAL_HEADER]
             return
-        digest = request_sha256(flow.request.method, flow.request.path, st.client_body)
+        binding = binding_of(flow, st)
+        digest = request_sha256(binding)
         resent = flow.request.headers.get(APPROVAL_HEADER)
         if resent is not None:
             await self._resent(flow, st, resent.strip(), digest)
@@ -209,7 +343,8 @@ class ApprovalGate:
                 request_sha256=digest,
                 requirement=d.approval,
                 mode=mode,
-                reason="; ".join(x for x in (d.reason, review.note) if x),
+                reason="; ".join(x for x in (d.reason, review.note,
+                                             f"approves exactly: {binding.describe()}") if x),
                 blast_radius=review.blast_radius,
                 session_id=st.session_id,
                 request_id=st.request_id,

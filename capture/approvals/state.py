@@ -694,8 +694,10 @@ def check_consume(
     if request_sha256 != approval.request_sha256:
         raise ApprovalError(
             "content_mismatch",
-            f"this request differs from the one approved as {approval_id} (method, path or "
-            "body changed); re-send exactly the approved request, or ask for a new approval",
+            f"this request differs from the one approved as {approval_id} (the route it "
+            "came in on, the method, the path or query, a header classification reads such as "
+            "DB-Name, or the body changed); re-send exactly the approved request on the same "
+            "route, or ask for a new approval",
         )
     if used or approval.used:
         raise ApprovalError(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,9 @@ from mitmproxy.test import tflow
 from capture.approval_gate import (
     APPROVAL_HEADER,
     ApprovalGate,
+    RequestBinding,
     approval_mode,
+    binding_of,
     request_sha256,
     status_url,
 )
@@ -64,19 +66,81 @@ BOB = Identity("bob", ISS, frozenset({"Vector-Approve"}), token_id="jti-bob")
 # ------------------------------------------------------------------ pure parts
 
 
-def test_request_sha256_binds_method_path_query_and_body() -> None:
-    base = request_sha256("POST", "/c/points?wait=true", b'{"a":1}')
-    assert base == request_sha256("post", "/c/points?wait=true", b'{"a":1}')
-    others = {
-        request_sha256("PUT", "/c/points?wait=true", b'{"a":1}'),
-        request_sha256("POST", "/c/points?wait=false", b'{"a":1}'),
-        request_sha256("POST", "/c/points", b'{"a":1}'),
-        request_sha256("POST", "/c/points?wait=true", b'{"a":2}'),
-        # moving bytes between the fields gives another hash
-        request_sha256("POST", "/c/points?wait=true{", b'"a":1}'),
-    }
-    assert base not in others and len(others) == 5
-    assert len(base) == 64 and int(base, 16) >= 0
+QDRANT = Route(kind="qdrant", upstream="http://qdrant-staging:6333", listen_port=8080)
+MILVUS = Route(kind="milvus", upstream="http://milvus:19530", listen_port=8081)
+AUTO = Route(kind="auto", upstream="http://vectors:6333", listen_port=8082)
+H = list[tuple[bytes, bytes]]
+
+
+def sha(route: Route = QDRANT, method: str = "POST", target: str = "/c/points?wait=true",
+        headers: H | None = None, host: str = "gw:8080", body: bytes = b'{"a":1}') -> str:
+    return request_sha256(RequestBinding.of(route, method, target, headers or [], host, body))
+
+
+DB = [(b"DB-Name", b"sandbox")]
+#: requests that do something else upstream: each must hash differently
+DIFFERENT: dict[str, str] = {
+    "method": sha(method="PUT"),
+    "query": sha(target="/c/points?wait=false"),
+    "no query": sha(target="/c/points"),
+    "body": sha(body=b'{"a":2}'),
+    # moving bytes between the fields gives another hash
+    "bytes moved": sha(target="/c/points?wait=true{", body=b'"a":1}'),
+    "other upstream": sha(QDRANT.model_copy(update={"upstream": "http://qdrant-prod:6333"})),
+    "other kind": sha(QDRANT.model_copy(update={"kind": "auto"})),
+    "other credential": sha(QDRANT.model_copy(update={"credential_ref": "env:PROD_KEY"})),
+    "pinecone index": sha(QDRANT.model_copy(update={"pinecone_index": "prod"})),
+    "chroma v1": sha(QDRANT.model_copy(update={"chroma_v1": True})),
+    "milvus db-name": sha(MILVUS, headers=DB),
+    "milvus other db-name": sha(MILVUS, headers=[(b"db-name", b"production")]),
+    "milvus repeated db-name": sha(MILVUS, headers=[*DB, (b"DB-Name", b"production")]),
+    "milvus repeated, other order": sha(MILVUS, headers=[(b"DB-Name", b"production"), *DB]),
+    "pinecone api version": sha(headers=[(b"X-Pinecone-API-Version", b"2025-04")]),
+    "auto route, other Host": sha(AUTO, host="idx-abc.svc.us.pinecone.io"),
+    "auto route, api-key sent": sha(AUTO, headers=[(b"Api-Key", b"k1")]),
+}
+
+
+def test_request_sha256_binds_route_method_target_headers_and_body() -> None:
+    base = sha()
+    assert base == sha(method="post") and len(base) == 64 and int(base, 16) >= 0
+    hashes = [base, sha(MILVUS), sha(AUTO), *DIFFERENT.values()]
+    assert len(set(hashes)) == len(hashes), DIFFERENT
+
+
+@pytest.mark.parametrize(
+    ("why", "same"),
+    [
+        # another replica (or listener) serving the same route
+        ("listen address", lambda: sha(QDRANT.model_copy(update={"listen_port": 9999,
+                                                                 "listen_host": "0.0.0.0"}))),
+        # the client's Host is never read on a route with a product
+        ("client Host", lambda: sha(host="127.0.0.1:8080")),
+        ("headers classification ignores", lambda: sha(headers=[(b"User-Agent", b"curl"),
+                                                                (b"Accept", b"*/*")])),
+        ("header name case", lambda: sha(headers=[(b"x-pinecone-api-version", b"1")])
+         == sha(headers=[(b"X-Pinecone-Api-Version", b"1")]) and sha()),
+        # only that api-key was sent, never its value
+        ("api-key value", lambda: sha(AUTO, headers=[(b"api-key", b"other")])
+         == sha(AUTO, headers=[(b"api-key", b"k1")]) and sha()),
+    ],
+)
+def test_request_sha256_ignores_what_does_not_change_the_request(
+        why: str, same: Callable[[], str]) -> None:
+    assert same() == sha(), why
+
+
+def test_the_binding_description_shows_what_is_bound() -> None:
+    b = RequestBinding.of(MILVUS.model_copy(update={"credential_ref": "env:MILVUS_TOKEN"}),
+                          "post", "/v2/vectordb/entities/delete",
+                          [(b"DB-Name", b"sandbox"), (b"DB-Name", b'x" ; y')], "gw", b"{}")
+    text = b.describe()
+    assert text.startswith('POST "/v2/vectordb/entities/delete" to milvus upstream '
+                           "http://milvus:19530 with credential env:MILVUS_TOKEN")
+    assert 'header db-name: "sandbox", "x\\" ; y"' in text
+    assert "body 2 bytes, sha256 44136fa355b3678a" in text
+    long = RequestBinding.of(QDRANT, "GET", "/c?" + "q" * 1000, [], "gw", b"").describe()
+    assert "(1003 characters)" in long and len(long) < 600
 
 
 @pytest.mark.parametrize(
@@ -113,17 +177,21 @@ class Rig:
         self.policy = parse_policy(POLICY)
 
     def flow(self, collection: str = "docs", body: bytes = b'{"ids":["1"]}',
-             who: Identity = ALICE, headers: dict[str, str] | None = None) -> Any:
+             who: Identity = ALICE, headers: dict[str, str] | None = None,
+             route: Route | None = None, query: str = "wait=true",
+             header_fields: Sequence[tuple[bytes, bytes]] = ()) -> Any:
         f = tflow.tflow()
         f.request.method = "POST"
-        f.request.path = f"/collections/{collection}/points?wait=true"
+        f.request.path = f"/collections/{collection}/points" + (f"?{query}" if query else "")
         f.request.content = body
         f.client_conn.timestamp_tls_setup = None  # plain http to the gateway
         for k, v in (headers or {}).items():
             f.request.headers[k] = v
+        f.request.headers.fields += tuple(header_fields)
         ops = [Operation(action=ActionClass.WRITE, collection=collection, ids=["1"],
                          vector_count=1)]
-        st = FlowState(route=self.config.routes[0], client_body=body, client_host="gw:1")
+        st = FlowState(route=route or self.config.routes[0], client_body=body,
+                       client_host="gw:1")
         st.identity = who
         st.client_address = "127.0.0.1"
         st.classification = Classification(product="qdrant", operations=ops)
@@ -195,7 +263,13 @@ async def test_hold_until_approved(rig: Rig) -> None:
     task, aid = await held(rig, f)
     a = rig.service.get(aid)
     assert a is not None and a.status == "pending" and a.mode == "hold"
-    assert a.request_sha256 == request_sha256("POST", f.request.path, b'{"ids":["1"]}')
+    assert a.request_sha256 == request_sha256(RequestBinding.of(
+        rig.config.routes[0], "POST", f.request.path, [], "gw:1", b'{"ids":["1"]}'))
+    # the approver is shown what the hash binds
+    assert a.reason is not None and a.reason.endswith(
+        "approves exactly: " + binding_of(f, f.metadata[KEY]).describe())
+    assert f'POST "/collections/docs/points?wait=true" to qdrant upstream ' \
+        f'{rig.config.routes[0].upstream}' in a.reason
     assert a.blast_radius == 1
     await rig.service.decide(aid, BOB, "approve", "fine")
     await asyncio.wait_for(task, 30)
@@ -291,6 +365,51 @@ async def test_async_mode_answers_202_and_the_resend_is_accepted_once(rig: Rig) 
     other = rig.flow("batch", body=b'{"ids":["2"]}', headers={APPROVAL_HEADER: aid})
     await rig.gate.request(other)
     assert other.response.status_code == 409
+
+
+PROD = Route(kind="qdrant", upstream="http://127.0.0.1:10", listen_port=0)
+
+
+@pytest.mark.parametrize(
+    ("case", "resend", "accepted"),
+    [
+        ("the same request", {}, True),
+        # another gateway replica (or listener) in front of the same upstream
+        ("same route, another listener",
+         {"route": Route(kind="qdrant", upstream="http://127.0.0.1:9", listen_port=7777)}, True),
+        ("another upstream (the production listener)", {"route": PROD}, False),
+        ("another route kind",
+         {"route": Route(kind="auto", upstream="http://127.0.0.1:9", listen_port=0)}, False),
+        ("another DB-Name", {"header_fields": [(b"DB-Name", b"production")]}, False),
+        ("DB-Name repeated", {"header_fields": [(b"DB-Name", b"sandbox"),
+                                                (b"DB-Name", b"production")]}, False),
+        ("another query", {"query": "wait=false"}, False),
+    ],
+)
+async def test_a_resend_must_match_the_approved_route_headers_and_target(
+        rig: Rig, case: str, resend: dict[str, Any], accepted: bool) -> None:
+    """Invariant 6: an approval binds the exact request, including where it
+    goes (/tmp/audit3b t6: approved on the staging listener, sent on the
+    production one; approved for DB-Name sandbox, sent for production)."""
+    f = rig.flow("batch", header_fields=[(b"DB-Name", b"sandbox")])
+    await rig.gate.request(f)
+    assert f.response.status_code == 202
+    aid = body_of(f)["approval_id"]
+    await rig.service.decide(aid, BOB, "approve", "sandbox cleanup")
+    kw: dict[str, Any] = {"header_fields": [(b"DB-Name", b"sandbox")], **resend}
+    again = rig.flow("batch", headers={APPROVAL_HEADER: aid}, **kw)
+    await rig.gate.request(again)
+    if accepted:
+        assert again.response is None and approved_by_gate(again.metadata[KEY]), case
+        return
+    assert again.response.status_code == 409, case
+    assert body_of(again)["error"] == "content_mismatch"
+    assert "route" in body_of(again)["reason"]
+    # the approval is still unused: the exact request may still go
+    exact = rig.flow("batch", headers={APPROVAL_HEADER: aid},
+                     header_fields=[(b"DB-Name", b"sandbox")])
+    await rig.gate.request(exact)
+    assert exact.response is None and approved_by_gate(exact.metadata[KEY])
 
 
 async def test_prefer_respond_async(rig: Rig) -> None:

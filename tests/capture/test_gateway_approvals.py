@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from capture.approval_gate import request_sha256
+from capture.approval_gate import RequestBinding, request_sha256
+from capture.config import Route
 from capture.devidp import mint_token
 from schemas.chain import verify_chains
 from tests.support.approval_e2e import (
@@ -224,15 +225,20 @@ def test_seed_scenario_upsert_held_until_another_person_approves(
                  and e.envelope.session_id == session)
     assert ident.subject == "alice"
     assert json.loads(received.body)["ids"] == ["s1", "s2"]  # the payload
-    assert req.request_sha256 == request_sha256(received.method, received.path
-                                                + (f"?{received.query}" if received.query
-                                                   else ""), received.body)
     [decided] = by_type(evs, "ApprovalDecided", approval_id=aid)
     assert (decided.approver_subject, decided.decision) == ("bob", "approve")
     assert decided.reason == "checked the two documents"
     [forwarded] = [e for e in evs if e.envelope.type == "RequestForwarded"
                    and e.envelope.request_id == rid]
     assert forwarded.approval_id == aid
+    # the hash binds the route it went to, the request as received and its body
+    route = Route(kind="chroma", upstream=forwarded.upstream,
+                  credential_ref=forwarded.credential_ref, listen_port=0)
+    target = received.path + (f"?{received.query}" if received.query else "")
+    fields = [(h.name.encode(), h.value.encode()) for h in received.headers]
+    assert req.request_sha256 == request_sha256(RequestBinding.of(
+        route, received.method, target, fields, received.host, received.body))
+    assert f'POST "{target}" to chroma upstream {forwarded.upstream}' in req.reason
     # the session reads RequestReceived, PolicyDecided, ApprovalRequested, RequestForwarded
     chain = [e.envelope.type for e in sorted(
         (e for e in evs if e.envelope.session_id == session and e.envelope.request_id == rid),
