@@ -3,7 +3,9 @@
 The first addon. Requests under the reserved prefix ``/_embedguard/`` are
 answered here with JSON and never go upstream; every other request passes
 untouched. The caller is verified with the same OIDC verifier (bearer token or
-DPoP) as data requests, and every decision is taken by the
+DPoP, whose proof must name this gateway's URL as on the data path:
+:func:`capture.identity.dpop_url`, never the client's Host) as data requests,
+and every decision is taken by the
 :class:`~capture.approvals.service.ApprovalService`, which enforces the rules
 on the server, whatever the client::
 
@@ -43,6 +45,7 @@ from capture.approvals.state import (
     valid_id,
 )
 from capture.dpop import AuthError
+from capture.identity import dpop_url
 from capture.state import REQUEST_ID_HEADER, error_response, state_of
 from capture.types import Identity
 from pipeline.transport.errors import EventLogError
@@ -194,9 +197,12 @@ class ControlApi:
         if len(headers.get_all("authorization")) > 1 or len(headers.get_all("dpop")) > 1:
             raise AuthError("duplicate_credentials",
                             "send exactly one Authorization header (and at most one DPoP header)")
-        scheme = "https" if flow.client_conn.tls_established else "http"
-        host = flow.request.host_header or ""
-        url = f"{scheme}://{host}{flow.request.path.split('?', 1)[0]}"
+        # The proof must be made for this gateway's URL (the route's public URL,
+        # or the address the connection arrived on), as on the data path: never
+        # a Host header the client chose, or a proof for another server passes.
+        st = state_of(flow)
+        client_host = st.client_host if st is not None else (flow.request.host_header or "")
+        url = dpop_url(flow, st.route.public_url if st is not None else None, client_host)
         return await self.verifier.authenticate(
             authorization=headers.get("authorization"),
             dpop_proof=headers.get("dpop"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -219,3 +220,30 @@ def test_dpop_bound_callers(pair: tuple[GatewayProcess, GatewayProcess], dev_idp
     refused(httpx.post(url, json=TICKET, headers=h, timeout=30), 401, "unauthenticated")
     refused(httpx.post(url, json=TICKET, headers={"authorization": f"Bearer {token}"},
                        timeout=30), 401, "unauthenticated")
+
+
+@pytest.mark.parametrize("case", ["own-url", "other-host", "other-port"])
+def test_dpop_proofs_are_checked_against_the_gateways_own_url(
+        pair: tuple[GatewayProcess, GatewayProcess], dev_idp: str, tmp_path: Path,
+        case: str) -> None:
+    """As on the data path (tests/capture/test_gateway_dpop.py): a proof made for
+    another server does not pass with that server's Host header."""
+    a, _ = pair
+    key = tmp_path / "approver.pem"
+    generate_dpop_key(key)
+    token = mint_token(dev_idp, "bob", ["Vector-Approve"], dpop_key_file=key)
+    path = "/_embedguard/approvals"
+    made_for = {"own-url": f"{a.url}{path}",
+                "other-host": f"http://vectors.other-team.example{path}",
+                "other-port": f"http://127.0.0.1:{a.port + 1}{path}"}[case]
+    headers = {"authorization": f"DPoP {token}",
+               "dpop": make_dpop_proof(key, "GET", made_for, token)}
+    if case != "own-url":
+        headers["host"] = urllib.parse.urlsplit(made_for).netloc
+    r = httpx.get(f"{a.url}{path}", headers=headers, timeout=30)
+    if case == "own-url":
+        assert r.status_code == 200 and "approvals" in r.json(), r.text
+        return
+    body = refused(r, 401, "unauthenticated")
+    assert body["reason"].startswith("dpop_htu_mismatch"), body
+    assert r.headers["www-authenticate"].startswith("DPoP ")
