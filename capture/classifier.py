@@ -7,6 +7,17 @@ to the path the client named). A UUID that does not resolve there is refused
 (403 ``collection_unresolved``, or 502 when the upstream cannot be asked):
 Chroma's record endpoints ignore the path's tenant, so a UUID under a made-up
 tenant would otherwise reach a collection its name's rules deny.
+
+A cached name goes stale when the collection is renamed (``PUT
+.../collections/{id}`` with ``new_name``) or deleted. When such a request
+passes through this gateway process, the names it concerns are dropped from
+the cache when the request is classified and again when the upstream has
+answered (or failed), so a lookup racing with the rename cannot keep the old
+name. A rename made elsewhere (another gateway worker or replica, or straight
+at the upstream) is seen only when the cached entry expires: for up to
+``ChromaNames.ttl_s`` (15 s) a UUID may still be classified under its old
+name there. The cost of the short TTL is one upstream lookup per UUID (per
+tenant/database prefix) every 15 s per gateway process.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Collection
 from urllib.parse import parse_qsl
 
 import httpx
@@ -31,7 +43,13 @@ from capture.config import CREDENTIAL_HEADERS, GatewayConfig, Route
 from capture.state import FlowState, block, fail_closed, state_of
 from capture.types import Classification, HttpRequest, Product
 
-__all__ = ["ClassificationCache", "Classifier", "ChromaNames", "classification_key"]
+__all__ = [
+    "ClassificationCache",
+    "Classifier",
+    "ChromaNames",
+    "classification_key",
+    "repeated_read_headers",
+]
 
 log = logging.getLogger("embedguard.classifier")
 
@@ -41,10 +59,14 @@ class ChromaNames:
 
     Keyed by the path's tenant/database prefix and the UUID: the name is the
     one the upstream gives for that collection *under that prefix*, and a
-    failed lookup under one prefix says nothing about another."""
+    failed lookup under one prefix says nothing about another.
+
+    ``ttl_s`` bounds how long a rename made outside this process goes unseen
+    (see the module docstring); a rename or delete through this process is
+    applied at once by :meth:`forget_names`."""
 
     def __init__(
-        self, ttl_s: float = 300.0, negative_ttl_s: float = 5.0, max_entries: int = 50_000
+        self, ttl_s: float = 15.0, negative_ttl_s: float = 5.0, max_entries: int = 50_000
     ) -> None:
         self.ttl_s = ttl_s
         self.negative_ttl_s = negative_ttl_s
@@ -55,6 +77,17 @@ class ChromaNames:
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
+
+    def forget_names(self, names: Collection[str]) -> int:
+        """Drop every cached UUID that resolved to one of ``names`` (under any
+        prefix); returns how many entries went. Called for renames and
+        deletes, which are rare: a scan of the cache is cheap enough."""
+        if not names:
+            return 0
+        stale = [k for k, (name, _) in self._cache.items() if name in names]
+        for k in stale:
+            del self._cache[k]
+        return len(stale)
 
     async def resolve(
         self, route: Route, path: str, uuids: list[str]
@@ -190,9 +223,28 @@ class ClassificationCache:
         return len(self._entries)
 
 
+def repeated_read_headers(headers: http.Headers) -> list[str]:
+    """The headers of HEADERS_READ that the request sends more than once.
+
+    Servers disagree on which copy counts (Go's ``Header.Get``, which Milvus
+    uses for DB-Name, takes the first; header_dict keeps the last), so such a
+    request is refused rather than classified on a copy the server ignores."""
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for k, _ in headers.fields:
+        name = k.decode("latin-1").lower()
+        if name in HEADERS_READ:
+            if name in seen and name not in repeated:
+                repeated.append(name)
+            seen.add(name)
+    return repeated
+
+
 def header_dict(headers: http.Headers) -> dict[str, str]:
     """Lower-case name → value (last one wins), straight from the raw fields:
-    mitmproxy's multidict accessors cost more than the rest of classification."""
+    mitmproxy's multidict accessors cost more than the rest of classification.
+    Classifier.request refuses a repeated HEADERS_READ header first, so for
+    those there is only one value."""
     return {
         k.decode("latin-1").lower(): v.decode("utf-8", "replace") for k, v in headers.fields
     }
@@ -210,6 +262,21 @@ def to_http_request(flow: http.HTTPFlow, host: str, body: bytes) -> HttpRequest:
     )
 
 
+#: Chroma operations after which a cached UUID → name entry is wrong: the
+#: operation's collection is the collection's (old) name
+_CHROMA_RENAMES = frozenset({"modify_collection", "delete_collection"})
+
+
+def chroma_renamed(cls: Classification | None) -> frozenset[str]:
+    """The Chroma collection names a request renames away or deletes."""
+    if cls is None or cls.product != "chroma":
+        return frozenset()
+    return frozenset(
+        o.collection for o in cls.operations
+        if o.detail in _CHROMA_RENAMES and o.collection is not None
+    )
+
+
 class Classifier:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
@@ -219,10 +286,31 @@ class Classifier:
     async def done(self) -> None:
         await self.chroma.close()
 
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._forget_renamed(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._forget_renamed(flow)
+
+    def _forget_renamed(self, flow: http.HTTPFlow) -> None:
+        # Again once the upstream has acted: a lookup that ran between the
+        # classification and the rename may have cached the old name.
+        st = state_of(flow)
+        if st is not None:
+            self.chroma.forget_names(chroma_renamed(st.classification))
+
     @fail_closed("classify")
     async def request(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or flow.response is not None:
+            return
+        repeated = repeated_read_headers(flow.request.headers)
+        if repeated:
+            # before the cache: a key is never built for such a request
+            block(flow, st, 400, "bad_request",
+                  f"header {', '.join(repeated)} is sent more than once; the vector "
+                  "database may read a different copy from the one the policy would "
+                  "check: send it once", "classify")
             return
         key: ClassificationKey | None = None
         if not st.client_body and len(flow.request.path) <= _KEYED_PATH_MAX:
@@ -289,9 +377,9 @@ class Classifier:
             cls = self.cache.get(key) or cls  # the flow gets its own operations list
         self._classified(flow, st, cls)
 
-    @staticmethod
-    def _classified(flow: http.HTTPFlow, st: FlowState, cls: Classification) -> None:
+    def _classified(self, flow: http.HTTPFlow, st: FlowState, cls: Classification) -> None:
         st.classification = cls
+        self.chroma.forget_names(chroma_renamed(cls))
         if not cls.ok:
             block(
                 flow,

@@ -48,6 +48,7 @@ __all__ = [
     "go_fold",
     "parse_json",
     "query_limit",
+    "query_one",
     "route",
     "run",
     "static",
@@ -479,6 +480,23 @@ def as_int_limit(value: object, where: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{where} must be an integer, got {_kind(value)}")
     return max(_INT64_MIN, min(_INT64_MAX, value))
+
+
+def query_one(req: HttpRequest, key: str) -> str | None:
+    """The one value of query parameter ``key``, or None when absent.
+
+    Servers disagree on which of repeated values counts: Weaviate's
+    go-swagger binders take the last, Gin's ``c.Query`` (Milvus) the first,
+    Starlette (legacy Chroma) the last. A parameter the classifier reads is
+    therefore refused when it appears more than once, rather than classified
+    as one value while the server acts on another."""
+    values = req.query_values(key)
+    if len(values) > 1:
+        raise BadRequest(
+            f"query parameter {key[:40]!r} appears {len(values)} times; servers differ on "
+            "which value counts, so it must appear once"
+        )
+    return values[0] if values else None
 
 
 def query_limit(text: str | None, where: str) -> int | None:

@@ -31,6 +31,7 @@ from capture.classify._common import (
     normalize_path,
     op,
     parse_json,
+    query_one,
     route,
     run,
     unknown,
@@ -104,8 +105,10 @@ def chroma_collection_refs(req: HttpRequest) -> list[str]:
 
 def _db(ctx: _Ctx, p: Mapping[str, str]) -> str:
     if ctx.v1:
-        tenant = (ctx.req.query_values("tenant") or [DEFAULT_TENANT])[0]
-        database = (ctx.req.query_values("database") or [DEFAULT_DATABASE])[0]
+        tenant = query_one(ctx.req, "tenant")
+        database = query_one(ctx.req, "database")
+        tenant = DEFAULT_TENANT if tenant is None else tenant
+        database = DEFAULT_DATABASE if database is None else database
         return f"{tenant}/{database}"
     return f"{p['tenant']}/{p['database']}"
 

@@ -50,6 +50,7 @@ from capture.classify._common import (
     id_str,
     op,
     parse_json,
+    query_one,
     route,
     run,
     static,
@@ -438,12 +439,12 @@ def _alias(detail: str) -> _Handler:
 
 
 def _v1_describe(req: HttpRequest, _p: Mapping[str, str]) -> Result:
-    names = req.query_values("collectionName")
-    if not names or not names[0]:
+    name = query_one(req, "collectionName")
+    if not name:
         raise BadRequest("query parameter collectionName is required")
-    db = (req.query_values("dbName") or [""])[0] or req.header("db-name") or "default"
+    db = query_one(req, "dbName") or req.header("db-name") or "default"
     return Result(
-        [op(A.SCHEMA, collection=names[0], database=db, detail="v1/collections/describe")]
+        [op(A.SCHEMA, collection=name, database=db, detail="v1/collections/describe")]
     )
 
 

@@ -28,6 +28,7 @@ from capture.classify._common import (
     op,
     parse_json,
     query_limit,
+    query_one,
     route,
     run,
     static,
@@ -93,7 +94,7 @@ def _ns(value: object, where: str) -> str:
 
 
 def _query_ns(ctx: _Ctx) -> str:
-    return (ctx.req.query_values("namespace") or [""])[0]
+    return query_one(ctx.req, "namespace") or ""
 
 
 def _filters(body: Mapping[str, object], key: str, where: str) -> list[object]:
@@ -193,7 +194,7 @@ def _delete(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
 
 def _delete_legacy(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
     ids = ctx.req.query_values("ids") or None
-    flag = (ctx.req.query_values("deleteAll") or ["false"])[0].lower()
+    flag = (query_one(ctx.req, "deleteAll") or "false").lower()
     if flag not in ("true", "false"):
         raise BadRequest(f"query deleteAll must be true or false, got {flag[:20]!r}")
     return Result([_delete_op(_index(ctx), _query_ns(ctx), ids, [], flag == "true")])
@@ -241,8 +242,7 @@ def _fetch_by_metadata(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
 
 
 def _list(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
-    values = ctx.req.query_values("limit")
-    limit = query_limit(values[0] if values else None, "query limit")
+    limit = query_limit(query_one(ctx.req, "limit"), "query limit")
     return Result(
         [
             op(
@@ -427,12 +427,40 @@ DATA_ROUTES: list[Route[_Ctx]] = [
 # --------------------------------------------------------------------------- control plane
 
 
-def _named(action: ActionClass, detail: str, *, source: bool = False) -> _Handler:
-    """Create from ``body:name``; ``source`` adds an op on the source index."""
+def _copy_of(source: str, detail: str) -> Operation:
+    """The bulk read of ``source`` that a copy of its records into a new
+    index amounts to, decided separately."""
+    return op(A.READ, collection=source, ids_known=False, bulk=True, detail=detail)
+
+
+def _create_index(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
+    """Admin on the new index; a pod index created from a collection
+    (``spec.pod.source_collection``) gets that collection's records, so it is
+    also a bulk read of it."""
+    body = _body(ctx)
+    ops = [op(A.ADMIN, collection=as_str(body.get("name"), "body.name"), detail="create_index")]
+    spec = body.get("spec")
+    pod = as_obj(spec, "body.spec").get("pod") if spec is not None else None
+    if pod is not None and as_obj(pod, "body.spec.pod").get("source_collection") is not None:
+        source = as_str(as_obj(pod, "body.spec.pod")["source_collection"],
+                        "body.spec.pod.source_collection")
+        ops.append(_copy_of(source, "create_index:source_collection"))
+    return Result(ops)
+
+
+def _named(
+    action: ActionClass, detail: str, *, source: bool = False, copies_any: bool = False
+) -> _Handler:
+    """Create from ``body:name``; ``source`` adds an op on the source index;
+    ``copies_any``: the new index gets the records of a backup, whose index
+    the request does not name, so it is also a bulk read of ``*`` (only a
+    rule whose collection glob covers the literal ``*`` allows it)."""
 
     def handler(ctx: _Ctx, _p: Mapping[str, str]) -> Result:
         body = _body(ctx)
         ops = [op(action, collection=as_str(body.get("name"), "body.name"), detail=detail)]
+        if copies_any:
+            ops.append(_copy_of("*", f"{detail}:backup"))
         if source:
             ops.append(
                 op(
@@ -461,7 +489,7 @@ def _inference(name: str) -> _Handler:
 _h = static
 CONTROL_ROUTES: list[Route[_Ctx]] = [
     route("GET", "/indexes", _h(A.SCHEMA, "list_indexes")),
-    route("POST", "/indexes", _named(A.ADMIN, "create_index")),
+    route("POST", "/indexes", _create_index),
     route("POST", "/indexes/create-for-model", _named(A.ADMIN, "create_index_for_model")),
     route("GET", "/indexes/{index}", _h(A.SCHEMA, "describe_index", collection="index")),
     route("PATCH", "/indexes/{index}", _h(A.ADMIN, "configure_index", collection="index")),
@@ -475,7 +503,11 @@ CONTROL_ROUTES: list[Route[_Ctx]] = [
     route("GET", "/backups", _h(A.ADMIN, "list_backups")),
     route("GET", "/backups/{backup_id}", _h(A.ADMIN, "describe_backup")),
     route("DELETE", "/backups/{backup_id}", _h(A.ADMIN, "delete_backup")),
-    route("POST", "/backups/{backup_id}/create-index", _named(A.ADMIN, "create_index_from_backup")),
+    route(
+        "POST",
+        "/backups/{backup_id}/create-index",
+        _named(A.ADMIN, "create_index_from_backup", copies_any=True),
+    ),
     route("GET", "/restore-jobs", _h(A.ADMIN, "list_restore_jobs")),
     route("GET", "/restore-jobs/{job_id}", _h(A.ADMIN, "describe_restore_job")),
     route("GET", "/collections", _h(A.ADMIN, "list_collections")),

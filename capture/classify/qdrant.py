@@ -323,6 +323,50 @@ def _aliases(req: HttpRequest, _p: Mapping[str, str]) -> Result:
 
 # --------------------------------------------------------------------------- table
 
+def _create_collection(req: HttpRequest, p: Mapping[str, str]) -> Result:
+    """Admin on the collection; ``init_from`` copies every point of another
+    collection into it, so it is also a bulk read of that collection,
+    decided separately (the copy is as good as a scroll of it)."""
+    ops = [op(A.ADMIN, collection=p["collection"], detail="create_collection")]
+    if req.body.strip():
+        init = _body(req).get("init_from")
+        if init is not None:
+            source = as_str(
+                as_obj(init, "body.init_from").get("collection"), "body.init_from.collection"
+            )
+            ops.append(
+                op(
+                    A.READ,
+                    collection=source,
+                    ids_known=False,
+                    bulk=True,
+                    detail="create_collection:init_from",
+                )
+            )
+    return Result(ops)
+
+
+def _recover(detail: str) -> _Handler:
+    """Admin on the collection; a ``location`` is a URL or file the server
+    loads a snapshot from, which may hold any collection's points (another
+    collection's snapshot file, a URL that redirects to one). Which
+    collection cannot be told from the request, so it is also a bulk read of
+    ``*``: only a rule whose collection glob covers the literal ``*`` allows
+    it."""
+
+    def handler(req: HttpRequest, p: Mapping[str, str]) -> Result:
+        ops = [op(A.ADMIN, collection=p["collection"], detail=detail)]
+        body = _body(req) if req.body.strip() else {}
+        if body.get("location") is not None:
+            as_str(body["location"], "body.location")
+            ops.append(
+                op(A.READ, collection="*", ids_known=False, bulk=True, detail=f"{detail}:location")
+            )
+        return Result(ops)
+
+    return handler
+
+
 _h = static
 _SNAP = "{snapshot}"
 
@@ -373,7 +417,7 @@ ROUTES: list[Route[HttpRequest]] = [
             user_data=("result.payload_schema",),
         ),
     ),
-    route("PUT", C, _h(A.ADMIN, "create_collection", collection="collection")),
+    route("PUT", C, _create_collection),
     route("PATCH", C, _h(A.ADMIN, "update_collection", collection="collection")),
     route("DELETE", C, _h(A.ADMIN, "delete_collection", collection="collection", ids_known=False)),
     route("GET", f"{C}/aliases", _h(A.SCHEMA, "collection_aliases", collection="collection")),
@@ -412,9 +456,7 @@ ROUTES: list[Route[HttpRequest]] = [
     # snapshots (GET of one snapshot downloads the whole collection)
     route("GET", f"{C}/snapshots", _h(A.ADMIN, "list_snapshots", collection="collection")),
     route("POST", f"{C}/snapshots", _h(A.ADMIN, "create_snapshot", collection="collection")),
-    route(
-        "PUT", f"{C}/snapshots/recover", _h(A.ADMIN, "recover_snapshot", collection="collection")
-    ),
+    route("PUT", f"{C}/snapshots/recover", _recover("recover_snapshot")),
     route("POST", f"{C}/snapshots/upload", _h(A.ADMIN, "upload_snapshot", collection="collection")),
     route(
         "GET",
@@ -437,7 +479,7 @@ ROUTES: list[Route[HttpRequest]] = [
     route(
         "PUT",
         f"{C}/shards/{{shard}}/snapshots/recover",
-        _h(A.ADMIN, "recover_shard_snapshot", collection="collection"),
+        _recover("recover_shard_snapshot"),
     ),
     route(
         "POST",

@@ -25,6 +25,7 @@ from capture.classify._common import (
     op,
     parse_json,
     query_limit,
+    query_one,
     route,
     run,
     static,
@@ -53,15 +54,16 @@ def _body(req: HttpRequest) -> dict[str, object]:
     return as_obj(parse_json(req.body, go=True), "body")
 
 
-def _q(req: HttpRequest, key: str) -> str | None:
-    values = req.query_values(key)
-    return values[0] if values else None
+#: go-swagger binds a repeated query parameter to its last value; _q refuses
+#: repeats instead (query_one), so no reading of them is guessed
+_q = query_one
 
 
 def _tenant(req: HttpRequest, body: Mapping[str, object] | None = None) -> str | None:
+    """The tenant; an empty one is no tenant, as Weaviate reads it."""
     if body is not None and body.get("tenant") is not None:
-        return as_str(body["tenant"], "body.tenant")
-    return _q(req, "tenant")
+        return as_str(body["tenant"], "body.tenant") or None
+    return _q(req, "tenant") or None
 
 
 def _uuid(text: str, where: str) -> str:
@@ -156,8 +158,9 @@ def _object(req: HttpRequest, p: Mapping[str, str]) -> Result:
             if _class_of(body, "body") != cls:
                 raise BadRequest(f"body.class does not match the path class {cls[:60]!r}")
     else:  # deprecated /v1/objects/{id}: the class is optional, absent = any class
+        # an empty class is no class: Weaviate then looks in every class
         named = body.get("class") if body is not None else _q(req, "class")
-        cls = class_name(as_str(named, "class")) if named is not None else "*"
+        cls = class_name(as_str(named, "class")) if named not in (None, "") else "*"
         detail += "_deprecated"
     with_vectors = "vector" in (_q(req, "include") or "").split(",") if action == A.READ else None
     return _object_result(

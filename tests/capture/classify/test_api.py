@@ -103,3 +103,54 @@ def test_route_index_matches_like_trying_every_route() -> None:
                     assert got.allowed == allowed, (method, path)
                 checked += 1
     assert checked > 1000
+
+
+_PINECONE_HOST = "docs-abc123.svc.aped-4627-b74a.pinecone.io"
+_OID = "6b1b5c3e-6f0e-4b6a-9a57-3f3c8f0b2a11"
+
+
+@pytest.mark.parametrize(
+    ("product", "method", "path", "query", "kwargs"),
+    [
+        # go-swagger binds the last value; the first was classified
+        ("weaviate", "GET", "/v1/objects", [("class", "PublicDocs"), ("class", "Secret")], {}),
+        ("weaviate", "GET", "/v1/objects", [("class", "PublicDocs"), ("class", "")], {}),
+        ("weaviate", "GET", "/v1/objects", [("limit", "5"), ("limit", "100000")], {}),
+        ("weaviate", "GET", "/v1/objects", [("tenant", "t1"), ("tenant", "t2")], {}),
+        ("weaviate", "GET", "/v1/objects", [("include", "x"), ("include", "vector")], {}),
+        ("weaviate", "GET", f"/v1/objects/{_OID}", [("class", "Pub"), ("class", "Secret")], {}),
+        ("weaviate", "GET", f"/v1/objects/Pub/{_OID}", [("tenant", "a"), ("tenant", "b")], {}),
+        ("weaviate", "GET", "/v1/aliases", [("class", "Pub"), ("class", "Secret")], {}),
+        ("pinecone", "GET", "/vectors/fetch", [("ids", "a"), ("namespace", "p"),
+                                               ("namespace", "s")], {}),
+        ("pinecone", "GET", "/vectors/list", [("limit", "1"), ("limit", "99999")], {}),
+        ("pinecone", "DELETE", "/vectors/delete", [("deleteAll", "false"),
+                                                   ("deleteAll", "true")], {}),
+        ("milvus", "GET", "/v1/vector/collections/describe",
+         [("collectionName", "pub"), ("collectionName", "secret")], {}),
+        ("milvus", "GET", "/v1/vector/collections/describe",
+         [("collectionName", "pub"), ("dbName", "a"), ("dbName", "b")], {}),
+        ("chroma", "GET", "/api/v1/collections", [("tenant", "a"), ("tenant", "b")],
+         {"chroma_legacy_v1": True}),
+        ("chroma", "GET", "/api/v1/collections", [("database", "a"), ("database", "b")],
+         {"chroma_legacy_v1": True}),
+    ],
+)
+def test_a_repeated_query_parameter_that_is_read_is_refused(
+    product: Product, method: str, path: str, query: list[tuple[str, str]],
+    kwargs: dict[str, object],
+) -> None:
+    """Servers differ on which copy counts (first or last), so no copy is
+    guessed: the request is refused, naming the parameter."""
+    req = HttpRequest(method=method, path=path, query=tuple(query), host=_PINECONE_HOST)
+    c = classify(product, req, **kwargs)  # type: ignore[arg-type]
+    assert not c.ok
+    assert c.error is not None and "appears 2 times" in c.error, c.error
+    assert repr(query[-1][0]) in c.error
+
+
+def test_repeated_pinecone_ids_are_still_a_list() -> None:
+    req = HttpRequest(method="GET", path="/vectors/fetch", host=_PINECONE_HOST,
+                      query=(("ids", "a"), ("ids", "b")))
+    c = classify("pinecone", req)
+    assert c.ok and c.operations[0].ids == ["a", "b"]

@@ -211,6 +211,25 @@ CONTROL = [
         expect=[E("admin", "docs")],
     ),
     CPR(
+        "create pod index from a collection",
+        "POST",
+        "/indexes",
+        body={"name": "sandbox", "dimension": 2,
+              "spec": {"pod": {"environment": "us-east1-gcp", "source_collection": "hr-snap"}}},
+        expect=[
+            E("admin", "sandbox"),
+            E("read", "hr-snap", bulk=True, ids_known=False,
+              detail="create_index:source_collection"),
+        ],
+    ),
+    CPR(
+        "create serverless index",
+        "POST",
+        "/indexes",
+        body={"name": "docs", "spec": {"serverless": {"cloud": "aws", "region": "us-east-1"}}},
+        expect=[E("admin", "docs")],
+    ),
+    CPR(
         "create for model",
         "POST",
         "/indexes/create-for-model",
@@ -236,7 +255,11 @@ CONTROL = [
         "POST",
         "/backups/b1/create-index",
         body={"name": "restored"},
-        expect=[E("admin", "restored")],
+        # the backup may be of any index: a copy of its records is a read of "*"
+        expect=[
+            E("admin", "restored"),
+            E("read", "*", bulk=True, ids_known=False, detail="create_index_from_backup:backup"),
+        ],
     ),
     CPR("restore jobs", "GET", "/restore-jobs", expect=[E("admin")]),
     CPR("restore job", "GET", "/restore-jobs/j1", expect=[E("admin")]),

@@ -110,7 +110,51 @@ COLLECTIONS = [
         "PUT",
         C + "/snapshots/recover",
         body={"location": "file:///etc/passwd"},
+        # a snapshot from anywhere may hold any collection's points
+        expect=[
+            E("admin", "docs", detail="recover_snapshot"),
+            E("read", "*", bulk=True, ids_known=False, detail="recover_snapshot:location"),
+        ],
+    ),
+    Row(
+        "snapshot recover from a URL",
+        "PUT",
+        C + "/snapshots/recover",
+        body={"location": "http://qdrant:6333/collections/restricted-hr/snapshots/s.snapshot"},
+        expect=[E("admin", "docs"), E("read", "*", bulk=True)],
+    ),
+    Row(
+        "create collection",
+        "PUT",
+        C,
+        body={"vectors": {"size": 4, "distance": "Dot"}},
+        expect=[E("admin", "docs", detail="create_collection")],
+    ),
+    Row(
+        "create collection init_from another collection",
+        "PUT",
+        C,
+        body={"vectors": {"size": 4}, "init_from": {"collection": "restricted-hr"}},
+        # the copy is a bulk read of the source, decided separately
+        expect=[
+            E("admin", "docs", detail="create_collection"),
+            E("read", "restricted-hr", bulk=True, ids_known=False,
+              detail="create_collection:init_from"),
+        ],
+    ),
+    Row(
+        "create collection init_from null",
+        "PUT",
+        C,
+        body={"vectors": {"size": 4, "distance": "Dot"}, "init_from": None},
         expect=[E("admin", "docs")],
+    ),
+    Row(
+        "create collection init_from without a collection",
+        "PUT",
+        C,
+        body={"init_from": {}},
+        error="body.init_from.collection must be a string",
     ),
     Row(
         "snapshot upload",
@@ -134,6 +178,16 @@ COLLECTIONS = [
         C + "/shards/0/snapshots/recover",
         body={},
         expect=[E("admin", "docs")],
+    ),
+    Row(
+        "shard snapshot recover from a location",
+        "PUT",
+        C + "/shards/0/snapshots/recover",
+        body={"location": "file:///qdrant/snapshots/restricted-hr/s.snapshot"},
+        expect=[
+            E("admin", "docs"),
+            E("read", "*", bulk=True, detail="recover_shard_snapshot:location"),
+        ],
     ),
     Row(
         "shard snapshot upload",

@@ -103,6 +103,43 @@ REST = [
         expect=[E("read", "*", ids=[OID], detail="get_object_deprecated")],
     ),
     Row(
+        # an empty class is no class filter to Weaviate: every class
+        "deprecated get with an empty class",
+        "GET",
+        f"/v1/objects/{OID}",
+        query=[("class", "")],
+        expect=[E("read", "*", ids=[OID], detail="get_object_deprecated")],
+    ),
+    Row(
+        "list objects with an empty class",
+        "GET",
+        "/v1/objects",
+        query=[("class", ""), ("limit", "5")],
+        expect=[E("read", "*", ids_known=False, limit=5)],
+    ),
+    Row(
+        # an empty tenant is no tenant, as Weaviate reads it
+        "list objects with an empty tenant",
+        "GET",
+        "/v1/objects",
+        query=[("class", "doc"), ("tenant", "")],
+        expect=[E("read", "Doc", database=None)],
+    ),
+    Row(
+        "list objects, class named twice",
+        "GET",
+        "/v1/objects",
+        query=[("class", "PublicDocs"), ("class", "Secret"), ("limit", "5")],
+        error="query parameter 'class' appears 2 times",
+    ),
+    Row(
+        "list objects, limit named twice",
+        "GET",
+        "/v1/objects",
+        query=[("class", "PublicDocs"), ("limit", "5"), ("limit", "100000")],
+        error="query parameter 'limit' appears 2 times",
+    ),
+    Row(
         "deprecated delete with class",
         "DELETE",
         f"/v1/objects/{OID}",
