@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Collection
 from urllib.parse import parse_qsl
@@ -168,7 +169,9 @@ class ChromaNames:
 #: route's product and upstream, method, path and query, the client's Host and
 #: the headers classification reads (HEADERS_READ by value, HEADERS_PRESENT
 #: by presence only)
-ClassificationKey = tuple[str, str, str, str, str, tuple[tuple[str, bytes | None], ...]]
+ClassificationKey = tuple[
+    str, str, str, bool, str, str, str, tuple[tuple[str, bytes | None], ...]
+]
 
 
 def classification_key(
@@ -183,7 +186,8 @@ def classification_key(
             read.append((name, v))
         elif name in HEADERS_PRESENT:
             read.append((name, None))
-    return (route.kind, route.upstream, method, path, host, tuple(read))
+    return (route.kind, route.upstream, route.pinecone_index or "", route.chroma_v1, method,
+            path, host, tuple(read))
 
 
 #: a longer path (and query) is classified every time: keys stay small
@@ -238,6 +242,23 @@ def repeated_read_headers(headers: http.Headers) -> list[str]:
                 repeated.append(name)
             seen.add(name)
     return repeated
+
+
+_PCT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def go_query_problem(query: str) -> str | None:
+    """Why Go's ``url.ParseQuery`` (Weaviate, Milvus) would read ``query``
+    differently from the classifier, or None. Go drops every pair holding a
+    ``;`` or a bad percent escape (so ``?class=Docs;`` lists every class
+    there, while it names a class here); Python keeps them."""
+    if ";" in query:
+        return ("the query string holds ';', which the upstream ignores together with its "
+                "parameter; percent-encode it as %3B")
+    if _PCT.search(query):
+        return ("the query string holds a '%' that starts no percent escape, which the "
+                "upstream ignores together with its parameter; encode it as %25")
+    return None
 
 
 def header_dict(headers: http.Headers) -> dict[str, str]:
@@ -335,6 +356,11 @@ class Classifier:
             req = dataclasses.replace(req, host=up)
             if st.route.pinecone_index and index_from_host(up) is None:
                 pinecone_hosts = {up: st.route.pinecone_index}
+        if product in ("weaviate", "milvus"):
+            problem = go_query_problem(flow.request.path.partition("?")[2])
+            if problem is not None:
+                block(flow, st, 400, "bad_request", problem, "classify")
+                return
         if product is None:
             block(
                 flow,

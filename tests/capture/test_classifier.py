@@ -166,3 +166,45 @@ def test_chroma_names_expire_within_seconds_for_other_gateway_processes() -> Non
     """A rename made through another worker or replica is seen once the entry
     expires; the default keeps that window short."""
     assert ChromaNames().ttl_s <= 15.0
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("weaviate", "/v1/objects?class=PublicDocs;&limit=5"),
+        ("weaviate", "/v1/objects?class=PublicDocs&x=%zz"),
+        ("milvus", "/v1/vector/collections/describe?collectionName=docs;"),
+    ],
+)
+async def test_a_query_a_go_server_reads_differently_is_refused(kind: str, path: str) -> None:
+    """Regression: Go's url.ParseQuery drops a pair holding ';' or a bad '%'
+    escape, so Weaviate read ?class=PublicDocs; as no class filter (every
+    class) while the classifier saw the class "PublicDocs;"."""
+    route = Route(kind=kind, upstream="http://127.0.0.1:8080", listen_port=1)  # type: ignore[arg-type]
+    classifier = Classifier(_config(route))
+    try:
+        flow, st = _flow(route, "GET", path)
+        await classifier.request(flow)
+        assert st.blocked is not None and st.blocked.status == 400, st.blocked
+        assert flow.response is not None and flow.response.status_code == 400
+    finally:
+        await classifier.done()
+
+
+async def test_routes_that_differ_in_index_or_v1_do_not_share_cached_classifications() -> None:
+    base = Route(kind="pinecone", upstream="http://127.0.0.1:5081", listen_port=1)
+    a = base.model_copy(update={"pinecone_index": "alpha"})
+    b = base.model_copy(update={"pinecone_index": "beta"})
+    cfg = GatewayConfig(routes=[a], policy_path=Path("unused.yaml"), log_url="sqlite:x",
+                        issuer="https://issuer.invalid", audience="a", gateway_id="g")
+    classifier = Classifier(cfg)
+    try:
+        seen = []
+        for route in (a, b):
+            flow, st = _flow(route, "GET", "/vectors/fetch?ids=v1")
+            await classifier.request(flow)
+            assert st.classification is not None and st.classification.ok, st.classification
+            seen.append([op.collection for op in st.classification.operations])
+        assert seen == [["alpha"], ["beta"]]
+    finally:
+        await classifier.done()
