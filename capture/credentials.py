@@ -3,17 +3,46 @@
 Strips every header that carries a client credential (and model-provider keys
 such as Weaviate's X-OpenAI-Api-Key), then injects the upstream API key in the
 header the product expects. The key lives only in memory as a SecretStr.
+
+On the way back, the upstream's own session and address stay inside too
+(:func:`clean_response_headers`): ``Set-Cookie`` is dropped (the gateway owns
+the client's session, and a session with the upstream would be one opened
+with the gateway's credential), and a URL in ``Location``,
+``Content-Location`` or ``Refresh`` that points at the upstream's origin
+becomes the path the client reaches through the gateway (a relative
+reference). One that points anywhere else is removed; a redirect (3xx) to such
+a place is answered with a JSON 502 instead, because a redirect without its
+target is no answer a client can act on, and the gateway never sends a client
+off its route. What was changed is recorded with the response, as masking is.
 """
 
 from __future__ import annotations
 
+import re
+import urllib.parse
+from typing import Literal
+
 from mitmproxy import http
 
-from capture.config import CREDENTIAL_HEADERS
+from capture.config import CREDENTIAL_HEADERS, Route
 from capture.redact import is_secret_header
-from capture.state import fail_closed, state_of
+from capture.state import error_response, fail_closed, state_of
+from schemas.models import MaskedField
 
-__all__ = ["Credentials", "rewrite_upstream_headers", "strip_client_credentials"]
+__all__ = [
+    "Credentials",
+    "HeaderChange",
+    "clean_response_headers",
+    "client_reference",
+    "rewrite_upstream_headers",
+    "route_origins",
+    "strip_client_credentials",
+]
+
+#: (scheme, host, port) of an http(s) URL, lower-case, the port explicit
+Origin = tuple[str, str, int]
+#: (lower-case header name, what was done to it)
+HeaderChange = tuple[str, Literal["removed", "rewritten"]]
 
 
 def strip_client_credentials(headers: http.Headers) -> list[str]:
@@ -73,7 +102,129 @@ def rewrite_upstream_headers(
     return tuple(out)
 
 
+# -- response headers -----------------------------------------------------------
+
+_URL_HEADERS = frozenset({b"location", b"content-location"})
+_COOKIE_HEADERS = frozenset({b"set-cookie", b"set-cookie2"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Refresh: ``<seconds>; url=<URL>`` (the URL optionally quoted)
+_REFRESH = re.compile(r"""^(\s*[^;,]*)[;,]\s*url\s*=\s*(['"]?)(.*?)\2\s*$""", re.I | re.S)
+#: what a browser or client might read as the start of another host
+_NETWORK_PATH = re.compile(r"^[/\\]{2}|^/\\")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _origin(url: str) -> Origin | None:
+    try:
+        p = urllib.parse.urlsplit(url)
+        port = p.port
+    except ValueError:
+        return None
+    scheme = p.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not p.hostname or p.username or p.password:
+        return None
+    return scheme, p.hostname.lower(), port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def route_origins(route: Route) -> frozenset[Origin]:
+    """The origins a response of ``route`` may name as its own: the upstream's
+    (which the gateway hides) and the public URL clients use, if configured."""
+    found = (_origin(u) for u in (route.upstream, route.public_url) if u)
+    return frozenset(o for o in found if o is not None)
+
+
+def client_reference(value: str, origins: frozenset[Origin]) -> str | None:
+    """``value`` (a URL a response names) as the client may follow it through
+    the gateway, or None when it leads off the route.
+
+    A relative reference stays as it is (the client resolves it against the
+    gateway's URL, which serves the same paths); an absolute URL on one of
+    ``origins`` becomes its path, query and fragment. Anything else (another
+    host, port or scheme, user info, a scheme-relative ``//host``, a control
+    character) is off the route."""
+    if _CONTROL.search(value):
+        return None
+    try:
+        p = urllib.parse.urlsplit(value)
+    except ValueError:
+        return None
+    if not p.scheme and not p.netloc:
+        reference = value
+    elif _origin(value) in origins:
+        reference = urllib.parse.urlunsplit(("", "", p.path or "/", p.query, p.fragment))
+    else:
+        return None
+    # never a reference a client could read as another host ("//h", "/\\h")
+    return None if _NETWORK_PATH.match(reference) else reference
+
+
+def _refresh_value(value: str, origins: frozenset[Origin]) -> str | None:
+    m = _REFRESH.match(value)
+    if m is None:
+        return value if "url" not in value.lower() else None
+    reference = client_reference(m.group(3), origins)
+    return None if reference is None else f"{m.group(1).strip()}; url={reference}"
+
+
+def clean_response_headers(
+    fields: tuple[tuple[bytes, bytes], ...], origins: frozenset[Origin]
+) -> tuple[tuple[tuple[bytes, bytes], ...], list[HeaderChange]]:
+    """A response's header fields as the client may see them, and what changed:
+    ``Set-Cookie`` removed; ``Location``, ``Content-Location`` and ``Refresh``
+    rewritten to a reference through the gateway (:func:`client_reference`)
+    when they name the upstream, removed when they lead off the route."""
+    out: list[tuple[bytes, bytes]] = []
+    changes: list[HeaderChange] = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower in _COOKIE_HEADERS:
+            changes.append((lower.decode("latin-1"), "removed"))
+            continue
+        if lower in _URL_HEADERS or lower == b"refresh":
+            text = value.decode("utf-8", "surrogateescape").strip()
+            new = (_refresh_value(text, origins) if lower == b"refresh"
+                   else client_reference(text, origins))
+            if new is None:
+                changes.append((lower.decode("latin-1"), "removed"))
+                continue
+            if new != text:
+                changes.append((lower.decode("latin-1"), "rewritten"))
+                value = new.encode("utf-8", "surrogateescape")
+        out.append((name, value))
+    return tuple(out), changes
+
+
 class Credentials:
+    @fail_closed("upstream")
+    def response(self, flow: http.HTTPFlow) -> None:
+        st = state_of(flow)
+        if st is None or not st.forwarded or flow.response is None:
+            return
+        resp = flow.response
+        fields, changes = clean_response_headers(resp.headers.fields, route_origins(st.route))
+        if not changes:
+            return
+        recorded = [MaskedField(path=f"headers.{name}", kind="header")
+                    for name in dict.fromkeys(name for name, _ in changes)]
+        if 300 <= resp.status_code < 400 and ("location", "removed") in changes:
+            st.extra["upstream_error"] = (
+                f"the upstream answered {resp.status_code} with a redirect off the route; "
+                "it was not passed on"
+            )
+            st.extra["masked_fields"] = recorded
+            flow.response = error_response(
+                502,
+                "upstream_redirect_off_route",
+                f"the upstream answered {resp.status_code} and redirected to a location "
+                "outside this gateway's route; the redirect was not passed on (the operation "
+                "may have completed upstream)",
+                st.request_id,
+                method=flow.request.method,
+            )
+            return
+        resp.headers.fields = fields
+        st.extra["masked_fields"] = [*st.extra.get("masked_fields", []), *recorded]
+
     @fail_closed("upstream")
     def request(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)

@@ -21,6 +21,14 @@ the token the field's own value gets (so HMAC tokens still join). Such a
 location is then no longer a response id: it is neither protected from
 masking nor recorded as a result id (a Qdrant ``with_lookup`` record's id is
 the group id).
+
+An answer that is not a success (a status outside 2xx, or a Milvus error
+``code``) does not have the shape the classifier's paths describe, and it may
+echo what the request sent or what the database holds (``Wrong input: payload
+{"who": "bob@example.org"}``). Under a masking obligation its whole document is
+scanned by the detectors and field names (:func:`whole_document_paths`), on top
+of the plan's own paths; a body that cannot be read is withheld as for a
+success, but the client keeps the upstream's status.
 """
 
 from __future__ import annotations
@@ -41,11 +49,14 @@ from capture.masking import (
     EACH_ELEMENT,
     EACH_VALUE,
     MaskingError,
+    MaskResult,
     mask_document,
     mask_document_reference,
+    mask_text,
     parse_path,
 )
 from capture.state import FlowState, error_response, fail_closed, state_of
+from schemas.models import MaskedField
 
 __all__ = [
     "BODY_SEEN",
@@ -55,6 +66,7 @@ __all__ = [
     "extract_ids",
     "field_plan",
     "set_identity_body",
+    "whole_document_paths",
 ]
 
 log = logging.getLogger("embedguard.masker")
@@ -264,6 +276,27 @@ def field_plan(
     return fields_out, paths_out, values
 
 
+def whole_document_paths(doc: Any) -> tuple[str, ...]:
+    """Scan roots that together reach every value of ``doc`` (each value of
+    an object, each element of an array), so that scanning them masks by
+    detector and by field name anywhere in it; none for a scalar."""
+    if isinstance(doc, dict):
+        return (EACH_VALUE,)
+    if isinstance(doc, list):
+        return (EACH_ELEMENT,)
+    return ()
+
+
+def is_success(status: int) -> bool:
+    """Whether a response has the shape the classifier's paths describe."""
+    return 200 <= status < 300
+
+
+#: headers of an answer that is not a success which a client still needs when
+#: its body is withheld (the Credentials addon rewrites or removes the URLs)
+_KEPT_WHEN_WITHHELD = ("location", "content-location", "refresh", "retry-after")
+
+
 def _encoding_and_type(headers: http.Headers) -> tuple[str | None, str]:
     """``header_value`` of Content-Encoding and of Content-Type (``""`` when
     absent), in one pass over the fields."""
@@ -339,6 +372,7 @@ class Masker:
             if masking:
                 self._withhold(flow, st, "response body is not valid JSON")
             return
+        success = is_success(resp.status_code)
         if cls is not None:
             st.extra["result_ids"] = extract_ids(doc, id_paths)
             if cls.product == "milvus" and isinstance(doc, dict):
@@ -346,17 +380,28 @@ class Masker:
                 if isinstance(code, int) and code != 0:
                     message = str(doc.get("message"))[:300]
                     st.extra["upstream_error"] = f"milvus code {code}: {message}"
+                    success = False  # an error, whatever the status says
         if plan is None or not masking:
             return
         fields, field_paths = plan.fields, plan.field_paths
         if cls is not None and cls.field_aliases:
             fields, field_paths, _ = field_plan(fields, field_paths, cls.field_aliases)
         strip = plan.strip_vectors and cls is not None
+        scan_paths = plan.user_data_paths
+        if not success:
+            # not the shape the paths describe: scan all of it (a scan root
+            # covers any user-data root below it)
+            scan_paths = whole_document_paths(doc) if (plan.detectors or fields) else ()
         try:
-            if self.reference:
+            if isinstance(doc, str) and not success:
+                text, kinds = mask_text(doc, plan.detectors, mode=plan.mode,
+                                        hmac_key=self.hmac_key)
+                result = MaskResult(doc=text, masked_fields=[
+                    MaskedField(path="", kind=kind) for kind in kinds])
+            elif self.reference:
                 result = mask_document_reference(
                     doc,
-                    paths=list(plan.user_data_paths),
+                    paths=list(scan_paths),
                     detectors=plan.detectors,
                     fields=fields,
                     field_paths=field_paths,
@@ -369,7 +414,7 @@ class Masker:
             else:
                 result = mask_document(
                     doc,
-                    paths=plan.user_data_paths,
+                    paths=scan_paths,
                     detectors=plan.detectors,
                     fields=fields,
                     field_paths=field_paths,
@@ -397,10 +442,29 @@ class Masker:
 
     @staticmethod
     def _withhold(flow: http.HTTPFlow, st: FlowState, why: str) -> None:
+        assert flow.response is not None
+        upstream = flow.response
+        if is_success(upstream.status_code):
+            flow.response = error_response(
+                502,
+                "masking_failed",
+                f"the policy requires masking this response, but {why}; it was withheld",
+                st.request_id,
+                method=flow.request.method,
+            )
+            return
+        # An answer that is not a success keeps its status (a 404 stays a 404),
+        # only its body is withheld.
+        status = upstream.status_code
         flow.response = error_response(
-            502,
+            status,
             "masking_failed",
-            f"the policy requires masking this response, but {why}; it was withheld",
+            f"the upstream answered {status}; the policy requires masking this response, "
+            f"but {why}; its body was withheld",
             st.request_id,
             method=flow.request.method,
         )
+        for name in _KEPT_WHEN_WITHHELD:
+            values = upstream.headers.get_all(name)
+            if values:
+                flow.response.headers.set_all(name, values)

@@ -9,8 +9,17 @@ from mitmproxy.test import tflow
 from pydantic import SecretStr
 
 from capture.config import Route
-from capture.credentials import Credentials, rewrite_upstream_headers, strip_client_credentials
+from capture.credentials import (
+    Credentials,
+    HeaderChange,
+    clean_response_headers,
+    client_reference,
+    rewrite_upstream_headers,
+    route_origins,
+    strip_client_credentials,
+)
 from capture.state import KEY, FlowState
+from schemas.models import MaskedField
 
 UPSTREAM_KEY = "eg-upstream-key-5d1e"
 
@@ -140,3 +149,137 @@ def test_http2_request_keeps_the_header_api_path() -> None:
     assert f.request.authority == "db.internal:6333"
     assert f.request.headers.get_all("api-key") == [UPSTREAM_KEY]
     assert "client-token" not in str(f.request.headers.fields)
+
+
+# -- response headers: the upstream's session and address stay inside --------------
+#
+# Audit 3b: a 302 with Location: http://10.0.0.7:6333/... (the upstream's
+# address) and the upstream's Set-Cookie reached the client as they were.
+
+ORIGINS = route_origins(Route(kind="qdrant", upstream="http://db.internal:6333",
+                              listen_port=6333, public_url="https://vectors.example.com"))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # the upstream's own origin: the path the client reaches through the gateway
+        ("http://db.internal:6333/collections/a?x=1#f", "/collections/a?x=1#f"),
+        ("HTTP://DB.Internal:6333/c", "/c"),
+        ("http://db.internal:6333", "/"),
+        ("https://vectors.example.com/c", "/c"),
+        ("https://vectors.example.com:443/c", "/c"),
+        # relative references resolve against the gateway already
+        ("/collections/a", "/collections/a"),
+        ("points?offset=2", "points?offset=2"),
+        ("?page=2", "?page=2"),
+        # anywhere else is off the route
+        ("http://10.0.0.7:6333/collections/public/points/query?internal=1", None),
+        ("https://db.internal:6333/c", None),  # another scheme
+        ("http://db.internal:6334/c", None),  # another port
+        ("http://db.internal/c", None),
+        ("http://user@db.internal:6333/c", None),
+        ("//db.internal:6333/c", None),
+        ("//evil.example/c", None),
+        ("/\\evil.example/c", None),
+        ("\\\\evil.example/c", None),
+        ("http://db.internal:6333//evil.example/c", None),
+        ("javascript:alert(1)", None),
+        ("http://db.internal:99999/c", None),
+        ("/c\r\nX-Injected: 1", None),
+    ],
+)
+def test_client_reference(value: str, expected: str | None) -> None:
+    assert client_reference(value, ORIGINS) == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "kept", "changes"),
+    [
+        ([("Content-Type", "application/json")], [("Content-Type", "application/json")], []),
+        (
+            [("Set-Cookie", "qdrant_session=abc; Path=/"), ("X-A", "1"),
+             ("set-cookie", "b=2"), ("Set-Cookie2", "c=3")],
+            [("X-A", "1")],
+            [("set-cookie", "removed"), ("set-cookie", "removed"), ("set-cookie2", "removed")],
+        ),
+        (
+            [("Location", "http://db.internal:6333/collections/a"),
+             ("Content-Location", "http://10.0.0.7:6333/collections/a")],
+            [("Location", "/collections/a")],
+            [("location", "rewritten"), ("content-location", "removed")],
+        ),
+        ([("Location", "/collections/a")], [("Location", "/collections/a")], []),
+        (
+            [("Refresh", "5; url=http://db.internal:6333/a"), ("Refresh", "0;URL='http://x/'"),
+             ("Refresh", "3")],
+            [("Refresh", "5; url=/a"), ("Refresh", "3")],
+            [("refresh", "rewritten"), ("refresh", "removed")],
+        ),
+    ],
+)
+def test_clean_response_headers(
+    fields: list[tuple[str, str]], kept: list[tuple[str, str]], changes: list[HeaderChange]
+) -> None:
+    raw = tuple((k.encode(), v.encode()) for k, v in fields)
+    out, got = clean_response_headers(raw, ORIGINS)
+    assert [(k.decode(), v.decode()) for k, v in out] == kept
+    assert got == changes
+
+
+def _answered(status: int, headers: list[tuple[str, str]], *, forwarded: bool = True,
+              body: bytes = b'{"status":"ok"}') -> http.HTTPFlow:
+    f = flow_for("POST", "http://gw:6333/collections/public/points/query", {})
+    st_ = f.metadata[KEY]
+    st_.forwarded = forwarded
+    f.response = http.Response.make(status, body, [(k.encode(), v.encode()) for k, v in headers])
+    return f
+
+
+def test_an_upstream_redirect_off_the_route_becomes_a_502() -> None:
+    f = _answered(302, [("location", "http://10.0.0.7:6333/collections/public/points/query"),
+                        ("set-cookie", "qdrant_session=abc")])
+    Credentials().response(f)
+    assert f.response is not None and f.response.status_code == 502
+    assert f.response.json()["error"] == "upstream_redirect_off_route"
+    assert "10.0.0.7" not in str(f.response.headers.fields) + f.response.text
+    assert "location" not in f.response.headers and "set-cookie" not in f.response.headers
+    st_ = f.metadata[KEY]
+    assert "302" in st_.extra["upstream_error"]
+    assert st_.extra["masked_fields"] == [MaskedField(path="headers.location", kind="header"),
+                                          MaskedField(path="headers.set-cookie", kind="header")]
+
+
+def test_an_upstream_redirect_on_its_own_origin_is_passed_on_through_the_gateway() -> None:
+    f = _answered(307, [("location", "http://db.internal:6333/collections/public/points/x"),
+                        ("set-cookie", "a=1"), ("set-cookie", "b=2")])
+    masked_before = MaskedField(path="result", kind="email")
+    f.metadata[KEY].extra["masked_fields"] = [masked_before]
+    Credentials().response(f)
+    assert f.response is not None and f.response.status_code == 307
+    assert f.response.headers.get_all("location") == ["/collections/public/points/x"]
+    assert "set-cookie" not in f.response.headers
+    assert f.metadata[KEY].extra["masked_fields"] == [
+        masked_before, MaskedField(path="headers.location", kind="header"),
+        MaskedField(path="headers.set-cookie", kind="header")]
+
+
+def test_a_location_off_the_route_is_removed_from_an_answer_that_is_no_redirect() -> None:
+    f = _answered(201, [("location", "http://10.0.0.7:6333/collections/c"),
+                        ("content-type", "application/json")])
+    Credentials().response(f)
+    assert f.response is not None and f.response.status_code == 201
+    assert f.response.content == b'{"status":"ok"}'
+    assert "location" not in f.response.headers
+    assert f.metadata[KEY].extra["masked_fields"] == [
+        MaskedField(path="headers.location", kind="header")]
+
+
+@pytest.mark.parametrize("forwarded", [True, False])
+def test_clean_headers_are_left_alone(forwarded: bool) -> None:
+    f = _answered(302 if forwarded else 403, [("location", "/collections/public")]
+                  if forwarded else [("set-cookie", "gateway's own")], forwarded=forwarded)
+    before = f.response.headers.fields if f.response else None
+    Credentials().response(f)
+    assert f.response is not None and f.response.headers.fields == before
+    assert "masked_fields" not in f.metadata[KEY].extra

@@ -58,7 +58,8 @@ ROUTE = Route(kind="qdrant", upstream="http://db.internal:6333", listen_port=633
 
 
 def _run(masker: Masker, body: bytes, headers: list[tuple[bytes, bytes]],
-         cls: Classification | None, plan: MaskPlan | None) -> tuple[Any, ...]:
+         cls: Classification | None, plan: MaskPlan | None, status: int = 200
+         ) -> tuple[Any, ...]:
     flow = tflow.tflow()
     st_ = FlowState(route=ROUTE, request_id="r-1")
     st_.forwarded = True
@@ -66,7 +67,7 @@ def _run(masker: Masker, body: bytes, headers: list[tuple[bytes, bytes]],
     if plan is not None:
         st_.extra[PLAN_KEY] = plan
     flow.metadata[KEY] = st_
-    resp = http.Response.make(200, b"", [])
+    resp = http.Response.make(status, b"", [])
     resp.headers.fields = tuple(headers)
     resp.raw_content = body
     flow.response = resp
@@ -157,6 +158,17 @@ def test_masker_delivers_what_the_reference_delivers(case: tuple[Any, ...]) -> N
     body, headers, cls, plan, key = case
     fast = _run(Masker(key), body, headers, cls, plan)
     reference = _run(Masker(key, reference=True), body, headers, cls, plan)
+    assert fast == reference
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_case(), status=st.sampled_from([201, 302, 400, 404, 500]))
+def test_masker_delivers_what_the_reference_delivers_for_any_status(
+    case: tuple[Any, ...], status: int
+) -> None:
+    body, headers, cls, plan, key = case
+    fast = _run(Masker(key), body, headers, cls, plan, status)
+    reference = _run(Masker(key, reference=True), body, headers, cls, plan, status)
     assert fast == reference
 
 
@@ -268,3 +280,105 @@ def test_encoding_and_type_read_as_header_value_does(fields: list[tuple[bytes, b
         header_value(headers, b"content-encoding"),
         header_value(headers, b"content-type") or "",
     )
+
+
+# -------------------------------------- answers that are not a success
+#
+# Audit 3b: a 3xx or 4xx body echoing bob@example.org was delivered unmasked
+# under an e-mail obligation, because only the paths of a success were masked.
+
+_QDRANT_QUERY = Classification(product="qdrant", operations=[],
+                               response_ids=("result.points[].id",),
+                               user_data_paths=("result.points[].payload",),
+                               vector_paths=("result.points[].vector",))
+_EMAIL_PLAN = MaskPlan(detectors=("email",), fields=("secret",), strip_vectors=True,
+                       user_data_paths=_QDRANT_QUERY.user_data_paths)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize(
+    ("status", "doc", "delivered", "masked"),
+    [
+        (400, {"status": {"error": 'Wrong input: payload {"who": "bob@example.org"}'},
+               "result": None},
+         {"status": {"error": 'Wrong input: payload {"who": "[MASKED:email]"}'},
+          "result": None},
+         [("status.error", "email")]),
+        (302, {"status": {"error": "moved, contact bob@example.org"}},
+         {"status": {"error": "moved, contact [MASKED:email]"}}, [("status.error", "email")]),
+        (404, ["bob@example.org", {"secret": 7}], ["[MASKED:email]", {"secret": "[MASKED:field]"}],
+         [("[0]", "email"), ("[1].secret", "field")]),
+        (500, "failed for bob@example.org", "failed for [MASKED:email]", [("", "email")]),
+        (503, 42, 42, []),
+        # the success paths still apply, besides
+        (409, {"result": {"points": [{"id": "bob@example.org", "payload": {"a": "bob@example.org"},
+                                      "vector": [0.5]}]}},
+         {"result": {"points": [{"id": "bob@example.org", "payload": {"a": "[MASKED:email]"},
+                                 "vector": None}]}},
+         [("result.points[0].payload.a", "email"), ("result.points[0].vector", "vector")]),
+    ],
+)
+def test_an_answer_that_is_no_success_is_masked_all_over(
+    reference: bool, status: int, doc: Any, delivered: Any, masked: list[tuple[str, str]]
+) -> None:
+    body = json.dumps(doc).encode()
+    got_status, raw, _, fields, *_ = _run(
+        Masker(HMAC_KEY, reference=reference), body, [(b"content-type", b"application/json")],
+        _QDRANT_QUERY, _EMAIL_PLAN, status)
+    assert got_status == status
+    assert json.loads(raw) == delivered
+    assert sorted((f.path, f.kind) for f in fields or []) == sorted(masked)
+
+
+def test_a_success_is_masked_at_its_paths_only() -> None:
+    # what the classifier says is not user data stays as it is in a 2xx
+    doc = {"result": {"points": []}, "status": "ok", "note": "bob@example.org"}
+    _, raw, *_ = _run(Masker(), json.dumps(doc).encode(),
+                      [(b"content-type", b"application/json")], _QDRANT_QUERY, _EMAIL_PLAN)
+    assert json.loads(raw) == doc
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_a_milvus_error_message_is_masked(reference: bool) -> None:
+    cls = Classification(product="milvus", operations=[], response_ids=("data[].id",),
+                         user_data_paths=("data[]",))
+    body = json.dumps({"code": 1100, "message": "bad row bob@example.org", "data": []}).encode()
+    _, raw, _, fields, _, error, *_ = _run(
+        Masker(reference=reference), body, [(b"content-type", b"application/json")], cls,
+        MaskPlan(detectors=("email",), user_data_paths=cls.user_data_paths))
+    assert json.loads(raw)["message"] == "bad row [MASKED:email]"
+    assert error == "milvus code 1100: bad row bob@example.org"  # the record's own note
+    assert [(f.path, f.kind) for f in fields] == [("message", "email")]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "ctype"),
+    [
+        (302, b"<a href='http://10.0.0.7/'>moved</a> bob@example.org", b"text/html"),
+        (404, b"no such collection; ask bob@example.org", b"text/plain"),
+        (400, b'{"status": "bob@example.org"', b"application/json"),  # not valid JSON
+    ],
+)
+def test_an_unreadable_answer_that_is_no_success_keeps_its_status_not_its_body(
+    status: int, body: bytes, ctype: bytes
+) -> None:
+    headers = [(b"content-type", ctype), (b"location", b"/collections/public"),
+               (b"retry-after", b"3"), (b"x-upstream", b"1")]
+    for masker in (Masker(), Masker(reference=True)):
+        got_status, raw, fields, masked, *_ = _run(masker, body, headers, _QDRANT_QUERY,
+                                                   _EMAIL_PLAN, status)
+        assert got_status == status
+        answer = json.loads(raw)
+        assert answer["error"] == "masking_failed" and answer["request_id"] == "r-1"
+        assert "withheld" in answer["reason"] and str(status) in answer["reason"]
+        assert b"bob@" not in raw
+        names = dict(fields)
+        assert names[b"location"] == b"/collections/public" and names[b"retry-after"] == b"3"
+        assert b"x-upstream" not in names
+        assert masked is None
+
+
+def test_an_unreadable_success_is_still_a_502() -> None:
+    status, raw, *_ = _run(Masker(), b"bob@example.org", [(b"content-type", b"text/plain")],
+                           _QDRANT_QUERY, _EMAIL_PLAN)
+    assert status == 502 and json.loads(raw)["error"] == "masking_failed"
