@@ -7,6 +7,11 @@ injected into the body and a masking plan for the response. The policy file is
 watched: a valid change is swapped in and recorded as PolicyChanged with the
 diff; an invalid one keeps the old policy and logs why.
 
+A ``--workers`` worker restarted while the file does not load starts from the
+last version that did (:func:`start_from_if_invalid`, given by its supervisor:
+what the other workers enforce), says so loudly, and follows the file's
+reloads from there; its PolicyChanged events name the hash it enforces.
+
 With an approvals service, the change ticket a request names
 (``X-Change-Ticket``) is checked against it (approved by another person, in
 scope, in its window, operations left) and the verdict is passed to the
@@ -45,6 +50,7 @@ from capture.policy import (
     TicketCheck,
     evaluate,
     load_policy,
+    parse_policy,
     policy_diff,
 )
 from capture.state import block, fail_closed, state_of
@@ -54,13 +60,27 @@ from pipeline.transport.errors import EventLogError
 if TYPE_CHECKING:
     from capture.approvals.service import ApprovalService, Grant
 
-__all__ = ["Enforcer", "grant_scope"]
+__all__ = ["Enforcer", "grant_scope", "start_from_if_invalid"]
 
 log = logging.getLogger("embedguard.enforcer")
 
 Recorder = Callable[..., Awaitable[None]]
 _PLAN_CACHE_SIZE = 256
 RecordReceived = Callable[[http.HTTPFlow], Awaitable[None]]
+
+#: policy file -> the text to enforce when that file does not load at start
+_FALLBACKS: dict[Path, str] = {}
+
+
+def start_from_if_invalid(path: Path, text: str | None) -> None:
+    """An Enforcer of ``path`` created in this process from now on enforces
+    ``text`` (the last version that loaded) if the file does not load, instead
+    of refusing to start. For a restarted ``--workers`` worker only: a gateway
+    that never had a valid policy must not start (None forgets it)."""
+    if text is None:
+        _FALLBACKS.pop(path, None)
+    else:
+        _FALLBACKS[path] = text
 
 
 @functools.lru_cache(maxsize=64)
@@ -93,9 +113,32 @@ class Enforcer:
         self._plans: dict[tuple[int, tuple[str, ...]], tuple[RequestObligations, MaskPlan]] = {}
         self.path = policy_path
         self.reload_interval_s = reload_interval_s
-        self.policy: Policy = load_policy(policy_path)  # PolicyError: fail at start
-        self._text = policy_path.read_text(encoding="utf-8")
-        self._mtime = policy_path.stat().st_mtime_ns
+        try:
+            self.policy: Policy = load_policy(policy_path)  # PolicyError: fail at start
+            self._text = policy_path.read_text(encoding="utf-8")
+            self._mtime = policy_path.stat().st_mtime_ns
+        except PolicyError as exc:
+            fallback = _FALLBACKS.get(policy_path)
+            if fallback is None:
+                raise
+            self._start_from(fallback, exc)
+
+    def _start_from(self, text: str, why: PolicyError) -> None:
+        # the fallback loaded before (in the supervisor): a PolicyError here
+        # would mean it did not, and refuses the start as the file's would
+        self.policy = parse_policy(text, str(self.path))
+        self._text = text
+        try:
+            # the invalid version is not read again until the file changes
+            self._mtime = self.path.stat().st_mtime_ns
+        except OSError:
+            self._mtime = -1
+        log.error(
+            "policy %s does not load, so this gateway enforces the last version that "
+            "loaded (%s), as the gateway's other workers do; it follows the file again "
+            "once the file loads. Fix the file:\n%s",
+            self.path, self.policy.sha256[:12], why,
+        )
         self._watcher: asyncio.Task[None] | None = None
         self.record_system: Recorder | None = None
 

@@ -21,6 +21,13 @@ What each worker has of its own, and what the workers share:
   use whichever worker the second connection reaches, so the workers share a
   SQLite replay cache in a private (0700) directory of the supervisor.
 - Policy reloads, the identity key cache and the session tracker are per worker.
+  The supervisor follows the policy file too, and keeps the last version that
+  loaded: what the running workers enforce, since each keeps its policy when
+  the file becomes invalid. A worker restarted while the file does not load
+  starts from that version (and says so in its log) rather than failing to
+  start, which after a few tries would stop every worker; it follows the
+  file's reloads from there. A gateway whose policy never loaded still does
+  not start.
 
 The supervisor forwards SIGTERM/SIGINT to the workers and waits for their clean
 shutdown (each flushes its log and records its final checkpoint). A worker that
@@ -83,6 +90,8 @@ STABLE_S = 10.0
 SHUTDOWN_GRACE_S = 60.0
 #: a worker not serving this long after its start counts as a failed start
 START_TIMEOUT_S = 120.0
+#: how often the supervisor looks at the policy file (as a worker's reload does)
+POLICY_CHECK_S = 1.0
 
 
 class WorkersFailed(RuntimeError):
@@ -172,10 +181,14 @@ def _revealed(value: Any) -> Any:
     return value
 
 
-def worker_spec(config: GatewayConfig, index: int, replay_db: Path) -> bytes:
-    """The line the supervisor writes to worker ``index``'s stdin."""
+def worker_spec(
+    config: GatewayConfig, index: int, replay_db: Path, last_valid_policy: str | None = None
+) -> bytes:
+    """The line the supervisor writes to worker ``index``'s stdin;
+    ``last_valid_policy`` is the policy text to enforce if the file does not load."""
     cfg = config.model_copy(update={"gateway_id": worker_gateway_id(config.gateway_id, index)})
-    spec = {"index": index, "replay_db": str(replay_db), "config": _revealed(cfg)}
+    spec = {"index": index, "replay_db": str(replay_db), "config": _revealed(cfg),
+            "last_valid_policy": last_valid_policy}
     return json.dumps(spec).encode() + b"\n"
 
 
@@ -185,6 +198,7 @@ def worker_main() -> int:
 
     from capture import build_addons
     from capture.config import ConfigError
+    from capture.enforcer import start_from_if_invalid
     from capture.gateway import run_gateway
     from capture.identity import IdentityCheck
     from pipeline.transport.errors import EventLogError
@@ -209,6 +223,7 @@ def worker_main() -> int:
         format=f"%(asctime)s %(levelname)s %(name)s [w{index}]: %(message)s",
     )
     config = GatewayConfig.model_validate(spec["config"])
+    start_from_if_invalid(config.policy_path, spec.get("last_valid_policy"))
     try:
         addons = build_addons(config)
     except (ConfigError, ValueError) as exc:
@@ -322,9 +337,51 @@ class Supervisor:
         self._announced = False
         self._scratch = Path(tempfile.mkdtemp(prefix="embedguard-workers-"))
         self.replay_db = self._scratch / "dpop-replay.db"
+        #: the last policy text that loaded (None: it never did), the file's
+        #: mtime when last read, why the file does not load now (None: it does)
+        self.last_valid_policy: str | None = None
+        self._policy_mtime: int | None = None
+        self._policy_problem: str | None = None
+        self._policy_checked = 0.0
+        self._check_policy()
+
+    # -- the policy ---------------------------------------------------------------
+    def _check_policy(self) -> None:
+        """Read the policy file if it changed; keep its text if it loads."""
+        from capture.policy import PolicyError, parse_policy
+
+        self._policy_checked = time.monotonic()
+        path = self.config.policy_path
+        try:
+            mtime = path.stat().st_mtime_ns
+            if mtime == self._policy_mtime:
+                return
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self._policy_mtime, self._policy_problem = None, f"cannot read it ({exc})"
+            return
+        self._policy_mtime = mtime
+        try:
+            parse_policy(text, str(path))
+        except PolicyError as exc:
+            self._policy_problem = str(exc)
+            return
+        self.last_valid_policy, self._policy_problem = text, None
 
     # -- processes ----------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
+        self._check_policy()
+        if self._policy_problem is not None and self.last_valid_policy is not None:
+            from capture.policy import policy_sha256
+
+            log.error(
+                "policy %s does not load; worker %d (%s) starts from the last version that "
+                "loaded (%s), which the running workers enforce, and follows the file once "
+                "it loads again. Fix the file: %s",
+                self.config.policy_path, slot.index,
+                worker_gateway_id(self.config.gateway_id, slot.index),
+                policy_sha256(self.last_valid_policy)[:12], self._policy_problem,
+            )
         r, w = os.pipe()
         env = {**os.environ, STATUS_FD_ENV: str(w)}
         try:
@@ -341,7 +398,9 @@ class Supervisor:
             os.close(w)
         assert proc.stdin is not None
         try:
-            proc.stdin.write(worker_spec(self.config, slot.index, self.replay_db))
+            proc.stdin.write(
+                worker_spec(self.config, slot.index, self.replay_db, self.last_valid_policy)
+            )
             proc.stdin.flush()
         except OSError:
             pass  # it died at once; its exit is handled like any other
@@ -481,6 +540,8 @@ class Supervisor:
             else:
                 self._read_status(key.data)
         now = time.monotonic()
+        if now - self._policy_checked >= POLICY_CHECK_S:
+            self._check_policy()
         for slot in self.slots:
             if (slot.proc is not None and not slot.ready and not self._stopping
                     and now - slot.started_at > START_TIMEOUT_S

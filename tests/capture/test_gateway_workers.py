@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,11 +26,18 @@ import httpx
 import pytest
 
 from capture.devidp import generate_dpop_key, make_dpop_proof, mint_token
+from capture.policy import policy_sha256
 from capture.workers import SqliteReplayCache, worker_gateway_id
 from replay.verify_core import verify_log
 from schemas.chain import verify_chains
 from schemas.codec import DecodedEvent
-from schemas.models import Checkpoint, GatewayStarted, RequestReceived
+from schemas.models import (
+    Checkpoint,
+    GatewayStarted,
+    PolicyChanged,
+    PolicyDecided,
+    RequestReceived,
+)
 from schemas.note import Signer
 from tests.support.approval_e2e import approval_requested, decide
 from tests.support.events import read_events
@@ -317,6 +325,155 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path, dev_idp: s
             assert time.monotonic() < deadline, f"workers {pids} outlived their supervisor"
             time.sleep(0.1)
     assert "supervisor gone, shutting down" in gw.stderr()
+
+
+# -- a restart while the policy file does not load ------------------------------
+#
+# Audit 3b (t15): running workers keep their policy when the file becomes
+# invalid, but a restarted worker could not load the file, and after three tries
+# the supervisor stopped every worker. Now it starts from the last version that
+# loaded, which the supervisor keeps, and follows the file from there.
+
+EXTRA_RULE = """\
+  - id: extra-{n}
+    effect: deny
+    subjects: {{groups: [Nobody]}}
+    actions: [admin]
+    collections: ["*"]
+"""
+INVALID_RULE = """\
+  - id: broken
+    effect: allow
+    subjects: {groups: [X]}
+    actions: [teleport]
+"""
+
+
+def _policy_changes(log_url: str, stream: str) -> list[PolicyChanged]:
+    return [d.event for d in read_events(log_url) if isinstance(d.event, PolicyChanged)
+            and d.event.envelope.gateway_id == stream]
+
+
+def _wait_for(what: str, check: Any, gw: GatewayProcess) -> Any:
+    deadline = time.monotonic() + WAIT
+    while not (found := check()):
+        assert gw.proc.poll() is None, f"the gateway exited:\n{gw.stderr()[-4000:]}"
+        assert time.monotonic() < deadline, f"{what}:\n{gw.stderr()[-4000:]}"
+        time.sleep(0.2)
+    return found
+
+
+def test_a_worker_restarted_while_the_policy_is_invalid_serves_the_last_valid_one(
+    tmp_path: Path, dev_idp: str
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    v1, v2 = POLICY, POLICY + EXTRA_RULE.format(n=2)
+    v3 = POLICY + EXTRA_RULE.format(n=3)
+    policy.write_text(v1)
+    reader = mint_token(dev_idp, "reader", ["Vector-Read"])
+    with (
+        recording_upstream() as up,
+        gateway_process(tmp_path, upstream=up.url, kind="qdrant", policy=policy,
+                        issuer=dev_idp, extra_args=["--workers", "2"]) as gw,
+    ):
+        base = f"gw-test-{gw.port}"
+        w0, w1 = worker_gateway_id(base, 0), worker_gateway_id(base, 1)
+        # a valid change that both workers reload: the supervisor must keep this
+        # one, not the version the workers started with
+        policy.write_text(v2)
+        for stream in (w0, w1):
+            _wait_for(f"{stream} did not reload", lambda s=stream: any(
+                c.new_sha256 == policy_sha256(v2) for c in _policy_changes(gw.log_url, s)), gw)
+        policy.write_text(v2 + INVALID_RULE)
+        _wait_for("the workers did not both reject the invalid file", lambda: len(re.findall(
+            r"new policy \S+ is invalid; keeping policy", gw.stderr())) >= 2, gw)
+
+        killed = _worker_pids(gw.stderr())[0]
+        os.kill(killed, signal.SIGKILL)
+        m = _wait_log(gw, r"worker 0 \(\S+\) restarted as pid (\d+) and is serving again")
+        restarted = int(m.group(1))
+        resets: list[str] = []
+        statuses = [_query_retrying(gw.url, reader, resets) for _ in range(16)]
+        assert statuses == [200] * 16
+        log = gw.stderr()
+        assert re.search(r"does not load; worker 0 \(\S+/w0\) starts from the last version "
+                         rf"that loaded \({policy_sha256(v2)[:12]}\)", log), log[-4000:]
+        assert re.search(r"\[w0\]: policy \S+ does not load, so this gateway enforces the "
+                         rf"last version that loaded \({policy_sha256(v2)[:12]}\)", log)
+        assert "'teleport' is not an action" in log.rsplit("restarted as pid", 1)[0]
+
+        # the restarted run says truthfully what it enforces: v2, from nothing
+        events = read_events(gw.log_url)
+        (started,) = [d.event for d in events if isinstance(d.event, GatewayStarted)
+                      and d.event.pid == restarted]
+        assert started.policy_sha256 == policy_sha256(v2)
+        after = [c for c in _policy_changes(gw.log_url, w0)
+                 if c.envelope.occurred_at >= started.envelope.occurred_at]
+        assert [(c.old_sha256, c.new_sha256) for c in after] == [(None, policy_sha256(v2))]
+        decided = [d.event for d in events if isinstance(d.event, PolicyDecided)
+                   and d.event.envelope.gateway_id == w0
+                   and d.event.envelope.occurred_at >= started.envelope.occurred_at]
+        assert {e.policy_sha256 for e in decided} <= {policy_sha256(v2)}
+
+        # and it follows the file once the file loads again
+        policy.write_text(v3)
+        _wait_for("the restarted worker did not follow the fixed file", lambda: any(
+            (c.old_sha256, c.new_sha256) == (policy_sha256(v2), policy_sha256(v3))
+            for c in _policy_changes(gw.log_url, w0)
+            if c.envelope.occurred_at >= started.envelope.occurred_at), gw)
+        assert gw.proc.poll() is None
+        assert "could not start" not in gw.stderr()
+
+
+def test_workers_refuse_to_start_on_a_policy_that_never_loaded(
+    tmp_path: Path, dev_idp: str
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY + INVALID_RULE)
+    r = subprocess.run(
+        [sys.executable, "-m", "embedguard.cli", "gateway", "--upstream", "http://127.0.0.1:9",
+         "--kind", "qdrant", "--policy", str(policy), "--log", f"sqlite:{tmp_path / 'e.db'}",
+         "--issuer", dev_idp, "--audience", "embedguard", "--gateway-id", "gw-bad",
+         "--signing-key", str(tmp_path / "gw.key"), "--listen", f"127.0.0.1:{free_port()}",
+         "--workers", "2"],
+        capture_output=True, text=True, timeout=WAIT,
+    )
+    assert r.returncode != 0
+    assert "the policy does not load" in r.stderr and "teleport" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_the_supervisor_keeps_the_last_policy_that_loaded(tmp_path: Path) -> None:
+    from capture.config import GatewayConfig, Route
+    from capture.workers import Supervisor
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY + INVALID_RULE)
+    config = GatewayConfig(
+        routes=[Route(kind="qdrant", upstream="http://127.0.0.1:9", listen_port=1)],
+        policy_path=policy, log_url=f"sqlite:{tmp_path / 'e.db'}", issuer="http://i",
+        audience="a", gateway_id="gw")
+    sup = Supervisor(config, 1)
+    try:
+        assert sup.last_valid_policy is None  # never loaded: nothing to fall back to
+        for n, (text, kept) in enumerate([
+            (POLICY, POLICY),
+            (POLICY + INVALID_RULE, POLICY),
+            (POLICY + EXTRA_RULE.format(n=2), POLICY + EXTRA_RULE.format(n=2)),
+            ("version: [", POLICY + EXTRA_RULE.format(n=2)),
+        ]):
+            policy.write_text(text)
+            os.utime(policy, ns=(n * 10**9, n * 10**9))  # a new mtime, however fast
+            sup._check_policy()
+            assert sup.last_valid_policy == kept
+        policy.unlink()
+        sup._check_policy()
+        assert sup.last_valid_policy == POLICY + EXTRA_RULE.format(n=2)
+    finally:
+        sup.sel.close()
+        sup._wake_r.close()
+        sup._wake_w.close()
+        shutil.rmtree(sup._scratch, ignore_errors=True)
 
 
 # -- errors ----------------------------------------------------------------------
