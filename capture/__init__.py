@@ -11,7 +11,9 @@
                      decision (or 202 in async mode); tickets and grants are checked
                      by the Enforcer against the same ApprovalService
 5. ``Masker``         (response) masks and strips, collects response ids
-6. ``Credentials``    strips the client's credentials, injects the upstream's
+6. ``Credentials``    strips the client's credentials, injects the upstream's;
+                     (response) drops Set-Cookie, keeps Location/Refresh on the
+                     route (an off-route redirect becomes a JSON 502)
 7. ``Recorder``       events made durable before forwarding / delivering (503 otherwise)
 """
 
