@@ -105,7 +105,12 @@ def rewrite_upstream_headers(
 # -- response headers -----------------------------------------------------------
 
 _URL_HEADERS = frozenset({b"location", b"content-location"})
-_COOKIE_HEADERS = frozenset({b"set-cookie", b"set-cookie2"})
+#: dropped from upstream responses: the upstream's cookies, and its
+#: challenges, which concern the gateway's credential (and name the
+#: upstream's realm), never the client's
+_COOKIE_HEADERS = frozenset(
+    {b"set-cookie", b"set-cookie2", b"www-authenticate", b"proxy-authenticate"}
+)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 #: Refresh: ``<seconds>; url=<URL>`` (the URL optionally quoted)
 _REFRESH = re.compile(r"""^(\s*[^;,]*)[;,]\s*url\s*=\s*(['"]?)(.*?)\2\s*$""", re.I | re.S)
@@ -170,8 +175,9 @@ def clean_response_headers(
     fields: tuple[tuple[bytes, bytes], ...], origins: frozenset[Origin]
 ) -> tuple[tuple[tuple[bytes, bytes], ...], list[HeaderChange]]:
     """A response's header fields as the client may see them, and what changed:
-    ``Set-Cookie`` removed; ``Location``, ``Content-Location`` and ``Refresh``
-    rewritten to a reference through the gateway (:func:`client_reference`)
+    ``Set-Cookie`` and the upstream's auth challenges removed; ``Location``,
+    ``Content-Location`` and ``Refresh`` rewritten to a reference through the
+    gateway (:func:`client_reference`)
     when they name the upstream, removed when they lead off the route."""
     out: list[tuple[bytes, bytes]] = []
     changes: list[HeaderChange] = []

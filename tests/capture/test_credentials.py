@@ -204,6 +204,12 @@ def test_client_reference(value: str, expected: str | None) -> None:
             [("set-cookie", "removed"), ("set-cookie", "removed"), ("set-cookie2", "removed")],
         ),
         (
+            [("WWW-Authenticate", 'Basic realm="qdrant-prod-eu"'), ("X-A", "1"),
+             ("Proxy-Authenticate", "Basic")],
+            [("X-A", "1")],
+            [("www-authenticate", "removed"), ("proxy-authenticate", "removed")],
+        ),
+        (
             [("Location", "http://db.internal:6333/collections/a"),
              ("Content-Location", "http://10.0.0.7:6333/collections/a")],
             [("Location", "/collections/a")],
