@@ -20,6 +20,7 @@ import streamlit as st  # noqa: E402
 
 from dashboard.auth import AccessDenied, current_user  # noqa: E402
 from dashboard.data import AuditUnavailable, pages_for  # noqa: E402
+from dashboard.text import md_literal  # noqa: E402
 from pipeline.warehouse import WarehouseError  # noqa: E402
 
 st.set_page_config(page_title="embedguard", page_icon="🛡️", layout="wide")
@@ -61,8 +62,8 @@ else:
         if key in allowed
     ]
     with st.sidebar:
-        st.caption(f"Signed in as **{user.name or user.subject}**")
-        st.caption("Roles: " + (", ".join(sorted(user.roles)) or "none"))
+        st.caption(f"Signed in as **{md_literal(user.name or user.subject)}**")
+        st.caption("Roles: " + (md_literal(", ".join(sorted(user.roles))) or "none"))
         if st.button("Sign out"):
             st.logout()
     if not pages:
@@ -73,7 +74,7 @@ except (WarehouseError, AuditUnavailable, AccessDenied) as exc:
     # A clear message instead of Streamlit's generic error box; no stack trace.
     first = str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__
     if isinstance(exc, WarehouseError):
-        st.error(f"The warehouse cannot be read: {first}. Is the loader running "
+        st.error(f"The warehouse cannot be read: {md_literal(first)}. Is the loader running "
                  "(`embedguard loader`), and does --warehouse name the right place?")
     else:
-        st.error(first)
+        st.error(md_literal(first))

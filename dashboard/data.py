@@ -30,6 +30,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard.auth import ROLES, AccessDenied, Role, User
+from dashboard.text import md_literal
 from pipeline import queries
 from pipeline.warehouse import Warehouse, open_warehouse
 
@@ -105,7 +106,7 @@ def page_user(page: str) -> User:
         st.info("Sign in to use the dashboard.")
         st.stop()
     if not user.has(*PAGE_ROLES[page]):
-        st.error(f"{user.subject} may not open this page: it needs the role "
+        st.error(f"{md_literal(user.subject)} may not open this page: it needs the role "
                  + " or ".join(PAGE_ROLES[page]) + ".")
         st.stop()
     return user

@@ -9,6 +9,7 @@ import streamlit as st
 
 from capture.approvals.client import ControlApiError
 from dashboard import data
+from dashboard.text import md_literal
 
 user = data.page_user("approvals")
 st.title("Approvals")
@@ -16,14 +17,14 @@ st.title("Approvals")
 outcome = st.session_state.pop("approval_outcome", None)
 if outcome is not None:
     kind, text = outcome
-    (st.success if kind == "ok" else st.error)(text)
+    (st.success if kind == "ok" else st.error)(text)  # built below from escaped values
 
 st.subheader("Pending")
 try:
     pending = data.approvals_pending(user)
 except ControlApiError as exc:
-    st.error(f"The gateway did not list the approvals: {exc.reason}"
-             + (f" (request {exc.request_id})" if exc.request_id else ""))
+    st.error(f"The gateway did not list the approvals: {md_literal(exc.reason)}"
+             + (f" (request {md_literal(exc.request_id)})" if exc.request_id else ""))
     pending = []
 decided = data.approvals_decided(user)
 if not pending:
@@ -35,16 +36,18 @@ if not pending:
 for a in pending:
     requester = (a.get("requester") or {}).get("subject", "?")
     ops = a.get("operations") or []
-    title = (f"{a.get('kind', 'request')} by {requester} · "
-             + ", ".join(f"{o.get('action')} {o.get('collection') or ''}".strip() for o in ops)
-             + f" · expires {a.get('expires_at')}")
+    title = (f"{md_literal(a.get('kind', 'request'))} by {md_literal(requester)} · "
+             + md_literal(", ".join(f"{o.get('action')} {o.get('collection') or ''}".strip()
+                                    for o in ops))
+             + f" · expires {md_literal(a.get('expires_at'))}")
     with st.expander(title, expanded=len(pending) == 1):
-        st.caption(f"approval `{a['approval_id']}` · request `{a.get('request_id')}` · "
-                   f"needs {a.get('min_approvals')} approval(s) from "
-                   + " or ".join("+".join(g) for g in a.get("approver_groups") or [])
-                   + f" · content sha256 `{(a.get('request_sha256') or '')[:16]}…`")
+        st.caption(f"approval {md_literal(a['approval_id'])} · request "
+                   f"{md_literal(a.get('request_id'))} · "
+                   f"needs {md_literal(a.get('min_approvals'))} approval(s) from "
+                   + md_literal(" or ".join("+".join(g) for g in a.get("approver_groups") or []))
+                   + f" · content sha256 {md_literal((a.get('request_sha256') or '')[:16])}…")
         if a.get("reason"):
-            st.markdown(f"**Requester's reason:** {a['reason']}")
+            st.markdown(f"**Requester's reason:** {md_literal(a['reason'])}")
         st.markdown("**Operations**")
         st.dataframe(pd.DataFrame([{
             "action": o.get("action"), "collection": o.get("collection"),
@@ -55,9 +58,10 @@ for a in pending:
             # a count of points (ids named plus what a filter matches upstream)
             st.metric("Blast radius: points this request would touch", a["blast_radius"])
         if a.get("approvals"):
-            st.caption("approved so far by " + ", ".join(v["subject"] for v in a["approvals"]))
+            st.caption("approved so far by "
+                       + md_literal(", ".join(v["subject"] for v in a["approvals"])))
         context = data.approval_context(user, a)
-        st.markdown(f"**{requester}'s recent sessions**")
+        st.markdown(f"**{md_literal(requester)}'s recent sessions**")
         if context["recent_sessions"]:
             st.dataframe(pd.DataFrame(context["recent_sessions"])[
                 ["session_id", "started_at", "request_count", "actions", "collections",
@@ -79,12 +83,13 @@ for a in pending:
                     result = data.decide_approval(user, a["approval_id"], decision, reason)
                 except ControlApiError as exc:
                     st.session_state["approval_outcome"] = (
-                        "error", f"The gateway refused: {exc.code}: {exc.reason}"
-                        + (f" (request {exc.request_id})" if exc.request_id else ""))
+                        "error", f"The gateway refused: {md_literal(exc.code)}: "
+                        f"{md_literal(exc.reason)}"
+                        + (f" (request {md_literal(exc.request_id)})" if exc.request_id else ""))
                 else:
                     st.session_state["approval_outcome"] = (
-                        "ok", f"Recorded: {decision} on {a['approval_id']}; status now "
-                        f"{result.get('status', '?')}.")
+                        "ok", f"Recorded: {decision} on {md_literal(a['approval_id'])}; "
+                        f"status now {md_literal(result.get('status', '?'))}.")
                 st.rerun()
 
 st.subheader("Decided and expired")

@@ -8,6 +8,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import data
+from dashboard.text import md_literal
 
 user = data.page_user("diff")
 st.title("Diff")
@@ -26,14 +27,16 @@ def show_diff(diff: dict[str, Any]) -> None:
                         ("changed_ids", "violet")):
         if diff[key]:
             st.markdown(f"**{key.split('_')[0]}:** "
-                        + " ".join(f":{colour}-background[{i}]" for i in diff[key]))
+                        + " ".join(f":{colour}-background[{md_literal(i)}]"
+                                   for i in diff[key]))
     if diff["status_then"] != diff["status_now"]:
-        st.warning(f"status {diff['status_then']} → {diff['status_now']}")
+        st.warning(f"status {md_literal(diff['status_then'])} → "
+                   f"{md_literal(diff['status_now'])}")
     if diff["structural"]:
         with st.expander("Structural differences"):
             st.json(diff["structural"])
     if diff.get("note"):
-        st.caption(diff["note"])
+        st.caption(md_literal(diff["note"]))
 
 
 # Links from the Sessions page (two selected sessions) and Session detail (a request)
@@ -57,15 +60,16 @@ with by_request:
         try:
             out = data.diff_requests(user, a.strip(), b.strip())
         except LookupError as exc:
-            st.error(str(exc))
+            st.error(md_literal(exc))
         else:
             show_diff(out["diff"])
             left, right = st.columns(2)
             for col, side in ((left, "then"), (right, "now")):
                 with col:
                     req = out[side]["request"]
-                    st.markdown(f"**{side}** · {req['received_at']} · {req['method']} "
-                                f"{req['path']} · status {req.get('status')}")
+                    st.markdown(f"**{side}** · {md_literal(req['received_at'])} · "
+                                f"{md_literal(req['method'])} {md_literal(req['path'])} · "
+                                f"status {md_literal(req.get('status'))}")
                     body = out[side]["body"]
                     if isinstance(body, dict | list):
                         st.json(body)
@@ -81,13 +85,14 @@ with by_session:
         try:
             pairs = data.diff_sessions(user, sa.strip(), sb.strip())
         except LookupError as exc:
-            st.error(str(exc))
+            st.error(md_literal(exc))
         else:
             for p in pairs:
                 then, now = p["then"], p["now"]
                 label = (f"#{p['index']} "
-                         + (f"{then['method']} {then['path']}" if then else "(none)") + " ↔ "
-                         + (f"{now['method']} {now['path']}" if now else "(none)"))
+                         + (md_literal(f"{then['method']} {then['path']}") if then else "(none)")
+                         + " ↔ "
+                         + (md_literal(f"{now['method']} {now['path']}") if now else "(none)"))
                 diff = p.get("diff")
                 icon = (":material/check:" if diff and diff["identical"]
                         else ":material/difference:")

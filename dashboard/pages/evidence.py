@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import data
+from dashboard.text import md_literal
 
 user = data.page_user("evidence")
 st.title("Evidence")
@@ -34,7 +35,7 @@ if go:
             sessions=[x.strip() for x in sessions.split(",")], on_progress=on_progress)
     except (LookupError, ValueError, FileExistsError) as exc:
         bar.empty()
-        st.error(str(exc))
+        st.error(md_literal(exc))
     else:
         bar.progress(1.0, text="done")
         st.session_state["evidence_result"] = exported
@@ -43,8 +44,8 @@ shown = st.session_state.get("evidence_result")
 result = shown if isinstance(shown, dict) else None
 if result:
     v = result["verification"]
-    st.markdown(f"**{result['name']}** · {result['sessions']} session(s) · "
-                + ", ".join(f"{k} {n}" for k, n in result["row_counts"].items()))
+    st.markdown(f"**{md_literal(result['name'])}** · {result['sessions']} session(s) · "
+                + md_literal(", ".join(f"{k} {n}" for k, n in result["row_counts"].items())))
     if v["ok"] and result["gateway_vkeys"]:
         st.success(f"Verified: {v['events']} events, {v['checkpoints_verified']} checkpoint(s), "
                    f"{v['inclusion_verified']} inclusion and {v['consistency_verified']} "
@@ -57,6 +58,6 @@ if result:
     if v["findings"]:
         with st.expander("Findings"):
             st.json(v["findings"])
-    st.caption(f"export key {result['export_vkey']}")
+    st.caption(f"export key {md_literal(result['export_vkey'])}")
     st.download_button("Download bundle", data=data.evidence_bytes(user, result["name"]),
                        file_name=result["name"], mime="application/zip", key="ev_download")

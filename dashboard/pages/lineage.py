@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
+from dashboard.text import md_literal
 
 user = data.page_user("lineage")
 st.title("Lineage")
@@ -37,7 +38,8 @@ with by_point:
                 st.caption(f"{unknown} operation(s) named no ids (e.g. delete by filter) and "
                            "may have touched this point.")
         else:
-            st.info(f"No recorded write or delete of {point_id} in {collection}.")
+            st.info(f"No recorded write or delete of {md_literal(point_id)} in "
+                    f"{md_literal(collection)}.")
 with by_approval:
     with st.form("lineage_approval"):
         approval_id = st.text_input("Approval id", key="lin_approval")
@@ -45,12 +47,14 @@ with by_approval:
     if approval_id:
         found = data.lineage_by_approval(user, approval_id.strip())
         if found["approval"] is None:
-            st.info(f"No approval {approval_id} in the warehouse.")
+            st.info(f"No approval {md_literal(approval_id)} in the warehouse.")
         else:
             a = found["approval"]
-            st.markdown(f"**{a['status']}** · requested by {a['requester_subject']} at "
-                        f"{a['requested_at']} · approvers: {', '.join(a['approvers']) or '-'}"
-                        f" · deniers: {', '.join(a['deniers']) or '-'}")
+            st.markdown(f"**{md_literal(a['status'])}** · requested by "
+                        f"{md_literal(a['requester_subject'])} at "
+                        f"{md_literal(a['requested_at'])} · approvers: "
+                        f"{md_literal(', '.join(a['approvers']) or '-')}"
+                        f" · deniers: {md_literal(', '.join(a['deniers']) or '-')}")
             if found["writes"]:
                 frame = pd.DataFrame(found["writes"])
                 st.dataframe(frame[[c for c in ["received_at", "subject", "method", "path",

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
+from dashboard.text import md_literal
 
 user = data.page_user("overview")
 st.title("Overview")
@@ -86,9 +87,10 @@ def loader_panel() -> None:
                     axis=alt.Axis(tickMinStep=1, format="d")),
             tooltip=["partition", "loaded", "end", "lag"]), width="stretch")
     for problem in report.get("problems", []):
-        st.caption(problem)
+        st.caption(md_literal(problem))
     if report.get("last_error"):
-        st.warning(f"Last loader error ({report.get('last_error_at')}): {report['last_error']}")
+        st.warning(f"Last loader error ({md_literal(report.get('last_error_at'))}): "
+                   f"{md_literal(report['last_error'])}")
 
 
 loader_panel()

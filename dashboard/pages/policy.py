@@ -6,14 +6,15 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
+from dashboard.text import md_literal
 
 user = data.page_user("policy")
 st.title("Policy")
 view = data.policy_view(user)
 if "error" in view:
-    st.error(view["error"])
+    st.error(md_literal(view["error"]))
 else:
-    st.caption(f"{view['path']} · sha256 `{view['sha256'][:16]}…`")
+    st.caption(f"{md_literal(view['path'])} · sha256 `{view['sha256'][:16]}…`")
     st.dataframe(pd.DataFrame(view["rules"]), hide_index=True, width="stretch")
     with st.expander("Policy file"):
         st.code(view["text"], language="yaml")
@@ -23,8 +24,9 @@ history = data.policy_history(user)
 if not history:
     st.caption("No PolicyChanged event recorded yet.")
 for change in history:
-    with st.expander(f"{change['occurred_at']} · {change['gateway_id']} · "
-                     f"{(change['old_sha256'] or 'none')[:12]} → {change['new_sha256'][:12]}"):
+    with st.expander(f"{md_literal(change['occurred_at'])} · {md_literal(change['gateway_id'])}"
+                     f" · {md_literal((change['old_sha256'] or 'none')[:12])} → "
+                     f"{md_literal(change['new_sha256'][:12])}"):
         st.code(change["diff"] or "(no diff recorded)", language="diff")
 
 st.subheader("Simulator")
@@ -46,8 +48,8 @@ if run:
                                       operations=ops.splitlines(), ticket=ticket or None,
                                       dpop=dpop, token_age_min=int(age))
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(md_literal(exc))
     else:
         (st.success if result["outcome"] == "allow" else st.warning)(
-            f"Decision: {result['outcome']}")
+            f"Decision: {md_literal(result['outcome'])}")
         st.code(result["text"])

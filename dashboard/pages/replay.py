@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
+from dashboard.text import md_literal
 
 user = data.page_user("replay")
 st.title("Replay")
@@ -42,7 +43,7 @@ if run and session_id.strip():
                              include_writes=mode == "include writes", on_step=on_step)
     except (ReplayError, SessionNotFound) as exc:
         bar.empty()
-        st.error(f"Refused: {exc}")
+        st.error(f"Refused: {md_literal(exc)}")
     else:
         bar.progress(1.0, text="done")
         s = report["summary"]

@@ -10,6 +10,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import data
+from dashboard.text import md_literal
 
 #: point ids linked to Lineage per request (a bulk import names thousands)
 MAX_LINEAGE_LINKS = 5
@@ -18,7 +19,8 @@ MAX_LINEAGE_LINKS = 5
 def lineage_links(req: dict[str, Any]) -> None:
     """Links to Lineage for the points a write or delete named, and its approval."""
     if req.get("approval_id"):
-        st.page_link("pages/lineage.py", label=f"What approval {req['approval_id']} released",
+        st.page_link("pages/lineage.py",
+                     label=f"What approval {md_literal(req['approval_id'])} released",
                      icon=":material/account_tree:",
                      query_params={"approval": str(req["approval_id"])})
     if not set(req.get("actions") or []) & {"write", "delete"}:
@@ -31,7 +33,8 @@ def lineage_links(req: dict[str, Any]) -> None:
               if isinstance(op, dict) and op.get("action") in ("write", "delete")
               and op.get("collection") for i in (op.get("ids") or [])]
     for collection, point in points[:MAX_LINEAGE_LINKS]:
-        st.page_link("pages/lineage.py", label=f"Lineage of {point} in {collection}",
+        st.page_link("pages/lineage.py",
+                     label=f"Lineage of {md_literal(point)} in {md_literal(collection)}",
                      icon=":material/account_tree:",
                      query_params={"collection": collection, "point": point})
     if len(points) > MAX_LINEAGE_LINKS:
@@ -49,18 +52,19 @@ if not session_id:
 detail = data.session_detail(user, session_id)
 summary = detail["summary"]
 if summary is None:
-    st.warning(f"No session {session_id} in the warehouse (is the loader behind?).")
+    st.warning(f"No session {md_literal(session_id)} in the warehouse (is the loader behind?).")
     st.stop()
 
 chain = detail["chain"]
 head = st.columns([3, 2])
-head[0].markdown(f"**{summary.get('subject') or 'unknown subject'}** from "
-                 f"`{summary.get('client_address') or '?'}` · started {summary['started_at']} "
-                 f"· {summary['request_count']} request(s)")
+head[0].markdown(f"**{md_literal(summary.get('subject') or 'unknown subject')}** from "
+                 f"{md_literal(summary.get('client_address') or '?')} · started "
+                 f"{md_literal(summary['started_at'])} "
+                 f"· {md_literal(summary['request_count'])} request(s)")
 if chain["ok"]:
     head[1].success(f"Hash chain verified ({chain['events']} events)", icon=":material/verified:")
 else:
-    head[1].error("Hash chain does NOT verify: " + "; ".join(chain["problems"][:3]),
+    head[1].error("Hash chain does NOT verify: " + md_literal("; ".join(chain["problems"][:3])),
                   icon=":material/gpp_bad:")
 
 bodies = data.session_bodies(
@@ -89,27 +93,31 @@ for req in detail["requests"]:
     state = req["state"]
     if req.get("decision") == "require_approval" and state == "blocked" and req.get("approval_id"):
         state = "held"  # answered 202 by the gateway: waiting for (or released by) an approval
-    label = (f"{req['received_at']} · {req['method']} {req['path']} · "
-             f"{', '.join(req.get('actions') or []) or '-'} "
-             f"{', '.join(req.get('collections') or [])} · decision {req.get('decision') or '-'}"
-             f" · {state}" + (f" {req['status']}" if req.get("status") else ""))
+    label = (f"{md_literal(req['received_at'])} · {md_literal(req['method'])} "
+             f"{md_literal(req['path'])} · "
+             f"{md_literal(', '.join(req.get('actions') or []) or '-')} "
+             f"{md_literal(', '.join(req.get('collections') or []))} · decision "
+             f"{md_literal(req.get('decision') or '-')} · {md_literal(state)}"
+             + (f" {md_literal(req['status'])}" if req.get("status") else ""))
     with st.expander(label, icon=STATE_ICON.get(state, ":material/help:")):
         c = st.columns(4)
-        c[0].markdown(f"**identity** {req.get('subject') or '-'}")
-        c[1].markdown(f"**rules** {', '.join(req.get('matched_rules') or []) or '-'}")
-        c[2].markdown(f"**approval** {req.get('approval_id') or '-'}"
-                      + (f" · ticket {req['ticket_id']}" if req.get("ticket_id") else "")
-                      + (f" · grant {req['grant_id']}" if req.get("grant_id") else ""))
+        c[0].markdown(f"**identity** {md_literal(req.get('subject') or '-')}")
+        c[1].markdown(f"**rules** {md_literal(', '.join(req.get('matched_rules') or []) or '-')}")
+        c[2].markdown(f"**approval** {md_literal(req.get('approval_id') or '-')}"
+                      + (f" · ticket {md_literal(req['ticket_id'])}" if req.get("ticket_id")
+                         else "")
+                      + (f" · grant {md_literal(req['grant_id'])}" if req.get("grant_id") else ""))
         c[3].markdown(f"**latency** {(req.get('latency_us') or 0) / 1000:.1f} ms"
-                      f" · request id `{req['request_id']}`")
+                      f" · request id {md_literal(req['request_id'])}")
         st.page_link("pages/diff.py", label="Compare this request with another",
                      icon=":material/difference:",
                      query_params={"then_request": str(req["request_id"])})
         lineage_links(req)
         if req.get("reasons"):
-            st.caption("; ".join(req["reasons"]))
+            st.caption(md_literal("; ".join(req["reasons"])))
         if req.get("blocked_reason"):
-            st.warning(f"Blocked at {req.get('blocked_stage')}: {req['blocked_reason']}")
+            st.warning(f"Blocked at {md_literal(req.get('blocked_stage'))}: "
+                       f"{md_literal(req['blocked_reason'])}")
         left, right = st.columns(2)
         with left:
             st.markdown("**Request**")
@@ -117,7 +125,7 @@ for req in detail["requests"]:
         with right:
             st.markdown("**Response as delivered (masked)**")
             if req.get("masked_fields"):
-                st.caption("masked: " + ", ".join(req["masked_fields"]))
+                st.caption("masked: " + md_literal(", ".join(req["masked_fields"])))
             show_body(req.get("response_body_sha256"), "no response recorded")
 
 if st.toggle("Show every event of the session (chain order)", key="session_all_events"):

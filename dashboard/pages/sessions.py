@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
+from dashboard.text import md_literal
 
 user = data.page_user("sessions")
 st.title("Sessions")
@@ -37,7 +38,7 @@ page = int(st.session_state.get("sessions_page", 0))
 try:
     rows, more = data.sessions_page(user, filters, page=page, page_size=PAGE_SIZE)
 except ValueError as exc:  # a time that is not ISO 8601
-    st.error(str(exc))
+    st.error(md_literal(exc))
     st.stop()
 
 first = page * PAGE_SIZE
@@ -70,12 +71,14 @@ if rows:
     if len(chosen) == 1:
         sid = str(table.iloc[chosen[0]]["session_id"])
         st.session_state["session_id"] = sid
-        st.page_link("pages/session.py", label=f"Open session {sid}", icon=":material/timeline:",
+        st.page_link("pages/session.py", label=f"Open session {md_literal(sid)}",
+                     icon=":material/timeline:",
                      query_params={"session": sid})
     elif len(chosen) == 2:
         # the older one is "then": rows are newest first
         now_sid, then_sid = (str(table.iloc[i]["session_id"]) for i in sorted(chosen))
-        st.page_link("pages/diff.py", label=f"Compare {then_sid} (then) with {now_sid} (now)",
+        st.page_link("pages/diff.py", label=f"Compare {md_literal(then_sid)} (then) with "
+                                             f"{md_literal(now_sid)} (now)",
                      icon=":material/difference:",
                      query_params={"then_session": then_sid, "now_session": now_sid})
     elif len(chosen) > 2:
@@ -84,9 +87,10 @@ else:
     st.info("No session matches these filters.")
 
 # The matching bodies are a second full scan of the bodies: shown on request only.
-if body and st.toggle(f"Show the recorded bodies containing {body!r}", key="show_bodies"):
+if body and st.toggle(f"Show the recorded bodies containing {md_literal(repr(body))}",
+                      key="show_bodies"):
     hits = data.body_search(user, body)
     if hits:
         st.dataframe(pd.DataFrame(hits), hide_index=True, width="stretch", key="body_hits")
     else:
-        st.info(f"No recorded body contains {body!r}.")
+        st.info(f"No recorded body contains {md_literal(repr(body))}.")

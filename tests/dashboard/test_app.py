@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard import data
 from dashboard.auth import AccessDenied, User, roles_for
 from tests.dashboard.conftest import APP, SECRET_EMAIL, Seeded, load
+from tests.dashboard.test_text import shown as displayed
 from tests.support.approval_e2e import events_of, wait_for
 
 AUDITOR = ("audrey", ["Vector-Audit"])
@@ -33,11 +34,13 @@ def app(s: Seeded, who: tuple[str, list[str]], page: str | None = None) -> AppTe
 
 
 def texts(at: AppTest) -> str:
+    """The page's text as displayed (recorded values in Markdown are escaped)."""
     parts: list[str] = []
     for kind in ("markdown", "caption", "info", "warning", "error", "success", "title",
-                 "subheader", "code"):
-        parts += [str(el.value) for el in getattr(at, kind)]
-    parts += [str(e.label) for e in at.expander]
+                 "subheader"):
+        parts += [displayed(str(el.value)) for el in getattr(at, kind)]
+    parts += [str(el.value) for el in at.code]
+    parts += [displayed(str(e.label)) for e in at.expander]
     return "\n".join(parts)
 
 
@@ -178,7 +181,7 @@ def test_session_detail_timeline_bodies_and_chain_badge(dash_env: Seeded) -> Non
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     assert any("Hash chain verified" in s.value for s in at.success)
-    labels = [e.label for e in at.expander]
+    labels = [displayed(e.label) for e in at.expander]
     assert any("/query" in label and "completed" in label for label in labels)
     assert any("/upsert" in label and "require_approval" in label and "held 202" in label
                for label in labels)
@@ -234,12 +237,12 @@ def test_two_sessions_chosen_on_the_sessions_page_open_in_diff(dash_env: Seeded)
     assert not at.exception, [e.message for e in at.exception]
     assert at.text_input(key="diff_sa").value == then_sid
     assert at.text_input(key="diff_sb").value == now_sid
-    labels = [e.label for e in at.expander]
+    labels = [displayed(e.label) for e in at.expander]
     assert any(label.startswith("#0 ") for label in labels), (labels, texts(at))
 
 
 def pending_ids(at: AppTest) -> str:
-    return "\n".join(e.label for e in at.expander) + texts(at)
+    return "\n".join(displayed(e.label) for e in at.expander) + texts(at)
 
 
 def test_approve_and_deny_through_the_gateway(dash_env: Seeded) -> None:
@@ -300,7 +303,7 @@ def test_self_approval_shows_the_gateways_refusal(dash_env: Seeded) -> None:
     at.button(key=f"approve-{target}").click()
     at.run()
     assert not at.exception
-    refusal = [e.value for e in at.error]
+    refusal = [displayed(e.value) for e in at.error]
     assert any(r.startswith("The gateway refused:") for r in refusal), refusal
     assert not any(e.event.envelope.type == "ApprovalDecided" and e.event.approval_id == target
                    and e.event.approver_subject == "alice"
@@ -320,7 +323,7 @@ def test_lineage_by_point_and_by_approval(dash_env: Seeded) -> None:
     at.text_input(key="lin_approval").input(dash_env.denied)
     at.button[1].click()
     at.run()
-    assert any("denied" in m.value for m in at.markdown)
+    assert any("denied" in displayed(m.value) for m in at.markdown)
 
 
 def test_session_detail_links_written_points_to_lineage(dash_env: Seeded) -> None:
@@ -339,7 +342,7 @@ def test_session_detail_links_written_points_to_lineage(dash_env: Seeded) -> Non
         at.switch_page("pages/session.py")
         at.run()
         assert not at.exception, [e.message for e in at.exception]
-        labels = [el.proto.label for el in at.get("page_link")]
+        labels = [displayed(el.proto.label) for el in at.get("page_link")]
         if wanted in labels:
             break
     else:
@@ -363,7 +366,7 @@ def test_policy_page_and_simulator(dash_env: Seeded) -> None:
     at.button[0].click()
     at.run()
     assert not at.exception
-    assert any("require_approval" in w.value for w in at.warning)
+    assert any("require_approval" in displayed(w.value) for w in at.warning)
     assert any("ds-change" in c.value for c in at.code)
 
 
@@ -448,7 +451,8 @@ def test_replay_read_only_and_refused_writes_against_production(dash_env: Seeded
     at.button[0].click()
     at.run()
     assert not at.exception
-    assert any(e.value.startswith("Refused:") and "production" in e.value for e in at.error)
+    assert any(displayed(e.value).startswith("Refused:") and "production" in displayed(e.value)
+               for e in at.error)
 
 
 def test_evidence_export_download_and_verification(dash_env: Seeded) -> None:
@@ -475,7 +479,7 @@ def test_an_unreadable_warehouse_is_a_clear_message(dash_env: Seeded, tmp_path: 
     data.config.clear()
     try:
         at = app(dash_env, AUDITOR)  # no exception box, no traceback
-        assert any("The warehouse cannot be read" in e.value and "embedguard loader" in e.value
-                   for e in at.error)
+        assert any("The warehouse cannot be read" in displayed(e.value)
+                   and "embedguard loader" in displayed(e.value) for e in at.error)
     finally:
         data.config.clear()
