@@ -113,6 +113,9 @@ class Enforcer:
         self._plans: dict[tuple[int, tuple[str, ...]], tuple[RequestObligations, MaskPlan]] = {}
         self.path = policy_path
         self.reload_interval_s = reload_interval_s
+        self._watcher: asyncio.Task[None] | None = None
+        #: records PolicyChanged (the Recorder's ``record_system``; None in tests)
+        self.record_system: Recorder | None = None
         try:
             self.policy: Policy = load_policy(policy_path)  # PolicyError: fail at start
             self._text = policy_path.read_text(encoding="utf-8")
@@ -139,8 +142,6 @@ class Enforcer:
             "once the file loads. Fix the file:\n%s",
             self.path, self.policy.sha256[:12], why,
         )
-        self._watcher: asyncio.Task[None] | None = None
-        self.record_system: Recorder | None = None
 
     # -- reload -----------------------------------------------------------------
     async def record_active(self) -> None:
