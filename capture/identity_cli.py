@@ -21,7 +21,7 @@ from capture.devidp import DEFAULT_AUDIENCE, DEFAULT_PORT, DevIdpError
 
 __all__ = ["dev_idp_command", "parse_duration", "token_command"]
 
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 _DURATION = re.compile(r"(\d+)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 

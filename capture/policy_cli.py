@@ -34,8 +34,8 @@ __all__ = ["policy_app"]
 policy_app = typer.Typer(
     help="Check policy files and explain their decisions.", no_args_is_help=True
 )
-_out = Console(soft_wrap=True, highlight=False, markup=False)
-_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
+_out = Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
+_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False)
 
 FileArg = Annotated[Path, typer.Argument(help="The policy YAML file")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]

@@ -116,8 +116,8 @@ def load_or_create_signing_key(path: Path, *, name: str | None = None) -> Signer
 # -- CLI -----------------------------------------------------------------------
 
 keys_app = typer.Typer(help="The gateway's checkpoint-signing key.", no_args_is_help=True)
-_out = Console(soft_wrap=True, highlight=False, markup=False)
-_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
+_out = Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
+_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False)
 
 KeyOpt = Annotated[
     Path | None,

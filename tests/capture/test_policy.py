@@ -1361,6 +1361,15 @@ def test_cli_explain_operations(cli: typer.Typer) -> None:
     assert "operation 0: write docs -> allow by ops-write" in r.output
 
 
+def test_cli_explain_prints_names_as_typed(cli: typer.Typer) -> None:
+    """Emoji codes in a collection name are printed as typed, not as emoji."""
+    r = runner.invoke(cli, ["policy", "explain", str(EXAMPLE), "--sub", "op", "--groups",
+                            "Vector-Read", "--method", "GET", "--path",
+                            "/collections/docs-:skull:-x/points/1"])
+    assert r.exit_code == 0, r.output
+    assert "docs-:skull:-x" in r.output and "\N{SKULL}" not in r.output
+
+
 def test_cli_explain_classifies_a_request(cli: typer.Typer, tmp_path: Path) -> None:
     pytest.importorskip("capture.classify", reason="the classifier is not installed yet")
     body = tmp_path / "upsert.json"
