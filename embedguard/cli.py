@@ -307,11 +307,21 @@ def events_verify(
     require_checkpoint: Annotated[
         bool, typer.Option(help="Events not yet covered by a checkpoint are an error")
     ] = False,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoint",
+            help="A signed checkpoint note saved earlier (`embedguard events checkpoint`); "
+            "the log must still hold its stream's first tree-size events, with its root. "
+            "Needs --vkey. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Check every session's hash chain in the log, in log order; name the first
     missing, altered or reordered event of each broken session. With --vkey, also
     check each gateway stream against its signed checkpoints (RFC 6962 roots,
-    consistency). Exit 1 if anything is wrong."""
+    consistency), and with --checkpoint that the log was not truncated since a
+    checkpoint was saved. Exit 1 if anything is wrong."""
     from pipeline.events import decode_records
     from pipeline.transport import open_log
     from schemas.chain import verify_chains
@@ -326,6 +336,7 @@ def events_verify(
             raise fail(f"cannot read --vkey-file {vkey_file}: {exc.strerror}") from None
     if vkey_file is not None and not keys:
         raise fail(f"--vkey-file {vkey_file} holds no key")
+    saved = _read_saved_checkpoints(checkpoint or [], keys)
     wheres: list[str] = []
 
     async def go() -> tuple[int, list[Any], list[str], Any]:
@@ -365,6 +376,7 @@ def events_verify(
                     wheres=wheres,
                     require_checkpoint=require_checkpoint,
                     order="stream_seq",
+                    saved=saved,
                 )
             except NoteError as exc:
                 raise fail(f"--vkey: {exc}") from None
@@ -387,7 +399,9 @@ def events_verify(
                 out.print(
                     styled(("✓", "green"), f" {count} events; every session's hash chain "
                            f"verifies; {report.checkpoints_verified} signed checkpoint(s) match "
-                           "their streams"),
+                           "their streams"
+                           + (f"; the log still holds the {len(saved)} saved checkpoint(s)"
+                              if saved else "")),
                     highlight=False,
                 )
         if not ok:
@@ -414,6 +428,95 @@ def events_verify(
                              f" {count} events; every session's hash chain verifies"))
     if problems or undecodable:
         raise typer.Exit(1)
+
+
+def _split_notes(text: str) -> list[str]:
+    """The signed notes in ``text``: one, or several separated by a blank line
+    (as `events checkpoint` prints them). A checkpoint's text has no blank
+    line, so the blocks alternate: note text, signature lines."""
+    blocks = text.rstrip("\n").split("\n\n")
+    if len(blocks) < 2 or len(blocks) % 2:
+        # not pairs of blocks: let the strict parser say what is wrong
+        return [text]
+    return [f"{blocks[i]}\n\n{blocks[i + 1]}\n" for i in range(0, len(blocks), 2)]
+
+
+def _read_saved_checkpoints(paths: list[Path], keys: list[str]) -> list[Any]:
+    """Each --checkpoint file's notes, verified with the pinned keys."""
+    if not paths:
+        return []
+    from replay.verify_core import load_verifiers, open_saved_checkpoint
+    from schemas.note import NoteError
+
+    if not keys:
+        raise fail("--checkpoint needs --vkey: a saved checkpoint is trusted only through the "
+                   "pinned key of the gateway that signed it")
+    try:
+        verifiers = load_verifiers(keys)
+    except NoteError as exc:
+        raise fail(f"--vkey: {exc}") from None
+    saved = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise fail(f"cannot read --checkpoint {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise fail(f"--checkpoint {path} is not UTF-8 text") from None
+        notes = _split_notes(text)
+        for n, note in enumerate(notes, 1):
+            source = f"--checkpoint {path}" + (f" note {n}" if len(notes) > 1 else "")
+            try:
+                saved.append(open_saved_checkpoint(note, verifiers, source))
+            except NoteError as exc:
+                raise fail(f"{source} is refused: {exc}") from None
+    return saved
+
+
+@events_app.command("checkpoint")
+def events_checkpoint(
+    log: LogOpt = None,
+    origin: Annotated[
+        str | None, typer.Option(help="Only this stream's checkpoint (its note origin)")
+    ] = None,
+) -> None:
+    """Print the latest signed checkpoint note of each stream in the log, as
+    recorded by the gateway, to save and later pass to `events verify
+    --checkpoint`: a log truncated after that is then detected. Several notes
+    are separated by a blank line."""
+    from pipeline.events import decode_records
+    from pipeline.transport import open_log
+    from schemas.models import Checkpoint
+
+    url = log_url(log)
+    _require_existing_log(url)
+
+    async def go() -> dict[str, Checkpoint]:
+        latest: dict[str, Checkpoint] = {}
+        async with open_log(url) as lg:
+            reader = lg.tail_reader()
+            async with reader:
+                while True:
+                    batch = await reader.poll(max_records=5000, timeout=0.2)
+                    if not batch:
+                        break
+                    for item in decode_records(batch):
+                        ev = item.decoded.event if item.decoded is not None else None
+                        if not isinstance(ev, Checkpoint):
+                            continue
+                        if origin is not None and ev.origin != origin:
+                            continue
+                        seen = latest.get(ev.origin)
+                        if seen is None or ev.tree_size >= seen.tree_size:
+                            latest[ev.origin] = ev
+        return latest
+
+    latest = run(go)
+    if not latest:
+        raise fail(f"no signed checkpoint {'of ' + origin + ' ' if origin else ''}in {url}", 1)
+    sys.stdout.write("\n".join(latest[o].signed_note for o in sorted(latest)))
+    for o in sorted(latest):
+        err.print(f"{o}: tree size {latest[o].tree_size}", highlight=False)
 
 
 def _require_existing_log(url: str) -> None:

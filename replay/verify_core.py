@@ -50,6 +50,7 @@ __all__ = [
     "leaf_hash",
     "load_verifiers",
     "open_checkpoints",
+    "open_saved_checkpoint",
     "split_runs",
     "verify_log",
     "verify_proofs",
@@ -110,6 +111,8 @@ class VerifyReport:
     checkpoints_verified: int = 0
     inclusion_verified: int = 0
     consistency_verified: int = 0
+    #: one entry per checkpoint saved earlier and given to :func:`verify_log`
+    saved_checkpoints: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Finding]:
@@ -129,6 +132,7 @@ class VerifyReport:
             "consistency_verified": self.consistency_verified,
             "streams": {k: asdict(v) for k, v in sorted(self.streams.items())},
             "findings": [f.to_json() for f in self.findings],
+            **({"saved_checkpoints": self.saved_checkpoints} if self.saved_checkpoints else {}),
         }
 
 
@@ -436,6 +440,7 @@ def verify_log(
     wheres: Sequence[str] | None = None,
     require_checkpoint: bool = False,
     order: Literal["given", "stream_seq"] = "given",
+    saved: Sequence[SignedCheckpoint] = (),
 ) -> VerifyReport:
     """Verify whole streams (see the module docstring).
 
@@ -448,6 +453,12 @@ def verify_log(
     ``wheres[i]`` says where ``events[i]`` came from (file and row). A stream
     tail after its last checkpoint is reported as a warning (not yet covered),
     or as an error with ``require_checkpoint``.
+
+    ``saved`` are checkpoints an auditor kept from earlier (already verified
+    with a pinned key, see :func:`open_saved_checkpoint`): the log must still
+    hold at least ``tree_size`` leaves of the note's stream, and its first
+    ``tree_size`` leaves must hash to the note's root. Only this detects a log
+    whose last events, its last Checkpoint events included, were dropped.
     """
     if order == "stream_seq":
         # Within a run, event ids (UUIDv7, monotonic per process) follow
@@ -576,7 +587,84 @@ def verify_log(
                     severity="error" if require_checkpoint else "warning",
                 )
             )
+    report.findings.extend(_check_saved(events, runs, saved, wheres, report))
     return report
+
+
+def open_saved_checkpoint(
+    note: str, verifiers: Sequence[Verifier], source: str
+) -> SignedCheckpoint:
+    """A checkpoint note saved earlier (``embedguard events checkpoint``),
+    verified with the pinned keys; NoteError says why it is refused."""
+    if not verifiers:
+        raise NoteError("a saved checkpoint is trusted only through a pinned key (--vkey)")
+    body, good = CheckpointBody.open(note, verifiers)
+    return SignedCheckpoint(body, note, tuple(v.id_text for v in good), source)
+
+
+def _check_saved(
+    events: Sequence[DecodedEvent],
+    runs: Sequence[Run],
+    saved: Sequence[SignedCheckpoint],
+    wheres: Sequence[str] | None,
+    report: VerifyReport,
+) -> list[Finding]:
+    out: list[Finding] = []
+    by_origin = {r.origin: r for r in runs if r.origin}
+    for cp in saved:
+        run = by_origin.get(cp.origin)
+        held = len(run.idxs) if run else 0
+        status: dict[str, Any] = {
+            "source": cp.source,
+            "origin": cp.origin,
+            "tree_size": cp.tree_size,
+            "root_hash": cp.body.root_hash.hex(),
+            "log_leaves": held,
+            "ok": False,
+        }
+        report.saved_checkpoints.append(status)
+        if run is None:
+            if cp.tree_size == 0:
+                status["ok"] = True
+                continue
+            out.append(
+                Finding(
+                    "log_truncated",
+                    f"the saved checkpoint ({cp.source}) of {cp.origin} signs {cp.tree_size} "
+                    "event(s) but the log holds no event of that stream: it was removed",
+                )
+            )
+            continue
+        last = run.idxs[-1]
+        where = wheres[last] if wheres else None
+        if held < cp.tree_size:
+            out.append(
+                _locate(
+                    events[last],
+                    where,
+                    "log_truncated",
+                    f"the saved checkpoint ({cp.source}) signs tree size {cp.tree_size} of "
+                    f"stream {run.stream} ({cp.origin}) but the log holds only {held} leaves: "
+                    f"the log was truncated, at least {cp.tree_size - held} event(s) after "
+                    "this one were removed",
+                )
+            )
+            continue
+        tree = MerkleTree(leaf_hash(events[i]) for i in run.idxs[: cp.tree_size])
+        if tree.root() != cp.body.root_hash:
+            out.append(
+                Finding(
+                    "root_mismatch",
+                    f"the first {cp.tree_size} leaves of stream {run.stream} ({cp.origin}) hash "
+                    f"to {tree.root().hex()}, not to the root {cp.body.root_hash.hex()} of the "
+                    f"saved checkpoint ({cp.source}): an event before stream_seq "
+                    f"{cp.tree_size} was changed, dropped, added or reordered",
+                    stream=run.stream,
+                )
+            )
+            continue
+        status["ok"] = True
+    return out
 
 
 def build_proofs(

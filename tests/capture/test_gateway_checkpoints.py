@@ -22,7 +22,7 @@ from capture.devidp import mint_token
 from replay.verify_core import build_proofs, open_checkpoints, verify_log, verify_proofs
 from schemas.codec import DecodedEvent, default_codec
 from schemas.models import Checkpoint, RequestReceived
-from schemas.note import Signer, Verifier
+from schemas.note import CheckpointBody, Signer, Verifier
 from tests.support.events import read_events
 from tests.support.gateway import UPSTREAM_SECRET, gateway_process
 from tests.support.upstream import recording_upstream
@@ -299,3 +299,118 @@ def test_async_response_durability_is_checkpointed_too(tmp_path: Path, dev_idp: 
     report = verify_log(events, [vkey], require_checkpoint=True, order="stream_seq")
     assert report.ok and not report.findings, _ids(report.findings)
     assert report.checkpoints_verified >= 3
+
+
+def _copy_log(src: Path, dst: Path) -> Path:
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    return dst
+
+
+def test_a_saved_checkpoint_detects_a_truncated_log(recorded: Recorded, tmp_path: Path) -> None:
+    """Dropping a log's last events, its last Checkpoint events included,
+    leaves a log that verifies on its own; a checkpoint saved earlier (and
+    passed with --checkpoint) is what shows it was truncated."""
+    log = f"sqlite:{recorded.db}"
+    last = [d.event for d in recorded.events if isinstance(d.event, Checkpoint)][-1]
+    note = tmp_path / "checkpoint.note"
+    note.write_text(last.signed_note, encoding="utf-8")
+    body = CheckpointBody.open(last.signed_note, [Verifier.from_vkey(recorded.vkey)])[0]
+    assert body.tree_size == len(recorded.events) - 1  # the final checkpoint
+
+    ok = _cli("events", "verify", "--log", log, "--vkey", recorded.vkey, "--checkpoint", str(note))
+    assert ok.returncode == 0, ok.stderr
+
+    # drop everything after the second-to-last Checkpoint event, in a copy
+    copy = _copy_log(recorded.db, tmp_path / "truncated.db")
+    codec = default_codec()
+    with sqlite3.connect(copy) as c:
+        rows = c.execute("select id, value from records order by id").fetchall()
+        cps = [i for i, v in rows if isinstance(codec.decode(v).event, Checkpoint)]
+        c.execute("delete from records where id > ?", (cps[-2],))
+        held = c.execute("select count(*) from records").fetchone()[0]
+    truncated = f"sqlite:{copy}"
+    alone = _cli("events", "verify", "--log", truncated, "--vkey", recorded.vkey)
+    assert alone.returncode == 0, alone.stderr  # the gap: on its own it still verifies
+
+    res = _cli(
+        "events", "verify", "--log", truncated, "--vkey", recorded.vkey,
+        "--checkpoint", str(note),
+    )  # fmt: skip
+    assert res.returncode == 1, res.stdout
+    text = " ".join(res.stderr.split())
+    assert "log_truncated" in text, text
+    stream = recorded.events[0].event.envelope.gateway_id
+    assert f"tree size {body.tree_size} of stream {stream}" in text
+    assert f"holds only {held} leaves" in text
+
+    as_json = _cli(
+        "events", "verify", "--log", truncated, "--vkey", recorded.vkey,
+        "--checkpoint", str(note), "--json",
+    )  # fmt: skip
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert not report["ok"]
+    assert [f["kind"] for f in report["findings"] if f["severity"] == "error"] == ["log_truncated"]
+    assert report["saved_checkpoints"] == [
+        {
+            "source": f"--checkpoint {note}",
+            "origin": body.origin,
+            "tree_size": body.tree_size,
+            "root_hash": body.root_hash.hex(),
+            "log_leaves": held,
+            "ok": False,
+        }
+    ]
+
+
+def test_a_saved_checkpoint_must_be_signed_by_the_pinned_key_and_match(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    log = f"sqlite:{recorded.db}"
+    printed = _cli("events", "checkpoint", "--log", log)
+    assert printed.returncode == 0, printed.stderr
+    saved = printed.stdout
+    last = [d.event for d in recorded.events if isinstance(d.event, Checkpoint)][-1]
+    assert saved == last.signed_note  # the latest note of the (only) stream
+    pinned = Verifier.from_vkey(recorded.vkey)
+    body = CheckpointBody.open(saved, [pinned])[0]
+
+    def verify(text: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "note"
+        path.write_text(text, encoding="utf-8")
+        return _cli("events", "verify", "--log", log, *extra, "--checkpoint", str(path))
+
+    no_key = verify(saved)
+    assert no_key.returncode == 2 and "needs --vkey" in no_key.stderr
+
+    other = CheckpointBody(body.origin, body.tree_size, body.root_hash).sign(Signer.generate("x"))
+    refused = verify(other, "--vkey", recorded.vkey)
+    assert refused.returncode == 2, refused.stderr
+    assert "no signature by a pinned key" in " ".join(refused.stderr.split())
+
+    # the root changed in the note text: its signature no longer verifies
+    forged_root = base64.b64encode(bytes(32)).decode()
+    lines = saved.split("\n")
+    lines[2] = forged_root
+    tampered = verify("\n".join(lines), "--vkey", recorded.vkey)
+    assert tampered.returncode == 2, tampered.stderr
+    assert "does not verify" in " ".join(tampered.stderr.split())
+
+    # a note the gateway key did sign, over another root: the log does not match it
+    signer = Signer.from_skey(recorded.key_file.read_text())
+    wrong = CheckpointBody(body.origin, body.tree_size, bytes(32)).sign(signer)
+    mismatch = verify(wrong, "--vkey", recorded.vkey)
+    assert mismatch.returncode == 1, mismatch.stderr
+    text = " ".join(mismatch.stderr.split())
+    assert "root_mismatch" in text and f"first {body.tree_size} leaves" in text, text
+
+    malformed = verify("not a note\n", "--vkey", recorded.vkey)
+    assert malformed.returncode == 2 and "is refused" in " ".join(malformed.stderr.split())
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\n")
+    binary = _cli(
+        "events", "verify", "--log", log, "--vkey", recorded.vkey,
+        "--checkpoint", str(tmp_path / "binary"),
+    )  # fmt: skip
+    assert binary.returncode == 2 and "not UTF-8" in " ".join(binary.stderr.split())
+    assert "Traceback" not in malformed.stderr + binary.stderr
