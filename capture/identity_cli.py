@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from capture.devidp import DEFAULT_AUDIENCE, DEFAULT_PORT, DevIdpError
+from embedguard.console import plain_console
 
 __all__ = ["dev_idp_command", "parse_duration", "token_command"]
 
-_err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+_err = plain_console(stderr=True)
 _DURATION = re.compile(r"(\d+)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
@@ -35,7 +35,7 @@ def parse_duration(text: str, *, option: str = "duration") -> timedelta:
 
 
 def _fail(message: str) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(message)}")
+    _err.print(Text.assemble(("error:", "bold red"), f" {message}"))
     return typer.Exit(2)
 
 
@@ -81,16 +81,16 @@ def dev_idp_command(
         if rotate:
             keys = KeyStore(data)
             keys.ensure()
-            _err.print(f"new signing key {escape(keys.rotate())}")
+            _err.print(f"new signing key {keys.rotate()}")
         server = serve(host, port, data, allow_remote=allow_remote, issuer_url=public_url)
     except DevIdpError as exc:
         raise _fail(str(exc)) from None
     print(server.issuer_url, flush=True)
     _err.print(
-        f"dev issuer on {escape(server.issuer_url)} - users and clients: "
-        f"{escape(str(server.users_file))}; keys: {escape(str(server.keys.key_dir))}"
+        f"dev issuer on {server.issuer_url} - users and clients: "
+        f"{server.users_file}; keys: {server.keys.key_dir}"
     )
-    _err.print("[yellow]for demos and tests only; Ctrl-C stops it[/]")
+    _err.print(Text("for demos and tests only; Ctrl-C stops it", style="yellow"))
     try:
         server.wait()
     except KeyboardInterrupt:
@@ -139,7 +139,7 @@ def token_command(
     try:
         if dpop_key is not None and not dpop_key.exists():
             jkt = generate_dpop_key(dpop_key)
-            _err.print(f"created DPoP key {escape(str(dpop_key))} (jkt {jkt})")
+            _err.print(f"created DPoP key {dpop_key} (jkt {jkt})")
         token = mint_token(issuer, sub, group_list, lifetime, backdate, audience, dpop_key)
     except DevIdpError as exc:
         raise _fail(str(exc)) from None

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import typer
-from rich.console import Console
 
 from capture.policy import (
     GrantScope,
@@ -27,6 +26,7 @@ from capture.policy import (
     parse_duration,
 )
 from capture.types import PRODUCTS, HttpRequest, Identity, Product
+from embedguard.console import plain_console
 from schemas.models import ActionClass, Operation
 
 __all__ = ["policy_app"]
@@ -34,8 +34,8 @@ __all__ = ["policy_app"]
 policy_app = typer.Typer(
     help="Check policy files and explain their decisions.", no_args_is_help=True
 )
-_out = Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
-_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False)
+_out = plain_console()
+_err = plain_console(stderr=True)
 
 FileArg = Annotated[Path, typer.Argument(help="The policy YAML file")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]

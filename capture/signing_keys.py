@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from embedguard.console import plain_console
 from schemas.note import NoteError, Signer
 
 __all__ = [
@@ -116,8 +116,8 @@ def load_or_create_signing_key(path: Path, *, name: str | None = None) -> Signer
 # -- CLI -----------------------------------------------------------------------
 
 keys_app = typer.Typer(help="The gateway's checkpoint-signing key.", no_args_is_help=True)
-_out = Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
-_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False)
+_out = plain_console()
+_err = plain_console(stderr=True)
 
 KeyOpt = Annotated[
     Path | None,

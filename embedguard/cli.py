@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from embedguard import __version__
+from embedguard.console import plain_console
 from embedguard.settings import Settings
 
 T = TypeVar("T")
@@ -33,8 +33,8 @@ app.add_typer(events_app, name="events")
 
 # No markup or emoji codes: printed text carries session ids, subjects, paths
 # and reasons that clients choose; styling goes through rich.text.Text.
-out = Console(soft_wrap=True, markup=False, emoji=False)
-err = Console(stderr=True, markup=False, emoji=False)
+out = plain_console()
+err = plain_console(stderr=True)
 
 
 def styled(*parts: str | tuple[str, str]) -> Text:
@@ -322,8 +322,6 @@ def events_verify(
     check each gateway stream against its signed checkpoints (RFC 6962 roots,
     consistency), and with --checkpoint that the log was not truncated since a
     checkpoint was saved. Exit 1 if anything is wrong."""
-    from pipeline.events import decode_records
-    from pipeline.transport import open_log
     from schemas.chain import verify_chains
 
     url = log_url(log)
@@ -341,21 +339,13 @@ def events_verify(
 
     async def go() -> tuple[int, list[Any], list[str], Any]:
         decoded, undecodable = [], []
-        async with open_log(url) as lg:
-            reader = lg.tail_reader()
-            async with reader:
-                while True:
-                    batch = await reader.poll(max_records=5000, timeout=0.2)
-                    if not batch:
-                        break
-                    for item in decode_records(batch):
-                        if item.decoded is None:
-                            r = item.record
-                            undecodable.append(f"{r.partition}:{r.offset}: {item.error}")
-                        else:
-                            decoded.append(item.decoded)
-                            r = item.record
-                            wheres.append(f"{url} {r.partition}:{r.offset}")
+        for item in await _whole_log(url):
+            r = item.record
+            if item.decoded is None:
+                undecodable.append(f"{r.partition}:{r.offset}: {item.error}")
+            else:
+                decoded.append(item.decoded)
+                wheres.append(f"{url} {r.partition}:{r.offset}")
         # A session's chain lives in one run of one stream: a rotated stream or
         # a gateway restarted with the same id starts its sessions again.
         from replay.verify_core import split_runs
@@ -484,8 +474,6 @@ def events_checkpoint(
     recorded by the gateway, to save and later pass to `events verify
     --checkpoint`: a log truncated after that is then detected. Several notes
     are separated by a blank line."""
-    from pipeline.events import decode_records
-    from pipeline.transport import open_log
     from schemas.models import Checkpoint
 
     url = log_url(log)
@@ -493,22 +481,13 @@ def events_checkpoint(
 
     async def go() -> dict[str, Checkpoint]:
         latest: dict[str, Checkpoint] = {}
-        async with open_log(url) as lg:
-            reader = lg.tail_reader()
-            async with reader:
-                while True:
-                    batch = await reader.poll(max_records=5000, timeout=0.2)
-                    if not batch:
-                        break
-                    for item in decode_records(batch):
-                        ev = item.decoded.event if item.decoded is not None else None
-                        if not isinstance(ev, Checkpoint):
-                            continue
-                        if origin is not None and ev.origin != origin:
-                            continue
-                        seen = latest.get(ev.origin)
-                        if seen is None or ev.tree_size >= seen.tree_size:
-                            latest[ev.origin] = ev
+        for item in await _whole_log(url):
+            ev = item.decoded.event if item.decoded is not None else None
+            if not isinstance(ev, Checkpoint) or origin not in (None, ev.origin):
+                continue
+            seen = latest.get(ev.origin)
+            if seen is None or ev.tree_size >= seen.tree_size:
+                latest[ev.origin] = ev
         return latest
 
     latest = run(go)
@@ -517,6 +496,21 @@ def events_checkpoint(
     sys.stdout.write("\n".join(latest[o].signed_note for o in sorted(latest)))
     for o in sorted(latest):
         err.print(f"{o}: tree size {latest[o].tree_size}", highlight=False)
+
+
+async def _whole_log(url: str) -> list[Any]:
+    """Every record of the log at ``url``, decoded (``pipeline.events.decode_records``
+    items: ``.record``, and ``.decoded`` or ``.error``), oldest first."""
+    from pipeline.events import decode_records
+    from pipeline.transport import open_log
+
+    items: list[Any] = []
+    async with open_log(url) as lg:
+        reader = lg.tail_reader()
+        async with reader:
+            while batch := await reader.poll(max_records=5000, timeout=0.2):
+                items.extend(decode_records(batch))
+    return items
 
 
 def _require_existing_log(url: str) -> None:

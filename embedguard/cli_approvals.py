@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from capture.approvals.client import ControlApiError, ControlClient
+from embedguard.console import plain_console
 
 __all__ = ["approvals_app", "grants_app", "register", "tickets_app"]
 
@@ -29,8 +29,8 @@ grants_app = typer.Typer(help="Issue and list time-boxed (JIT) grants.", no_args
 
 # markup off: approver groups print as "[Vector-Approve]", which rich would eat;
 # emoji codes off: a reason ":white_check_mark:" is shown as typed
-_out = Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
-_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False)
+_out = plain_console()
+_err = plain_console(stderr=True)
 
 GatewayOpt = Annotated[
     str | None,

@@ -24,15 +24,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.text import Text
+
+from embedguard.console import plain_console
 
 __all__ = ["dashboard_command", "register", "streamlit_command", "write_auth_secrets"]
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 CLIENT_ID = "embedguard-dashboard"
 # no markup, no emoji codes: messages carry paths and variable names as given
-_err = Console(stderr=True, highlight=False, markup=False, emoji=False)
+_err = plain_console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

@@ -22,7 +22,6 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,6 +33,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from embedguard.console import plain_console
 from embedguard.settings import Settings
 from pipeline.loader import (
     DEFAULT_GROUP,
@@ -53,8 +53,8 @@ loader_app = typer.Typer(
 )
 # No markup, no emoji codes: URLs, paths, group names and error messages are
 # printed as they are ("[/x]" in a path is text, not a closing tag).
-_out = Console(soft_wrap=True, highlight=False, markup=False, emoji=False)
-_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False)
+_out = plain_console()
+_err = plain_console(stderr=True)
 
 LogOpt = Annotated[
     str | None,

@@ -15,36 +15,26 @@ import asyncio
 import getpass
 import json
 import os
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from embedguard.cli_warehouse import JsonOpt, WarehouseOpt, _reject_empty, _warehouse
+from embedguard.console import plain_console
 from embedguard.settings import Settings
 from pipeline import queries
 from pipeline.loader_status import scrub
 
 __all__ = ["register"]
 
-# Piped output is not squeezed into 80 columns (tables of ids become unreadable).
-# No markup, no emoji codes: recorded values (subjects, collections, ids, paths)
-# come from clients, and "[/]" or ":skull:" in them is text to show.
-_out = Console(
-    soft_wrap=True,
-    highlight=False,
-    markup=False,
-    emoji=False,
-    width=None if sys.stdout.isatty() else 240,
-)
-_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False)
+_out = plain_console(wide=True)
+_err = plain_console(stderr=True)
 
 VkeyOpt = Annotated[
     list[str] | None,

@@ -12,7 +12,6 @@ exist (the message says what to do); 2 bad options or configuration.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,10 +19,10 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from embedguard.console import plain_console
 from embedguard.settings import Settings
 from pipeline import queries
 from pipeline.loader_status import scrub
@@ -37,18 +36,8 @@ warehouse_app = typer.Typer(
 )
 sessions_app = typer.Typer(help="Recorded sessions, from the warehouse.", no_args_is_help=True)
 
-# Piped output is not squeezed into 80 columns (tables of ids become unreadable).
-# No markup, no emoji codes: what is printed (subjects, collections, ids, paths,
-# error messages) comes from clients and users, and "[/]" or ":skull:" in it is
-# text to show, not a style to apply.
-_out = Console(
-    soft_wrap=True,
-    highlight=False,
-    markup=False,
-    emoji=False,
-    width=None if sys.stdout.isatty() else 240,
-)
-_err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False)
+_out = plain_console(wide=True)
+_err = plain_console(stderr=True)
 
 WarehouseOpt = Annotated[
     str | None,
