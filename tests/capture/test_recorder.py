@@ -98,8 +98,9 @@ class Chain:
             if hasattr(addon, "done"):
                 await addon.done()
 
-    async def exchange(self, token: str, body: bytes) -> http.HTTPFlow:
-        """One GET of point 1; ``body`` is the upstream's answer."""
+    async def request(self, token: str) -> http.HTTPFlow:
+        """A GET of point 1 through the request hooks only: forwarded if it
+        leaves with no response."""
         flow = tflow.tflow()
         flow.request = http.Request.make(
             "GET",
@@ -109,6 +110,11 @@ class Chain:
         )
         await self._each("requestheaders", flow)
         await self._each("request", flow)
+        return flow
+
+    async def exchange(self, token: str, body: bytes) -> http.HTTPFlow:
+        """One GET of point 1; ``body`` is the upstream's answer."""
+        flow = await self.request(token)
         st = state_of(flow)
         assert st is not None and st.forwarded, flow.response and flow.response.content
         flow.response = http.Response.make(200, body, {"content-type": "application/json"})
@@ -645,20 +651,6 @@ class _LogLock:
         self._conn.close()
 
 
-async def _request(chain: Chain, token: str) -> http.HTTPFlow:
-    """A flow's request hooks only: forwarded if it leaves with no response."""
-    flow = tflow.tflow()
-    flow.request = http.Request.make(
-        "GET",
-        "http://127.0.0.1:6333/collections/docs/points/1",
-        b"",
-        {"host": "127.0.0.1:6333", "authorization": f"Bearer {token}"},
-    )
-    await chain._each("requestheaders", flow)
-    await chain._each("request", flow)
-    return flow
-
-
 async def _respond(chain: Chain, flow: http.HTTPFlow) -> None:
     flow.response = http.Response.make(200, answer(), {"content-type": "application/json"})
     await chain._each("responseheaders", flow)
@@ -697,11 +689,11 @@ def test_a_failed_append_leaves_no_gap_when_later_appends_were_already_queued(
             in_flight = None
             if durability == "async":
                 # forwarded; upstream answers while the log is locked
-                in_flight = await _request(chain, token)
+                in_flight = await chain.request(token)
             lock = _LogLock(path, log)
-            first = asyncio.create_task(_request(chain, token))
+            first = asyncio.create_task(chain.request(token))
             await asyncio.sleep(0.2)  # the writer has taken its batch and waits for the lock
-            later = [asyncio.create_task(_request(chain, token)) for _ in range(3)]
+            later = [asyncio.create_task(chain.request(token)) for _ in range(3)]
             if in_flight is not None:
                 await _respond(chain, in_flight)  # its record is queued behind the batch
             await asyncio.sleep(0.05)
