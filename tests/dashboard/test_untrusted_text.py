@@ -21,9 +21,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import data
-from pipeline.transport.base import LogRecord
-from pipeline.warehouse import LoadBatch
-from pipeline.warehouse.lake import LakeWarehouse
 from schemas.chain import EventStamper
 from tests.dashboard.conftest import APP, Seeded, load
 from tests.dashboard.test_text import html_of, shown, streamlit_problems
@@ -47,21 +44,12 @@ def markdown_lake(root: Path) -> str:
     hostile.py's styled subject writes to its collection (r-evil), and
     OTHER_SUBJECT writes to "docs" (r-other). Each writes point hostile.POINT."""
     stamper = EventStamper("gw-markdown")
-    stamped = hostile._write(stamper, SESSION, "r-md", SUBJECT, COLLECTION, T0)
-    stamped += hostile._write(stamper, hostile.SESSION, "r-evil", hostile.STYLED_SUBJECT,
+    stamped = hostile.write_request(stamper, SESSION, "r-md", SUBJECT, COLLECTION, T0)
+    stamped += hostile.write_request(stamper, hostile.SESSION, "r-evil", hostile.STYLED_SUBJECT,
                               hostile.COLLECTION, T0 + timedelta(seconds=1))
-    stamped += hostile._write(stamper, "s-other", "r-other", OTHER_SUBJECT, "docs",
+    stamped += hostile.write_request(stamper, "s-other", "r-other", OTHER_SUBJECT, "docs",
                               T0 + timedelta(seconds=2))
-    records = [LogRecord(0, offset, s.event.envelope.session_id.encode(), s.wire,
-                         int(s.event.envelope.occurred_at.timestamp() * 1000))
-               for offset, s in enumerate(stamped)]
-    wh = LakeWarehouse(root)
-    try:
-        wh.migrate()
-        wh.write_batch(LoadBatch("sqlite:markdown-test", 0, records))
-    finally:
-        wh.close()
-    return f"lake:{root}"
+    return hostile.lake_of(root, stamped, "sqlite:markdown-test")
 
 
 @pytest.fixture(scope="module")

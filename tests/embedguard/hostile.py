@@ -45,7 +45,7 @@ SESSION = "s-[red]evil[/]"
 _T0 = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
 
 
-def _write(
+def write_request(
     stamper: EventStamper, sid: str, rid: str, subject: str, collection: str, at: datetime
 ) -> list[Any]:
     body = b'{"points":[{"id":"[/x]","vector":[0.1]}]}'
@@ -124,10 +124,16 @@ def hostile_lake(root: Path) -> str:
     (request ``r-evil``); ``s-emoji``: ``EMOJI_SUBJECT`` writes ``POINT`` to
     ``docs`` (request ``r-emoji``)."""
     stamper = EventStamper("gw-hostile")
-    stamped = _write(stamper, SESSION, "r-evil", STYLED_SUBJECT, COLLECTION, _T0)
-    stamped += _write(
+    stamped = write_request(stamper, SESSION, "r-evil", STYLED_SUBJECT, COLLECTION, _T0)
+    stamped += write_request(
         stamper, "s-emoji", "r-emoji", EMOJI_SUBJECT, "docs", _T0 + timedelta(seconds=1)
     )
+    return lake_of(root, stamped, "sqlite:hostile-test")
+
+
+def lake_of(root: Path, stamped: list[Any], source: str) -> str:
+    """A new lake at ``root`` holding ``stamped`` (one log partition, in order),
+    loaded by the real warehouse writer: its URL."""
     records = [
         LogRecord(
             0,
@@ -141,7 +147,7 @@ def hostile_lake(root: Path) -> str:
     wh = LakeWarehouse(root)
     try:
         wh.migrate()
-        wh.write_batch(LoadBatch("sqlite:hostile-test", 0, records))
+        wh.write_batch(LoadBatch(source, 0, records))
     finally:
         wh.close()
     return f"lake:{root}"
