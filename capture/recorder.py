@@ -759,9 +759,10 @@ class Recorder:
                 )
         body = st.client_body
         limit = self.config.record_body_limit
-        if body_holds_credentials(body):
+        if len(body) <= limit and body_holds_credentials(body):
             # Milvus users/create, an import's keys...: like an oversized body,
-            # recorded by its hash and size only
+            # recorded by its hash and size only (an oversized one is never
+            # scanned: it is not recorded anyway)
             limit = -1
         cls = st.classification
         path, _, query = flow.request.path.partition("?")
