@@ -22,6 +22,14 @@ Qdrant-style JSON point), for these setups:
    spread over the workers by the kernel (per connection, by hash: at
    concurrency 1 a single connection, so a single worker, serves the run).
 
+With ``--floor``, one more row: **the durability floor**, the no-op's
+mitmproxy plus only the two durable appends per request that invariant 1
+requires (the gateway's SQLite log, opened as the gateway opens it, records
+of the gateway's sizes), and nothing else (class ``DurableFloor``). No
+gateway that keeps invariant 1 on this disk can beat it; every row gets a
+third ratio against it ("× floor"), which is what the gateway's own checks
+and events cost.
+
 Every proxy row is sent the same request (the gateway's bearer token
 included). With ``--workers N`` a control runs too: N no-op mitmproxy
 processes sharing one port with SO_REUSEPORT, as the workers do. Besides
@@ -137,6 +145,73 @@ def serve_noop(upstream: str, port: int, reuse_port: bool = False) -> None:
         gateway_id="noop",
     )
     asyncio.run(run_gateway(cfg, [NoOp()]))
+
+
+#: the row of the durability floor (``--floor``)
+FLOOR = "no-op + invariant 1 only (two durable SQLite appends)"
+
+
+class DurableFloor:
+    """The least a proxy that keeps invariant 1 must do per request, and nothing
+    else: the no-op mitmproxy, plus the gateway's two durable appends to an
+    SQLite log opened exactly as the gateway opens it (WAL, ``synchronous=FULL``,
+    group commit, inline commits while a flow is alone). Before forwarding it
+    appends three records of the size of a request's RequestReceived,
+    PolicyDecided and RequestForwarded; before delivering, one of the size of
+    its ResponseRecorded. No token check, classification, policy, masking, hash
+    chain or Avro encoding: their cost is what the gateway adds on top of this.
+    (The sizes are those of the gateway's events for the bench's request, read
+    back from its log.)
+    """
+
+    def __init__(self, path: Path, sizes: tuple[int, ...] = (477, 457, 268), response: int = 701):
+        from pipeline.transport.sqlite import SqliteEventLog
+
+        self._live: set[str] = set()
+        self.log = SqliteEventLog(path, commit_inline_when_idle=lambda: len(self._live) <= 1)
+        self.request_values = [os.urandom(n) for n in sizes]
+        self.response_value = os.urandom(response)
+
+    async def running(self) -> None:
+        await self.log.start()
+
+    def requestheaders(self, flow: object) -> None:
+        self._live.add(flow.id)  # type: ignore[attr-defined]
+
+    async def request(self, flow: object) -> None:
+        from pipeline.transport.base import AppendRecord
+
+        key = flow.id.encode()  # type: ignore[attr-defined]
+        await self.log.append([AppendRecord(key, v) for v in self.request_values])
+
+    async def response(self, flow: object) -> None:
+        from pipeline.transport.base import AppendRecord
+
+        try:
+            await self.log.append(
+                [AppendRecord(flow.id.encode(), self.response_value)]  # type: ignore[attr-defined]
+            )
+        finally:
+            self._live.discard(flow.id)  # type: ignore[attr-defined]
+
+    def error(self, flow: object) -> None:
+        self._live.discard(flow.id)  # type: ignore[attr-defined]
+
+
+def serve_floor(upstream: str, port: int, log_path: str) -> None:
+    """Child process: the no-op's mitmproxy with DurableFloor as its addon."""
+    from capture.config import GatewayConfig, Route
+    from capture.gateway import run_gateway
+
+    cfg = GatewayConfig(
+        routes=[Route(kind="qdrant", upstream=upstream, listen_port=port)],
+        policy_path=Path("/dev/null"),
+        log_url="sqlite:/dev/null",
+        issuer="http://x",
+        audience="x",
+        gateway_id="floor",
+    )
+    asyncio.run(run_gateway(cfg, [DurableFloor(Path(log_path))]))
 
 
 def fsync_probe(directory: Path, n: int = 200) -> dict[str, float]:
@@ -284,9 +359,20 @@ def main() -> None:
         "in reverse mode, with its default addons (the no-op row runs mitmproxy trimmed to "
         "the gateway's six addons and options)",
     )
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure the durability floor: the no-op mitmproxy plus only the two "
+        "durable SQLite appends per request that invariant 1 requires (no checks, no "
+        "events built): the best any gateway that keeps invariant 1 could do here",
+    )
+    ap.add_argument("--serve-floor", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--serve-noop", nargs=2, metavar=("UPSTREAM", "PORT"), help=argparse.SUPPRESS)
     ap.add_argument("--noop-reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_floor:
+        serve_floor(args.serve_floor[0], int(args.serve_floor[1]), args.serve_floor[2])
+        return
     if args.serve_noop:
         serve_noop(args.serve_noop[0], int(args.serve_noop[1]), args.noop_reuse_port)
         return
@@ -346,6 +432,20 @@ def main() -> None:
                 proxy_pids[f"mitmproxy, no-op addon, {args.workers} processes"] = [
                     p.pid for p in procs[-args.workers :]
                 ]
+
+            floor_port = None
+            if args.floor:
+                floor_port = free_port()
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, __file__, "--serve-floor", upstream, str(floor_port),
+                         str(tmp / "floor.db")],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+                wait_port(floor_port)
+                proxy_pids[FLOOR] = [procs[-1].pid]
 
             stock_port = None
             if args.stock_mitmdump:
@@ -456,6 +556,7 @@ def main() -> None:
             if args.noop_without_token:
                 add("mitmproxy, no-op addon, no Authorization header", noop_port, noop_pids, {})
             add(STOCK, stock_port, proxy_pids.get(STOCK, []), auth)
+            add(FLOOR, floor_port, proxy_pids.get(FLOOR, []), auth)
             add(f"mitmproxy, no-op addon, {n} processes", noop_n_port,
                 proxy_pids.get(f"mitmproxy, no-op addon, {n} processes", []), auth)  # fmt: skip
             base = args.compare_with.name if args.compare_with else ""
@@ -575,8 +676,10 @@ def main() -> None:
 
     table = Table(title="gateway overhead (wrk, keep-alive, GET /collections/docs/points/1)")
     stock = {r["concurrency"]: r for r in results if r["setup"] == STOCK}
+    floor = {r["concurrency"]: r for r in results if r["setup"] == FLOOR}
     for col in ("setup", "conc", "req/s", "p50 ms", "p99 ms", "× no-op req/s", "Δp50 vs no-op",
                 *(("× mitmdump req/s",) if stock else ()),
+                *(("× floor req/s",) if floor else ()),
                 "proxy CPU µs/req (sys)", "machine busy"):
         table.add_column(col, justify="left" if col == "setup" else "right")
     for r in results:
@@ -595,6 +698,8 @@ def main() -> None:
             f"{float(r['p50_ms']) - float(noop['p50_ms']):+.2f} ms",
             *((f"{float(r['rps']) / float(stock[r['concurrency']]['rps']):.2f}×",)
               if stock else ()),
+            *((f"{float(r['rps']) / float(floor[r['concurrency']]['rps']):.2f}×",)
+              if floor else ()),
             f"{r['proxy_cpu_us_per_req']:.0f} ({r['proxy_sys_share_pct']:.0f}%)"
             if "proxy_cpu_us_per_req" in r
             else "—",
