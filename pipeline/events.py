@@ -8,6 +8,7 @@ name and never reaches the log.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,11 @@ from schemas.codec import DecodedEvent, DecodeError, EventCodec, default_codec
 from schemas.models import Event
 
 __all__ = ["DecodedRecord", "EventPublisher", "decode_records"]
+
+
+def _settle(future: asyncio.Future[None], _earlier: object) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class EventPublisher:
@@ -42,9 +48,10 @@ class EventPublisher:
     ) -> list[Position]:
         """Append ``items`` durably, keyed by their session (or by ``key``).
         ``fence``: the stream they were stamped on (AppendFence); once an
-        append of it has failed, this one fails too and stores nothing (with a
-        log that completes appends out of order, such as Kafka, one that was
-        already in flight may be stored but is not acknowledged)."""
+        append of it has failed, this one fails too and stores nothing. With a
+        log that may complete appends out of order, such as Kafka, appends are
+        acknowledged in the order they were issued, and one that was in flight
+        when an earlier one failed may be stored but is never acknowledged."""
         records = [self.to_record(item) for item in items]  # encode all first: all or nothing
         if key is not None:
             records = [AppendRecord(key, r.value) for r in records]
@@ -55,16 +62,34 @@ class EventPublisher:
         if fence.failed is not None:
             raise fence.refusal()
         number = fence.issue()
+        # Acknowledge in order. This log may store a later append before an
+        # earlier one fails (a Kafka produce to another partition): such an
+        # append must wait until every earlier one is settled, and must not be
+        # acknowledged if one failed. Its events then follow a hole in the
+        # stream, so its request must not go on (they stay stored: Kafka
+        # cannot take a record back).
+        earlier, mine = fence.settled, asyncio.get_running_loop().create_future()
+        fence.settled = mine
         try:
-            positions = await self.log.append(records)
-        except EventLogError as exc:
-            fence.fail(exc, number)
-            raise
-        if fence.failed_at is not None and fence.failed_at < number:
-            # sent before an earlier append failed, acknowledged after: its
-            # events follow the hole in the stream, so its request must not go on
-            raise fence.refusal(stored=True)
-        return positions
+            try:
+                positions = await self.log.append(records)
+            except EventLogError as exc:
+                fence.fail(exc, number)
+                raise
+            if earlier is not None:
+                # shield: a cancelled caller must not cancel the earlier append's
+                # future that others wait on too
+                await asyncio.shield(earlier)
+            if fence.failed_at is not None and fence.failed_at < number:
+                raise fence.refusal(stored=True)
+            return positions
+        finally:
+            # (A cancelled caller, e.g. at shutdown, does not close the stream:
+            # the log's producer still sends what was handed to it.)
+            if earlier is None or earlier.done():
+                mine.set_result(None)
+            else:  # failed or cancelled before an earlier one settled: wait for it
+                earlier.add_done_callback(functools.partial(_settle, mine))
 
     def publish_nowait(
         self,

@@ -116,16 +116,21 @@ class AppendFence:
     The SQLite log checks the fence on its writer, just before each commit
     (appends commit in queue order there). ``EventPublisher`` checks it
     around the append of any other log, whose appends may complete out of
-    order: there ``issue`` numbers each append and ``failed_at`` is the
-    lowest number that failed.
+    order: there ``issue`` numbers each append, ``failed_at`` is the lowest
+    number that failed, and ``settled`` holds the future of the latest
+    append's outcome, so that each append is acknowledged only after every
+    earlier one of the series (in order, as the SQLite log does).
     """
 
-    __slots__ = ("_issued", "failed", "failed_at")
+    __slots__ = ("_issued", "failed", "failed_at", "settled")
 
     def __init__(self) -> None:
         self.failed: EventLogError | None = None
         self.failed_at: int | None = None
         self._issued = 0
+        #: resolved once the latest append issued, and every one before it, is
+        #: settled (stored, failed or abandoned); EventPublisher keeps it
+        self.settled: asyncio.Future[None] | None = None
 
     def issue(self) -> int:
         """The number of the next append of the series (in the order sent)."""
