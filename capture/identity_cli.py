@@ -17,7 +17,7 @@ import typer
 from rich.text import Text
 
 from capture.devidp import DEFAULT_AUDIENCE, DEFAULT_PORT, DevIdpError
-from embedguard.console import plain_console
+from embedguard.console import plain_console, visible
 
 __all__ = ["dev_idp_command", "parse_duration", "token_command"]
 
@@ -35,7 +35,7 @@ def parse_duration(text: str, *, option: str = "duration") -> timedelta:
 
 
 def _fail(message: str) -> typer.Exit:
-    _err.print(Text.assemble(("error:", "bold red"), f" {message}"))
+    _err.print(Text.assemble(("error:", "bold red"), visible(f" {message}")))
     return typer.Exit(2)
 
 

@@ -14,7 +14,7 @@ import typer
 from rich.text import Text
 
 from embedguard import __version__
-from embedguard.console import plain_console
+from embedguard.console import plain_console, visible
 from embedguard.settings import Settings
 
 T = TypeVar("T")
@@ -39,7 +39,9 @@ err = plain_console(stderr=True)
 
 def styled(*parts: str | tuple[str, str]) -> Text:
     """Plain text with some styled pieces: ("✓", "green")."""
-    return Text.assemble(*parts)
+    return Text.assemble(
+        *((visible(p[0]), p[1]) if isinstance(p, tuple) else visible(p) for p in parts)
+    )
 
 LogOpt = Annotated[
     str | None,
@@ -62,7 +64,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     # Text, not markup: messages carry paths, URLs and ids that may hold "[...]"
-    err.print(Text.assemble(("error:", "bold red"), " ", message))
+    err.print(Text.assemble(("error:", "bold red"), " ", visible(message)))
     return typer.Exit(code)
 
 

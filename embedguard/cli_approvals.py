@@ -17,7 +17,7 @@ import typer
 from rich.text import Text
 
 from capture.approvals.client import ControlApiError, ControlClient
-from embedguard.console import plain_console
+from embedguard.console import plain_console, visible
 
 __all__ = ["approvals_app", "grants_app", "register", "tickets_app"]
 
@@ -54,7 +54,7 @@ WindowOpt = Annotated[str, typer.Option("--window", help="How long it is valid, 
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    _err.print(Text.assemble(("error:", "bold red"), " ", message))
+    _err.print(Text.assemble(("error:", "bold red"), " ", visible(message)))
     return typer.Exit(code)
 
 
@@ -106,7 +106,8 @@ def _approval_line(a: dict[str, Any]) -> str:
 
 def _show_approval(a: dict[str, Any]) -> None:
     _out.print(
-        Text.assemble(f"approval {a['approval_id']} ({a['kind']}): ", (str(a["status"]), "bold"))
+        Text.assemble(visible(f"approval {a['approval_id']} ({a['kind']}): "),
+                      (visible(a["status"]), "bold"))
     )
     _out.print(f"  requester  {a['requester']['subject']} ({a['requester']['issuer']})")
     _out.print(f"  requested  {a.get('requested_at')}   expires {a.get('expires_at')}")
@@ -174,7 +175,7 @@ def _decide(decision: str, approval_id: str, reason: str, gateway: str | None,
         return
     verb = "approved" if decision == "approve" else "denied"
     _out.print(Text.assemble(
-        f"you {verb} {a['approval_id']}; it is now ", (str(a["status"]), "bold"),
+        visible(f"you {verb} {a['approval_id']}; it is now "), (visible(a["status"]), "bold"),
         f" ({len(a.get('approvals', []))} of {a.get('min_approvals')} approvals)"))
 
 

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from embedguard.console import plain_console
+from embedguard.console import plain_console, visible
 
 __all__ = ["dashboard_command", "register", "streamlit_command", "write_auth_secrets"]
 
@@ -37,7 +37,7 @@ _err = plain_console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    _err.print(Text.assemble(("error:", "red"), " ", message))
+    _err.print(Text.assemble(("error:", "red"), " ", visible(message)))
     return typer.Exit(code)
 
 

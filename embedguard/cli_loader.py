@@ -33,7 +33,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from embedguard.console import plain_console
+from embedguard.console import plain_console, visible
 from embedguard.settings import Settings
 from pipeline.loader import (
     DEFAULT_GROUP,
@@ -100,7 +100,7 @@ GiveUpOpt = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    _err.print(Text.assemble(("error:", "bold red"), " ", scrub(message)))
+    _err.print(Text.assemble(("error:", "bold red"), " ", visible(scrub(message))))
     return typer.Exit(code)
 
 
@@ -429,7 +429,8 @@ def loader_status_command(
     table = Table("partition", "log end", "loaded", "lag")
     for partition, row in report["partitions"].items():
         table.add_row(
-            *(Text(str(v)) for v in (partition, row.get("end"), row.get("loaded"), row.get("lag")))
+            *(Text(visible(v))
+              for v in (partition, row.get("end"), row.get("loaded"), row.get("lag")))
         )
     _out.print(table)
     for loader in report["loaders"]:

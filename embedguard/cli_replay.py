@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from embedguard.cli_warehouse import JsonOpt, WarehouseOpt, _reject_empty, _warehouse
-from embedguard.console import plain_console
+from embedguard.console import plain_console, visible
 from embedguard.settings import Settings
 from pipeline import queries
 from pipeline.loader_status import scrub
@@ -49,7 +49,7 @@ VkeyFileOpt = Annotated[
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(Text.assemble(("error:", "bold red"), " ", scrub(message)))
+    _err.print(Text.assemble(("error:", "bold red"), " ", visible(scrub(message))))
     return typer.Exit(code)
 
 
@@ -79,13 +79,13 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return str(value)
+        return visible(", ".join(str(v) for v in value))
+    return visible(value)
 
 
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     # Text, not str: recorded values and arguments are never parsed as markup
-    table = Table(title=Text(title, style="table.title"))
+    table = Table(title=Text(visible(title), style="table.title"))
     for c in columns:
         # ids stay on one line: people copy them
         ids = c.endswith("_id") or c in ("point_id", "#") or c.endswith("_at")
@@ -152,7 +152,7 @@ def replay_command(
         except SessionNotFound as exc:
             raise _fail(str(exc)) from None
     for issue in session.chain_issues:
-        _err.print(Text.assemble(("warning:", "yellow"), f" session chain: {issue}"))
+        _err.print(Text.assemble(("warning:", "yellow"), visible(f" session chain: {issue}")))
     with _progress() as progress:
         task = progress.add_task(f"replaying {session_id}", total=len(session.steps))
         try:
@@ -287,14 +287,14 @@ def diff_command(
     if as_json:
         _print_json({"kind": kind, "a": a, "b": b, "pairs": results})
         return
-    table = Table(title=Text(f"diff of {kind} {a} | {b}", style="table.title"))
+    table = Table(title=Text(visible(f"diff of {kind} {a} | {b}"), style="table.title"))
     table.add_column("", style="bold")
-    table.add_column(Text(a), overflow="fold")
-    table.add_column(Text(b), overflow="fold")
+    table.add_column(Text(visible(a)), overflow="fold")
+    table.add_column(Text(visible(b)), overflow="fold")
 
     def row(label: str, then: str, now: str) -> None:
         # Text, not str: recorded ids and paths are never parsed as markup
-        table.add_row(Text(label), Text(then), Text(now))
+        table.add_row(Text(visible(label)), Text(visible(then)), Text(visible(now)))
 
     for n, r in enumerate(results):
         dj: dict[str, Any] = r["diff"]
@@ -712,7 +712,7 @@ def verify_command(
         _print_json({"target": what, **report.to_json()})
     else:
         for f in report.findings:
-            _out.print(Text(str(f), style="red" if f.severity == "error" else "yellow"))
+            _out.print(Text(visible(f), style="red" if f.severity == "error" else "yellow"))
         verdict = "OK" if report.ok else f"FAILED ({len(report.errors)} error(s))"
         _out.print(
             f"{what}: {verdict}: {report.events} events, {report.sessions} sessions, "

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from rich.table import Table
 from rich.text import Text
 
-from embedguard.console import plain_console
+from embedguard.console import plain_console, visible
 from embedguard.settings import Settings
 from pipeline import queries
 from pipeline.loader_status import scrub
@@ -51,7 +51,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(Text.assemble(("error:", "bold red"), " ", scrub(message)))
+    _err.print(Text.assemble(("error:", "bold red"), " ", visible(scrub(message))))
     return typer.Exit(code)
 
 
@@ -106,7 +106,7 @@ def _print_json(data: Any) -> None:
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     # Text, not str: a str cell or title is parsed as markup by a console that
     # allows it, and warehouse values are whatever clients sent
-    table = Table(title=Text(title, style="table.title"), show_lines=False)
+    table = Table(title=Text(visible(title), style="table.title"), show_lines=False)
     for c in columns:
         table.add_column(c)
     for r in rows:
@@ -118,8 +118,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return str(value)
+        return visible(", ".join(str(v) for v in value))
+    return visible(value)
 
 
 # -- warehouse -----------------------------------------------------------------------------

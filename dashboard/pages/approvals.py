@@ -9,7 +9,7 @@ import streamlit as st
 
 from capture.approvals.client import ControlApiError
 from dashboard import data
-from dashboard.text import md_literal
+from dashboard.text import md_literal, visible_data
 
 user = data.page_user("approvals")
 st.title("Approvals")
@@ -49,11 +49,11 @@ for a in pending:
         if a.get("reason"):
             st.markdown(f"**Requester's reason:** {md_literal(a['reason'])}")
         st.markdown("**Operations**")
-        st.dataframe(pd.DataFrame([{
+        st.dataframe(visible_data(pd.DataFrame([{
             "action": o.get("action"), "collection": o.get("collection"),
             "ids": ", ".join(map(str, o.get("ids") or [])) or "-",
             "vectors": o.get("vector_count", 0), "filter": o.get("filter_present", False),
-        } for o in ops]), hide_index=True, width="stretch")
+        } for o in ops])), hide_index=True, width="stretch")
         if a.get("blast_radius") is not None:
             # a count of points (ids named plus what a filter matches upstream)
             st.metric("Blast radius: points this request would touch", a["blast_radius"])
@@ -63,9 +63,9 @@ for a in pending:
         context = data.approval_context(user, a)
         st.markdown(f"**{md_literal(requester)}'s recent sessions**")
         if context["recent_sessions"]:
-            st.dataframe(pd.DataFrame(context["recent_sessions"])[
+            st.dataframe(visible_data(pd.DataFrame(context["recent_sessions"])[
                 ["session_id", "started_at", "request_count", "actions", "collections",
-                 "decisions", "denied_count"]], hide_index=True, width="stretch")
+                 "decisions", "denied_count"]]), hide_index=True, width="stretch")
         else:
             st.caption("none recorded")
         with st.form(f"decide-{a['approval_id']}"):
@@ -98,9 +98,9 @@ tabs = st.tabs([f"{s.capitalize()} ({len(rows)})" for s, rows in done.items()])
 for tab, (status, rows) in zip(tabs, done.items(), strict=True):
     with tab:
         if rows:
-            st.dataframe(pd.DataFrame(rows)[
+            st.dataframe(visible_data(pd.DataFrame(rows)[
                 ["approval_id", "kind", "requester_subject", "actions", "collections",
-                 "approvers", "deniers", "requested_at", "decided_at", "reason"]],
+                 "approvers", "deniers", "requested_at", "decided_at", "reason"]]),
                 hide_index=True, width="stretch")
         else:
             st.caption(f"no {status} approvals")

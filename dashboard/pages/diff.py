@@ -8,7 +8,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import data
-from dashboard.text import md_literal
+from dashboard.text import md_literal, visible, visible_data
 
 user = data.page_user("diff")
 st.title("Diff")
@@ -34,7 +34,7 @@ def show_diff(diff: dict[str, Any]) -> None:
                    f"{md_literal(diff['status_now'])}")
     if diff["structural"]:
         with st.expander("Structural differences"):
-            st.json(diff["structural"])
+            st.json(visible_data(diff["structural"]))
     if diff.get("note"):
         st.caption(md_literal(diff["note"]))
 
@@ -72,9 +72,9 @@ with by_request:
                                 f"status {md_literal(req.get('status'))}")
                     body = out[side]["body"]
                     if isinstance(body, dict | list):
-                        st.json(body)
+                        st.json(visible_data(body))
                     else:
-                        st.code(str(body) if body is not None else "(no body stored)")
+                        st.code(visible(body) if body is not None else "(no body stored)")
 with by_session:
     with st.form("diff_sessions"):
         c = st.columns(2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import data
-from dashboard.text import md_literal
+from dashboard.text import md_literal, visible_data
 
 user = data.page_user("evidence")
 st.title("Evidence")
@@ -57,7 +57,7 @@ if result:
         st.error(f"Verification FAILED: {len(v['findings'])} finding(s)")
     if v["findings"]:
         with st.expander("Findings"):
-            st.json(v["findings"])
+            st.json(visible_data(v["findings"]))
     st.caption(f"export key {md_literal(result['export_vkey'])}")
     st.download_button("Download bundle", data=data.evidence_bytes(user, result["name"]),
                        file_name=result["name"], mime="application/zip", key="ev_download")

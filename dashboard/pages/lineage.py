@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
-from dashboard.text import md_literal
+from dashboard.text import md_literal, visible_data
 
 user = data.page_user("lineage")
 st.title("Lineage")
@@ -31,7 +31,7 @@ with by_point:
         rows = data.lineage_by_point(user, collection.strip(), point_id.strip())
         if rows:
             frame = pd.DataFrame(rows)
-            st.dataframe(frame[[c for c in COLUMNS if c in frame]], hide_index=True,
+            st.dataframe(visible_data(frame[[c for c in COLUMNS if c in frame]]), hide_index=True,
                          width="stretch")
             unknown = sum(1 for r in rows if not r.get("ids_known"))
             if unknown:
@@ -57,8 +57,7 @@ with by_approval:
                         f" · deniers: {md_literal(', '.join(a['deniers']) or '-')}")
             if found["writes"]:
                 frame = pd.DataFrame(found["writes"])
-                st.dataframe(frame[[c for c in ["received_at", "subject", "method", "path",
-                                                "actions", "collections", "decision", "state",
-                                                "status", "request_id", "session_id"]
-                                    if c in frame]],
+                st.dataframe(visible_data(frame[[c for c in [
+                    "received_at", "subject", "method", "path", "actions", "collections",
+                    "decision", "state", "status", "request_id", "session_id"] if c in frame]]),
                              hide_index=True, width="stretch")

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
-from dashboard.text import md_literal
+from dashboard.text import md_literal, visible, visible_data
 
 user = data.page_user("policy")
 st.title("Policy")
@@ -15,9 +15,9 @@ if "error" in view:
     st.error(md_literal(view["error"]))
 else:
     st.caption(f"{md_literal(view['path'])} · sha256 `{view['sha256'][:16]}…`")
-    st.dataframe(pd.DataFrame(view["rules"]), hide_index=True, width="stretch")
+    st.dataframe(visible_data(pd.DataFrame(view["rules"])), hide_index=True, width="stretch")
     with st.expander("Policy file"):
-        st.code(view["text"], language="yaml")
+        st.code(visible(view["text"]), language="yaml")
 
 st.subheader("History")
 history = data.policy_history(user)
@@ -27,7 +27,7 @@ for change in history:
     with st.expander(f"{md_literal(change['occurred_at'])} · {md_literal(change['gateway_id'])}"
                      f" · {md_literal((change['old_sha256'] or 'none')[:12])} → "
                      f"{md_literal(change['new_sha256'][:12])}"):
-        st.code(change["diff"] or "(no diff recorded)", language="diff")
+        st.code(visible(change["diff"] or "(no diff recorded)"), language="diff")
 
 st.subheader("Simulator")
 with st.form("simulate"):
@@ -52,4 +52,4 @@ if run:
     else:
         (st.success if result["outcome"] == "allow" else st.warning)(
             f"Decision: {md_literal(result['outcome'])}")
-        st.code(result["text"])
+        st.code(visible(result["text"]))

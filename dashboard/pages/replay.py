@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
-from dashboard.text import md_literal
+from dashboard.text import md_literal, visible_data
 
 user = data.page_user("replay")
 st.title("Replay")
@@ -66,4 +66,4 @@ if run and session_id.strip():
             "note": step.get("note") or (f"sent to {step['path_sent']} (the target's "
                                          "collection UUID)" if step.get("path_sent") else ""),
         } for step in report["steps"]]
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        st.dataframe(visible_data(pd.DataFrame(rows)), hide_index=True, width="stretch")

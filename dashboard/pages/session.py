@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import data
-from dashboard.text import md_literal
+from dashboard.text import md_literal, visible, visible_data
 
 #: point ids linked to Lineage per request (a bulk import names thousands)
 MAX_LINEAGE_LINKS = 5
@@ -81,9 +81,9 @@ def show_body(sha: str | None, missing: str) -> None:
     if body is None:
         st.caption("body not stored (expired, redacted or over the size limit)")
     elif isinstance(body, dict | list):
-        st.json(body, expanded=False)
+        st.json(visible_data(body), expanded=False)
     else:
-        st.code(body)
+        st.code(visible(body))
 
 
 STATE_ICON = {"completed": ":material/check_circle:", "blocked": ":material/block:",
@@ -129,7 +129,7 @@ for req in detail["requests"]:
             show_body(req.get("response_body_sha256"), "no response recorded")
 
 if st.toggle("Show every event of the session (chain order)", key="session_all_events"):
-    st.dataframe(
+    st.dataframe(visible_data(
         [{k: e[k] for k in ("seq", "type", "occurred_at", "request_id", "outcome", "status",
-                            "event_id")} for e in data.session_events(user, session_id)],
+                            "event_id")} for e in data.session_events(user, session_id)]),
         hide_index=True, width="stretch")

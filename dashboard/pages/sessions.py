@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
-from dashboard.text import md_literal
+from dashboard.text import md_literal, visible_data
 
 user = data.page_user("sessions")
 st.title("Sessions")
@@ -64,7 +64,7 @@ if rows:
     table = pd.DataFrame(rows)[["session_id", "subject", "started_at", "request_count",
                                 "actions", "collections", "decisions", "denied_count",
                                 "blocked_count", "client_session_name"]]
-    picked = st.dataframe(table, hide_index=True, width="stretch",
+    picked = st.dataframe(visible_data(table), hide_index=True, width="stretch",
                           on_select="rerun", selection_mode="multi-row", key="sessions_table")
     chosen = picked.selection.rows if picked is not None else []
     st.caption("Select a session to open it, or two to compare them.")
@@ -91,6 +91,7 @@ if body and st.toggle(f"Show the recorded bodies containing {md_literal(repr(bod
                       key="show_bodies"):
     hits = data.body_search(user, body)
     if hits:
-        st.dataframe(pd.DataFrame(hits), hide_index=True, width="stretch", key="body_hits")
+        st.dataframe(visible_data(pd.DataFrame(hits)), hide_index=True, width="stretch",
+                     key="body_hits")
     else:
         st.info(f"No recorded body contains {md_literal(repr(body))}.")

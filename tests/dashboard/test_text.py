@@ -14,7 +14,7 @@ import re
 import pytest
 from markdown_it import MarkdownIt
 
-from dashboard.text import md_literal
+from dashboard.text import _LINE_BREAKS, md_literal, visible, visible_data
 
 _MD = MarkdownIt("commonmark").enable(["table", "strikethrough"])
 
@@ -138,3 +138,63 @@ def test_the_rules_above_catch_what_streamlit_does() -> None:
     for raw in ("**x** :skull:", ":green[x]", ":material/check:", "$x^2$", ":streamlit:",
                 "a -- b"):
         assert streamlit_problems(raw), raw
+
+
+# -- invisible and reordering characters (visible, visible_data) ------------------------
+
+SPOOFS = {
+    # Trojan Source: the override shows "alice‮gpj.exe" as "aliceexe.jpg"
+    "alice\u202egpj.exe": "alice⟨U+202E⟩gpj.exe",
+    "admin\u2066\u2069x\u2067y\u2068z\u202a\u202b\u202c\u202d": (
+        "admin⟨U+2066⟩⟨U+2069⟩x⟨U+2067⟩y⟨U+2068⟩z⟨U+202A⟩⟨U+202B⟩⟨U+202C⟩⟨U+202D⟩"),
+    "\u200fmark\u200e\u061c": "⟨U+200F⟩mark⟨U+200E⟩⟨U+061C⟩",
+    # looks exactly like "alice"
+    "ali\u200bce\u2060\ufeff\u00ad": "ali⟨U+200B⟩ce⟨U+2060⟩⟨U+FEFF⟩⟨U+00AD⟩",
+    # tag characters: invisible ASCII look-alikes ("ASCII smuggling")
+    "ok\U000e0069\U000e0067\U000e006e": "ok⟨U+E0069⟩⟨U+E0067⟩⟨U+E006E⟩",
+    "nul\x00esc\x1b[31mdel\x7f": "nul⟨U+0000⟩esc⟨U+001B⟩[31mdel⟨U+007F⟩",
+    "para\u2029line\u2028": "para⟨U+2029⟩line⟨U+2028⟩",
+}
+
+
+@pytest.mark.parametrize(("value", "expected"), SPOOFS.items())
+def test_invisible_and_reordering_characters_are_shown_as_markers(
+    value: str, expected: str
+) -> None:
+    assert visible(value) == expected
+
+
+@pytest.mark.parametrize("value", [
+    "plain", "Zoë Ångström", "日本語のコレクション", "مرحبا", "שלום", "emoji 🙂👩‍💻🏳️‍🌈",
+    "tab\tand\nnew line\r\n", "no-break\u00a0space", "",
+])
+def test_other_text_is_left_as_it_is(value: str) -> None:
+    # other scripts (right-to-left ones too: their letters order themselves) and
+    # emoji stay; ZWJ sequences (👩‍💻) carry U+200D, which is shown: an auditor
+    # sees the joiner rather than guessing what joins what
+    assert visible(value) == value.replace("\u200d", "⟨U+200D⟩")
+
+
+def test_md_literal_shows_the_markers_as_typed() -> None:
+    for value, expected in SPOOFS.items():
+        source = md_literal(value)
+        assert streamlit_problems(source) == []
+        # line breaks (U+2028 and U+2029 too) become spaces first, as always
+        assert shown(source) == visible(_LINE_BREAKS.sub(" ", value)).strip()
+        if "\u2029" not in value:
+            assert "⟨U+" in shown(source)
+
+
+def test_visible_data_reaches_every_string_and_leaves_the_original() -> None:
+    import pandas as pd
+
+    body = {"na\u202eme": ["a\u200bb", ("t\u2066",), 3, None, {"k": "v\u202e"}], "n": 1.5}
+    shown_body = visible_data(body)
+    assert shown_body == {"na⟨U+202E⟩me": ["a⟨U+200B⟩b", ("t⟨U+2066⟩",), 3, None,
+                                           {"k": "v⟨U+202E⟩"}], "n": 1.5}
+    assert body["na\u202eme"][0] == "a\u200bb"  # untouched
+    frame = pd.DataFrame({"subject": ["alice\u202egpj", "bob"], "count": [1, 2]})
+    shown_frame = visible_data(frame)
+    assert list(shown_frame["subject"]) == ["alice⟨U+202E⟩gpj", "bob"]
+    assert list(shown_frame["count"]) == [1, 2]
+    assert frame["subject"][0] == "alice\u202egpj"

@@ -37,6 +37,11 @@ USER_NAME = "**root** :crown:"
 AUDITOR = {"subject": "audrey", "issuer": "https://idp.test", "groups": ["Vector-Audit"],
            "name": USER_NAME}
 T0 = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+#: shown as "aliceexe.jpg" and "docs" unless the override and the zero-width
+#: space are made visible
+BIDI_SUBJECT = "alice\u202egpj.exe"
+BIDI_COLLECTION = "do\u200bcs"
+BIDI_SESSION = "s-bidi\u2066"
 
 
 def markdown_lake(root: Path) -> str:
@@ -49,6 +54,8 @@ def markdown_lake(root: Path) -> str:
                               hostile.COLLECTION, T0 + timedelta(seconds=1))
     stamped += hostile.write_request(stamper, "s-other", "r-other", OTHER_SUBJECT, "docs",
                               T0 + timedelta(seconds=2))
+    stamped += hostile.write_request(stamper, BIDI_SESSION, "r-bidi", BIDI_SUBJECT,
+                                     BIDI_COLLECTION, T0 + timedelta(seconds=3))
     return hostile.lake_of(root, stamped, "sqlite:markdown-test")
 
 
@@ -140,6 +147,19 @@ def test_session_detail(lake_env: str, session: str, subject: str, collection: s
                   f"Lineage of {hostile.POINT} in {collection}", "[b]writers[/b]", "[/]")
     assert any(f"PUT /collections/{collection}/points · write {collection}" in t
                for t in texts)
+
+
+def test_direction_overrides_and_zero_width_characters_are_shown(lake_env: str) -> None:
+    at = run("pages/sessions.py")
+    check(at)
+    subjects = set(at.dataframe[0].value["subject"])
+    assert "alice⟨U+202E⟩gpj.exe" in subjects and BIDI_SUBJECT not in subjects
+    assert "s-bidi⟨U+2066⟩" in set(at.dataframe[0].value["session_id"])
+    at = run("pages/session.py", session_id=BIDI_SESSION)  # looked up as stored
+    texts = check(at, "alice⟨U+202E⟩gpj.exe", "/collections/do⟨U+200B⟩cs/points")
+    assert not any(c in t for t in texts for c in "\u202e\u200b\u2066")
+    assert all(c not in str(cell) for df in at.dataframe for col in df.value
+               for cell in df.value[col] for c in "\u202e\u200b\u2066")
 
 
 def test_an_unknown_session_id_typed_or_linked(lake_env: str) -> None:

@@ -233,3 +233,35 @@ def test_an_empty_filter_is_refused_not_ignored(lake: str, flag: str) -> None:
     res = runner.invoke(app, ["sessions", "list", flag, "", "--warehouse", lake])
     assert f"{flag} is empty" in _shown(res, 2)
     assert f"or leave {flag} out" in res.stderr
+
+
+BIDI_SUBJECT = "alice\u202egpj.exe"  # prints as "aliceexe.jpg" on a terminal
+BIDI_COLLECTION = "do\u200bcs"  # prints exactly like "docs"
+BIDI_SESSION = "s-bidi\u2066"
+
+
+@pytest.fixture(scope="module")
+def bidi(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from datetime import UTC, datetime
+
+    from schemas.chain import EventStamper
+    from tests.embedguard.hostile import lake_of, write_request
+
+    stamped = write_request(EventStamper("gw-bidi"), BIDI_SESSION, "r-bidi", BIDI_SUBJECT,
+                            BIDI_COLLECTION, datetime(2026, 3, 3, 9, 0, tzinfo=UTC))
+    return lake_of(tmp_path_factory.mktemp("bidi") / "lake", stamped, "sqlite:bidi-test")
+
+
+def test_direction_overrides_and_zero_width_characters_are_shown_as_markers(bidi: str) -> None:
+    listed = _shown(runner.invoke(app, ["sessions", "list", "--warehouse", bidi]), 0)
+    shown = _shown(runner.invoke(app, ["sessions", "show", BIDI_SESSION, "--warehouse", bidi]), 0)
+    lineage = _shown(runner.invoke(app, ["lineage", "--collection", BIDI_COLLECTION, "--id",
+                                         "[/x]", "--warehouse", bidi]), 0)
+    for text in (listed, shown, lineage):
+        assert not any(c in text for c in "\u202e\u200b\u2066"), text
+    assert "alice⟨U+202E⟩gpj.exe" in listed and "s-bidi⟨U+2066⟩" in listed
+    assert "alice⟨U+202E⟩gpj.exe" in shown and "/collections/do⟨U+200B⟩cs/points" in shown
+    assert "alice⟨U+202E⟩gpj.exe" in lineage
+    # --json keeps the values exact, for programs
+    sessions = _json(["sessions", "list", "--warehouse", bidi])["sessions"]
+    assert [(s["session_id"], s["subject"]) for s in sessions] == [(BIDI_SESSION, BIDI_SUBJECT)]
