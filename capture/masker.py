@@ -16,8 +16,9 @@ group id is the value of the ``group_by`` field, a facet hit or an
 ``order_value`` that of the faceted or ordered field, a Weaviate aggregate
 summarises a property's values. The classification lists those locations
 with the field (``field_aliases`` entries whose first element is a path), and
-:func:`field_plan` masks each one whole when its field is masked by name, with
-the token the field's own value gets (so HMAC tokens still join). Such a
+:func:`field_plan` masks each one whole when its field is masked by name, or
+by a path that ends in its name, with the token the field's own value gets
+(so HMAC tokens still join). Such a
 location is then no longer a response id: it is neither protected from
 masking nor recorded as a result id (a Qdrant ``with_lookup`` record's id is
 the group id).
@@ -263,7 +264,14 @@ def field_plan(
         return fields, field_paths, ()
     renames = tuple(a for a in field_aliases if not _is_value_path(a[0]))
     fields_out, paths_out = aliased_fields(fields, field_paths, renames)
-    folded = {f.casefold() for f in fields}
+    # A path rule masks the field its last key names (``result.points[].payload
+    # .salary``: salary); a facet, group id, order value or aggregate of that
+    # field elsewhere in the response would otherwise show what the path
+    # hides. (Where several fields share that key, all their values are masked:
+    # more than the path alone, never less.)
+    folded = {f.casefold() for f in fields} | {
+        key.casefold() for key in map(_last_key, field_paths) if key is not None
+    }
     values = tuple(
         dict.fromkeys(
             path
@@ -274,6 +282,16 @@ def field_plan(
     if values:
         paths_out = tuple(dict.fromkeys((*paths_out, *values)))
     return fields_out, paths_out, values
+
+
+def _last_key(path: str) -> str | None:
+    """The last key a masking path names (``a.b[].c{*}`` -> ``c``), or None."""
+    try:
+        steps = parse_path(path)
+    except MaskingError:
+        return None
+    keys = [step for step in steps if step not in (EACH_ELEMENT, EACH_VALUE)]
+    return str(keys[-1]) if keys else None
 
 
 def whole_document_paths(doc: Any) -> tuple[str, ...]:

@@ -451,6 +451,35 @@ def test_qdrant_order_values_of_a_masked_field_are_masked(
     assert ids == ["1"]
 
 
+@pytest.mark.parametrize("mode", ["placeholder", "hmac"])
+def test_a_path_rule_masks_its_field_in_facets_group_ids_and_order_values(mode: str) -> None:
+    """A policy that masks a field by absolute path (``paths:``) hides it
+    wherever a facet, a group id or an order value would carry its values."""
+    path_rule = ("result.points[].payload.email", "result.groups[].hits[].payload.email")
+    facet = classified("qdrant", "POST", "/collections/docs/facet", {"key": "email"})
+    answer = {"result": {"hits": [{"value": ALICE, "count": 3}]}}
+    out, _, _ = deliver_ids(facet, answer, field_paths=path_rule, mode=mode)  # type: ignore[arg-type]
+    assert ALICE not in json.dumps(out)
+    assert out["result"]["hits"][0]["count"] == 3
+    kept, _, _ = deliver_ids(facet, answer, field_paths=("result.points[].payload.salary",))
+    assert kept == answer  # a path rule of another field leaves the facet alone
+
+    groups = classified("qdrant", "POST", GROUPS.format("query"),
+                        {"query": [0.1], "group_by": "email", "limit": 2})
+    out, _, _ = deliver_ids(groups, _groups(), field_paths=path_rule, mode=mode)  # type: ignore[arg-type]
+    assert ALICE not in json.dumps(out) and BOB not in json.dumps(out)
+    if mode == "hmac":  # the group id still joins its hits
+        for g in out["result"]["groups"]:
+            assert g["id"] == g["hits"][0]["payload"]["email"]
+
+    order = classified("qdrant", "POST", "/collections/docs/points/scroll",
+                       {"order_by": "salary"})
+    out, _, _ = deliver_ids(order, {"result": {"points": [
+        {"id": 1, "payload": {"salary": 120000}, "order_value": 120000}]}},
+        field_paths=("result.points[].payload.salary",))
+    assert out["result"]["points"][0]["order_value"] != 120000
+
+
 # ----------------------------------------------- (E) Weaviate aggregates
 
 SALARIES = {"count": 3, "type": "int", "minimum": 50000, "maximum": 120000, "mean": 85000.0,
@@ -480,6 +509,17 @@ def test_weaviate_aggregate_top_occurrences_of_a_masked_property_are_masked() ->
     # another property's aggregate is left alone
     kept, none = graphql(query, answer, fields=("title",))
     assert kept == answer and none == []
+
+
+def test_weaviate_aggregate_of_a_property_masked_by_path_is_masked() -> None:
+    query = "{ Aggregate { Doc { salary { count topOccurrences { value occurs } } } } }"
+    cls = classified("weaviate", "POST", "/v1/graphql", {"query": query})
+    answer = _aggregate_answer(Doc=[{"salary": {
+        "count": 2, "topOccurrences": [{"value": SALARY, "occurs": 2}]}}])
+    out, _ = deliver(cls, answer, field_paths=("data.Get.Doc[].salary",))
+    assert SALARY not in json.dumps(out)
+    kept, _ = deliver(cls, answer, field_paths=("data.Get.Doc[].title",))
+    assert kept == answer
 
 
 def test_weaviate_aggregate_value_keeps_the_fields_hmac_token() -> None:
