@@ -396,6 +396,14 @@ def events_verify(
                               if saved else "")),
                     highlight=False,
                 )
+                if not saved and report.checkpoints_verified:
+                    err.print(
+                        "note: a log cut back to an earlier checkpoint would pass too. Save "
+                        f"today's checkpoints off this host (embedguard events checkpoint "
+                        f"--log {url} > notes.txt) and pass them next time (--checkpoint "
+                        "notes.txt).",
+                        highlight=False,
+                    )
         if not ok:
             raise typer.Exit(1)
         return
@@ -418,6 +426,12 @@ def events_verify(
         if not problems and not undecodable:
             out.print(styled(("✓", "green"),
                              f" {count} events; every session's hash chain verifies"))
+            err.print(
+                "note: without --vkey this proves each chain is consistent, not who wrote it: "
+                "anyone who can write the log can re-chain a session. Pin the gateway's key "
+                "(embedguard keys show) and pass it with --vkey to check the signed checkpoints.",
+                highlight=False,
+            )
     if problems or undecodable:
         raise typer.Exit(1)
 

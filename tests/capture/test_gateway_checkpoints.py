@@ -320,6 +320,7 @@ def test_a_saved_checkpoint_detects_a_truncated_log(recorded: Recorded, tmp_path
 
     ok = _cli("events", "verify", "--log", log, "--vkey", recorded.vkey, "--checkpoint", str(note))
     assert ok.returncode == 0, ok.stderr
+    assert "note:" not in ok.stderr  # nothing left to advise
 
     # drop everything after the second-to-last Checkpoint event, in a copy
     copy = _copy_log(recorded.db, tmp_path / "truncated.db")
@@ -332,6 +333,10 @@ def test_a_saved_checkpoint_detects_a_truncated_log(recorded: Recorded, tmp_path
     truncated = f"sqlite:{copy}"
     alone = _cli("events", "verify", "--log", truncated, "--vkey", recorded.vkey)
     assert alone.returncode == 0, alone.stderr  # the gap: on its own it still verifies
+    # ...and says so, with the command that closes it
+    said = " ".join(alone.stderr.split())
+    assert "cut back to an earlier checkpoint would pass too" in said
+    assert f"embedguard events checkpoint --log {truncated}" in said
 
     res = _cli(
         "events", "verify", "--log", truncated, "--vkey", recorded.vkey,

@@ -217,6 +217,10 @@ def test_events_verify_names_the_altered_event(tmp_path: Path) -> None:
     ok = run("events", "verify", "--log", log, "--json")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout) == {"events": 6, "ok": True, "problems": [], "undecodable": []}
+    # read by a person, the verdict says what it does not prove and what to do
+    shown = run("events", "verify", "--log", log)
+    assert shown.returncode == 0 and "every session's hash chain verifies" in shown.stdout
+    assert "--vkey" in shown.stderr and "re-chain" in " ".join(shown.stderr.split())
 
     # a forged event claiming to continue session gw-a-s0 after seq 2
     forged = json.loads(json.dumps(events[-2]))
