@@ -68,6 +68,8 @@ def redact_header_records(headers: Iterable[tuple[str, str]]) -> list[dict[str, 
 #: compared lower-case without '-' or '_': Milvus ``users/create`` (password)
 #: and ``users/update_password`` (password, newPassword), Zilliz Cloud's
 #: ``jobs/import/create`` (accessKey, secretKey, token; vector-db-apis.md),
+#: Milvus snapshot export and restore (``externalSpec``, a JSON string whose
+#: ``extfs`` holds access_key_id and access_key_value),
 #: Qdrant's snapshot recovery from a URL (api_key), and the usual spellings
 #: of the same things. A key counts wherever it appears in the body, so a body
 #: with a user's own payload field named ``token`` or ``password`` is not
@@ -95,13 +97,22 @@ SECRET_BODY_KEYS = frozenset(
         "idtoken",
         "credential",
         "credentials",
+        # object-storage credentials: Milvus snapshot export/restore_external
+        # ``externalSpec.extfs`` (access_key_id, access_key_value), Azure
+        "accesskeyvalue",
+        "accountkey",
+        "sastoken",
+        "connectionstring",
+        # Milvus ``externalSpec``: a JSON string whose extfs may carry keys
+        "externalspec",
     }
 )
 
 #: a cheap test on the raw bytes before any JSON is parsed: a quoted key that
 #: could be one of SECRET_BODY_KEYS...
 _KEY_HINT = re.compile(
-    rb'(?i)"[a-z_-]*(?:pass(?:word|wd)|secret|[a-z_-]key|token|credentials?)"\s*:'
+    rb'(?i)"[a-z_-]*(?:pass(?:word|wd)|secret|[a-z_-]key|token|credentials?'
+    rb'|key[_-]?value|connection[_-]?string|external[_-]?spec)"\s*:'
 )
 #: ...or a backslash, since a key spelled with JSON escapes escapes that test
 
@@ -117,6 +128,14 @@ def _holds_key(value: Any) -> bool:
         )
     if isinstance(value, list):
         return any(_holds_key(v) for v in value)
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        # JSON inside a string (Milvus ``externalSpec``, options passed through
+        # as text): its keys count too
+        try:
+            inner = json.loads(value)
+        except ValueError:
+            return False
+        return _holds_key(inner)
     return False
 
 

@@ -417,6 +417,31 @@ def _rename(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     )
 
 
+def _snapshot_export(req: HttpRequest, _p: Mapping[str, str]) -> Result:
+    """An export writes a snapshot of every row of ``collectionName`` to object
+    storage (``targetS3Path``): an admin act, and a bulk read of the data."""
+    body = _body(req)
+    db, collection = _db(req, body), _coll(body)
+    return Result([
+        op(A.ADMIN, collection=collection, database=db, detail="jobs/snapshot/export"),
+        op(A.READ, collection=collection, database=db, ids_known=False, bulk=True,
+           detail="jobs/snapshot/export:data"),
+    ])
+
+
+def _snapshot_restore_external(req: HttpRequest, _p: Mapping[str, str]) -> Result:
+    """A restore loads an exported snapshot (``snapshotMetadataURI``, perhaps of
+    another collection or cluster) into ``targetCollectionName``: an admin act,
+    and a bulk write of rows nobody named."""
+    body = _body(req)
+    db, target = _db(req, body), _coll(body, "targetCollectionName")
+    return Result([
+        op(A.ADMIN, collection=target, database=db, detail="jobs/snapshot/restore_external"),
+        op(A.WRITE, collection=target, database=db, ids_known=False, bulk=True,
+           detail="jobs/snapshot/restore_external:data"),
+    ])
+
+
 def _alias(detail: str) -> _Handler:
     """Aliases act on the alias name and, for create/alter, the collection."""
 
@@ -558,13 +583,11 @@ ROUTES: list[Route[HttpRequest]] = [
         route("POST", f"{V2}/jobs/import/{a}", _m(A.ADMIN, f"jobs/import/{a}", coll="optional"))
         for a in ("list", "get_progress", "describe", "commit", "abort")
     ],
+    route("POST", V2 + "/jobs/snapshot/export", _snapshot_export),
+    route("POST", V2 + "/jobs/snapshot/restore_external", _snapshot_restore_external),
     *[
-        route(
-            "POST",
-            f"{V2}/jobs/snapshot/{a}",
-            _m(A.ADMIN, f"jobs/snapshot/{a}", coll="optional", ids_known=a != "export"),
-        )
-        for a in ("export", "restore_external", "describe", "list")
+        route("POST", f"{V2}/jobs/snapshot/{a}", _m(A.ADMIN, f"jobs/snapshot/{a}", coll="optional"))
+        for a in ("describe", "list")
     ],
     *[
         route(

@@ -281,13 +281,18 @@ def test_credentials_in_bodies_and_module_headers_are_never_recorded(
     import hashlib
 
     secrets = ["Sup3rSecretPw-111", "N3wSecretPw-222", "ImportSecretKey-333", "AKIAIMPORT9",
-               "AKIAHEADER77"]
+               "AKIAHEADER77", "SnapshotKeyValue-444"]
     bodies = {
         "/v2/vectordb/users/create": {"userName": "svc", "password": secrets[0]},
         "/v2/vectordb/users/update_password": {"userName": "svc", "password": secrets[0],
                                                "newPassword": secrets[1]},
         "/v2/vectordb/jobs/import/create": {"collectionName": "docs", "files": [["a.parquet"]],
                                             "accessKey": secrets[3], "secretKey": secrets[2]},
+        # externalSpec is a JSON *string*; its extfs carries the bucket's keys
+        "/v2/vectordb/jobs/snapshot/restore_external": {
+            "targetCollectionName": "docs", "snapshotMetadataURI": "s3://b/snap/meta.json",
+            "externalSpec": json.dumps({"extfs": {"access_key_id": "AKIASNAP",
+                                                  "access_key_value": secrets[5]}})},
     }
     ops = mint_token(dev_idp, "oscar", ["Vector-Write", "Vector-Admin"])
     with gateway_process(tmp_path, upstream=upstream.url, kind="milvus", policy=POLICY,

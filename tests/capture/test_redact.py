@@ -31,6 +31,14 @@ def test_ordinary_headers(name: str) -> None:
         {"files": [["a"]], "accessKey": "AK", "secretKey": "SK", "token": "t"},  # import
         {"location": "https://snap/x", "api_key": "k"},  # Qdrant snapshot recovery
         {"nested": [{"deep": {"Client-Secret": "s"}}]},
+        # Milvus snapshot restore: externalSpec is a JSON string holding the keys
+        {"targetCollectionName": "c", "snapshotMetadataURI": "s3://b/m",
+         "externalSpec": json.dumps({"extfs": {"access_key_id": "AK", "access_key_value": "SK"}})},
+        # ...or an object, sent by a client that does not quote it
+        {"collectionName": "c", "snapshotName": "s", "targetS3Path": "s3://b",
+         "spec": {"extfs": {"access_key_value": "SK"}}},
+        {"opts": '[{"connection_string": "DefaultEndpointsProtocol=https;AccountKey=k"}]'},
+        {"sas_token": "sv=2020&sig=x"},
     ],
 )
 def test_bodies_with_credentials(doc: object) -> None:
@@ -50,6 +58,7 @@ def test_a_key_spelled_with_escapes_or_a_broken_body_still_counts() -> None:
         b'{"points": [{"id": 1, "vector": [0.1], "payload": {"tokens": 12, "keys": ["a"]}}]}',
         b'{"documents": ["a\\nb"]}',
         b"not json at all \\ with a backslash",
+        b'{"payload": {"note": "{\\"a\\": 1}", "list": "[1, 2]", "brace": "{not json"}}',
     ],
 )
 def test_bodies_without_credentials(body: bytes) -> None:

@@ -233,8 +233,30 @@ MANAGEMENT = [
     P("import list for collection", "/jobs/import/list", B, expect=[E("admin", "docs")]),
     *[
         P(f"snapshot {a}", f"/jobs/snapshot/{a}", B, expect=[E("admin", "docs")])
-        for a in ("export", "restore_external", "describe", "list")
+        for a in ("describe", "list")
     ],
+    # an export takes every row out to object storage: a bulk read too
+    P(
+        "snapshot export",
+        "/jobs/snapshot/export",
+        {"collectionName": "docs", "snapshotName": "s1", "targetS3Path": "s3://b/x",
+         "dbName": "prod"},
+        expect=[E("admin", "docs", database="prod", detail="jobs/snapshot/export"),
+                E("read", "docs", database="prod", bulk=True, ids_known=False)],
+    ),
+    # a restore names its collection targetCollectionName, and loads rows into it
+    P(
+        "snapshot restore_external",
+        "/jobs/snapshot/restore_external",
+        {"targetCollectionName": "restricted-hr", "snapshotMetadataURI": "s3://b/x/meta.json"},
+        expect=[E("admin", "restricted-hr"),
+                E("write", "restricted-hr", bulk=True, ids_known=False)],
+    ),
+    P("snapshot restore_external without a target", "/jobs/snapshot/restore_external",
+      {"collectionName": "docs", "snapshotMetadataURI": "s3://b/x"},
+      error="targetCollectionName"),
+    P("snapshot export without a collection", "/jobs/snapshot/export",
+      {"snapshotName": "s1", "targetS3Path": "s3://b/x"}, error="collectionName"),
     *[
         P(f"external {a}", f"/jobs/external_collection/{a}", B, expect=[E("admin", "docs")])
         for a in ("refresh", "describe", "list")
