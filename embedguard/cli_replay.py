@@ -637,6 +637,7 @@ def export_command(
         "sessions": len(result.sessions),
         "row_counts": result.row_counts,
         "bodies_unavailable": len(result.bodies_unavailable),
+        "unproven_events": result.unproven,
         "export_vkey": signer.verifier.vkey,
         "hold": hold.to_json(),
     }
@@ -650,6 +651,12 @@ def export_command(
             + f"{hold.body_count} bodies are held until {hold.held_until:%Y-%m-%d} "
             + f"(hold {hold.hold_id})"
         )
+        if result.unproven:
+            _err.print(Text(
+                f"warning: {result.unproven} exported event(s) are not covered by a signed "
+                "checkpoint yet (recorded after the gateway's last one), so `embedguard verify` "
+                "reports them as NOT PROVEN errors. Export again after the gateway's next "
+                "checkpoint, or have the auditor pass --allow-unproven.", style="yellow"))
 
 
 # -- verify ----------------------------------------------------------------------------------
@@ -681,6 +688,13 @@ def verify_command(
     require_checkpoint: Annotated[
         bool, typer.Option(help="Warehouse: events not yet checkpointed are an error")
     ] = False,
+    allow_unproven: Annotated[
+        bool,
+        typer.Option(
+            help="Bundle: an event that no inclusion proof ties to a signed checkpoint is a "
+            "warning (NOT PROVEN), not an error. Nothing signed vouches for such events."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify an evidence bundle offline (manifest signature, file hashes, chains,
@@ -700,7 +714,7 @@ def verify_command(
                 raise _fail("pin the export key with --export-vkey (`embedguard export-key`)", 2)
             if not bundle.exists():
                 raise _fail(f"no bundle at {bundle}", 2)
-            report = verify_bundle(bundle, keys, export_vkey)
+            report = verify_bundle(bundle, keys, export_vkey, allow_unproven=allow_unproven)
             what = str(bundle)
         else:
             with _warehouse(warehouse) as wh:
@@ -713,7 +727,10 @@ def verify_command(
     else:
         for f in report.findings:
             _out.print(Text(visible(f), style="red" if f.severity == "error" else "yellow"))
+        unproven = sum(1 for f in report.findings if f.kind == "not_proven")
         verdict = "OK" if report.ok else f"FAILED ({len(report.errors)} error(s))"
+        if report.ok and unproven:
+            verdict = f"OK, but {unproven} event(s) NOT PROVEN by a signed checkpoint"
         _out.print(
             f"{what}: {verdict}: {report.events} events, {report.sessions} sessions, "
             f"{report.checkpoints_verified} checkpoints, {report.inclusion_verified} inclusion "

@@ -94,6 +94,10 @@ class ExportResult:
     sessions: list[str]
     manifest: dict[str, Any]
     bodies_unavailable: list[str] = field(default_factory=list)
+    #: exported events (Checkpoint events aside) that no inclusion proof ties to
+    #: a signed checkpoint yet: `embedguard verify` fails them unless told
+    #: --allow-unproven
+    unproven: int = 0
 
 
 #: The auditor's three questions, answered from the bundle alone with DuckDB.
@@ -144,6 +148,19 @@ per event against the gateways' signed checkpoints (`checkpoints.json`,
 `bodies.parquet` hashes to its sha256. Bodies that expired or were redacted
 before the export are listed in the manifest (`bodies_unavailable`); they are
 reported as such, never as tampering.
+
+An event that no inclusion proof ties to a signed checkpoint is **NOT PROVEN**
+and fails verification: nothing signed vouches for it (the hash chain has no
+key, so whoever can write the log can add or re-record such events). Events
+recorded after the gateway's last checkpoint are in that state until its next
+one; ask for a new export, or pass `--allow-unproven` to read them knowingly.
+
+What the signatures prove is the `raw` column of `events.parquet` (and the
+bodies). The other columns of `events.parquet`, and `requests.parquet`,
+`approvals.parquet` and `lineage.parquet`, are projections the export copied
+from the warehouse for convenient queries; the verifier does not yet compare
+them with `raw`. For a conclusion that must hold up, confirm it against the
+decoded `raw` bytes of the events it rests on.
 
 ## Files
 
@@ -458,6 +475,9 @@ def export_bundle(
         ]
         # the index of every exported event, also those not yet checkpointed
         proved = {p["event_id"] for p in inclusion_json}
+        unproven = sum(
+            1 for e in event_rows if e["event_id"] not in proved and e.get("type") != "Checkpoint"
+        )
         index = [
             {
                 "event_id": e["event_id"],
@@ -562,7 +582,7 @@ def export_bundle(
                 else:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(p, dest)
-    return ExportResult(out, counts, session_ids, manifest, unavailable)
+    return ExportResult(out, counts, session_ids, manifest, unavailable, unproven)
 
 
 def _dump(path: Path, obj: Any) -> None:

@@ -67,14 +67,21 @@ def verify_bundle(
     path: Path,
     vkeys: Iterable[str | Verifier],
     export_vkeys: Iterable[str | Verifier],
+    *,
+    allow_unproven: bool = False,
 ) -> VerifyReport:
-    """Verify the bundle at ``path`` (a directory or a zip); see the module doc."""
+    """Verify the bundle at ``path`` (a directory or a zip); see the module doc.
+    ``allow_unproven``: an event no inclusion proof covers is a warning, not an
+    error (see :func:`replay.verify_core.verify_proofs`)."""
     with bundle_dir(path) as root:
-        return _verify_root(root, list(vkeys), list(export_vkeys))
+        return _verify_root(root, list(vkeys), list(export_vkeys), allow_unproven)
 
 
 def _verify_root(
-    root: Path, vkeys: list[str | Verifier], export_vkeys: list[str | Verifier]
+    root: Path,
+    vkeys: list[str | Verifier],
+    export_vkeys: list[str | Verifier],
+    allow_unproven: bool = False,
 ) -> VerifyReport:
     manifest, findings = verify_manifest(root, export_vkeys)
     report = VerifyReport()
@@ -137,6 +144,7 @@ def _verify_root(
         notes=[(f"checkpoints.json[{i}]", n["note"]) for i, n in enumerate(notes_json)],
         wheres=wheres,
         check_chains=True,
+        allow_unproven=allow_unproven,
     )
     report.findings.extend(proofs.findings)
     report.streams = proofs.streams

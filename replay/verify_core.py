@@ -721,11 +721,18 @@ def verify_proofs(
     notes: Iterable[tuple[str, str]] = (),
     wheres: Sequence[str] | None = None,
     check_chains: bool = True,
+    allow_unproven: bool = False,
 ) -> VerifyReport:
     """Verify a selection of events through their inclusion proofs (see the
     module docstring). Every event needs a proof against a signed checkpoint
     of its own stream, at its own stream_seq; consecutive checkpoints of a run
-    need a consistency proof."""
+    need a consistency proof.
+
+    An event without a proof is an error (``not_proven``): nothing signed
+    vouches for it, and anyone who can write the log or the warehouse can
+    add, re-chain or re-record such events (a hash chain has no key). With
+    ``allow_unproven`` (events recorded after the gateway's last checkpoint,
+    read knowingly) it is a warning, and the report counts them."""
     verifiers = load_verifiers(vkeys)
     report = VerifyReport(events=len(events))
     report.sessions = len({d.event.envelope.session_id for d in events})
@@ -761,10 +768,13 @@ def verify_proofs(
                     _locate(
                         dec,
                         where,
-                        "not_checkpointed",
-                        "no inclusion proof for this event: it is not covered by a signed "
-                        "checkpoint",
-                        severity="warning",
+                        "not_proven",
+                        "NOT PROVEN: no inclusion proof ties this event to a signed "
+                        "checkpoint, so nothing signed vouches for it (events recorded "
+                        "after the gateway's last checkpoint: export again once the next "
+                        "checkpoint is signed, or verify with --allow-unproven to read "
+                        "them as unproven)",
+                        severity="warning" if allow_unproven else "error",
                     )
                 )
             continue

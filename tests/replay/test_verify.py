@@ -251,3 +251,70 @@ def test_warehouse_body_altered_is_named(scenario: Scenario, tmp_path: Path) -> 
     assert not report.ok
     (f,) = report.errors
     assert f.kind == "body_altered" and f.event_id == victim["event_id"]
+
+
+# -- events no signed checkpoint vouches for -------------------------------------------------
+
+
+def _stream_with_checkpoint_then_tail(tmp_path: Path, *, tail: bool, checkpoint: bool
+                                      ) -> tuple[str, Signer]:
+    """A lake of one gateway stream: alice's write, then (``checkpoint``) a
+    checkpoint signed by the returned gateway key over it, then (``tail``)
+    bob's write, which no checkpoint covers (recorded after the last one, or
+    forged by whoever can write the log: a hash chain has no key)."""
+    from datetime import UTC, datetime, timedelta
+
+    from replay.verify_core import leaf_hash
+    from schemas.chain import EventStamper
+    from schemas.codec import default_codec
+    from schemas.merkle import root_of
+    from schemas.models import Checkpoint
+    from schemas.note import CheckpointBody, checkpoint_origin
+    from tests.embedguard.hostile import lake_of, write_request
+
+    t0 = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+    gw_key = Signer.generate("embedguard-gateway-gw-t")
+    stamper = EventStamper("gw-t")
+    stamped = write_request(stamper, "s-alice", "r-alice", "alice", "kb", t0)
+    if checkpoint:
+        leaves = [default_codec().decode(s.wire) for s in stamped]
+        body = CheckpointBody(checkpoint_origin("gw-t", str(leaves[0].event.envelope.event_id)),
+                              len(leaves), root_of([leaf_hash(d) for d in leaves]))
+        stamped.append(stamper.stamp(
+            Checkpoint, session_id="gateway:gw-t", origin=body.origin, tree_size=body.tree_size,
+            root_hash=body.root_hash.hex(), signed_note=body.sign(gw_key),
+            key_id=gw_key.verifier.id_text, occurred_at=t0 + timedelta(minutes=1)))
+    if tail:
+        stamped += write_request(stamper, "s-bob", "r-bob", "bob", "kb",
+                                 t0 + timedelta(minutes=2))
+    return lake_of(tmp_path / "lake", stamped, "sqlite:unproven-test"), gw_key
+
+
+@pytest.mark.parametrize(("tail", "checkpoint"), [(True, True), (False, False)])
+def test_events_no_checkpoint_covers_fail_unless_allowed(
+    tmp_path: Path, tail: bool, checkpoint: bool
+) -> None:
+    """A tail after the last checkpoint, or a history with no checkpoint at all
+    (re-recorded by someone who can write the log): nothing signed vouches for
+    those events, so the bundle fails, naming them NOT PROVEN, until the
+    auditor reads them knowingly with --allow-unproven."""
+    lake, gw_key = _stream_with_checkpoint_then_tail(tmp_path, tail=tail, checkpoint=checkpoint)
+    export_key = Signer.generate("embedguard-export")
+    out = tmp_path / "bundle.zip"
+    from pipeline.warehouse import open_warehouse
+    from replay.export import ExportFilters, export_bundle
+
+    with open_warehouse(lake) as wh:
+        result = export_bundle(wh, out, filters=ExportFilters(), signer=export_key,
+                               tool_version="test")
+    assert result.unproven > 0
+    report = verify_bundle(out, [gw_key.verifier.vkey], [export_key.verifier.vkey])
+    assert not report.ok and {f.kind for f in report.errors} == {"not_proven"}
+    assert {f.session_id for f in report.errors} == ({"s-bob"} if tail else {"s-alice"})
+    args = ["verify", str(out), "--vkey", gw_key.verifier.vkey,
+            "--export-vkey", export_key.verifier.vkey]
+    failed = runner.invoke(app, args)
+    assert failed.exit_code == 1 and "NOT PROVEN" in failed.stdout
+    allowed = runner.invoke(app, [*args, "--allow-unproven"])
+    assert allowed.exit_code == 0, allowed.stdout
+    assert f"OK, but {result.unproven} event(s) NOT PROVEN" in " ".join(allowed.stdout.split())

@@ -264,13 +264,31 @@ def test_proof_tampering_is_named() -> None:
     assert {f.kind for f in r.errors} >= {"checkpoint_signature", "inclusion"}
 
 
-def test_an_event_after_the_last_checkpoint_has_no_proof() -> None:
+def test_an_event_after_the_last_checkpoint_is_not_proven() -> None:
+    """Nothing signed vouches for an event no inclusion proof covers: an error,
+    unless the reader allows unproven events, when it is a warning."""
     events = _log(n=10, every=4, final=False)
     inc, con, notes = _proofs(events, events)
     r = verify_proofs(events, [VKEY], inclusion=inc, consistency=con, notes=notes)
+    assert not r.ok
+    assert [(f.kind, f.stream_seq) for f in r.errors] == [("not_proven", 10), ("not_proven", 11)]
+    assert "NOT PROVEN" in r.errors[0].detail
+    r = verify_proofs(events, [VKEY], inclusion=inc, consistency=con, notes=notes,
+                      allow_unproven=True)
     assert r.ok
-    warned = [f for f in r.findings if f.kind == "not_checkpointed"]
+    warned = [f for f in r.findings if f.kind == "not_proven"]
     assert [f.stream_seq for f in warned] == [10, 11]
+    assert {f.severity for f in warned} == {"warning"}
+
+
+def test_events_recorded_again_without_any_checkpoint_are_not_proven() -> None:
+    """Anyone who can write the log can re-record a history with no Checkpoint
+    event: every chain is consistent, and with no proof it must not pass."""
+    events = [d for d in _log(n=6, every=100, final=False)
+              if not isinstance(d.event, Checkpoint)]
+    r = verify_proofs(events, [VKEY], inclusion=[], consistency=[], notes=[])
+    assert not r.ok and {f.kind for f in r.errors} == {"not_proven"}
+    assert len(r.errors) == len(events)
 
 
 @pytest.mark.parametrize("bad", ["not a key", "x+0000000+AAAA"])
