@@ -22,8 +22,10 @@ import contextlib
 import hashlib
 import json
 import stat
+import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -62,42 +64,110 @@ class BundleError(ValueError):
 def bundle_dir(path: Path, *, max_bytes: int = 16 * 1024**3) -> Iterator[Path]:
     """The bundle at ``path`` as a directory: the directory itself, or a zip
     extracted to a temporary one. Zip entries must be plain files under
-    relative paths (no '..', no absolute paths, no links, no duplicates), and
-    the total size is capped, so a hostile archive cannot write elsewhere."""
+    relative, normalised paths (no '..', './', '//', absolute paths or links),
+    none twice even ignoring case, none both a file and a directory, and the
+    central directory must account for every byte before it; the total size is
+    capped. So a hostile archive cannot write elsewhere, and no other zip reader
+    can find in it what this one did not check."""
     if path.is_dir():
         yield path
         return
     if not zipfile.is_zipfile(path):
         raise BundleError(f"{path} is neither a bundle directory nor a zip file")
-    with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory(prefix="eg-bundle-") as tmp:
-        root = Path(tmp)
-        seen: set[str] = set()
-        total = 0
-        for info in zf.infolist():
-            name = info.filename
-            if info.is_dir():
-                continue
-            p = PurePosixPath(name)
-            if p.is_absolute() or ".." in p.parts or "\\" in name or not p.parts:
-                raise BundleError(f"zip entry {name!r} is not a relative path inside the bundle")
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise BundleError(f"zip entry {name!r} is a symbolic link")
-            if name in seen:
-                raise BundleError(f"zip entry {name!r} appears twice")
-            seen.add(name)
-            total += info.file_size
-            if total > max_bytes:
-                raise BundleError(f"the bundle unpacks to more than {max_bytes} bytes")
-            dest = root.joinpath(*p.parts)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, dest.open("wb") as out:
-                written = 0
-                while chunk := src.read(_CHUNK):
-                    written += len(chunk)
-                    if written > info.file_size:  # a lying header
-                        raise BundleError(f"zip entry {name!r} is larger than it says")
-                    out.write(chunk)
-        yield root
+    with tempfile.TemporaryDirectory(prefix="eg-bundle-") as tmp:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                _extract(path, zf, Path(tmp), max_bytes)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError,
+                EOFError, OSError, zlib.error) as exc:
+            # a damaged, encrypted or oddly compressed archive: not a bundle we wrote
+            raise BundleError(f"{path} cannot be read as a bundle zip: {exc}") from None
+        yield Path(tmp)
+
+
+def _extract(path: Path, zf: zipfile.ZipFile, root: Path, max_bytes: int) -> None:
+    """Extract ``zf`` into ``root`` after refusing anything that two zip readers
+    could read differently (see ``bundle_dir``)."""
+    _check_no_hidden_entries(path, zf)
+    seen: dict[str, str] = {}
+    files: set[str] = set()
+    total = 0
+    for info in zf.infolist():
+        name = info.filename
+        if info.is_dir():
+            continue
+        p = PurePosixPath(name)
+        if p.is_absolute() or ".." in p.parts or "\\" in name or not p.parts:
+            raise BundleError(f"zip entry {name!r} is not a relative path inside the bundle")
+        if p.as_posix() != name or "." in p.parts:
+            # "./x" or "a//b" would land on the same file as "x" or "a/b"
+            raise BundleError(f"zip entry {name!r} is not a normalised path")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise BundleError(f"zip entry {name!r} is a symbolic link")
+        folded = name.casefold()
+        if folded in seen:
+            raise BundleError(f"zip entry {name!r} appears twice (as {seen[folded]!r})")
+        seen[folded] = name
+        parents = {a.as_posix().casefold() for a in p.parents if a.parts}
+        if parents & files:
+            raise BundleError(f"zip entry {name!r} is both a file and a directory")
+        files.add(folded)
+        total += info.file_size
+        if total > max_bytes:
+            raise BundleError(f"the bundle unpacks to more than {max_bytes} bytes")
+        dest = root.joinpath(*p.parts)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, dest.open("xb") as out:
+            written = 0
+            while chunk := src.read(_CHUNK):
+                written += len(chunk)
+                if written > info.file_size:  # a lying header
+                    raise BundleError(f"zip entry {name!r} is larger than it says")
+                out.write(chunk)
+    for folded in files:  # a directory entry named like a file is refused above
+        if any(f.startswith(folded + "/") for f in files):
+            raise BundleError(f"zip entry {seen[folded]!r} is both a file and a directory")
+
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
+_DESCRIPTOR_SIG = b"PK\x07\x08"
+
+
+def _check_no_hidden_entries(path: Path, zf: zipfile.ZipFile) -> None:
+    """The entries the central directory lists must fill the archive from its
+    first byte up to the central directory, with nothing before, between or
+    after them: a reader that walks the local headers (``jar x``, streaming
+    unzippers) would otherwise see entries this verifier never checked."""
+    infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
+    start_dir = getattr(zf, "start_dir", None)
+    if start_dir is None:  # pragma: no cover - CPython keeps it
+        return
+    pos = 0
+    with path.open("rb") as fh:
+        for info in infos:
+            if info.header_offset != pos:
+                raise BundleError(
+                    f"the zip holds {info.header_offset - pos:+d} byte(s) the central directory "
+                    f"does not account for before entry {info.filename!r} (a hidden entry?)"
+                )
+            fh.seek(pos)
+            header = fh.read(_LOCAL_HEADER.size)
+            if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+                raise BundleError(f"zip entry {info.filename!r} has no local header")
+            fields = _LOCAL_HEADER.unpack(header)
+            flags, name_len, extra_len = fields[2], fields[9], fields[10]
+            pos += _LOCAL_HEADER.size + name_len + extra_len + info.compress_size
+            if flags & 0x08:  # a data descriptor follows the data
+                fh.seek(pos)
+                head = fh.read(4)
+                pos += (16 if head == _DESCRIPTOR_SIG else 12) + (
+                    8 if info.file_size >= 0xFFFFFFFF or info.compress_size >= 0xFFFFFFFF else 0
+                )
+    if pos != start_dir:
+        raise BundleError(
+            f"the zip holds {start_dir - pos:+d} byte(s) between its last entry and its central "
+            "directory that no listed entry accounts for (a hidden entry?)"
+        )
 
 
 def canonical_json(obj: Any) -> bytes:

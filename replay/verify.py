@@ -51,6 +51,56 @@ EVENTS = "events.parquet"
 BODIES = "bodies.parquet"
 
 
+#: an altered Parquet file is still read, to name what changed, but not if it
+#: declares more uncompressed data than this many times its size (a bomb)
+_MAX_EXPANSION = 64
+_MIN_DECLARED_CAP = 16 * 1024 * 1024
+
+
+def _read_parquet(
+    root: Path, name: str, columns: list[str], report: VerifyReport, suspect: set[str]
+) -> Any:
+    """``name``'s ``columns`` as a pyarrow Table, or None with a finding if it
+    cannot be read. A file that failed its sha256 (``suspect``) is read only if
+    it declares a plausible uncompressed size."""
+    path = root / name
+    try:
+        if name in suspect:
+            meta = pq.ParquetFile(path).metadata
+            declared = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            cap = max(_MIN_DECLARED_CAP, _MAX_EXPANSION * path.stat().st_size)
+            if declared > cap:
+                report.findings.append(Finding(
+                    "file_malformed",
+                    f"declares {declared} bytes uncompressed from {path.stat().st_size}; not read",
+                    where=name))
+                return None
+        return pq.read_table(path, columns=columns)
+    except Exception as exc:  # noqa: BLE001 - any reader error on hostile bytes is a finding
+        report.findings.append(
+            Finding("file_malformed", f"not a readable Parquet file with columns "
+                    f"{', '.join(columns)}: {type(exc).__name__}: {exc}", where=name))
+        return None
+
+
+def _json_list_of_objects(
+    root: Path, name: str, report: VerifyReport, required: tuple[str, ...]
+) -> list[dict[str, Any]] | None:
+    """A JSON file that must be a list of objects, each with string ``required``
+    keys; None, with a finding, otherwise."""
+    doc = _json_file(root, name, report)
+    if doc is None:
+        return None
+    if not isinstance(doc, list) or not all(
+        isinstance(e, dict) and all(isinstance(e.get(k), str) for k in required) for e in doc
+    ):
+        report.findings.append(Finding(
+            "file_malformed",
+            f"not a list of objects with string {', '.join(required)}", where=name))
+        return None
+    return doc
+
+
 def _json_file(root: Path, name: str, report: VerifyReport) -> Any:
     path = root / name
     if not path.is_file():
@@ -92,7 +142,11 @@ def _verify_root(
     if not (root / EVENTS).is_file():
         report.findings.append(Finding("file_missing", "the bundle has no events", where=EVENTS))
         return report
-    table = pq.read_table(root / EVENTS, columns=["event_id", "session_id", "seq", "raw"])
+    suspect = {f.where for f in findings if f.kind in ("file_altered", "unexpected_file")
+               and f.where}
+    table = _read_parquet(root, EVENTS, ["event_id", "session_id", "seq", "raw"], report, suspect)
+    if table is None:
+        return report
     ids = table.column("event_id").to_pylist()
     raws = table.column("raw").to_pylist()
     events, wheres, undecodable = decode_events(
@@ -117,13 +171,13 @@ def _verify_root(
     _check_index(root, manifest, events, wheres, report)
     _check_order(events, wheres, report)
 
-    notes_json = _json_file(root, "checkpoints.json", report) or []
+    notes_json = _json_list_of_objects(root, "checkpoints.json", report, ("note",)) or []
     inclusion_json = _json_file(root, "proofs/inclusion.json", report) or []
     consistency_json = _json_file(root, "proofs/consistency.json", report) or []
     try:
         inclusion = [InclusionProof.from_json(p) for p in inclusion_json]
         consistency = [ConsistencyProof.from_json(p) for p in consistency_json]
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         report.findings.append(
             Finding("proofs_malformed", f"a proof does not parse: {exc}", where="proofs/")
         )
@@ -154,7 +208,7 @@ def _verify_root(
     report.inclusion_verified = proofs.inclusion_verified
     report.consistency_verified = proofs.consistency_verified
 
-    _check_bodies(root, manifest, events, wheres, report)
+    _check_bodies(root, manifest, events, wheres, report, suspect)
     return report
 
 
@@ -180,8 +234,8 @@ def _check_index(
     wheres: list[str],
     report: VerifyReport,
 ) -> None:
-    index = _json_file(root, "index.json", report)
-    if not isinstance(index, list):
+    index = _json_list_of_objects(root, "index.json", report, ("event_id", "session_id"))
+    if index is None:
         return
     present = {str(d.event.envelope.event_id): (d, w) for d, w in zip(events, wheres, strict=True)}
     listed = {e["event_id"]: e for e in index}
@@ -191,6 +245,8 @@ def _check_index(
             missing_by_session[e["session_id"]].append(e)
     sessions_present = {d.event.envelope.session_id for d in events}
     declared = manifest.get("sessions") or {}
+    if not isinstance(declared, dict):
+        declared = {}
     for sid in sorted(set(declared) - sessions_present - set(missing_by_session)):
         missing_by_session[sid] = []
     for sid, gone in sorted(missing_by_session.items()):
@@ -262,6 +318,7 @@ def _check_bodies(
     events: list[DecodedEvent],
     wheres: list[str],
     report: VerifyReport,
+    suspect: set[str],
 ) -> None:
     referencing: dict[str, list[tuple[DecodedEvent, str]]] = defaultdict(list)
     for dec, where in zip(events, wheres, strict=True):
@@ -270,8 +327,9 @@ def _check_bodies(
             referencing[sha].append((dec, where))
     unavailable = set(manifest.get("bodies_unavailable") or [])
     held: set[str] = set()
-    if (root / BODIES).is_file():
-        table = pq.read_table(root / BODIES, columns=["sha256", "body"])
+    table = (_read_parquet(root, BODIES, ["sha256", "body"], report, suspect)
+             if (root / BODIES).is_file() else None)
+    if table is not None:
         for i, (sha, body) in enumerate(
             zip(table.column("sha256").to_pylist(), table.column("body").to_pylist(), strict=True)
         ):

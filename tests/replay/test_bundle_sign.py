@@ -137,6 +137,11 @@ def test_a_zipped_bundle_verifies_and_tampering_inside_is_named(tmp_path: Path) 
         ("../evil.txt", "relative path"),
         ("/etc/evil.txt", "relative path"),
         ("README.md", "twice"),
+        # read differently by different zip readers, or landing on one file
+        ("./README.md", "normalised"),
+        ("a//b.txt", "normalised"),
+        ("readme.MD", "twice"),
+        ("README.md/inner.txt", "both a file and a directory"),
     ],
 )
 def test_hostile_zip_entries_are_refused(tmp_path: Path, entry: str, message: str) -> None:
@@ -157,4 +162,52 @@ def test_a_zip_symlink_and_a_non_bundle_are_refused(tmp_path: Path) -> None:
         pass
     (tmp_path / "plain.txt").write_text("hi")
     with pytest.raises(BundleError, match="neither"), bundle_dir(tmp_path / "plain.txt"):
+        pass
+
+
+def _with_hidden_entry(zipped: bytes, name: str, data: bytes) -> bytes:
+    """``zipped`` with one more local entry, between its last entry and its
+    central directory, that the central directory does not list (readers that
+    walk local headers see it; zipfile does not)."""
+    import io
+    import struct
+
+    extra = io.BytesIO()
+    with zipfile.ZipFile(extra, "w") as zf:
+        zf.writestr(name, data)
+    extra_bytes = extra.getvalue()
+    local = extra_bytes[: zipfile.ZipFile(io.BytesIO(extra_bytes)).start_dir]  # type: ignore[attr-defined]
+    start = zipfile.ZipFile(io.BytesIO(zipped)).start_dir  # type: ignore[attr-defined]
+    out = bytearray(zipped[:start] + local + zipped[start:])
+    eocd = out.rfind(b"PK\x05\x06")
+    (offset,) = struct.unpack_from("<I", out, eocd + 16)
+    struct.pack_into("<I", out, eocd + 16, offset + len(local))
+    return bytes(out)
+
+
+def test_an_entry_the_central_directory_does_not_list_is_refused(tmp_path: Path) -> None:
+    root = _bundle(tmp_path / "b")
+    genuine = _zip(root, tmp_path / "g.zip").read_bytes()
+    hidden = tmp_path / "hidden.zip"
+    hidden.write_bytes(_with_hidden_entry(genuine, "README.md", b"a different README\n"))
+    with zipfile.ZipFile(hidden) as zf:  # zipfile itself sees only the listed entries
+        assert zf.testzip() is None
+    with pytest.raises(BundleError, match="hidden entry"), bundle_dir(hidden):
+        pass
+    prefixed = tmp_path / "prefixed.zip"  # bytes before the first entry
+    prefixed.write_bytes(b"#!/bin/sh\n" + genuine)
+    with pytest.raises(BundleError, match="hidden entry"), bundle_dir(prefixed):
+        pass
+
+
+def test_a_damaged_zip_is_a_bundle_error_not_a_crash(tmp_path: Path) -> None:
+    root = _bundle(tmp_path / "b")
+    z = _zip(root, tmp_path / "d.zip")
+    data = bytearray(z.read_bytes())
+    with zipfile.ZipFile(z) as zf:
+        info = zf.getinfo("README.md")
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start] ^= 0xFF  # one byte of README.md's data: its CRC no longer matches
+    z.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="cannot be read as a bundle zip"), bundle_dir(z):
         pass

@@ -318,3 +318,44 @@ def test_events_no_checkpoint_covers_fail_unless_allowed(
     allowed = runner.invoke(app, [*args, "--allow-unproven"])
     assert allowed.exit_code == 0, allowed.stdout
     assert f"OK, but {result.unproven} event(s) NOT PROVEN" in " ".join(allowed.stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "kind"),
+    [
+        ("events.parquet", b"not parquet at all", "file_malformed"),
+        ("bodies.parquet", b"PAR1 garbage PAR1", "file_malformed"),
+        ("index.json", b"[1]", "file_malformed"),
+        ("checkpoints.json", b"{}", "file_malformed"),
+        ("proofs/inclusion.json", b"[1]", "proofs_malformed"),
+    ],
+)
+def test_a_malformed_file_is_a_finding_not_a_crash(
+    name: str, content: bytes, kind: str, bundle: Bundle, scenario: Scenario, tmp_path: Path
+) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    (copy / name).write_bytes(content)
+    report = verify_bundle(copy, [scenario.gateway_vkey], [bundle.export_vkey])
+    assert not report.ok
+    assert {"file_altered", kind} <= {f.kind for f in report.errors}, report.errors
+    code, out = _verify(copy, scenario, bundle)  # no traceback (checked there)
+    assert code == 1 and "FAILED" in out
+
+
+def test_an_altered_parquet_that_declares_a_huge_size_is_not_read(
+    bundle: Bundle, scenario: Scenario, tmp_path: Path
+) -> None:
+    """A few kB that decompress to hundreds of MB: after its sha256 failed, the
+    file is not decompressed to be diagnosed."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    n = 200_000
+    table = pa.table({"event_id": pa.array(["x" * 1000] * n), "session_id": ["s"] * n,
+                      "seq": pa.array([0] * n, pa.int64()), "raw": pa.array([b""] * n)})
+    pq.write_table(table, copy / "events.parquet", compression="zstd",
+                   use_dictionary=False)
+    assert (copy / "events.parquet").stat().st_size < 2_000_000
+    report = verify_bundle(copy, [scenario.gateway_vkey], [bundle.export_vkey])
+    malformed = [f for f in report.errors if f.kind == "file_malformed"]
+    assert malformed and "not read" in malformed[0].detail
