@@ -447,6 +447,18 @@ def export_bundle(
                 size_col = col.replace("sha256", "size")
                 if r.get(col) and r.get(size_col):
                     wanted.setdefault(r[col], kind)
+        # ...and every body the exported events reference, read from their own
+        # bytes: a derived row that lost its body columns must not drop one
+        # silently (each is then shipped, or declared unavailable)
+        for e in event_rows:
+            if e.get("type") not in ("RequestReceived", "ResponseRecorded"):
+                continue
+            ev = codec.decode(e["raw"]).event
+            sha, size = getattr(ev, "body_sha256", None), getattr(ev, "body_size", 0)
+            if sha and size:
+                wanted.setdefault(
+                    sha, "request" if e["type"] == "RequestReceived" else "response"
+                )
         body_rows: list[dict[str, Any]] = []
         unavailable: list[str] = []
         for n, (sha, kind) in enumerate(sorted(wanted.items())):

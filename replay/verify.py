@@ -359,7 +359,17 @@ def _check_bodies(
         if sha in held:
             continue
         dec, where = refs[0]
-        if sha in unavailable:
+        if sha not in unavailable:
+            report.findings.append(
+                _at(
+                    dec,
+                    where,
+                    "body_missing",
+                    f"the body this event references (sha256 {sha}) is neither in {BODIES} "
+                    "nor declared unavailable in the signed manifest",
+                )
+            )
+        elif sha in unavailable:
             report.findings.append(
                 _at(
                     dec,

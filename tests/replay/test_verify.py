@@ -359,3 +359,51 @@ def test_an_altered_parquet_that_declares_a_huge_size_is_not_read(
     report = verify_bundle(copy, [scenario.gateway_vkey], [bundle.export_vkey])
     malformed = [f for f in report.errors if f.kind == "file_malformed"]
     assert malformed and "not read" in malformed[0].detail
+
+
+def test_a_referenced_body_neither_shipped_nor_declared_unavailable_fails(
+    bundle: Bundle, scenario: Scenario, tmp_path: Path
+) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    bodies = pq.read_table(copy / "bodies.parquet")
+    gone = bodies.column("sha256")[0].as_py()
+    pq.write_table(bodies.slice(1), copy / "bodies.parquet")
+    report = verify_bundle(copy, [scenario.gateway_vkey], [bundle.export_vkey])
+    missing = [f for f in report.errors if f.kind == "body_missing"]
+    assert missing and gone in missing[0].detail and missing[0].event_id
+
+
+def test_export_ships_every_body_its_events_reference_even_if_a_derived_row_lost_it(
+    tmp_path: Path,
+) -> None:
+    """The bodies come from the events' own bytes, not only from the derived
+    requests table: nulling a row's body columns there drops nothing."""
+    import io
+    import zipfile
+
+    import deltalake
+
+    from pipeline.warehouse import open_warehouse
+    from replay.export import ExportFilters, export_bundle
+
+    lake, gw_key = _stream_with_checkpoint_then_tail(tmp_path, tail=False, checkpoint=True)
+    lake_dir = Path(lake.split(":", 1)[1])
+    deltalake.DeltaTable(str(lake_dir / "requests")).update(
+        updates={"request_body_size": "CAST(NULL AS BIGINT)",
+                 "response_body_size": "CAST(NULL AS BIGINT)"},
+        predicate="request_id = 'r-alice'")
+    export_key = Signer.generate("embedguard-export")
+    out = tmp_path / "b.zip"
+    with open_warehouse(lake) as wh:
+        export_bundle(wh, out, filters=ExportFilters(), signer=export_key, tool_version="test")
+    from schemas.codec import default_codec
+
+    with zipfile.ZipFile(out) as z:
+        events = pq.read_table(io.BytesIO(z.read("events.parquet"))).column("raw").to_pylist()
+        held = set(pq.read_table(io.BytesIO(z.read("bodies.parquet"))).column("sha256")
+                   .to_pylist())
+    referenced = {e.body_sha256 for e in (default_codec().decode(r).event for r in events)
+                  if getattr(e, "body_sha256", None) and getattr(e, "body_size", 0)}
+    assert referenced and referenced <= held
+    assert verify_bundle(out, [gw_key.verifier.vkey], [export_key.verifier.vkey]).ok
