@@ -156,11 +156,15 @@ recorded after the gateway's last checkpoint are in that state until its next
 one; ask for a new export, or pass `--allow-unproven` to read them knowingly.
 
 What the signatures prove is the `raw` column of `events.parquet` (and the
-bodies). The other columns of `events.parquet`, and `requests.parquet`,
-`approvals.parquet` and `lineage.parquet`, are projections the export copied
-from the warehouse for convenient queries; the verifier does not yet compare
-them with `raw`. For a conclusion that must hold up, confirm it against the
-decoded `raw` bytes of the events it rests on.
+bodies). The other tables are projections the export copied from the
+warehouse, for convenient queries, and the verifier holds them to `raw`:
+every other column of `events.parquet` must equal the loader's projection of
+its row's bytes, and each row of `requests.parquet`, `lineage.parquet` and
+`approvals.parquet` must belong to a request with verified events, naming the
+subject, session, stream, event, actions, collections and point id those
+events record. Their remaining columns (decision, state, status, latency,
+approvers...) are not compared yet: for a conclusion that rests on one of
+them, confirm it against the decoded `raw` bytes of the request's events.
 
 ## Files
 

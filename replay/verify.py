@@ -11,7 +11,16 @@ A bundle (see :mod:`replay.export`) is checked with pinned public keys only:
    per event and consistency proofs between consecutive checkpoints;
 5. every body in ``bodies.parquet`` against its sha256. A body the manifest
    lists as unavailable (it expired or was redacted before the export) is a
-   notice, never tampering.
+   notice, never tampering; a referenced body neither shipped nor listed so is
+   an error;
+6. the convenience tables against the events' bytes: every typed column of
+   ``events.parquet`` against the loader's projection of ``raw``, and the
+   subject, session, stream, event, actions, collections and point id of each
+   ``requests``, ``lineage`` and ``approvals`` row against its request's
+   verified events.
+
+An event that no inclusion proof ties to a signed checkpoint is an error
+(NOT PROVEN) unless the caller allows unproven events.
 
 Each finding names the file, the event id and what is wrong
 (:class:`replay.verify_core.Finding`).
@@ -58,7 +67,7 @@ _MIN_DECLARED_CAP = 16 * 1024 * 1024
 
 
 def _read_parquet(
-    root: Path, name: str, columns: list[str], report: VerifyReport, suspect: set[str]
+    root: Path, name: str, columns: list[str] | None, report: VerifyReport, suspect: set[str]
 ) -> Any:
     """``name``'s ``columns`` as a pyarrow Table, or None with a finding if it
     cannot be read. A file that failed its sha256 (``suspect``) is read only if
@@ -79,7 +88,8 @@ def _read_parquet(
     except Exception as exc:  # noqa: BLE001 - any reader error on hostile bytes is a finding
         report.findings.append(
             Finding("file_malformed", f"not a readable Parquet file with columns "
-                    f"{', '.join(columns)}: {type(exc).__name__}: {exc}", where=name))
+                    f"{', '.join(columns or ['(all)'])}: {type(exc).__name__}: {exc}",
+                    where=name))
         return None
 
 
@@ -209,7 +219,138 @@ def _verify_root(
     report.consistency_verified = proofs.consistency_verified
 
     _check_bodies(root, manifest, events, wheres, report, suspect)
+    _check_projections(root, events, wheres, report, suspect)
     return report
+
+
+#: columns of the derived tables checked against the verified events of their request
+_BY_REQUEST = {
+    "requests.parquet": ("request_id", "subject", "session_id", "stream"),
+    "lineage.parquet": ("request_id", "subject", "session_id", "event_id"),
+    "approvals.parquet": ("request_id", "requester_subject", "session_id"),
+}
+
+
+def _check_projections(
+    root: Path,
+    events: list[DecodedEvent],
+    wheres: list[str],
+    report: VerifyReport,
+    suspect: set[str],
+) -> None:
+    """The convenience columns auditors query must say what the signed bytes say.
+
+    Every typed column of ``events.parquet`` is compared with the loader's own
+    projection of the row's ``raw`` bytes. In ``requests``, ``lineage`` and
+    ``approvals``, each row's request must have verified events in the bundle,
+    and its subject, session, stream, event, actions, collections and point id
+    must be the ones those events record. (Any column not named here is not
+    compared: see the bundle README.)"""
+    from datetime import UTC, datetime
+
+    from pipeline.warehouse.projection import project_event
+
+    now = datetime.now(UTC)
+    projected = {
+        str(d.event.envelope.event_id): (d, w, project_event(d, "", 0, 0, now)["events"][0])
+        for d, w in zip(events, wheres, strict=True)
+    }
+    table = _read_parquet(root, EVENTS, None, report, suspect)
+    if table is None:
+        return
+    for i, row in enumerate(table.to_pylist()):
+        got = projected.get(str(row.get("event_id")))
+        if got is None:
+            continue  # an undecodable or unlisted row is reported elsewhere
+        dec, where, want = got
+        for col, value in row.items():
+            if col == "raw":
+                continue
+            if col == "stream":
+                expected: Any = want["gateway_id"]
+            elif col == "occurred_at":
+                expected = want["occurred_at"].strftime("%Y-%m-%d %H:%M:%S.%f")
+            elif col in want:
+                expected = want[col]
+            else:
+                report.findings.append(Finding(
+                    "projection_mismatch", f"column {col!r} is not one the export writes",
+                    where=f"{EVENTS} row {i}"))
+                continue
+            if value != expected:
+                report.findings.append(_at(
+                    dec, f"{EVENTS} row {i}", "projection_mismatch",
+                    f"column {col} says {value!r}, but the event's signed bytes say "
+                    f"{expected!r}"))
+
+    # what each request's verified events record
+    subjects: dict[str, set[str]] = defaultdict(set)
+    sessions: dict[str, set[str]] = defaultdict(set)
+    streams: dict[str, set[str]] = defaultdict(set)
+    actions: dict[str, set[str]] = defaultdict(set)
+    collections: dict[str, set[str]] = defaultdict(set)
+    ids: dict[str, set[str]] = defaultdict(set)
+    event_ids: dict[str, set[str]] = defaultdict(set)
+    session_subjects: dict[str, set[str]] = defaultdict(set)
+    for dec, _where, want in projected.values():
+        if want.get("subject"):
+            session_subjects[dec.event.envelope.session_id].add(want["subject"])
+    for dec, _where, want in projected.values():
+        rid = dec.event.envelope.request_id
+        if not rid:
+            continue
+        event_ids[rid].add(str(dec.event.envelope.event_id))
+        sessions[rid].add(dec.event.envelope.session_id)
+        streams[rid].add(dec.event.envelope.gateway_id)
+        if want.get("subject"):
+            subjects[rid].add(want["subject"])
+        actions[rid].update(want.get("actions") or [])
+        collections[rid].update(want.get("collections") or [])
+        for op in getattr(dec.event, "operations", None) or []:
+            ids[rid].update(str(x) for x in op.ids)
+    for rid, sids in sessions.items():  # a request's events may not name the caller:
+        if not subjects[rid]:  # its session's do (SessionStarted)
+            subjects[rid] = set().union(*(session_subjects[sid] for sid in sids))
+    for name, cols in _BY_REQUEST.items():
+        if not (root / name).is_file():
+            continue
+        derived = _read_parquet(root, name, None, report, suspect)
+        if derived is None:
+            continue
+        for i, row in enumerate(derived.to_pylist()):
+            rid = row.get("request_id")
+            if not rid:
+                continue
+            where = f"{name} row {i}"
+            if rid not in event_ids:
+                report.findings.append(Finding(
+                    "projection_unbacked",
+                    f"request {rid} has no verified event in the bundle", where=where))
+                continue
+            checks: list[tuple[str, Any, set[str]]] = [
+                (c, row.get(c), {"subject": subjects, "requester_subject": subjects,
+                                 "session_id": sessions, "stream": streams,
+                                 "event_id": event_ids}[c][rid])
+                for c in cols[1:]
+            ]
+            if name != "approvals.parquet":
+                checks += [(c, v, known[rid]) for c, known in
+                           (("actions", actions), ("collections", collections))
+                           for v in ([row.get(c)] if isinstance(row.get(c), str)
+                                     else row.get(c) or [])]
+                checks += [(c, row.get(c), known[rid]) for c, known in
+                           (("action", actions), ("collection", collections)) if c in row]
+            if name == "lineage.parquet" and row.get("ids_known") and row.get("point_id"):
+                checks.append(("point_id", row["point_id"], ids[rid]))
+            for col, value, known in checks:
+                if value is None or not known:
+                    continue
+                if value not in known:
+                    report.findings.append(Finding(
+                        "projection_mismatch",
+                        f"request {rid}: column {col} says {value!r}, but its verified "
+                        f"events record {sorted(known)!r}",
+                        where=where))
 
 
 def _at(dec: DecodedEvent, where: str | None, kind: str, detail: str, **kw: Any) -> Finding:
