@@ -446,3 +446,23 @@ def test_a_derived_column_that_contradicts_the_signed_bytes_fails(
     assert wrong and all("mallory" in f.detail and "alice" in f.detail for f in wrong)
     assert {f.kind for f in report.errors} == {"projection_mismatch"}
     assert report.inclusion_verified > 0  # the raw events themselves are intact
+
+
+def test_a_rewritten_payload_json_fails_key_by_key(tmp_path: Path) -> None:
+    import deltalake
+
+    from pipeline.warehouse import open_warehouse
+    from replay.export import ExportFilters, export_bundle
+
+    lake, gw_key = _stream_with_checkpoint_then_tail(tmp_path, tail=False, checkpoint=True)
+    lake_dir = Path(lake.split(":", 1)[1])
+    deltalake.DeltaTable(str(lake_dir / "events")).update(
+        updates={"payload_json": "'{\"path\": \"/collections/other/points\"}'"},
+        predicate="type = 'RequestReceived'")
+    export_key = Signer.generate("embedguard-export")
+    out = tmp_path / "b.zip"
+    with open_warehouse(lake) as wh:
+        export_bundle(wh, out, filters=ExportFilters(), signer=export_key, tool_version="test")
+    report = verify_bundle(out, [gw_key.verifier.vkey], [export_key.verifier.vkey])
+    assert [f.kind for f in report.errors] == ["projection_mismatch"]
+    assert "payload_json says path='/collections/other/points'" in report.errors[0].detail
