@@ -162,9 +162,11 @@ every other column of `events.parquet` must equal the loader's projection of
 its row's bytes, and each row of `requests.parquet`, `lineage.parquet` and
 `approvals.parquet` must belong to a request with verified events, naming the
 subject, session, stream, event, actions, collections and point id those
-events record. Their remaining columns (decision, state, status, latency,
-approvers...) are not compared yet: for a conclusion that rests on one of
-them, confirm it against the decoded `raw` bytes of the request's events.
+events record; a `requests` row's method, host, path, operations, rules,
+reasons, status, latency and body hashes too. The columns the events do not
+hold directly (decision, state, approvers, took_effect...) are derived and
+not compared: for a conclusion that rests on one of them, confirm it against
+the decoded `raw` bytes of the request's events.
 
 ## Files
 

@@ -310,6 +310,16 @@ def _check_projections(
                     f"column {col} says {value!r}, but the event's signed bytes say "
                     f"{expected!r}"))
 
+    # the request columns the events' own projection fills in (method, path,
+    # operations, rules, status, bodies...), each value they take per request
+    request_values: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for dec, _where, _want in projected.values():
+        for part in project_event(dec, "", 0, 0, now).get("requests", []):
+            into = request_values[part["request_id"]]
+            for key, value in part.items():
+                if value not in (None, [], "") and not isinstance(value, datetime):
+                    into[key].add(repr(value))
+
     # what each request's verified events record
     subjects: dict[str, set[str]] = defaultdict(set)
     sessions: dict[str, set[str]] = defaultdict(set)
@@ -369,6 +379,18 @@ def _check_projections(
                            (("action", actions), ("collection", collections)) if c in row]
             if name == "lineage.parquet" and row.get("ids_known") and row.get("point_id"):
                 checks.append(("point_id", row["point_id"], ids[rid]))
+            if name == "requests.parquet":
+                for col, known_reprs in request_values[rid].items():
+                    value = row.get(col)
+                    if col in row and value not in (None, [], "") and col not in (
+                        "event_id", "type", "day", "schema_fingerprint", "source",
+                        "src_partition", "src_offset", "gateway_id",
+                    ) and repr(value) not in known_reprs:
+                        report.findings.append(Finding(
+                            "projection_mismatch",
+                            f"request {rid}: column {col} says {value!r}, but its verified "
+                            f"events record {', '.join(sorted(known_reprs))}",
+                            where=where))
             for col, value, known in checks:
                 if value is None or not known:
                     continue

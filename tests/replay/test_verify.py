@@ -466,3 +466,29 @@ def test_a_rewritten_payload_json_fails_key_by_key(tmp_path: Path) -> None:
     report = verify_bundle(out, [gw_key.verifier.vkey], [export_key.verifier.vkey])
     assert [f.kind for f in report.errors] == ["projection_mismatch"]
     assert "payload_json says path='/collections/other/points'" in report.errors[0].detail
+
+
+@pytest.mark.parametrize(("column", "value", "shown"), [
+    ("path", "'/collections/other/points'", "path says '/collections/other/points'"),
+    ("status", "CAST(500 AS INT)", "status says 500"),
+    ("method", "'DELETE'", "method says 'DELETE'"),
+])
+def test_a_rewritten_request_column_fails(
+    tmp_path: Path, column: str, value: str, shown: str
+) -> None:
+    import deltalake
+
+    from pipeline.warehouse import open_warehouse
+    from replay.export import ExportFilters, export_bundle
+
+    lake, gw_key = _stream_with_checkpoint_then_tail(tmp_path, tail=False, checkpoint=True)
+    lake_dir = Path(lake.split(":", 1)[1])
+    deltalake.DeltaTable(str(lake_dir / "requests")).update(
+        updates={column: value}, predicate=f"{column} IS NOT NULL")
+    export_key = Signer.generate("embedguard-export")
+    out = tmp_path / "b.zip"
+    with open_warehouse(lake) as wh:
+        export_bundle(wh, out, filters=ExportFilters(), signer=export_key, tool_version="test")
+    report = verify_bundle(out, [gw_key.verifier.vkey], [export_key.verifier.vkey])
+    assert report.errors and {f.kind for f in report.errors} == {"projection_mismatch"}
+    assert any(shown in f.detail for f in report.errors), [f.detail for f in report.errors]
