@@ -163,9 +163,10 @@ its row's bytes, and each row of `requests.parquet`, `lineage.parquet` and
 `approvals.parquet` must belong to a request with verified events, naming the
 subject, session, stream, event, actions, collections and point id those
 events record; a `requests` row's method, host, path, operations, rules,
-reasons, status, latency and body hashes too. The columns the events do not
-hold directly (decision, state, approvers, took_effect...) are derived and
-not compared: for a conclusion that rests on one of them, confirm it against
+reasons, status, latency and body hashes too, and a `lineage` row's
+operation (action, collection, id flags, point id) and status. The columns
+the events do not hold directly (decision, state, approvers, took_effect...)
+are derived and not compared: for a conclusion that rests on one of them, confirm it against
 the decoded `raw` bytes of the request's events.
 
 ## Files

@@ -223,6 +223,40 @@ def _verify_root(
     return report
 
 
+def _check_lineage_operation(
+    row: dict[str, Any],
+    where: str,
+    projected: dict[str, tuple[DecodedEvent, str, dict[str, Any]]],
+    statuses: set[int],
+    report: VerifyReport,
+) -> None:
+    """A lineage row names an event and the index of an operation in it: that
+    operation must have the row's action, collection, id flags, and point id,
+    and the row's status must be one the request's responses recorded."""
+    got = projected.get(str(row.get("event_id")))
+    ops = getattr(got[0].event, "operations", None) if got else None
+    index = row.get("op_index")
+    problems: list[str] = []
+    if ops and isinstance(index, int):
+        if not 0 <= index < len(ops):
+            problems.append(f"op_index {index} is not an operation of event {row['event_id']}")
+        else:
+            op = ops[index]
+            want = {"action": str(getattr(op.action, "value", op.action)),
+                    "collection": op.collection, "ids_known": op.ids_known, "bulk": op.bulk,
+                    "filter_present": op.filter_present}
+            problems += [f"{k} says {row[k]!r}, the operation {v!r}"
+                         for k, v in want.items() if k in row and row[k] != v]
+            if row.get("ids_known") and row.get("point_id") and op.ids_known and (
+                    str(row["point_id"]) not in {str(x) for x in op.ids}):
+                problems.append(f"point_id {row['point_id']!r} is not an id of the operation")
+    if statuses and row.get("status") is not None and row["status"] not in statuses:
+        problems.append(f"status says {row['status']!r}, the responses {sorted(statuses)!r}")
+    for problem in problems:
+        report.findings.append(Finding(
+            "projection_mismatch", f"request {row.get('request_id')}: {problem}", where=where))
+
+
 def _payload_difference(shown: str, projected: Any) -> str | None:
     """How the exported ``payload_json`` differs from the projection of the
     event's bytes (None: every key it shows has the projected value)."""
@@ -328,6 +362,7 @@ def _check_projections(
     collections: dict[str, set[str]] = defaultdict(set)
     ids: dict[str, set[str]] = defaultdict(set)
     event_ids: dict[str, set[str]] = defaultdict(set)
+    statuses: dict[str, set[int]] = defaultdict(set)
     session_subjects: dict[str, set[str]] = defaultdict(set)
     for dec, _where, want in projected.values():
         if want.get("subject"):
@@ -345,6 +380,9 @@ def _check_projections(
         collections[rid].update(want.get("collections") or [])
         for op in getattr(dec.event, "operations", None) or []:
             ids[rid].update(str(x) for x in op.ids)
+        status = getattr(dec.event, "status", None)
+        if isinstance(status, int) and dec.event.envelope.type == "ResponseRecorded":
+            statuses[rid].add(status)
     for rid, sids in sessions.items():  # a request's events may not name the caller:
         if not subjects[rid]:  # its session's do (SessionStarted)
             subjects[rid] = set().union(*(session_subjects[sid] for sid in sids))
@@ -379,6 +417,8 @@ def _check_projections(
                            (("action", actions), ("collection", collections)) if c in row]
             if name == "lineage.parquet" and row.get("ids_known") and row.get("point_id"):
                 checks.append(("point_id", row["point_id"], ids[rid]))
+            if name == "lineage.parquet":
+                _check_lineage_operation(row, where, projected, statuses[rid], report)
             if name == "requests.parquet":
                 for col, known_reprs in request_values[rid].items():
                     value = row.get(col)

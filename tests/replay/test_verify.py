@@ -492,3 +492,37 @@ def test_a_rewritten_request_column_fails(
     report = verify_bundle(out, [gw_key.verifier.vkey], [export_key.verifier.vkey])
     assert report.errors and {f.kind for f in report.errors} == {"projection_mismatch"}
     assert any(shown in f.detail for f in report.errors), [f.detail for f in report.errors]
+
+
+@pytest.mark.parametrize(("updates", "shown"), [
+    ({"action": "'delete'"}, "action says 'delete', the operation 'write'"),
+    ({"bulk": "true"}, "bulk says True, the operation False"),
+    ({"op_index": "CAST(3 AS INT)"}, "op_index 3 is not an operation"),
+])
+def test_a_rewritten_lineage_row_fails(
+    tmp_path: Path, updates: dict[str, str], shown: str
+) -> None:
+    """"Who deleted this vector?" must not be answerable with a write turned
+    into a delete in the warehouse's lineage table."""
+    import deltalake
+
+    from pipeline.warehouse import open_warehouse
+    from replay.export import ExportFilters, export_bundle
+
+    lake, gw_key = _stream_with_checkpoint_then_tail(tmp_path, tail=False, checkpoint=True)
+    lake_dir = Path(lake.split(":", 1)[1])
+    deltalake.DeltaTable(str(lake_dir / "vector_lineage")).update(
+        updates=updates, predicate="request_id = 'r-alice'")
+    export_key = Signer.generate("embedguard-export")
+    out = tmp_path / "b.zip"
+    with open_warehouse(lake) as wh:
+        export_bundle(wh, out, filters=ExportFilters(), signer=export_key, tool_version="test")
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(out) as z:
+        rows = pq.read_table(io.BytesIO(z.read("lineage.parquet"))).to_pylist()
+    assert rows, "the export must carry the rewritten lineage row"
+    report = verify_bundle(out, [gw_key.verifier.vkey], [export_key.verifier.vkey])
+    assert report.errors and {f.kind for f in report.errors} == {"projection_mismatch"}
+    assert any(shown in f.detail for f in report.errors), [f.detail for f in report.errors]
