@@ -60,6 +60,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -124,27 +125,33 @@ http {{
     return proc, port
 
 
+def _proxy_config(upstream: str, port: int, gateway_id: str) -> Any:
+    """The mitmproxy options the gateway runs with, for one reverse route, and
+    none of its addons' settings in use (the no-op and the floor rows)."""
+    from capture.config import GatewayConfig, Route
+
+    return GatewayConfig(
+        routes=[Route(kind="qdrant", upstream=upstream, listen_port=port)],
+        policy_path=Path("/dev/null"),
+        log_url="sqlite:/dev/null",
+        issuer="http://x",
+        audience="x",
+        gateway_id=gateway_id,
+    )
+
+
 def serve_noop(upstream: str, port: int, reuse_port: bool = False) -> None:
     """Child process: mitmproxy with the gateway's options and a no-op addon
     (``reuse_port``: bind with SO_REUSEPORT, as ``--workers`` does, so that
     several of them share the port: the control for the workers setup)."""
     from mitmdump_noop import NoOp  # the same no-op as the mitmdump row's script
 
-    from capture.config import GatewayConfig, Route
     from capture.gateway import _install_reuse_port, run_gateway
 
     if reuse_port:
         _install_reuse_port()
 
-    cfg = GatewayConfig(
-        routes=[Route(kind="qdrant", upstream=upstream, listen_port=port)],
-        policy_path=Path("/dev/null"),
-        log_url="sqlite:/dev/null",
-        issuer="http://x",
-        audience="x",
-        gateway_id="noop",
-    )
-    asyncio.run(run_gateway(cfg, [NoOp()]))
+    asyncio.run(run_gateway(_proxy_config(upstream, port, "noop"), [NoOp()]))
 
 
 #: the row of the durability floor (``--floor``)
@@ -200,18 +207,9 @@ class DurableFloor:
 
 def serve_floor(upstream: str, port: int, log_path: str) -> None:
     """Child process: the no-op's mitmproxy with DurableFloor as its addon."""
-    from capture.config import GatewayConfig, Route
     from capture.gateway import run_gateway
 
-    cfg = GatewayConfig(
-        routes=[Route(kind="qdrant", upstream=upstream, listen_port=port)],
-        policy_path=Path("/dev/null"),
-        log_url="sqlite:/dev/null",
-        issuer="http://x",
-        audience="x",
-        gateway_id="floor",
-    )
-    asyncio.run(run_gateway(cfg, [DurableFloor(Path(log_path))]))
+    asyncio.run(run_gateway(_proxy_config(upstream, port, "floor"), [DurableFloor(Path(log_path))]))
 
 
 def fsync_probe(directory: Path, n: int = 200) -> dict[str, float]:

@@ -303,8 +303,9 @@ def _check_projections(
     from pipeline.warehouse.projection import project_event
 
     now = datetime.now(UTC)
+    tables = {str(d.event.envelope.event_id): project_event(d, "", 0, 0, now) for d in events}
     projected = {
-        str(d.event.envelope.event_id): (d, w, project_event(d, "", 0, 0, now)["events"][0])
+        str(d.event.envelope.event_id): (d, w, tables[str(d.event.envelope.event_id)]["events"][0])
         for d, w in zip(events, wheres, strict=True)
     }
     table = _read_parquet(root, EVENTS, None, report, suspect)
@@ -347,8 +348,8 @@ def _check_projections(
     # the request columns the events' own projection fills in (method, path,
     # operations, rules, status, bodies...), each value they take per request
     request_values: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-    for dec, _where, _want in projected.values():
-        for part in project_event(dec, "", 0, 0, now).get("requests", []):
+    for rows in tables.values():
+        for part in rows.get("requests", []):
             into = request_values[part["request_id"]]
             for key, value in part.items():
                 if value not in (None, [], "") and not isinstance(value, datetime):
