@@ -470,36 +470,102 @@ COLLECTION_HISTORY = Query(
     + ") ORDER BY received_at, request_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}",
     "Every request that touched a collection, oldest first (optionally one action).",
 )
+#: One approval's status as the gateways settle it (capture.approvals.state
+#: ``_settle``, the fold every gateway and the approvals service act on), not a
+#: simpler count: votes are taken in time order (then event id) until a deny or
+#: the min_approvals-th approver; a vote by the requester (same issuer and
+#: subject), a second vote by one approver, and votes at or after the deadline
+#: (expires_at, or an earlier forced ApprovalExpired's expired_at) never count.
+#: ``approvers``/``deniers`` are the votes that counted; ``decided_at`` is the
+#: settling vote's time, or the first expiry's. The issuers and expired_at live
+#: only in the events' payloads, read by (session_id, event_id), the events
+#: table's key. Restricted by ``{where}`` (a fixed predicate of this module).
 _APPROVAL_FOLD = """
 SELECT
-    approval_id,
-    anyIf(session_id, type = 'ApprovalRequested') AS session_id,
-    anyIf(request_id, type = 'ApprovalRequested') AS request_id,
-    any(kind) AS kind,
-    any(requester_subject) AS requester_subject,
-    any(request_sha256) AS request_sha256,
-    any(min_approvals) AS min_approvals,
-    any(expires_at) AS expires_at,
-    any(mode) AS mode,
-    any(reason) AS reason,
-    any(blast_radius) AS blast_radius,
-    anyIf(actions, type = 'ApprovalRequested') AS actions,
-    anyIf(collections, type = 'ApprovalRequested') AS collections,
-    any(operations_json) AS operations_json,
-    minIf(occurred_at, type = 'ApprovalRequested') AS requested_at,
-    maxIf(occurred_at, type IN ('ApprovalDecided', 'ApprovalExpired')) AS decided_at,
-    arraySort(groupUniqArrayIf(approver_subject, decision = 'approve')) AS approvers,
-    arraySort(groupUniqArrayIf(approver_subject, decision = 'deny')) AS deniers,
-    any(grant_id) AS grant_id,
-    multiIf(
-        countIf(decision = 'deny') > 0, 'denied',
-        uniqExactIf(approver_subject, decision = 'approve') >= any(min_approvals), 'approved',
-        countIf(decision = 'expired') > 0, 'expired',
-        'pending'
-    ) AS status
-FROM {approvals}
-WHERE %(where)s
-GROUP BY approval_id
+    approval_id, session_id, request_id, kind, requester_subject, request_sha256,
+    min_approvals, expires_at, mode, reason, blast_radius, actions, collections,
+    operations_json, requested_at, grant_id,
+    multiIf(denied, 'denied', settle > 0, 'approved', has_expiry, 'expired', 'pending')
+        AS status,
+    arraySort(arrayMap(v -> v.5, arrayFilter(v -> v.3 = 'approve', counted))) AS approvers,
+    arraySort(arrayMap(v -> v.5, arrayFilter(v -> v.3 = 'deny', counted))) AS deniers,
+    multiIf(settle > 0, kept[settle].1, has_expiry, first_expiry, NULL) AS decided_at
+FROM (
+    SELECT
+        *,
+        indexOf(arrayMap(v -> v.3, kept), 'deny') AS i_deny,
+        arrayFirstIndex(
+            c -> c >= ifNull(min_approvals, 1),
+            arrayCumSum(arrayMap(v -> toUInt32(v.3 = 'approve'), kept))) AS i_enough,
+        i_deny > 0 AND (i_enough = 0 OR i_deny < i_enough) AS denied,
+        if(denied, i_deny, i_enough) AS settle,
+        if(settle > 0, arraySlice(kept, 1, settle), kept) AS counted
+    FROM (
+        SELECT
+            *,
+            arrayFilter(
+                (v, n) -> n = 1,
+                on_time,
+                arrayEnumerateUniq(arrayMap(v -> (v.4, v.5), on_time))) AS kept
+        FROM (
+            SELECT
+                *,
+                arrayFilter(
+                    v -> (v.4, v.5) != (requester_issuer, ifNull(requester_subject, ''))
+                        AND v.1 < if(has_expiry, least(deadline_at, first_expiry), deadline_at),
+                    votes) AS on_time
+            FROM (
+                SELECT
+                    a.approval_id AS approval_id,
+                    anyIf(a.session_id, a.type = 'ApprovalRequested') AS session_id,
+                    anyIf(a.request_id, a.type = 'ApprovalRequested') AS request_id,
+                    any(a.kind) AS kind,
+                    any(a.requester_subject) AS requester_subject,
+                    anyIf(JSONExtractString(e.payload_json, 'requester_issuer'),
+                          a.type = 'ApprovalRequested') AS requester_issuer,
+                    any(a.request_sha256) AS request_sha256,
+                    any(a.min_approvals) AS min_approvals,
+                    any(a.expires_at) AS expires_at,
+                    ifNull(any(a.expires_at), toDateTime64('2299-12-31 00:00:00', 6, 'UTC'))
+                        AS deadline_at,
+                    any(a.mode) AS mode,
+                    any(a.reason) AS reason,
+                    any(a.blast_radius) AS blast_radius,
+                    anyIf(a.actions, a.type = 'ApprovalRequested') AS actions,
+                    anyIf(a.collections, a.type = 'ApprovalRequested') AS collections,
+                    any(a.operations_json) AS operations_json,
+                    minIf(a.occurred_at, a.type = 'ApprovalRequested') AS requested_at,
+                    any(a.grant_id) AS grant_id,
+                    countIf(a.type = 'ApprovalExpired') > 0 AS has_expiry,
+                    minIf(parseDateTime64BestEffortOrNull(
+                              JSONExtractString(e.payload_json, 'expired_at'), 6, 'UTC'),
+                          a.type = 'ApprovalExpired') AS first_expiry,
+                    arraySort(
+                        v -> (v.1, v.2),
+                        groupArrayIf(
+                            (a.occurred_at, a.event_id, ifNull(a.decision, ''),
+                             JSONExtractString(e.payload_json, 'approver_issuer'),
+                             ifNull(a.approver_subject, '')),
+                            a.type = 'ApprovalDecided')) AS votes
+                FROM (
+                    SELECT * FROM {approvals}
+                    WHERE %(where)s
+                    ORDER BY approval_id, event_id
+                    LIMIT 1 BY approval_id, event_id
+                ) AS a
+                LEFT JOIN (
+                    SELECT event_id, any(payload_json) AS payload_json
+                    FROM {events}
+                    WHERE session_id IN (SELECT session_id FROM {approvals} WHERE %(where)s)
+                      AND event_id IN (SELECT event_id FROM {approvals} WHERE %(where)s)
+                      AND type IN ('ApprovalRequested', 'ApprovalDecided', 'ApprovalExpired')
+                    GROUP BY event_id
+                ) AS e ON a.event_id = e.event_id
+                GROUP BY a.approval_id
+            )
+        )
+    )
+)
 """
 APPROVAL = Query(
     "approval",
