@@ -37,6 +37,7 @@ __all__ = [
     "Query",
     "SessionFilter",
     "approval",
+    "approval_events",
     "approval_writes",
     "approvals_list",
     "altered_bodies",
@@ -572,6 +573,21 @@ APPROVAL = Query(
     _APPROVAL_FOLD % {"where": "approval_id = {approval_id:String}"},
     "One approval with its decision (any deny wins; N-of-M approvers).",
 )
+APPROVAL_EVENTS = Query(
+    "approval_events",
+    "SELECT"
+    + _EVENT_COLUMNS
+    + """, base64Encode(raw) AS raw_b64
+    FROM {events}
+    WHERE session_id IN (
+            SELECT session_id FROM {approvals} WHERE approval_id = {approval_id:String})
+      AND event_id IN (
+            SELECT event_id FROM {approvals} WHERE approval_id = {approval_id:String})
+    ORDER BY occurred_at, event_id
+    LIMIT 1 BY event_id""",
+    "The events that settle one approval, as written: its request, the votes, expiries and "
+    "the grant it issued (an evidence bundle ships them with their proofs).",
+)
 APPROVALS_LIST = Query(
     "approvals_list",
     "SELECT * FROM ("
@@ -787,6 +803,7 @@ QUERIES: dict[str, Query] = {
         VECTOR_LINEAGE,
         COLLECTION_HISTORY,
         APPROVAL,
+        APPROVAL_EVENTS,
         APPROVALS_LIST,
         APPROVAL_WRITES,
         STATS_OVER_TIME,
@@ -987,6 +1004,10 @@ def collection_history(
 def approval(wh: Warehouse, approval_id: str) -> dict[str, Any] | None:
     rows = APPROVAL.run(wh, approval_id=approval_id)
     return rows[0] if rows else None
+
+
+def approval_events(wh: Warehouse, approval_id: str) -> list[dict[str, Any]]:
+    return APPROVAL_EVENTS.run(wh, approval_id=approval_id)
 
 
 def approvals_list(

@@ -52,7 +52,18 @@ from replay.verify_core import SignedCheckpoint, build_proofs
 from schemas.codec import DecodedEvent, default_codec
 from schemas.note import CheckpointBody, NoteError, Signer, parse_note
 
-__all__ = ["BundleContents", "ExportFilters", "ExportResult", "README_QUERIES", "export_bundle"]
+#: the events that settle the exported requests' approvals, from sessions not
+#: exported whole (the approvers'), each with its inclusion proof
+APPROVAL_EVENTS = "approval_events.parquet"
+
+__all__ = [
+    "APPROVAL_EVENTS",
+    "BundleContents",
+    "ExportFilters",
+    "ExportResult",
+    "README_QUERIES",
+    "export_bundle",
+]
 
 Progress = Callable[[str, int, int], None]
 
@@ -164,10 +175,20 @@ its row's bytes, and each row of `requests.parquet`, `lineage.parquet` and
 subject, session, stream, event, actions, collections and point id those
 events record; a `requests` row's method, host, path, operations, rules,
 reasons, status, latency and body hashes too, and a `lineage` row's
-operation (action, collection, id flags, point id) and status. The columns
-the events do not hold directly (decision, state, approvers, took_effect...)
-are derived and not compared: for a conclusion that rests on one of them, confirm it against
-the decoded `raw` bytes of the request's events.
+operation (action, collection, id flags, point id) and status.
+
+The derived columns are recomputed from the verified events and must match:
+a request's `decision` (its PolicyDecided), `state` (blocked, completed,
+forwarded, held or received, from which of its events exist), and its
+approval, ticket and grant ids; a lineage row's decision, approval, ticket,
+grant and `took_effect`; and every column of `approvals.parquet` (status,
+approvers, deniers, decided_at...), settled from the approval's own events
+exactly as the gateways settle it (votes in time order until a deny or the
+N-th approver; the requester's own vote, a second vote, and votes after the
+deadline never count). Those events (the request, every vote, an expiry,
+the grant) ship in `approval_events.parquet` when they belong to sessions
+not exported whole, such as the approvers' own, each with its inclusion
+proof; their sessions' other events are not in the bundle.
 
 ## Files
 
@@ -177,6 +198,7 @@ the decoded `raw` bytes of the request's events.
 | requests.parquet | {n_requests} | one row per request: who, what, decision, approval, status |
 | approvals.parquet | {n_approvals} | approvals and change tickets: requester, approvers, status |
 | lineage.parquet | {n_lineage} | writes/deletes per point id ('' = ids unknown: by filter) |
+| approval_events.parquet | {n_approval_events} | votes and grants behind `approvals` |
 | bodies.parquet | {n_bodies} | request/response bodies as delivered (masked), by sha256 |
 
 ## The three questions (DuckDB)
@@ -424,6 +446,26 @@ def export_bundle(
         approval_ids = sorted(
             {r[k] for r in request_rows for k in ("approval_id", "ticket_id") if r.get(k)}
         )
+        # ...and the events that settle them: the request, each vote, an expiry,
+        # the grant. The votes sit in the approvers' own sessions, which the
+        # filters may not select; they ship in approval_events.parquet with
+        # their proofs, so that "approved by bob" rests on bob's signed vote.
+        approval_event_rows: list[dict[str, Any]] = []
+        shipped = {e["event_id"] for e in event_rows}
+        for aid in approval_ids:
+            for r in queries.approval_events(wh, aid):
+                if r["event_id"] in shipped:
+                    continue
+                shipped.add(r["event_id"])
+                approval_event_rows.append(
+                    {
+                        **{k: r.get(k) for k in r if k not in ("gateway_id", "raw_b64")},
+                        "stream": r["gateway_id"],
+                        "raw": base64.b64decode(r["raw_b64"]),
+                    }
+                )
+        # read after the events, so that no vote loaded in between is counted
+        # by a row but missing from the events that back it
         approval_rows = [a for a in (queries.approval(wh, i) for i in approval_ids) if a]
 
         # lineage of the exported requests
@@ -477,16 +519,16 @@ def export_bundle(
             report("bodies", n + 1, len(wanted))
 
         # proofs against the gateways' signed checkpoints
-        streams = {e["stream"] for e in event_rows}
+        streams = {e["stream"] for e in (*event_rows, *approval_event_rows)}
         notes, cps = _stream_checkpoints(wh, streams)
         full: list[DecodedEvent] = []
         for n, s in enumerate(sorted(streams)):
             rows = queries.stream_raw_events(wh, s)
             full.extend(codec.decode(base64.b64decode(r["raw_b64"])) for r in rows)
             report("streams", n + 1, len(streams))
-        selected = [e["event_id"] for e in event_rows]
+        selected = [e["event_id"] for e in (*event_rows, *approval_event_rows)]
         inclusion, consistency = build_proofs(full, cps, selected)
-        by_id = {e["event_id"]: e for e in event_rows}
+        by_id = {e["event_id"]: e for e in (*event_rows, *approval_event_rows)}
         inclusion_json = [
             proof.to_json() | {k: by_id[proof.event_id][k] for k in ("session_id", "seq", "stream")}
             for proof in inclusion
@@ -495,7 +537,9 @@ def export_bundle(
         # the index of every exported event, also those not yet checkpointed
         proved = {p["event_id"] for p in inclusion_json}
         unproven = sum(
-            1 for e in event_rows if e["event_id"] not in proved and e.get("type") != "Checkpoint"
+            1
+            for e in (*event_rows, *approval_event_rows)
+            if e["event_id"] not in proved and e.get("type") != "Checkpoint"
         )
         index = [
             {
@@ -508,6 +552,18 @@ def export_bundle(
                 "proved": e["event_id"] in proved,
             }
             for e in event_rows
+        ] + [
+            {
+                "event_id": e["event_id"],
+                "session_id": e["session_id"],
+                "seq": e["seq"],
+                "stream": e["stream"],
+                "stream_seq": e["stream_seq"],
+                "leaf_hash": hashlib.sha256(b"\x00" + e["raw"]).hexdigest(),
+                "proved": e["event_id"] in proved,
+                "file": APPROVAL_EVENTS,
+            }
+            for e in approval_event_rows
         ]
 
         counts = {
@@ -517,6 +573,9 @@ def export_bundle(
                 _table(approval_rows, _APPROVAL_COLUMNS), root / "approvals.parquet"
             ),
             "lineage": _write(_table(lineage_rows, _LINEAGE_COLUMNS), root / "lineage.parquet"),
+            "approval_events": _write(
+                _events_table(approval_event_rows), root / APPROVAL_EVENTS
+            ),
             "bodies": _write(
                 pa.Table.from_pylist(
                     body_rows,
@@ -548,6 +607,7 @@ def export_bundle(
                 n_requests=counts["requests"],
                 n_approvals=counts["approvals"],
                 n_lineage=counts["lineage"],
+                n_approval_events=counts["approval_events"],
                 n_bodies=counts["bodies"],
                 q1=README_QUERIES["who_added_vector"],
                 q2=README_QUERIES["who_altered_collection"],

@@ -32,7 +32,8 @@ import base64
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,13 @@ import pyarrow.parquet as pq
 from pipeline import queries
 from pipeline.warehouse.base import Warehouse
 from replay.bundle_sign import bundle_dir, verify_manifest
+from replay.export import APPROVAL_EVENTS
 from replay.verify_core import (
     ConsistencyProof,
     Finding,
     InclusionProof,
     VerifyReport,
+    chain_findings,
     decode_events,
     leaf_hash,
     verify_log,
@@ -178,7 +181,12 @@ def _verify_root(
                 )
             )
 
-    _check_index(root, manifest, events, wheres, report)
+    # the votes, expiries and grants behind the approvals, from sessions not
+    # exported whole: proven one by one, not chained (their sessions' other
+    # events are not in the bundle)
+    extra, extra_wheres = _read_approval_events(root, report, suspect)
+
+    _check_index(root, manifest, events, wheres, report, extra, extra_wheres)
     _check_order(events, wheres, report)
 
     notes_json = _json_list_of_objects(root, "checkpoints.json", report, ("note",)) or []
@@ -200,27 +208,191 @@ def _verify_root(
     )
     events = [events[i] for i in order]
     wheres = [wheres[i] for i in order]
+    report.findings.extend(chain_findings(events, wheres))
     proofs = verify_proofs(
-        events,
+        [*events, *extra],
         vkeys,
         inclusion=inclusion,
         consistency=consistency,
         notes=[(f"checkpoints.json[{i}]", n["note"]) for i, n in enumerate(notes_json)],
-        wheres=wheres,
-        check_chains=True,
+        wheres=[*wheres, *extra_wheres],
+        check_chains=False,
         allow_unproven=allow_unproven,
     )
     report.findings.extend(proofs.findings)
     report.streams = proofs.streams
     report.events = proofs.events
-    report.sessions = proofs.sessions
+    report.sessions = len({d.event.envelope.session_id for d in events})
     report.checkpoints_verified = proofs.checkpoints_verified
     report.inclusion_verified = proofs.inclusion_verified
     report.consistency_verified = proofs.consistency_verified
 
     _check_bodies(root, manifest, events, wheres, report, suspect)
-    _check_projections(root, events, wheres, report, suspect)
+    _check_projections(root, [*events, *extra], [*wheres, *extra_wheres], report, suspect)
     return report
+
+
+#: the event types that settle an approval (what approval_events.parquet may hold)
+_SETTLING = frozenset({"ApprovalRequested", "ApprovalDecided", "ApprovalExpired", "GrantIssued"})
+
+
+def _read_approval_events(
+    root: Path, report: VerifyReport, suspect: set[str]
+) -> tuple[list[DecodedEvent], list[str]]:
+    if not (root / APPROVAL_EVENTS).is_file():
+        return [], []  # a bundle without approvals from other sessions
+    table = _read_parquet(root, APPROVAL_EVENTS, ["event_id", "raw"], report, suspect)
+    if table is None:
+        return [], []
+    ids = table.column("event_id").to_pylist()
+    events, wheres, undecodable = decode_events(
+        (f"{APPROVAL_EVENTS} row {i}", bytes(raw or b""))
+        for i, raw in enumerate(table.column("raw").to_pylist())
+    )
+    report.findings.extend(undecodable)
+    kept: list[DecodedEvent] = []
+    kept_wheres: list[str] = []
+    for dec, where in zip(events, wheres, strict=True):
+        row_id = ids[int(where.rsplit(" ", 1)[1])]
+        if str(dec.event.envelope.event_id) != row_id:
+            report.findings.append(_at(
+                dec, where, "row_mismatch",
+                f"the row says event {row_id} but its bytes are event "
+                f"{dec.event.envelope.event_id}"))
+        elif dec.event.envelope.type not in _SETTLING:
+            report.findings.append(_at(
+                dec, where, "unexpected_event",
+                f"a {dec.event.envelope.type} event; this file holds only the events "
+                f"that settle an approval ({', '.join(sorted(_SETTLING))})"))
+        else:
+            kept.append(dec)
+            kept_wheres.append(where)
+    return kept, kept_wheres
+
+
+def _state(types: set[str]) -> str:
+    """A request's state from the types of its events that make request rows
+    (the ``state`` of pipeline/queries.py ``_REQUEST_FOLD``)."""
+    for event_type, state in (("RequestBlocked", "blocked"), ("ResponseRecorded", "completed"),
+                              ("RequestForwarded", "forwarded"), ("ApprovalRequested", "held")):
+        if event_type in types:
+            return state
+    return "received"
+
+
+#: derived columns of ``requests``/``lineage`` -> the projected request column
+#: each one folds (a value must be one of the request's, and None only if the
+#: request's events have none)
+_DERIVED = {"decision": "outcome", "approval_id": "approval_id", "ticket_id": "ticket_id",
+            "grant_id": "grant_id", "result_count": "result_count"}
+
+
+def _check_derived(
+    row: dict[str, Any],
+    where: str,
+    values: dict[str, set[str]],
+    types: set[str],
+    report: VerifyReport,
+) -> None:
+    """The columns the export derived from several of a request's events
+    (decision, state, took_effect, the approval, ticket and grant that let it
+    through) must be what its verified events make them."""
+    rid = row.get("request_id")
+    problems: list[str] = []
+    for col, source in _DERIVED.items():
+        if col not in row:
+            continue
+        known = values.get(source, set())
+        value = row[col]
+        if (repr(value) not in known) if known else value is not None:
+            say = ", ".join(sorted(known)) if known else "none"
+            problems.append(f"column {col} says {value!r}, but its verified events record {say}")
+    state = _state(types)
+    if "state" in row and row["state"] != state:
+        problems.append(f"column state says {row['state']!r}, but its verified events make it "
+                        f"{state!r}")
+    if "took_effect" in row:
+        status = row.get("status")
+        effect = state == "completed" and isinstance(status, int) and 200 <= status < 300
+        if row["took_effect"] is not effect:
+            problems.append(f"column took_effect says {row['took_effect']!r}, but its verified "
+                            f"events make it {effect!r} (state {state!r}, status {status!r})")
+    for problem in problems:
+        report.findings.append(Finding("projection_mismatch", f"request {rid}: {problem}",
+                                       where=where))
+
+
+def _check_approvals(
+    root: Path,
+    events: Sequence[DecodedEvent],
+    tables: dict[str, dict[str, list[dict[str, Any]]]],
+    report: VerifyReport,
+    suspect: set[str],
+) -> None:
+    """Every column of ``approvals.parquet`` against the approval as the
+    gateways settle it from the verified events (capture.approvals.state)."""
+    from capture.approvals.state import ApprovalBook
+
+    name = "approvals.parquet"
+    if not (root / name).is_file():
+        return
+    table = _read_parquet(root, name, None, report, suspect)
+    if table is None:
+        return
+    book = ApprovalBook()
+    for dec in events:
+        book.apply(dec.event)
+    requested: dict[str, dict[str, Any]] = {}
+    for rows in tables.values():
+        for part in rows.get("approvals", []):
+            if part["type"] == "ApprovalRequested":
+                requested.setdefault(part["approval_id"], part)
+
+    def at(value: Any) -> str | None:
+        return value.astimezone(UTC).strftime(_TIME) if value is not None else None
+
+    for i, row in enumerate(table.to_pylist()):
+        where = f"{name} row {i}"
+        aid = row.get("approval_id")
+        a = book.get(str(aid))
+        req_part = requested.get(str(aid))
+        if a is None or req_part is None:
+            report.findings.append(Finding(
+                "projection_unbacked",
+                f"approval {aid}: no verified ApprovalRequested in the bundle backs this row",
+                where=where))
+            continue
+        want: dict[str, Any] = {
+            "kind": a.kind,
+            "session_id": a.session_id,
+            "request_id": a.request_id,
+            "requester_subject": a.requester_subject,
+            "request_sha256": a.request_sha256,
+            "reason": a.reason,
+            "status": a.status,
+            "min_approvals": a.min_approvals,
+            "approvers": sorted(v.subject for v in a.approvals),
+            "deniers": sorted(v.subject for v in a.denials),
+            "requested_at": at(a.requested_at),
+            "decided_at": at(a.decided_at),
+            "collections": list(req_part["collections"]),
+            "actions": list(req_part["actions"]),
+        }
+        for col, value in row.items():
+            if col == "approval_id":
+                continue
+            if col not in want:
+                report.findings.append(Finding(
+                    "projection_mismatch", f"column {col!r} is not one the export writes",
+                    where=where))
+                continue
+            shown = list(value) if isinstance(value, list | tuple) else value
+            if shown != want[col]:
+                report.findings.append(Finding(
+                    "projection_mismatch",
+                    f"approval {aid}: column {col} says {shown!r}, but its verified events "
+                    f"settle it as {want[col]!r}",
+                    where=where))
 
 
 def _check_lineage_operation(
@@ -283,6 +455,53 @@ _BY_REQUEST = {
 }
 
 
+def _check_event_columns(
+    file: str,
+    rows: list[dict[str, Any]],
+    projected: dict[str, tuple[DecodedEvent, str, dict[str, Any]]],
+    report: VerifyReport,
+) -> None:
+    """Every typed column of an events file against the loader's projection of
+    its row's ``raw`` bytes."""
+    for i, row in enumerate(rows):
+        got = projected.get(str(row.get("event_id")))
+        if got is None:
+            continue  # an undecodable or unlisted row is reported elsewhere
+        dec, _where, want = got
+        for col, value in row.items():
+            if col == "raw":
+                continue
+            if col == "stream":
+                expected: Any = want["gateway_id"]
+            elif col == "occurred_at":
+                expected = want["occurred_at"].strftime(_TIME)
+            elif col in want:
+                expected = want[col]
+            else:
+                report.findings.append(Finding(
+                    "projection_mismatch", f"column {col!r} is not one the export writes",
+                    where=f"{file} row {i}"))
+                continue
+            if col == "payload_json" and isinstance(value, str):
+                # compared as JSON, key by key: a verifier of another version may
+                # know fields the exporter's did not (they are then left out)
+                bad = _payload_difference(value, expected)
+                if bad is not None:
+                    report.findings.append(_at(
+                        dec, f"{file} row {i}", "projection_mismatch",
+                        f"column payload_json {bad}, unlike the event's signed bytes"))
+                continue
+            if value != expected:
+                report.findings.append(_at(
+                    dec, f"{file} row {i}", "projection_mismatch",
+                    f"column {col} says {value!r}, but the event's signed bytes say "
+                    f"{expected!r}"))
+
+
+#: how the warehouse answers a time, and so how the bundle's tables show one
+_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
 def _check_projections(
     root: Path,
     events: list[DecodedEvent],
@@ -298,8 +517,6 @@ def _check_projections(
     and its subject, session, stream, event, actions, collections and point id
     must be the ones those events record. (Any column not named here is not
     compared: see the bundle README.)"""
-    from datetime import UTC, datetime
-
     from pipeline.warehouse.projection import project_event
 
     now = datetime.now(UTC)
@@ -308,42 +525,15 @@ def _check_projections(
         str(d.event.envelope.event_id): (d, w, tables[str(d.event.envelope.event_id)]["events"][0])
         for d, w in zip(events, wheres, strict=True)
     }
-    table = _read_parquet(root, EVENTS, None, report, suspect)
-    if table is None:
-        return
-    for i, row in enumerate(table.to_pylist()):
-        got = projected.get(str(row.get("event_id")))
-        if got is None:
-            continue  # an undecodable or unlisted row is reported elsewhere
-        dec, where, want = got
-        for col, value in row.items():
-            if col == "raw":
-                continue
-            if col == "stream":
-                expected: Any = want["gateway_id"]
-            elif col == "occurred_at":
-                expected = want["occurred_at"].strftime("%Y-%m-%d %H:%M:%S.%f")
-            elif col in want:
-                expected = want[col]
-            else:
-                report.findings.append(Finding(
-                    "projection_mismatch", f"column {col!r} is not one the export writes",
-                    where=f"{EVENTS} row {i}"))
-                continue
-            if col == "payload_json" and isinstance(value, str):
-                # compared as JSON, key by key: a verifier of another version may
-                # know fields the exporter's did not (they are then left out)
-                bad = _payload_difference(value, expected)
-                if bad is not None:
-                    report.findings.append(_at(
-                        dec, f"{EVENTS} row {i}", "projection_mismatch",
-                        f"column payload_json {bad}, unlike the event's signed bytes"))
-                continue
-            if value != expected:
-                report.findings.append(_at(
-                    dec, f"{EVENTS} row {i}", "projection_mismatch",
-                    f"column {col} says {value!r}, but the event's signed bytes say "
-                    f"{expected!r}"))
+    for file in (EVENTS, APPROVAL_EVENTS):
+        if file != EVENTS and not (root / file).is_file():
+            continue
+        table = _read_parquet(root, file, None, report, suspect)
+        if table is None:
+            if file == EVENTS:
+                return
+            continue
+        _check_event_columns(file, table.to_pylist(), projected, report)
 
     # the request columns the events' own projection fills in (method, path,
     # operations, rules, status, bodies...), each value they take per request
@@ -387,6 +577,11 @@ def _check_projections(
     for rid, sids in sessions.items():  # a request's events may not name the caller:
         if not subjects[rid]:  # its session's do (SessionStarted)
             subjects[rid] = set().union(*(session_subjects[sid] for sid in sids))
+    # the request-row types each request's events make (what its state folds)
+    row_types: dict[str, set[str]] = defaultdict(set)
+    for rows in tables.values():
+        for part in rows.get("requests", []):
+            row_types[part["request_id"]].add(part["type"])
     for name, cols in _BY_REQUEST.items():
         if not (root / name).is_file():
             continue
@@ -420,6 +615,8 @@ def _check_projections(
                 checks.append(("point_id", row["point_id"], ids[rid]))
             if name == "lineage.parquet":
                 _check_lineage_operation(row, where, projected, statuses[rid], report)
+            if name != "approvals.parquet":
+                _check_derived(row, where, request_values[rid], row_types[rid], report)
             if name == "requests.parquet":
                 for col, known_reprs in request_values[rid].items():
                     value = row.get(col)
@@ -441,6 +638,7 @@ def _check_projections(
                         f"request {rid}: column {col} says {value!r}, but its verified "
                         f"events record {sorted(known)!r}",
                         where=where))
+    _check_approvals(root, events, tables, report, suspect)
 
 
 def _at(dec: DecodedEvent, where: str | None, kind: str, detail: str, **kw: Any) -> Finding:
@@ -464,10 +662,32 @@ def _check_index(
     events: list[DecodedEvent],
     wheres: list[str],
     report: VerifyReport,
+    extra: Sequence[DecodedEvent] = (),
+    extra_wheres: Sequence[str] = (),
 ) -> None:
     index = _json_list_of_objects(root, "index.json", report, ("event_id", "session_id"))
     if index is None:
         return
+    # approval events from other sessions: each listed one present, unaltered
+    listed_extra = {e["event_id"]: e for e in index if e.get("file") == APPROVAL_EVENTS}
+    index = [e for e in index if e.get("file") != APPROVAL_EVENTS]
+    present_extra = {str(d.event.envelope.event_id): (d, w)
+                     for d, w in zip(extra, extra_wheres, strict=True)}
+    for eid, e in listed_extra.items():
+        if eid not in present_extra:
+            report.findings.append(Finding(
+                "event_missing", f"listed in the signed index but not in {APPROVAL_EVENTS}",
+                event_id=eid, stream=e.get("stream"), stream_seq=e.get("stream_seq"),
+                session_id=e.get("session_id"), seq=e.get("seq"), where=APPROVAL_EVENTS))
+    for eid, (dec, where) in present_extra.items():
+        entry = listed_extra.get(eid)
+        if entry is None:
+            report.findings.append(
+                _at(dec, where, "event_unlisted", "in the events but not in the signed index"))
+        elif entry.get("leaf_hash") != leaf_hash(dec).hex():
+            report.findings.append(_at(
+                dec, where, "event_altered",
+                "its bytes do not hash to the leaf hash the signed index records"))
     present = {str(d.event.envelope.event_id): (d, w) for d, w in zip(events, wheres, strict=True)}
     listed = {e["event_id"]: e for e in index}
     missing_by_session: dict[str, list[dict[str, Any]]] = defaultdict(list)

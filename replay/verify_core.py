@@ -45,6 +45,7 @@ __all__ = [
     "StreamSummary",
     "VerifyReport",
     "build_proofs",
+    "chain_findings",
     "decode_events",
     "Run",
     "leaf_hash",
@@ -398,7 +399,7 @@ def _forks(stream: str, cps: Sequence[SignedCheckpoint]) -> list[Finding]:
     return out
 
 
-def _chain_findings(events: Sequence[DecodedEvent], wheres: Sequence[str] | None) -> list[Finding]:
+def chain_findings(events: Sequence[DecodedEvent], wheres: Sequence[str] | None) -> list[Finding]:
     run_of = {i: r.label for r in split_runs(events) for i in r.idxs}
     index = {
         (run_of[i], d.event.envelope.session_id, d.event.envelope.seq): i
@@ -472,7 +473,7 @@ def verify_log(
     verifiers = load_verifiers(vkeys)
     report = VerifyReport(events=len(events))
     report.sessions = len({d.event.envelope.session_id for d in events})
-    report.findings.extend(_chain_findings(events, wheres))
+    report.findings.extend(chain_findings(events, wheres))
 
     runs = split_runs(events)
     if order == "stream_seq":
@@ -737,7 +738,7 @@ def verify_proofs(
     report = VerifyReport(events=len(events))
     report.sessions = len({d.event.envelope.session_id for d in events})
     if check_chains:
-        report.findings.extend(_chain_findings(events, wheres))
+        report.findings.extend(chain_findings(events, wheres))
     checkpoints, cp_findings = open_checkpoints(events, verifiers, notes=notes, wheres=wheres)
     report.findings.extend(cp_findings)
     origins = {p.origin for p in inclusion} | {p.origin for p in consistency}

@@ -166,6 +166,7 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
         dict(collection="docs", action="delete", since="", until="", limit=100, offset=0),
     ],
     "approval": [dict(approval_id="apr-1")],
+    "approval_events": [dict(approval_id="apr-1")],
     "approvals_list": [
         dict(status="", limit=10, offset=0),
         dict(status="pending", limit=10, offset=0),
