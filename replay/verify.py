@@ -17,7 +17,11 @@ A bundle (see :mod:`replay.export`) is checked with pinned public keys only:
    ``events.parquet`` against the loader's projection of ``raw``, and the
    subject, session, stream, event, actions, collections and point id of each
    ``requests``, ``lineage`` and ``approvals`` row against its request's
-   verified events.
+   verified events; the derived columns too (a request's decision, state,
+   approval/ticket/grant; a lineage row's took_effect); every ``approvals``
+   column against the approval as the gateways settle it from its verified
+   events, whose votes from other sessions ship in ``approval_events.parquet``
+   (proven one by one, not chained: their sessions are not exported whole).
 
 An event that no inclusion proof ties to a signed checkpoint is an error
 (NOT PROVEN) unless the caller allows unproven events.
