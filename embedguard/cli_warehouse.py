@@ -175,12 +175,13 @@ def compact_command(
 
 @warehouse_app.command("stats")
 def stats_command(warehouse: WarehouseOpt = None, as_json: JsonOpt = False) -> None:
-    """Stored rows per table and the last load time.
+    """Stored rows per table, the distinct events, and the last load time.
 
-    These are storage figures: a row written twice (a retried batch, an event
-    the log holds twice) counts twice until a ClickHouse merge drops the copy,
-    and forever on the lake, while every query of `sessions`, `lineage` and the
-    dashboard counts it once."""
+    Table rows are storage figures: a row written twice (a retried batch, an
+    event the log holds twice) counts twice until a ClickHouse merge drops the
+    copy, and for good on the lake, while every query of `sessions`, `lineage`
+    and the dashboard counts it once. `distinct_events` is the number of events
+    the warehouse holds; `duplicate_event_rows` the stored copies beyond one."""
     with _warehouse(warehouse) as wh:
         stats = wh.stats()
         if as_json:
@@ -188,6 +189,11 @@ def stats_command(warehouse: WarehouseOpt = None, as_json: JsonOpt = False) -> N
             return
         rows = [{"table": t, "rows": n} for t, n in stats["tables"].items()]
         _out.print(_table(f"{wh.url} (last load {stats['last_load_at']})", rows, ["table", "rows"]))
+        _out.print(
+            f"{stats['distinct_events']} distinct events"
+            + (f"; {stats['duplicate_event_rows']} stored event rows are copies (counted once "
+               "by every query)" if stats["duplicate_event_rows"] else "")
+        )
 
 
 # -- retention and evidence holds ---------------------------------------------------------

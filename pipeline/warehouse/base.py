@@ -135,3 +135,19 @@ class Warehouse(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def stats_summary(
+    url: str, counts: dict[str, int], last: list[dict[str, Any]], distinct: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``stats()``: stored rows per table, and how many distinct events they
+    hold, so a copy written twice (until a merge drops it, or for good on the
+    lake) is visible as ``duplicate_event_rows`` instead of inflating a count."""
+    events = int(distinct[0]["n"]) if distinct else 0
+    return {
+        "url": url,
+        "tables": counts,
+        "distinct_events": events,
+        "duplicate_event_rows": counts.get("events", 0) - events,
+        "last_load_at": last[0]["t"] if last and counts.get("loads") else None,
+    }

@@ -30,7 +30,13 @@ from urllib.parse import unquote, urlsplit
 import pyarrow as pa
 
 from pipeline.warehouse._chdb import OUTPUT_SETTINGS, engine
-from pipeline.warehouse.base import LoadBatch, PreparedBatch, Warehouse, WriteResult
+from pipeline.warehouse.base import (
+    LoadBatch,
+    PreparedBatch,
+    Warehouse,
+    WriteResult,
+    stats_summary,
+)
 from pipeline.warehouse.ddl import load_migrations, table_schemas
 from pipeline.warehouse.errors import MigrationError, WarehouseError, WarehouseUnavailable
 from pipeline.warehouse.parallel import ParallelProjector
@@ -254,11 +260,10 @@ class MergeTreeWarehouse(Warehouse):
             f"SELECT max(loaded_at) AS t FROM {self.db}.loads",  # noqa: S608
             {},
         )
-        return {
-            "url": self.url,
-            "tables": counts,
-            "last_load_at": last[0]["t"] if last and counts["loads"] else None,
-        }
+        distinct = self._select(
+            f"SELECT uniqExact(event_id) AS n FROM {self.db}.events", {}  # noqa: S608
+        )
+        return stats_summary(self.url, counts, last, distinct)
 
 
 class ChdbWarehouse(MergeTreeWarehouse):

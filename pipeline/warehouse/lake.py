@@ -44,7 +44,13 @@ from deltalake import (
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from pipeline.warehouse._chdb import engine
-from pipeline.warehouse.base import LoadBatch, PreparedBatch, Warehouse, WriteResult
+from pipeline.warehouse.base import (
+    LoadBatch,
+    PreparedBatch,
+    Warehouse,
+    WriteResult,
+    stats_summary,
+)
 from pipeline.warehouse.ddl import (
     AddColumn,
     ClickHouseOnly,
@@ -475,11 +481,8 @@ class LakeWarehouse(Warehouse):
             rows = self.query(f"SELECT count() AS n FROM {{{table}}}", {})  # noqa: S608
             counts[table] = int(rows[0]["n"]) if rows else 0
         last = self.query("SELECT max(loaded_at) AS t FROM {loads}", {})
-        return {
-            "url": self.url,
-            "tables": counts,
-            "last_load_at": last[0]["t"] if last and counts["loads"] else None,
-        }
+        distinct = self.query("SELECT uniqExact(event_id) AS n FROM {events}", {})
+        return stats_summary(self.url, counts, last, distinct)
 
     def close(self) -> None:
         self._tables.clear()

@@ -147,6 +147,7 @@ def test_compact_and_stats(wh: MergeTreeWarehouse) -> None:
     wh.compact()
     stats = wh.stats()
     assert stats["tables"]["events"] == len(recs) and stats["last_load_at"]
+    assert (stats["distinct_events"], stats["duplicate_event_rows"]) == (len(recs), 0)
 
 
 def test_second_chdb_directory_in_one_process_is_refused(tmp_path: Any) -> None:

@@ -202,6 +202,7 @@ def test_compact_keeps_every_row_and_the_positions(tmp_path: Path) -> None:
     assert wh.write_batch(LoadBatch(SRC, 0, recs[:10])).duplicate
     stats = wh.stats()
     assert stats["tables"]["events"] == len(recs) and stats["last_load_at"]
+    assert (stats["distinct_events"], stats["duplicate_event_rows"]) == (len(recs), 0)
 
 
 _WRITER = """
