@@ -478,12 +478,13 @@ COLLECTION_HISTORY = Query(
 #: subject), a second vote by one approver, and votes at or after the deadline
 #: (expires_at, or an earlier forced ApprovalExpired's expired_at) never count.
 #: ``approvers``/``deniers`` are the votes that counted; ``decided_at`` is the
-#: settling vote's time, or the first expiry's. The issuers and expired_at live
-#: only in the events' payloads, read by (session_id, event_id), the events
-#: table's key, and only for the approvals that need them: one with an expiry,
-#: a vote by the requester's subject, or a subject that voted twice. For the
-#: others every issuer reads as '' on both sides, and comparing subjects alone
-#: gives the same answer (parsing every payload made the list ~10x slower).
+#: settling vote's time, or the first expiry's. The issuers and expired_at are
+#: columns since migration 0005; rows loaded before it have NULL there, and the
+#: fold then reads them from the events' payloads, by (session_id, event_id),
+#: the events table's key, and only for the approvals that need them: one with
+#: an expiry, a vote by the requester's subject, or a subject that voted twice.
+#: For the others every issuer reads as '' on both sides, and comparing subjects
+#: alone gives the same answer (reading payload_json made the list ~10x slower).
 #: Restricted by ``{where}`` (a fixed predicate of this module).
 _APPROVAL_FOLD = """
 SELECT
@@ -526,7 +527,8 @@ FROM (
                     anyIf(a.request_id, a.type = 'ApprovalRequested') AS request_id,
                     any(a.kind) AS kind,
                     any(a.requester_subject) AS requester_subject,
-                    anyIf(JSONExtractString(e.payload_json, 'requester_issuer'),
+                    anyIf(ifNull(a.requester_issuer,
+                                 JSONExtractString(e.payload_json, 'requester_issuer')),
                           a.type = 'ApprovalRequested') AS requester_issuer,
                     any(a.request_sha256) AS request_sha256,
                     any(a.min_approvals) AS min_approvals,
@@ -542,14 +544,15 @@ FROM (
                     minIf(a.occurred_at, a.type = 'ApprovalRequested') AS requested_at,
                     any(a.grant_id) AS grant_id,
                     countIf(a.type = 'ApprovalExpired') > 0 AS has_expiry,
-                    minIf(parseDateTime64BestEffortOrNull(
-                              JSONExtractString(e.payload_json, 'expired_at'), 6, 'UTC'),
+                    minIf(ifNull(a.expired_at, parseDateTime64BestEffortOrNull(
+                              JSONExtractString(e.payload_json, 'expired_at'), 6, 'UTC')),
                           a.type = 'ApprovalExpired') AS first_expiry,
                     arraySort(
                         v -> (v.1, v.2),
                         groupArrayIf(
                             (a.occurred_at, a.event_id, ifNull(a.decision, ''),
-                             JSONExtractString(e.payload_json, 'approver_issuer'),
+                             ifNull(a.approver_issuer,
+                                    JSONExtractString(e.payload_json, 'approver_issuer')),
                              ifNull(a.approver_subject, '')),
                             a.type = 'ApprovalDecided')) AS votes
                 FROM (
@@ -568,11 +571,15 @@ FROM (
                             SELECT approval_id FROM {approvals}
                             WHERE %(where)s
                             GROUP BY approval_id
-                            HAVING countIf(type = 'ApprovalExpired') > 0
+                            HAVING (countIf(type = 'ApprovalExpired') > 0
                                 OR has(groupArrayIf(approver_subject, type = 'ApprovalDecided'),
                                        anyIf(requester_subject, type = 'ApprovalRequested'))
                                 OR uniqExactIf(approver_subject, type = 'ApprovalDecided')
-                                    < uniqExactIf(event_id, type = 'ApprovalDecided')))
+                                    < uniqExactIf(event_id, type = 'ApprovalDecided'))
+                               AND countIf(
+                                    (type = 'ApprovalRequested' AND requester_issuer IS NULL)
+                                    OR (type = 'ApprovalDecided' AND approver_issuer IS NULL)
+                                    OR (type = 'ApprovalExpired' AND expired_at IS NULL)) > 0))
                       AND type IN ('ApprovalRequested', 'ApprovalDecided', 'ApprovalExpired')
                     GROUP BY event_id
                 ) AS e ON a.event_id = e.event_id

@@ -163,11 +163,15 @@ SHAPES: dict[str, dict[str, tuple[tuple[str, ...], dict[str, Any]]]] = {
                 "actions",
                 "collections",
                 "operations_json",
+                "requester_issuer",
             ),
             {},
         ),
-        "ApprovalDecided": (("decision", "approver_subject", "decision_reason"), {}),
-        "ApprovalExpired": ((), {"decision": "expired"}),
+        "ApprovalDecided": (
+            ("decision", "approver_subject", "decision_reason", "approver_issuer"),
+            {},
+        ),
+        "ApprovalExpired": (("expired_at",), {"decision": "expired"}),
         "GrantIssued": (("grant_id",), {}),
     },
 }
@@ -392,7 +396,7 @@ def project_shapes(batch: LoadBatch, codec: EventCodec, loaded_at: datetime) -> 
                     approval_id, event_id, at, session_id, request_id, fp, offset,
                     ev["kind"], subject, ev["request_sha256"], ev["min_approvals"],
                     _micros(ev["expires_at"]), ev["mode"], ev["reason"], ev["blast_radius"],
-                    actions, collections, ops_json(ops),
+                    actions, collections, ops_json(ops), ev["requester_issuer"],
                 )  # fmt: skip
                 if request_id:
                     req = (request_id, event_id, at, session_id, gateway_id, fp, offset,
@@ -402,11 +406,12 @@ def project_shapes(batch: LoadBatch, codec: EventCodec, loaded_at: datetime) -> 
                 subject = ev["approver_subject"]
                 outcome = ev["decision"]
                 appr = (approval_id, event_id, at, session_id, request_id, fp, offset,
-                        outcome, subject, ev["reason"])  # fmt: skip
+                        outcome, subject, ev["reason"], ev["approver_issuer"])  # fmt: skip
             elif t == "ApprovalExpired":
                 approval_id = ev["approval_id"]
                 outcome = "expired"
-                appr = (approval_id, event_id, at, session_id, request_id, fp, offset)
+                appr = (approval_id, event_id, at, session_id, request_id, fp, offset,
+                        _micros(ev["expired_at"]))  # fmt: skip
             elif t == "ApprovalClaimed":
                 approval_id = ev["approval_id"]
                 outcome = "released" if ev["released"] else "claimed"

@@ -331,6 +331,7 @@ def project_event(
             ev.approval_id,
             kind=ev.kind,
             requester_subject=ev.requester_subject,
+            requester_issuer=ev.requester_issuer,
             request_sha256=ev.request_sha256,
             min_approvals=ev.min_approvals,
             expires_at=ev.expires_at.astimezone(UTC),
@@ -351,12 +352,15 @@ def project_event(
             ev.approval_id,
             decision=ev.decision,
             approver_subject=ev.approver_subject,
+            approver_issuer=ev.approver_issuer,
             decision_reason=ev.reason,
         )
     elif isinstance(ev, ApprovalExpired):
         approval_id = ev.approval_id
         outcome = "expired"
-        appr = approval_row(ev.approval_id, decision="expired")
+        appr = approval_row(
+            ev.approval_id, decision="expired", expired_at=ev.expired_at.astimezone(UTC)
+        )
     elif isinstance(ev, ApprovalClaimed):
         # a use of an approval or ticket taken (or given back) by the request
         approval_id = ev.approval_id

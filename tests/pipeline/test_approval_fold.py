@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from deltalake import DeltaTable
 
 from capture.approvals.state import ApprovalBook
 from pipeline import queries
@@ -146,18 +147,35 @@ def _load(wh: Warehouse, h: _History) -> None:
         wh.write_batch(LoadBatch(SRC, 0, recs[lo:lo + 97]))
 
 
-@pytest.fixture(scope="module", params=["merge_tree", "lake"])
+#: the columns migration 0005 added; rows loaded before it hold NULL there
+_NEW_COLUMNS = ("requester_issuer", "approver_issuer", "expired_at")
+
+
+@pytest.fixture(scope="module", params=["merge_tree", "lake", "merge_tree_pre_0005",
+                                        "lake_pre_0005"])
 def warehouse(request: pytest.FixtureRequest, history: tuple[_History, object],
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
+    """Each backend, also as rows loaded before migration 0005 leave it (the
+    issuers and expired_at NULL: the fold must read them from the payloads)."""
     h, _ = history
-    if request.param == "lake":
-        wh: Warehouse = LakeWarehouse(Path(tmp_path_factory.mktemp("lake")))
+    if request.param.startswith("lake"):
+        wh = LakeWarehouse(Path(tmp_path_factory.mktemp("lake")))
         _load(wh, h)
+        if request.param.endswith("pre_0005"):
+            DeltaTable(str(wh.table_path("approvals"))).update(
+                updates={c: "NULL" for c in _NEW_COLUMNS})
+            rows = wh.query("SELECT countIf(requester_issuer IS NOT NULL OR approver_issuer IS "
+                            "NOT NULL OR expired_at IS NOT NULL) AS n FROM {approvals}", {})
+            assert rows[0]["n"] == 0
         yield wh
         wh.close()
     else:
         mt = chdb_warehouse()
         _load(mt, h)
+        if request.param.endswith("pre_0005"):
+            mt._command(f"ALTER TABLE {mt.db}.approvals UPDATE "
+                        + ", ".join(f"{c} = NULL" for c in _NEW_COLUMNS)
+                        + " WHERE 1 SETTINGS mutations_sync = 2")
         yield mt
         mt._command(f"DROP DATABASE IF EXISTS {mt.db}")
 
@@ -224,3 +242,23 @@ def test_status_filter_uses_the_settled_status(
         got = {r["approval_id"] for r in queries.approvals_list(warehouse, status=status,
                                                                  limit=1000)}
         assert got == {a.approval_id for a in book.approvals() if a.status == status}, status
+
+
+def test_new_loads_fill_the_columns_0005_added(
+    warehouse: Warehouse, request: pytest.FixtureRequest
+) -> None:
+    rows = warehouse.query(
+        "SELECT type, countIf(requester_issuer IS NOT NULL) AS req, "
+        "countIf(approver_issuer IS NOT NULL) AS appr, countIf(expired_at IS NOT NULL) AS exp, "
+        "count() AS n FROM {approvals} GROUP BY type ORDER BY type", {})
+    got = {r["type"]: (r["req"], r["appr"], r["exp"], r["n"]) for r in rows}
+    filled = {t: v[:3] for t, v in got.items()}
+    if request.node.callspec.params["warehouse"].endswith("pre_0005"):
+        assert all(v == (0, 0, 0) for v in filled.values())
+        return
+    n = {t: v[3] for t, v in got.items()}
+    assert filled == {
+        "ApprovalDecided": (0, n["ApprovalDecided"], 0),
+        "ApprovalExpired": (0, 0, n["ApprovalExpired"]),
+        "ApprovalRequested": (n["ApprovalRequested"], 0, 0),
+    }
