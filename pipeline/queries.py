@@ -564,9 +564,8 @@ FROM (
                 LEFT JOIN (
                     SELECT event_id, any(payload_json) AS payload_json
                     FROM {events}
-                    WHERE session_id IN (SELECT session_id FROM {approvals} WHERE %(where)s)
-                      AND event_id IN (
-                        SELECT event_id FROM {approvals}
+                    WHERE (session_id, event_id) IN (
+                        SELECT session_id, event_id FROM {approvals}
                         WHERE approval_id IN (
                             SELECT approval_id FROM {approvals}
                             WHERE %(where)s
@@ -579,8 +578,9 @@ FROM (
                                AND countIf(
                                     (type = 'ApprovalRequested' AND requester_issuer IS NULL)
                                     OR (type = 'ApprovalDecided' AND approver_issuer IS NULL)
-                                    OR (type = 'ApprovalExpired' AND expired_at IS NULL)) > 0))
-                      AND type IN ('ApprovalRequested', 'ApprovalDecided', 'ApprovalExpired')
+                                    OR (type = 'ApprovalExpired' AND expired_at IS NULL)) > 0)
+                          AND type IN ('ApprovalRequested', 'ApprovalDecided',
+                                       'ApprovalExpired'))
                     GROUP BY event_id
                 ) AS e ON a.event_id = e.event_id
                 GROUP BY a.approval_id
