@@ -55,6 +55,8 @@ __all__ = [
     "session_raw_events",
     "session_requests",
     "sessions_count",
+    "sessions_events",
+    "sessions_requests",
     "sessions_list",
     "SESSION_WINDOWS",
     "stats_over_time",
@@ -370,6 +372,31 @@ SESSION_RAW_EVENTS = Query(
     ORDER BY seq, event_id
     LIMIT 1 BY event_id""",
     "A session's events as written (canonical Avro, base64): what the hash chain covers.",
+)
+#: several sessions at once, named by a JSON array of ids (any text is safe in it)
+_SESSION_IDS = (
+    "session_id IN (SELECT arrayJoin(JSONExtract({session_ids:String}, 'Array(String)')))"
+)
+SESSIONS_EVENTS = Query(
+    "sessions_events",
+    "SELECT"
+    + _EVENT_COLUMNS
+    + ", base64Encode(raw) AS raw_b64 FROM {events} WHERE "
+    + _SESSION_IDS
+    + """
+    ORDER BY session_id, seq, event_id
+    LIMIT 1 BY event_id""",
+    "Several sessions' events in chain order, every one, with the bytes as written (an "
+    "evidence export: one query per batch of sessions, no page limit).",
+)
+SESSIONS_REQUESTS = Query(
+    "sessions_requests",
+    "SELECT * FROM ("
+    + _request_fold(
+        "request_id IN (SELECT request_id FROM {requests} WHERE " + _SESSION_IDS + ")"
+    )
+    + ") ORDER BY session_id, received_at, request_id",
+    "Several sessions' requests, one row each, in order within each session.",
 )
 SESSION_REQUESTS = Query(
     "session_requests",
@@ -819,6 +846,8 @@ QUERIES: dict[str, Query] = {
         SESSION_EVENTS,
         SESSION_RAW_EVENTS,
         SESSION_REQUESTS,
+        SESSIONS_EVENTS,
+        SESSIONS_REQUESTS,
         REQUEST_BY_ID,
         BODY_SEARCH,
         VECTOR_LINEAGE,
@@ -974,6 +1003,19 @@ def session_raw_events(wh: Warehouse, session_id: str) -> list[dict[str, Any]]:
 
 def session_requests(wh: Warehouse, session_id: str) -> list[dict[str, Any]]:
     return SESSION_REQUESTS.run(wh, session_id=session_id)
+
+
+def sessions_events(wh: Warehouse, session_ids: list[str]) -> list[dict[str, Any]]:
+    """Every event of ``session_ids`` (ordered by session, then seq), with ``raw_b64``."""
+    import json
+
+    return SESSIONS_EVENTS.run(wh, session_ids=json.dumps(list(session_ids)))
+
+
+def sessions_requests(wh: Warehouse, session_ids: list[str]) -> list[dict[str, Any]]:
+    import json
+
+    return SESSIONS_REQUESTS.run(wh, session_ids=json.dumps(list(session_ids)))
 
 
 def request_by_id(wh: Warehouse, request_id: str) -> dict[str, Any] | None:

@@ -55,6 +55,9 @@ from schemas.note import CheckpointBody, NoteError, Signer, parse_note
 #: the events that settle the exported requests' approvals, from sessions not
 #: exported whole (the approvers'), each with its inclusion proof
 APPROVAL_EVENTS = "approval_events.parquet"
+#: sessions and bodies read per warehouse query
+_SESSION_BATCH = 200
+_BODY_BATCH = 500
 
 __all__ = [
     "APPROVAL_EVENTS",
@@ -417,30 +420,38 @@ def export_bundle(
         event_rows: list[dict[str, Any]] = []
         request_rows: list[dict[str, Any]] = []
         sessions_index: dict[str, dict[str, Any]] = {}
-        for n, sid in enumerate(session_ids):
-            raw_by_id = {
-                r["event_id"]: base64.b64decode(r["raw_b64"])
-                for r in queries.session_raw_events(wh, sid)
-            }
-            evs = queries.session_events(wh, sid)
-            for e in evs:
-                event_rows.append(
-                    {
-                        **{k: e.get(k) for k in e if k not in ("gateway_id",)},
-                        "stream": e["gateway_id"],
-                        "raw": raw_by_id[e["event_id"]],
-                    }
-                )
-            reqs = queries.session_requests(wh, sid)
-            for r in reqs:
-                request_rows.append({**r, "stream": r.get("gateway_id")})
-            sessions_index[sid] = {
-                "events": len(evs),
-                "first_event": evs[0]["event_id"] if evs else None,
-                "last_event": evs[-1]["event_id"] if evs else None,
-                "requests": len(reqs),
-            }
-            report("sessions", n + 1, len(session_ids))
+        # a batch of sessions per query (one query per session made an export
+        # of thousands of sessions take minutes), every event of each: no page
+        # limit, so a long session is never cut short
+        done = 0
+        for lo in range(0, len(session_ids), _SESSION_BATCH):
+            batch = session_ids[lo : lo + _SESSION_BATCH]
+            evs_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for e in queries.sessions_events(wh, batch):
+                evs_of[e["session_id"]].append(e)
+            reqs_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for r in queries.sessions_requests(wh, batch):
+                reqs_of[r["session_id"]].append(r)
+            for sid in batch:
+                evs, reqs = evs_of.get(sid, []), reqs_of.get(sid, [])
+                for e in evs:
+                    event_rows.append(
+                        {
+                            **{k: e.get(k) for k in e if k not in ("gateway_id", "raw_b64")},
+                            "stream": e["gateway_id"],
+                            "raw": base64.b64decode(e["raw_b64"]),
+                        }
+                    )
+                for r in reqs:
+                    request_rows.append({**r, "stream": r.get("gateway_id")})
+                sessions_index[sid] = {
+                    "events": len(evs),
+                    "first_event": evs[0]["event_id"] if evs else None,
+                    "last_event": evs[-1]["event_id"] if evs else None,
+                    "requests": len(reqs),
+                }
+            done += len(batch)
+            report("sessions", done, len(session_ids))
 
         # approvals and tickets the requests used
         approval_ids = sorted(
@@ -510,13 +521,19 @@ def export_bundle(
                 )
         body_rows: list[dict[str, Any]] = []
         unavailable: list[str] = []
-        for n, (sha, kind) in enumerate(sorted(wanted.items())):
-            data = queries.body(wh, sha)
-            if data is None:
-                unavailable.append(sha)
-            else:
-                body_rows.append({"sha256": sha, "kind": kind, "size": len(data), "body": data})
-            report("bodies", n + 1, len(wanted))
+        shas = sorted(wanted)
+        for lo in range(0, len(shas), _BODY_BATCH):
+            chunk = shas[lo : lo + _BODY_BATCH]
+            held = queries.bodies(wh, chunk)
+            for sha in chunk:
+                data = held.get(sha)
+                if data is None:
+                    unavailable.append(sha)
+                else:
+                    body_rows.append(
+                        {"sha256": sha, "kind": wanted[sha], "size": len(data), "body": data}
+                    )
+            report("bodies", lo + len(chunk), len(shas))
 
         # proofs against the gateways' signed checkpoints
         streams = {e["stream"] for e in (*event_rows, *approval_event_rows)}

@@ -150,6 +150,8 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
     ],
     "session_raw_events": [dict(session_id="s-dave-0")],
     "session_requests": [dict(session_id="s-bob-0")],
+    "sessions_events": [dict(session_ids='["s-dave-0", "s-bob-0", "nope", "a\\"b,c"]')],
+    "sessions_requests": [dict(session_ids='["s-bob-0", "s-alice-2"]')],
     "request_by_id": [dict(request_id="r-dave-held"), dict(request_id="r-bob-0-c")],
     "body_search": [
         dict(needle="needle-alice", kind="", limit=10),

@@ -190,3 +190,47 @@ def test_no_audit_record_no_export(scenario: Scenario, bundle: Bundle, tmp_path:
     assert res.exit_code == 1, res.output
     assert "AuditViewed" in res.stderr and "nothing was exported" in res.stderr
     assert not out.exists() and "Traceback" not in res.output
+
+
+def test_a_session_longer_than_a_query_page_is_exported_whole(tmp_path: Path) -> None:
+    """An export once read each session through the timeline query, whose page
+    stops at 10,000 events: a longer session lost its tail, and a chain checked
+    from its start cannot tell. Every event must ship, and the bundle verify."""
+    from datetime import UTC, datetime, timedelta
+
+    from pipeline import queries
+    from pipeline.warehouse import open_warehouse
+    from replay.export import ExportFilters, export_bundle
+    from replay.verify import verify_bundle
+    from replay.verify_core import leaf_hash
+    from schemas.chain import EventStamper
+    from schemas.codec import default_codec
+    from schemas.merkle import root_of
+    from schemas.models import Checkpoint
+    from schemas.note import CheckpointBody, Signer, checkpoint_origin
+    from tests.embedguard.hostile import lake_of, write_request
+
+    t0 = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+    gw_key = Signer.generate("embedguard-gateway-gw-long")
+    st = EventStamper("gw-long")
+    stamped = []
+    for i in range(queries.MAX_LIMIT // 5 + 10):  # one session, > MAX_LIMIT events
+        stamped += write_request(st, "s-long", f"r-{i}", "alice", "kb",
+                                 t0 + timedelta(milliseconds=10 * i))
+    leaves = [leaf_hash(default_codec().decode(s.wire)) for s in stamped]
+    body = CheckpointBody(checkpoint_origin("gw-long", str(stamped[0].event.envelope.event_id)),
+                          len(leaves), root_of(leaves))
+    stamped.append(st.stamp(
+        Checkpoint, session_id="gateway:gw-long", origin=body.origin, tree_size=body.tree_size,
+        root_hash=body.root_hash.hex(), signed_note=body.sign(gw_key),
+        key_id=gw_key.verifier.id_text, occurred_at=t0 + timedelta(hours=1)))
+    lake = lake_of(tmp_path / "lake", stamped, "sqlite:long-session")
+    export_key = Signer.generate("embedguard-export")
+    out = tmp_path / "b.zip"
+    with open_warehouse(lake) as wh:
+        res = export_bundle(wh, out, filters=ExportFilters(sessions=("s-long",)),
+                            signer=export_key, tool_version="test")
+    assert res.row_counts["events"] == len(stamped) - 1 > queries.MAX_LIMIT
+    assert res.manifest["sessions"]["s-long"]["events"] == len(stamped) - 1
+    report = verify_bundle(out, [gw_key.verifier.vkey], [export_key.verifier.vkey])
+    assert report.ok, [str(f) for f in report.errors[:5]]
