@@ -169,6 +169,14 @@ key, so whoever can write the log can add or re-record such events). Events
 recorded after the gateway's last checkpoint are in that state until its next
 one; ask for a new export, or pass `--allow-unproven` to read them knowingly.
 
+What verification cannot show is that a session's last events were not left
+out: each session's chain is checked from its first event, and every shipped
+event is proven, but a Merkle proof says nothing about the stream's other
+leaves. A session that ended before the export ends with its `SessionEnded`
+event; if that event is missing, events after the last one shipped cannot be
+ruled out (ask for the session again, or compare `index.json` with another
+export of it).
+
 What the signatures prove is the `raw` column of `events.parquet` (and the
 bodies). The other tables are projections the export copied from the
 warehouse, for convenient queries, and the verifier holds them to `raw`:
