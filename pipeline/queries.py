@@ -523,103 +523,89 @@ SELECT
     arraySort(arrayMap(v -> v.5, arrayFilter(v -> v.3 = 'approve', counted))) AS approvers,
     arraySort(arrayMap(v -> v.5, arrayFilter(v -> v.3 = 'deny', counted))) AS deniers,
     multiIf(settle > 0, kept[settle].1, has_expiry, first_expiry, NULL) AS decided_at
+FROM (SELECT *, if(settle > 0, arraySlice(kept, 1, settle), kept) AS counted
+FROM (SELECT *, if(denied, i_deny, i_enough) AS settle
+FROM (SELECT *, i_deny > 0 AND (i_enough = 0 OR i_deny < i_enough) AS denied
+FROM (SELECT *,
+    indexOf(arrayMap(v -> v.3, kept), 'deny') AS i_deny,
+    arrayFirstIndex(
+        c -> c >= ifNull(min_approvals, 1),
+        arrayCumSum(arrayMap(v -> toUInt32(v.3 = 'approve'), kept))) AS i_enough
+FROM (SELECT *,
+    arrayFilter(
+        (v, n) -> n = 1, on_time, arrayEnumerateUniq(arrayMap(v -> (v.4, v.5), on_time)))
+        AS kept
+FROM (SELECT *,
+    arrayFilter(
+        v -> (v.4, v.5) != (requester_issuer, ifNull(requester_subject, ''))
+            AND v.1 < if(has_expiry, least(deadline_at, first_expiry), deadline_at),
+        votes) AS on_time
 FROM (
     SELECT
-        *,
-        indexOf(arrayMap(v -> v.3, kept), 'deny') AS i_deny,
-        arrayFirstIndex(
-            c -> c >= ifNull(min_approvals, 1),
-            arrayCumSum(arrayMap(v -> toUInt32(v.3 = 'approve'), kept))) AS i_enough,
-        i_deny > 0 AND (i_enough = 0 OR i_deny < i_enough) AS denied,
-        if(denied, i_deny, i_enough) AS settle,
-        if(settle > 0, arraySlice(kept, 1, settle), kept) AS counted
-    FROM (
-        SELECT
-            *,
-            arrayFilter(
-                (v, n) -> n = 1,
-                on_time,
-                arrayEnumerateUniq(arrayMap(v -> (v.4, v.5), on_time))) AS kept
-        FROM (
-            SELECT
-                *,
-                arrayFilter(
-                    v -> (v.4, v.5) != (requester_issuer, ifNull(requester_subject, ''))
-                        AND v.1 < if(has_expiry, least(deadline_at, first_expiry), deadline_at),
-                    votes) AS on_time
-            FROM (
-                SELECT
-                    a.approval_id AS approval_id,
-                    anyIf(a.session_id, a.type = 'ApprovalRequested') AS session_id,
-                    anyIf(a.request_id, a.type = 'ApprovalRequested') AS request_id,
-                    any(a.kind) AS kind,
-                    any(a.requester_subject) AS requester_subject,
-                    anyIf(ifNull(a.requester_issuer,
-                                 JSONExtractString(e.payload_json, 'requester_issuer')),
-                          a.type = 'ApprovalRequested') AS requester_issuer,
-                    any(a.request_sha256) AS request_sha256,
-                    any(a.min_approvals) AS min_approvals,
-                    any(a.expires_at) AS expires_at,
-                    ifNull(any(a.expires_at), toDateTime64('2299-12-31 00:00:00', 6, 'UTC'))
-                        AS deadline_at,
-                    any(a.mode) AS mode,
-                    any(a.reason) AS reason,
-                    any(a.blast_radius) AS blast_radius,
-                    anyIf(a.actions, a.type = 'ApprovalRequested') AS actions,
-                    anyIf(a.collections, a.type = 'ApprovalRequested') AS collections,
-                    any(a.operations_json) AS operations_json,
-                    minIf(a.occurred_at, a.type = 'ApprovalRequested') AS requested_at,
-                    any(a.grant_id) AS grant_id,
-                    countIf(a.type = 'ApprovalExpired') > 0 AS has_expiry,
-                    minIf(ifNull(a.expired_at, parseDateTime64BestEffortOrNull(
-                              JSONExtractString(e.payload_json, 'expired_at'), 6, 'UTC')),
-                          a.type = 'ApprovalExpired') AS first_expiry,
-                    arraySort(
-                        v -> (v.1, v.2),
-                        groupArrayIf(
-                            (a.occurred_at, a.event_id, ifNull(a.decision, ''),
-                             ifNull(a.approver_issuer,
-                                    JSONExtractString(e.payload_json, 'approver_issuer')),
-                             ifNull(a.approver_subject, '')),
-                            a.type = 'ApprovalDecided')) AS votes
-                FROM (
-                    SELECT * FROM {approvals}
-                    WHERE %(where)s
-                    ORDER BY approval_id, event_id
-                    LIMIT 1 BY approval_id, event_id
-                ) AS a
-                LEFT JOIN (
-                    SELECT event_id, any(payload_json) AS payload_json
-                    FROM {events}
-                    WHERE (session_id, event_id) IN (
-                        SELECT session_id, event_id FROM {approvals}
-                        WHERE approval_id IN (
-                            SELECT approval_id FROM {approvals}
-                            WHERE %(where)s
-                            GROUP BY approval_id
-                            HAVING (countIf(type = 'ApprovalExpired') > 0
-                                OR has(groupArrayIf(approver_subject, type = 'ApprovalDecided'),
-                                       anyIf(requester_subject, type = 'ApprovalRequested'))
-                                OR uniqExactIf(approver_subject, type = 'ApprovalDecided')
-                                    < uniqExactIf(event_id, type = 'ApprovalDecided'))
-                               AND countIf(
-                                    (type = 'ApprovalRequested' AND requester_issuer IS NULL)
-                                    OR (type = 'ApprovalDecided' AND approver_issuer IS NULL)
-                                    OR (type = 'ApprovalExpired' AND expired_at IS NULL)) > 0)
-                          AND type IN ('ApprovalRequested', 'ApprovalDecided',
-                                       'ApprovalExpired'))
-                    GROUP BY event_id
-                ) AS e ON a.event_id = e.event_id
-                GROUP BY a.approval_id
-            )
-        )
-    )
-)
+        a.approval_id AS approval_id,
+        anyIf(a.session_id, a.type = 'ApprovalRequested') AS session_id,
+        anyIf(a.request_id, a.type = 'ApprovalRequested') AS request_id,
+        any(a.kind) AS kind,
+        any(a.requester_subject) AS requester_subject,
+        anyIf(ifNull(a.requester_issuer,
+                     JSONExtractString(e.payload_json, 'requester_issuer')),
+              a.type = 'ApprovalRequested') AS requester_issuer,
+        any(a.request_sha256) AS request_sha256,
+        any(a.min_approvals) AS min_approvals,
+        any(a.expires_at) AS expires_at,
+        ifNull(any(a.expires_at), toDateTime64('2299-12-31 00:00:00', 6, 'UTC'))
+            AS deadline_at,
+        any(a.mode) AS mode,
+        any(a.reason) AS reason,
+        any(a.blast_radius) AS blast_radius,
+        anyIf(a.actions, a.type = 'ApprovalRequested') AS actions,
+        anyIf(a.collections, a.type = 'ApprovalRequested') AS collections,
+        any(a.operations_json) AS operations_json,
+        minIf(a.occurred_at, a.type = 'ApprovalRequested') AS requested_at,
+        any(a.grant_id) AS grant_id,
+        countIf(a.type = 'ApprovalExpired') > 0 AS has_expiry,
+        minIf(ifNull(a.expired_at, parseDateTime64BestEffortOrNull(
+                  JSONExtractString(e.payload_json, 'expired_at'), 6, 'UTC')),
+              a.type = 'ApprovalExpired') AS first_expiry,
+        arraySort(
+            v -> (v.1, v.2),
+            groupArrayIf(
+                (a.occurred_at, a.event_id, ifNull(a.decision, ''),
+                 ifNull(a.approver_issuer,
+                        JSONExtractString(e.payload_json, 'approver_issuer')),
+                 ifNull(a.approver_subject, '')),
+                a.type = 'ApprovalDecided')) AS votes
+    FROM (SELECT * FROM {approvals} WHERE %(where)s) AS a
+    LEFT JOIN (
+        SELECT event_id, any(payload_json) AS payload_json
+        FROM {events}
+        WHERE (session_id, event_id) IN (
+            SELECT session_id, event_id FROM {approvals}
+            WHERE approval_id IN (
+                SELECT approval_id FROM {approvals}
+                WHERE %(where)s
+                GROUP BY approval_id
+                HAVING (countIf(type = 'ApprovalExpired') > 0
+                    OR has(groupArrayIf(approver_subject, type = 'ApprovalDecided'),
+                           anyIf(requester_subject, type = 'ApprovalRequested'))
+                    OR uniqExactIf(approver_subject, type = 'ApprovalDecided')
+                        < uniqExactIf(event_id, type = 'ApprovalDecided'))
+                   AND countIf(
+                        (type = 'ApprovalRequested' AND requester_issuer IS NULL)
+                        OR (type = 'ApprovalDecided' AND approver_issuer IS NULL)
+                        OR (type = 'ApprovalExpired' AND expired_at IS NULL)) > 0)
+              AND type IN ('ApprovalRequested', 'ApprovalDecided',
+                           'ApprovalExpired'))
+        GROUP BY event_id
+    ) AS e ON a.event_id = e.event_id
+    GROUP BY a.approval_id
+)))))))
 """
 APPROVAL = Query(
     "approval",
     _APPROVAL_FOLD % {"where": "approval_id = {approval_id:String}"},
-    "One approval with its decision (any deny wins; N-of-M approvers).",
+    "One approval, settled as the gateways settle it (votes in time order until a deny or "
+    "the N-th approver; the requester's own, repeated and late votes do not count).",
 )
 APPROVAL_EVENTS = Query(
     "approval_events",
