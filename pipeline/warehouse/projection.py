@@ -65,6 +65,7 @@ __all__ = [
     "dead_letter_row",
     "evidence_hold_rows",
     "failed_record_row",
+    "gc_paused",
     "project_batch",
     "project_batch_columnar",
     "project_event",
@@ -617,12 +618,12 @@ def project_batch_columnar(
     a dead letter, with the same error text as on the model path."""
     from pipeline.warehouse.columnar import project_shapes
 
-    with _gc_paused():
+    with gc_paused():
         return project_shapes(batch, codec, loaded_at)
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """A batch allocates hundreds of thousands of small containers, and every
     few hundred allocations the cyclic collector walks them (and all older
     objects of the process) again: a third of the projection's time. Nothing
