@@ -350,6 +350,8 @@ def _check_approvals(
     book = ApprovalBook()
     for dec in events:
         book.apply(dec.event)
+    voted = {str(getattr(d.event, "approval_id", "")) for d in events
+             if d.event.envelope.type == "ApprovalDecided"}
     requested: dict[str, dict[str, Any]] = {}
     for rows in tables.values():
         for part in rows.get("approvals", []):
@@ -396,10 +398,15 @@ def _check_approvals(
                 continue
             shown = list(value) if isinstance(value, list | tuple) else value
             if shown != want[col]:
+                hint = ""
+                if not (a.approvals or a.denials) and str(aid) not in voted:
+                    hint = (" (no vote on it is in the bundle: bundles exported before "
+                            f"{APPROVAL_EVENTS} existed did not ship the approvers' votes; "
+                            "export the sessions again)")
                 report.findings.append(Finding(
                     "projection_mismatch",
                     f"approval {aid}: column {col} says {shown!r}, but its verified events "
-                    f"settle it as {want[col]!r}",
+                    f"settle it as {want[col]!r}{hint}",
                     where=where))
 
 

@@ -152,3 +152,35 @@ def _dt(text: str) -> Any:
     from datetime import datetime
 
     return datetime.fromisoformat(text)
+
+
+def test_a_bundle_without_the_votes_says_why_its_approval_fails(
+    scenario: Scenario, lake_copy: Path, tmp_path: Path
+) -> None:
+    """A bundle as exports made before approval_events.parquet existed: the
+    approvers' votes are not in it, so nothing signed backs "approved"; verify
+    fails it and says what to do."""
+    import json
+
+    from replay.bundle_sign import build_manifest, read_manifest, sign_manifest
+
+    out = tmp_path / "b.zip"
+    _, key = _export_alice(lake_copy, scenario, out)
+    root = tmp_path / "open"
+    with zipfile.ZipFile(out) as z:
+        z.extractall(root)
+    (root / APPROVAL_EVENTS).unlink()
+    index = json.loads((root / "index.json").read_text())
+    (root / "index.json").write_text(json.dumps([e for e in index if "file" not in e]))
+    m = read_manifest(root)
+    counts = {k: v for k, v in m["row_counts"].items() if k != "approval_events"}
+    manifest = build_manifest(
+        root, tool_version=m["tool_version"], exported_at=_dt(m["exported_at"]),
+        filters=m["filters"], row_counts=counts,
+        extra={k: m[k] for k in ("sessions", "streams", "bodies_unavailable", "export_key")})
+    sign_manifest(root, manifest, key)
+    report = verify_bundle(root, [scenario.gateway_vkey], [key.verifier.vkey])
+    assert {f.kind for f in report.errors} == {"projection_mismatch"}, [
+        str(f) for f in report.errors]
+    assert any("status says 'approved'" in f.detail and "export the sessions again" in f.detail
+               for f in report.errors), [f.detail for f in report.errors]
