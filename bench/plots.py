@@ -207,6 +207,35 @@ def plot_gateway(gateway_json: Path, out: Path) -> Path:
     return path
 
 
+def plot_verify(verify_jsons: list[Path], out: Path) -> Path:
+    """Export and verify time against bundle size (bench/verify_bundle.py runs)."""
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series = (("export s", "export", "-o"), ("verify s", "verify", "-s"),
+              ("verify, proofs only s", "verify without the table checks", "--."))  # fmt: skip
+    for path in verify_jsons:
+        rows = sorted(json.loads(path.read_text()), key=lambda r: r["events"])
+        xs = [r["events"] for r in rows]
+        for key, label, style in series:
+            ax.plot(xs, [r[key] for r in rows], style, label=f"{label} ({path.stem})")
+        old = [(r["events"], r["export before s"]) for r in rows if "export before s" in r]
+        if old:
+            ax.plot([x for x, _ in old], [y for _, y in old], "rx", markersize=9,
+                    label=f"export before batching ({path.stem})")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("events in the bundle")
+    ax.set_ylabel("median seconds (log)")
+    ax.set_title("Evidence bundles: export and offline verify against size")
+    ax.grid(True, which="both", alpha=0.2)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    target = out / "verify.png"
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", type=Path, default=ROOT / "bench/results/pipeline.json")
@@ -215,6 +244,8 @@ def main() -> None:
     parser.add_argument("--gateway", type=Path, nargs="+",
                         default=[ROOT / "bench/results/gateway.json",
                                  ROOT / "bench/results/gateway_cpu.json"])  # fmt: skip
+    parser.add_argument("--verify", type=Path, nargs="+",
+                        default=[ROOT / "bench/results/verify.json"])  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -233,6 +264,11 @@ def main() -> None:
             made.append(plot_gateway(gateway, args.out))
         else:
             print(f"{gateway}: missing; run bench/gateway.py first", file=sys.stderr)
+    present = [p for p in args.verify if p.exists()]
+    if present:
+        made.append(plot_verify(present, args.out))
+    else:
+        print("no verify results; run bench/verify_bundle.py first", file=sys.stderr)
     for path in made:
         print(f"wrote {path}")
     if not made:
