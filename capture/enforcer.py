@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
+from capture.filter_guard import masked_filter_problem
 from capture.filters import FilterInjectionError, MalformedFilterError, inject_filters
 from capture.headers import header_value
 from capture.masker import PLAN_KEY, MaskPlan
@@ -328,6 +329,14 @@ class Enforcer:
         st = state_of(flow)
         assert st is not None and st.classification is not None and st.identity is not None
         ob = decision.obligations
+        mask = ob.mask
+        if mask is not None and mask.filters == "deny" and st.classification.filters:
+            problem = masked_filter_problem(
+                st.classification.product, st.classification.filters,
+                fields=mask.fields, paths=mask.paths, detectors=mask.detectors)
+            if problem is not None:
+                block(flow, st, 403, "masked_field_filter", problem, "policy")
+                return
         if ob.row_filters:
             try:
                 body: Any = json.loads(st.client_body or b"{}")

@@ -67,7 +67,10 @@ Rules
   (``detectors`` and ``fields`` apply inside the response's user data, i.e. the
   classifier's ``user_data_paths``; ``paths`` are absolute response paths whose
   whole value is masked, i.e. ``mask_document(field_paths=...)``; ``mode`` is
-  ``placeholder`` or ``hmac``; see :mod:`capture.masking`),
+  ``placeholder`` or ``hmac``; ``filters`` is ``deny``, the default: a
+  request whose own filter names a masked field or compares with a value of a
+  masked kind is refused, see :mod:`capture.filter_guard`, or ``allow``; see
+  :mod:`capture.masking`),
   ``strip_vectors``, ``inject_filter`` (one filter per product, see
   :mod:`capture.filters`). A rule with ``inject_filter`` may only allow search,
   read, schema and health, because a row filter cannot restrict writes.
@@ -593,6 +596,10 @@ class MaskSpec(_Model):
     fields: list[Name] = []
     paths: list[MaskPath] = []
     mode: Literal["placeholder", "hmac"] = "placeholder"
+    #: ``deny``: a request whose own filter names a masked field, or compares
+    #: with a value of a masked kind, is refused (it could confirm masked values
+    #: by guessing; see capture/filter_guard.py). ``allow`` waives that.
+    filters: Literal["deny", "allow"] = "deny"
 
     @model_validator(mode="after")
     def _something(self) -> MaskSpec:
@@ -1979,6 +1986,7 @@ def _merge_obligations(contributions: list[_Contribution]) -> RequestObligations
     fields: dict[str, None] = {}
     paths: dict[str, None] = {}
     modes: set[str] = set()
+    filter_modes: set[str] = set()
     strip = False
     filters: dict[str, AppliedRowFilter] = {}
     for c in contributions:
@@ -1988,6 +1996,7 @@ def _merge_obligations(contributions: list[_Contribution]) -> RequestObligations
             fields.update(dict.fromkeys(ob.mask.fields))
             paths.update(dict.fromkeys(ob.mask.paths))
             modes.add(ob.mask.mode)
+            filter_modes.add(ob.mask.filters)
         strip = strip or ob.strip_vectors
         if ob.inject_filter is not None and c.rule.id not in filters:
             filters[c.rule.id] = AppliedRowFilter(rule_id=c.rule.id, filter=ob.inject_filter)
@@ -1995,7 +2004,8 @@ def _merge_obligations(contributions: list[_Contribution]) -> RequestObligations
     if modes:
         mask = MaskSpec(detectors=list(detectors),  # type: ignore[arg-type]
                         fields=list(fields), paths=list(paths),
-                        mode="placeholder" if "placeholder" in modes else "hmac")
+                        mode="placeholder" if "placeholder" in modes else "hmac",
+                        filters="deny" if "deny" in filter_modes else "allow")
     return RequestObligations(mask=mask, strip_vectors=strip, row_filters=list(filters.values()))
 
 

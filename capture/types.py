@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from schemas.models import ActionClass, Operation
 
@@ -83,6 +83,10 @@ class Classification:
     vector_paths: tuple[str, ...] = ()
     vector_scan_paths: tuple[str, ...] = ()
     field_aliases: tuple[tuple[str, str], ...] = ()
+    #: the client's filters as the classifier read them (JSON values, or a
+    #: Milvus expression), in request order: what a masked-field filter check
+    #: reads. Never recorded (events keep each operation's filter_sha256).
+    filters: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def ok(self) -> bool:

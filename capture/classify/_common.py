@@ -16,6 +16,7 @@ import math
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import unquote
@@ -266,6 +267,8 @@ def _run(
             )
         return unknown(product, f"{name}: unrecognised endpoint {where}")
     r = m.route
+    collected: list[object] = []
+    token = _FILTERS.set(collected)
     try:
         result = r.handler(ctx, m.params)
     except BadRequest as exc:
@@ -273,6 +276,8 @@ def _run(
         return unknown(
             product, f"{name}: {method} {r.template}: {exc}", collection=coll, detail=r.template
         )
+    finally:
+        _FILTERS.reset(token)
     if not result.operations:
         return unknown(
             product, f"{name}: {method} {r.template} yielded no operation", detail=r.template
@@ -291,6 +296,7 @@ def _run(
         vector_paths=result.vector_paths,
         vector_scan_paths=result.vector_scan_paths,
         field_aliases=result.field_aliases,
+        filters=tuple(collected),
     )
 
 
@@ -559,6 +565,10 @@ def walk(value: object) -> Iterator[object]:
             stack.extend(reversed(item))
 
 
+#: the filters ``op`` saw while one request is classified (``_run`` sets it)
+_FILTERS: ContextVar[list[object] | None] = ContextVar("embedguard_filters", default=None)
+
+
 def op(
     action: ActionClass,
     *,
@@ -578,6 +588,10 @@ def op(
     caller has proved the filter is exactly a primary-key list
     (``filter_is_id_list``)."""
     id_list = list(ids)
+    if filters:
+        sink = _FILTERS.get()
+        if sink is not None:
+            sink.extend(filters)
     return Operation(
         action=action,
         collection=collection,

@@ -44,8 +44,8 @@ property may still show is chosen so as to reveal no value of it:
 
 A ``groupBy`` on a path through a masked property masks ``groupedBy.value``
 (``path`` only echoes the request). A ``where`` filter on a masked property
-can still confirm a guessed value through counts; masking responses cannot
-prevent that, a policy has to deny such filters.
+could still confirm a guessed value through counts; masking responses cannot
+prevent that, so the gateway refuses such filters (capture/filter_guard.py).
 """
 
 from __future__ import annotations

@@ -196,3 +196,29 @@ def test_chroma_metadata_keys_named_id_are_masked(chroma_gw: GatewayProcess,
     want = {"id": "[MASKED:email]", "_id": "[MASKED:email]", "team": "search"}
     assert got["metadatas"] == [want]
     assert queried["metadatas"] == [[want]]
+
+
+@pytest.mark.parametrize(("path", "body", "shown"), [
+    ("/collections/docs/points/scroll",
+     {"filter": {"must": [{"key": "salary", "range": {"gte": 100000}}]}}, "'salary'"),
+    ("/collections/docs/points/count",
+     {"filter": {"must": [{"key": "owner", "match": {"value": "carol@x.io"}}]}}, "email"),
+])
+def test_a_filter_cannot_guess_a_masked_value(
+    rig: Rig, auth: dict[str, str], path: str, body: dict[str, Any], shown: str
+) -> None:
+    """Responses show [MASKED:...], but a filter works on the real values: a
+    count of owner == "carol@x.io" would confirm the guess. The gateway refuses
+    the request, says why, and forwards nothing."""
+    r = httpx.post(rig.gw.url + path, json=body, headers=auth, timeout=30)
+    assert r.status_code == 403, r.text
+    err = r.json()
+    assert err["error"] == "masked_field_filter" and shown in err["reason"]
+    rid = r.headers["x-embedguard-request-id"]
+    types = [e.event.envelope.type for e in read_events(rig.gw.log_url)
+             if e.event.envelope.request_id == rid]
+    assert "RequestBlocked" in types and "RequestForwarded" not in types
+    # a filter on a field nobody masks goes through
+    ok = httpx.post(rig.gw.url + "/collections/docs/points/scroll", headers=auth, timeout=30,
+                    json={"filter": {"must": [{"key": "team", "match": {"value": "b"}}]}})
+    assert ok.status_code == 200, ok.text

@@ -156,10 +156,30 @@ def test_example_masks_email_for_data_scientists(example: Policy) -> None:
     assert d.obligations.mask.mode == "placeholder"
     kinds = [(o.kind, json.loads(o.params_json)) for o in d.obligations.to_event()]
     assert kinds == [("mask", {"detectors": ["email"], "fields": ["email"], "paths": [],
-                               "mode": "placeholder"})]
+                               "mode": "placeholder", "filters": "deny"})]
     # pipelines are not masked
     d = evaluate(example, ident("Vector-Pipeline"), [op(A.SEARCH, limit=5)], ctx())
     assert d.obligations.mask is None
+
+
+def test_a_mask_refuses_filters_on_masked_fields_unless_every_rule_waives_it() -> None:
+    def policy(*waived: bool) -> Policy:
+        rules = [{"id": f"r{i}", "effect": "allow", "subjects": {"groups": ["Vector-Read"]},
+                  "actions": ["search"], "collections": ["*"],
+                  "obligations": {"mask": {"fields": [f"f{i}"],
+                                           **({"filters": "allow"} if w else {})}}}
+                 for i, w in enumerate(waived)]
+        return Policy.model_validate({"version": 1, "rules": rules})
+
+    def merged(*waived: bool) -> str:
+        d = evaluate(policy(*waived), ident("Vector-Read"), [op(A.SEARCH, limit=5)], ctx())
+        assert d.obligations.mask is not None
+        return d.obligations.mask.filters
+
+    assert merged(False) == "deny"  # the default
+    assert merged(True) == "allow"
+    assert merged(True, False) == "deny"  # one rule that keeps it wins
+    assert merged(True, True) == "allow"
 
 
 def test_example_approvers_are_vector_approve(example: Policy) -> None:
