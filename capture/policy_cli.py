@@ -94,8 +94,8 @@ def _operations_from_specs(specs: list[str], limit: int | None) -> list[Operatio
     return ops
 
 
-def _classify(product: str | None, request: HttpRequest) -> tuple[Product, list[Operation],
-                                                                  str | None]:
+def _classify(product: str | None, request: HttpRequest
+              ) -> tuple[Product, list[Operation], str | None, tuple[Any, ...]]:
     try:
         from capture.classify import classify, detect_product
     except ImportError as exc:  # pragma: no cover - the classifier ships with the gateway
@@ -112,7 +112,8 @@ def _classify(product: str | None, request: HttpRequest) -> tuple[Product, list[
             raise _fail(f"cannot tell the product from {request.path!r} — pass --product "
                         f"({', '.join(PRODUCTS)})")
     classification = classify(chosen, request)
-    return chosen, list(classification.operations), classification.error
+    return (chosen, list(classification.operations), classification.error,
+            classification.filters)
 
 
 @policy_app.command("explain")
@@ -176,6 +177,7 @@ def explain_command(
 
     chosen: Product | None = None
     classification_error: str | None = None
+    filters: tuple[Any, ...] = ()
     request_path: str | None = None
     if op:
         if path is not None:
@@ -204,7 +206,7 @@ def explain_command(
         request = HttpRequest(method=method.upper(), path=raw_path, host=host,
                               query=tuple(parse_qsl(query, keep_blank_values=True)),
                               headers=headers, body=data)
-        chosen, operations, classification_error = _classify(product, request)
+        chosen, operations, classification_error, filters = _classify(product, request)
     else:
         raise _fail("give the request (--method, --path, --body) or operations (--op)")
 
@@ -221,11 +223,24 @@ def explain_command(
                          client_address=client_address, product=chosen,
                          method=method.upper(), path=request_path)
     result = explain(policy, identity, operations, ctx)
+    # what the gateway does after the policy allowed it: a filter on a field
+    # the decision masks is refused (capture/filter_guard.py)
+    refused: dict[str, Any] | None = None
+    mask = result.decision.obligations.mask
+    if (result.decision.outcome != "deny" and mask is not None and mask.filters == "deny"
+            and filters and chosen is not None):
+        from capture.filter_guard import masked_filter_problem
+
+        problem = masked_filter_problem(chosen, filters, fields=mask.fields, paths=mask.paths,
+                                        detectors=mask.detectors)
+        if problem is not None:
+            refused = {"status": 403, "error": "masked_field_filter", "reason": problem}
     if as_json:
         data_out = result.model_dump(mode="json")
         data_out["product"] = chosen
         data_out["classification_error"] = classification_error
         data_out["token_age"] = format_duration(age)
+        data_out["refused"] = refused
         _print_json(data_out)
         return
     if chosen:
@@ -233,3 +248,6 @@ def explain_command(
     if classification_error:
         _out.print(f"classification: {classification_error}")
     _out.print(result.to_text())
+    if refused is not None:
+        _out.print(f"then refused by the gateway: {refused['status']} {refused['error']}: "
+                   f"{refused['reason']}")

@@ -1407,6 +1407,30 @@ def test_cli_explain_classifies_a_request(cli: typer.Typer, tmp_path: Path) -> N
     assert data["decision"]["per_operation"][0]["rule_id"] == "ds-change-needs-approval"
 
 
+def test_cli_explain_shows_the_gateway_refusing_a_filter_on_a_masked_field(
+    cli: typer.Typer, tmp_path: Path
+) -> None:
+    """The example masks e-mail for data scientists: the policy allows their
+    scroll, and the gateway then refuses one that filters on an e-mail."""
+    body = tmp_path / "scroll.json"
+    body.write_text(json.dumps({"filter": {"must": [
+        {"key": "owner", "match": {"value": "alice@corp.io"}}]}}))
+    args = ["policy", "explain", str(EXAMPLE), "--sub", "dana", "--groups", "Vector-Read",
+            "--method", "POST", "--path", "/collections/docs/points/scroll", "--body",
+            str(body)]
+    r = runner.invoke(cli, [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["decision"]["outcome"] == "allow"
+    assert data["refused"]["error"] == "masked_field_filter"
+    assert "remove that condition" in data["refused"]["reason"]
+    text = runner.invoke(cli, args)
+    assert "then refused by the gateway: 403 masked_field_filter" in text.output
+    body.write_text(json.dumps({"filter": {"must": [
+        {"key": "team", "match": {"value": "search"}}]}}))
+    assert json.loads(runner.invoke(cli, [*args, "--json"]).stdout)["refused"] is None
+
+
 def test_cli_explain_needs_a_request_or_operations(cli: typer.Typer) -> None:
     r = runner.invoke(cli, ["policy", "explain", str(EXAMPLE), "--sub", "x"])
     assert r.exit_code == 2
