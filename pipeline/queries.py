@@ -24,6 +24,8 @@ UTC strings) that are identical on every backend.
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -601,6 +603,17 @@ FROM (
     GROUP BY a.approval_id
 )))))))
 """
+#: the fold without the payload fallback: for a warehouse whose approvals rows
+#: all carry the 0005 columns (``_legacy_approval_rows`` is false), where the
+#: fallback could find nothing to read and only costs planning
+_JOIN_START = _APPROVAL_FOLD.index("    LEFT JOIN (")
+_JOIN_END = _APPROVAL_FOLD.index(") AS e ON a.event_id = e.event_id") + len(
+    ") AS e ON a.event_id = e.event_id\n"
+)
+_APPROVAL_FOLD_COLUMNS = (
+    _APPROVAL_FOLD[:_JOIN_START] + _APPROVAL_FOLD[_JOIN_END:]
+).replace("e.payload_json", "''")
+
 APPROVAL = Query(
     "approval",
     _APPROVAL_FOLD % {"where": "approval_id = {approval_id:String}"},
@@ -629,6 +642,28 @@ APPROVALS_LIST = Query(
     + """) WHERE {status:String} = '' OR status = {status:String}
     ORDER BY requested_at DESC, approval_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}""",
     "Approvals, newest first, optionally of one status (pending, approved, denied, expired).",
+)
+APPROVAL_FROM_COLUMNS = Query(
+    "approval_from_columns",
+    _APPROVAL_FOLD_COLUMNS % {"where": "approval_id = {approval_id:String}"},
+    "``approval`` for a warehouse whose approvals rows all carry the issuers and "
+    "expired_at (migration 0005): the same answer, without the payload fallback.",
+)
+APPROVALS_LIST_FROM_COLUMNS = Query(
+    "approvals_list_from_columns",
+    "SELECT * FROM ("
+    + _APPROVAL_FOLD_COLUMNS % {"where": "1"}
+    + """) WHERE {status:String} = '' OR status = {status:String}
+    ORDER BY requested_at DESC, approval_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}""",
+    "``approvals_list`` without the payload fallback (see approval_from_columns).",
+)
+LEGACY_APPROVAL_ROWS = Query(
+    "legacy_approval_rows",
+    """SELECT count() AS n FROM {approvals}
+    WHERE (type = 'ApprovalRequested' AND requester_issuer IS NULL)
+       OR (type = 'ApprovalDecided' AND approver_issuer IS NULL)
+       OR (type = 'ApprovalExpired' AND expired_at IS NULL)""",
+    "Approvals rows loaded before migration 0005 (without the issuers or expired_at).",
 )
 APPROVAL_WRITES = Query(
     "approval_writes",
@@ -841,6 +876,9 @@ QUERIES: dict[str, Query] = {
         APPROVAL,
         APPROVAL_EVENTS,
         APPROVALS_LIST,
+        APPROVAL_FROM_COLUMNS,
+        APPROVALS_LIST_FROM_COLUMNS,
+        LEGACY_APPROVAL_ROWS,
         APPROVAL_WRITES,
         STATS_OVER_TIME,
         DEAD_LETTERS,
@@ -1050,8 +1088,29 @@ def collection_history(
     )
 
 
+#: warehouses seen to hold no approvals row from before migration 0005, and
+#: when (monotonic s). Every load since fills the columns; the check is renewed
+#: after a minute anyway, in case a loader of an older version still writes
+#: (a rolling upgrade).
+_NO_LEGACY_ROWS: weakref.WeakKeyDictionary[Warehouse, float] = weakref.WeakKeyDictionary()
+_LEGACY_RECHECK_S = 60.0
+
+
+def _legacy_approval_rows(wh: Warehouse) -> bool:
+    seen = _NO_LEGACY_ROWS.get(wh)
+    if seen is not None and time.monotonic() - seen < _LEGACY_RECHECK_S:
+        return False
+    rows = LEGACY_APPROVAL_ROWS.run(wh)
+    if rows and int(rows[0]["n"]) > 0:
+        _NO_LEGACY_ROWS.pop(wh, None)
+        return True
+    _NO_LEGACY_ROWS[wh] = time.monotonic()
+    return False
+
+
 def approval(wh: Warehouse, approval_id: str) -> dict[str, Any] | None:
-    rows = APPROVAL.run(wh, approval_id=approval_id)
+    query = APPROVAL if _legacy_approval_rows(wh) else APPROVAL_FROM_COLUMNS
+    rows = query.run(wh, approval_id=approval_id)
     return rows[0] if rows else None
 
 
@@ -1062,7 +1121,8 @@ def approval_events(wh: Warehouse, approval_id: str) -> list[dict[str, Any]]:
 def approvals_list(
     wh: Warehouse, *, status: str | None = None, limit: int = 100, offset: int = 0
 ) -> list[dict[str, Any]]:
-    return APPROVALS_LIST.run(wh, status=status or "", limit=_limit(limit), offset=_offset(offset))
+    query = APPROVALS_LIST if _legacy_approval_rows(wh) else APPROVALS_LIST_FROM_COLUMNS
+    return query.run(wh, status=status or "", limit=_limit(limit), offset=_offset(offset))
 
 
 def approval_writes(wh: Warehouse, approval_id: str) -> list[dict[str, Any]]:

@@ -253,7 +253,10 @@ def test_new_loads_fill_the_columns_0005_added(
         "count() AS n FROM {approvals} GROUP BY type ORDER BY type", {})
     got = {r["type"]: (r["req"], r["appr"], r["exp"], r["n"]) for r in rows}
     filled = {t: v[:3] for t, v in got.items()}
-    if request.node.callspec.params["warehouse"].endswith("pre_0005"):
+    # the fold reads payloads only for a warehouse that still holds such rows
+    pre = request.node.callspec.params["warehouse"].endswith("pre_0005")
+    assert queries._legacy_approval_rows(warehouse) is pre
+    if pre:
         assert all(v == (0, 0, 0) for v in filled.values())
         return
     n = {t: v[3] for t, v in got.items()}

@@ -169,6 +169,10 @@ PARAMS: dict[str, list[dict[str, Any]]] = {
     ],
     "approval": [dict(approval_id="apr-1")],
     "approval_events": [dict(approval_id="apr-1")],
+    "approval_from_columns": [dict(approval_id="apr-1")],
+    "approvals_list_from_columns": [dict(status="", limit=100, offset=0),
+                                    dict(status="approved", limit=100, offset=0)],
+    "legacy_approval_rows": [dict()],
     "approvals_list": [
         dict(status="", limit=10, offset=0),
         dict(status="pending", limit=10, offset=0),
