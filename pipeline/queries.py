@@ -635,12 +635,19 @@ APPROVAL_EVENTS = Query(
     "The events that settle one approval, as written: its request, the votes, expiries and "
     "the grant it issued (an evidence bundle ships them with their proofs).",
 )
+def _approvals_page(fold: str) -> str:
+    """A page of approvals folded by ``fold``, newest first, of one status or all."""
+    return (
+        "SELECT * FROM ("
+        + fold % {"where": "1"}
+        + """) WHERE {status:String} = '' OR status = {status:String}
+    ORDER BY requested_at DESC, approval_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}"""
+    )
+
+
 APPROVALS_LIST = Query(
     "approvals_list",
-    "SELECT * FROM ("
-    + _APPROVAL_FOLD % {"where": "1"}
-    + """) WHERE {status:String} = '' OR status = {status:String}
-    ORDER BY requested_at DESC, approval_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}""",
+    _approvals_page(_APPROVAL_FOLD),
     "Approvals, newest first, optionally of one status (pending, approved, denied, expired).",
 )
 APPROVAL_FROM_COLUMNS = Query(
@@ -651,10 +658,7 @@ APPROVAL_FROM_COLUMNS = Query(
 )
 APPROVALS_LIST_FROM_COLUMNS = Query(
     "approvals_list_from_columns",
-    "SELECT * FROM ("
-    + _APPROVAL_FOLD_COLUMNS % {"where": "1"}
-    + """) WHERE {status:String} = '' OR status = {status:String}
-    ORDER BY requested_at DESC, approval_id LIMIT {limit:UInt32} OFFSET {offset:UInt32}""",
+    _approvals_page(_APPROVAL_FOLD_COLUMNS),
     "``approvals_list`` without the payload fallback (see approval_from_columns).",
 )
 LEGACY_APPROVAL_ROWS = Query(

@@ -335,6 +335,23 @@ _LINEAGE_COLUMNS: list[tuple[str, pa.DataType]] = [
 ]
 
 
+def _index_entry(e: dict[str, Any], proved: set[str], file: str | None = None) -> dict[str, Any]:
+    """An exported event's entry in the signed ``index.json`` (``file``: the
+    file that holds it, when not events.parquet)."""
+    entry = {
+        "event_id": e["event_id"],
+        "session_id": e["session_id"],
+        "seq": e["seq"],
+        "stream": e["stream"],
+        "stream_seq": e["stream_seq"],
+        "leaf_hash": hashlib.sha256(b"\x00" + e["raw"]).hexdigest(),
+        "proved": e["event_id"] in proved,
+    }
+    if file is not None:
+        entry["file"] = file
+    return entry
+
+
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, pa.DataType]]) -> pa.Table:
     schema = pa.schema(columns)
     return pa.Table.from_pylist([{c: r.get(c) for c, _ in columns} for r in rows], schema=schema)
@@ -566,29 +583,8 @@ def export_bundle(
             for e in (*event_rows, *approval_event_rows)
             if e["event_id"] not in proved and e.get("type") != "Checkpoint"
         )
-        index = [
-            {
-                "event_id": e["event_id"],
-                "session_id": e["session_id"],
-                "seq": e["seq"],
-                "stream": e["stream"],
-                "stream_seq": e["stream_seq"],
-                "leaf_hash": hashlib.sha256(b"\x00" + e["raw"]).hexdigest(),
-                "proved": e["event_id"] in proved,
-            }
-            for e in event_rows
-        ] + [
-            {
-                "event_id": e["event_id"],
-                "session_id": e["session_id"],
-                "seq": e["seq"],
-                "stream": e["stream"],
-                "stream_seq": e["stream_seq"],
-                "leaf_hash": hashlib.sha256(b"\x00" + e["raw"]).hexdigest(),
-                "proved": e["event_id"] in proved,
-                "file": APPROVAL_EVENTS,
-            }
-            for e in approval_event_rows
+        index = [_index_entry(e, proved) for e in event_rows] + [
+            _index_entry(e, proved, APPROVAL_EVENTS) for e in approval_event_rows
         ]
 
         counts = {

@@ -165,29 +165,10 @@ def _verify_root(
         return report
     suspect = {f.where for f in findings if f.kind in ("file_altered", "unexpected_file")
                and f.where}
-    table = _read_parquet(root, EVENTS, ["event_id", "session_id", "seq", "raw"], report, suspect)
-    if table is None:
+    read = _read_events_file(root, EVENTS, report, suspect)
+    if read is None:
         return report
-    ids = table.column("event_id").to_pylist()
-    raws = table.column("raw").to_pylist()
-    events, wheres, undecodable = decode_events(
-        (f"{EVENTS} row {i}", bytes(raw or b"")) for i, raw in enumerate(raws)
-    )
-    for f in undecodable:
-        report.findings.append(f)
-    row_of = {w: int(w.rsplit(" ", 1)[1]) for w in wheres}
-    for dec, where in zip(events, wheres, strict=True):
-        row_id = ids[row_of[where]]
-        if str(dec.event.envelope.event_id) != row_id:
-            report.findings.append(
-                _at(
-                    dec,
-                    where,
-                    "row_mismatch",
-                    f"the row says event {row_id} but its bytes are event "
-                    f"{dec.event.envelope.event_id}",
-                )
-            )
+    events, wheres = read
 
     # the votes, expiries and grants behind the approvals, from sessions not
     # exported whole: proven one by one, not chained (their sessions' other
@@ -244,22 +225,21 @@ def _verify_root(
 _SETTLING = frozenset({"ApprovalRequested", "ApprovalDecided", "ApprovalExpired", "GrantIssued"})
 
 
-def _read_approval_events(
-    root: Path, report: VerifyReport, suspect: set[str]
-) -> tuple[list[DecodedEvent], list[str]]:
-    if not (root / APPROVAL_EVENTS).is_file():
-        return [], []  # a bundle without approvals from other sessions
-    table = _read_parquet(root, APPROVAL_EVENTS, ["event_id", "raw"], report, suspect)
+def _read_events_file(
+    root: Path, name: str, report: VerifyReport, suspect: set[str]
+) -> tuple[list[DecodedEvent], list[str]] | None:
+    """The decoded events of an events file and where each came from (None if
+    it cannot be read); an undecodable row, or one whose ``event_id`` is not
+    its bytes' event, is a finding."""
+    table = _read_parquet(root, name, ["event_id", "raw"], report, suspect)
     if table is None:
-        return [], []
+        return None
     ids = table.column("event_id").to_pylist()
     events, wheres, undecodable = decode_events(
-        (f"{APPROVAL_EVENTS} row {i}", bytes(raw or b""))
+        (f"{name} row {i}", bytes(raw or b""))
         for i, raw in enumerate(table.column("raw").to_pylist())
     )
     report.findings.extend(undecodable)
-    kept: list[DecodedEvent] = []
-    kept_wheres: list[str] = []
     for dec, where in zip(events, wheres, strict=True):
         row_id = ids[int(where.rsplit(" ", 1)[1])]
         if str(dec.event.envelope.event_id) != row_id:
@@ -267,7 +247,21 @@ def _read_approval_events(
                 dec, where, "row_mismatch",
                 f"the row says event {row_id} but its bytes are event "
                 f"{dec.event.envelope.event_id}"))
-        elif dec.event.envelope.type not in _SETTLING:
+    return events, wheres
+
+
+def _read_approval_events(
+    root: Path, report: VerifyReport, suspect: set[str]
+) -> tuple[list[DecodedEvent], list[str]]:
+    if not (root / APPROVAL_EVENTS).is_file():
+        return [], []  # a bundle without approvals from other sessions
+    read = _read_events_file(root, APPROVAL_EVENTS, report, suspect)
+    if read is None:
+        return [], []
+    kept: list[DecodedEvent] = []
+    kept_wheres: list[str] = []
+    for dec, where in zip(*read, strict=True):
+        if dec.event.envelope.type not in _SETTLING:
             report.findings.append(_at(
                 dec, where, "unexpected_event",
                 f"a {dec.event.envelope.type} event; this file holds only the events "
