@@ -410,10 +410,13 @@ class Recorder:
     def _forget_stale_flows(self, now: float) -> None:
         # A flow mitmproxy never ended with a response or error hook would keep
         # inline commits off for good; one older than any request could run
-        # (held approvals included) is forgotten. It only steers that choice.
+        # (held approvals included) is forgotten: it steers that choice, and
+        # would hold its session open (never idle) for good.
         horizon = now - _STALE_FLOW_S
-        for flow_id in [k for k, t in self._live.items() if t < horizon]:
+        stale = [k for k, t in self._live.items() if t < horizon]
+        for flow_id in stale:
             del self._live[flow_id]
+        self.sessions.forget_flows(stale)
         for sid in [k for k, t in self._retired.items() if t < horizon]:
             del self._retired[sid]
 
@@ -596,7 +599,13 @@ class Recorder:
         try:
             await self._record_response(flow)
         finally:
-            self._live.pop(flow.id, None)
+            self._flow_ended(flow)
+
+    def _flow_ended(self, flow: http.HTTPFlow) -> None:
+        self._live.pop(flow.id, None)
+        st = state_of(flow)
+        if st is not None:  # its last event is stamped: the session may now go idle
+            self.sessions.release(st.session_id, flow.id, datetime.now(UTC))
 
     @fail_closed("log")
     async def _record_response(self, flow: http.HTTPFlow) -> None:
@@ -662,7 +671,7 @@ class Recorder:
         try:
             await self._record_error(flow)
         finally:
-            self._live.pop(flow.id, None)
+            self._flow_ended(flow)
 
     async def _record_error(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
@@ -716,7 +725,8 @@ class Recorder:
             st.client_address,
             session_name,
         )
-        session, started, ended = self.sessions.touch(key, now)
+        # the flow holds its session open until its response or error hook
+        session, started, ended = self.sessions.touch(key, now, flow.id)
         st.session_id = session.session_id
         sid, rid = session.session_id, st.request_id
         stamp = self.stamper.stamp
