@@ -731,8 +731,13 @@ def verify_command(
         verdict = "OK" if report.ok else f"FAILED ({len(report.errors)} error(s))"
         if report.ok and unproven:
             verdict = f"OK, but {unproven} event(s) NOT PROVEN by a signed checkpoint"
+        whole = (
+            f" ({report.sessions_whole} whole, {report.sessions_open} without their end)"
+            if bundle is not None and (report.sessions_whole or report.sessions_open)
+            else ""
+        )
         _out.print(
-            f"{what}: {verdict}: {report.events} events, {report.sessions} sessions, "
+            f"{what}: {verdict}: {report.events} events, {report.sessions} sessions{whole}, "
             f"{report.checkpoints_verified} checkpoints, {report.inclusion_verified} inclusion "
             f"and {report.consistency_verified} consistency proofs verified"
         )

@@ -169,13 +169,17 @@ key, so whoever can write the log can add or re-record such events). Events
 recorded after the gateway's last checkpoint are in that state until its next
 one; ask for a new export, or pass `--allow-unproven` to read them knowingly.
 
-What verification cannot show is that a session's last events were not left
-out: each session's chain is checked from its first event, and every shipped
-event is proven, but a Merkle proof says nothing about the stream's other
-leaves. A session that ended before the export ends with its `SessionEnded`
-event; if that event is missing, events after the last one shipped cannot be
-ruled out (ask for the session again, or compare `index.json` with another
-export of it).
+Whether a session ships whole: each session's chain is checked from its
+first event, and every shipped event is proven, but a Merkle proof says
+nothing about the stream's other leaves. A session that ended before the
+export ends with its `SessionEnded` event, the last of its chain (the gateway
+never ends a session while one of its requests is in flight), so a chain
+intact from `SessionStarted` to `SessionEnded` shows the whole session;
+verify counts such sessions as whole. A session without its `SessionEnded`
+is named in a `session_open` warning: it was still open at export, or the
+events after the last one shipped were left out, and the bundle cannot show
+which (ask for the session again once it has ended, or compare `index.json`
+with another export of it).
 
 What the signatures prove is the `raw` column of `events.parquet` (and the
 bodies). The other tables are projections the export copied from the

@@ -55,6 +55,7 @@ from replay.verify_core import (
     chain_findings,
     decode_events,
     leaf_hash,
+    split_runs,
     verify_log,
     verify_proofs,
 )
@@ -198,6 +199,7 @@ def _verify_root(
     events = [events[i] for i in order]
     wheres = [wheres[i] for i in order]
     report.findings.extend(chain_findings(events, wheres))
+    _check_session_ends(events, wheres, report)
     proofs = verify_proofs(
         [*events, *extra],
         vkeys,
@@ -219,6 +221,50 @@ def _verify_root(
     _check_bodies(root, manifest, events, wheres, report, suspect)
     _check_projections(root, [*events, *extra], [*wheres, *extra_wheres], report, suspect)
     return report
+
+
+def _check_session_ends(
+    events: list[DecodedEvent], wheres: list[str], report: VerifyReport
+) -> None:
+    """Is each session shipped whole? A session the gateway's tracker opened
+    (SessionStarted at seq 0) ends with its SessionEnded, the last event of
+    its chain; with it, an intact chain from seq 0 to it proves that no event
+    of the session was left out. Without it, the session was still open when
+    exported, or its tail was left out: a warning, since the bundle cannot tell
+    which. An event after the SessionEnded is an error. ``events`` are in
+    (session, seq) order; the chains were checked already (a session whose
+    chain is broken is not counted whole)."""
+    run_of = {i: r.label for r in split_runs(events) for i in r.idxs}
+    by_session: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, d in enumerate(events):
+        by_session[(run_of[i], d.event.envelope.session_id)].append(i)
+    broken = {f.session_id for f in report.findings
+              if f.severity == "error" and f.kind.startswith("chain_")}
+    for (_, sid), idxs in by_session.items():
+        first = events[idxs[0]].event
+        if first.envelope.seq != 0 or first.avro_name != "SessionStarted":
+            continue  # a gateway's own session, or a chain not shipped from its start
+        ends = [i for i in idxs if events[i].event.avro_name == "SessionEnded"]
+        if not ends:
+            report.sessions_open += 1
+            last = idxs[-1]
+            report.findings.append(_at(
+                events[last], wheres[last], "session_open",
+                "the session has no SessionEnded: it was still open when exported, or "
+                "the events after this one (its last in the bundle) were left out, and "
+                "the bundle cannot show which; export it again once it has ended (the "
+                "gateway closes it after its idle gap) to prove it whole",
+                severity="warning"))
+            continue
+        end = events[ends[0]].event.envelope
+        after = [i for i in idxs if events[i].event.envelope.seq > end.seq]
+        for i in after:
+            report.findings.append(_at(
+                events[i], wheres[i], "session_after_end",
+                f"recorded after the session's SessionEnded (seq {end.seq}, "
+                f"{end.event_id}): a session's end is the last event of its chain"))
+        if not after and sid not in broken:
+            report.sessions_whole += 1
 
 
 #: the event types that settle an approval (what approval_events.parquet may hold)

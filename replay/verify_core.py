@@ -109,6 +109,11 @@ class VerifyReport:
     streams: dict[str, StreamSummary] = field(default_factory=dict)
     events: int = 0
     sessions: int = 0
+    #: bundles: sessions shipped whole (from SessionStarted to SessionEnded,
+    #: chain intact) and sessions without their SessionEnded (see
+    #: :func:`replay.verify._check_session_ends`)
+    sessions_whole: int = 0
+    sessions_open: int = 0
     checkpoints_verified: int = 0
     inclusion_verified: int = 0
     consistency_verified: int = 0
@@ -128,6 +133,8 @@ class VerifyReport:
             "ok": self.ok,
             "events": self.events,
             "sessions": self.sessions,
+            "sessions_whole": self.sessions_whole,
+            "sessions_open": self.sessions_open,
             "checkpoints_verified": self.checkpoints_verified,
             "inclusion_verified": self.inclusion_verified,
             "consistency_verified": self.consistency_verified,

@@ -46,6 +46,49 @@ def test_clean_bundle_verifies(bundle: Bundle, scenario: Scenario) -> None:
     assert report.checkpoints_verified >= 1
     code, out = _verify(bundle.path, scenario, bundle)
     assert code == 0 and ": OK:" in out
+    # the gateway stopped cleanly: every user session ended, and ships whole
+    assert report.sessions_open == 0 and report.sessions_whole >= len(scenario.sessions)
+    assert not [f for f in report.findings if f.kind.startswith("session_")]
+    assert f"({report.sessions_whole} whole, 0 without their end)" in out
+
+
+def test_a_session_shipped_without_its_end_is_named(
+    bundle: Bundle, scenario: Scenario, tmp_path: Path
+) -> None:
+    """An exporter that leaves out a session's tail (here its SessionEnded) and
+    signs the rest: every shipped event still verifies, so the bundle is OK,
+    but verify says the session is not shown whole and names its last event."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.path, copy)
+    sid = scenario.sessions["carol"]
+    t = _events(copy)
+    rows = _rows_of(t, sid)
+    types = t.column("type").to_pylist()
+    (end,) = [i for i in rows if types[i] == "SessionEnded"]
+    assert end == rows[-1]
+    gone, last = t.column("event_id")[end].as_py(), t.column("event_id")[rows[-2]].as_py()
+    _write_events(copy, t.take([i for i in range(t.num_rows) if i != end]))
+    index = json.loads((copy / "index.json").read_text())
+    (copy / "index.json").write_text(json.dumps([e for e in index if e["event_id"] != gone]))
+    m = read_manifest(copy)
+    m["row_counts"]["events"] -= 1
+    m["sessions"][sid].update(events=m["sessions"][sid]["events"] - 1, last_event=last)
+    m["files"] = file_digests(copy)
+    sign_manifest(copy, m, load_signing_key(bundle.export_key))
+
+    report = verify_bundle(copy, [scenario.gateway_vkey], [bundle.export_vkey])
+    assert report.ok, [str(f) for f in report.errors]
+    (warn,) = [f for f in report.findings if f.kind == "session_open"]
+    assert warn.severity == "warning" and warn.session_id == sid and warn.event_id == last
+    assert "left out" in warn.detail and "export it again" in warn.detail
+    assert report.sessions_open == 1
+    assert report.sessions_whole == bundle_whole(bundle, scenario) - 1
+    code, out = _verify(copy, scenario, bundle)
+    assert code == 0 and "1 without their end" in out and last in out
+
+
+def bundle_whole(bundle: Bundle, scenario: Scenario) -> int:
+    return verify_bundle(bundle.path, [scenario.gateway_vkey], [bundle.export_vkey]).sessions_whole
 
 
 def test_clean_zip_verifies_and_wrong_gateway_key_fails(
