@@ -306,7 +306,7 @@ class ControlApi:
                 await svc.sync()
                 mine = satisfies_groups(who.groups, issuers)
                 return 200, {"grants": [grant_to_json(g) for g in svc.grants()
-                                        if mine or g.subject == who.subject]}
+                                        if mine or g.holder(who.issuer, who.subject)]}
             need("POST")
             body = self._body(flow)
             subject = body.get("subject")

@@ -226,7 +226,8 @@ class Enforcer:
             # The folded view may lag the log by a poll interval: a grant issued
             # a moment ago may be missed, which only ever refuses more.
             grants = [grant_scope(g)
-                      for g in self.approvals.active_grants(st.identity.subject, now)]
+                      for g in self.approvals.active_grants(
+                          st.identity.issuer, st.identity.subject, now)]
         ctx = RequestContext(
             now=now,
             change_ticket=ticket_id or None,

@@ -504,16 +504,17 @@ COLLECTION_HISTORY = Query(
 #: ``_settle``, the fold every gateway and the approvals service act on), not a
 #: simpler count: votes are taken in time order (then event id) until a deny or
 #: the min_approvals-th approver; a vote by the requester (same issuer and
-#: subject), a second vote by one approver, and votes at or after the deadline
-#: (expires_at, or an earlier forced ApprovalExpired's expired_at) never count.
+#: subject), a vote signed in at another issuer than the requester's, a second
+#: vote by one approver, and votes at or after the deadline (expires_at, or an
+#: earlier forced ApprovalExpired's expired_at) never count.
 #: ``approvers``/``deniers`` are the votes that counted; ``decided_at`` is the
 #: settling vote's time, or the first expiry's. The issuers and expired_at are
 #: columns since migration 0005; rows loaded before it have NULL there, and the
 #: fold then reads them from the events' payloads, by (session_id, event_id),
 #: the events table's key, and only for the approvals that need them: one with
-#: an expiry, a vote by the requester's subject, or a subject that voted twice.
-#: For the others every issuer reads as '' on both sides, and comparing subjects
-#: alone gives the same answer (reading payload_json made the list ~10x slower).
+#: a vote or an expiry (every vote's issuer matters). For the others (pending,
+#: no vote) nothing read there changes the answer (reading payload_json made
+#: the list ~10x slower; `warehouse rebuild` fills the columns).
 #: Restricted by ``{where}`` (a fixed predicate of this module).
 _APPROVAL_FOLD = """
 SELECT
@@ -540,6 +541,7 @@ FROM (SELECT *,
 FROM (SELECT *,
     arrayFilter(
         v -> (v.4, v.5) != (requester_issuer, ifNull(requester_subject, ''))
+            AND v.4 = requester_issuer
             AND v.1 < if(has_expiry, least(deadline_at, first_expiry), deadline_at),
         votes) AS on_time
 FROM (
@@ -587,11 +589,7 @@ FROM (
                 SELECT approval_id FROM {approvals}
                 WHERE %(where)s
                 GROUP BY approval_id
-                HAVING (countIf(type = 'ApprovalExpired') > 0
-                    OR has(groupArrayIf(approver_subject, type = 'ApprovalDecided'),
-                           anyIf(requester_subject, type = 'ApprovalRequested'))
-                    OR uniqExactIf(approver_subject, type = 'ApprovalDecided')
-                        < uniqExactIf(event_id, type = 'ApprovalDecided'))
+                HAVING countIf(type IN ('ApprovalExpired', 'ApprovalDecided')) > 0
                    AND countIf(
                         (type = 'ApprovalRequested' AND requester_issuer IS NULL)
                         OR (type = 'ApprovalDecided' AND approver_issuer IS NULL)

@@ -256,6 +256,11 @@ class GrantIssued(Event):
     max_operations: int | None = None
     issued_by: str
     reason: str | None = None
+    #: the issuer of ``subject``: the grant is for that principal only (an
+    #: OIDC ``sub`` is unique within its issuer). A ticket's grant takes its
+    #: requester's issuer, a JIT grant the issuing approver's. None in grants
+    #: recorded before the field existed, which no request matches.
+    subject_issuer: str | None = None
 
 
 class RequestForwarded(Event):

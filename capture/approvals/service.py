@@ -442,13 +442,16 @@ class ApprovalService:
     def grants(self) -> builtins.list[Grant]:
         return self.book.grants()
 
-    def active_grants(self, subject: str, now: datetime) -> builtins.list[Grant]:
+    def active_grants(self, issuer: str, subject: str, now: datetime) -> builtins.list[Grant]:
+        """The JIT grants of the principal (``issuer``, ``subject``) active at ``now``
+        (a grant recorded without its subject's issuer matches nobody)."""
         # called for every request: build only the caller's grants in their window
         # (book.grants() builds and sorts every grant ever issued, expired ones
         # included), then order them as book.grants() does
         book = self.book
         mine = [g.grant_id for g in book._grants.values()
-                if g.kind == "jit" and g.subject == subject and g.valid_from <= now < g.valid_until]
+                if g.kind == "jit" and g.subject == subject and g.subject_issuer == issuer
+                and g.valid_from <= now < g.valid_until]
         if not mine:
             return []
         out = [g for gid in mine if (g := book.grant(gid)) is not None and g.active(now)]
@@ -565,6 +568,7 @@ class ApprovalService:
                         "max_operations": a.max_operations,
                         "issued_by": approver.subject,
                         "reason": a.reason,
+                        "subject_issuer": a.requester_issuer,
                         "occurred_at": now,
                     }))
             await self._emit_and_sync(EmitRequest(
@@ -797,6 +801,7 @@ class ApprovalService:
             valid_from=t.valid_from or now, valid_until=t.valid_until or now,
             max_operations=t.max_operations, used_operations=used, approval_id=ticket_id,
             issued_by=t.approvals[-1].subject if t.approvals else "",
+            subject_issuer=t.requester_issuer,
         )
 
     async def issue_grant(
@@ -829,6 +834,8 @@ class ApprovalService:
                 "actions": list(acts), "collections": list(globs), "valid_from": now,
                 "valid_until": now + window, "max_operations": None,
                 "issued_by": issuer.subject, "reason": text, "occurred_at": now,
+                # a subject of the issuing approver's own identity provider
+                "subject_issuer": issuer.issuer,
             })],
             identity=issuer, client_address=client_address))
         g = self.book.grant(grant_id)

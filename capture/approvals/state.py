@@ -15,7 +15,13 @@ to. The status is therefore computed from the whole set, in the order of the
 events' own timestamps: votes are taken in time order until a deny (any deny
 wins) or the N-th approval; votes at or after the deadline (the expiry, or an
 earlier forced expiry) do not count; a vote by the requester (same issuer and
-subject, whatever the token) never counts, even if a faulty writer logged one.
+subject, whatever the token) never counts, even if a faulty writer logged one;
+nor does a vote signed in at another issuer than the requester's: an OIDC
+``sub`` is unique only within its issuer, and gateways that trust different
+IdPs may share one log, so a vote of ``alice`` at a second IdP is neither the
+requester's own (which would let her approve herself) nor a second person's
+(which would let one approver fill two seats). Grants likewise bind the
+subject's issuer.
 
 Uses are claims (:class:`ApprovalClaimed`). A gateway appends a claim before a
 request goes upstream under an approval or a change ticket, reads the log up to
@@ -86,6 +92,7 @@ ERROR_STATUS: dict[str, int] = {
     "already_decided": 409,
     "expired": 410,
     "self_approval": 403,
+    "foreign_issuer": 403,
     "not_an_approver": 403,
     "already_voted": 409,
     "content_mismatch": 409,
@@ -179,6 +186,14 @@ class Grant:
     approval_id: str | None
     issued_by: str
     reason: str | None = None
+    #: the issuer of ``subject`` (None: a grant recorded before grants named
+    #: it, which no request matches)
+    subject_issuer: str | None = None
+
+    def holder(self, issuer: str, subject: str) -> bool:
+        """Is (``issuer``, ``subject``) the principal this grant is for?"""
+        return self.subject_issuer is not None and (self.subject_issuer, self.subject) == (
+            issuer, subject)
 
     def active(self, now: datetime) -> bool:
         return self.valid_from <= now < self.valid_until and (
@@ -348,7 +363,8 @@ def _settle(rec: _Record) -> Approval | None:
     decided_at: datetime | None = None
     for vr in sorted(rec.votes.values(), key=lambda v: (v.vote.at, v.event_id)):
         who = (vr.vote.issuer, vr.vote.subject)
-        if who == requester or who in voters or vr.vote.at >= deadline:
+        if (who == requester or who in voters or vr.vote.at >= deadline
+                or who[0] != req.requester_issuer):
             continue
         voters.add(who)
         if vr.decision == "deny":
@@ -589,6 +605,7 @@ class ApprovalBook:
             approval_id=g.approval_id,
             issued_by=g.issued_by,
             reason=g.reason,
+            subject_issuer=g.subject_issuer,
         )
 
     def preview(self, approval_id: str, event: ApprovalDecided) -> Approval | None:
@@ -639,6 +656,13 @@ def check_decision(
             "expired",
             f"approval {approval_id} expired at {approval.expires_at.isoformat()}; decisions "
             "after expiry are refused. The requester must send the request again.",
+        )
+    if approver.issuer != approval.requester_issuer:
+        raise ApprovalError(
+            "foreign_issuer",
+            f"approval {approval_id} was requested by a subject of {approval.requester_issuer}; "
+            f"only approvers signed in there may decide it, and your token is from "
+            f"{approver.issuer}. Sign in at the requester's identity provider.",
         )
     if approval.is_requester(approver):
         raise ApprovalError(
@@ -836,6 +860,7 @@ def grant_to_json(g: Grant) -> dict[str, Any]:
         "grant_id": g.grant_id,
         "kind": g.kind,
         "subject": g.subject,
+        "subject_issuer": g.subject_issuer,
         "actions": list(g.actions),
         "collections": list(g.collections),
         "valid_from": _ts(g.valid_from),

@@ -10,7 +10,7 @@ from pathlib import Path
 from capture.approvals.service import ApprovalService
 from capture.approvals.state import Grant
 from pipeline.transport.sqlite import SqliteEventLog
-from tests.support.approvals import Clock, approval_stack, who
+from tests.support.approvals import ISS, Clock, approval_stack, who
 
 ANN = who("ann", "Vector-Approve")
 SUBJECTS = ["dana", "eve", "frank"]
@@ -18,7 +18,7 @@ SUBJECTS = ["dana", "eve", "frank"]
 
 def straightforward(a: ApprovalService, subject: str, now: datetime) -> list[Grant]:
     return [g for g in a.book.grants()
-            if g.kind == "jit" and g.subject == subject and g.active(now)]
+            if g.kind == "jit" and g.holder(ISS, subject) and g.active(now)]
 
 
 async def test_active_grants_are_the_callers_grants_in_the_books_order(tmp_path: Path) -> None:
@@ -34,8 +34,9 @@ async def test_active_grants_are_the_callers_grants_in_the_books_order(tmp_path:
         for step in range(16):
             now = clock() + timedelta(minutes=15 * step)
             for subject in [*SUBJECTS, "nobody"]:
-                got = a.active_grants(subject, now)
+                got = a.active_grants(ISS, subject, now)
                 assert got == straightforward(a, subject, now)
+                assert a.active_grants("https://other.example", subject, now) == []
                 seen += len(got)
         assert seen > 0  # some were active, some had expired
-        assert a.active_grants("dana", clock() + timedelta(days=1)) == []
+        assert a.active_grants(ISS, "dana", clock() + timedelta(days=1)) == []

@@ -83,7 +83,12 @@ def _named(h: _History) -> dict[str, tuple[str, list[str], list[str]]]:
     h.request("self-vote", "dave")
     h.vote("self-vote", "dave", "approve", 1)  # a faulty writer logged it: never counts
     h.request("self-other-issuer", "dave")
-    h.vote("self-other-issuer", "dave", "approve", 1, issuer=OTHER_ISS)  # another person
+    # a subject of another issuer: neither the requester (not self-approval) nor
+    # a second person (one approver at two IdPs); it does not count at all
+    h.vote("self-other-issuer", "dave", "approve", 1, issuer=OTHER_ISS)
+    h.request("one-approver-two-issuers", "dave", n=2)
+    h.vote("one-approver-two-issuers", "carol", "approve", 1)
+    h.vote("one-approver-two-issuers", "carol", "approve", 2, issuer=OTHER_ISS)
     h.request("deny-after-enough", "dave", n=1)
     h.vote("deny-after-enough", "carol", "approve", 1)
     h.vote("deny-after-enough", "erin", "deny", 2)  # after it settled: does not count
@@ -104,7 +109,8 @@ def _named(h: _History) -> dict[str, tuple[str, list[str], list[str]]]:
     h.vote("pending", "carol", "approve", 1)
     return {
         "self-vote": ("pending", [], []),
-        "self-other-issuer": ("approved", ["dave"], []),
+        "self-other-issuer": ("pending", [], []),
+        "one-approver-two-issuers": ("pending", ["carol"], []),
         "deny-after-enough": ("approved", ["carol"], []),
         "late-vote": ("pending", [], []),
         "forced-expiry": ("expired", [], []),

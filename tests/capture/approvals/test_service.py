@@ -29,7 +29,7 @@ from schemas.models import (
     PolicyDecided,
     RequestForwarded,
 )
-from tests.support.approvals import Clock, approval_stack, requirement, who
+from tests.support.approvals import ISS, Clock, approval_stack, requirement, who
 from tests.support.events import read_events
 
 SHA = "c" * 64
@@ -276,10 +276,13 @@ async def test_jit_grants(tmp_path: Path) -> None:
                                 reason="hotfix")
         assert g.kind == "jit" and g.subject == "dana" and g.issued_by == "ann"
         assert g.reason == "hotfix"  # recorded in GrantIssued
-        assert [x.grant_id for x in a.active_grants("dana", clock())] == [g.grant_id]
-        assert a.active_grants("eve", clock()) == []
+        assert g.subject_issuer == ANN.issuer  # a subject of the issuing approver's IdP
+        assert [x.grant_id for x in a.active_grants(ISS, "dana", clock())] == [g.grant_id]
+        assert a.active_grants(ISS, "eve", clock()) == []
+        # "dana" signed in at another IdP is another principal: the grant is not hers
+        assert a.active_grants("https://other.example", "dana", clock()) == []
         clock.advance(timedelta(hours=1))
-        assert a.active_grants("dana", clock()) == []
+        assert a.active_grants(ISS, "dana", clock()) == []
         await refused("grant_self", a.issue_grant(ANN, subject="ann", actions=["upsert"],
                                                   collections=["x"], window=timedelta(hours=1),
                                                   reason="me"))

@@ -253,8 +253,28 @@ def test_already_voted_and_and_groups() -> None:
     assert "[Vector-Approve and Security] or [CISO]" in info.value.message
     check_decision(a, "A1", ident("bob", "Vector-Approve", "Security"), "approve", T0)
     check_decision(a, "A1", ident("cy", "CISO"), "deny", T0)
-    # another issuer's "dana" is another person
-    check_decision(a, "A1", ident("dana", "CISO", iss="https://other"), "approve", T0)
+    # a subject of another issuer may not decide it: not the requester "dana"
+    # signed in at a second IdP, nor "ann" again, nor anyone else there
+    for name in ("dana", "ann", "zed"):
+        with pytest.raises(ApprovalError) as info:
+            check_decision(a, "A1", ident(name, "CISO", iss="https://other"), "approve", T0)
+        assert info.value.code == "foreign_issuer" and info.value.status == 403
+        assert "https://other" in info.value.message
+
+
+def test_votes_from_another_issuer_never_count() -> None:
+    """Logged by a gateway that trusts another IdP (or a faulty writer): the
+    requester at a second IdP cannot approve herself, and one approver at two
+    IdPs fills one seat at most."""
+    other = "https://other"
+    book = fold(requested(n=1), vote("dana", iss=other))
+    assert book.get("A1").status == "pending"  # type: ignore[union-attr]
+    book = fold(requested(n=2), vote("ann"), vote("ann", at=timedelta(minutes=2), iss=other))
+    a = book.get("A1")
+    assert a is not None and a.status == "pending" and [v.subject for v in a.approvals] == ["ann"]
+    book = fold(requested(n=1), vote("zed", "deny", iss=other),
+                vote("ann", at=timedelta(minutes=2)))
+    assert book.get("A1").status == "approved"  # type: ignore[union-attr]
 
 
 # -- async use ----------------------------------------------------------------------
@@ -440,3 +460,21 @@ def test_any_interleaving_of_claims_on_two_gateways_never_admits_past_the_limit(
                     log.append(claim("T", r, released=True))
                     released.discard(r)
         assert sum(forwarded.values()) <= limit
+
+
+def test_a_grant_binds_its_subjects_issuer_and_an_old_one_binds_nobody() -> None:
+    """A grant is for (issuer, subject); a GrantIssued recorded before grants
+    named the issuer cannot say whose it is, so it matches no one (issue it
+    again) rather than every IdP's subject of that name."""
+    window = {"valid_from": T0, "valid_until": T0 + timedelta(hours=1)}
+    book = fold(
+        ev(GrantIssued, T0, grant_id="G1", kind="jit", subject="dana", actions=["write"],
+           collections=["docs"], issued_by="ann", subject_issuer=ISS, **window),
+        ev(GrantIssued, T0, grant_id="G0", kind="jit", subject="dana", actions=["write"],
+           collections=["docs"], issued_by="ann", **window),
+    )
+    g1, g0 = book.grant("G1"), book.grant("G0")
+    assert g1 is not None and g0 is not None
+    assert g1.holder(ISS, "dana") and not g1.holder("https://other", "dana")
+    assert not g1.holder(ISS, "eve")
+    assert g0.subject_issuer is None and not g0.holder(ISS, "dana")
