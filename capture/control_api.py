@@ -107,6 +107,15 @@ def _reason(body: dict[str, Any]) -> str:
     return value
 
 
+def _limit(value: str | None) -> int | None:
+    """``?limit=N`` (1 to 1000) of an approvals list, or None without one."""
+    if value is None:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 1000:
+        raise _bad("limit must be a whole number from 1 to 1000")
+    return int(value)
+
+
 def may_see(a: Approval, who: Identity, issuer_groups: Sequence[Sequence[str]]) -> bool:
     """The requester, anyone who could decide it, and grant issuers see an approval."""
     return (
@@ -253,13 +262,16 @@ class ControlApi:
         if parts[0] == "approvals":
             if len(parts) == 1 or parts[1:] == [""]:
                 need("GET")
-                status = dict(urllib.parse.parse_qsl(query)).get("status") or None
+                params = dict(urllib.parse.parse_qsl(query))
+                status = params.get("status") or None
                 if status not in (None, "pending", "approved", "denied", "expired"):
                     raise _bad("status must be pending, approved, denied or expired")
+                limit = _limit(params.get("limit"))
                 await svc.sync()
-                items = [approval_to_json(a) for a in svc.list(status=status)
-                         if may_see(a, who, issuers)]
-                return 200, {"approvals": items}
+                seen = [a for a in svc.list(status=status) if may_see(a, who, issuers)]
+                if limit is not None:  # the newest ``limit``, newest first
+                    seen = seen[::-1][:limit]
+                return 200, {"approvals": [approval_to_json(a) for a in seen]}
             aid = check_id(parts[1])
             if len(parts) == 2:
                 need("GET")

@@ -8,6 +8,7 @@ only render; ``dashboard/data.py`` owns every query, decision and audit record.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 # ``streamlit run dashboard/app.py`` puts dashboard/ first on sys.path; the app
@@ -18,7 +19,7 @@ if _ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard.auth import AccessDenied, current_user  # noqa: E402
+from dashboard.auth import AccessDenied, current_user, sign_in_expired  # noqa: E402
 from dashboard.data import AuditUnavailable, pages_for  # noqa: E402
 from dashboard.text import md_literal  # noqa: E402
 from pipeline.warehouse import WarehouseError  # noqa: E402
@@ -41,6 +42,10 @@ _PAGES = [
 def _sign_in() -> None:
     st.title("embedguard")
     st.write("Sessions, approvals, lineage and evidence of the vector-database gateway.")
+    if st.user.get("is_logged_in", False):  # a cookie whose ID token has expired
+        why = sign_in_expired(st.user.to_dict(), time.time())
+        if why:
+            st.info(why[0].upper() + why[1:] + ".")
     # ``?signin`` starts the OIDC flow at once (bookmarks, the browser test)
     if st.button("Sign in", type="primary") or "signin" in st.query_params:
         st.login()

@@ -13,6 +13,12 @@ The mapping is configurable: ``EMBEDGUARD_DASHBOARD_ROLES`` holds JSON such as
 ``{"auditor": ["Vector-Audit"], "approver": ["Vector-Approve"], "admin":
 ["Vector-Admin"]}`` (the default).
 
+A sign-in lasts as long as its ID token: Streamlit keeps ``st.user`` in a
+signed cookie for 30 days, but the groups (the roles) in it are only as fresh
+as the token, so once its ``exp`` has passed the user is signed out (someone
+removed from a group at the IdP loses the role when the token expires, not a
+month later).
+
 The access token from ``st.user.tokens["access"]`` is what the approvals page
 sends to the gateway's control API, so the gateway decides who may approve.
 
@@ -29,8 +35,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 __all__ = [
@@ -135,6 +143,23 @@ def _groups(value: Any) -> frozenset[str]:
     return frozenset()
 
 
+#: clock skew allowed on the ID token's ``exp``
+EXP_SKEW_S = 30
+
+
+def sign_in_expired(claims: Mapping[str, Any], now: float) -> str | None:
+    """Why the sign-in in ``claims`` (the ID token's, as ``st.user`` holds them)
+    no longer counts, or None if it does: its ``exp`` passed (beyond
+    :data:`EXP_SKEW_S`) or is missing (an ID token must carry one)."""
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        return "your sign-in carries no expiry; sign in again"
+    if exp + EXP_SKEW_S <= now:
+        at = datetime.fromtimestamp(exp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return f"your sign-in expired at {at}; sign in again"
+    return None
+
+
 def current_user() -> User | None:
     """The signed-in user, or None (then the app shows the sign-in page)."""
     import streamlit as st
@@ -154,6 +179,11 @@ def current_user() -> User | None:
     if not st.user.get("is_logged_in", False):
         return None
     claims = dict(st.user.to_dict())
+    if sign_in_expired(claims, time.time()) is not None:
+        # Streamlit keeps st.user in a signed cookie for 30 days, whatever the
+        # ID token says: the groups it carries (the roles) are only as fresh
+        # as the token, so the sign-in ends when the ID token does
+        return None
     groups = _groups(claims.get("groups", ()))
     token: str | None = None
     try:

@@ -494,11 +494,39 @@ def _approvals(url: str, status: str) -> list[dict[str, Any]]:
     return list(_warehouse(url).run(queries.approvals_list, status=status, limit=200))
 
 
+_STATUSES = ("pending", "approved", "denied", "expired")
+
+
 def approvals_decided(user: User) -> dict[str, list[dict[str, Any]]]:
-    """Approvals by status from the warehouse: pending, approved, denied, expired."""
+    """Approvals by status (pending, approved, denied, expired), the newest 200
+    of each. An admin sees every approval, from the warehouse. Anyone else sees
+    what the gateway shows them (``may_see``: their own requests, and the
+    approvals whose approver groups they are in), so the console never lists
+    other groups' requesters, collections and reasons."""
     _allow(user, "approvals", "see decided approvals")
-    url = config().warehouse_url
-    return {s: _approvals(url, s) for s in ("pending", "approved", "denied", "expired")}
+    if user.has("admin"):
+        url = config().warehouse_url
+        return {s: _approvals(url, s) for s in _STATUSES}
+    with _control(user) as client:
+        return {s: [_approval_row(a) for a in client.list_approvals(status=s, limit=200)]
+                for s in _STATUSES}
+
+
+def _approval_row(a: Mapping[str, Any]) -> dict[str, Any]:
+    """A control API approval in the warehouse list's columns."""
+    ops = a.get("operations") or []
+    return {
+        "approval_id": a.get("approval_id"),
+        "kind": a.get("kind"),
+        "requester_subject": (a.get("requester") or {}).get("subject"),
+        "actions": sorted({str(o.get("action")) for o in ops if o.get("action")}),
+        "collections": sorted({str(o.get("collection")) for o in ops if o.get("collection")}),
+        "approvers": sorted(str(v.get("subject")) for v in a.get("approvals") or []),
+        "deniers": sorted(str(v.get("subject")) for v in a.get("denials") or []),
+        "requested_at": a.get("requested_at"),
+        "decided_at": a.get("decided_at"),
+        "reason": a.get("reason"),
+    }
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
@@ -514,6 +542,9 @@ def approval_context(user: User, approval: Mapping[str, Any]) -> dict[str, Any]:
     subject = str((requester.get("subject") if isinstance(requester, dict) else None)
                   or approval.get("requester_subject") or "")
     recent = _recent_activity(config().warehouse_url, subject) if subject else []
+    # the requester's sessions are recordings: looking at them is recorded too
+    _audit(user, "approval_context", subject, {"approval_id": approval.get("approval_id")},
+           len(recent))
     return {"recent_sessions": recent}
 
 

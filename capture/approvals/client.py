@@ -118,8 +118,13 @@ class ControlClient:
         return urllib.parse.quote(value.strip(), safe="")
 
     # -- approvals ----------------------------------------------------------------
-    def list_approvals(self, status: str | None = None) -> list[dict[str, Any]]:
-        body = self._call("GET", "approvals", params={"status": status} if status else None)
+    def list_approvals(
+        self, status: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The approvals this caller may see (of one status); with ``limit``, the
+        newest ``limit`` of them, newest first."""
+        params = {k: str(v) for k, v in (("status", status), ("limit", limit)) if v}
+        body = self._call("GET", "approvals", params=params or None)
         return list(body.get("approvals", []))
 
     def get_approval(self, approval_id: str) -> dict[str, Any]:

@@ -26,10 +26,14 @@ except ControlApiError as exc:
     st.error(f"The gateway did not list the approvals: {md_literal(exc.reason)}"
              + (f" (request {md_literal(exc.request_id)})" if exc.request_id else ""))
     pending = []
-decided = data.approvals_decided(user)
+try:
+    decided = data.approvals_decided(user)
+except ControlApiError as exc:
+    st.error(f"The gateway did not list the decided approvals: {md_literal(exc.reason)}")
+    decided = {s: [] for s in ("pending", "approved", "denied", "expired")}
 if not pending:
     st.info("Nothing waits for a decision that you may take.")
-    if decided["pending"]:
+    if user.has("admin") and decided["pending"]:
         st.caption(f"{len(decided['pending'])} approval(s) are pending in the warehouse: the "
                    "gateway lists only those whose approver groups you are in (and your own "
                    "requests).")

@@ -247,3 +247,23 @@ def test_dpop_proofs_are_checked_against_the_gateways_own_url(
     body = refused(r, 401, "unauthenticated")
     assert body["reason"].startswith("dpop_htu_mismatch"), body
     assert r.headers["www-authenticate"].startswith("DPoP ")
+
+
+def test_approvals_list_limit_gives_the_newest_first(
+    pair: tuple[GatewayProcess, GatewayProcess], dev_idp: str,
+) -> None:
+    a, _ = pair
+    oscar = mint_token(dev_idp, "oscar", ["Vector-Write"])
+    ann = mint_token(dev_idp, "ann", ["Vector-Approve"])
+    opened = []
+    for _ in range(3):
+        r = call(a, "POST", "tickets", oscar, TICKET)
+        assert r.status_code == 201, r.text
+        opened.append(r.json()["approval_id"])
+    every = [x["approval_id"] for x in call(a, "GET", "approvals", ann).json()["approvals"]]
+    assert every[-3:] == opened  # oldest first without a limit, as before
+    newest = [x["approval_id"]
+              for x in call(a, "GET", "approvals?limit=2", ann).json()["approvals"]]
+    assert newest == opened[::-1][:2]
+    for bad in ("0", "1001", "two", "-1"):
+        refused(call(a, "GET", f"approvals?limit={bad}", ann), 400, "bad_request")

@@ -6,6 +6,7 @@ and viewing recordings is itself recorded (AuditViewed)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -60,6 +61,26 @@ def test_signed_out_shows_only_sign_in(dash_env: Seeded) -> None:
     assert [b.label for b in at.button] == ["Sign in"]
     assert [t.value for t in at.title] == ["embedguard"]
     assert not at.dataframe and not at.metric
+
+
+def test_an_expired_sign_in_gets_the_sign_in_page_and_why(
+    dash_env: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streamlit's cookie still says signed in; the ID token in it expired."""
+    import time
+
+    from dashboard.auth import TEST_SEAM_ENV
+
+    monkeypatch.delenv(TEST_SEAM_ENV, raising=False)
+    at = AppTest.from_file(APP, default_timeout=60)
+    old = int(time.time()) - 86400
+    at.user = {"is_logged_in": True, "sub": "root", "iss": dash_env.issuer,
+               "groups": ["Vector-Admin"], "iat": old, "exp": old + 900}
+    at.run()
+    assert not at.exception
+    assert [b.label for b in at.button] == ["Sign in"]
+    assert not at.dataframe and not at.metric
+    assert any("expired at" in str(i.value) for i in at.info), [i.value for i in at.info]
 
 
 @pytest.mark.parametrize(("who", "pages"), [
@@ -280,6 +301,39 @@ def test_approve_and_deny_through_the_gateway(dash_env: Seeded) -> None:
     assert decided[approve_id].approver_subject == "bob"
     assert decided[deny_id].decision == "deny"
     assert decided[deny_id].reason == "wrong collection"
+
+
+def test_an_approver_sees_only_approvals_the_gateway_shows_them(
+    dash_env: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decided tabs come from the gateway (its may_see rule) for anyone but
+    an admin: an approver of another team does not see the requester,
+    collections and reasons of approvals that are not theirs to decide (before
+    the fix they came from the warehouse, every approval to every approver)."""
+    s = dash_env
+    monkeypatch.setenv("EMBEDGUARD_DASHBOARD_ROLES", json.dumps({
+        "auditor": ["Vector-Audit"], "approver": ["Vector-Approve", "Team-B-Approve"],
+        "admin": ["Vector-Admin"]}))
+    at = app(s, ("zoe", ["Team-B-Approve"]), "pages/approvals.py")
+    shown = texts(at) + "\n".join(str(df.value) for df in at.dataframe)
+    assert s.denied not in shown and "alice" not in shown
+    assert "Nothing waits for a decision that you may take." in shown
+    assert "pending in the warehouse" not in shown  # not even a count of others' approvals
+    # the admin still sees every approval, from the warehouse
+    at = app(s, ADMIN, "pages/approvals.py")
+    assert s.denied in "\n".join(str(df.value) for df in at.dataframe)
+
+
+def test_the_requesters_recent_sessions_shown_to_an_approver_are_audited(
+    dash_env: Seeded,
+) -> None:
+    s = dash_env
+    app(s, APPROVER, "pages/approvals.py")
+    seen = wait_for(s.log_url, lambda evs: [
+        e.event for e in evs if e.event.envelope.type == "AuditViewed"
+        and e.event.what == "approval_context" and e.event.viewer_subject == "bob"] or None,
+        what="AuditViewed approval_context")
+    assert {e.target for e in seen} == {"alice"}
 
 
 def test_self_approval_shows_the_gateways_refusal(dash_env: Seeded) -> None:
