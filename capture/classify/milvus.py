@@ -136,14 +136,17 @@ def _output_fields(body: Mapping[str, object]) -> list[str] | None:
     ]
 
 
-def _row_paths(
-    fields: list[str] | None, default_all: bool, rows: tuple[str, ...] = ("data[]",)
-) -> tuple[str, ...]:
-    if fields is None:
-        return ("data[]",) if default_all else ()
-    if "*" in fields:
-        return ("data[]",)
-    return tuple(f"{r}.{f}" for f in fields for r in rows)
+def _row_paths(fields: list[str] | None, default_all: bool) -> tuple[str, ...]:
+    """Where the answer's rows carry user data: every key of every row (nested
+    search rows too), whatever ``outputFields`` names. Naming only the listed
+    fields is not enough: ``$meta`` (the dynamic fields) comes back flattened
+    into each row under the dynamic fields' own keys, which no listed name
+    matches, so masking missed them all. The primary key keeps its value by its
+    position (``response_ids``). Without ``outputFields``, a query returns every
+    field (``default_all``) and a search only keys and distances."""
+    if fields is None and not default_all:
+        return ()
+    return ("data[]",)
 
 
 #: Search rows: some Milvus versions answer a search of several query vectors
@@ -227,7 +230,7 @@ def _search(req: HttpRequest, _p: Mapping[str, str]) -> Result:
             )
         ],
         response_ids=tuple(f"{r}.{PK_FIELD}" for r in _HITS),
-        user_data_paths=_row_paths(fields, False, _HITS),
+        user_data_paths=_row_paths(fields, False),
         vector_paths=_anns_paths(anns),
         vector_scan_paths=ROW_VECTORS,
     )
@@ -264,7 +267,7 @@ def _hybrid_search(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     return Result(
         ops,
         response_ids=tuple(f"{r}.{PK_FIELD}" for r in _HITS),
-        user_data_paths=_row_paths(fields, False, _HITS),
+        user_data_paths=_row_paths(fields, False),
         vector_paths=_anns_paths(*anns),
         vector_scan_paths=ROW_VECTORS,
     )

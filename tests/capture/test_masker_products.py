@@ -157,6 +157,39 @@ def test_milvus_without_strip_vectors_keeps_vectors() -> None:
     assert [(f.path, f.kind) for f in masked] == [("data[0].owner", "email")]
 
 
+#: dynamic fields, as Milvus answers ``outputFields: ["$meta"]``: flattened into
+#: each row under their own keys (no "$meta" key in the answer)
+DYNAMIC_ROW = {"id": "bob@example.org", "distance": 0.5, "title": "x",
+               "email": "bob@example.org", "salary": "120000 EUR", "phone": "+44 20 7946 0958"}
+
+
+@pytest.mark.parametrize("output_fields", [["$meta"], ["title", "$meta"], ["title"], []])
+@pytest.mark.parametrize("endpoint", ["/query", "/search", "/hybrid_search"])
+def test_milvus_dynamic_fields_of_meta_are_masked(endpoint: str,
+                                                  output_fields: list[str]) -> None:
+    """``$meta`` rows carry the dynamic fields under their own keys: naming
+    only the listed output fields masked nothing (found in review: an email,
+    a masked field and a phone reached the client and the log)."""
+    body: dict[str, Any] = {"collectionName": "people", "outputFields": output_fields}
+    if endpoint == "/query":
+        body["filter"] = "id > 0"
+    elif endpoint == "/search":
+        body |= {"data": [[0.1, 0.2]], "annsField": "vec"}
+    else:
+        body["search"] = [{"data": [[0.1, 0.2]], "annsField": "vec", "limit": 3}]
+    cls = classified("milvus", "POST", V2 + endpoint, body)
+    # search rows may come nested per query vector; query rows are flat
+    data = [DYNAMIC_ROW, [DYNAMIC_ROW]] if "search" in endpoint else [DYNAMIC_ROW, DYNAMIC_ROW]
+    out, masked = deliver(cls, {"code": 0, "data": data},
+                          detectors=("email", "phone"), fields=("salary",))
+    second = out["data"][1][0] if "search" in endpoint else out["data"][1]
+    for row in (out["data"][0], second):
+        assert row["email"] == "[MASKED:email]" and row["phone"] == "[MASKED:phone]"
+        assert row["salary"] == "[MASKED:field]" and row["title"] == "x"
+        assert row["id"] == "bob@example.org"  # a record id keeps its value
+    assert {f.path for f in masked} >= {"data[0].email", "data[0].salary", "data[0].phone"}
+
+
 # ------------------------------------------------------- (B) Weaviate aliases
 
 

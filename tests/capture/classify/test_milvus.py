@@ -75,7 +75,7 @@ ENTITIES = [
             E("search", "docs", limit=5, filter_present=True),
         ],
         response_ids=["data[].id", "data[][].id"],
-        user_data=["data[].title", "data[][].title"],
+        user_data=["data[]"],  # every key of every row (nested search rows too)
         vectors=[],
     ),
     P(
@@ -98,7 +98,7 @@ ENTITIES = [
                 with_vectors=False,
             )
         ],
-        user_data=["data[].title"],
+        user_data=["data[]"],
     ),
     P(
         "get scalar id",
