@@ -18,6 +18,9 @@ off its route. What was changed is recorded with the response, as masking is.
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import re
 import urllib.parse
 from typing import Literal
@@ -25,17 +28,21 @@ from typing import Literal
 from mitmproxy import http
 
 from capture.config import CREDENTIAL_HEADERS, Route
-from capture.redact import is_secret_header
+from capture.redact import is_secret_header, strip_secret_query
 from capture.state import error_response, fail_closed, state_of
 from schemas.models import MaskedField
 
 __all__ = [
+    "CLIENT_QUERY",
+    "CREDENTIAL_REDACTED",
     "Credentials",
     "HeaderChange",
     "clean_response_headers",
     "client_reference",
     "rewrite_upstream_headers",
     "route_origins",
+    "scrub_secret",
+    "secret_forms",
     "strip_client_credentials",
 ]
 
@@ -200,6 +207,66 @@ def clean_response_headers(
     return tuple(out), changes
 
 
+#: st.extra: the client's query, when credential parameters were taken out of
+#: the forwarded one
+CLIENT_QUERY = "client_query"
+#: what an upstream's echo of the gateway's credential becomes
+CREDENTIAL_REDACTED = b"[REDACTED:credential]"
+#: a shorter credential is not searched for in responses: its bytes would
+#: match ordinary text (no real API key is this short)
+_MIN_SCRUB_LEN = 8
+
+
+@functools.lru_cache(maxsize=64)
+def _forms(secret: str) -> tuple[bytes, ...]:
+    raw = secret.encode()
+    escaped = json.dumps(secret)[1:-1].encode()  # as it sits inside a JSON string
+    b64 = base64.b64encode(raw)
+    return tuple(dict.fromkeys(f for f in (raw, escaped, b64) if len(f) >= _MIN_SCRUB_LEN))
+
+
+def secret_forms(route: Route) -> tuple[bytes, ...]:
+    """The byte forms of ``route``'s upstream credential that an echo would
+    show (as sent, JSON-escaped, base64), or () without one."""
+    if route.credential is None:
+        return ()
+    return _forms(route.credential.get_secret_value())
+
+
+def scrub_secret(resp: http.Response, forms: tuple[bytes, ...]) -> list[str]:
+    """Replace every echo of the gateway's own credential (``forms``) in the
+    response's headers and (decoded) body with ``[REDACTED:credential]``, so it
+    reaches neither the client nor the record (an upstream that echoes the key
+    it was sent, in an error message or a debug header). Returns where it was
+    found (``headers.<name>``, ``body``)."""
+    found: list[str] = []
+    fields = resp.headers.fields
+    if any(f in v for _, v in fields for f in forms):
+        out = []
+        for name, value in fields:
+            if any(f in value for f in forms):
+                for f in forms:
+                    value = value.replace(f, CREDENTIAL_REDACTED)
+                found.append(f"headers.{name.decode('latin-1').lower()}")
+            out.append((name, value))
+        resp.headers.fields = tuple(out)
+    raw = resp.raw_content
+    if raw:
+        encoded = bool(resp.headers.get("content-encoding"))
+        body = (resp.get_content(strict=False) or b"") if encoded else raw
+        if any(f in body for f in forms):
+            for f in forms:
+                body = body.replace(f, CREDENTIAL_REDACTED)
+            if encoded:
+                resp.content = body  # encoded again as it came, length fixed
+            else:
+                resp.raw_content = body
+                if "content-length" in resp.headers:
+                    resp.headers["content-length"] = str(len(body))
+            found.append("body")
+    return found
+
+
 class Credentials:
     @fail_closed("upstream")
     def response(self, flow: http.HTTPFlow) -> None:
@@ -207,6 +274,13 @@ class Credentials:
         if st is None or not st.forwarded or flow.response is None:
             return
         resp = flow.response
+        forms = secret_forms(st.route)
+        if forms:
+            scrubbed = scrub_secret(resp, forms)
+            if scrubbed:
+                st.extra["masked_fields"] = [
+                    *st.extra.get("masked_fields", []),
+                    *(MaskedField(path=where, kind="credential") for where in scrubbed)]
         fields, changes = clean_response_headers(resp.headers.fields, route_origins(st.route))
         if not changes:
             return
@@ -257,6 +331,14 @@ class Credentials:
             req.host_header = route.upstream_hostport
             if credential is not None:
                 req.headers[credential[0]] = credential[1]
+        # a credential in the query (?api-key=...) is the client's own: it never
+        # goes upstream (the recorder keeps the client's query, redacted)
+        path, sep, query = req.path.partition("?")
+        if sep:
+            kept, gone = strip_secret_query(query)
+            if gone:
+                st.extra[CLIENT_QUERY] = query
+                req.path = f"{path}?{kept}" if kept else path
         self._origin_form(req)
 
     @staticmethod

@@ -27,11 +27,12 @@ from capture.approvals.service import EmitRequest
 from capture.checkpointer import Checkpointer
 from capture.config import GatewayConfig
 from capture.control_api import CONTROL_FLOW
+from capture.credentials import CLIENT_QUERY
 from capture.headers import header_value
 from capture.intake import raw_headers
 from capture.masker import BODY_SEEN
 from capture.policy import Decision, RequestObligations
-from capture.redact import body_holds_credentials, redact_header_records
+from capture.redact import body_holds_credentials, redact_header_records, redact_query
 from capture.sessions import SESSION_HEADER, Session, SessionTracker
 from capture.signing_keys import SigningKeyError, load_or_create_signing_key
 from capture.state import FlowState, block, error_response, fail_closed, state_of
@@ -784,7 +785,8 @@ class Recorder:
             "scheme": "https" if flow.client_conn.tls_established else "http",
             "host": st.client_host,
             "path": path,
-            "query": query,
+            # as the client sent it, its credential parameters redacted
+            "query": redact_query(st.extra.get(CLIENT_QUERY, query)),
             "headers": redact_header_records(st.extra.get("client_headers", [])),
             "body": body if len(body) <= limit else None,
             "body_sha256": _sha256(body),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,6 +15,9 @@ __all__ = [
     "CLIENT_CREDENTIAL_HEADERS",
     "REDACTED",
     "is_secret_header",
+    "is_secret_query_param",
+    "redact_query",
+    "strip_secret_query",
     "SECRET_BODY_KEYS",
     "redact_header_records",
     "redact_headers",
@@ -49,6 +53,44 @@ def is_secret_header(name: str) -> bool:
     # and recording), and the regex search is most of the cost.
     n = name.lower()
     return n in CLIENT_CREDENTIAL_HEADERS or bool(_SECRETISH.search(n))
+
+
+#: Query parameters that carry a credential (whole names: Pinecone's
+#: ``paginationToken`` is no credential). The gateway holds the upstream's
+#: credential and sends it in a header; one in the query is the client's own.
+_SECRET_QUERY = re.compile(
+    r"(x[-_]?)?(api[-_]?key|apikey|access[-_]?token|id[-_]?token|auth|authorization"
+    r"|token|key|password|passwd|secret|client[-_]?secret|signature|sig|credentials?)",
+    re.I,
+)
+_QUERY_HINT = re.compile(r"key|token|auth|pass|secret|sig|credential", re.I)
+
+
+def is_secret_query_param(name: str) -> bool:
+    return bool(_SECRET_QUERY.fullmatch(urllib.parse.unquote_plus(name).strip()))
+
+
+def _query_parts(query: str) -> list[tuple[str, bool]]:
+    return [(part, is_secret_query_param(part.partition("=")[0]))
+            for part in query.split("&")]
+
+
+def redact_query(query: str) -> str:
+    """``query`` with the value of every credential parameter replaced by
+    ``[REDACTED]`` (the rest byte for byte as sent)."""
+    if not query or not _QUERY_HINT.search(query):
+        return query
+    return "&".join(f"{part.partition('=')[0]}={REDACTED}" if secret else part
+                    for part, secret in _query_parts(query))
+
+
+def strip_secret_query(query: str) -> tuple[str, list[str]]:
+    """``query`` without its credential parameters, and their names."""
+    if not query or not _QUERY_HINT.search(query):
+        return query, []
+    parts = _query_parts(query)
+    gone = [p.partition("=")[0] for p, secret in parts if secret]
+    return "&".join(p for p, secret in parts if not secret), gone
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> list[Header]:

@@ -289,3 +289,60 @@ def test_clean_headers_are_left_alone(forwarded: bool) -> None:
     Credentials().response(f)
     assert f.response is not None and f.response.headers.fields == before
     assert "masked_fields" not in f.metadata[KEY].extra
+
+
+# -- the gateway's own credential echoed back, and credentials in the query ---------
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip", "br"])
+def test_an_echoed_upstream_key_is_scrubbed_from_body_and_headers(encoding: str | None) -> None:
+    """An upstream that echoes the key it was sent (an error message, a debug
+    header): neither the client nor the record gets it. Found in review."""
+    import base64
+    import json
+
+    body = json.dumps({"status": {"error": f"bad api-key {UPSTREAM_KEY}"},
+                       "echo": base64.b64encode(UPSTREAM_KEY.encode()).decode()}).encode()
+    f = _answered(403, [("content-type", "application/json"), ("x-debug", f"key={UPSTREAM_KEY}")],
+                  body=body)
+    assert f.response is not None
+    if encoding:
+        f.response.encode(encoding)
+    Credentials().response(f)
+    resp = f.response
+    assert resp is not None and resp.status_code == 403
+    assert UPSTREAM_KEY.encode() not in resp.get_content()  # type: ignore[operator]
+    assert UPSTREAM_KEY not in str(resp.headers.fields)
+    assert resp.headers.get("content-encoding") == encoding
+    out = json.loads(resp.get_content() or b"")
+    assert out["status"]["error"] == "bad api-key [REDACTED:credential]"
+    assert out["echo"] == "[REDACTED:credential]"
+    assert resp.headers["x-debug"] == "key=[REDACTED:credential]"
+    if not encoding:
+        assert int(resp.headers["content-length"]) == len(resp.raw_content or b"")
+    assert f.metadata[KEY].extra["masked_fields"] == [
+        MaskedField(path="headers.x-debug", kind="credential"),
+        MaskedField(path="body", kind="credential")]
+
+
+def test_an_answer_without_the_key_is_left_alone() -> None:
+    f = _answered(200, [("content-type", "application/json")])
+    before = f.response.raw_content if f.response else None
+    Credentials().response(f)
+    assert f.response is not None and f.response.raw_content is before
+    assert "masked_fields" not in f.metadata[KEY].extra
+
+
+def test_a_credential_in_the_query_never_goes_upstream() -> None:
+    from capture.credentials import CLIENT_QUERY
+
+    f = flow_for("GET", "http://gw:6333/collections/docs/points/1?api-key=client-own&wait=true"
+                 "&paginationToken=p2&X-Api-Key=x", {"host": "gw:6333"})
+    Credentials().request(f)
+    assert f.request.path == "/collections/docs/points/1?wait=true&paginationToken=p2"
+    assert f.metadata[KEY].extra[CLIENT_QUERY] == (
+        "api-key=client-own&wait=true&paginationToken=p2&X-Api-Key=x")
+    g = flow_for("GET", "http://gw:6333/collections/docs/points/1?wait=true", {"host": "gw:6333"})
+    Credentials().request(g)
+    assert g.request.path == "/collections/docs/points/1?wait=true"
+    assert CLIENT_QUERY not in g.metadata[KEY].extra

@@ -321,3 +321,31 @@ def test_credentials_in_bodies_and_module_headers_are_never_recorded(
         ev = received[path]
         assert ev.body is None
         assert ev.body_sha256 == hashlib.sha256(raw).hexdigest() and ev.body_size == len(raw)
+
+
+def test_an_upstream_echoing_its_key_and_a_query_credential_stay_inside(
+    gw: GatewayProcess, dev_idp: str, upstream: RecordingUpstream
+) -> None:
+    """The upstream echoes the key the gateway sent it (an error message):
+    the client and the record get ``[REDACTED:credential]``. A client's own
+    ``?api-key=`` never goes upstream and is recorded redacted. Both reached
+    the client, the upstream or the log before (found in review)."""
+    upstream.answer = lambda method, path, body: (
+        403, {"status": {"error": f"forbidden: api-key {UPSTREAM_SECRET} lacks access"}})
+    alice = mint_token(dev_idp, "alice", ["Vector-Read"])
+    r = httpx.post(f"{gw.url}/collections/docs/points/query?api-key=client-own-key&timeout=5",
+                   json={"query": [0.1, 0.2], "limit": 3},
+                   headers={"authorization": f"Bearer {alice}"}, timeout=30)
+    assert r.status_code == 403
+    assert UPSTREAM_SECRET not in r.text and "[REDACTED:credential]" in r.text
+    got = upstream.requests[-1]
+    assert got.path == "/collections/docs/points/query?timeout=5"
+    assert got.headers["api-key"] == UPSTREAM_SECRET
+    evs = read_events(gw.log_url)
+    raw = b"".join(e.canonical for e in evs)
+    assert UPSTREAM_SECRET.encode() not in raw and b"client-own-key" not in raw
+    received = [e.event for e in evs if e.event.avro_name == "RequestReceived"][-1]
+    assert received.query == "api-key=[REDACTED]&timeout=5"
+    recorded = [e.event for e in evs if e.event.avro_name == "ResponseRecorded"][-1]
+    assert ("body", "credential") in [(m.path, m.kind) for m in recorded.masked_fields]
+    assert UPSTREAM_SECRET not in gw.stderr()

@@ -63,3 +63,22 @@ def test_a_key_spelled_with_escapes_or_a_broken_body_still_counts() -> None:
 )
 def test_bodies_without_credentials(body: bytes) -> None:
     assert not body_holds_credentials(body)
+
+
+@pytest.mark.parametrize(("query", "redacted", "kept"), [
+    ("", "", ""),
+    ("wait=true&limit=3", "wait=true&limit=3", "wait=true&limit=3"),
+    ("api-key=s3cr3t&wait=true", "api-key=[REDACTED]&wait=true", "wait=true"),
+    ("apikey=a&API_KEY=b&x-api-key=c&token=d&access_token=e&key=f&password=g&auth=h",
+     "&".join(f"{k}=[REDACTED]" for k in
+              ("apikey", "API_KEY", "x-api-key", "token", "access_token", "key", "password",
+               "auth")), ""),
+    ("paginationToken=p&author=ann&keyword=k", "paginationToken=p&author=ann&keyword=k",
+     "paginationToken=p&author=ann&keyword=k"),
+    ("api%2Dkey=s&flag", "api%2Dkey=[REDACTED]&flag", "flag"),
+])
+def test_credential_query_parameters(query: str, redacted: str, kept: str) -> None:
+    from capture.redact import redact_query, strip_secret_query
+
+    assert redact_query(query) == redacted
+    assert strip_secret_query(query)[0] == kept
