@@ -17,7 +17,18 @@ masked kind:
   subscripts in the expression;
 * a filter **value** (a string or a number anywhere in the filter, a Milvus
   string literal) is refused when one of the rule's detectors finds its kind
-  in it: a filter may not ask for an e-mail address that responses would mask.
+  in it: a filter may not ask for an e-mail address that responses would mask;
+* while a detector masks, a **partial-match** operator is refused outright
+  (Qdrant ``match.text``/``phrase``/``text_any``, Chroma ``$contains``/
+  ``$regex`` on documents, Weaviate ``Like``, Milvus ``like``/
+  ``text_match``/``phrase_match``): ``bob@%``, ``bob%example.org`` or a
+  regex spell a masked value out piece by piece, and a wildcard can stand for
+  the very character (``@``) a detector would look for;
+* ranking or sorting by a property (Weaviate ``bm25``/``hybrid``/``ask``
+  ``properties``, ``sort``, REST ``?sort=``) counts as naming it, and a model
+  that reads the stored properties (Weaviate ``generate``, ``summary``,
+  ``answer``, ``rerank``, ``ask``) is refused while a field is masked: its
+  answer can quote the field, and masking by name cannot find it there.
 
 The check runs on the filters the classifier read (``Classification.filters``)
 and answers with what to change. A rule can waive it with ``mask: {filters:
@@ -32,6 +43,7 @@ from typing import Any
 
 from capture.masker import _last_key
 from capture.masking import detect
+from capture.types import ModelRead
 
 __all__ = ["masked_filter_problem"]
 
@@ -60,6 +72,24 @@ def masked_filter_problem(
     if not names and not kinds:
         return None
     for flt in filters:
+        if isinstance(flt, ModelRead):
+            if names:
+                return (
+                    f"the request asks a model upstream ({flt.module}) to read the stored "
+                    "properties, and the policy masks fields for you: its answer can quote "
+                    "them, which masking cannot map back to fields; remove it (or ask for a "
+                    "role that may see them)"
+                )
+            continue  # detectors scan what it answers (user data)
+        if kinds:
+            partial = _partial_match(product, flt)
+            if partial is not None:
+                return (
+                    f"the request uses a partial-match filter ({partial}) while the policy "
+                    f"masks {', '.join(kinds)} for you: a pattern or word match can confirm a "
+                    "masked value piece by piece (a wildcard stands for any character); use "
+                    "exact conditions, or ask for a rule with mask: {filters: allow}"
+                )
         keys, values = _terms(product, flt)
         for key in keys:
             parts = _KEY_PARTS.findall(key)
@@ -79,6 +109,55 @@ def masked_filter_problem(
                         "through which results come back; remove that condition"
                     )
     return None
+
+
+#: Milvus: LIKE and the full-text match functions, outside string literals
+_MILVUS_PARTIAL = re.compile(r"\b(like|text_match|phrase_match)\b", re.I)
+_QDRANT_PARTIAL = frozenset({"text", "phrase", "text_any"})
+_CHROMA_PARTIAL = frozenset({"$contains", "$not_contains", "$regex", "$not_regex"})
+
+
+def _partial_match(product: str, flt: Any) -> str | None:
+    """The partial-match operator a filter uses (a pattern, a substring or a
+    full-text word match), or None: such operators match pieces of a value,
+    so their operands cannot be checked against the detectors the way an
+    exact value is."""
+    if isinstance(flt, str):
+        m = _MILVUS_PARTIAL.search(_MILVUS_LITERAL.sub(" ", flt))
+        return str(m.group(1)) if m else None
+    stack: list[tuple[Any, str | None]] = [(flt, None)]
+    while stack:
+        cur, parent = stack.pop()
+        if isinstance(cur, dict):
+            for k, v in cur.items():
+                if product == "qdrant" and parent == "match" and k in _QDRANT_PARTIAL:
+                    return f"match.{k}"
+                if product == "chroma" and k in _CHROMA_PARTIAL and (
+                        k.endswith("regex") or parent == "where_document"
+                        or _under_document(flt, cur)):
+                    return str(k)
+                if (product == "weaviate" and k == "operator" and isinstance(v, str)
+                        and v.casefold() == "like"):
+                    return "Like"
+                stack.append((v, k))
+        elif isinstance(cur, list | tuple):
+            stack.extend((x, parent) for x in cur)
+    return None
+
+
+def _under_document(flt: Any, node: Any) -> bool:
+    """Is ``node`` inside the ``where_document`` part of a Chroma filter?"""
+    doc = flt.get("where_document") if isinstance(flt, dict) else None
+    stack = [doc]
+    while stack:
+        cur = stack.pop()
+        if cur is node:
+            return True
+        if isinstance(cur, dict):
+            stack.extend(cur.values())
+        elif isinstance(cur, list | tuple):
+            stack.extend(cur)
+    return False
 
 
 def _terms(product: str, flt: Any) -> tuple[list[str], list[str]]:

@@ -51,6 +51,17 @@ class HttpRequest:
 
 
 @dataclass(frozen=True)
+class ModelRead:
+    """In ``Classification.filters``: a module upstream (Weaviate's generative
+    search, question answering, summaries, rerankers) reads stored properties
+    for the caller and answers in its own text, which field masking cannot map
+    back to fields. The masked-filter check refuses it while a field is masked
+    (capture/filter_guard.py)."""
+
+    module: str
+
+
+@dataclass(frozen=True)
 class Classification:
     """What a request does: one operation per item of a batch.
 

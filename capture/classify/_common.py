@@ -569,6 +569,16 @@ def walk(value: object) -> Iterator[object]:
 _FILTERS: ContextVar[list[object] | None] = ContextVar("embedguard_filters", default=None)
 
 
+def guard_terms(terms: Iterable[object]) -> None:
+    """Hand the masked-filter check more than the filters: what else makes the
+    upstream answer by stored values (a keyword search's or a sort's
+    properties, a model reading them, :class:`capture.types.ModelRead`). The
+    operation is unchanged (no filter is present because of them)."""
+    sink = _FILTERS.get()
+    if sink is not None:
+        sink.extend(terms)
+
+
 def op(
     action: ActionClass,
     *,

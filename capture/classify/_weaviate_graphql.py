@@ -75,10 +75,11 @@ from capture.classify._common import (
     as_obj,
     as_str,
     dedupe,
+    guard_terms,
     op,
     walk,
 )
-from capture.types import ActionClass, Operation
+from capture.types import ActionClass, ModelRead, Operation
 
 __all__ = [
     "beacon_id",
@@ -98,6 +99,8 @@ _PARSE_KW: dict[str, object] = (
     else {}
 )
 _SEARCH_ARGS = frozenset({"hybrid", "bm25", "ask", "groupBy"})
+#: ``_additional`` fields a model upstream computes from the stored properties
+_MODEL_ADDITIONAL = frozenset({"generate", "summary", "answer", "rerank"})
 #: ``_additional`` fields that hold only numbers Weaviate computes; the others
 #: (generate, answer, summary, group, rerank, explainScore, ...) carry user
 #: data, modules add more, so any other is treated as user data
@@ -109,6 +112,26 @@ _ID_VALUE_KEYS = ("valueText", "valueString", "valueTextArray", "valueStringArra
 #: module docstring); every other one is masked with the property
 _AGGREGATE_SAFE = frozenset({"count", "type", "__typename"})
 _OCCURRENCE_SAFE = frozenset({"occurs", "__typename"})
+
+
+def property_terms(args: Mapping[str, object]) -> list[dict[str, list[str]]]:
+    """The properties a search ranks or orders by, as ``{"path": [...]}``
+    filter terms (what the masked-filter check reads): ``bm25``/``hybrid``/
+    ``ask`` ``properties`` (a ``^2`` boost dropped) and ``sort`` paths."""
+    out: list[dict[str, list[str]]] = []
+    for arg in ("bm25", "hybrid", "ask"):
+        spec = args.get(arg)
+        props = spec.get("properties") if isinstance(spec, Mapping) else None
+        if isinstance(props, list):
+            out += [{"path": [p.split("^", 1)[0]]} for p in props if isinstance(p, str)]
+    sort = args.get("sort")
+    for s in sort if isinstance(sort, list) else [sort] if sort is not None else []:
+        path = s.get("path") if isinstance(s, Mapping) else None
+        if isinstance(path, list):
+            out.append({"path": [p for p in path if isinstance(p, str)]})
+        elif isinstance(path, str):
+            out.append({"path": [path]})
+    return out
 
 
 def class_name(name: str) -> str:
@@ -343,6 +366,8 @@ class _Walker:
         if where_arg is not None:
             filters.append(where_arg)
             ids.extend(weaviate_filter_ids(where_arg))
+        # keyword search and sorting on a property also answer by its values
+        guard_terms(property_terms(args))
         tenant = args.get("tenant")
         database = tenant if isinstance(tenant, str) else None
         lw = f"{kind}.{cls}"
@@ -353,14 +378,14 @@ class _Walker:
             else ()
         )
         with_vectors = False
-        generate = False
+        models: set[str] = set()
         for prop in self.fields(c.selection_set):
             name = prop.name.value
             pkey = self.key(prop, out)
             if name == "_additional":
-                v, g = self.additional(prop, base, pkey, out, top=True, grouped_on=grouped_on)
+                v, m = self.additional(prop, base, pkey, out, top=True, grouped_on=grouped_on)
                 with_vectors = with_vectors or v
-                generate = generate or g
+                models |= m
             elif name.startswith("__"):
                 continue
             elif kind == "Get":
@@ -379,7 +404,8 @@ class _Walker:
             out.response_ids.append(f"{base}._additional.id")
         else:
             action = ActionClass.READ
-        detail = f"graphql.{kind}" + (".generate" if generate else "")
+        guard_terms(ModelRead(m) for m in sorted(models | ({"ask"} if "ask" in args else set())))
+        detail = f"graphql.{kind}" + (".generate" if "generate" in models else "")
         out.ops.append(
             op(
                 action,
@@ -441,12 +467,13 @@ class _Walker:
         *,
         top: bool,
         grouped_on: tuple[str, ...] = (),
-    ) -> tuple[bool, bool]:
+    ) -> tuple[bool, set[str]]:
         """``_additional`` of the objects at ``base`` (a path ending in ``[]``):
         the id, the vectors, and, at the top level (below, the property that
         holds the reference is user data already), everything else as user
-        data. Returns (vectors selected, generate selected)."""
-        with_vectors = generate = False
+        data. Returns (vectors selected, the model modules selected)."""
+        with_vectors = False
+        models: set[str] = set()
         for extra in self.fields(f.selection_set):
             ename = extra.name.value
             ekey = self.key(extra, out)
@@ -464,7 +491,8 @@ class _Walker:
             elif ename.startswith("__") or ename in _ADDITIONAL_SCALARS:
                 continue
             else:
-                generate = generate or ename == "generate"
+                if ename in _MODEL_ADDITIONAL:
+                    models.add(ename)
                 if top:
                     out.user_data.append(here)
                 if ename == "group":
@@ -478,7 +506,7 @@ class _Walker:
                             self.nested(sub.selection_set, f"{here}.{skey}", out)
                 else:
                     self.nested(extra.selection_set, here, out)
-        return with_vectors, generate
+        return with_vectors, models
 
     def nested(self, sel: SelectionSetNode | None, objects: str, out: _Out) -> None:
         """The selection of a property: nested object properties, or

@@ -20,6 +20,7 @@ from capture.classify._common import (
     as_list,
     as_obj,
     as_str,
+    guard_terms,
     id_str,
     is_uuid,
     op,
@@ -101,6 +102,8 @@ def _object_result(operation: Operation) -> Result:
 def _list_objects(req: HttpRequest, _p: Mapping[str, str]) -> Result:
     cls = _q(req, "class")
     include = (_q(req, "include") or "").split(",")
+    # ?sort=a,b orders by those properties' values: the masked-filter check reads them
+    guard_terms({"path": [p.strip()]} for p in (_q(req, "sort") or "").split(",") if p.strip())
     return Result(
         [
             op(
@@ -311,6 +314,9 @@ def _rest_search(req: HttpRequest, p: Mapping[str, str]) -> Result:
     if body.get("where") is not None:
         filters.append(as_obj(body["where"], "body.where"))
         ids.extend(weaviate_filter_ids(body["where"]))
+    props = body.get("properties")  # bm25 / hybrid: ranked by these properties' values
+    if isinstance(props, list):
+        guard_terms({"path": [p.split("^", 1)[0]]} for p in props if isinstance(p, str))
     return Result(
         [
             op(

@@ -90,7 +90,8 @@ def test_filters_on_masked_fields_and_values(
     problem = masked_filter_problem(product, filters, fields=fields, detectors=detectors)
     assert (problem is not None) is refused, problem
     if refused:
-        assert "remove that condition" in problem  # type: ignore[operator]
+        assert ("remove that condition" in problem  # type: ignore[operator]
+                or "use exact conditions" in problem)  # type: ignore[operator]
 
 
 def test_a_masked_path_names_its_last_key() -> None:
@@ -110,3 +111,104 @@ def test_no_filter_no_problem_and_nothing_is_recorded() -> None:
                                  detectors=["email"]) is None
     # the filters are not part of what is compared or recorded
     assert "filters" not in repr(c)
+
+
+W = "/v1/graphql"
+
+
+def _gql(query: str) -> dict[str, Any]:
+    return {"query": query}
+
+
+PARTIAL = [
+    # (id, product, path, body): a partial-match operator on a field nobody masks
+    ("qdrant text", "qdrant", "/collections/docs/points/count",
+     {"filter": {"must": [{"key": "owner", "match": {"text": "bob@"}}]}}),
+    ("qdrant phrase", "qdrant", "/collections/docs/points/scroll",
+     {"filter": {"should": [{"key": "owner", "match": {"phrase": "bob example"}}]}}),
+    ("qdrant text_any", "qdrant", "/collections/docs/points/scroll",
+     {"filter": {"must_not": [{"key": "owner", "match": {"text_any": "bob org"}}]}}),
+    ("chroma document contains", "chroma", f"{CH}/query",
+     {"query_embeddings": [[0.1]], "where_document": {"$contains": "example.org"}}),
+    ("chroma document regex", "chroma", f"{CH}/get",
+     {"where_document": {"$and": [{"$regex": "bob.example"}, {"$contains": "x"}]}}),
+    ("chroma metadata regex", "chroma", f"{CH}/get", {"where": {"owner": {"$regex": "^bob"}}}),
+    ("weaviate Like", "weaviate", W, _gql(
+        '{ Get { Doc(where: {path: ["owner"], operator: Like, valueText: "bob*example.org"})'
+        " { title } } }")),
+    ("milvus like", "milvus", "/v2/vectordb/entities/query",
+     {"collectionName": "docs", "filter": 'owner like "bob%example.org"'}),
+    ("milvus text_match", "milvus", "/v2/vectordb/entities/query",
+     {"collectionName": "docs", "filter": "TEXT_MATCH(owner, 'bob')"}),
+]
+
+
+@pytest.mark.parametrize(("product", "path", "body"), [c[1:] for c in PARTIAL],
+                         ids=[c[0] for c in PARTIAL])
+def test_partial_match_operators_are_refused_while_a_detector_masks(
+    product: str, path: str, body: Any
+) -> None:
+    """``bob@%`` or ``bob%example.org`` is no e-mail address to a detector,
+    yet it confirms one piece by piece (the wildcard stands for the @): found
+    in review. While a detector masks, such operators are refused outright."""
+    filters = _filters(product, path, body)
+    problem = masked_filter_problem(product, filters, detectors=["email"])
+    assert problem is not None and "partial-match" in problem and "exact" in problem
+    # with only a field masked elsewhere, nothing is refused
+    assert masked_filter_problem(product, filters, fields=["salary"]) is None
+
+
+@pytest.mark.parametrize(("product", "path", "body"), [
+    ("milvus", "/v2/vectordb/entities/query",
+     {"collectionName": "docs", "filter": 'title == "I like it"'}),  # inside a literal
+    ("chroma", f"{CH}/get", {"where": {"tags": {"$contains": "b"}}}),  # a list element
+    ("qdrant", "/collections/docs/points/scroll",
+     {"filter": {"must": [{"key": "text", "match": {"value": "b"}}]}}),  # a key named text
+])
+def test_exact_conditions_are_not_partial_matches(product: str, path: str, body: Any) -> None:
+    assert masked_filter_problem(product, _filters(product, path, body),
+                                 detectors=["email"]) is None
+
+
+@pytest.mark.parametrize(("query", "what"), [
+    ('{ Get { Doc(bm25: {query: "120000", properties: ["salary^2"]}) { title } } }', "salary"),
+    ('{ Get { Doc(hybrid: {query: "x", alpha: 0, properties: ["salary"]}) { title } } }',
+     "salary"),
+    ('{ Get { Doc(sort: [{path: ["salary"], order: asc}]) { title } } }', "salary"),
+    ('{ Get { Doc(sort: {path: ["salary"]}) { title } } }', "salary"),
+    ('{ Get { Doc { title _additional { generate(singleResult: {prompt: "{salary}"})'
+     " { singleResult } } } } }", "generate"),
+    ('{ Get { Doc { title _additional { summary(properties: ["salary"]) { result } } } } }',
+     "summary"),
+    ('{ Get { Doc(ask: {question: "what is the salary?"}) { title _additional '
+     "{ answer { result } } } } }", "model upstream"),
+])
+def test_weaviate_ranking_sorting_and_models_on_a_masked_field_are_refused(
+    query: str, what: str
+) -> None:
+    """bm25/hybrid over a masked property is a keyword oracle, a sort an
+    ordering oracle, and a generative module quotes the property in text no
+    field mask finds (found in review)."""
+    filters = _filters("weaviate", W, _gql(query))
+    problem = masked_filter_problem("weaviate", filters, fields=["salary"])
+    assert problem is not None and what in problem, problem
+    # other fields masked: ranking and sorting by salary are fine; a model
+    # reading the properties is not, whichever field is masked
+    other = masked_filter_problem("weaviate", filters, fields=["email"])
+    assert (other is not None) is any(m in query for m in ("generate", "summary", "ask"))
+    # detectors alone scan what a model answers: no refusal for that
+    assert masked_filter_problem("weaviate", filters, detectors=["email"]) is None
+
+
+def test_weaviate_rest_sort_and_keyword_properties_name_the_field() -> None:
+    req = HttpRequest(method="GET", path="/v1/objects", host="", body=b"",
+                      query=(("class", "Doc"), ("sort", "title,salary")), headers={})
+    c = classify("weaviate", req)
+    assert c.ok, c.error
+    assert not c.operations[0].filter_present  # a sort is no filter on the records
+    listing = c.filters
+    assert masked_filter_problem("weaviate", listing, fields=["salary"]) is not None
+    assert masked_filter_problem("weaviate", listing, fields=["email"]) is None
+    bm25 = _filters("weaviate", "/v1/search/Doc/bm25",
+                    {"query": "x", "properties": ["salary"]})
+    assert masked_filter_problem("weaviate", bm25, fields=["salary"]) is not None
