@@ -411,7 +411,7 @@ class Masker:
             # covers any user-data root below it)
             scan_paths = whole_document_paths(doc) if (plan.detectors or fields) else ()
         try:
-            if isinstance(doc, str) and not success:
+            if isinstance(doc, str):  # a bare JSON string: no field, only its text
                 text, kinds = mask_text(doc, plan.detectors, mode=plan.mode,
                                         hmac_key=self.hmac_key)
                 result = MaskResult(doc=text, masked_fields=[

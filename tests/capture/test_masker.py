@@ -339,6 +339,18 @@ def test_a_success_is_masked_at_its_paths_only() -> None:
 
 
 @pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize("status", [200, 404])
+def test_a_bare_json_string_is_masked_whatever_the_status(reference: bool, status: int) -> None:
+    """A 2xx body that is one JSON string has no field and no path: its text
+    is scanned as an error's is (it was delivered as it came; found in review)."""
+    got_status, raw, _, fields, *_ = _run(
+        Masker(HMAC_KEY, reference=reference), b'"bob@example.org"',
+        [(b"content-type", b"application/json")], _QDRANT_QUERY, _EMAIL_PLAN, status)
+    assert got_status == status and json.loads(raw) == "[MASKED:email]"
+    assert [(f.path, f.kind) for f in fields or []] == [("", "email")]
+
+
+@pytest.mark.parametrize("reference", [False, True])
 def test_a_milvus_error_message_is_masked(reference: bool) -> None:
     cls = Classification(product="milvus", operations=[], response_ids=("data[].id",),
                          user_data_paths=("data[]",))
