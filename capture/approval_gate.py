@@ -92,7 +92,10 @@ RecordSystem = Callable[[str, list[tuple[type[Event], dict[str, Any]]]], Awaitab
 
 #: The first field of every binding: a binding of another shape never shares a
 #: hash with this one (v1 was method, path and body alone).
-BINDING_VERSION = "embedguard.approval-binding.v2"
+#: v3 binds Content-Type (a classification header since Weaviate was found to
+#: read YAML bodies too: an approval given for a JSON body must not pass the
+#: same bytes read another way)
+BINDING_VERSION = "embedguard.approval-binding.v3"
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ class RequestBinding:
       re-send;
     * the method and the full request target (path with its query, as sent);
     * every value, in order, of each header classification reads
-      (``capture.classify.HEADERS_READ``, e.g. Milvus' ``db-name``): repeated
+      (``capture.classify.HEADERS_READ``, e.g. Milvus' ``db-name`` and the
+      body's ``content-type``): repeated
       fields are bound as sent, whichever one the upstream takes. The client's
       Host only on an ``auto`` route, where it can pick the product; on a route
       with a product it is never read (Pinecone's index is the route's, and

@@ -39,10 +39,11 @@ __all__ = [
 _EMPTY: Mapping[str, str] = {}
 
 #: The request headers whose values classification reads (detect_product, the
-#: Pinecone index from Host, Milvus' db-name); every other header is ignored.
+#: Pinecone index from Host, Milvus' db-name, the body's media type: Weaviate
+#: reads YAML too); every other header is ignored.
 #: A classification cached by request (capture/classifier.py) is keyed by
 #: these, and tests/capture/classify/test_api.py holds the classifiers to them.
-HEADERS_READ = frozenset({"host", "x-pinecone-api-version", "db-name"})
+HEADERS_READ = frozenset({"host", "x-pinecone-api-version", "db-name", "content-type"})
 #: Headers of which only the presence counts (detect_product): a cache key
 #: records that they were sent, never their value (a credential).
 HEADERS_PRESENT = frozenset({"api-key"})

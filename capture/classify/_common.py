@@ -569,6 +569,21 @@ def walk(value: object) -> Iterator[object]:
 _FILTERS: ContextVar[list[object] | None] = ContextVar("embedguard_filters", default=None)
 
 
+def alias_target_ops(
+    target: str, detail: str, *, database: str | None = None
+) -> list[Operation]:
+    """An alias is a second name for ``target``: every later search, read and
+    write through the alias name reaches it, and policy globs would match the
+    alias's name, not the target's. Pointing an alias at a collection is
+    therefore also a bulk read and a bulk write of it, decided separately (as
+    copying a collection is a bulk read of its source)."""
+    return [
+        op(action, collection=target, database=database, ids_known=False, bulk=True,
+           detail=f"{detail}:target")
+        for action in (ActionClass.READ, ActionClass.WRITE)
+    ]
+
+
 def guard_terms(terms: Iterable[object]) -> None:
     """Hand the masked-filter check more than the filters: what else makes the
     upstream answer by stored values (a keyword search's or a sort's

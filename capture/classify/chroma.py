@@ -415,7 +415,13 @@ def _with_new_name(detail: str, key: str) -> _Handler:
 
     def handler(ctx: _Ctx, p: Mapping[str, str]) -> Result:
         db = _db(ctx, p)
-        ops = [op(A.ADMIN, collection=_by_id(ctx, p["collection_id"]), database=db, detail=detail)]
+        source = _by_id(ctx, p["collection_id"])
+        ops = [op(A.ADMIN, collection=source, database=db, detail=detail)]
+        if detail == "fork_collection":
+            # a fork copies every record: a bulk read of the source, decided
+            # separately (as Qdrant's init_from is)
+            ops.append(op(A.READ, collection=source, database=db, ids_known=False, bulk=True,
+                          detail=f"{detail}:source"))
         body = _body(ctx) if ctx.req.body.strip() else {}
         new = body.get(key)
         if new is not None:

@@ -43,6 +43,7 @@ from capture.classify._common import (
     BadRequest,
     Result,
     Route,
+    alias_target_ops,
     as_int_limit,
     as_list,
     as_obj,
@@ -76,7 +77,9 @@ def classify_milvus(req: HttpRequest) -> Classification:
 
 _IN = re.compile(r"\s*\(?\s*(?P<f>\w+)\s+(?:in|IN)\s*\[(?P<items>[^\[\]]*)\]\s*\)?\s*")
 _EQ = re.compile(r"\s*\(?\s*(?P<f>\w+)\s*==\s*(?P<items>-?\d+|\"[^\"\\]*\"|'[^'\\]*')\s*\)?\s*")
-_LIT = re.compile(r"\s*(-?\d+|\"[^\"\\]*\"|'[^'\\]*')\s*")
+#: an id literal: a decimal integer (Milvus reads ``010`` as octal 8, so a
+#: leading zero leaves the ids unknown), or a quoted string
+_LIT = re.compile(r"\s*(0|-?[1-9]\d*|\"[^\"\\]*\"|'[^'\\]*')\s*")
 
 
 def pk_ids(expr: str) -> list[str] | None:
@@ -459,9 +462,10 @@ def _alias(detail: str) -> _Handler:
             names.append(_coll(body))
         if not names:
             return Result([op(action, database=db, detail=f"aliases/{detail}")])
-        return Result(
-            [op(action, collection=n, database=db, detail=f"aliases/{detail}") for n in names]
-        )
+        ops = [op(action, collection=n, database=db, detail=f"aliases/{detail}") for n in names]
+        if detail in ("create", "alter"):
+            ops += alias_target_ops(names[1], f"aliases/{detail}", database=db)
+        return Result(ops)
 
     return handler
 

@@ -20,6 +20,7 @@ from capture.classify._common import (
     BadRequest,
     Result,
     Route,
+    alias_target_ops,
     as_list,
     as_obj,
     as_str,
@@ -98,6 +99,10 @@ def _point_list(value: object, where: str) -> tuple[list[str], int]:
 
 
 def _upsert(body: Mapping[str, object], where: str, collection: str) -> list[Operation]:
+    if body.get("points") is not None and body.get("batch") is not None:
+        # Qdrant reads "batch" and ignores "points" then: the two would name
+        # different writes
+        raise BadRequest(f"{where} has both 'points' and 'batch'; send one of them")
     filters: list[object] = []
     if body.get("update_filter") is not None:
         filters.append(as_obj(body["update_filter"], f"{where}.update_filter"))
@@ -318,6 +323,8 @@ def _aliases(req: HttpRequest, _p: Mapping[str, str]) -> Result:
         else:
             raise BadRequest(f"{where} has unrecognised alias action {kind[:60]!r}")
         ops.extend(op(A.ADMIN, collection=n, detail=kind) for n in names)
+        if kind == "create_alias":
+            ops.extend(alias_target_ops(names[0], kind))
     return Result(ops)
 
 

@@ -16,11 +16,13 @@ from capture.classify._common import (
     BadRequest,
     Result,
     Route,
+    alias_target_ops,
     as_int_limit,
     as_list,
     as_obj,
     as_str,
     guard_terms,
+    header_lookup,
     id_str,
     is_uuid,
     op,
@@ -30,6 +32,7 @@ from capture.classify._common import (
     route,
     run,
     static,
+    unknown,
 )
 from capture.classify._weaviate_graphql import (
     beacon_id,
@@ -48,6 +51,15 @@ _Handler = Callable[[HttpRequest, Mapping[str, str]], Result]
 
 def classify_weaviate(req: HttpRequest) -> Classification:
     """Classify one Weaviate REST/GraphQL request; never raises."""
+    media = (header_lookup(req.headers, "content-type") or "").split(";", 1)[0].strip().lower()
+    if req.body.strip() and media not in ("", "application/json"):
+        # Weaviate also reads YAML bodies (go-swagger's YAML consumer), where
+        # keys match fields by their exact lower-case names: "Variables" would
+        # be ignored and a GraphQL variable's default used, while the gateway
+        # read the body as JSON. Only a body both read the same way goes on.
+        return unknown("weaviate", (
+            f"Weaviate: a request body of type {media[:60]!r} is not read as the gateway "
+            "reads it; send it as JSON (Content-Type: application/json)"))
     return run("weaviate", ROUTES, req, req)
 
 
@@ -402,7 +414,10 @@ def _alias(req: HttpRequest, p: Mapping[str, str]) -> Result:
             names.append(as_str(body.get("alias"), "body.alias"))
         names.append(_class_of(body, "body"))
     detail = {"POST": "create_alias", "PUT": "update_alias", "DELETE": "delete_alias"}[req.method]
-    return Result([op(A.ADMIN, collection=n, detail=detail) for n in names])
+    ops = [op(A.ADMIN, collection=n, detail=detail) for n in names]
+    if req.method in ("POST", "PUT"):
+        ops += alias_target_ops(names[-1], detail)
+    return Result(ops)
 
 
 def _backup(detail: str) -> _Handler:

@@ -98,6 +98,9 @@ DIFFERENT: dict[str, str] = {
     "pinecone api version": sha(headers=[(b"X-Pinecone-API-Version", b"2025-04")]),
     "auto route, other Host": sha(AUTO, host="idx-abc.svc.us.pinecone.io"),
     "auto route, api-key sent": sha(AUTO, headers=[(b"Api-Key", b"k1")]),
+    # the same bytes read as YAML by Weaviate (found in review): binding v3
+    "content-type json": sha(headers=[(b"Content-Type", b"application/json")]),
+    "content-type yaml": sha(headers=[(b"Content-Type", b"application/yaml")]),
 }
 
 

@@ -3,6 +3,8 @@ query-body grammar and malformed bodies."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from capture.classify.qdrant import ROUTES, classify_qdrant
@@ -89,6 +91,9 @@ COLLECTIONS = [
         expect=[
             E("admin", "docs", detail="create_alias"),
             E("admin", "current", detail="create_alias"),
+            # everything through the alias reaches docs (found in review)
+            E("read", "docs", bulk=True, ids_known=False, detail="create_alias:target"),
+            E("write", "docs", bulk=True, ids_known=False, detail="create_alias:target"),
             E("admin", "old", detail="delete_alias"),
             E("admin", "a", detail="rename_alias"),
             E("admin", "b", detail="rename_alias"),
@@ -835,3 +840,22 @@ def test_unreadable_field_keys_are_refused(
         assert c.ok and c.field_aliases == ()
     else:
         assert not c.ok and c.error is not None and error in c.error, c.error
+
+
+
+def test_upsert_with_both_points_and_batch_is_refused() -> None:
+    """Qdrant reads "batch" and ignores "points" when a body has both; the
+    gateway read "points": one point recorded and checked, 5,000 written
+    (found in review)."""
+    from capture.classify import classify
+    from capture.types import HttpRequest
+
+    body = {"points": [{"id": 1, "vector": [0.1]}],
+            "batch": {"ids": list(range(100, 5100)), "vectors": [[0.1]] * 5000}}
+    for path, payload in (("/collections/docs/points", body),
+                          ("/collections/docs/points/batch",
+                           {"operations": [{"upsert": body}]})):
+        c = classify("qdrant", HttpRequest(method="PUT" if path.endswith("points") else "POST",
+                                           path=path, host="", body=json.dumps(payload).encode(),
+                                           headers={"content-type": "application/json"}))
+        assert not c.ok and "both 'points' and 'batch'" in (c.error or ""), c.error

@@ -67,6 +67,8 @@ EXPECTED: dict[str, list[dict[str, Any]]] = {
     "update_collection_aliases": [
         E("admin", "docs", detail="create_alias"),
         E("admin", "current", detail="create_alias"),
+        E("read", "docs", bulk=True, ids_known=False, detail="create_alias:target"),
+        E("write", "docs", bulk=True, ids_known=False, detail="create_alias:target"),
     ],
     "create_snapshot": [E("admin", "docs", detail="create_snapshot")],
     "list_snapshots": [E("admin", "docs", detail="list_snapshots")],
