@@ -55,8 +55,17 @@ Everything else raises: reads by id (Qdrant retrieve, Pinecone fetch, Milvus
 ``get``) take no filter, Weaviate GraphQL would need a query rewrite, Qdrant
 ``with_lookup`` returns payloads from a second, unfiltered collection, and
 deletes/updates are never rewritten (a Milvus delete with both ``id`` and
-``filter`` deletes by filter, which would widen it). Qdrant ``lookup_from`` is
-allowed: it only supplies query vectors for the ids the request names.
+``filter`` deletes by filter, which would widen it).
+
+A search **seeded by a record id** is refused too (:func:`seed_problem`): Qdrant
+``query``/``nearest``/recommend/discover/context examples given as point ids
+(in prefetch and batches too) and any ``lookup_from``, Pinecone query by
+``id``, Weaviate ``near-object`` and ``moveTo``/``moveAwayFrom`` objects, Milvus
+search by ``ids``. The database reads the seed record before it searches, and
+the row filter only limits what comes back: the seed's existence (found or
+not), and its vector through the scores, would leak from outside the filter.
+Ids that only narrow the results (a ``has_id`` condition, Chroma ``ids``) are
+ANDed with the filter and stay allowed.
 
 Templates
 ---------
@@ -498,6 +507,92 @@ def _holders(root: list[Any], keys: tuple[str, ...]) -> list[tuple[Any, Any, str
     return current
 
 
+def _is_id(value: Any) -> bool:
+    """A record id where a query vector may stand: an integer or a string (a
+    vector is a list, a sparse or named vector or a model input an object)."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _qdrant_examples(value: Any, at: str) -> str | None:
+    """Where a Qdrant query input (``query``, ``nearest``, examples) is an id."""
+    if _is_id(value):
+        return at
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if _is_id(item):
+                return f"{at}[{i}]"
+        return None
+    if not isinstance(value, dict):
+        return None
+    # an example (nearest, target, a context pair's side) or a list of them
+    # (recommend's positive/negative): an id, a vector, or a list of either
+    for key in ("nearest", "target", "positive", "negative"):
+        if key in value and (hit := _qdrant_examples(value[key], f"{at}.{key}")):
+            return hit
+    for key in ("recommend", "discover"):
+        inner = value.get(key)
+        if isinstance(inner, dict) and (hit := _qdrant_examples(inner, f"{at}.{key}")):
+            return hit
+    context = value.get("context")
+    for i, pair in enumerate(context if isinstance(context, list) else [context]):
+        if isinstance(pair, dict) and (hit := _qdrant_examples(pair, f"{at}.context[{i}]")):
+            return hit
+    return None
+
+
+def _qdrant_seed(body: Mapping[str, Any], path: str) -> str | None:
+    searches = body.get("searches")
+    nodes: list[tuple[Any, str]] = (
+        [(x, f"body.searches[{i}]") for i, x in enumerate(searches)]
+        if isinstance(searches, list) else [(body, "body")])
+    while nodes:
+        node, at = nodes.pop()
+        if not isinstance(node, Mapping):
+            continue
+        if node.get("lookup_from") is not None:
+            return f"{at}.lookup_from"
+        if "query" in node and (hit := _qdrant_examples(node["query"], f"{at}.query")):
+            return hit
+        if re.search(r"/points/(recommend|discover)", path):
+            for key in ("positive", "negative", "target", "context"):
+                if key in node and (hit := _qdrant_examples({key: node[key]}, at)):
+                    return hit
+        prefetch = node.get("prefetch")
+        for i, item in enumerate(prefetch if isinstance(prefetch, list) else [prefetch]):
+            if item is not None:
+                nodes.append((item, f"{at}.prefetch[{i}]"))
+    return None
+
+
+def seed_problem(product: str, path: str, body: Mapping[str, Any]) -> str | None:
+    """Where a search names a record id as its query input (see the module
+    doc), or None."""
+    if product == "qdrant":
+        return _qdrant_seed(body, path)
+    if product == "pinecone":
+        if body.get("id") is not None:
+            return "body.id"
+        query = body.get("query")
+        if isinstance(query, Mapping) and query.get("id") is not None:
+            return "body.query.id"
+        return None
+    if product == "weaviate":
+        if path.rstrip("/").endswith("/near-object"):
+            return "body.id (near-object)"
+        for move in ("moveTo", "moveAwayFrom"):
+            spec = body.get(move)
+            if isinstance(spec, Mapping) and spec.get("objects"):
+                return f"body.{move}.objects"
+        return None
+    if product == "milvus":
+        subs = body.get("search")
+        for at, node in [("body", body), *((f"body.search[{i}]", x) for i, x in enumerate(
+                subs if isinstance(subs, list) else []))]:
+            if isinstance(node, Mapping) and node.get("ids") is not None:
+                return f"{at}.ids"
+    return None
+
+
 def inject_filter(
     product: Product,
     path: str,
@@ -529,6 +624,12 @@ def inject_filter(
     for key, why in target.forbidden:
         if body.get(key) is not None:
             raise FilterInjectionError(f"{why}; refusing the request")
+    seed = seed_problem(product, path, body)
+    if seed is not None:
+        raise FilterInjectionError(
+            f"the search is seeded by a record id ({seed}): the database reads that record "
+            "before it searches, without the row filter, so its existence and its vector "
+            "would show through the answer; send a query vector instead")
     render_filter(spec, identity, product)  # fail before copying anything
 
     def new() -> JsonFilter:

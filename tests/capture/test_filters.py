@@ -49,9 +49,9 @@ T = "/api/v2/tenants/default_tenant/databases/default_database/collections/" \
          Q_MINE, {"exact": True, "filter": Q_MINE_ALICE}),
         ("qdrant", "/collections/docs/facet", {"key": "city", "filter": Q_OLD},
          Q_MINE, {"key": "city", "filter": {"must": [Q_OLD, Q_MINE_ALICE]}}),
-        ("qdrant", "/collections/docs/points/recommend/groups/", {"positive": [1],
+        ("qdrant", "/collections/docs/points/recommend/groups/", {"positive": [[0.1, 0.2]],
                                                                   "group_by": "doc"},
-         Q_MINE, {"positive": [1], "group_by": "doc", "filter": Q_MINE_ALICE}),
+         Q_MINE, {"positive": [[0.1, 0.2]], "group_by": "doc", "filter": Q_MINE_ALICE}),
         ("qdrant", "/collections/docs/points/search/matrix/pairs", {"sample": 10},
          Q_MINE, {"sample": 10, "filter": Q_MINE_ALICE}),
         ("qdrant", "/collections/docs/shards/3/points/scroll", {},
@@ -465,3 +465,85 @@ def test_pinecone_queries_each_get_the_row_filter() -> None:
 def test_milvus_policy_filter_must_be_one_expression(spec: str, problem: str) -> None:
     problems = check_template(spec, "milvus")
     assert any("one self-contained expression" in p and problem in p for p in problems), problems
+
+
+
+SEEDED = [
+    # (product, path, body, where the id is): a search whose query input is a
+    # record id: the database reads that record without the row filter (found
+    # in review: its existence and, through the scores, its vector leaked)
+    ("qdrant", "/collections/docs/points/query", {"query": 42}, "body.query"),
+    ("qdrant", "/collections/docs/points/query",
+     {"query": "5c56c793-69f3-4fbf-87e6-c4bf54c28c26"}, "body.query"),
+    ("qdrant", "/collections/docs/points/query", {"query": {"nearest": 42}},
+     "body.query.nearest"),
+    ("qdrant", "/collections/docs/points/query",
+     {"query": {"recommend": {"positive": [[0.1, 0.2]], "negative": [43]}}},
+     "body.query.recommend.negative[0]"),
+    ("qdrant", "/collections/docs/points/query",
+     {"query": {"discover": {"target": [0.1, 0.2], "context": [{"positive": 7,
+                                                                "negative": [0.2, 0.1]}]}}},
+     "body.query.discover.context[0].positive"),
+    ("qdrant", "/collections/docs/points/query",
+     {"query": {"context": [{"positive": [0.1], "negative": 9}]}},
+     "body.query.context[0].negative"),
+    ("qdrant", "/collections/docs/points/query",
+     {"query": [0.1, 0.2], "prefetch": [{"query": [0.3, 0.1]}, {"query": 42}]},
+     "body.prefetch[1].query"),
+    ("qdrant", "/collections/docs/points/query",
+     {"query": {"recommend": {"positive": [[0.1, 0.2]]}}, "lookup_from": {"collection": "hr"}},
+     "body.lookup_from"),
+    ("qdrant", "/collections/docs/points/query/batch",
+     {"searches": [{"query": [0.1]}, {"query": 42}]}, "body.searches[1].query"),
+    ("qdrant", "/collections/docs/points/recommend", {"positive": [42]}, "body.positive[0]"),
+    ("qdrant", "/collections/docs/points/discover",
+     {"target": 42, "context": [{"positive": [0.1], "negative": [0.2]}]}, "body.target"),
+    ("pinecone", "/query", {"id": "hr-secret-1", "topK": 3}, "body.id"),
+    ("pinecone", "/records/namespaces/ns/search", {"query": {"id": "hr-1", "top_k": 3}},
+     "body.query.id"),
+    ("weaviate", "/v1/search/Doc/near-object", {"id": "5c56c793-69f3-4fbf-87e6-c4bf54c28c26"},
+     "near-object"),
+    ("weaviate", "/v1/search/Doc/near-text",
+     {"concepts": ["x"], "moveTo": {"objects": [{"id": "5c56c793-69f3-4fbf-87e6-c4bf54c28c26"}],
+                                     "force": 0.5}}, "body.moveTo.objects"),
+    ("milvus", "/v2/vectordb/entities/search", {"collectionName": "docs", "ids": [42]},
+     "body.ids"),
+    ("milvus", "/v2/vectordb/entities/hybrid_search",
+     {"collectionName": "docs", "search": [{"data": [[0.1]]}, {"ids": [42]}]},
+     "body.search[1].ids"),
+]
+
+
+@pytest.mark.parametrize(("product", "path", "body", "where"), SEEDED,
+                         ids=[f"{p}:{w}" for p, _, _, w in SEEDED])
+def test_a_search_seeded_by_a_record_id_is_refused(
+    product: Product, path: str, body: dict[str, Any], where: str
+) -> None:
+    spec = "team == \"search\"" if product == "milvus" else {"team": "search"}
+    with pytest.raises(FilterInjectionError) as info:
+        inject_filter(product, path, body, spec, ALICE)
+    assert where in str(info.value) and "seeded by a record id" in str(info.value)
+
+
+@pytest.mark.parametrize(("product", "path", "body"), [
+    ("qdrant", "/collections/docs/points/query", {"query": [0.1, 0.2]}),
+    ("qdrant", "/collections/docs/points/query", {"query": [[0.1, 0.2], [0.2, 0.1]]}),
+    ("qdrant", "/collections/docs/points/query", {"query": {"order_by": "year"}}),
+    ("qdrant", "/collections/docs/points/query", {"query": {"fusion": "rrf"},
+                                                  "prefetch": [{"query": [0.1]}]}),
+    ("qdrant", "/collections/docs/points/query",
+     {"query": {"nearest": {"text": "hello", "model": "m"}}}),
+    ("qdrant", "/collections/docs/points/query",
+     {"query": [0.1], "filter": {"must": [{"has_id": [42]}]}}),  # narrows: ANDed
+    ("qdrant", "/collections/docs/points/recommend", {"positive": [[0.1, 0.2]]}),
+    ("pinecone", "/query", {"vector": [0.1], "topK": 3}),
+    ("weaviate", "/v1/search/Doc/near-text", {"concepts": ["x"]}),
+    ("milvus", "/v2/vectordb/entities/search", {"collectionName": "docs", "data": [[0.1]]}),
+    ("chroma", T + "/query", {"query_embeddings": [[0.1]], "ids": ["a"]}),  # narrows
+])
+def test_searches_by_vector_and_narrowing_ids_still_get_the_filter(
+    product: Product, path: str, body: dict[str, Any]
+) -> None:
+    spec = "team == \"search\"" if product == "milvus" else {"team": "search"}
+    out = inject_filter(product, path, body, spec, ALICE)
+    assert out != body  # the filter went in

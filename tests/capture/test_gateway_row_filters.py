@@ -106,3 +106,20 @@ def test_max_limit_counts_every_query_vector(rig: Rig) -> None:
                 and e.event.envelope.request_id == r.json()["request_id"]]
     # the recorded operation keeps what the client sent
     assert [(o.limit, o.vector_count) for o in received[0].operations] == [(100, 500)]
+
+
+def test_a_search_seeded_by_a_record_id_is_refused_and_never_forwarded(rig: Rig) -> None:
+    """Milvus reads the seed records of a search by primary key without the
+    row filter, so an id outside the filter showed whether it exists and,
+    through the scores, its vector (found in review). A search by vector is
+    forwarded with the filter."""
+    before = len(rig.upstream.requests)
+    r = _post(rig, "/v2/vectordb/entities/search",
+              {"collectionName": "shared-docs", "ids": [42], "limit": 3})
+    assert r.status_code == 403, r.text
+    assert "seeded by a record id" in r.json()["reason"]
+    assert len(rig.upstream.requests) == before
+    ok = _post(rig, "/v2/vectordb/entities/search",
+               {"collectionName": "shared-docs", "data": [[0.1, 0.2]], "limit": 3})
+    assert ok.status_code == 200, ok.text
+    assert json.loads(rig.upstream.requests[-1].body)["filter"] == 'team in ["team-a"]'
