@@ -302,7 +302,7 @@ Duration = Annotated[
 
 
 @lru_cache(maxsize=1024)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
+def _glob_regex(pattern: str, ignore_case: bool = False) -> re.Pattern[str]:
     out: list[str] = []
     i, n = 0, len(pattern)
     while i < n:
@@ -342,7 +342,7 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            return re.compile("".join(out), re.DOTALL)
+            return re.compile("".join(out), re.DOTALL | (re.IGNORECASE if ignore_case else 0))
     except (re.error, FutureWarning) as exc:
         raise ValueError(f"glob {pattern!r} is invalid ({exc}) — fix the character class") \
             from None
@@ -358,10 +358,18 @@ def _check_glob(value: object) -> str:
     return value
 
 
-def _glob_match(pattern: str, name: str) -> bool:
-    if name == "*":  # an operation over every collection
-        return pattern == "*"
-    return _glob_regex(pattern).fullmatch(name) is not None
+def _glob_match(pattern: str, name: str, restrictive: bool = False) -> bool:
+    """Does ``pattern`` match the collection (or database) ``name``?
+
+    ``name`` ``*`` is an operation over every collection: an allow rule must
+    name ``*`` to allow it, but a deny or require_approval rule on any glob
+    matches it (the operation reaches the collections the rule protects). A
+    restrictive rule also matches names ignoring case: Weaviate capitalises
+    class names (``restricted*`` would never match ``RestrictedHr``), and
+    denying more than the glob's exact case can only refuse more."""
+    if name == "*":
+        return restrictive or pattern == "*"
+    return _glob_regex(pattern, restrictive).fullmatch(name) is not None
 
 
 def _check_action(value: object) -> str:
@@ -780,7 +788,11 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
                       "— start with `version: 1` and `rules:`")
 
     issues: list[PolicyIssue] = []
-    data = _to_plain(doc, (), issues, source)
+    try:
+        data = _to_plain(doc, (), issues, source, [_MAX_VALUES])
+    except _TooManyValues:
+        raise fail(1, f"the policy expands to more than {_MAX_VALUES:,} values (nested YAML "
+                      "aliases?) — write it out without aliases of aliases") from None
     if issues:
         raise PolicyError(issues)
     try:
@@ -853,10 +865,24 @@ def _plain_leaf(node: Any) -> Any:
     return node
 
 
+#: the most values a policy may expand to: an alias is expanded where it is
+#: used, so nested aliases of a few hundred bytes grow tenfold per level (a
+#: "billion laughs" file stalled a reload for as long as it took to expand)
+_MAX_VALUES = 100_000
+
+
+class _TooManyValues(Exception):
+    pass
+
+
 def _to_plain(node: Any, loc: tuple[str | int, ...], issues: list[PolicyIssue],
-              source: str) -> Any:
+              source: str, budget: list[int]) -> Any:
     """ruamel's round-trip nodes as plain JSON-like values; other YAML types
-    (dates, tagged values, binary) are errors."""
+    (dates, tagged values, binary) are errors. ``budget``: values left to
+    expand (:data:`_MAX_VALUES`)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooManyValues
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
@@ -871,7 +897,7 @@ def _to_plain(node: Any, loc: tuple[str | int, ...], issues: list[PolicyIssue],
                                           f"unsupported YAML value ({type(value).__name__}) — "
                                           "quote it as text"))
                 continue
-            out[str(key)] = _to_plain(value, (*loc, str(key)), issues, source)
+            out[str(key)] = _to_plain(value, (*loc, str(key)), issues, source, budget)
         return out
     if isinstance(node, list):
         items = []
@@ -881,7 +907,7 @@ def _to_plain(node: Any, loc: tuple[str | int, ...], issues: list[PolicyIssue],
                                           f"unsupported YAML value ({type(value).__name__}) — "
                                           "quote it as text"))
                 continue
-            items.append(_to_plain(value, (*loc, i), issues, source))
+            items.append(_to_plain(value, (*loc, i), issues, source, budget))
         return items
     return _plain_leaf(node)
 
@@ -1355,19 +1381,20 @@ def _why_not(rule: Rule, identity: Identity, op: Operation, explain: bool = True
             if explain else _NO_MATCH
     if not rule.subjects.matches(identity):
         return f"caller is not among {rule.subjects.describe()}" if explain else _NO_MATCH
+    restrictive = rule.effect != "allow"
     collection = op.collection or None
     if collection is None:
         if not rule.no_collection:
             return "the operation has no collection and the rule does not set no_collection" \
                 if explain else _NO_MATCH
-    elif not any(_glob_match(g, collection) for g in rule.collections):
+    elif not any(_glob_match(g, collection, restrictive) for g in rule.collections):
         return f"collection {collection!r} matches none of [{', '.join(rule.collections)}]" \
             if explain else _NO_MATCH
     if collection is not None and rule.databases is not None:
         if op.database is None:
             return "the operation names no database and the rule restricts databases" \
                 if explain else _NO_MATCH
-        if not any(_glob_match(g, op.database) for g in rule.databases):
+        if not any(_glob_match(g, op.database, restrictive) for g in rule.databases):
             return f"database {op.database!r} matches none of [{', '.join(rule.databases)}]" \
                 if explain else _NO_MATCH
     return None
@@ -1383,10 +1410,12 @@ def _private(model: BaseModel) -> dict[str, Any]:
     return private
 
 
-def _star_or_match(star: bool, patterns: tuple[re.Pattern[str], ...], name: str) -> bool:
-    """``any(_glob_match(g, name) for g in globs)``, with the globs compiled."""
-    if name == "*":  # an operation over every collection: only the glob * matches it
-        return star
+def _star_or_match(star: bool, patterns: tuple[re.Pattern[str], ...], name: str,
+                   restrictive: bool = False) -> bool:
+    """``any(_glob_match(g, name, restrictive) for g in globs)``, with the globs
+    compiled (``restrictive``: as :func:`_glob_regex` ignoring case)."""
+    if name == "*":  # an operation over every collection (see _glob_match)
+        return star or (restrictive and bool(patterns))
     return star or any(p.fullmatch(name) is not None for p in patterns)
 
 
@@ -1405,10 +1434,13 @@ class _RuleMatcher:
     collections: tuple[re.Pattern[str], ...]
     any_database: bool
     databases: tuple[re.Pattern[str], ...] | None
+    #: a deny or require_approval rule (see _glob_match)
+    restrictive: bool
 
     @classmethod
     def of(cls, rule: Rule) -> _RuleMatcher:
         s = rule.subjects
+        restrictive = rule.effect != "allow"
         actions = (frozenset(a for a in ActionClass if a != ActionClass.UNKNOWN)
                    if "*" in rule.actions else frozenset(ActionClass(a) for a in rule.actions))
         dbs = rule.databases
@@ -1416,9 +1448,11 @@ class _RuleMatcher:
             actions=actions, issuer=s.issuer, anyone=s.authenticated,
             groups=frozenset(s.groups), names=frozenset(s.users) | frozenset(s.service_accounts),
             no_collection=rule.no_collection, any_collection="*" in rule.collections,
-            collections=tuple(_glob_regex(g) for g in rule.collections if g != "*"),
+            collections=tuple(_glob_regex(g, restrictive) for g in rule.collections if g != "*"),
             any_database=dbs is not None and "*" in dbs,
-            databases=None if dbs is None else tuple(_glob_regex(g) for g in dbs if g != "*"),
+            databases=None if dbs is None
+            else tuple(_glob_regex(g, restrictive) for g in dbs if g != "*"),
+            restrictive=restrictive,
         )
 
     def matches(self, identity: Identity, op: Operation) -> bool:
@@ -1432,12 +1466,14 @@ class _RuleMatcher:
         collection = op.collection or None
         if collection is None:
             return self.no_collection
-        if not _star_or_match(self.any_collection, self.collections, collection):
+        if not _star_or_match(self.any_collection, self.collections, collection,
+                              self.restrictive):
             return False
         if self.databases is not None:
             if op.database is None:
                 return False
-            return _star_or_match(self.any_database, self.databases, op.database)
+            return _star_or_match(self.any_database, self.databases, op.database,
+                                  self.restrictive)
         return True
 
 
@@ -1609,7 +1645,12 @@ def _condition_failures(
             asked = len(op.ids)
         else:
             asked = None
-        if asked is None:
+        if op.limit is not None and op.limit <= 0:
+            # Milvus reads limit 0 (or less) as no limit at all
+            out.append(f"the request sets {limit_name} {op.limit}, which some databases read "
+                       f"as no limit; rule {rid} allows at most {c.max_limit} results — set a "
+                       "positive limit/top_k")
+        elif asked is None:
             out.append(f"the request sets no limit; rule {rid} allows at most {c.max_limit} "
                        "results — set limit/top_k")
         elif asked > c.max_limit and queries > 1:

@@ -319,7 +319,7 @@ def test_one_unknown_operation_denies_the_whole_request() -> None:
         ([], True, None, True),
         ([], True, "docs", False),
         (["*"], False, "*", True),         # all collections: only the glob "*"
-        (["do*"], False, "*", False),
+        (["do*"], False, "*", False),      # (an allow rule; a deny rule matches it)
         (["?ocs"], False, "*", False),
         (["docs"], False, "docs", True),
         (["docs"], False, "docs2", False),
@@ -1556,3 +1556,105 @@ def test_cli_explain_with_a_grant(cli: typer.Typer) -> None:
     assert "decision REQUIRE_APPROVAL" in r.output and "grant    grant cli-grant-1" in r.output
     r = runner.invoke(cli, [*args, "--grant", "write"])
     assert r.exit_code != 0 and "ACTIONS:GLOBS" in r.output
+
+
+
+# -- restrictive rules over every collection, case, and limits (found in review) ----
+
+STAR_DENY = """\
+- id: team
+  effect: allow
+  subjects: {groups: [g]}
+  actions: [search, read, write, delete]
+  collections: ["*"]
+  conditions: {max_limit: 100}
+- id: restricted
+  effect: deny
+  subjects: {groups: [g]}
+  actions: ["*"]
+  collections: ["Restricted*"]
+"""
+
+
+@pytest.mark.parametrize("action", [A.READ, A.DELETE, A.SEARCH])
+def test_a_deny_rule_matches_an_operation_over_every_collection(action: ActionClass) -> None:
+    """An operation on "*" (Weaviate objects without a class, Explore, a
+    snapshot recovery) reaches the collections a deny rule protects: before,
+    only an allow rule on "*" matched it, and the deny never did."""
+    p = make(STAR_DENY)
+    d = evaluate(p, ident("g"), [op(action, "*", ids=["1"], limit=10)], ctx())
+    assert d.outcome == "deny" and d.matched_rules == ["team", "restricted"], d.reasons
+    # a named collection outside the deny glob is still allowed
+    assert evaluate(p, ident("g"), [op(action, "docs", ids=["1"], limit=10)], ctx()).allowed
+
+
+def test_a_require_approval_rule_holds_an_operation_over_every_collection() -> None:
+    p = make(STAR_DENY.replace("effect: deny", "effect: require_approval"),
+             head="approvers: {groups_any_of: [[approvers]]}\n")
+    d = evaluate(p, ident("g"), [op(A.WRITE, "*", ids=["1"])], ctx())
+    assert d.outcome == "require_approval"
+
+
+@pytest.mark.parametrize(("glob", "collection"), [
+    ("restricted*", "RestrictedHr"), ("Restricted*", "restrictedHr"), ("HR", "hr")])
+def test_restrictive_rules_match_names_ignoring_case(glob: str, collection: str) -> None:
+    """Weaviate capitalises class names: a deny on "restricted*" never matched
+    the class the client wrote as "restrictedHr". Deny and require_approval
+    rules ignore case (refusing more); allow rules stay exact."""
+    p = make(STAR_DENY.replace('"Restricted*"', json.dumps(glob)))
+    assert evaluate(p, ident("g"), [op(A.READ, collection, ids=["1"])], ctx()).outcome == "deny"
+    allow_only = make(f"""\
+        - id: team
+          effect: allow
+          subjects: {{groups: [g]}}
+          actions: [read]
+          collections: [{json.dumps(glob)}]
+        """)
+    assert not evaluate(allow_only, ident("g"), [op(A.READ, collection, ids=["1"])],
+                        ctx()).allowed
+
+
+def test_weaviate_requests_over_every_class_meet_the_deny_rule(tmp_path: Path) -> None:
+    from capture.classify import classify
+    from capture.types import HttpRequest
+
+    p = make(STAR_DENY)
+    for method, path, query in [
+        ("GET", "/v1/objects/5c56c793-69f3-4fbf-87e6-c4bf54c28c26", ()),
+        ("DELETE", "/v1/objects/5c56c793-69f3-4fbf-87e6-c4bf54c28c26", ()),
+        ("GET", "/v1/objects", (("limit", "10"),)),
+        ("GET", "/v1/objects/restrictedHr/5c56c793-69f3-4fbf-87e6-c4bf54c28c26", ()),
+    ]:
+        c = classify("weaviate", HttpRequest(method=method, path=path, host="", body=b"",
+                                             query=query, headers={}))
+        assert c.ok, c.error
+        d = evaluate(p, ident("g"), c.operations, ctx(product="weaviate"))
+        assert d.outcome == "deny", (method, path, d.reasons)
+
+
+@pytest.mark.parametrize(("limit", "allowed"), [(0, False), (-1, False), (1, True), (100, True)])
+def test_max_limit_refuses_a_limit_databases_read_as_none(limit: int, allowed: bool) -> None:
+    """Milvus reads limit 0 (or less) as no limit: it passed max_limit."""
+    p = make(STAR_DENY)
+    d = evaluate(p, ident("g"), [op(A.SEARCH, "docs", ids_known=False, limit=limit)],
+                 ctx(product="milvus"))
+    assert d.allowed is allowed, d.reasons
+    if not allowed:
+        assert "positive limit" in d.reasons[0]
+
+
+def test_nested_yaml_aliases_are_refused_fast() -> None:
+    """A few hundred bytes of aliases of aliases expand tenfold per level: six
+    levels took 24 s to reject, on the event loop of a reloading gateway
+    (found in review). The expansion is bounded."""
+    import time
+
+    levels = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, 8):
+        levels.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    text = "version: 1\n" + "\n".join(levels) + "\nrules: []\n"
+    start = time.monotonic()
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "laughs.yaml")
+    assert time.monotonic() - start < 5
+    assert "more than 100,000 values" in str(info.value)
