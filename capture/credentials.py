@@ -23,11 +23,12 @@ import functools
 import json
 import re
 import urllib.parse
-from typing import Literal
+from typing import Any, Literal
 
 from mitmproxy import http
 
 from capture.config import CREDENTIAL_HEADERS, Route
+from capture.masker import BODY_SEEN
 from capture.redact import is_secret_header, strip_secret_query
 from capture.state import error_response, fail_closed, state_of
 from schemas.models import MaskedField
@@ -233,12 +234,15 @@ def secret_forms(route: Route) -> tuple[bytes, ...]:
     return _forms(route.credential.get_secret_value())
 
 
-def scrub_secret(resp: http.Response, forms: tuple[bytes, ...]) -> list[str]:
+def scrub_secret(resp: http.Response, forms: tuple[bytes, ...],
+                 seen: tuple[Any, ...] | None = None) -> list[str]:
     """Replace every echo of the gateway's own credential (``forms``) in the
     response's headers and (decoded) body with ``[REDACTED:credential]``, so it
     reaches neither the client nor the record (an upstream that echoes the key
-    it was sent, in an error message or a debug header). Returns where it was
-    found (``headers.<name>``, ``body``)."""
+    it was sent, in an error message or a debug header). ``seen``: the
+    masker's ``BODY_SEEN`` (the body it decoded), so an encoded body the
+    masker left as it came is not decoded twice. Returns where it was found
+    (``headers.<name>``, ``body``)."""
     found: list[str] = []
     fields = resp.headers.fields
     if any(f in v for _, v in fields for f in forms):
@@ -253,7 +257,12 @@ def scrub_secret(resp: http.Response, forms: tuple[bytes, ...]) -> list[str]:
     raw = resp.raw_content
     if raw:
         encoded = bool(resp.headers.get("content-encoding"))
-        body = (resp.get_content(strict=False) or b"") if encoded else raw
+        if not encoded:
+            body = raw
+        elif seen is not None and seen[0] is raw:
+            body = seen[2]  # the masker decoded these very bytes
+        else:
+            body = resp.get_content(strict=False) or b""
         if any(f in body for f in forms):
             for f in forms:
                 body = body.replace(f, CREDENTIAL_REDACTED)
@@ -276,7 +285,7 @@ class Credentials:
         resp = flow.response
         forms = secret_forms(st.route)
         if forms:
-            scrubbed = scrub_secret(resp, forms)
+            scrubbed = scrub_secret(resp, forms, st.extra.get(BODY_SEEN))
             if scrubbed:
                 st.extra["masked_fields"] = [
                     *st.extra.get("masked_fields", []),

@@ -125,39 +125,24 @@ def _partial_match(product: str, flt: Any) -> str | None:
     if isinstance(flt, str):
         m = _MILVUS_PARTIAL.search(_MILVUS_LITERAL.sub(" ", flt))
         return str(m.group(1)) if m else None
-    stack: list[tuple[Any, str | None]] = [(flt, None)]
+    # (node, the key it sits under, inside Chroma's where_document?)
+    stack: list[tuple[Any, str | None, bool]] = [(flt, None, False)]
     while stack:
-        cur, parent = stack.pop()
+        cur, parent, in_doc = stack.pop()
         if isinstance(cur, dict):
             for k, v in cur.items():
                 if product == "qdrant" and parent == "match" and k in _QDRANT_PARTIAL:
                     return f"match.{k}"
                 if product == "chroma" and k in _CHROMA_PARTIAL and (
-                        k.endswith("regex") or parent == "where_document"
-                        or _under_document(flt, cur)):
+                        in_doc or k.endswith("regex")):
                     return str(k)
                 if (product == "weaviate" and k == "operator" and isinstance(v, str)
                         and v.casefold() == "like"):
                     return "Like"
-                stack.append((v, k))
+                stack.append((v, k, in_doc or k == "where_document"))
         elif isinstance(cur, list | tuple):
-            stack.extend((x, parent) for x in cur)
+            stack.extend((x, parent, in_doc) for x in cur)
     return None
-
-
-def _under_document(flt: Any, node: Any) -> bool:
-    """Is ``node`` inside the ``where_document`` part of a Chroma filter?"""
-    doc = flt.get("where_document") if isinstance(flt, dict) else None
-    stack = [doc]
-    while stack:
-        cur = stack.pop()
-        if cur is node:
-            return True
-        if isinstance(cur, dict):
-            stack.extend(cur.values())
-        elif isinstance(cur, list | tuple):
-            stack.extend(cur)
-    return False
 
 
 def _terms(product: str, flt: Any) -> tuple[list[str], list[str]]:

@@ -86,6 +86,8 @@ __all__ = [
     "class_name",
     "graphql_batch_result",
     "graphql_result",
+    "property_terms",
+    "ranking_terms",
     "weaviate_filter_ids",
 ]
 
@@ -114,6 +116,14 @@ _AGGREGATE_SAFE = frozenset({"count", "type", "__typename"})
 _OCCURRENCE_SAFE = frozenset({"occurs", "__typename"})
 
 
+def ranking_terms(props: object) -> list[dict[str, list[str]]]:
+    """A keyword search's ``properties`` as ``{"path": [...]}`` filter terms
+    (a ``^2`` boost dropped)."""
+    if not isinstance(props, list):
+        return []
+    return [{"path": [p.split("^", 1)[0]]} for p in props if isinstance(p, str)]
+
+
 def property_terms(args: Mapping[str, object]) -> list[dict[str, list[str]]]:
     """The properties a search ranks or orders by, as ``{"path": [...]}``
     filter terms (what the masked-filter check reads): ``bm25``/``hybrid``/
@@ -121,9 +131,8 @@ def property_terms(args: Mapping[str, object]) -> list[dict[str, list[str]]]:
     out: list[dict[str, list[str]]] = []
     for arg in ("bm25", "hybrid", "ask"):
         spec = args.get(arg)
-        props = spec.get("properties") if isinstance(spec, Mapping) else None
-        if isinstance(props, list):
-            out += [{"path": [p.split("^", 1)[0]]} for p in props if isinstance(p, str)]
+        if isinstance(spec, Mapping):
+            out += ranking_terms(spec.get("properties"))
     sort = args.get("sort")
     for s in sort if isinstance(sort, list) else [sort] if sort is not None else []:
         path = s.get("path") if isinstance(s, Mapping) else None

@@ -39,6 +39,7 @@ from capture.classify._weaviate_graphql import (
     class_name,
     graphql_batch_result,
     graphql_result,
+    ranking_terms,
     weaviate_filter_ids,
 )
 from capture.types import ActionClass, Classification, HttpRequest, Operation
@@ -326,9 +327,7 @@ def _rest_search(req: HttpRequest, p: Mapping[str, str]) -> Result:
     if body.get("where") is not None:
         filters.append(as_obj(body["where"], "body.where"))
         ids.extend(weaviate_filter_ids(body["where"]))
-    props = body.get("properties")  # bm25 / hybrid: ranked by these properties' values
-    if isinstance(props, list):
-        guard_terms({"path": [p.split("^", 1)[0]]} for p in props if isinstance(p, str))
+    guard_terms(ranking_terms(body.get("properties")))  # bm25 / hybrid ranks by them
     return Result(
         [
             op(

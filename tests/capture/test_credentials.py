@@ -346,3 +346,20 @@ def test_a_credential_in_the_query_never_goes_upstream() -> None:
     Credentials().request(g)
     assert g.request.path == "/collections/docs/points/1?wait=true"
     assert CLIENT_QUERY not in g.metadata[KEY].extra
+
+
+def test_the_scrub_reads_the_body_the_masker_decoded() -> None:
+    """An encoded body the masker left as it came is not decoded again: the
+    masker's BODY_SEEN holds its bytes decoded."""
+    import json
+
+    from capture.masker import BODY_SEEN
+
+    body = json.dumps({"error": f"bad key {UPSTREAM_KEY}"}).encode()
+    f = _answered(403, [("content-type", "application/json")], body=body)
+    assert f.response is not None
+    f.response.encode("gzip")
+    f.metadata[KEY].extra[BODY_SEEN] = (f.response.raw_content, "gzip", body, "-")
+    Credentials().response(f)
+    assert f.response.get_content() == b'{"error": "bad key [REDACTED:credential]"}'
+    assert f.response.headers["content-encoding"] == "gzip"

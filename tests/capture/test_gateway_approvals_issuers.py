@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from capture.devidp import mint_token, serve
-from tests.support.approval_e2e import CHROMA_T, api, decide
+from tests.support.approval_e2e import CHROMA_T, api, collection, decide
 from tests.support.gateway import GatewayProcess, gateway_process
 
 POLICY = """\
@@ -77,14 +77,6 @@ def setup(
         idp_b.shutdown()
 
 
-def _collection(gw: GatewayProcess, issuer: str, name: str) -> str:
-    admin = mint_token(issuer, "root", ["Vector-Admin"])
-    r = api(gw.url, "POST", f"{CHROMA_T}/collections", admin,
-            {"name": name, "get_or_create": True})
-    assert r.status_code == 200, r.text
-    return str(r.json()["id"])
-
-
 def _upsert(gw: GatewayProcess, token: str, cid: str, pid: str,
             headers: dict[str, str] | None = None) -> object:
     return api(gw.url, "POST", f"{CHROMA_T}/collections/{cid}/upsert", token,
@@ -110,7 +102,7 @@ def test_the_requester_at_another_idp_cannot_approve_herself(
     setup: tuple[str, str, GatewayProcess, GatewayProcess],
 ) -> None:
     a, b, g1, g2 = setup
-    cid = _collection(g1, a, "iss-self")
+    cid = collection(g1, a, "iss-self")
     alice_a = mint_token(a, "alice", ["Vector-Read"])
     aid = _approval_id(_upsert(g1, alice_a, cid, "p-self"))
     alice_b = mint_token(b, "alice", ["Vector-Approve"])
@@ -129,7 +121,7 @@ def test_one_approver_at_two_idps_fills_one_seat(
     setup: tuple[str, str, GatewayProcess, GatewayProcess],
 ) -> None:
     a, b, g1, g2 = setup
-    cid = _collection(g1, a, "two-seats")
+    cid = collection(g1, a, "two-seats")
     aid = _approval_id(_upsert(g1, mint_token(a, "alice", ["Vector-Read"]), cid, "p-two"))
     d = decide(g1.url, mint_token(a, "bob", ["Vector-Approve"]), aid, "approve")
     assert d.status_code == 200 and d.json()["status"] == "pending", d.text
@@ -146,7 +138,7 @@ def test_a_grant_issued_at_another_idp_is_not_for_this_idps_subject(
     setup: tuple[str, str, GatewayProcess, GatewayProcess],
 ) -> None:
     a, b, g1, g2 = setup
-    cid = _collection(g1, a, "iss-grant")
+    cid = collection(g1, a, "iss-grant")
     carol_b = mint_token(b, "carol", ["Vector-Approve"])
     g = api(g2.url, "POST", "/_embedguard/grants", carol_b,
             {"subject": "alice", "actions": ["write"], "collections": ["iss-*"],

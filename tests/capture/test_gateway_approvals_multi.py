@@ -13,7 +13,14 @@ import pytest
 
 from capture.devidp import mint_token
 from schemas.chain import verify_chains
-from tests.support.approval_e2e import CHROMA_T, api, approval_requested, decide, events_of
+from tests.support.approval_e2e import (
+    CHROMA_T,
+    api,
+    approval_requested,
+    collection,
+    decide,
+    events_of,
+)
 from tests.support.events import read_events
 from tests.support.gateway import UPSTREAM_SECRET, GatewayProcess, gateway_process
 from tests.support.services import run_chroma_client
@@ -64,14 +71,6 @@ def pair(
                         issuer=dev_idp, log_url=log_url) as b,
     ):
         yield a, b
-
-
-def collection(gw: GatewayProcess, issuer: str, name: str) -> str:
-    admin = mint_token(issuer, "root", ["Vector-Admin"])
-    r = api(gw.url, "POST", f"{CHROMA_T}/collections", admin,
-            {"name": name, "get_or_create": True})
-    assert r.status_code == 200, r.text
-    return str(r.json()["id"])
 
 
 def ids_in(gw: GatewayProcess, issuer: str, cid: str) -> list[str]:

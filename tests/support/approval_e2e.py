@@ -10,10 +10,13 @@ from typing import Any
 
 import httpx
 
+from capture.devidp import mint_token
 from schemas.codec import DecodedEvent
 from tests.support.events import read_events
+from tests.support.gateway import GatewayProcess
 
-__all__ = ["CHROMA_T", "api", "approval_requested", "decide", "events_of", "wait_for"]
+__all__ = ["CHROMA_T", "api", "approval_requested", "collection", "decide", "events_of",
+           "wait_for"]
 
 CHROMA_T = "/api/v2/tenants/default_tenant/databases/default_database"
 
@@ -83,3 +86,13 @@ def approved_ticket(base: str, requester: str, approver: str, *, actions: list[s
     d = decide(base, approver, ticket, "approve", "peer-reviewed")
     assert d.status_code == 200 and d.json()["status"] == "approved", d.text
     return ticket
+
+
+def collection(gw: GatewayProcess, issuer: str, name: str) -> str:
+    """Create (or get) the Chroma collection ``name`` through ``gw`` as an admin
+    of ``issuer``; its id."""
+    admin = mint_token(issuer, "root", ["Vector-Admin"])
+    r = api(gw.url, "POST", f"{CHROMA_T}/collections", admin,
+            {"name": name, "get_or_create": True})
+    assert r.status_code == 200, r.text
+    return str(r.json()["id"])
